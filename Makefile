@@ -1,0 +1,50 @@
+# Helios: two commands for people (README.md): `make run` and `make test`.
+# Both set up what they need first and are quick when it is already set up.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Re-install when the project's dependencies change.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml package-lock.json | sha256sum | cut -c1-16)
+
+.PHONY: run test setup gen check-gen lint typecheck unit e2e clean
+
+run: setup
+	$(VENV)/bin/helios up
+
+test: setup check-gen lint typecheck
+	$(PY) -m pytest
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml package-lock.json
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	npm ci --no-audit --no-fund --silent
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Regenerate gen/ from proto/ (commit the result).
+gen: setup
+	tools/gen.sh
+
+# CI: buf lint passes and gen/ is what proto/ generates.
+check-gen: setup
+	tools/check_gen.sh
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(PY) -m pytest -m "not e2e"
+
+e2e: setup
+	$(PY) -m pytest -m e2e
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

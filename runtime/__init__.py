@@ -1,0 +1,1 @@
+"""Helios shared runtime: what every Helios gRPC server does the same way."""

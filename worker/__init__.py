@@ -1,0 +1,1 @@
+"""Helios worker: the inference engine behind a gRPC contract."""

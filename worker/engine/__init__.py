@@ -1,0 +1,1 @@
+"""Engine boundary: the ABC every inference engine implements, and the engines."""

@@ -1,0 +1,127 @@
+"""The engine boundary (after vLLM's EngineClient).
+
+The worker's servicer talks to an engine only through :class:`EngineClient`; engines are
+injected through the servicer's constructor. Nothing here imports protobuf.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from runtime.errors import HeliosError, UnavailableError
+
+
+class EngineError(HeliosError):
+    """A recoverable failure of one request; the engine keeps serving others."""
+
+
+class EngineDeadError(UnavailableError):
+    """The engine can no longer serve anything; the worker must report itself unhealthy."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens. ``top_k == 0`` and ``top_p == 1.0`` disable those filters;
+    ``temperature == 0`` means greedy. ``seed`` makes sampling reproducible."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One chat turn; ``role`` is system, user, assistant or tool."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation. Exactly one of ``prompt`` (raw completion) and ``messages``
+    (chat, rendered with the model's chat template) is set."""
+
+    request_id: str
+    sampling: SamplingParams
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+
+
+class FinishReason(enum.StrEnum):
+    """Why a generation ended (OpenAI's names)."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+
+
+@dataclass
+class GenerationChunk:
+    """A step of a generation: the new text since the previous chunk and running counts.
+
+    The last chunk of a stream has ``finish_reason`` set. ``text`` may be empty (e.g. the
+    new token completes no printable character yet, or it is the final bookkeeping chunk).
+    """
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """What an engine reports in heartbeats."""
+
+    running_requests: int
+    waiting_requests: int
+    kv_cache_usage: float = 0.0
+    prefix_cache_hit_rate: float = 0.0
+    generated_tokens_total: int = 0
+    aborted_requests_total: int = 0
+
+
+class EngineClient(ABC):
+    """An inference engine serving one model.
+
+    ``generate`` is an async generator: closing it (client gone, CancelledError or
+    GeneratorExit) must stop the work for that request. ``check_health`` raises
+    :class:`EngineDeadError` when the engine cannot serve.
+    """
+
+    @property
+    @abstractmethod
+    def model_name(self) -> str:
+        """The model id this engine serves."""
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream the generation for ``request``."""
+
+    @abstractmethod
+    async def abort(self, request_id: str) -> None:
+        """Stop the request ``request_id`` if it is running; unknown ids are ignored."""
+
+    @abstractmethod
+    async def check_health(self) -> None:
+        """Return if the engine can serve; raise EngineDeadError otherwise."""
+
+    @abstractmethod
+    def stats(self) -> EngineStats:
+        """Current load and counters."""
+
+    @abstractmethod
+    def count_tokens(self, request: GenerationRequest) -> int:
+        """How many prompt tokens ``request`` has once rendered (chat template applied)."""
+
+    @abstractmethod
+    async def shutdown(self) -> None:
+        """Release the model's memory; the engine serves nothing afterwards."""
