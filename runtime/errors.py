@@ -67,3 +67,29 @@ class UnimplementedError(HeliosError):
     """The RPC exists in the contract but this service does not implement it yet."""
 
     status_code = grpc.StatusCode.UNIMPLEMENTED
+
+
+_ERRORS_BY_CODE: dict[grpc.StatusCode, type[HeliosError]] = {
+    cls.status_code: cls
+    for cls in (
+        InvalidArgumentError,
+        NotFoundError,
+        AlreadyExistsError,
+        FailedPreconditionError,
+        ResourceExhaustedError,
+        UnavailableError,
+        DeadlineExceededError,
+        UnimplementedError,
+    )
+}
+
+
+def error_from_status(code: grpc.StatusCode, message: str) -> HeliosError:
+    """The domain error for a status a downstream service answered with.
+
+    A caller relaying a downstream failure keeps its meaning: a worker's INVALID_ARGUMENT
+    stays the user's mistake. Codes with no client-side meaning (INTERNAL, UNKNOWN, ...)
+    become UNAVAILABLE: the dependency failed, not the request.
+    """
+    error_class = _ERRORS_BY_CODE.get(code, UnavailableError)
+    return error_class(message)

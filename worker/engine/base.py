@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from runtime.errors import HeliosError, UnavailableError
@@ -103,7 +103,7 @@ class EngineClient(ABC):
         """The model id this engine serves."""
 
     @abstractmethod
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """Stream the generation for ``request``."""
 
     @abstractmethod

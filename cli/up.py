@@ -1,0 +1,326 @@
+"""`helios up`: the whole local mesh, each service its own process, Envoy in front.
+
+Start order: worker(s), estimator, registry, storaged (in parallel) -> proxy (it needs
+the workers' addresses) -> Envoy (it needs every address). Stop order is the reverse
+edge first: Envoy stops taking traffic, then the proxy and the services drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from helios.v1 import inference_pb2, inference_pb2_grpc
+
+from cli.envoy import EnvoyProcess, Upstream, build_descriptor_set, render_envoy_config
+from cli.processes import ServiceProcess, ServiceStartError
+from cli.tinymodel import DEFAULT_MODEL_NAME, ensure_default_model
+
+logger = logging.getLogger("helios.up")
+
+SERVICE_READY_TIMEOUT = 180.0
+MODEL_READY_TIMEOUT = 180.0
+STOP_GRACE = 15.0
+
+
+@dataclass(frozen=True)
+class MeshOptions:
+    host: str
+    port: int
+    workers: int
+    models: tuple[tuple[str, Path], ...]
+    state_dir: Path
+    ready_file: Path | None
+
+
+def _grpc_name(module: Any, service: str) -> str:
+    return str(module.DESCRIPTOR.services_by_name[service].full_name)
+
+
+class Mesh:
+    """The running local mesh."""
+
+    def __init__(self, options: MeshOptions) -> None:
+        self.options = options
+        self.workers = [
+            ServiceProcess(
+                name=f"worker-{i}",
+                module="worker.server",
+                args=[
+                    "--worker-id",
+                    f"worker-{i}",
+                    *(
+                        arg
+                        for name, path in options.models
+                        for arg in ("--model", f"{name}={path}")
+                    ),
+                ],
+                state_dir=options.state_dir,
+            )
+            for i in range(options.workers)
+        ]
+        # Services whose contracts later work fills in: useful but not essential, so a
+        # failure to start one is reported and the mesh comes up without it.
+        self.auxiliary = [
+            ServiceProcess(
+                name=key,
+                module=f"{key}.server",
+                args=[],
+                state_dir=options.state_dir,
+                essential=False,
+            )
+            for key in ("estimator", "registry", "storaged")
+        ]
+        self.proxy: ServiceProcess | None = None
+        self.envoy: EnvoyProcess | None = None
+
+    @property
+    def services(self) -> list[ServiceProcess]:
+        return [*self.workers, *self.auxiliary, *([self.proxy] if self.proxy else [])]
+
+    async def _start_all(self, services: list[ServiceProcess]) -> None:
+        await asyncio.gather(*(s.start() for s in services))
+        results = await asyncio.gather(
+            *(s.wait_ready(SERVICE_READY_TIMEOUT) for s in services), return_exceptions=True
+        )
+        for service, result in zip(services, results, strict=True):
+            if isinstance(result, BaseException):
+                if service.essential:
+                    raise result
+                logger.warning(
+                    "optional service failed to start; continuing without it",
+                    extra={"service": service.name, "error": str(result)},
+                )
+
+    async def start(self) -> None:
+        started = time.monotonic()
+        self.options.state_dir.mkdir(parents=True, exist_ok=True)
+        await self._start_all([*self.workers, *self.auxiliary])
+        self.proxy = ServiceProcess(
+            name="proxy",
+            module="proxy.server",
+            args=[arg for w in self.workers for arg in ("--worker", w.address)],
+            state_dir=self.options.state_dir,
+        )
+        await self._start_all([self.proxy])
+
+        descriptor = build_descriptor_set(self.options.state_dir / "helios.pb")
+        upstream = {
+            s.name: Upstream(s.name, s.ready["host"], s.ready["grpc_port"])
+            for s in self.services
+            if s.ready
+        }
+        proxy_upstream = upstream["proxy"]
+        from helios.v1 import (
+            admin_pb2,
+            estimator_pb2,
+            registry_pb2,
+            storage_pb2,
+            worker_pb2,
+        )
+
+        routes = {
+            _grpc_name(inference_pb2, "InferenceService"): proxy_upstream,
+            _grpc_name(admin_pb2, "AdminService"): proxy_upstream,
+            _grpc_name(worker_pb2, "WorkerService"): upstream["worker-0"],
+        }
+        for key, module, service in (
+            ("estimator", estimator_pb2, "EstimatorService"),
+            ("registry", registry_pb2, "RegistryService"),
+            ("storaged", storage_pb2, "StorageService"),
+        ):
+            if key in upstream:
+                routes[_grpc_name(module, service)] = upstream[key]
+        metrics_port = self.proxy.ready.get("metrics_port")
+        config = render_envoy_config(
+            listen_host=self.options.host,
+            listen_port=self.options.port,
+            admin_port=0,
+            descriptor_path=descriptor,
+            grpc_upstreams=routes,
+            default_grpc_upstream=proxy_upstream,
+            metrics_upstream=(
+                Upstream("proxy-metrics", proxy_upstream.host, metrics_port)
+                if metrics_port
+                else None
+            ),
+        )
+        self.envoy = await EnvoyProcess.start(config, self.options.state_dir / "envoy")
+        await self._wait_for_models()
+        self.startup_seconds = time.monotonic() - started
+
+    async def _wait_for_models(self) -> None:
+        """Until every configured model has a ready replica, as seen through Envoy."""
+        assert self.envoy is not None
+        wanted = {name for name, _ in self.options.models}
+        deadline = time.monotonic() + MODEL_READY_TIMEOUT
+        async with grpc.aio.insecure_channel(
+            f"{self.options.host}:{self.envoy.listen_port}"
+        ) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            while True:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    listing = await stub.ListModels(inference_pb2.ListModelsRequest(), timeout=5)
+                    ready = {m.id for m in listing.data if m.ready_replicas > 0}
+                    if wanted <= ready:
+                        return
+                if time.monotonic() > deadline:
+                    raise ServiceStartError(
+                        f"models {sorted(wanted)} not ready after {MODEL_READY_TIMEOUT:.0f}s"
+                    )
+                await asyncio.sleep(0.2)
+
+    def summary(self) -> dict[str, Any]:
+        assert self.envoy is not None
+        host = self.options.host
+        return {
+            "rest_url": f"http://{host}:{self.envoy.listen_port}/v1",
+            "grpc_address": f"{host}:{self.envoy.listen_port}",
+            "envoy_admin_port": self.envoy.admin_port,
+            "models": [name for name, _ in self.options.models],
+            "services": {
+                s.name: {
+                    "grpc_port": s.ready.get("grpc_port"),
+                    "metrics_port": s.ready.get("metrics_port"),
+                    "pid": s.ready.get("pid"),
+                }
+                for s in self.services
+                if s.ready
+            },
+            "state_dir": str(self.options.state_dir),
+        }
+
+    def essential_exits(self) -> list[str]:
+        return [
+            f"{s.name} (exit {s.process.returncode})"
+            for s in self.services
+            if s.essential and s.process is not None and s.process.returncode is not None
+        ]
+
+    async def stop(self) -> None:
+        if self.envoy is not None:
+            await self.envoy.stop()
+        if self.proxy is not None:
+            await self.proxy.stop(STOP_GRACE)
+        await asyncio.gather(*(s.stop(STOP_GRACE) for s in [*self.workers, *self.auxiliary]))
+
+
+def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        json.dump(payload, tmp, indent=2)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, path)
+
+
+async def run_mesh(options: MeshOptions) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    mesh = Mesh(options)
+    try:
+        start = asyncio.ensure_future(mesh.start())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():
+            start.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await start
+            print("Stopped before the mesh was up.", flush=True)
+            return 130
+        stopper.cancel()
+        start.result()  # raises a start failure
+        summary = mesh.summary()
+        if options.ready_file is not None:
+            _write_json_atomically(options.ready_file, summary)
+        print(
+            f"Helios is up ({mesh.startup_seconds:.1f}s).\n"
+            f"  OpenAI REST base URL: {summary['rest_url']}\n"
+            f"  gRPC, every service:  {summary['grpc_address']}\n"
+            f"  models:               {', '.join(summary['models'])}\n"
+            f"  logs:                 {options.state_dir / 'logs'}\n"
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            exits = mesh.essential_exits()
+            if exits:
+                print(f"Stopping: {', '.join(exits)} stopped unexpectedly.", flush=True)
+                return 1
+        print("Stopping Helios...", flush=True)
+        return 0
+    except ServiceStartError as exc:
+        print(f"Helios failed to start: {exc}", flush=True)
+        return 1
+    finally:
+        await mesh.stop()
+        if options.ready_file is not None:
+            options.ready_file.unlink(missing_ok=True)
+
+
+def add_up_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=os.environ.get("HELIOS_HOST", "127.0.0.1"))
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("HELIOS_PORT", "8080")),
+        help="Envoy's port for REST and gRPC (0 picks a free one)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help=f"serve this HF-layout model directory (default: the built-in {DEFAULT_MODEL_NAME})",
+    )
+    parser.add_argument(
+        "--state-dir", type=Path, default=None, help="ready files, logs, Envoy config"
+    )
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        default=None,
+        help="write the mesh's addresses here (JSON) once up",
+    )
+
+
+def up_command(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise SystemExit("--workers: must be >= 1")
+    if not 0 <= args.port <= 65535:
+        raise SystemExit("--port: must be in 0..65535")
+    models: list[tuple[str, Path]] = []
+    for spec in args.model:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--model: expected NAME=PATH, got {spec!r}")
+        models.append((name, Path(path).resolve()))
+    if not models:
+        print(f"Preparing the built-in model {DEFAULT_MODEL_NAME}...", flush=True)
+        models.append((DEFAULT_MODEL_NAME, ensure_default_model()))
+    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="helios-up-"))
+    options = MeshOptions(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        models=tuple(models),
+        state_dir=state_dir.resolve(),
+        ready_file=args.ready_file,
+    )
+    return asyncio.run(run_mesh(options))

@@ -1,0 +1,230 @@
+"""InferenceService servicer: OpenAI's protobuf mirror <-> the proxy's domain."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from helios.v1 import inference_pb2 as pb
+from helios.v1 import inference_pb2_grpc
+
+from proxy.openai import CommonParams, Job, chat_job, completion_job
+from proxy.service import CompletionRouter, Step
+from runtime.errors import HeliosError
+
+logger = logging.getLogger(__name__)
+
+# Envoy's Lua filter sets this on every transcoded REST request. Over HTTP/1.1 a gRPC
+# status sent after the first chunk is lost, so REST streams report late failures as a
+# final chunk carrying `error` instead.
+EDGE_HEADER = "x-helios-edge"
+
+_ERROR_TYPES = {
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid_request_error",
+    grpc.StatusCode.NOT_FOUND: "invalid_request_error",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "rate_limit_error",
+    grpc.StatusCode.UNAVAILABLE: "service_unavailable",
+}
+
+
+def _optional(message: Message, name: str) -> Any:
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def _json_value(message: Message, name: str) -> Any:
+    """A google.protobuf.Value field as the JSON value the client sent (None if absent)."""
+    if not message.HasField(name):
+        return None
+    return json_format.MessageToDict(getattr(message, name))
+
+
+def _common(params: pb.ChatCompletionParams | pb.CompletionParams) -> CommonParams:
+    max_tokens = _optional(params, "max_tokens")
+    if isinstance(params, pb.ChatCompletionParams) and params.HasField("max_completion_tokens"):
+        max_tokens = params.max_completion_tokens
+    return CommonParams(
+        model=params.model,
+        max_tokens=max_tokens,
+        temperature=_optional(params, "temperature"),
+        top_p=_optional(params, "top_p"),
+        top_k=_optional(params, "top_k"),
+        seed=_optional(params, "seed"),
+        stop=_json_value(params, "stop"),
+        n=_optional(params, "n"),
+        presence_penalty=_optional(params, "presence_penalty"),
+        frequency_penalty=_optional(params, "frequency_penalty"),
+        include_usage=params.HasField("stream_options") and params.stream_options.include_usage,
+    )
+
+
+def _chat_job(params: pb.ChatCompletionParams) -> Job:
+    messages = [(m.role, _json_value(m, "content")) for m in params.messages]
+    return chat_job(_common(params), messages)
+
+
+def _completion_job(params: pb.CompletionParams) -> Job:
+    return completion_job(_common(params), _json_value(params, "prompt"), echo=params.echo)
+
+
+def _usage(step: Step) -> pb.CompletionUsage:
+    return pb.CompletionUsage(
+        prompt_tokens=step.prompt_tokens,
+        completion_tokens=step.completion_tokens,
+        total_tokens=step.prompt_tokens + step.completion_tokens,
+    )
+
+
+def _error_detail(error: HeliosError) -> pb.ErrorDetail:
+    return pb.ErrorDetail(
+        message=error.message,
+        type=_ERROR_TYPES.get(error.status_code, "server_error"),
+        code=error.status_code.name,
+    )
+
+
+def _is_rest(context: grpc.aio.ServicerContext) -> bool:
+    return any(
+        key == EDGE_HEADER and value == "rest"
+        for key, value in (context.invocation_metadata() or ())
+    )
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    """OpenAI-compatible completions, routed to workers."""
+
+    def __init__(self, router: CompletionRouter) -> None:
+        self._router = router
+
+    async def CreateChatCompletion(
+        self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateChatCompletionResponse:
+        job = _chat_job(request.params)
+        result = await self._router.complete(job, context.time_remaining())
+        return pb.CreateChatCompletionResponse(
+            id=job.request_id,
+            object="chat.completion",
+            created=job.created,
+            model=job.model,
+            choices=[
+                pb.ChatCompletionChoice(
+                    index=0,
+                    message=pb.AssistantMessage(role="assistant", content=result.text),
+                    finish_reason=result.finish_reason,
+                )
+            ],
+            usage=_usage(result),
+        )
+
+    async def StreamChatCompletion(
+        self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
+        job = _chat_job(request.params)
+
+        def chunk(**fields: Any) -> pb.StreamChatCompletionResponse:
+            return pb.StreamChatCompletionResponse(
+                id=job.request_id,
+                object="chat.completion.chunk",
+                created=job.created,
+                model=job.model,
+                **fields,
+            )
+
+        first = True
+        async for step in self._relay(job, context):
+            if isinstance(step, pb.ErrorDetail):
+                yield chunk(error=step)
+                return
+            delta = pb.ChatCompletionDelta(content=step.text)
+            if first:
+                delta.role = "assistant"
+            choice = pb.ChatCompletionChunkChoice(index=0, delta=delta)
+            if step.finish_reason is not None:
+                choice.finish_reason = step.finish_reason
+            yield chunk(choices=[choice])
+            first = False
+            if step.finish_reason is not None and job.include_usage:
+                yield chunk(usage=_usage(step))
+
+    async def CreateCompletion(
+        self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateCompletionResponse:
+        job = _completion_job(request.params)
+        result = await self._router.complete(job, context.time_remaining())
+        return pb.CreateCompletionResponse(
+            id=job.request_id,
+            object="text_completion",
+            created=job.created,
+            model=job.model,
+            choices=[
+                pb.CompletionChoice(index=0, text=result.text, finish_reason=result.finish_reason)
+            ],
+            usage=_usage(result),
+        )
+
+    async def StreamCompletion(
+        self, request: pb.StreamCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamCompletionResponse]:
+        job = _completion_job(request.params)
+
+        def chunk(**fields: Any) -> pb.StreamCompletionResponse:
+            return pb.StreamCompletionResponse(
+                id=job.request_id,
+                object="text_completion",
+                created=job.created,
+                model=job.model,
+                **fields,
+            )
+
+        async for step in self._relay(job, context):
+            if isinstance(step, pb.ErrorDetail):
+                yield chunk(error=step)
+                return
+            choice = pb.CompletionChoice(index=0, text=step.text)
+            if step.finish_reason is not None:
+                choice.finish_reason = step.finish_reason
+            yield chunk(choices=[choice])
+            if step.finish_reason is not None and job.include_usage:
+                yield chunk(usage=_usage(step))
+
+    async def _relay(
+        self, job: Job, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Step | pb.ErrorDetail]:
+        """The router's steps (empty intermediate steps dropped), then, for REST clients
+        whose stream already started, a failure as an error detail instead of a status."""
+        sent = False
+        try:
+            async for step in self._router.stream(job, context.time_remaining()):
+                if not step.text and step.finish_reason is None:
+                    continue
+                yield step
+                sent = True
+        except HeliosError as error:
+            if not (sent and _is_rest(context)):
+                raise
+            logger.warning(
+                "stream failed after it started",
+                extra={"request_id": job.request_id, "error": error.message},
+            )
+            yield _error_detail(error)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        models = self._router.pool.models()
+        return pb.ListModelsResponse(
+            object="list",
+            data=[
+                pb.Model(
+                    id=name,
+                    object="model",
+                    created=int(first_seen),
+                    owned_by="helios",
+                    ready_replicas=ready,
+                )
+                for name, (ready, first_seen) in sorted(models.items())
+            ],
+        )

@@ -1,0 +1,103 @@
+"""Test doubles that speak the real interfaces (engine ABC, worker connection)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+
+from runtime.errors import InvalidArgumentError
+from worker.engine.base import (
+    EngineClient,
+    EngineDeadError,
+    EngineStats,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+)
+
+WORDS = ("alpha ", "beta ", "gamma ", "delta ", "epsilon ", "zeta ", "eta ", "theta ")
+
+
+class FakeEngine(EngineClient):
+    """Produces WORDS in a cycle, one per step, ``step_delay`` seconds apart.
+
+    Prompt tokens = characters of the rendered prompt // 4 + 1, so tests can predict it.
+    """
+
+    def __init__(self, name: str = "fake-model", step_delay: float = 0.0) -> None:
+        self._name = name
+        self.step_delay = step_delay
+        self.running: set[str] = set()
+        self.aborted: set[str] = set()
+        self.generated = 0
+        self.aborted_total = 0
+        self.dead = False
+        self.shut_down = False
+        self.fail_after: int | None = None  # raise mid-stream after this many steps
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    def count_tokens(self, request: GenerationRequest) -> int:
+        if request.messages is not None:
+            text = "".join(f"{m.role}:{m.content}" for m in request.messages)
+        else:
+            text = request.prompt or ""
+        return len(text) // 4 + 1
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        if request.prompt == "too long":
+            raise InvalidArgumentError("prompt: longer than the model's context")
+        prompt_tokens = self.count_tokens(request)
+        self.running.add(request.request_id)
+        text = ""
+        try:
+            for step in range(request.sampling.max_tokens):
+                if request.request_id in self.aborted:
+                    yield GenerationChunk("", [], prompt_tokens, step, FinishReason.ABORT)
+                    return
+                if self.fail_after is not None and step >= self.fail_after:
+                    raise EngineDeadError("fake engine died")
+                await asyncio.sleep(self.step_delay)
+                word = WORDS[step % len(WORDS)]
+                self.generated += 1
+                text += word
+                for stop in request.sampling.stop:
+                    if stop in text:
+                        yield GenerationChunk(
+                            "", [step], prompt_tokens, step + 1, FinishReason.STOP
+                        )
+                        return
+                last = step + 1 == request.sampling.max_tokens
+                yield GenerationChunk(
+                    word,
+                    [step],
+                    prompt_tokens,
+                    step + 1,
+                    FinishReason.LENGTH if last else None,
+                )
+        except (asyncio.CancelledError, GeneratorExit):
+            self.aborted_total += 1
+            raise
+        finally:
+            self.running.discard(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        if request_id in self.running:
+            self.aborted.add(request_id)
+
+    async def check_health(self) -> None:
+        if self.dead:
+            raise EngineDeadError("fake engine is dead")
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running_requests=len(self.running),
+            waiting_requests=0,
+            generated_tokens_total=self.generated,
+            aborted_requests_total=self.aborted_total,
+        )
+
+    async def shutdown(self) -> None:
+        self.shut_down = True

@@ -1,0 +1,223 @@
+"""The models a worker holds: loading, serving, draining and unloading them.
+
+Domain only (no protobuf). The servicer asks :class:`ModelManager` for an engine with
+:meth:`ModelManager.acquire`, which counts the request so that an unload can drain it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.errors import (
+    FailedPreconditionError,
+    HeliosError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from worker.engine.base import EngineClient, EngineStats
+
+logger = logging.getLogger(__name__)
+
+EngineFactory = Callable[[str, Path], Awaitable[EngineClient]]
+"""Builds a ready engine serving model ``name`` from the HF-layout directory ``path``."""
+
+
+class ModelLifecycle(enum.StrEnum):
+    """Where a model is on this worker."""
+
+    DOWNLOADING = "downloading"
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    """One step of a load, for progress streams."""
+
+    model: str
+    state: ModelLifecycle
+    progress: float
+    message: str
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """What a heartbeat says of one model."""
+
+    model: str
+    state: ModelLifecycle
+    engine: str
+    stats: EngineStats
+    size_bytes: int
+    error: str = ""
+
+
+@dataclass
+class _Slot:
+    name: str
+    state: ModelLifecycle
+    engine: EngineClient | None = None
+    engine_kind: str = ""
+    size_bytes: int = 0
+    error: str = ""
+    loaded_at: float = 0.0
+    running: set[str] = field(default_factory=set)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+
+def _weights_size(path: Path) -> int:
+    """Bytes of the weight files, the figure the worker charges against its capacity."""
+    return sum(f.stat().st_size for f in path.glob("*.safetensors")) + sum(
+        f.stat().st_size for f in path.glob("*.bin")
+    )
+
+
+class ModelManager:
+    """Holds the engines of one worker, keyed by model id."""
+
+    def __init__(
+        self, engine_factory: EngineFactory, *, engine_kind: str, capacity_bytes: int
+    ) -> None:
+        self._engine_factory = engine_factory
+        self._engine_kind = engine_kind
+        self.capacity_bytes = capacity_bytes
+        self._slots: dict[str, _Slot] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(s.size_bytes for s in self._slots.values() if s.engine is not None)
+
+    async def load(self, name: str, path: Path) -> AsyncIterator[LoadProgress]:
+        """Load model ``name`` from ``path``, yielding progress until READY.
+
+        A failed load leaves the worker serving its other models; the model is listed
+        as FAILED with the reason until it is loaded again.
+        """
+        if not name:
+            raise InvalidArgumentError("model: must not be empty")
+        # Filesystem checks go to a thread: a slow disk must not stall other streams.
+        if not await asyncio.to_thread(path.is_dir):
+            raise NotFoundError(f"local_path: {path} is not a directory on this worker")
+        size = await asyncio.to_thread(_weights_size, path)
+        async with self._lock:
+            current = self._slots.get(name)
+            if current is not None and current.state in (
+                ModelLifecycle.READY,
+                ModelLifecycle.LOADING,
+            ):
+                raise FailedPreconditionError(f"model {name} is already {current.state.value}")
+            free = self.capacity_bytes - self.used_bytes
+            if size > free:
+                raise ResourceExhaustedError(
+                    f"model {name} needs {size} bytes of weights; {free} of"
+                    f" {self.capacity_bytes} bytes are free on this worker"
+                )
+            slot = _Slot(name=name, state=ModelLifecycle.LOADING, size_bytes=size)
+            self._slots[name] = slot
+        yield LoadProgress(name, ModelLifecycle.LOADING, 0.0, f"loading {path}")
+        started = time.monotonic()
+        try:
+            engine = await self._engine_factory(name, path)
+        except HeliosError as exc:
+            slot.state, slot.error = ModelLifecycle.FAILED, exc.message
+            logger.warning("model load failed", extra={"model": name, "error": exc.message})
+            raise
+        except Exception as exc:
+            slot.state, slot.error = ModelLifecycle.FAILED, f"{type(exc).__name__}: {exc}"
+            logger.exception("model load failed", extra={"model": name})
+            raise FailedPreconditionError(f"loading model {name} failed: {slot.error}") from exc
+        slot.engine, slot.engine_kind = engine, self._engine_kind
+        slot.state, slot.loaded_at = ModelLifecycle.READY, time.time()
+        seconds = time.monotonic() - started
+        logger.info("model ready", extra={"model": name, "load_seconds": round(seconds, 3)})
+        yield LoadProgress(name, ModelLifecycle.READY, 1.0, f"ready in {seconds:.2f}s")
+
+    async def unload(self, name: str, drain_timeout: float) -> int:
+        """Stop taking requests for ``name``, let running ones finish for up to
+        ``drain_timeout`` seconds, abort the rest, free the engine. Returns how many
+        requests were aborted."""
+        slot = self._slots.get(name)
+        if slot is None:
+            raise NotFoundError(f"model {name} is not loaded on this worker")
+        if slot.state is ModelLifecycle.DRAINING:
+            raise FailedPreconditionError(f"model {name} is already being unloaded")
+        slot.state = ModelLifecycle.DRAINING
+        aborted = 0
+        try:
+            await asyncio.wait_for(slot.idle.wait(), timeout=drain_timeout)
+        except TimeoutError:
+            if slot.engine is not None:
+                for request_id in list(slot.running):
+                    await slot.engine.abort(request_id)
+                    aborted += 1
+            await slot.idle.wait()
+        if slot.engine is not None:
+            await slot.engine.shutdown()
+        del self._slots[name]
+        logger.info("model unloaded", extra={"model": name, "aborted": aborted})
+        return aborted
+
+    @asynccontextmanager
+    async def acquire(self, name: str, request_id: str) -> AsyncIterator[EngineClient]:
+        """The engine serving ``name``, counted as running ``request_id`` while held."""
+        slot = self._slots.get(name)
+        if slot is None or slot.state is ModelLifecycle.FAILED:
+            raise NotFoundError(f"model {name} is not loaded on this worker")
+        if slot.state is not ModelLifecycle.READY or slot.engine is None:
+            raise FailedPreconditionError(f"model {name} is {slot.state.value}, not ready")
+        slot.running.add(request_id)
+        slot.idle.clear()
+        try:
+            yield slot.engine
+        finally:
+            slot.running.discard(request_id)
+            if not slot.running:
+                slot.idle.set()
+
+    def statuses(self) -> list[ModelStatus]:
+        result = []
+        for slot in self._slots.values():
+            stats = slot.engine.stats() if slot.engine else EngineStats(0, 0)
+            result.append(
+                ModelStatus(
+                    model=slot.name,
+                    state=slot.state,
+                    engine=slot.engine_kind,
+                    stats=stats,
+                    size_bytes=slot.size_bytes,
+                    error=slot.error,
+                )
+            )
+        return result
+
+    async def check_health(self) -> list[str]:
+        """Names of READY models whose engine reports itself dead."""
+        dead = []
+        for slot in self._slots.values():
+            if slot.engine is None or slot.state is not ModelLifecycle.READY:
+                continue
+            try:
+                await slot.engine.check_health()
+            except HeliosError:
+                dead.append(slot.name)
+        return dead
+
+    async def shutdown(self) -> None:
+        for name in list(self._slots):
+            slot = self._slots.pop(name)
+            if slot.engine is not None:
+                await slot.engine.shutdown()
