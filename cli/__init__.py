@@ -1,0 +1,1 @@
+"""Helios command-line tools and developer helpers."""

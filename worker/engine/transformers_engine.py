@@ -1,0 +1,689 @@
+"""The CPU reference engine: plain Hugging Face transformers, one request per sequence.
+
+This engine is for development, tests and CPU-only workers. It trades throughput for
+simplicity: every request runs its own prefill and token-by-token decode with its own KV
+cache (no batching, no paged attention), at most ``max_concurrency`` at a time. What it
+does get right is the contract of :class:`~worker.engine.base.EngineClient` that a real
+engine (vLLM) must also honour: streaming deltas that concatenate to the final text,
+stop strings, seeds, cancellation that stops the work, abort, health and counters.
+
+Nothing here blocks the event loop: tokenisation, every forward step and the
+detokenisation of each step run in a dedicated thread pool (torch releases the GIL in
+its kernels, so the loop stays responsive while a step computes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import gc
+import logging
+import math
+import secrets
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+
+from runtime.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    HeliosError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from worker.engine.base import (
+    EngineClient,
+    EngineDeadError,
+    EngineError,
+    EngineStats,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    SamplingParams,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["TransformersEngine"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES: dict[str, torch.dtype | str] = {
+    "auto": "auto",  # whatever config.json says
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+# Failures after which the process cannot be trusted to serve anything else: memory is
+# exhausted (another request would most likely fail the same way, and the allocator
+# may be fragmented). Any other exception in a step fails only that request.
+_FATAL_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError, MemoryError)
+
+# Used when a config has no max_position_embeddings (rare: every decoder we serve has it).
+_FALLBACK_CONTEXT_LEN = 2048
+
+# How long shutdown() waits for forward steps already running in threads to return
+# before dropping the model (a step cannot be interrupted; one takes milliseconds on
+# small models, seconds for a long prefill on a big one).
+_SHUTDOWN_STEP_GRACE_S = 30.0
+
+_REPLACEMENT_CHAR = "\ufffd"
+
+
+@dataclass
+class _RequestState:
+    """Per-request bookkeeping shared between ``generate`` and ``abort``/``shutdown``."""
+
+    request_id: str
+    abort_event: asyncio.Event = field(default_factory=asyncio.Event)
+    # The forward step currently computing in a thread, if any: a cancelled consumer
+    # leaves it running, and the concurrency slot is released only when it returns.
+    inflight: concurrent.futures.Future[tuple[int, Any, str]] | None = None
+    # Tokens held in this request's KV cache, for the kv_cache_usage estimate.
+    cache_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class _StepResult:
+    """What one decode step produced, already detokenised."""
+
+    token: int
+    past: Any  # transformers Cache; opaque here
+    text: str  # decode of all generated tokens so far (special tokens skipped)
+
+
+class TransformersEngine(EngineClient):
+    """Serves one causal LM with Hugging Face transformers on CPU (or whatever device
+    the model was loaded on). Create it with :meth:`load`."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        model_name: str,
+        *,
+        max_concurrency: int = 4,
+    ) -> None:
+        """Wrap an already loaded model and tokenizer (``load`` is the usual way in).
+
+        Must be called with a running event loop or before one starts; the engine's
+        asyncio primitives bind to the loop that first uses them.
+        """
+        if max_concurrency < 1:
+            raise InvalidArgumentError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self._model: PreTrainedModel | None = model
+        self._tokenizer: PreTrainedTokenizerBase | None = tokenizer
+        self._model_name = model_name
+        self._max_concurrency = max_concurrency
+        self._device = next(model.parameters()).device
+
+        config = model.config
+        max_len = getattr(config, "max_position_embeddings", None)
+        self.max_model_len: int = int(max_len) if max_len else _FALLBACK_CONTEXT_LEN
+        self.eos_token_ids: frozenset[int] = frozenset(_eos_ids(model, tokenizer))
+        # The model's vocabulary may be padded beyond the tokenizer's (e.g. to a multiple
+        # of 64); ids past the tokenizer decode to nothing, so they are never sampled.
+        self._vocab_limit = min(len(tokenizer), int(config.vocab_size))
+
+        # One thread per concurrent request: steps of different requests overlap (torch
+        # releases the GIL), and the pool is ours so to_thread users elsewhere in the
+        # process do not queue behind (or in front of) model steps.
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_concurrency + 1, thread_name_prefix=f"engine-{model_name}"
+        )
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._requests: dict[str, _RequestState] = {}
+        self._running = 0
+        self._waiting = 0
+        self._generated_tokens_total = 0
+        self._aborted_requests_total = 0
+        self._dead_reason: str | None = None
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    async def load(
+        cls,
+        model_dir: Path,
+        model_name: str,
+        *,
+        dtype: str = "float32",
+        max_concurrency: int = 4,
+    ) -> TransformersEngine:
+        """Load the tokenizer and model in ``model_dir`` (Hugging Face layout).
+
+        Raises NotFoundError if the directory or its config.json is missing,
+        InvalidArgumentError for a bad ``dtype``/``max_concurrency``, and
+        FailedPreconditionError if the files are there but cannot be loaded (corrupt
+        or unsupported). Only local files are read: never the Hugging Face hub.
+        """
+        if max_concurrency < 1:
+            raise InvalidArgumentError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        torch_dtype = _DTYPES.get(dtype.lower())
+        if torch_dtype is None:
+            raise InvalidArgumentError(
+                f"dtype must be one of {', '.join(sorted(_DTYPES))}, got {dtype!r}"
+            )
+        model_dir = Path(model_dir)
+        # Checked before transformers sees the path: a path that does not exist would be
+        # taken for a hub repo id.
+        if not model_dir.is_dir():
+            raise NotFoundError(f"model directory {model_dir} does not exist")
+        if not (model_dir / "config.json").is_file():
+            raise NotFoundError(
+                f"model directory {model_dir} has no config.json (not a Hugging Face model)"
+            )
+        try:
+            model, tokenizer = await asyncio.to_thread(_load_sync, model_dir, torch_dtype)
+        except HeliosError:
+            raise
+        except Exception as exc:
+            # Corrupt JSON, truncated safetensors, unknown architecture...: the message
+            # names the directory and the cause so an operator can act on it.
+            raise FailedPreconditionError(
+                f"cannot load model {model_name!r} from {model_dir}: {type(exc).__name__}: {exc}"
+            ) from exc
+        logger.info(
+            "model loaded",
+            extra={"model": model_name, "model_dir": str(model_dir), "dtype": str(model.dtype)},
+        )
+        return cls(model, tokenizer, model_name, max_concurrency=max_concurrency)
+
+    # ---------------------------------------------------------------- interface
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    def stats(self) -> EngineStats:
+        # No fixed KV pool here (each request grows its own cache), so usage is the
+        # tokens held in live caches over the most the engine would ever hold at once.
+        capacity = self._max_concurrency * self.max_model_len
+        used = sum(s.cache_tokens for s in self._requests.values())
+        return EngineStats(
+            running_requests=self._running,
+            waiting_requests=self._waiting,
+            kv_cache_usage=min(1.0, used / capacity),
+            prefix_cache_hit_rate=0.0,
+            generated_tokens_total=self._generated_tokens_total,
+            aborted_requests_total=self._aborted_requests_total,
+        )
+
+    async def check_health(self) -> None:
+        if self._dead_reason is not None:
+            raise EngineDeadError(f"engine for {self._model_name} is dead: {self._dead_reason}")
+
+    def count_tokens(self, request: GenerationRequest) -> int:
+        self._raise_if_dead()
+        return len(self._prompt_ids(request))
+
+    async def abort(self, request_id: str) -> None:
+        state = self._requests.get(request_id)
+        if state is not None:
+            state.abort_event.set()
+
+    async def shutdown(self) -> None:
+        if self._model is None:
+            return
+        if self._dead_reason is None:
+            self._dead_reason = "engine was shut down"
+        # Wake every request: queued ones stop waiting, running ones stop after their
+        # current step, and all of them raise EngineDeadError.
+        for state in self._requests.values():
+            state.abort_event.set()
+        inflight = [
+            asyncio.wrap_future(s.inflight)
+            for s in self._requests.values()
+            if s.inflight is not None and not s.inflight.done()
+        ]
+        if inflight:
+            # A step cannot be interrupted; let the running ones return before the
+            # model goes away under them.
+            await asyncio.wait(inflight, timeout=_SHUTDOWN_STEP_GRACE_S)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._model = None
+        self._tokenizer = None
+        gc.collect()
+        logger.info("engine shut down", extra={"model": self._model_name})
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        """Stream ``request``: one chunk per generated token, the last with finish_reason.
+
+        Closing the stream (aclose, GeneratorExit, CancelledError) stops the request
+        after at most the step already computing, and counts it as aborted.
+        """
+        self._raise_if_dead()
+        _validate_sampling(request.sampling)
+        if not request.request_id:
+            raise InvalidArgumentError("request_id must not be empty")
+        prompt_ids = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._prompt_ids, request
+        )
+        self._check_length(request, len(prompt_ids))
+        if request.request_id in self._requests:
+            raise AlreadyExistsError(f"request {request.request_id!r} is already running")
+
+        state = _RequestState(request.request_id)
+        self._requests[request.request_id] = state
+        self._waiting += 1
+        waiting = True
+        holds_slot = False
+        finished = False  # the final chunk has been produced; closing now is no abort
+        try:
+            acquired = await self._acquire_slot(state)
+            self._waiting -= 1
+            waiting = False
+            if not acquired:
+                # Aborted (or the engine shut down) while queued: no step ever ran.
+                self._raise_if_dead()
+                finished = True
+                self._aborted_requests_total += 1
+                yield GenerationChunk(
+                    text="",
+                    prompt_tokens=len(prompt_ids),
+                    completion_tokens=0,
+                    finish_reason=FinishReason.ABORT,
+                )
+                return
+            holds_slot = True
+            self._running += 1
+
+            sampling = request.sampling
+            stops = sampling.stop
+            max_stop = max((len(s) for s in stops), default=0)
+            generator = _make_generator(sampling)
+            generated: list[int] = []
+            emitted = 0  # characters of the decoded text already yielded
+            text = ""
+            past: Any = None
+            next_input: list[int] = prompt_ids
+
+            while True:
+                if state.abort_event.is_set():
+                    self._raise_if_dead()
+                    finished = True
+                    self._aborted_requests_total += 1
+                    # Flush what was held back (a partial character or a possible stop
+                    # prefix that never completed): deltas must add up to the text.
+                    yield GenerationChunk(
+                        text=text[emitted:],
+                        prompt_tokens=len(prompt_ids),
+                        completion_tokens=len(generated),
+                        finish_reason=FinishReason.ABORT,
+                    )
+                    return
+
+                step = await self._run_step(state, next_input, past, sampling, generator, generated)
+                past = step.past
+                text_before, text = text, step.text
+                generated.append(step.token)
+                next_input = [step.token]
+                state.cache_tokens = len(prompt_ids) + len(generated)
+                self._generated_tokens_total += 1
+
+                finish: FinishReason | None = None
+                final_end = len(text)
+                if step.token in self.eos_token_ids:
+                    finish = FinishReason.STOP
+                    # The eos token adds no text (it is normally a special token, skipped
+                    # by decode; if a tokenizer does not mark it special, it is still
+                    # not part of the answer).
+                    text = text_before
+                    final_end = len(text)
+                else:
+                    stop_at = _find_stop(text, stops, emitted)
+                    if stop_at is not None:
+                        finish = FinishReason.STOP
+                        final_end = stop_at  # the stop string and what follows are dropped
+                    elif len(generated) >= sampling.max_tokens:
+                        finish = FinishReason.LENGTH
+
+                if finish is not None:
+                    finished = True
+                    yield GenerationChunk(
+                        text=text[emitted:final_end],
+                        token_ids=[step.token],
+                        prompt_tokens=len(prompt_ids),
+                        completion_tokens=len(generated),
+                        finish_reason=finish,
+                    )
+                    return
+
+                end = _emit_boundary(text, emitted, stops, max_stop)
+                delta = text[emitted:end]
+                emitted = end
+                yield GenerationChunk(
+                    text=delta,
+                    token_ids=[step.token],
+                    prompt_tokens=len(prompt_ids),
+                    completion_tokens=len(generated),
+                )
+        except (GeneratorExit, asyncio.CancelledError):
+            # The consumer went away (client disconnected, deadline, task cancelled).
+            if not finished:
+                self._aborted_requests_total += 1
+                logger.debug("request cancelled", extra={"request_id": request.request_id})
+            raise
+        finally:
+            if waiting:
+                self._waiting -= 1
+            if holds_slot:
+                self._release_slot_after(state.inflight)
+            state.cache_tokens = 0
+            self._requests.pop(request.request_id, None)
+
+    # ---------------------------------------------------------------- internals
+
+    def _raise_if_dead(self) -> None:
+        if self._dead_reason is not None:
+            raise EngineDeadError(f"engine for {self._model_name} is dead: {self._dead_reason}")
+
+    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """Token ids of the prompt: the chat template applied to messages, or the raw
+        prompt tokenised with the tokenizer's own special tokens (bos if it adds one)."""
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            raise EngineDeadError(f"engine for {self._model_name} is shut down")
+        has_prompt = request.prompt is not None
+        has_messages = request.messages is not None
+        if has_prompt == has_messages:
+            raise InvalidArgumentError(
+                "exactly one of prompt and messages must be set"
+                + (" (both are)" if has_prompt else " (neither is)")
+            )
+        if request.messages is not None:
+            if not request.messages:
+                raise InvalidArgumentError("messages must not be empty")
+            if tokenizer.chat_template is None:
+                raise InvalidArgumentError(
+                    f"model {self._model_name!r} has no chat template; send a prompt instead"
+                    " of messages"
+                )
+            conversation = [{"role": m.role, "content": m.content} for m in request.messages]
+            try:
+                rendered = tokenizer.apply_chat_template(
+                    conversation, add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+            except Exception as exc:
+                # Templates reject conversations they cannot render (raise_exception in
+                # the Jinja source, e.g. roles out of order): that is the caller's input.
+                raise InvalidArgumentError(
+                    f"messages cannot be rendered with the chat template of "
+                    f"{self._model_name!r}: {exc}"
+                ) from exc
+            # tokenize=True with return_dict=False returns the flat list of token ids.
+            ids = [int(i) for i in cast("list[int]", rendered)]
+        else:
+            assert request.prompt is not None
+            encoded: list[int] = tokenizer(request.prompt)["input_ids"]
+            ids = [int(i) for i in encoded]
+        if not ids:
+            raise InvalidArgumentError("prompt must not be empty")
+        return ids
+
+    def _check_length(self, request: GenerationRequest, prompt_len: int) -> None:
+        field_name = "messages" if request.messages is not None else "prompt"
+        max_tokens = request.sampling.max_tokens
+        if prompt_len + max_tokens > self.max_model_len:
+            raise InvalidArgumentError(
+                f"{field_name} has {prompt_len} tokens and max_tokens is {max_tokens}: together"
+                f" they exceed the context length of {self._model_name!r}"
+                f" ({self.max_model_len} tokens); shorten the {field_name} or lower max_tokens"
+            )
+
+    async def _acquire_slot(self, state: _RequestState) -> bool:
+        """Wait for a concurrency slot; False if the request was aborted while queued."""
+        if state.abort_event.is_set():
+            return False
+        if not self._semaphore.locked():
+            await self._semaphore.acquire()  # free slot: returns without suspending
+            return True
+        acquire = asyncio.ensure_future(self._semaphore.acquire())
+        aborted = asyncio.ensure_future(state.abort_event.wait())
+        got = False
+        try:
+            await asyncio.wait({acquire, aborted}, return_when=asyncio.FIRST_COMPLETED)
+            got = acquire.done() and not acquire.cancelled() and acquire.exception() is None
+            return got
+        finally:
+            aborted.cancel()
+            if not acquire.done():
+                # A cancelled acquire() never keeps the slot (asyncio hands it on).
+                acquire.cancel()
+            elif not got and not acquire.cancelled() and acquire.exception() is None:
+                # We were cancelled ourselves just as the slot came: give it back.
+                self._semaphore.release()
+
+    def _release_slot_after(
+        self, inflight: concurrent.futures.Future[tuple[int, Any, str]] | None
+    ) -> None:
+        """Free the concurrency slot now, or once the step still computing returns.
+
+        A consumer cancelled mid-step leaves that step running in its thread; the slot
+        stays taken until it ends so no more than max_concurrency steps ever compute.
+        """
+        if inflight is None or inflight.done():
+            self._release_slot()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            # Finalised outside the loop (generator garbage-collected after the loop
+            # stopped): nothing can wait on the slot any more, so free it now.
+            self._release_slot()
+            return
+
+        def _on_done(_: concurrent.futures.Future[tuple[int, Any, str]]) -> None:
+            # RuntimeError: the loop is closed, nobody is left to wait for the slot.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._release_slot)
+
+        inflight.add_done_callback(_on_done)
+
+    def _release_slot(self) -> None:
+        self._running -= 1
+        self._semaphore.release()
+
+    async def _run_step(
+        self,
+        state: _RequestState,
+        input_ids: list[int],
+        past: Any,
+        sampling: SamplingParams,
+        generator: torch.Generator | None,
+        generated: Sequence[int],
+    ) -> _StepResult:
+        """One forward pass + sample + detokenise, in the engine's thread pool."""
+        model, tokenizer = self._model, self._tokenizer
+        if model is None or tokenizer is None:
+            raise EngineDeadError(f"engine for {self._model_name} is shut down")
+        fut = self._executor.submit(
+            _forward_sample_decode,
+            model,
+            tokenizer,
+            self._device,
+            input_ids,
+            past,
+            sampling,
+            generator,
+            list(generated),
+            self._vocab_limit,
+        )
+        state.inflight = fut
+        try:
+            token, new_past, text = await asyncio.wrap_future(fut)
+        except _FATAL_ERRORS as exc:
+            self._dead_reason = f"{type(exc).__name__} during generation: {exc}"
+            # Dead means dead for everyone: the other requests end after their current
+            # step (with EngineDeadError) instead of running on a broken process.
+            for other in self._requests.values():
+                other.abort_event.set()
+            logger.exception(
+                "fatal error in a forward step; engine is dead",
+                extra={"request_id": state.request_id},
+            )
+            raise EngineDeadError(
+                f"engine for {self._model_name} failed fatally: {type(exc).__name__}"
+            ) from exc
+        except Exception as exc:
+            logger.exception("forward step failed", extra={"request_id": state.request_id})
+            raise EngineError(
+                f"generation failed for request {state.request_id!r}: {type(exc).__name__}"
+            ) from exc
+        # Only cleared on success: if the await was cancelled, generate()'s cleanup needs
+        # the still-running future to know when the slot is really free.
+        state.inflight = None
+        return _StepResult(token=token, past=new_past, text=text)
+
+
+# ------------------------------------------------------------------ thread-side code
+
+
+def _load_sync(
+    model_dir: Path, torch_dtype: torch.dtype | str
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load tokenizer and model from local files only (runs in a worker thread)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_dir, local_files_only=True, trust_remote_code=False
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch_dtype, local_files_only=True, trust_remote_code=False
+    )
+    model.eval()
+    return model, tokenizer
+
+
+def _forward_sample_decode(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    device: torch.device,
+    input_ids: list[int],
+    past: Any,
+    sampling: SamplingParams,
+    generator: torch.Generator | None,
+    generated: list[int],
+    vocab_limit: int,
+) -> tuple[int, Any, str]:
+    """Run one step: feed ``input_ids`` (the prompt, then one token at a time) through the
+    model with its KV cache, pick the next token, and decode the whole generation.
+
+    Decoding everything generated so far (rather than the new token alone) is what makes
+    multi-byte characters split across tokens come out right.
+    """
+    # inference_mode is thread-local, so it is entered here, in the worker thread.
+    with torch.inference_mode():
+        inputs = torch.tensor([input_ids], dtype=torch.long, device=device)
+        out = model(input_ids=inputs, past_key_values=past, use_cache=True, logits_to_keep=1)
+        logits = out.logits[0, -1, :vocab_limit].float()
+        token = _sample(logits, sampling, generator)
+    generated.append(token)
+    text = tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert isinstance(text, str)  # one sequence in, one string out
+    return token, out.past_key_values, text
+
+
+def _sample(
+    logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
+) -> int:
+    """Pick a token from 1-D ``logits``: greedy, or temperature + top-k + top-p sampling."""
+    if sampling.temperature == 0.0:
+        return int(torch.argmax(logits).item())
+    logits = logits / sampling.temperature
+    if 0 < sampling.top_k < logits.numel():
+        kth = torch.topk(logits, sampling.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token once the ones before it already cover top_p; the most likely
+        # token is always kept.
+        drop = (torch.cumsum(probs, dim=-1) - probs) > sampling.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(0, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, num_samples=1, generator=generator).item())
+
+
+# ----------------------------------------------------------------- pure helpers
+
+
+def _validate_sampling(sampling: SamplingParams) -> None:
+    if sampling.max_tokens < 1:
+        raise InvalidArgumentError(f"max_tokens must be >= 1, got {sampling.max_tokens}")
+    if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
+        raise InvalidArgumentError(
+            f"temperature must be a finite number >= 0, got {sampling.temperature}"
+        )
+    if not (0.0 < sampling.top_p <= 1.0):
+        raise InvalidArgumentError(f"top_p must be in (0, 1], got {sampling.top_p}")
+    if sampling.top_k < 0:
+        raise InvalidArgumentError(f"top_k must be >= 0 (0 disables it), got {sampling.top_k}")
+    if any(not s for s in sampling.stop):
+        raise InvalidArgumentError("stop strings must not be empty")
+
+
+def _make_generator(sampling: SamplingParams) -> torch.Generator | None:
+    """A private RNG per request: concurrent requests never share (or disturb) a random
+    stream, so a seeded request samples the same tokens whatever else is running."""
+    if sampling.temperature == 0.0:
+        return None
+    seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Every token id that ends a generation: the tokenizer's eos and the eos list of
+    generation_config.json / config.json (chat models list their end-of-turn token)."""
+    ids: set[int] = set()
+    candidates: list[Any] = [tokenizer.eos_token_id, model.config.eos_token_id]
+    gen_config = getattr(model, "generation_config", None)
+    if gen_config is not None:
+        candidates.append(gen_config.eos_token_id)
+    for c in candidates:
+        if c is None:
+            continue
+        if isinstance(c, int):
+            ids.add(c)
+        else:
+            ids.update(int(i) for i in c)
+    return ids
+
+
+def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:
+    """Index of the earliest stop string in ``text`` at or after ``start``, or None.
+
+    Text before ``start`` was already emitted, and it can never hold the beginning of a
+    match (a tail that could start a stop string is held back), so looking from there
+    finds every match.
+    """
+    best: int | None = None
+    for s in stops:
+        i = text.find(s, start)
+        if i != -1 and (best is None or i < best):
+            best = i
+    return best
+
+
+def _emit_boundary(text: str, emitted: int, stops: Sequence[str], max_stop: int) -> int:
+    """How far ``text`` may be emitted: hold back a trailing partial UTF-8 character
+    (decoded as U+FFFD until its last byte arrives) and any tail that could be the start
+    of a stop string, since both may still change what is sent."""
+    end = len(text)
+    while end > emitted and text[end - 1] == _REPLACEMENT_CHAR:
+        end -= 1
+    for k in range(min(max_stop - 1, end - emitted), 0, -1):
+        tail = text[end - k : end]
+        if any(s.startswith(tail) for s in stops):
+            return end - k
+    return end
