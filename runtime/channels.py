@@ -1,0 +1,53 @@
+"""Outgoing gRPC channels: the one way a Helios service talks to another.
+
+Every channel carries the OpenTelemetry client interceptors (so one trace spans
+proxy -> estimator -> worker), the same message-size limit as the servers, and
+keepalive so a dead peer is noticed in seconds rather than at the next TCP timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+import grpc.aio
+
+from runtime.tracing import aio_client_interceptors
+
+__all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE_BYTES", "create_channel"]
+
+# Prompts and token streams are small, but embeddings/logprobs batches and model
+# metadata are not; 64 MiB on both ends so neither side rejects what the other sends.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Ping every 30 s, give up after 10 s without an ack; also while idle, so a
+    # long-lived channel to a worker notices a vanished peer before the next request.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+def create_channel(
+    target: str,
+    *,
+    tls: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, int | str]] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> grpc.aio.Channel:
+    """An aio channel to ``target`` (``host:port``) with tracing and Helios defaults.
+
+    ``tls``: channel credentials; None (today's default everywhere) means plain-text.
+    ``options`` override the defaults by key; ``interceptors`` run inside the tracing ones.
+    """
+    merged = dict(CHANNEL_OPTIONS)
+    merged.update(dict(options))
+    opts = list(merged.items())
+    chain = [*aio_client_interceptors(), *interceptors]
+    if tls is not None:
+        return grpc.aio.secure_channel(target, tls, options=opts, interceptors=chain)
+    return grpc.aio.insecure_channel(target, options=opts, interceptors=chain)

@@ -1,0 +1,183 @@
+"""Prometheus metrics: the /metrics endpoint and per-RPC server metrics.
+
+Metric objects are module-level, so they are registered exactly once per process in
+prometheus_client's default registry; any number of servers in one process (tests,
+an all-in-one launcher) share them without duplicate-registration errors. Labels follow
+go-grpc-prometheus: ``service`` is the full gRPC service name (``helios.v1.WorkerService``)
+and ``method`` the RPC name; which Helios process it is comes from the scrape target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+import grpc.aio
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from runtime._handlers import Behavior, call_unary, iterate_stream, rewrap, split_method
+
+__all__ = [
+    "GRPC_HANDLED",
+    "GRPC_HANDLING_SECONDS",
+    "GRPC_IN_FLIGHT",
+    "GRPC_STARTED",
+    "MetricsInterceptor",
+    "MetricsServer",
+    "serve_metrics",
+    "start_metrics_server",
+]
+
+GRPC_STARTED = Counter(
+    "helios_grpc_server_started_total",
+    "RPCs started on the server.",
+    ["service", "method"],
+)
+GRPC_HANDLED = Counter(
+    "helios_grpc_server_handled_total",
+    "RPCs completed on the server, by final status code (streams count when they end).",
+    ["service", "method", "code"],
+)
+GRPC_HANDLING_SECONDS = Histogram(
+    "helios_grpc_server_handling_seconds",
+    "Time from an RPC starting to its final status (whole stream for streaming RPCs).",
+    ["service", "method"],
+    # LLM calls range from a millisecond health check to minutes of streamed tokens.
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+GRPC_IN_FLIGHT = Gauge(
+    "helios_grpc_server_in_flight",
+    "RPCs currently being handled.",
+    ["service", "method"],
+)
+
+_CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class MetricsServer:
+    """A running /metrics HTTP endpoint; :meth:`close` stops it (servers in tests do)."""
+
+    def __init__(self, httpd: WSGIServer, thread: threading.Thread) -> None:
+        self._httpd = httpd
+        self._thread = thread
+        self.port: int = httpd.server_port
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> MetricsServer:
+    """Start the /metrics endpoint in a daemon thread; port 0 picks a free one."""
+    httpd, thread = start_http_server(port, addr=host)
+    return MetricsServer(httpd, thread)
+
+
+def start_metrics_server(port: int, host: str = "127.0.0.1") -> int:
+    """Start the /metrics endpoint for the life of the process; returns the bound port."""
+    return serve_metrics(port, host).port
+
+
+def _status_name(code: object) -> str:
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int) and code in _CODES_BY_VALUE:
+        return _CODES_BY_VALUE[code].name
+    return grpc.StatusCode.UNKNOWN.name
+
+
+def _final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+    """The status the client will see, as best the server can tell."""
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        # Cancelled by grpc: either the deadline passed or the client/server gave up.
+        try:
+            remaining = context.time_remaining()
+        except Exception:  # pragma: no cover - context already torn down
+            remaining = None
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED.name
+        return grpc.StatusCode.CANCELLED.name
+    code = context.code()  # set by context.abort() / set_code(); None when untouched
+    if code is not None:
+        return _status_name(code)
+    if exc is not None:
+        # Escaped every interceptor: grpc itself answers UNKNOWN.
+        return grpc.StatusCode.UNKNOWN.name
+    return grpc.StatusCode.OK.name
+
+
+class _Observation:
+    """Start/finish bookkeeping for one RPC; finish() is recorded at most once."""
+
+    __slots__ = ("_done", "_method", "_service", "_start")
+
+    def __init__(self, service: str, method: str) -> None:
+        self._service, self._method = service, method
+        self._start = time.perf_counter()
+        self._done = False
+        GRPC_STARTED.labels(service, method).inc()
+        GRPC_IN_FLIGHT.labels(service, method).inc()
+
+    def finish(self, code: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        GRPC_IN_FLIGHT.labels(self._service, self._method).dec()
+        GRPC_HANDLED.labels(self._service, self._method, code).inc()
+        GRPC_HANDLING_SECONDS.labels(self._service, self._method).observe(
+            time.perf_counter() - self._start
+        )
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts, times and tracks in-flight RPCs (unary and streaming)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        service, method = split_method(handler_call_details.method)
+
+        def unary(behavior: Behavior) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+            async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                obs = _Observation(service, method)
+                try:
+                    response = await call_unary(behavior, request, context)
+                except BaseException as exc:
+                    obs.finish(_final_code(context, exc))
+                    raise
+                obs.finish(_final_code(context, None))
+                return response
+
+            return wrapper
+
+        def stream(
+            behavior: Behavior,
+        ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+            async def wrapper(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                obs = _Observation(service, method)
+                try:
+                    async for item in iterate_stream(behavior, request, context):
+                        yield item
+                except BaseException as exc:
+                    # GeneratorExit lands here too: grpc dropped the stream while it
+                    # was parked at a yield (client cancelled, server stopped).
+                    obs.finish(_final_code(context, exc))
+                    raise
+                obs.finish(_final_code(context, None))
+
+            return wrapper
+
+        return rewrap(handler, unary=unary, stream=stream)

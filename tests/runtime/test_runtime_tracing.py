@@ -1,0 +1,75 @@
+"""Tracing setup and create_channel: one trace across client and server."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import grpc.aio
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from runtime_echo import SERVICE
+
+from runtime import tracing
+from runtime.channels import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, create_channel
+from runtime.server import RunningServer
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    # The global provider can be set once per process: the first configure wins, so
+    # only check it is ours and has the Helios naming.
+    provider = tracing.configure_tracing("echo", None)
+    assert tracing.configure_tracing("other", None) is provider
+    assert trace.get_tracer_provider() is provider
+    assert isinstance(provider, TracerProvider)
+    assert str(provider.resource.attributes["service.name"]).startswith("helios-")
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+async def test_trace_propagates_through_create_channel(
+    server: RunningServer, spans: InMemorySpanExporter
+) -> None:
+    async with create_channel(server.address) as channel:
+        assert await channel.unary_unary(f"/{SERVICE}/Echo")(b"hi", timeout=5) == b"hi"
+        streamed = [m async for m in channel.unary_stream(f"/{SERVICE}/Stream")(b"2", timeout=5)]
+        assert streamed == [b"0", b"1"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await channel.unary_unary(f"/{SERVICE}/Echo")(b"notfound:x", timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    finished = spans.get_finished_spans()
+    for method in ("Echo", "Stream"):
+        name = f"/{SERVICE}/{method}"
+        named = [s for s in finished if s.name.endswith(f"{SERVICE}/{method}")]
+        clients = [s for s in named if s.kind == SpanKind.CLIENT]
+        servers = [s for s in named if s.kind == SpanKind.SERVER]
+        assert clients and servers, (name, [(s.name, s.kind) for s in finished])
+        client, srv = clients[0], servers[0]
+        assert srv.context.trace_id == client.context.trace_id
+        assert srv.parent is not None and srv.parent.span_id == client.context.span_id
+
+
+def test_channel_options() -> None:
+    opts = dict(CHANNEL_OPTIONS)
+    assert opts["grpc.max_send_message_length"] == MAX_MESSAGE_BYTES == 64 * 1024 * 1024
+    assert opts["grpc.max_receive_message_length"] == MAX_MESSAGE_BYTES
+    assert opts["grpc.keepalive_time_ms"] > 0
+
+
+def test_missing_otlp_exporter_warns(caplog: pytest.LogCaptureFixture) -> None:
+    try:
+        import opentelemetry.exporter.otlp  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("opentelemetry-exporter-otlp is installed here")
+    caplog.set_level(logging.WARNING, logger="runtime.tracing")
+    assert tracing._otlp_exporter("localhost:4317") is None
+    assert "not installed" in caplog.text
