@@ -31,6 +31,7 @@ def job_to_pb(job: Job) -> pb.GenerateRequest:
             top_k=s.top_k,
             seed=s.seed,
             stop=s.stop,
+            ignore_eos=s.ignore_eos,
         ),
     )
     if job.messages is not None:
@@ -90,4 +91,4 @@ class GrpcWorkerConnection:
         )
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(grace=None)
