@@ -31,6 +31,7 @@ class Sampling:
     top_k: int
     seed: int | None
     stop: tuple[str, ...]
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class CommonParams:
     presence_penalty: float | None
     frequency_penalty: float | None
     include_usage: bool
+    ignore_eos: bool = False
 
 
 def _stop_sequences(stop: Any) -> tuple[str, ...]:
@@ -114,6 +116,7 @@ def sampling_from(params: CommonParams, default_max_tokens: int) -> Sampling:
         top_k=top_k,
         seed=params.seed,
         stop=_stop_sequences(params.stop),
+        ignore_eos=params.ignore_eos,
     )
 
 

@@ -58,6 +58,7 @@ def _common(params: pb.ChatCompletionParams | pb.CompletionParams) -> CommonPara
         presence_penalty=_optional(params, "presence_penalty"),
         frequency_penalty=_optional(params, "frequency_penalty"),
         include_usage=params.HasField("stream_options") and params.stream_options.include_usage,
+        ignore_eos=params.ignore_eos,
     )
 
 

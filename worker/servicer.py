@@ -62,6 +62,7 @@ def generation_request_from_pb(request: pb.GenerateRequest) -> GenerationRequest
         top_k=s.top_k,
         seed=s.seed if s.HasField("seed") else None,
         stop=tuple(s.stop),
+        ignore_eos=s.ignore_eos,
     )
     kind = request.WhichOneof("input")
     if kind == "prompt":

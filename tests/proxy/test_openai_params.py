@@ -96,10 +96,10 @@ def test_chat_rejections_name_the_field(
 
 @pytest.mark.parametrize("prompt", [None, "", 3, ["a", "b"], [1]])
 def test_completion_prompt_rejections(prompt: Any) -> None:
-    with pytest.raises(InvalidArgumentError, match="^prompt"):
+    with pytest.raises(InvalidArgumentError, match=r"^prompt"):
         completion_job(BASE, prompt)
 
 
 def test_completion_echo_unsupported() -> None:
-    with pytest.raises(InvalidArgumentError, match="^echo"):
+    with pytest.raises(InvalidArgumentError, match=r"^echo"):
         completion_job(BASE, "x", echo=True)

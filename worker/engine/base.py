@@ -25,7 +25,8 @@ class EngineDeadError(UnavailableError):
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens. ``top_k == 0`` and ``top_p == 1.0`` disable those filters;
-    ``temperature == 0`` means greedy. ``seed`` makes sampling reproducible."""
+    ``temperature == 0`` means greedy. ``seed`` makes sampling reproducible.
+    ``ignore_eos`` keeps generating past end-of-sequence tokens (benchmarks, tests)."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -33,6 +34,7 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)

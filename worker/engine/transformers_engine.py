@@ -332,7 +332,7 @@ class TransformersEngine(EngineClient):
 
                 finish: FinishReason | None = None
                 final_end = len(text)
-                if step.token in self.eos_token_ids:
+                if step.token in self.eos_token_ids and not sampling.ignore_eos:
                     finish = FinishReason.STOP
                     # The eos token adds no text (it is normally a special token, skipped
                     # by decode; if a tokenizer does not mark it special, it is still

@@ -24,51 +24,51 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16helios/v1/worker.proto\x12\thelios.v1\"=\n\rPromptMessage\x12\x12\n\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"B\n\nChatPrompt\x12\x34\n\x08messages\x18\x01 \x03(\x0b\x32\x18.helios.v1.PromptMessageR\x08messages\"\xb1\x01\n\x0eSamplingParams\x12\x1d\n\nmax_tokens\x18\x01 \x01(\x05R\tmaxTokens\x12 \n\x0btemperature\x18\x02 \x01(\x02R\x0btemperature\x12\x13\n\x05top_p\x18\x03 \x01(\x02R\x04topP\x12\x13\n\x05top_k\x18\x04 \x01(\x05R\x04topK\x12\x17\n\x04seed\x18\x05 \x01(\x03H\x00R\x04seed\x88\x01\x01\x12\x12\n\x04stop\x18\x06 \x03(\tR\x04stopB\x07\n\x05_seed\"\xcd\x01\n\x0fGenerateRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n\x06prompt\x18\x03 \x01(\tH\x00R\x06prompt\x12+\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x15.helios.v1.ChatPromptH\x00R\x04\x63hat\x12\x35\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.helios.v1.SamplingParamsR\x08samplingB\x07\n\x05input\"\xd3\x01\n\x10GenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n\ttoken_ids\x18\x02 \x03(\x05R\x08tokenIds\x12#\n\rprompt_tokens\x18\x03 \x01(\x05R\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05R\x10\x63ompletionTokens\x12<\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x17.helios.v1.FinishReasonR\x0c\x66inishReason\"F\n\x0ePrefillRequest\x12\x34\n\x07request\x18\x01 \x01(\x0b\x32\x1a.helios.v1.GenerateRequestR\x07request\"\x93\x01\n\x0fPrefillResponse\x12\x31\n\x05\x66irst\x18\x01 \x01(\x0b\x32\x1b.helios.v1.GenerateResponseR\x05\x66irst\x12&\n\x0fkv_cache_handle\x18\x02 \x01(\tR\rkvCacheHandle\x12%\n\x0eprefill_worker\x18\x03 \x01(\tR\rprefillWorker\"\xba\x01\n\rDecodeRequest\x12\x34\n\x07request\x18\x01 \x01(\x0b\x32\x1a.helios.v1.GenerateRequestR\x07request\x12&\n\x0fkv_cache_handle\x18\x02 \x01(\tR\rkvCacheHandle\x12%\n\x0eprefill_worker\x18\x03 \x01(\tR\rprefillWorker\x12$\n\x0e\x66irst_token_id\x18\x04 \x01(\x05R\x0c\x66irstTokenId\"A\n\x0e\x44\x65\x63odeResponse\x12/\n\x04step\x18\x01 \x01(\x0b\x32\x1b.helios.v1.GenerateResponseR\x04step\"a\n\x10LoadModelRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\x12\x1d\n\nlocal_path\x18\x03 \x01(\tR\tlocalPath\"\x8c\x01\n\x11LoadModelResponse\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x15.helios.v1.ModelStateR\x05state\x12\x1a\n\x08progress\x18\x03 \x01(\x02R\x08progress\x12\x18\n\x07message\x18\x04 \x01(\tR\x07message\"^\n\x12UnloadModelRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x32\n\x15\x64rain_timeout_seconds\x18\x02 \x01(\x02R\x13\x64rainTimeoutSeconds\"V\n\x13UnloadModelResponse\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12)\n\x10\x61\x62orted_requests\x18\x02 \x01(\x05R\x0f\x61\x62ortedRequests\"\x12\n\x10HeartbeatRequest\"\x99\x03\n\x0bLoadedModel\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x15.helios.v1.ModelStateR\x05state\x12\x16\n\x06\x65ngine\x18\x03 \x01(\tR\x06\x65ngine\x12)\n\x10running_requests\x18\x04 \x01(\x05R\x0frunningRequests\x12)\n\x10waiting_requests\x18\x05 \x01(\x05R\x0fwaitingRequests\x12$\n\x0ekv_cache_usage\x18\x06 \x01(\x02R\x0ckvCacheUsage\x12\x31\n\x15prefix_cache_hit_rate\x18\x07 \x01(\x02R\x12prefixCacheHitRate\x12\x34\n\x16generated_tokens_total\x18\x08 \x01(\x03R\x14generatedTokensTotal\x12\x34\n\x16\x61\x62orted_requests_total\x18\t \x01(\x03R\x14\x61\x62ortedRequestsTotal\x12\x14\n\x05\x65rror\x18\n \x01(\tR\x05\x65rror\"\xe8\x01\n\x11HeartbeatResponse\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x16.helios.v1.WorkerStateR\x05state\x12.\n\x06models\x18\x03 \x03(\x0b\x32\x16.helios.v1.LoadedModelR\x06models\x12,\n\x12memory_total_bytes\x18\x04 \x01(\x03R\x10memoryTotalBytes\x12*\n\x11memory_free_bytes\x18\x05 \x01(\x03R\x0fmemoryFreeBytes*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03*\xa8\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MODEL_STATE_DOWNLOADING\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x15\n\x11MODEL_STATE_READY\x10\x03\x12\x18\n\x14MODEL_STATE_DRAINING\x10\x04\x12\x16\n\x12MODEL_STATE_FAILED\x10\x05*\xaa\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11WORKER_STATE_IDLE\x10\x01\x12\x18\n\x14WORKER_STATE_LOADING\x10\x02\x12\x16\n\x12WORKER_STATE_READY\x10\x03\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x04\x12\x19\n\x15WORKER_STATE_DEGRADED\x10\x05\x32\xb9\x03\n\rWorkerService\x12\x45\n\x08Generate\x12\x1a.helios.v1.GenerateRequest\x1a\x1b.helios.v1.GenerateResponse0\x01\x12@\n\x07Prefill\x12\x19.helios.v1.PrefillRequest\x1a\x1a.helios.v1.PrefillResponse\x12?\n\x06\x44\x65\x63ode\x12\x18.helios.v1.DecodeRequest\x1a\x19.helios.v1.DecodeResponse0\x01\x12H\n\tLoadModel\x12\x1b.helios.v1.LoadModelRequest\x1a\x1c.helios.v1.LoadModelResponse0\x01\x12L\n\x0bUnloadModel\x12\x1d.helios.v1.UnloadModelRequest\x1a\x1e.helios.v1.UnloadModelResponse\x12\x46\n\tHeartbeat\x12\x1b.helios.v1.HeartbeatRequest\x1a\x1c.helios.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16helios/v1/worker.proto\x12\thelios.v1\"=\n\rPromptMessage\x12\x12\n\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"B\n\nChatPrompt\x12\x34\n\x08messages\x18\x01 \x03(\x0b\x32\x18.helios.v1.PromptMessageR\x08messages\"\xd0\x01\n\x0eSamplingParams\x12\x1d\n\nmax_tokens\x18\x01 \x01(\x05R\tmaxTokens\x12 \n\x0btemperature\x18\x02 \x01(\x02R\x0btemperature\x12\x13\n\x05top_p\x18\x03 \x01(\x02R\x04topP\x12\x13\n\x05top_k\x18\x04 \x01(\x05R\x04topK\x12\x17\n\x04seed\x18\x05 \x01(\x03H\x00R\x04seed\x88\x01\x01\x12\x12\n\x04stop\x18\x06 \x03(\tR\x04stop\x12\x1d\n\nignore_eos\x18\x07 \x01(\x08R\tignoreEosB\x07\n\x05_seed\"\xcd\x01\n\x0fGenerateRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n\x06prompt\x18\x03 \x01(\tH\x00R\x06prompt\x12+\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x15.helios.v1.ChatPromptH\x00R\x04\x63hat\x12\x35\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.helios.v1.SamplingParamsR\x08samplingB\x07\n\x05input\"\xd3\x01\n\x10GenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n\ttoken_ids\x18\x02 \x03(\x05R\x08tokenIds\x12#\n\rprompt_tokens\x18\x03 \x01(\x05R\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05R\x10\x63ompletionTokens\x12<\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x17.helios.v1.FinishReasonR\x0c\x66inishReason\"F\n\x0ePrefillRequest\x12\x34\n\x07request\x18\x01 \x01(\x0b\x32\x1a.helios.v1.GenerateRequestR\x07request\"\x93\x01\n\x0fPrefillResponse\x12\x31\n\x05\x66irst\x18\x01 \x01(\x0b\x32\x1b.helios.v1.GenerateResponseR\x05\x66irst\x12&\n\x0fkv_cache_handle\x18\x02 \x01(\tR\rkvCacheHandle\x12%\n\x0eprefill_worker\x18\x03 \x01(\tR\rprefillWorker\"\xba\x01\n\rDecodeRequest\x12\x34\n\x07request\x18\x01 \x01(\x0b\x32\x1a.helios.v1.GenerateRequestR\x07request\x12&\n\x0fkv_cache_handle\x18\x02 \x01(\tR\rkvCacheHandle\x12%\n\x0eprefill_worker\x18\x03 \x01(\tR\rprefillWorker\x12$\n\x0e\x66irst_token_id\x18\x04 \x01(\x05R\x0c\x66irstTokenId\"A\n\x0e\x44\x65\x63odeResponse\x12/\n\x04step\x18\x01 \x01(\x0b\x32\x1b.helios.v1.GenerateResponseR\x04step\"a\n\x10LoadModelRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\x12\x1d\n\nlocal_path\x18\x03 \x01(\tR\tlocalPath\"\x8c\x01\n\x11LoadModelResponse\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x15.helios.v1.ModelStateR\x05state\x12\x1a\n\x08progress\x18\x03 \x01(\x02R\x08progress\x12\x18\n\x07message\x18\x04 \x01(\tR\x07message\"^\n\x12UnloadModelRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x32\n\x15\x64rain_timeout_seconds\x18\x02 \x01(\x02R\x13\x64rainTimeoutSeconds\"V\n\x13UnloadModelResponse\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12)\n\x10\x61\x62orted_requests\x18\x02 \x01(\x05R\x0f\x61\x62ortedRequests\"\x12\n\x10HeartbeatRequest\"\x99\x03\n\x0bLoadedModel\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x15.helios.v1.ModelStateR\x05state\x12\x16\n\x06\x65ngine\x18\x03 \x01(\tR\x06\x65ngine\x12)\n\x10running_requests\x18\x04 \x01(\x05R\x0frunningRequests\x12)\n\x10waiting_requests\x18\x05 \x01(\x05R\x0fwaitingRequests\x12$\n\x0ekv_cache_usage\x18\x06 \x01(\x02R\x0ckvCacheUsage\x12\x31\n\x15prefix_cache_hit_rate\x18\x07 \x01(\x02R\x12prefixCacheHitRate\x12\x34\n\x16generated_tokens_total\x18\x08 \x01(\x03R\x14generatedTokensTotal\x12\x34\n\x16\x61\x62orted_requests_total\x18\t \x01(\x03R\x14\x61\x62ortedRequestsTotal\x12\x14\n\x05\x65rror\x18\n \x01(\tR\x05\x65rror\"\xe8\x01\n\x11HeartbeatResponse\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x16.helios.v1.WorkerStateR\x05state\x12.\n\x06models\x18\x03 \x03(\x0b\x32\x16.helios.v1.LoadedModelR\x06models\x12,\n\x12memory_total_bytes\x18\x04 \x01(\x03R\x10memoryTotalBytes\x12*\n\x11memory_free_bytes\x18\x05 \x01(\x03R\x0fmemoryFreeBytes*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03*\xa8\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MODEL_STATE_DOWNLOADING\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x15\n\x11MODEL_STATE_READY\x10\x03\x12\x18\n\x14MODEL_STATE_DRAINING\x10\x04\x12\x16\n\x12MODEL_STATE_FAILED\x10\x05*\xaa\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11WORKER_STATE_IDLE\x10\x01\x12\x18\n\x14WORKER_STATE_LOADING\x10\x02\x12\x16\n\x12WORKER_STATE_READY\x10\x03\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x04\x12\x19\n\x15WORKER_STATE_DEGRADED\x10\x05\x32\xb9\x03\n\rWorkerService\x12\x45\n\x08Generate\x12\x1a.helios.v1.GenerateRequest\x1a\x1b.helios.v1.GenerateResponse0\x01\x12@\n\x07Prefill\x12\x19.helios.v1.PrefillRequest\x1a\x1a.helios.v1.PrefillResponse\x12?\n\x06\x44\x65\x63ode\x12\x18.helios.v1.DecodeRequest\x1a\x19.helios.v1.DecodeResponse0\x01\x12H\n\tLoadModel\x12\x1b.helios.v1.LoadModelRequest\x1a\x1c.helios.v1.LoadModelResponse0\x01\x12L\n\x0bUnloadModel\x12\x1d.helios.v1.UnloadModelRequest\x1a\x1e.helios.v1.UnloadModelResponse\x12\x46\n\tHeartbeat\x12\x1b.helios.v1.HeartbeatRequest\x1a\x1c.helios.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'helios.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2341
-  _globals['_FINISHREASON']._serialized_end=2461
-  _globals['_MODELSTATE']._serialized_start=2464
-  _globals['_MODELSTATE']._serialized_end=2632
-  _globals['_WORKERSTATE']._serialized_start=2635
-  _globals['_WORKERSTATE']._serialized_end=2805
+  _globals['_FINISHREASON']._serialized_start=2372
+  _globals['_FINISHREASON']._serialized_end=2492
+  _globals['_MODELSTATE']._serialized_start=2495
+  _globals['_MODELSTATE']._serialized_end=2663
+  _globals['_WORKERSTATE']._serialized_start=2666
+  _globals['_WORKERSTATE']._serialized_end=2836
   _globals['_PROMPTMESSAGE']._serialized_start=37
   _globals['_PROMPTMESSAGE']._serialized_end=98
   _globals['_CHATPROMPT']._serialized_start=100
   _globals['_CHATPROMPT']._serialized_end=166
   _globals['_SAMPLINGPARAMS']._serialized_start=169
-  _globals['_SAMPLINGPARAMS']._serialized_end=346
-  _globals['_GENERATEREQUEST']._serialized_start=349
-  _globals['_GENERATEREQUEST']._serialized_end=554
-  _globals['_GENERATERESPONSE']._serialized_start=557
-  _globals['_GENERATERESPONSE']._serialized_end=768
-  _globals['_PREFILLREQUEST']._serialized_start=770
-  _globals['_PREFILLREQUEST']._serialized_end=840
-  _globals['_PREFILLRESPONSE']._serialized_start=843
-  _globals['_PREFILLRESPONSE']._serialized_end=990
-  _globals['_DECODEREQUEST']._serialized_start=993
-  _globals['_DECODEREQUEST']._serialized_end=1179
-  _globals['_DECODERESPONSE']._serialized_start=1181
-  _globals['_DECODERESPONSE']._serialized_end=1246
-  _globals['_LOADMODELREQUEST']._serialized_start=1248
-  _globals['_LOADMODELREQUEST']._serialized_end=1345
-  _globals['_LOADMODELRESPONSE']._serialized_start=1348
-  _globals['_LOADMODELRESPONSE']._serialized_end=1488
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1490
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1584
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1586
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1672
-  _globals['_HEARTBEATREQUEST']._serialized_start=1674
-  _globals['_HEARTBEATREQUEST']._serialized_end=1692
-  _globals['_LOADEDMODEL']._serialized_start=1695
-  _globals['_LOADEDMODEL']._serialized_end=2104
-  _globals['_HEARTBEATRESPONSE']._serialized_start=2107
-  _globals['_HEARTBEATRESPONSE']._serialized_end=2339
-  _globals['_WORKERSERVICE']._serialized_start=2808
-  _globals['_WORKERSERVICE']._serialized_end=3249
+  _globals['_SAMPLINGPARAMS']._serialized_end=377
+  _globals['_GENERATEREQUEST']._serialized_start=380
+  _globals['_GENERATEREQUEST']._serialized_end=585
+  _globals['_GENERATERESPONSE']._serialized_start=588
+  _globals['_GENERATERESPONSE']._serialized_end=799
+  _globals['_PREFILLREQUEST']._serialized_start=801
+  _globals['_PREFILLREQUEST']._serialized_end=871
+  _globals['_PREFILLRESPONSE']._serialized_start=874
+  _globals['_PREFILLRESPONSE']._serialized_end=1021
+  _globals['_DECODEREQUEST']._serialized_start=1024
+  _globals['_DECODEREQUEST']._serialized_end=1210
+  _globals['_DECODERESPONSE']._serialized_start=1212
+  _globals['_DECODERESPONSE']._serialized_end=1277
+  _globals['_LOADMODELREQUEST']._serialized_start=1279
+  _globals['_LOADMODELREQUEST']._serialized_end=1376
+  _globals['_LOADMODELRESPONSE']._serialized_start=1379
+  _globals['_LOADMODELRESPONSE']._serialized_end=1519
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1521
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1615
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1617
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1703
+  _globals['_HEARTBEATREQUEST']._serialized_start=1705
+  _globals['_HEARTBEATREQUEST']._serialized_end=1723
+  _globals['_LOADEDMODEL']._serialized_start=1726
+  _globals['_LOADEDMODEL']._serialized_end=2135
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2138
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2370
+  _globals['_WORKERSERVICE']._serialized_start=2839
+  _globals['_WORKERSERVICE']._serialized_end=3280
 # @@protoc_insertion_point(module_scope)
