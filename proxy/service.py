@@ -144,7 +144,10 @@ class CompletionRouter:
                 self.pool.record_failure(address)
                 raise
             except (asyncio.CancelledError, GeneratorExit):
-                outcome = "cancelled"
+                # A client may hang up right after the last chunk (it saw `[DONE]`): that
+                # request still finished.
+                if outcome != "finished":
+                    outcome = "cancelled"
                 raise
             finally:
                 metrics.REQUESTS.labels(job.model, outcome).inc()

