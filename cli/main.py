@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cli.estimate import add_estimate_command
 from cli.up import add_up_arguments, up_command
 
 
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--seed", type=int, default=0)
     model.add_argument("--name", default="helios-tiny-chat")
     model.set_defaults(handler=_model_build_command)
+
+    add_estimate_command(commands)
     return parser
 
 

@@ -320,3 +320,31 @@ def test_metrics_through_envoy(mesh: Mesh) -> None:
         text = response.read().decode()
     assert "helios_grpc_server_handled_total" in text
     assert "helios_proxy_time_to_first_token_seconds" in text
+
+
+def test_estimate_memory_through_envoy(mesh: Mesh) -> None:
+    """The estimator's REST shape that outside tests rely on."""
+    config = json.loads((mesh.model_dir / "config.json").read_text())
+    body = {
+        "config": config,
+        "dtype": "bf16",
+        "batch_size": 1,
+        "max_seq_len": 4096,
+        "mode": "inference",
+    }
+    status, answer = _post(f"{mesh.rest_url}/estimate/memory", json.dumps(body).encode())
+    assert status == 200, answer
+    parameters = int(answer["parameter_count"])
+    assert int(answer["weights_bytes"]) == 2 * parameters  # bf16
+    per_token = int(answer["kv_cache_bytes_per_token"])
+    layers, kv_heads = config["num_hidden_layers"], config["num_key_value_heads"]
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    assert per_token == 2 * layers * kv_heads * head_dim * 2
+    assert int(answer["kv_cache_bytes"]) == per_token * 4096
+    assert int(answer["total_bytes"]) > int(answer["weights_bytes"]) + int(answer["kv_cache_bytes"])
+    status, answer = _post(
+        f"{mesh.rest_url}/estimate/memory", json.dumps({**body, "batch_size": -3}).encode()
+    )
+    assert status == 400
+    _assert_openai_error(answer)
+    assert "batch_size" in answer["error"]["message"]

@@ -27,8 +27,9 @@ if _version_not_supported:
 
 class EstimatorServiceStub:
     """EstimatorService computes how much GPU memory a model needs, so that the proxy never
-    places a model on a GPU that cannot hold it. Not implemented yet: every RPC answers
-    UNIMPLEMENTED until the estimator issue lands.
+    places a model on a GPU that cannot hold it. A request names a model (a local HF-layout
+    directory until the registry resolves model ids) or carries its config.json inline.
+    Estimates are cached with a TTL, keyed on the config's content and every parameter.
     """
 
     def __init__(self, channel):
@@ -71,8 +72,9 @@ class EstimatorServiceStub:
 
 class EstimatorServiceServicer:
     """EstimatorService computes how much GPU memory a model needs, so that the proxy never
-    places a model on a GPU that cannot hold it. Not implemented yet: every RPC answers
-    UNIMPLEMENTED until the estimator issue lands.
+    places a model on a GPU that cannot hold it. A request names a model (a local HF-layout
+    directory until the registry resolves model ids) or carries its config.json inline.
+    Estimates are cached with a TTL, keyed on the config's content and every parameter.
     """
 
     def EstimateMemory(self, request, context):
@@ -160,8 +162,9 @@ def add_EstimatorServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class EstimatorService:
     """EstimatorService computes how much GPU memory a model needs, so that the proxy never
-    places a model on a GPU that cannot hold it. Not implemented yet: every RPC answers
-    UNIMPLEMENTED until the estimator issue lands.
+    places a model on a GPU that cannot hold it. A request names a model (a local HF-layout
+    directory until the registry resolves model ids) or carries its config.json inline.
+    Estimates are cached with a TTL, keyed on the config's content and every parameter.
     """
 
     @staticmethod
