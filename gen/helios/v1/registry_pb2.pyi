@@ -21,10 +21,12 @@ class ResolveModelRequest(_message.Message):
     def __init__(self, reference: _Optional[str] = ...) -> None: ...
 
 class ResolveModelResponse(_message.Message):
-    __slots__ = ("version",)
+    __slots__ = ("version", "total_bytes")
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     version: ModelVersion
-    def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
+    total_bytes: int
+    def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class GetManifestRequest(_message.Message):
     __slots__ = ("version",)
@@ -47,12 +49,16 @@ class ManifestFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., chunk_size_bytes: _Optional[int] = ..., chunk_sha256: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetManifestResponse(_message.Message):
-    __slots__ = ("version", "files")
+    __slots__ = ("version", "files", "total_bytes", "source")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     version: ModelVersion
     files: _containers.RepeatedCompositeFieldContainer[ManifestFile]
-    def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ..., files: _Optional[_Iterable[_Union[ManifestFile, _Mapping]]] = ...) -> None: ...
+    total_bytes: int
+    source: str
+    def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ..., files: _Optional[_Iterable[_Union[ManifestFile, _Mapping]]] = ..., total_bytes: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
 
 class GetConfigRequest(_message.Message):
     __slots__ = ("version",)
@@ -75,36 +81,50 @@ class RegistryServiceListModelsRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class RegistryServiceListModelsResponse(_message.Message):
-    __slots__ = ("versions", "next_page_token")
+    __slots__ = ("versions", "next_page_token", "total_bytes")
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
     next_page_token: str
-    def __init__(self, versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    total_bytes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_bytes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ImportModelRequest(_message.Message):
-    __slots__ = ("source", "model_id", "allow_patterns", "deny_patterns")
+    __slots__ = ("source", "model_id", "allow_patterns", "deny_patterns", "set_latest")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PATTERNS_FIELD_NUMBER: _ClassVar[int]
     DENY_PATTERNS_FIELD_NUMBER: _ClassVar[int]
+    SET_LATEST_FIELD_NUMBER: _ClassVar[int]
     source: str
     model_id: str
     allow_patterns: _containers.RepeatedScalarFieldContainer[str]
     deny_patterns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, source: _Optional[str] = ..., model_id: _Optional[str] = ..., allow_patterns: _Optional[_Iterable[str]] = ..., deny_patterns: _Optional[_Iterable[str]] = ...) -> None: ...
+    set_latest: bool
+    def __init__(self, source: _Optional[str] = ..., model_id: _Optional[str] = ..., allow_patterns: _Optional[_Iterable[str]] = ..., deny_patterns: _Optional[_Iterable[str]] = ..., set_latest: _Optional[bool] = ...) -> None: ...
 
 class ImportModelResponse(_message.Message):
-    __slots__ = ("file", "bytes_done", "bytes_total", "version")
+    __slots__ = ("file", "bytes_done", "bytes_total", "version", "files_done", "files_total", "file_bytes_done", "file_bytes_total", "reused_bytes")
     FILE_FIELD_NUMBER: _ClassVar[int]
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    FILES_DONE_FIELD_NUMBER: _ClassVar[int]
+    FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FILE_BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    FILE_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    REUSED_BYTES_FIELD_NUMBER: _ClassVar[int]
     file: str
     bytes_done: int
     bytes_total: int
     version: ModelVersion
-    def __init__(self, file: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., version: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
+    files_done: int
+    files_total: int
+    file_bytes_done: int
+    file_bytes_total: int
+    reused_bytes: int
+    def __init__(self, file: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., version: _Optional[_Union[ModelVersion, _Mapping]] = ..., files_done: _Optional[int] = ..., files_total: _Optional[int] = ..., file_bytes_done: _Optional[int] = ..., file_bytes_total: _Optional[int] = ..., reused_bytes: _Optional[int] = ...) -> None: ...
 
 class SetAliasRequest(_message.Message):
     __slots__ = ("alias", "version")
@@ -142,6 +162,20 @@ class RecordUsageRequest(_message.Message):
     tokens: int
     def __init__(self, model_id: _Optional[str] = ..., requests: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
 
+class SetModelPolicyRequest(_message.Message):
+    __slots__ = ("model_id", "priority", "pinned")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    priority: int
+    pinned: bool
+    def __init__(self, model_id: _Optional[str] = ..., priority: _Optional[int] = ..., pinned: _Optional[bool] = ...) -> None: ...
+
+class SetModelPolicyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class RecordUsageResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -153,12 +187,18 @@ class GetPrefetchHintsRequest(_message.Message):
     def __init__(self, limit: _Optional[int] = ...) -> None: ...
 
 class PrefetchHint(_message.Message):
-    __slots__ = ("model_id", "score")
+    __slots__ = ("model_id", "score", "version", "size_bytes", "predicted_requests_per_hour")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_REQUESTS_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     score: float
-    def __init__(self, model_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    version: ModelVersion
+    size_bytes: int
+    predicted_requests_per_hour: float
+    def __init__(self, model_id: _Optional[str] = ..., score: _Optional[float] = ..., version: _Optional[_Union[ModelVersion, _Mapping]] = ..., size_bytes: _Optional[int] = ..., predicted_requests_per_hour: _Optional[float] = ...) -> None: ...
 
 class GetPrefetchHintsResponse(_message.Message):
     __slots__ = ("hints",)
@@ -167,16 +207,34 @@ class GetPrefetchHintsResponse(_message.Message):
     def __init__(self, hints: _Optional[_Iterable[_Union[PrefetchHint, _Mapping]]] = ...) -> None: ...
 
 class GetEvictionCandidatesRequest(_message.Message):
-    __slots__ = ("bytes_needed",)
+    __slots__ = ("bytes_needed", "loaded_model_ids")
     BYTES_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    LOADED_MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
     bytes_needed: int
-    def __init__(self, bytes_needed: _Optional[int] = ...) -> None: ...
+    loaded_model_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bytes_needed: _Optional[int] = ..., loaded_model_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EvictionCandidate(_message.Message):
+    __slots__ = ("model_id", "size_bytes", "score", "priority")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    size_bytes: int
+    score: float
+    priority: int
+    def __init__(self, model_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., score: _Optional[float] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class GetEvictionCandidatesResponse(_message.Message):
-    __slots__ = ("model_ids",)
+    __slots__ = ("model_ids", "candidates", "bytes_freed")
     MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
     model_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    candidates: _containers.RepeatedCompositeFieldContainer[EvictionCandidate]
+    bytes_freed: int
+    def __init__(self, model_ids: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[_Union[EvictionCandidate, _Mapping]]] = ..., bytes_freed: _Optional[int] = ...) -> None: ...
 
 class ReadBlobRequest(_message.Message):
     __slots__ = ("sha256", "offset", "length")
@@ -189,9 +247,11 @@ class ReadBlobRequest(_message.Message):
     def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class ReadBlobResponse(_message.Message):
-    __slots__ = ("data", "offset")
+    __slots__ = ("data", "offset", "size_bytes")
     DATA_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     offset: int
-    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...
+    size_bytes: int
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., size_bytes: _Optional[int] = ...) -> None: ...

@@ -26,9 +26,9 @@ if _version_not_supported:
 
 
 class RegistryServiceStub:
-    """RegistryService holds model metadata, versions and content-addressed artifacts. Not
-    implemented yet: every RPC answers UNIMPLEMENTED until the registry issue lands; the
-    skeleton's proxy lists the models its workers serve instead.
+    """RegistryService holds model metadata, immutable versions (manifests of content-addressed
+    files), aliases, usage statistics and the blobs themselves. Model ids are canonical
+    "org/name" (lower case; see registry/ids.py for the rules).
     """
 
     def __init__(self, channel):
@@ -92,12 +92,17 @@ class RegistryServiceStub:
                 request_serializer=helios_dot_v1_dot_registry__pb2.ReadBlobRequest.SerializeToString,
                 response_deserializer=helios_dot_v1_dot_registry__pb2.ReadBlobResponse.FromString,
                 _registered_method=True)
+        self.SetModelPolicy = channel.unary_unary(
+                '/helios.v1.RegistryService/SetModelPolicy',
+                request_serializer=helios_dot_v1_dot_registry__pb2.SetModelPolicyRequest.SerializeToString,
+                response_deserializer=helios_dot_v1_dot_registry__pb2.SetModelPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
-    """RegistryService holds model metadata, versions and content-addressed artifacts. Not
-    implemented yet: every RPC answers UNIMPLEMENTED until the registry issue lands; the
-    skeleton's proxy lists the models its workers serve instead.
+    """RegistryService holds model metadata, immutable versions (manifests of content-addressed
+    files), aliases, usage statistics and the blobs themselves. Model ids are canonical
+    "org/name" (lower case; see registry/ids.py for the rules).
     """
 
     def ResolveModel(self, request, context):
@@ -177,6 +182,13 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetModelPolicy(self, request, context):
+        """SetModelPolicy sets a model's eviction priority class and whether it is pinned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -235,6 +247,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     request_deserializer=helios_dot_v1_dot_registry__pb2.ReadBlobRequest.FromString,
                     response_serializer=helios_dot_v1_dot_registry__pb2.ReadBlobResponse.SerializeToString,
             ),
+            'SetModelPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelPolicy,
+                    request_deserializer=helios_dot_v1_dot_registry__pb2.SetModelPolicyRequest.FromString,
+                    response_serializer=helios_dot_v1_dot_registry__pb2.SetModelPolicyResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'helios.v1.RegistryService', rpc_method_handlers)
@@ -244,9 +261,9 @@ def add_RegistryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RegistryService:
-    """RegistryService holds model metadata, versions and content-addressed artifacts. Not
-    implemented yet: every RPC answers UNIMPLEMENTED until the registry issue lands; the
-    skeleton's proxy lists the models its workers serve instead.
+    """RegistryService holds model metadata, immutable versions (manifests of content-addressed
+    files), aliases, usage statistics and the blobs themselves. Model ids are canonical
+    "org/name" (lower case; see registry/ids.py for the rules).
     """
 
     @staticmethod
@@ -536,6 +553,33 @@ class RegistryService:
             '/helios.v1.RegistryService/ReadBlob',
             helios_dot_v1_dot_registry__pb2.ReadBlobRequest.SerializeToString,
             helios_dot_v1_dot_registry__pb2.ReadBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/helios.v1.RegistryService/SetModelPolicy',
+            helios_dot_v1_dot_registry__pb2.SetModelPolicyRequest.SerializeToString,
+            helios_dot_v1_dot_registry__pb2.SetModelPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

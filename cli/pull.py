@@ -1,0 +1,141 @@
+"""``helios pull``: import a model into the registry, with progress bars.
+
+``helios pull ./dir --as org/name`` imports a local HF-layout directory;
+``helios pull org/name[@revision]`` imports from the Hugging Face Hub ($HF_ENDPOINT,
+$HF_TOKEN). With ``--registry HOST:PORT`` the running registry does the import
+(ImportModel); otherwise the registry under ``--data-dir`` is opened in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from registry.core import ImportProgress
+
+__all__ = ["add_pull_command", "pull_command"]
+
+
+def add_pull_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``pull`` to the ``helios`` sub-commands."""
+    from registry.server import default_data_dir
+
+    pull = subparsers.add_parser(
+        "pull", help="import a model (local directory or Hub repo) into the registry"
+    )
+    pull.add_argument("source", help="./dir (with --as) or org/name[@revision] on the Hub")
+    pull.add_argument("--as", dest="model_id", default="", help="model id to import as")
+    pull.add_argument("--allow", action="append", default=[], help="glob of files to keep")
+    pull.add_argument("--deny", action="append", default=[], help="glob of files to drop")
+    pull.add_argument("--registry", default="", help="address of a running registry")
+    pull.add_argument("--data-dir", type=Path, default=default_data_dir())
+    pull.add_argument("--hf-endpoint", default=os.environ.get("HF_ENDPOINT", ""))
+    pull.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pull.set_defaults(handler=pull_command)
+    return pull
+
+
+def source_of(text: str) -> str:
+    """A directory path stays one; anything else is a Hub reference."""
+    if text.startswith(("hf://", "/", "./", "../", "~")) or Path(text).is_dir():
+        return str(Path(text).expanduser().resolve()) if not text.startswith("hf://") else text
+    return f"hf://{text}"
+
+
+async def _embedded(args: argparse.Namespace, source: str) -> AsyncIterator[ImportProgress]:
+    from registry.core import Registry
+    from registry.hub import HubClient
+
+    registry = await asyncio.to_thread(
+        Registry.open, args.data_dir, hub=HubClient(args.hf_endpoint or None)
+    )
+    try:
+        async for progress in registry.import_source(source, args.model_id, args.allow, args.deny):
+            yield progress
+    finally:
+        registry.close()
+
+
+async def _remote(args: argparse.Namespace, source: str) -> AsyncIterator[ImportProgress]:
+    from helios.v1 import registry_pb2 as pb
+    from helios.v1 import registry_pb2_grpc
+
+    from runtime.channels import create_channel
+
+    async with create_channel(args.registry) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        request = pb.ImportModelRequest(
+            source=source,
+            model_id=args.model_id,
+            allow_patterns=args.allow,
+            deny_patterns=args.deny,
+        )
+        async for r in stub.ImportModel(request):
+            yield ImportProgress(
+                file=r.file,
+                file_bytes_done=r.file_bytes_done,
+                file_bytes_total=r.file_bytes_total,
+                bytes_done=r.bytes_done,
+                bytes_total=r.bytes_total,
+                files_done=r.files_done,
+                files_total=r.files_total,
+                reused_bytes=r.reused_bytes,
+                version=(r.version.model_id, r.version.version) if r.HasField("version") else None,
+            )
+
+
+async def _pull(args: argparse.Namespace) -> tuple[str, str] | None:
+    from tqdm import tqdm
+
+    source = source_of(args.source)
+    stream = _remote(args, source) if args.registry else _embedded(args, source)
+    disable = args.no_progress
+    overall = tqdm(desc="total", unit="B", unit_scale=True, disable=disable, position=0)
+    current = tqdm(desc="", unit="B", unit_scale=True, disable=disable, position=1, leave=False)
+    file = None
+    result = None
+    try:
+        async for p in stream:
+            overall.total = p.bytes_total
+            overall.n = p.bytes_done
+            overall.set_postfix(files=f"{p.files_done}/{p.files_total}", reused=p.reused_bytes)
+            if p.file != file:
+                file = p.file
+                current.reset(total=p.file_bytes_total)
+                current.set_description(p.file)
+            current.n = p.file_bytes_done
+            current.refresh()
+            overall.refresh()
+            if p.version is not None:
+                result = p.version
+    finally:
+        current.close()
+        overall.close()
+    return result
+
+
+def pull_command(args: argparse.Namespace) -> int:
+    from runtime.errors import HeliosError
+
+    try:
+        version = asyncio.run(_pull(args))
+    except HeliosError as exc:
+        print(f"helios pull: {exc.status_code.name}: {exc.message}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        import grpc
+
+        if isinstance(exc, grpc.aio.AioRpcError):
+            print(f"helios pull: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        raise
+    if version is None:
+        print("helios pull: the import ended without a version", file=sys.stderr)
+        return 1
+    print(f"{version[0]}@{version[1]}")
+    return 0

@@ -1,0 +1,674 @@
+"""The registry's domain: versions, aliases, imports, blobs, usage. No protobuf here.
+
+Blocking work (hashing, blob I/O, SQLite writes, Hub HTTP) runs in threads; the event
+loop only moves progress messages and answers lookups from in-memory caches.
+
+Atomicity: a version becomes visible in one SQLite transaction after all of its blobs are
+stored and verified, so a half-imported version is never listed. Blobs stored by an
+import that failed stay in the blob store (unreferenced), which makes a re-import resume:
+it finds them and stores nothing twice. While an import runs, ``import_refs`` rows keep
+the blobs it already stored safe from garbage collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from prometheus_client import Counter
+
+from registry.blobs import (
+    DEFAULT_CHUNK_SIZE,
+    BlobStore,
+    FileDigest,
+    IntegrityError,
+    hash_file,
+    hash_stream,
+)
+from registry.hub import HubClient, select_files
+from registry.ids import (
+    canonical_model_id,
+    check_alias,
+    check_file_path,
+    check_sha256,
+    check_version_id,
+    is_version_prefix,
+    parse_reference,
+)
+from registry.metadata import BlobRow, MetadataStore, VersionRow
+from registry.usage import EvictionCandidate, Prediction, UsageTracker
+from runtime.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ImportProgress", "Manifest", "ManifestEntry", "Registry"]
+
+IMPORT_BYTES = Counter(
+    "helios_registry_import_bytes",
+    "Bytes imported, by whether they were stored or reused",
+    ["kind"],
+)
+IMPORTS = Counter("helios_registry_imports", "Imports finished, by result", ["result"])
+BLOB_READ_BYTES = Counter("helios_registry_blob_read_bytes", "Blob bytes served (verified)")
+MAX_READ_MESSAGE = 1024 * 1024
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+_SKIP_DIRS = {".git", ".cache", ".huggingface"}
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    path: str
+    size: int
+    sha256: str
+    chunk_size: int
+    chunk_sha256: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model_id: str
+    version: str
+    source: str
+    total_bytes: int
+    files: tuple[ManifestEntry, ...]
+
+
+@dataclass(frozen=True)
+class ImportProgress:
+    """One progress report; ``version`` is set on the last one, once it is visible."""
+
+    file: str = ""
+    file_bytes_done: int = 0
+    file_bytes_total: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+    files_done: int = 0
+    files_total: int = 0
+    reused_bytes: int = 0
+    version: tuple[str, str] | None = None
+
+
+FaultHook = Callable[[str], None]
+
+
+def version_for_manifest(files: Sequence[tuple[str, str]]) -> str:
+    """A directory import's version id: its manifest's content hash (40 hex digits)."""
+    canonical = json.dumps(sorted(files), separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()[:40]
+
+
+class _Reporter:
+    """Thread -> event loop progress channel."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[ImportProgress]):
+        self.loop = loop
+        self.queue = queue
+        self.state = ImportProgress()
+        self.last = 0.0
+
+    def update(self, force: bool = False, **changes: object) -> None:
+        self.state = replace(self.state, **changes)  # type: ignore[arg-type]
+        now = time.monotonic()
+        if force or now - self.last >= 0.05:
+            self.last = now
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, self.state)
+
+
+class Registry:
+    """Models, versions, aliases, blobs and usage over a metadata store and a blob store."""
+
+    def __init__(
+        self,
+        meta: MetadataStore,
+        blobs: BlobStore,
+        *,
+        staging_dir: Path,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        hub: HubClient | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        self.meta = meta
+        self.blobs = blobs
+        self.staging_dir = staging_dir
+        self.chunk_size = chunk_size
+        self.hub = hub
+        self.usage = UsageTracker(clock)
+        self.fault_hook: FaultHook | None = None  # tests: raise to simulate a crash
+        self._gc_lock = threading.Lock()
+        self._versions: dict[str, dict[str, VersionRow]] = {}
+        self._aliases: dict[tuple[str, str], str] = {}
+        self._configs: dict[tuple[str, str], str] = {}
+        self._policies: dict[str, tuple[int, bool]] = {}
+        self._reload()
+        for model_id, (requests, tokens, last, state) in meta.usage().items():
+            from registry.usage import ModelUsage
+
+            self.usage.models[model_id] = ModelUsage.from_row(requests, tokens, last, state)
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: Path,
+        blobs: BlobStore | None = None,
+        **kwargs: object,
+    ) -> Registry:
+        """The registry kept under ``data_dir`` (``registry.db``, ``blobs/``, ``staging/``)."""
+        from registry.blobs import LocalBlobStore
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        meta = MetadataStore(data_dir / "registry.db")
+        store = blobs if blobs is not None else LocalBlobStore(data_dir / "blobs")
+        return cls(meta, store, staging_dir=data_dir / "staging", **kwargs)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.meta.close()
+
+    def _reload(self) -> None:
+        versions: dict[str, dict[str, VersionRow]] = {}
+        configs: dict[tuple[str, str], str] = {}
+        for row in self.meta.versions():
+            versions.setdefault(row.model_id, {})[row.version] = row
+            if row.config_json is not None:
+                configs[(row.model_id, row.version)] = row.config_json
+        self._versions = versions
+        self._configs = configs
+        self._aliases = self.meta.aliases()
+        self._policies = self.meta.policies()
+
+    # lookups -----------------------------------------------------------------------
+
+    def _lookup(self, model_id: str, revision: str) -> VersionRow | None:
+        versions = self._versions.get(model_id, {})
+        if revision in versions:
+            return versions[revision]
+        aliased = self._aliases.get((model_id, revision))
+        if aliased is not None and aliased in versions:
+            return versions[aliased]
+        if is_version_prefix(revision):
+            matches = [v for v in versions if v.startswith(revision)]
+            if len(matches) > 1:
+                raise InvalidArgumentError(
+                    f"{model_id}@{revision}: ambiguous version prefix ({len(matches)} versions)"
+                )
+            if matches:
+                return versions[matches[0]]
+        return None
+
+    async def resolve(self, reference: str) -> VersionRow:
+        """``org/name[@alias|@version]`` -> the version (NOT_FOUND when unknown)."""
+        ref = parse_reference(reference)
+        return await self._resolve(ref.model_id, ref.revision)
+
+    async def _resolve(self, model_id: str, revision: str) -> VersionRow:
+        found = self._lookup(model_id, revision)
+        if found is None:
+            # Another process sharing the data dir may have imported it since.
+            await asyncio.to_thread(self._reload)
+            found = self._lookup(model_id, revision)
+        if found is None:
+            raise NotFoundError(f"model {model_id}@{revision}: not in the registry")
+        return found
+
+    async def resolve_version(self, model_id: str, revision: str) -> VersionRow:
+        """A (model id, alias-or-version; empty means latest) pair -> the version."""
+        model = canonical_model_id(model_id)
+        rev = revision.lower() if revision else "latest"
+        return await self.resolve(f"{model}@{rev}")
+
+    async def manifest(self, model_id: str, revision: str) -> Manifest:
+        row = await self.resolve_version(model_id, revision)
+        files = await asyncio.to_thread(self.meta.files, row.model_id, row.version)
+        return Manifest(
+            row.model_id,
+            row.version,
+            row.source,
+            row.total_bytes,
+            tuple(
+                ManifestEntry(
+                    f.path, f.blob.size, f.blob.sha256, f.blob.chunk_size, f.blob.chunk_sha256
+                )
+                for f in files
+            ),
+        )
+
+    def config_cached(self, model_id: str, version: str) -> str | None:
+        """config.json of a known version from memory (no I/O)."""
+        return self._configs.get((model_id, version))
+
+    async def config(self, model_id: str, revision: str) -> str:
+        row = await self.resolve_version(model_id, revision)
+        text = self._configs.get((row.model_id, row.version))
+        if text is None:
+            raise NotFoundError(f"model {row.model_id}@{row.version}: has no config.json")
+        return text
+
+    def list_models(self, page_size: int, page_token: str) -> tuple[list[VersionRow], str]:
+        """The latest version of each model, by model id; paged."""
+        if page_size < 0:
+            raise InvalidArgumentError("page_size: must be >= 0")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        rows = []
+        for model_id in sorted(self._versions):
+            if page_token and model_id <= page_token:
+                continue
+            latest = self._lookup(model_id, "latest")
+            if latest is not None:
+                rows.append(latest)
+        page = rows[:size]
+        return page, (page[-1].model_id if len(rows) > size else "")
+
+    # imports -----------------------------------------------------------------------
+
+    async def import_source(
+        self,
+        source: str,
+        model_id: str = "",
+        allow: Sequence[str] = (),
+        deny: Sequence[str] = (),
+        set_latest: bool = True,
+    ) -> AsyncIterator[ImportProgress]:
+        """Import ``hf://org/name[@revision]`` or a local directory path."""
+        if not source:
+            raise InvalidArgumentError("source: must not be empty")
+        if "\0" in source:
+            raise InvalidArgumentError("source: must not contain NUL")
+        if source.startswith("hf://"):
+            repo, _, revision = source[len("hf://") :].partition("@")
+            gen = self.import_hub(repo, revision or "main", model_id, allow, deny, set_latest)
+        else:
+            if not model_id:
+                raise InvalidArgumentError("model_id: required when importing a directory")
+            gen = self.import_directory(Path(source), model_id, allow, deny, set_latest)
+        async for progress in gen:
+            yield progress
+
+    async def import_directory(
+        self,
+        directory: Path,
+        model_id: str,
+        allow: Sequence[str] = (),
+        deny: Sequence[str] = (),
+        set_latest: bool = True,
+    ) -> AsyncIterator[ImportProgress]:
+        model = canonical_model_id(model_id)
+        if not await asyncio.to_thread(directory.is_dir):
+            raise InvalidArgumentError(f"source {directory}: not a directory")
+        directory = await asyncio.to_thread(directory.resolve)
+
+        def work(report: _Reporter) -> tuple[str, str]:
+            files = self._list_directory(directory, allow, deny)
+            return self._import_files(
+                model,
+                str(directory),
+                [(rel, path, path.stat().st_size, None) for rel, path in files],
+                None,
+                set_latest,
+                report,
+            )
+
+        async for progress in self._run(work):
+            yield progress
+
+    def _list_directory(
+        self, directory: Path, allow: Sequence[str], deny: Sequence[str]
+    ) -> list[tuple[str, Path]]:
+        root = directory.resolve()
+        found: dict[str, Path] = {}
+        for path in sorted(root.rglob("*")):
+            rel_parts = path.relative_to(root).parts
+            if any(part in _SKIP_DIRS for part in rel_parts):
+                continue
+            if path.is_dir():
+                continue
+            rel = "/".join(rel_parts)
+            check_file_path(rel)
+            real = path.resolve()
+            if not real.is_relative_to(root):
+                raise InvalidArgumentError(f"file {rel}: a link pointing outside the directory")
+            if not real.is_file():
+                continue
+            found[rel] = real
+        kept = select_files(sorted(found), allow, deny)
+        if not kept:
+            raise InvalidArgumentError(f"source {directory}: no files to import")
+        return [(rel, found[rel]) for rel in kept]
+
+    async def import_hub(
+        self,
+        repo: str,
+        revision: str = "main",
+        model_id: str = "",
+        allow: Sequence[str] = (),
+        deny: Sequence[str] = (),
+        set_latest: bool = True,
+    ) -> AsyncIterator[ImportProgress]:
+        hub = self.hub
+        if hub is None:
+            raise FailedPreconditionError("this registry has no Hub configured")
+        repo_id = canonical_model_id(repo)
+        # The Hub's repo id keeps its case; canonicalisation only validates it.
+        repo_name = repo[len("models/") :] if repo.startswith("models/") else repo
+        model = canonical_model_id(model_id) if model_id else repo_id
+
+        def work(report: _Reporter) -> tuple[str, str]:
+            snapshot = hub.snapshot(repo_name, revision)
+            paths = select_files([f.path for f in snapshot.files], allow, deny)
+            if not paths:
+                raise InvalidArgumentError(f"hf://{repo_name}@{revision}: no files to import")
+            by_path = {f.path: f for f in snapshot.files}
+            staging = self.staging_dir / "hub" / repo_id.replace("/", "--") / snapshot.commit
+            staging.mkdir(parents=True, exist_ok=True)
+            entries: list[tuple[str, Path, int, str | None]] = []
+            for rel in paths:
+                entries.append((rel, staging / rel, by_path[rel].size or 0, by_path[rel].sha256))
+
+            def fetch(rel: str) -> Path:
+                return hub.download(repo_name, snapshot.commit, rel, staging)
+
+            result = self._import_files(
+                model,
+                f"hf://{repo_name}@{snapshot.commit}",
+                entries,
+                fetch,
+                set_latest,
+                report,
+                version=snapshot.commit,
+            )
+            shutil.rmtree(staging, ignore_errors=True)
+            return result
+
+        async for progress in self._run(work):
+            yield progress
+
+    def _import_files(
+        self,
+        model_id: str,
+        source: str,
+        entries: Sequence[tuple[str, Path, int, str | None]],
+        fetch: Callable[[str], Path] | None,
+        set_latest: bool,
+        report: _Reporter,
+        version: str | None = None,
+    ) -> tuple[str, str]:
+        """Store every file's blob, then commit the version (one transaction)."""
+        import_id = uuid.uuid4().hex
+        total = sum(size for _, _, size, _ in entries)
+        report.update(force=True, bytes_total=total, files_total=len(entries))
+        done = 0
+        reused = 0
+        files: list[tuple[str, str]] = []
+        config_json: str | None = None
+        log_extra = {"model": model_id, "source": source, "import_id": import_id}
+        logger.info("import started", extra={**log_extra, "files": len(entries), "bytes": total})
+        try:
+            for index, (rel, path, size, expected_sha) in enumerate(entries):
+                if self.fault_hook is not None:
+                    self.fault_hook(rel)
+                report.update(force=True, file=rel, file_bytes_done=0, file_bytes_total=size)
+                known = self.meta.get_blob(expected_sha) if expected_sha else None
+                if known is not None and known.size == size and self.blobs.exists(known.sha256):
+                    # The Hub told us the hash, and we hold those bytes: skip the download.
+                    blob = known
+                    with self._gc_lock:
+                        self.meta.add_import_ref(import_id, blob)
+                    new = False
+                else:
+                    if fetch is not None:
+                        path = fetch(rel)
+                    base = done
+
+                    def progress(n: int, base: int = base) -> None:
+                        nonlocal done
+                        done += n
+                        report.update(file_bytes_done=done - base, bytes_done=done)
+
+                    digest = hash_file(path, self.chunk_size, progress)
+                    done = base  # recounted below, once the blob is stored
+                    if expected_sha is not None and digest.sha256 != expected_sha:
+                        raise IntegrityError(
+                            f"{rel}: bytes hash to {digest.sha256}, the source says {expected_sha}"
+                        )
+                    blob = BlobRow(
+                        digest.sha256, digest.size, digest.chunk_size, digest.chunk_sha256
+                    )
+                    with self._gc_lock:
+                        new = self.blobs.put_file(digest.sha256, path)
+                        existing = self.meta.get_blob(digest.sha256)
+                        if existing is not None:
+                            blob = existing
+                        self.meta.add_import_ref(import_id, blob)
+                    size = digest.size
+                if rel == "config.json":
+                    config_json = self._read_config(blob)
+                done += size
+                if not new:
+                    reused += size
+                IMPORT_BYTES.labels("reused" if not new else "stored").inc(size)
+                files.append((rel, blob.sha256))
+                report.update(
+                    force=True,
+                    file=rel,
+                    file_bytes_done=size,
+                    file_bytes_total=size,
+                    bytes_done=done,
+                    files_done=index + 1,
+                    reused_bytes=reused,
+                )
+            version_id = version or version_for_manifest(files)
+            self.meta.commit_version(
+                model_id, version_id, source, files, config_json, set_latest, import_id
+            )
+        except BaseException:
+            IMPORTS.labels("failed").inc()
+            with contextlib.suppress(Exception):
+                self.meta.drop_import_refs(import_id)
+            raise
+        IMPORTS.labels("ok").inc()
+        self._reload()
+        logger.info(
+            "import finished",
+            extra={**log_extra, "version": version_id, "bytes": done, "reused_bytes": reused},
+        )
+        report.update(force=True, bytes_done=done, version=(model_id, version_id))
+        return model_id, version_id
+
+    def _read_config(self, blob: BlobRow) -> str:
+        data = b"".join(self._read_verified(blob, 0, blob.size))
+        try:
+            text = data.decode()
+            if not isinstance(json.loads(text), dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            raise InvalidArgumentError(f"config.json: not a JSON object ({exc})") from exc
+        return text
+
+    async def _run(
+        self, work: Callable[[_Reporter], tuple[str, str]]
+    ) -> AsyncIterator[ImportProgress]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[ImportProgress] = asyncio.Queue()
+        reporter = _Reporter(loop, queue)
+        task = asyncio.ensure_future(asyncio.to_thread(work, reporter))
+        last: ImportProgress | None = None
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    last = getter.result()
+                    if last.version is None:
+                        yield last
+                    continue
+                getter.cancel()
+                while not queue.empty():
+                    last = queue.get_nowait()
+                    if last.version is None:
+                        yield last
+                task.result()  # raises the import's error
+                if last is not None and last.version is not None:
+                    yield last
+                return
+        finally:
+            if not task.done():
+                # The caller went away; the thread finishes (or fails) on its own.
+                task.add_done_callback(lambda t: t.exception())
+
+    # aliases, deletion, GC ---------------------------------------------------------
+
+    async def set_alias(self, alias: str, model_id: str, version: str) -> str:
+        """Point ``alias`` at an existing version; returns the previous target ("")."""
+        name = check_alias(alias)
+        if is_version_prefix(name) and len(name) == 40:
+            raise InvalidArgumentError(f"alias {alias!r}: looks like a version id")
+        model = canonical_model_id(model_id)
+        target = await self.resolve_version(model, check_version_id(version.lower()))
+        previous = await asyncio.to_thread(self.meta.set_alias, model, name, target.version)
+        if previous is None:
+            raise NotFoundError(f"model {model}@{version}: not in the registry")
+        self._aliases[(model, name)] = target.version
+        return previous
+
+    async def delete_version(self, model_id: str, version: str) -> int:
+        """Delete a version; frees (and returns the size of) blobs nothing else uses."""
+        model = canonical_model_id(model_id)
+        check_version_id(version.lower())
+
+        def work() -> int:
+            shas = self.meta.delete_version(model, version.lower())
+            if shas is None:
+                raise NotFoundError(f"model {model}@{version}: not in the registry")
+            return self._collect(set(shas))
+
+        freed = await asyncio.to_thread(work)
+        await asyncio.to_thread(self._reload)
+        return freed
+
+    def _collect(self, shas: set[str] | None = None) -> int:
+        """Free unreferenced blobs (among ``shas``, or all). Blocking."""
+        freed = 0
+        with self._gc_lock:
+            candidates = self.meta.unreferenced_blobs()
+            for blob in candidates:
+                if shas is not None and blob.sha256 not in shas:
+                    continue
+                if self.meta.forget_blob_if_unreferenced(blob.sha256):
+                    self.blobs.delete(blob.sha256)
+                    freed += blob.size
+        return freed
+
+    async def collect_garbage(self) -> int:
+        """Free every unreferenced blob (e.g. those of abandoned imports)."""
+        return await asyncio.to_thread(self._collect, None)
+
+    # blobs -------------------------------------------------------------------------
+
+    def _read_verified(self, blob: BlobRow, offset: int, length: int) -> list[bytes]:
+        """Blocking: the verified bytes [offset, offset+length) of ``blob``."""
+        if length == 0:
+            return []
+        first = offset // blob.chunk_size
+        last = (offset + length - 1) // blob.chunk_size
+        start = first * blob.chunk_size
+        end = min(blob.size, (last + 1) * blob.chunk_size)
+        data = b"".join(self.blobs.read(blob.sha256, start, end - start))
+        if len(data) != end - start:
+            raise IntegrityError(f"blob {blob.sha256}: stored copy is truncated")
+        for index in range(first, last + 1):
+            lo = (index - first) * blob.chunk_size
+            piece = data[lo : lo + blob.chunk_size]
+            if hashlib.sha256(piece).hexdigest() != blob.chunk_sha256[index]:
+                raise IntegrityError(f"blob {blob.sha256}: chunk {index} does not match its hash")
+        view = data[offset - start : offset - start + length]
+        return [view[i : i + MAX_READ_MESSAGE] for i in range(0, len(view), MAX_READ_MESSAGE)]
+
+    async def read_blob(
+        self, sha256: str, offset: int = 0, length: int = 0
+    ) -> AsyncIterator[tuple[int, int, bytes]]:
+        """(offset, blob size, bytes) pieces of ``[offset, offset+length)`` (0: to the
+        end), each chunk verified against the manifest's hashes before it is sent."""
+        sha = check_sha256(sha256.lower())
+        if offset < 0 or length < 0:
+            raise InvalidArgumentError("offset and length: must be >= 0")
+        blob = await asyncio.to_thread(self.meta.get_blob, sha)
+        if blob is None:
+            raise NotFoundError(f"blob {sha}: not in the registry")
+        if offset > blob.size:
+            raise InvalidArgumentError(f"offset {offset}: past the blob's end ({blob.size})")
+        end = blob.size if length == 0 else min(blob.size, offset + length)
+        position = offset
+        if position == end:
+            yield position, blob.size, b""
+            return
+        # One chunk-aligned window at a time (a few chunks, bounded memory).
+        window = max(blob.chunk_size, (4 * MAX_READ_MESSAGE // blob.chunk_size) * blob.chunk_size)
+        while position < end:
+            window_end = min(end, (position // blob.chunk_size) * blob.chunk_size + window)
+            pieces = await asyncio.to_thread(
+                self._read_verified, blob, position, window_end - position
+            )
+            for piece in pieces:
+                BLOB_READ_BYTES.inc(len(piece))
+                yield position, blob.size, piece
+                position += len(piece)
+
+    # usage -------------------------------------------------------------------------
+
+    async def record_usage(self, model_id: str, requests: int, tokens: int) -> None:
+        model = canonical_model_id(model_id)
+        if requests < 0 or tokens < 0:
+            raise InvalidArgumentError("requests and tokens: must be >= 0")
+        u = self.usage.record(model, requests, tokens)
+        await asyncio.to_thread(
+            self.meta.save_usage, model, u.requests, u.tokens, u.last_used, u.to_state()
+        )
+
+    def prefetch_hints(self, limit: int) -> list[tuple[Prediction, VersionRow]]:
+        if limit < 0:
+            raise InvalidArgumentError("limit: must be >= 0")
+        out = []
+        for prediction in self.usage.predictions(len(self.usage.models)):
+            latest = self._lookup(prediction.model_id, "latest")
+            if latest is not None:  # only models the registry can serve
+                out.append((prediction, latest))
+        return out[: limit or 10]
+
+    async def set_policy(self, model_id: str, priority: int, pinned: bool) -> None:
+        model = canonical_model_id(model_id)
+        if not 0 <= priority <= 3:
+            raise InvalidArgumentError("priority: must be in 0..3")
+        await asyncio.to_thread(self.meta.set_policy, model, priority, pinned)
+        self._policies[model] = (priority, pinned)
+
+    def eviction_candidates(
+        self, bytes_needed: int, loaded: Sequence[str] = ()
+    ) -> list[EvictionCandidate]:
+        if bytes_needed < 0:
+            raise InvalidArgumentError("bytes_needed: must be >= 0")
+        wanted = [canonical_model_id(m) for m in loaded] or sorted(self._versions)
+        sized = []
+        for model_id in wanted:
+            latest = self._lookup(model_id, "latest")
+            sized.append((model_id, latest.total_bytes if latest else 0))
+        return self.usage.eviction_order(sized, self._policies, bytes_needed)
+
+
+def digest_bytes(data: bytes, chunk_size: int) -> FileDigest:
+    """The digest of in-memory bytes (tests, small files)."""
+    return hash_stream(iter([data]), chunk_size)

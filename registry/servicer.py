@@ -1,0 +1,175 @@
+"""RegistryService servicer: protobuf <-> domain, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from helios.v1 import registry_pb2 as pb
+from helios.v1 import registry_pb2_grpc
+
+from registry.core import ImportProgress, Registry
+from runtime.errors import InvalidArgumentError
+
+
+def _version(model_id: str, version: str) -> pb.ModelVersion:
+    return pb.ModelVersion(model_id=model_id, version=version)
+
+
+def _progress_to_pb(p: ImportProgress) -> pb.ImportModelResponse:
+    out = pb.ImportModelResponse(
+        file=p.file,
+        bytes_done=p.bytes_done,
+        bytes_total=p.bytes_total,
+        files_done=p.files_done,
+        files_total=p.files_total,
+        file_bytes_done=p.file_bytes_done,
+        file_bytes_total=p.file_bytes_total,
+        reused_bytes=p.reused_bytes,
+    )
+    if p.version is not None:
+        out.version.CopyFrom(_version(*p.version))
+    return out
+
+
+def _require_version(v: pb.ModelVersion) -> tuple[str, str]:
+    if not v.model_id:
+        raise InvalidArgumentError("version.model_id: must not be empty")
+    return v.model_id, v.version
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def ResolveModel(
+        self, request: pb.ResolveModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ResolveModelResponse:
+        row = await self.registry.resolve(request.reference)
+        return pb.ResolveModelResponse(
+            version=_version(row.model_id, row.version), total_bytes=row.total_bytes
+        )
+
+    async def GetManifest(
+        self, request: pb.GetManifestRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetManifestResponse:
+        manifest = await self.registry.manifest(*_require_version(request.version))
+        return pb.GetManifestResponse(
+            version=_version(manifest.model_id, manifest.version),
+            files=[
+                pb.ManifestFile(
+                    path=f.path,
+                    size_bytes=f.size,
+                    sha256=f.sha256,
+                    chunk_size_bytes=f.chunk_size,
+                    chunk_sha256=f.chunk_sha256,
+                )
+                for f in manifest.files
+            ],
+            total_bytes=manifest.total_bytes,
+            source=manifest.source,
+        )
+
+    async def GetConfig(
+        self, request: pb.GetConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetConfigResponse:
+        model_id, version = _require_version(request.version)
+        cached = self.registry.config_cached(model_id, version)  # the fast path: exact ids
+        if cached is None:
+            cached = await self.registry.config(model_id, version)
+        return pb.GetConfigResponse(config_json=cached)
+
+    async def ListModels(
+        self, request: pb.RegistryServiceListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegistryServiceListModelsResponse:
+        rows, token = self.registry.list_models(request.page_size, request.page_token)
+        return pb.RegistryServiceListModelsResponse(
+            versions=[_version(r.model_id, r.version) for r in rows],
+            next_page_token=token,
+            total_bytes=[r.total_bytes for r in rows],
+        )
+
+    async def ImportModel(
+        self, request: pb.ImportModelRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ImportModelResponse]:
+        set_latest = request.set_latest if request.HasField("set_latest") else True
+        async for progress in self.registry.import_source(
+            request.source,
+            request.model_id,
+            list(request.allow_patterns),
+            list(request.deny_patterns),
+            set_latest,
+        ):
+            yield _progress_to_pb(progress)
+
+    async def SetAlias(
+        self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetAliasResponse:
+        model_id, version = _require_version(request.version)
+        previous = await self.registry.set_alias(request.alias, model_id, version)
+        response = pb.SetAliasResponse()
+        if previous:
+            response.previous.CopyFrom(_version(model_id.lower(), previous))
+        return response
+
+    async def DeleteVersion(
+        self, request: pb.DeleteVersionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteVersionResponse:
+        freed = await self.registry.delete_version(*_require_version(request.version))
+        return pb.DeleteVersionResponse(freed_bytes=freed)
+
+    async def RecordUsage(
+        self, request: pb.RecordUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordUsageResponse:
+        await self.registry.record_usage(request.model_id, request.requests, request.tokens)
+        return pb.RecordUsageResponse()
+
+    async def GetPrefetchHints(
+        self, request: pb.GetPrefetchHintsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetPrefetchHintsResponse:
+        hints = self.registry.prefetch_hints(request.limit)
+        return pb.GetPrefetchHintsResponse(
+            hints=[
+                pb.PrefetchHint(
+                    model_id=p.model_id,
+                    score=p.requests_per_hour,
+                    version=_version(row.model_id, row.version),
+                    size_bytes=row.total_bytes,
+                    predicted_requests_per_hour=p.requests_per_hour,
+                )
+                for p, row in hints
+            ]
+        )
+
+    async def GetEvictionCandidates(
+        self, request: pb.GetEvictionCandidatesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetEvictionCandidatesResponse:
+        candidates = self.registry.eviction_candidates(
+            request.bytes_needed, list(request.loaded_model_ids)
+        )
+        return pb.GetEvictionCandidatesResponse(
+            model_ids=[c.model_id for c in candidates],
+            candidates=[
+                pb.EvictionCandidate(
+                    model_id=c.model_id, size_bytes=c.size_bytes, score=c.value, priority=c.priority
+                )
+                for c in candidates
+            ],
+            bytes_freed=sum(c.size_bytes for c in candidates),
+        )
+
+    async def ReadBlob(
+        self, request: pb.ReadBlobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ReadBlobResponse]:
+        first = True
+        async for offset, size, data in self.registry.read_blob(
+            request.sha256, request.offset, request.length
+        ):
+            yield pb.ReadBlobResponse(data=data, offset=offset, size_bytes=size if first else 0)
+            first = False
+
+    async def SetModelPolicy(
+        self, request: pb.SetModelPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetModelPolicyResponse:
+        await self.registry.set_policy(request.model_id, request.priority, request.pinned)
+        return pb.SetModelPolicyResponse()
