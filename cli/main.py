@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cli.cache import add_cache_command
 from cli.estimate import add_estimate_command
 from cli.pull import add_pull_command
 from cli.up import add_up_arguments, up_command
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--name", default="helios-tiny-chat")
     model.set_defaults(handler=_model_build_command)
 
+    add_cache_command(commands)
     add_estimate_command(commands)
     add_pull_command(commands)
     return parser

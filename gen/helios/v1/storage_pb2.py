@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17helios/v1/storage.proto\x12\thelios.v1\"I\n\x12\x45nsureModelRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\"\x86\x02\n\x13\x45nsureModelResponse\x12\x1d\n\nbytes_done\x18\x01 \x01(\x03R\tbytesDone\x12\x1f\n\x0b\x62ytes_total\x18\x02 \x01(\x03R\nbytesTotal\x12\x1d\n\nfiles_done\x18\x03 \x01(\x05R\tfilesDone\x12\x1f\n\x0b\x66iles_total\x18\x04 \x01(\x05R\nfilesTotal\x12(\n\x04tier\x18\x05 \x01(\x0e\x32\x14.helios.v1.CacheTierR\x04tier\x12(\n\x10\x62ytes_per_second\x18\x06 \x01(\x01R\x0e\x62ytesPerSecond\x12\x1b\n\tlocal_dir\x18\x07 \x01(\tR\x08localDir\"F\n\x0fPrefetchRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\",\n\x10PrefetchResponse\x12\x18\n\x07started\x18\x01 \x01(\x08R\x07started\")\n\x0c\x45victRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\"0\n\rEvictResponse\x12\x1f\n\x0b\x66reed_bytes\x18\x01 \x01(\x03R\nfreedBytes\"\'\n\nPinRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\"\r\n\x0bPinResponse\")\n\x0cUnpinRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\"\x0f\n\rUnpinResponse\"(\n\x0bStatRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\"m\n\x0cStatResponse\x12(\n\x04tier\x18\x01 \x01(\x0e\x32\x14.helios.v1.CacheTierR\x04tier\x12\x1b\n\tlocal_dir\x18\x02 \x01(\tR\x08localDir\x12\x16\n\x06pinned\x18\x03 \x01(\x08R\x06pinned\"Z\n\x10ReadChunkRequest\x12\x16\n\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x16\n\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x16\n\x06length\x18\x03 \x01(\x03R\x06length\"\'\n\x11ReadChunkResponse\x12\x12\n\x04\x64\x61ta\x18\x01 \x01(\x0cR\x04\x64\x61ta\"\x11\n\x0fGetStatsRequest\"\xad\x01\n\tTierStats\x12(\n\x04tier\x18\x01 \x01(\x0e\x32\x14.helios.v1.CacheTierR\x04tier\x12\x1d\n\nused_bytes\x18\x02 \x01(\x03R\tusedBytes\x12%\n\x0e\x63\x61pacity_bytes\x18\x03 \x01(\x03R\rcapacityBytes\x12\x12\n\x04hits\x18\x04 \x01(\x03R\x04hits\x12\x1c\n\tevictions\x18\x05 \x01(\x03R\tevictions\">\n\x10GetStatsResponse\x12*\n\x05tiers\x18\x01 \x03(\x0b\x32\x14.helios.v1.TierStatsR\x05tiers*{\n\tCacheTier\x12\x1a\n\x16\x43\x41\x43HE_TIER_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43\x41\x43HE_TIER_RAM\x10\x01\x12\x13\n\x0f\x43\x41\x43HE_TIER_NVME\x10\x02\x12\x12\n\x0e\x43\x41\x43HE_TIER_SSD\x10\x03\x12\x15\n\x11\x43\x41\x43HE_TIER_REMOTE\x10\x04\x32\x9b\x04\n\x0eStorageService\x12N\n\x0b\x45nsureModel\x12\x1d.helios.v1.EnsureModelRequest\x1a\x1e.helios.v1.EnsureModelResponse0\x01\x12\x43\n\x08Prefetch\x12\x1a.helios.v1.PrefetchRequest\x1a\x1b.helios.v1.PrefetchResponse\x12:\n\x05\x45vict\x12\x17.helios.v1.EvictRequest\x1a\x18.helios.v1.EvictResponse\x12\x34\n\x03Pin\x12\x15.helios.v1.PinRequest\x1a\x16.helios.v1.PinResponse\x12:\n\x05Unpin\x12\x17.helios.v1.UnpinRequest\x1a\x18.helios.v1.UnpinResponse\x12\x37\n\x04Stat\x12\x16.helios.v1.StatRequest\x1a\x17.helios.v1.StatResponse\x12H\n\tReadChunk\x12\x1b.helios.v1.ReadChunkRequest\x1a\x1c.helios.v1.ReadChunkResponse0\x01\x12\x43\n\x08GetStats\x12\x1a.helios.v1.GetStatsRequest\x1a\x1b.helios.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17helios/v1/storage.proto\x12\thelios.v1\"I\n\x12\x45nsureModelRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\"\x86\x02\n\x13\x45nsureModelResponse\x12\x1d\n\nbytes_done\x18\x01 \x01(\x03R\tbytesDone\x12\x1f\n\x0b\x62ytes_total\x18\x02 \x01(\x03R\nbytesTotal\x12\x1d\n\nfiles_done\x18\x03 \x01(\x05R\tfilesDone\x12\x1f\n\x0b\x66iles_total\x18\x04 \x01(\x05R\nfilesTotal\x12(\n\x04tier\x18\x05 \x01(\x0e\x32\x14.helios.v1.CacheTierR\x04tier\x12(\n\x10\x62ytes_per_second\x18\x06 \x01(\x01R\x0e\x62ytesPerSecond\x12\x1b\n\tlocal_dir\x18\x07 \x01(\tR\x08localDir\"F\n\x0fPrefetchRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\",\n\x10PrefetchResponse\x12\x18\n\x07started\x18\x01 \x01(\x08R\x07started\")\n\x0c\x45victRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\"0\n\rEvictResponse\x12\x1f\n\x0b\x66reed_bytes\x18\x01 \x01(\x03R\nfreedBytes\"\'\n\nPinRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\"\r\n\x0bPinResponse\")\n\x0cUnpinRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\"\x0f\n\rUnpinResponse\"B\n\x0bStatRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\"\x81\x01\n\nCachedFile\x12\x12\n\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x1d\n\nsize_bytes\x18\x03 \x01(\x03R\tsizeBytes\x12(\n\x04tier\x18\x04 \x01(\x0e\x32\x14.helios.v1.CacheTierR\x04tier\"\xd3\x01\n\x0cStatResponse\x12(\n\x04tier\x18\x01 \x01(\x0e\x32\x14.helios.v1.CacheTierR\x04tier\x12\x1b\n\tlocal_dir\x18\x02 \x01(\tR\x08localDir\x12\x16\n\x06pinned\x18\x03 \x01(\x08R\x06pinned\x12\x18\n\x07version\x18\x04 \x01(\tR\x07version\x12\x1d\n\nsize_bytes\x18\x05 \x01(\x03R\tsizeBytes\x12+\n\x05\x66iles\x18\x06 \x03(\x0b\x32\x15.helios.v1.CachedFileR\x05\x66iles\"Z\n\x10ReadChunkRequest\x12\x16\n\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x16\n\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x16\n\x06length\x18\x03 \x01(\x03R\x06length\"?\n\x11ReadChunkResponse\x12\x12\n\x04\x64\x61ta\x18\x01 \x01(\x0cR\x04\x64\x61ta\x12\x16\n\x06offset\x18\x02 \x01(\x03R\x06offset\"\x11\n\x0fGetStatsRequest\"\xf5\x01\n\tTierStats\x12(\n\x04tier\x18\x01 \x01(\x0e\x32\x14.helios.v1.CacheTierR\x04tier\x12\x1d\n\nused_bytes\x18\x02 \x01(\x03R\tusedBytes\x12%\n\x0e\x63\x61pacity_bytes\x18\x03 \x01(\x03R\rcapacityBytes\x12\x12\n\x04hits\x18\x04 \x01(\x03R\x04hits\x12\x1c\n\tevictions\x18\x05 \x01(\x03R\tevictions\x12\x12\n\x04path\x18\x06 \x01(\tR\x04path\x12\x14\n\x05\x66iles\x18\x07 \x01(\x03R\x05\x66iles\x12\x1c\n\tdemotions\x18\x08 \x01(\x03R\tdemotions\"\xea\x01\n\x0b\x43\x61\x63hedModel\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\x12(\n\x04tier\x18\x03 \x01(\x0e\x32\x14.helios.v1.CacheTierR\x04tier\x12\x1d\n\nsize_bytes\x18\x04 \x01(\x03R\tsizeBytes\x12\x16\n\x06pinned\x18\x05 \x01(\x08R\x06pinned\x12\x1b\n\tlocal_dir\x18\x06 \x01(\tR\x08localDir\x12(\n\x10last_access_unix\x18\x07 \x01(\x01R\x0elastAccessUnix\"\xef\x01\n\x10GetStatsResponse\x12*\n\x05tiers\x18\x01 \x03(\x0b\x32\x14.helios.v1.TierStatsR\x05tiers\x12.\n\x06models\x18\x02 \x03(\x0b\x32\x16.helios.v1.CachedModelR\x06models\x12\x19\n\x08hit_rate\x18\x03 \x01(\x01R\x07hitRate\x12)\n\x10\x64ownloaded_bytes\x18\x04 \x01(\x03R\x0f\x64ownloadedBytes\x12\x39\n\x19\x64ownload_bytes_per_second\x18\x05 \x01(\x01R\x16\x64ownloadBytesPerSecond*{\n\tCacheTier\x12\x1a\n\x16\x43\x41\x43HE_TIER_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43\x41\x43HE_TIER_RAM\x10\x01\x12\x13\n\x0f\x43\x41\x43HE_TIER_NVME\x10\x02\x12\x12\n\x0e\x43\x41\x43HE_TIER_SSD\x10\x03\x12\x15\n\x11\x43\x41\x43HE_TIER_REMOTE\x10\x04\x32\x9b\x04\n\x0eStorageService\x12N\n\x0b\x45nsureModel\x12\x1d.helios.v1.EnsureModelRequest\x1a\x1e.helios.v1.EnsureModelResponse0\x01\x12\x43\n\x08Prefetch\x12\x1a.helios.v1.PrefetchRequest\x1a\x1b.helios.v1.PrefetchResponse\x12:\n\x05\x45vict\x12\x17.helios.v1.EvictRequest\x1a\x18.helios.v1.EvictResponse\x12\x34\n\x03Pin\x12\x15.helios.v1.PinRequest\x1a\x16.helios.v1.PinResponse\x12:\n\x05Unpin\x12\x17.helios.v1.UnpinRequest\x1a\x18.helios.v1.UnpinResponse\x12\x37\n\x04Stat\x12\x16.helios.v1.StatRequest\x1a\x17.helios.v1.StatResponse\x12H\n\tReadChunk\x12\x1b.helios.v1.ReadChunkRequest\x1a\x1c.helios.v1.ReadChunkResponse0\x01\x12\x43\n\x08GetStats\x12\x1a.helios.v1.GetStatsRequest\x1a\x1b.helios.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'helios.v1.storage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CACHETIER']._serialized_start=1250
-  _globals['_CACHETIER']._serialized_end=1373
+  _globals['_CACHETIER']._serialized_start=2022
+  _globals['_CACHETIER']._serialized_end=2145
   _globals['_ENSUREMODELREQUEST']._serialized_start=38
   _globals['_ENSUREMODELREQUEST']._serialized_end=111
   _globals['_ENSUREMODELRESPONSE']._serialized_start=114
@@ -54,19 +54,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UNPINRESPONSE']._serialized_start=688
   _globals['_UNPINRESPONSE']._serialized_end=703
   _globals['_STATREQUEST']._serialized_start=705
-  _globals['_STATREQUEST']._serialized_end=745
-  _globals['_STATRESPONSE']._serialized_start=747
-  _globals['_STATRESPONSE']._serialized_end=856
-  _globals['_READCHUNKREQUEST']._serialized_start=858
-  _globals['_READCHUNKREQUEST']._serialized_end=948
-  _globals['_READCHUNKRESPONSE']._serialized_start=950
-  _globals['_READCHUNKRESPONSE']._serialized_end=989
-  _globals['_GETSTATSREQUEST']._serialized_start=991
-  _globals['_GETSTATSREQUEST']._serialized_end=1008
-  _globals['_TIERSTATS']._serialized_start=1011
-  _globals['_TIERSTATS']._serialized_end=1184
-  _globals['_GETSTATSRESPONSE']._serialized_start=1186
-  _globals['_GETSTATSRESPONSE']._serialized_end=1248
-  _globals['_STORAGESERVICE']._serialized_start=1376
-  _globals['_STORAGESERVICE']._serialized_end=1915
+  _globals['_STATREQUEST']._serialized_end=771
+  _globals['_CACHEDFILE']._serialized_start=774
+  _globals['_CACHEDFILE']._serialized_end=903
+  _globals['_STATRESPONSE']._serialized_start=906
+  _globals['_STATRESPONSE']._serialized_end=1117
+  _globals['_READCHUNKREQUEST']._serialized_start=1119
+  _globals['_READCHUNKREQUEST']._serialized_end=1209
+  _globals['_READCHUNKRESPONSE']._serialized_start=1211
+  _globals['_READCHUNKRESPONSE']._serialized_end=1274
+  _globals['_GETSTATSREQUEST']._serialized_start=1276
+  _globals['_GETSTATSREQUEST']._serialized_end=1293
+  _globals['_TIERSTATS']._serialized_start=1296
+  _globals['_TIERSTATS']._serialized_end=1541
+  _globals['_CACHEDMODEL']._serialized_start=1544
+  _globals['_CACHEDMODEL']._serialized_end=1778
+  _globals['_GETSTATSRESPONSE']._serialized_start=1781
+  _globals['_GETSTATSRESPONSE']._serialized_end=2020
+  _globals['_STORAGESERVICE']._serialized_start=2148
+  _globals['_STORAGESERVICE']._serialized_end=2687
 # @@protoc_insertion_point(module_scope)

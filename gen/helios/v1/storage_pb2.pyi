@@ -93,20 +93,40 @@ class UnpinResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class StatRequest(_message.Message):
-    __slots__ = ("model_id",)
+    __slots__ = ("model_id", "version")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     model_id: str
-    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+    version: str
+    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class CachedFile(_message.Message):
+    __slots__ = ("path", "sha256", "size_bytes", "tier")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    sha256: str
+    size_bytes: int
+    tier: CacheTier
+    def __init__(self, path: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., tier: _Optional[_Union[CacheTier, str]] = ...) -> None: ...
 
 class StatResponse(_message.Message):
-    __slots__ = ("tier", "local_dir", "pinned")
+    __slots__ = ("tier", "local_dir", "pinned", "version", "size_bytes", "files")
     TIER_FIELD_NUMBER: _ClassVar[int]
     LOCAL_DIR_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
     tier: CacheTier
     local_dir: str
     pinned: bool
-    def __init__(self, tier: _Optional[_Union[CacheTier, str]] = ..., local_dir: _Optional[str] = ..., pinned: _Optional[bool] = ...) -> None: ...
+    version: str
+    size_bytes: int
+    files: _containers.RepeatedCompositeFieldContainer[CachedFile]
+    def __init__(self, tier: _Optional[_Union[CacheTier, str]] = ..., local_dir: _Optional[str] = ..., pinned: _Optional[bool] = ..., version: _Optional[str] = ..., size_bytes: _Optional[int] = ..., files: _Optional[_Iterable[_Union[CachedFile, _Mapping]]] = ...) -> None: ...
 
 class ReadChunkRequest(_message.Message):
     __slots__ = ("sha256", "offset", "length")
@@ -119,31 +139,65 @@ class ReadChunkRequest(_message.Message):
     def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class ReadChunkResponse(_message.Message):
-    __slots__ = ("data",)
+    __slots__ = ("data", "offset")
     DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     data: bytes
-    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+    offset: int
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class TierStats(_message.Message):
-    __slots__ = ("tier", "used_bytes", "capacity_bytes", "hits", "evictions")
+    __slots__ = ("tier", "used_bytes", "capacity_bytes", "hits", "evictions", "path", "files", "demotions")
     TIER_FIELD_NUMBER: _ClassVar[int]
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    DEMOTIONS_FIELD_NUMBER: _ClassVar[int]
     tier: CacheTier
     used_bytes: int
     capacity_bytes: int
     hits: int
     evictions: int
-    def __init__(self, tier: _Optional[_Union[CacheTier, str]] = ..., used_bytes: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., hits: _Optional[int] = ..., evictions: _Optional[int] = ...) -> None: ...
+    path: str
+    files: int
+    demotions: int
+    def __init__(self, tier: _Optional[_Union[CacheTier, str]] = ..., used_bytes: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., hits: _Optional[int] = ..., evictions: _Optional[int] = ..., path: _Optional[str] = ..., files: _Optional[int] = ..., demotions: _Optional[int] = ...) -> None: ...
+
+class CachedModel(_message.Message):
+    __slots__ = ("model_id", "version", "tier", "size_bytes", "pinned", "local_dir", "last_access_unix")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_DIR_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACCESS_UNIX_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    version: str
+    tier: CacheTier
+    size_bytes: int
+    pinned: bool
+    local_dir: str
+    last_access_unix: float
+    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[str] = ..., tier: _Optional[_Union[CacheTier, str]] = ..., size_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., local_dir: _Optional[str] = ..., last_access_unix: _Optional[float] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("tiers",)
+    __slots__ = ("tiers", "models", "hit_rate", "downloaded_bytes", "download_bytes_per_second")
     TIERS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    HIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOADED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
-    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ...) -> None: ...
+    models: _containers.RepeatedCompositeFieldContainer[CachedModel]
+    hit_rate: float
+    downloaded_bytes: int
+    download_bytes_per_second: float
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[CachedModel, _Mapping]]] = ..., hit_rate: _Optional[float] = ..., downloaded_bytes: _Optional[int] = ..., download_bytes_per_second: _Optional[float] = ...) -> None: ...

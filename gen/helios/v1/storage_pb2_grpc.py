@@ -26,8 +26,10 @@ if _version_not_supported:
 
 
 class StorageServiceStub:
-    """StorageService is storaged, the multi-tier model cache on every GPU node. Not
-    implemented yet: every RPC answers UNIMPLEMENTED until the storaged issue lands.
+    """StorageService is storaged, the multi-tier model cache on every GPU node: files are
+    stored by content hash per tier (RAM, NVMe, SSD) and each version appears as a
+    directory of hard links, downloaded from the registry (or peers, or HTTP) in
+    parallel, hash-checked chunks.
     """
 
     def __init__(self, channel):
@@ -79,8 +81,10 @@ class StorageServiceStub:
 
 
 class StorageServiceServicer:
-    """StorageService is storaged, the multi-tier model cache on every GPU node. Not
-    implemented yet: every RPC answers UNIMPLEMENTED until the storaged issue lands.
+    """StorageService is storaged, the multi-tier model cache on every GPU node: files are
+    stored by content hash per tier (RAM, NVMe, SSD) and each version appears as a
+    directory of hard links, downloaded from the registry (or peers, or HTTP) in
+    parallel, hash-checked chunks.
     """
 
     def EnsureModel(self, request, context):
@@ -191,8 +195,10 @@ def add_StorageServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class StorageService:
-    """StorageService is storaged, the multi-tier model cache on every GPU node. Not
-    implemented yet: every RPC answers UNIMPLEMENTED until the storaged issue lands.
+    """StorageService is storaged, the multi-tier model cache on every GPU node: files are
+    stored by content hash per tier (RAM, NVMe, SSD) and each version appears as a
+    directory of hard links, downloaded from the registry (or peers, or HTTP) in
+    parallel, hash-checked chunks.
     """
 
     @staticmethod

@@ -1,0 +1,636 @@
+"""The multi-tier, content-addressed model cache (domain logic; no protobuf).
+
+Per tier directory::
+
+    blobs/<sha256>                         every file, once, by content hash
+    versions/<model_id quoted>/<version>/  a version: hard links to blobs/ (so two
+                                           versions sharing a file hold it once)
+    tmp/                                   partial downloads and their journals
+
+Placement: a version goes to the fastest tier that admits it. Admission is
+frequency-aware: when a fast tier must evict to make room, the newcomer's (decayed)
+request frequency must be at least that of what it would displace, otherwise it
+goes to a slower tier. Eviction picks the highest ``age x size-weight / frequency``
+(LRU with aging, weighted by size), never a pinned model's file nor one in use, and
+demotes the file to the next slower tier (if it fits there) before deleting it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import urllib.parse
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prometheus_client import Counter, Gauge
+
+from runtime.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from storaged.download import ChunkedDownloader, RateMeter, fsync_dir
+from storaged.manifest import FileEntry, Manifest, ManifestSource
+from storaged.tiers import Tier, TierConfig
+
+__all__ = ["BlobInfo", "CachedVersion", "ModelCache", "Progress", "TierState"]
+
+logger = logging.getLogger(__name__)
+
+HITS = Counter("helios_storaged_file_hits_total", "Files found in a local tier", ["tier"])
+MISSES = Counter("helios_storaged_file_misses_total", "Files fetched from peers or remote")
+EVICTIONS = Counter("helios_storaged_evictions_total", "Files evicted from a tier", ["tier"])
+DEMOTIONS = Counter("helios_storaged_demotions_total", "Files moved to a slower tier", ["tier"])
+DOWNLOADED = Counter("helios_storaged_downloaded_bytes_total", "Bytes fetched")
+USED = Gauge("helios_storaged_tier_used_bytes", "Bytes held per tier", ["tier"])
+CAPACITY = Gauge("helios_storaged_tier_capacity_bytes", "Capacity per tier", ["tier"])
+RATE = Gauge("helios_storaged_download_bytes_per_second", "Rate of the latest download")
+
+HALF_LIFE_S = 3600.0  # request frequency halves every hour without use (aging)
+PIECE = 1 << 20
+
+
+@dataclass
+class BlobInfo:
+    sha256: str
+    size: int
+    last_access: float
+    freq: float = 0.0
+
+
+@dataclass
+class TierState:
+    config: TierConfig
+    blobs: dict[str, BlobInfo] = field(default_factory=dict)
+    reserved: int = 0
+    hits: int = 0
+    evictions: int = 0
+    demotions: int = 0
+
+    @property
+    def used(self) -> int:
+        return sum(b.size for b in self.blobs.values())
+
+    @property
+    def free(self) -> int:
+        return self.config.capacity_bytes - self.used - self.reserved
+
+    def blob_path(self, sha: str) -> Path:
+        return self.config.path / "blobs" / sha
+
+
+@dataclass
+class CachedVersion:
+    model_id: str
+    version: str
+    files: tuple[FileEntry, ...]
+    tier: Tier | None  # where its directory of links is; None: not complete anywhere
+    last_access: float
+    freq: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class Progress:
+    bytes_done: int
+    bytes_total: int
+    files_done: int
+    files_total: int
+    tier: Tier
+    bytes_per_second: float
+    local_dir: str = ""  # set on the last one
+
+
+def _decayed(freq: float, since: float, now: float) -> float:
+    return freq * 0.5 ** (max(0.0, now - since) / HALF_LIFE_S)
+
+
+def _quote(model_id: str) -> str:
+    return urllib.parse.quote(model_id, safe="")
+
+
+def _copy_file(src: Path, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 8 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dest.parent)
+
+
+class ModelCache:
+    def __init__(
+        self,
+        tiers: Sequence[TierConfig],
+        manifests: ManifestSource,
+        downloader: ChunkedDownloader,
+        *,
+        state_dir: Path | None = None,
+    ) -> None:
+        if not tiers:
+            raise ValueError("at least one tier is needed")
+        ordered = sorted(tiers, key=lambda t: t.tier)
+        if len({t.tier for t in ordered}) != len(ordered):
+            raise ValueError("each tier may be configured once")
+        self.tiers = [TierState(t) for t in ordered]
+        self._by_tier = {t.config.tier: t for t in self.tiers}
+        self.manifests = manifests
+        self.downloader = downloader
+        self.state_dir = state_dir or ordered[-1].path / "state"
+        self.versions: dict[tuple[str, str], CachedVersion] = {}
+        self.pins: set[str] = set()
+        self.misses = 0
+        self.last_rate = 0.0
+        self._placement = asyncio.Lock()
+        self._file_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._version_locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._busy: dict[str, int] = defaultdict(int)  # sha -> ensures using it now
+        self._background: set[asyncio.Task[None]] = set()
+        self._open()
+
+    # ------------------------------------------------------------------ state
+    def _open(self) -> None:
+        now = time.time()
+        for t in self.tiers:
+            for sub in ("blobs", "versions", "tmp"):
+                (t.config.path / sub).mkdir(parents=True, exist_ok=True)
+            for p in (t.config.path / "blobs").iterdir():
+                if p.is_file() and len(p.name) == 64:
+                    st = p.stat()
+                    t.blobs[p.name] = BlobInfo(p.name, st.st_size, st.st_atime or now)
+                else:  # a stray temp file from a crash
+                    p.unlink(missing_ok=True)
+            for p in (t.config.path / "versions").glob("*/.tmp-*"):
+                shutil.rmtree(p, ignore_errors=True)
+            CAPACITY.labels(t.config.tier.name.lower()).set(t.config.capacity_bytes)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / "state.json"
+        if path.exists():
+            try:
+                doc = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                logger.warning("state file unreadable, starting empty", extra={"path": str(path)})
+                doc = {}
+            self.pins = set(doc.get("pins", []))
+            for v in doc.get("versions", []):
+                files = tuple(
+                    FileEntry(
+                        f["path"], f["size"], f["sha256"], f["chunk_size"], tuple(f["chunk_sha256"])
+                    )
+                    for f in v["files"]
+                )
+                tier = Tier(v["tier"]) if v.get("tier") else None
+                cv = CachedVersion(
+                    v["model_id"], v["version"], files, tier, v["last_access"], v.get("freq", 0)
+                )
+                # Trust the disk, not the record: the directory and every blob must exist.
+                if tier is not None and not self._complete_in(cv, tier):
+                    cv.tier = None
+                self.versions[(cv.model_id, cv.version)] = cv
+        self._update_gauges()
+
+    def _save(self) -> None:
+        doc = {
+            "pins": sorted(self.pins),
+            "versions": [
+                {
+                    "model_id": v.model_id,
+                    "version": v.version,
+                    "tier": int(v.tier) if v.tier else None,
+                    "last_access": v.last_access,
+                    "freq": v.freq,
+                    "files": [asdict(f) for f in v.files],
+                }
+                for v in self.versions.values()
+            ],
+        }
+        path = self.state_dir / "state.json"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _update_gauges(self) -> None:
+        for t in self.tiers:
+            USED.labels(t.config.tier.name.lower()).set(t.used)
+
+    def version_dir(self, tier: Tier, model_id: str, version: str) -> Path:
+        return self._by_tier[tier].config.path / "versions" / _quote(model_id) / version
+
+    def _complete_in(self, v: CachedVersion, tier: Tier) -> bool:
+        t = self._by_tier.get(tier)
+        return (
+            t is not None
+            and self.version_dir(tier, v.model_id, v.version).is_dir()
+            and all(f.sha256 in t.blobs for f in v.files)
+        )
+
+    # ---------------------------------------------------------------- placement
+    def _victim_score(self, b: BlobInfo, now: float) -> float:
+        age = max(1.0, now - b.last_access)
+        weight = 1.0 + math.log2(1.0 + b.size / (1 << 20))
+        return age * weight / (1.0 + _decayed(b.freq, b.last_access, now))
+
+    def _protected(self) -> set[str]:
+        shas = set(self._busy)
+        for v in self.versions.values():
+            if v.model_id in self.pins:
+                shas.update(f.sha256 for f in v.files)
+        return shas
+
+    def _plan_room(
+        self, t: TierState, need: int, keep: set[str], now: float
+    ) -> list[BlobInfo] | None:
+        """The blobs to evict from ``t`` so that ``need`` bytes fit; None if impossible."""
+        if need > t.config.capacity_bytes:
+            return None
+        shortfall = need - t.free
+        if shortfall <= 0:
+            return []
+        protected = self._protected() | keep
+        candidates = sorted(
+            (b for b in t.blobs.values() if b.sha256 not in protected),
+            key=lambda b: self._victim_score(b, now),
+            reverse=True,
+        )
+        victims, freed = [], 0
+        for b in candidates:
+            if freed >= shortfall:
+                break
+            victims.append(b)
+            freed += b.size
+        return victims if freed >= shortfall else None
+
+    def _slower(self, tier: Tier) -> TierState | None:
+        later = [t for t in self.tiers if t.config.tier > tier]
+        return later[0] if later else None
+
+    async def _evict(self, t: TierState, b: BlobInfo, *, demote: bool = True) -> int:
+        """Remove ``b`` from ``t`` (demoting it first when a slower tier can take it).
+        Returns the bytes freed in ``t``."""
+        tier = t.config.tier
+        # Version directories in this tier that link the blob are no longer complete here.
+        # (Any directory there: a stale one's hard links would keep the bytes alive.)
+        for v in self.versions.values():
+            if any(f.sha256 == b.sha256 for f in v.files):
+                shutil.rmtree(self.version_dir(tier, v.model_id, v.version), ignore_errors=True)
+                if v.tier == tier:
+                    v.tier = None
+        src = t.blob_path(b.sha256)
+        lower = self._slower(tier) if demote else None
+        if lower is not None and b.sha256 not in lower.blobs:
+            victims = self._plan_room(lower, b.size, {b.sha256}, time.time())
+            if victims is not None:
+                for victim in victims:
+                    await self._evict(lower, victim)
+                await asyncio.to_thread(_copy_file, src, lower.blob_path(b.sha256))
+                lower.blobs[b.sha256] = BlobInfo(b.sha256, b.size, b.last_access, b.freq)
+                t.demotions += 1
+                DEMOTIONS.labels(tier.name.lower()).inc()
+        src.unlink(missing_ok=True)
+        del t.blobs[b.sha256]
+        t.evictions += 1
+        EVICTIONS.labels(tier.name.lower()).inc()
+        logger.info(
+            "evicted",
+            extra={"tier": tier.name.lower(), "sha256": b.sha256, "size": b.size},
+        )
+        return b.size
+
+    async def _place(
+        self, v: CachedVersion, now: float, faster_than: Tier | None = None
+    ) -> tuple[TierState, int] | None:
+        """Pick the tier for ``v``, make room, reserve: (tier, reserved bytes). With
+        ``faster_than``, only faster tiers are tried and None means "stay where it is"."""
+        keep = {f.sha256 for f in v.files}
+        score = _decayed(v.freq, v.last_access, now)
+        candidates = [t for t in self.tiers if faster_than is None or t.config.tier < faster_than]
+        for t in candidates:
+            unique = {f.sha256: f for f in v.files}.values()
+            need = sum(f.size for f in unique if f.sha256 not in t.blobs)
+            victims = self._plan_room(t, need, keep, now)
+            if victims is None:
+                continue
+            last = t is self.tiers[-1]
+            if victims and not last and v.model_id not in self.pins:
+                theirs = max(_decayed(b.freq, b.last_access, now) for b in victims)
+                if score <= theirs:
+                    continue  # frequency-aware admission: not hotter than what it would displace
+            for b in victims:
+                await self._evict(t, b)
+            t.reserved += need
+            return t, need
+        if faster_than is not None:
+            return None
+        raise ResourceExhaustedError(
+            f"{v.model_id}@{v.version} ({v.size} bytes) fits in no tier: "
+            + ", ".join(f"{t.config.tier.name.lower()} free {t.free}" for t in self.tiers)
+        )
+
+    # ---------------------------------------------------------------- ensure
+    async def ensure(self, model_id: str, version: str = "") -> AsyncIterator[Progress]:
+        """Make every file of the version local; yields progress, the last with local_dir."""
+        if not model_id:
+            raise InvalidArgumentError("model_id: must not be empty")
+        model_id, version = await self.manifests.resolve(model_id, version)
+        manifest = await self.manifests.manifest(model_id, version)
+        problems = [p for f in manifest.files for p in f.problems()]
+        if problems:
+            raise FailedPreconditionError(f"manifest of {model_id}@{version}: {problems[:3]}")
+        async with self._version_locks[(model_id, version)]:
+            async for p in self._ensure_locked(manifest):
+                yield p
+
+    async def _ensure_locked(self, manifest: Manifest) -> AsyncIterator[Progress]:
+        now = time.time()
+        key = (manifest.model_id, manifest.version)
+        v = self.versions.get(key)
+        if v is None:
+            v = CachedVersion(manifest.model_id, manifest.version, manifest.files, None, now)
+            self.versions[key] = v
+        v.freq = _decayed(v.freq, v.last_access, now) + 1
+        v.last_access = now
+        total = manifest.total_bytes
+        for f in v.files:
+            self._busy[f.sha256] += 1
+        try:
+            placed = None
+            if v.tier is not None and self._complete_in(v, v.tier):
+                # Already local: promote to a faster tier if it is now hot enough.
+                async with self._placement:
+                    placed = await self._place(v, now, faster_than=v.tier)
+                if placed is None:
+                    t = self._by_tier[v.tier]
+                    for f in v.files:
+                        t.hits += 1
+                        HITS.labels(v.tier.name.lower()).inc()
+                        self._touch(t, f.sha256, now)
+                    self._save()
+                    local_dir = str(self.version_dir(v.tier, v.model_id, v.version))
+                    yield Progress(total, total, len(v.files), len(v.files), v.tier, 0.0, local_dir)
+                    return
+            if placed is None:
+                async with self._placement:
+                    placed = await self._place(v, now)
+            assert placed is not None
+            t, reserved = placed
+            try:
+                async for p in self._fill(v, t):
+                    yield p
+            finally:
+                t.reserved -= reserved
+            local = await asyncio.to_thread(self._link_version, v, t)
+            v.tier = t.config.tier
+            self._save()
+            self._update_gauges()
+            yield Progress(
+                total, total, len(v.files), len(v.files), t.config.tier, self.last_rate, str(local)
+            )
+        finally:
+            for f in v.files:
+                self._busy[f.sha256] -= 1
+                if not self._busy[f.sha256]:
+                    del self._busy[f.sha256]
+
+    def _touch(self, t: TierState, sha: str, now: float) -> None:
+        b = t.blobs.get(sha)
+        if b is not None:
+            b.freq = _decayed(b.freq, b.last_access, now) + 1
+            b.last_access = now
+
+    async def _fill(self, v: CachedVersion, t: TierState) -> AsyncIterator[Progress]:
+        total = v.size
+        events: asyncio.Queue[int] = asyncio.Queue()
+        meter = RateMeter()
+        unique = list({f.sha256: f for f in v.files}.values())
+
+        async def one(f: FileEntry) -> None:
+            async with self._file_locks[f.sha256]:
+                now = time.time()
+                if f.sha256 in t.blobs:
+                    t.hits += 1
+                    HITS.labels(t.config.tier.name.lower()).inc()
+                else:
+                    local = next((o for o in self.tiers if f.sha256 in o.blobs), None)
+                    if local is not None:  # promote from a slower (or faster) tier
+                        local.hits += 1
+                        HITS.labels(local.config.tier.name.lower()).inc()
+                        await asyncio.to_thread(
+                            _copy_file, local.blob_path(f.sha256), t.blob_path(f.sha256)
+                        )
+                    else:
+                        self.misses += 1
+                        MISSES.inc()
+
+                        def on_bytes(n: int) -> None:
+                            meter.add(n)
+                            events.put_nowait(0)
+
+                        fetched = await self.downloader.download(
+                            f, t.config.path / "tmp", t.blob_path(f.sha256), on_bytes
+                        )
+                        DOWNLOADED.inc(fetched)
+                    t.blobs[f.sha256] = BlobInfo(f.sha256, f.size, now)
+                self._touch(t, f.sha256, now)
+            events.put_nowait(1)
+
+        tasks = [asyncio.create_task(one(f)) for f in unique]
+        done_files = 0
+        last = 0.0
+        try:
+            pending = set(tasks)
+            while pending:
+                getter = asyncio.ensure_future(events.get())
+                finished, _ = await asyncio.wait(
+                    {getter, *pending}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter not in finished:
+                    getter.cancel()
+                for task in finished & pending:
+                    pending.discard(task)
+                    task.result()  # raise the first failure
+                while not events.empty():
+                    done_files += events.get_nowait()
+                if getter in finished:
+                    done_files += getter.result()
+                now = time.monotonic()
+                if now - last >= 0.1 or not pending:
+                    last = now
+                    present = sum(f.size for f in unique if f.sha256 in t.blobs)
+                    done_bytes = min(total, max(present, meter.bytes))
+                    yield Progress(
+                        done_bytes,
+                        total,
+                        min(done_files, len(v.files)),
+                        len(v.files),
+                        t.config.tier,
+                        meter.rate,
+                    )
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if meter.bytes:
+            self.last_rate = meter.rate
+            RATE.set(meter.rate)
+
+    def _link_version(self, v: CachedVersion, t: TierState) -> Path:
+        final = self.version_dir(t.config.tier, v.model_id, v.version)
+        if final.is_dir() and all((final / f.path).exists() for f in v.files):
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        for f in v.files:
+            dest = tmp / f.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.link(t.blob_path(f.sha256), dest)
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+        fsync_dir(final.parent)
+        return final
+
+    # ---------------------------------------------------------------- the rest
+    def is_cached(self, model_id: str, version: str) -> bool:
+        v = self.versions.get((model_id, version))
+        return v is not None and v.tier is not None and self._complete_in(v, v.tier)
+
+    async def prefetch(self, model_id: str, version: str = "") -> bool:
+        """Start warming the version in the background; False if it is already local."""
+        if not model_id:
+            raise InvalidArgumentError("model_id: must not be empty")
+        model_id, version = await self.manifests.resolve(model_id, version)
+        if self.is_cached(model_id, version):
+            return False
+
+        async def run() -> None:
+            try:
+                async for _ in self.ensure(model_id, version):
+                    pass
+            except Exception:
+                logger.warning("prefetch failed", exc_info=True, extra={"model": model_id})
+
+        task = asyncio.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return True
+
+    async def evict(self, model_id: str) -> int:
+        """Drop every version of the model from every tier; returns the bytes freed.
+        Files other cached versions still use stay."""
+        if model_id in self.pins:
+            raise FailedPreconditionError(f"{model_id} is pinned; unpin it first")
+        mine = [v for v in self.versions.values() if v.model_id == model_id]
+        if not mine:
+            raise NotFoundError(f"{model_id} is not cached")
+        async with self._placement:
+            for v in mine:
+                if any(f.sha256 in self._busy for f in v.files):
+                    raise FailedPreconditionError(f"{model_id} is being downloaded")
+            freed = 0
+            for v in mine:
+                for t in self.tiers:
+                    shutil.rmtree(
+                        self.version_dir(t.config.tier, v.model_id, v.version), ignore_errors=True
+                    )
+                del self.versions[(v.model_id, v.version)]
+            still_used = {f.sha256 for v in self.versions.values() for f in v.files}
+            for v in mine:
+                for f in v.files:
+                    if f.sha256 in still_used:
+                        continue
+                    for t in self.tiers:
+                        b = t.blobs.get(f.sha256)
+                        if b is not None:
+                            freed += await self._evict(t, b, demote=False)
+            self._save()
+            self._update_gauges()
+        return freed
+
+    def pin(self, model_id: str) -> None:
+        if not model_id:
+            raise InvalidArgumentError("model_id: must not be empty")
+        self.pins.add(model_id)
+        self._save()
+
+    def unpin(self, model_id: str) -> None:
+        if model_id not in self.pins:
+            raise NotFoundError(f"{model_id} is not pinned")
+        self.pins.discard(model_id)
+        self._save()
+
+    def stat(self, model_id: str, version: str = "") -> tuple[CachedVersion, dict[str, Tier]]:
+        """The cached version (the most recently used when version is empty) and the
+        fastest tier holding each of its files."""
+        mine = [
+            v
+            for v in self.versions.values()
+            if v.model_id == model_id and (not version or v.version == version)
+        ]
+        if not mine:
+            raise NotFoundError(f"{model_id}{'@' + version if version else ''} is not cached")
+        v = max(mine, key=lambda x: x.last_access)
+        where = {}
+        for f in v.files:
+            t = next((t for t in self.tiers if f.sha256 in t.blobs), None)
+            if t is not None:
+                where[f.sha256] = t.config.tier
+        return v, where
+
+    def find_blob(self, sha: str) -> Path:
+        for t in self.tiers:
+            if sha in t.blobs:
+                return t.blob_path(sha)
+        raise NotFoundError(f"blob {sha} is not cached here")
+
+    async def read_blob(
+        self, sha: str, offset: int, length: int
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        path = self.find_blob(sha)
+        size = path.stat().st_size
+        if offset < 0 or length < 0 or offset > size:
+            raise InvalidArgumentError(f"range [{offset}, +{length}) outside the {size}-byte file")
+        end = size if length == 0 else min(size, offset + length)
+        fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+        try:
+            pos = offset
+            while pos < end:
+                data = await asyncio.to_thread(os.pread, fd, min(PIECE, end - pos), pos)
+                if not data:
+                    break
+                yield pos, data
+                pos += len(data)
+        finally:
+            os.close(fd)
+
+    @property
+    def hit_rate(self) -> float:
+        hits = sum(t.hits for t in self.tiers)
+        return hits / (hits + self.misses) if hits + self.misses else 0.0
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*self._background, return_exceptions=True)

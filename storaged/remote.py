@@ -1,0 +1,103 @@
+"""gRPC adapters: the registry (manifests and ReadBlob) and peers (ReadChunk).
+
+The only storaged module besides the servicer that touches protobuf: it turns the
+registry's messages into :mod:`storaged.manifest` types and gRPC errors into domain ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from helios.v1 import registry_pb2, registry_pb2_grpc, storage_pb2, storage_pb2_grpc
+
+from runtime.channels import create_channel
+from runtime.errors import error_from_status
+from storaged.manifest import FileEntry, Manifest
+
+__all__ = ["PeerSource", "RegistryClient"]
+
+
+class RegistryClient:
+    """ManifestSource and BlobSource over helios.v1.RegistryService."""
+
+    def __init__(self, target: str, *, timeout_s: float = 30.0) -> None:
+        self.name = f"registry {target}"
+        self._channel = create_channel(target)
+        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._timeout = timeout_s
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def resolve(self, model_id: str, version: str) -> tuple[str, str]:
+        reference = f"{model_id}@{version}" if version else model_id
+        try:
+            resp = await self._stub.ResolveModel(
+                registry_pb2.ResolveModelRequest(reference=reference), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_status(exc.code(), f"{self.name}: {exc.details()}") from None
+        return resp.version.model_id, resp.version.version
+
+    async def manifest(self, model_id: str, version: str) -> Manifest:
+        try:
+            resp = await self._stub.GetManifest(
+                registry_pb2.GetManifestRequest(
+                    version=registry_pb2.ModelVersion(model_id=model_id, version=version)
+                ),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_status(exc.code(), f"{self.name}: {exc.details()}") from None
+        files = tuple(
+            FileEntry(
+                path=f.path,
+                size=f.size_bytes,
+                sha256=f.sha256,
+                chunk_size=f.chunk_size_bytes,
+                chunk_sha256=tuple(f.chunk_sha256),
+            )
+            for f in resp.files
+        )
+        return Manifest(model_id, version, files)
+
+    async def read(self, sha256: str, offset: int, length: int) -> AsyncIterator[bytes]:
+        if length == 0:
+            return
+        call = self._stub.ReadBlob(
+            registry_pb2.ReadBlobRequest(sha256=sha256, offset=offset, length=length)
+        )
+        try:
+            async for msg in call:
+                yield msg.data
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_status(exc.code(), f"{self.name}: {exc.details()}") from None
+        finally:
+            call.cancel()
+
+
+class PeerSource:
+    """Another storaged that may hold the blob (ReadChunk)."""
+
+    def __init__(self, target: str) -> None:
+        self.name = f"peer {target}"
+        self._channel = create_channel(target)
+        self._stub = storage_pb2_grpc.StorageServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def read(self, sha256: str, offset: int, length: int) -> AsyncIterator[bytes]:
+        if length == 0:
+            return
+        call = self._stub.ReadChunk(
+            storage_pb2.ReadChunkRequest(sha256=sha256, offset=offset, length=length)
+        )
+        try:
+            async for msg in call:
+                yield msg.data
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_status(exc.code(), f"{self.name}: {exc.details()}") from None
+        finally:
+            call.cancel()
