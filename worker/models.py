@@ -23,11 +23,15 @@ from runtime.errors import (
     ResourceExhaustedError,
 )
 from worker.engine.base import EngineClient, EngineStats
+from worker.storage_client import DownloadProgress
 
 logger = logging.getLogger(__name__)
 
 EngineFactory = Callable[[str, Path], Awaitable[EngineClient]]
 """Builds a ready engine serving model ``name`` from the HF-layout directory ``path``."""
+
+EnsureModel = Callable[[str, str], AsyncIterator["DownloadProgress"]]
+"""Makes (model, version) local, streaming progress; the last report has local_dir."""
 
 
 class ModelLifecycle(enum.StrEnum):
@@ -146,6 +150,32 @@ class ModelManager:
         logger.info("model ready", extra={"model": name, "load_seconds": round(seconds, 3)})
         yield LoadProgress(name, ModelLifecycle.READY, 1.0, f"ready in {seconds:.2f}s")
 
+    async def load_from_store(
+        self, name: str, version: str, ensure: EnsureModel
+    ) -> AsyncIterator[LoadProgress]:
+        """Make ``name@version`` local through the model store (storaged EnsureModel),
+        reporting DOWNLOADING progress, then load it like a local directory."""
+        if not name:
+            raise InvalidArgumentError("model: must not be empty")
+        current = self._slots.get(name)
+        if current is not None and current.state is not ModelLifecycle.FAILED:
+            raise FailedPreconditionError(f"model {name} is already {current.state.value}")
+        local_dir = ""
+        yield LoadProgress(name, ModelLifecycle.DOWNLOADING, 0.0, f"fetching {name}")
+        async for step in ensure(name, version):
+            if step.local_dir:
+                local_dir = step.local_dir
+            yield LoadProgress(
+                name,
+                ModelLifecycle.DOWNLOADING,
+                step.fraction,
+                f"{step.bytes_done} of {step.bytes_total} bytes",
+            )
+        if not local_dir:
+            raise FailedPreconditionError(f"the model store never made {name} local")
+        async for progress in self.load(name, Path(local_dir)):
+            yield progress
+
     async def unload(self, name: str, drain_timeout: float) -> int:
         """Stop taking requests for ``name``, let running ones finish for up to
         ``drain_timeout`` seconds, abort the rest, free the engine. Returns how many
@@ -187,6 +217,13 @@ class ModelManager:
             slot.running.discard(request_id)
             if not slot.running:
                 slot.idle.set()
+
+    def engine(self, name: str) -> EngineClient:
+        """The engine of ``name`` for calls that are not requests (KV export)."""
+        slot = self._slots.get(name)
+        if slot is None or slot.engine is None:
+            raise NotFoundError(f"model {name} is not loaded on this worker")
+        return slot.engine
 
     def statuses(self) -> list[ModelStatus]:
         result = []

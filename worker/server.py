@@ -15,8 +15,10 @@ from helios.v1 import worker_pb2, worker_pb2_grpc
 from runtime.config import ConfigError, add_server_arguments, env_default, settings_from_args
 from runtime.server import Cleanup, Register, run
 from worker.engine.base import EngineClient
+from worker.engine.vllm_engine import VllmConfig
 from worker.models import EngineFactory, ModelManager
 from worker.servicer import WorkerServicer
+from worker.storage_client import StorageClient
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,113 @@ def transformers_engine_factory(max_concurrency: int) -> EngineFactory:
         return await TransformersEngine.load(path, name, max_concurrency=max_concurrency)
 
     return build
+
+
+def vllm_engine_factory(config: VllmConfig) -> EngineFactory:
+    """vLLM's AsyncLLM (continuous batching, paged KV cache, prefix caching)."""
+
+    async def build(name: str, path: Path) -> EngineClient:
+        from worker.engine.vllm_engine import VllmEngine
+
+        return await VllmEngine.load(path, name, config)
+
+    return build
+
+
+def _optional_int(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+def _optional_float(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The engine choice and vLLM's knobs (env: HELIOS_WORKER_<NAME>)."""
+    group = parser.add_argument_group("engine")
+    group.add_argument(
+        "--engine",
+        choices=["transformers", "vllm"],
+        default=env_default("worker", "engine", "transformers"),
+        help="transformers: the CPU reference engine; vllm: vLLM's async engine",
+    )
+    group.add_argument(
+        "--dtype",
+        default=env_default("worker", "dtype", "auto"),
+        help="weights dtype (auto, float32, bfloat16, float16); vLLM engine",
+    )
+    group.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=_optional_int(env_default("worker", "max_num_seqs")),
+        help="sequences batched at once (vLLM); default: vLLM's",
+    )
+    group.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=_optional_int(env_default("worker", "max_num_batched_tokens")),
+        help="tokens per scheduler step (vLLM); default: vLLM's",
+    )
+    group.add_argument(
+        "--max-model-len",
+        type=int,
+        default=_optional_int(env_default("worker", "max_model_len")),
+        help="context length cap (vLLM); default: the model's",
+    )
+    group.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=_optional_float(env_default("worker", "gpu_memory_utilization")),
+        help="fraction of GPU memory vLLM may use (GPU build)",
+    )
+    group.add_argument(
+        "--cpu-kvcache-space-gib",
+        type=float,
+        default=_optional_float(env_default("worker", "cpu_kvcache_space_gib")),
+        help="KV cache size in GiB for the CPU build of vLLM (VLLM_CPU_KVCACHE_SPACE)",
+    )
+    group.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=env_default("worker", "enable_prefix_caching", "true").lower() == "true",
+        help="vLLM's automatic prefix caching",
+    )
+    group.add_argument(
+        "--quantization",
+        default=env_default("worker", "quantization") or None,
+        help="vLLM quantization method (awq, gptq, fp8, ...); default: none / the model's",
+    )
+    group.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=int(env_default("worker", "tensor_parallel_size", "1")),
+        help="GPUs one model is sharded over (vLLM)",
+    )
+
+
+def vllm_config_from_args(args: argparse.Namespace) -> VllmConfig:
+    """Checked VllmConfig from the parsed flags."""
+    for key in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+        value = getattr(args, key)
+        if value is not None and value < 1:
+            raise ConfigError(key, "must be >= 1")
+    if args.gpu_memory_utilization is not None and not 0 < args.gpu_memory_utilization <= 1:
+        raise ConfigError("gpu_memory_utilization", "must be in (0, 1]")
+    if args.cpu_kvcache_space_gib is not None and args.cpu_kvcache_space_gib <= 0:
+        raise ConfigError("cpu_kvcache_space_gib", "must be > 0")
+    if args.tensor_parallel_size < 1:
+        raise ConfigError("tensor_parallel_size", "must be >= 1")
+    return VllmConfig(
+        dtype=args.dtype,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        cpu_kvcache_space_gib=args.cpu_kvcache_space_gib,
+        enable_prefix_caching=args.enable_prefix_caching,
+        quantization=args.quantization,
+        tensor_parallel_size=args.tensor_parallel_size,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(env_default("worker", "max_concurrency", "4")),
         help="requests computed at once per model; more wait in the engine's queue",
     )
+    parser.add_argument(
+        "--advertise-address",
+        default=env_default("worker", "advertise_address", ""),
+        metavar="HOST:PORT",
+        help="this worker's address as other workers reach it (returned by Prefill)",
+    )
+    parser.add_argument(
+        "--storaged",
+        default=env_default("worker", "storaged", ""),
+        metavar="HOST:PORT",
+        help="storaged address: LoadModel without local_path fetches through EnsureModel",
+    )
+    add_engine_arguments(parser)
     return parser
 
 
@@ -81,16 +203,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.max_concurrency < 1:
         raise ConfigError("max_concurrency", "must be >= 1")
 
+    vllm_config = vllm_config_from_args(args)
+    if args.engine == "vllm":
+        factory = vllm_engine_factory(vllm_config)
+    else:
+        factory = transformers_engine_factory(args.max_concurrency)
+
     async def build() -> tuple[Register, Cleanup]:
         manager = ModelManager(
-            transformers_engine_factory(args.max_concurrency),
-            engine_kind="transformers",
-            capacity_bytes=args.memory_capacity_bytes,
+            factory, engine_kind=args.engine, capacity_bytes=args.memory_capacity_bytes
         )
         for name, path in models:
             async for step in manager.load(name, path):
                 logger.info(step.message, extra={"model": name, "state": step.state.value})
-        servicer = WorkerServicer(manager, worker_id=args.worker_id)
+        servicer = WorkerServicer(
+            manager,
+            worker_id=args.worker_id,
+            advertise_address=args.advertise_address,
+            storage=StorageClient(args.storaged) if args.storaged else None,
+        )
 
         def register(server: grpc.aio.Server) -> list[str]:
             worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)

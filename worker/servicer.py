@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -11,7 +12,7 @@ import grpc
 from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
 
-from runtime.errors import InvalidArgumentError, UnimplementedError
+from runtime.errors import FailedPreconditionError, InvalidArgumentError
 from worker.engine.base import (
     ChatMessage,
     FinishReason,
@@ -19,7 +20,11 @@ from worker.engine.base import (
     GenerationRequest,
     SamplingParams,
 )
+from worker.kv_client import KVFetcher
+from worker.kvtransfer import encode_frames
+from worker.memory import memory_report
 from worker.models import ModelLifecycle, ModelManager
+from worker.storage_client import StorageClient
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +93,20 @@ def chunk_to_pb(chunk: GenerationChunk) -> pb.GenerateResponse:
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     """Serves generations from the models in a :class:`ModelManager`."""
 
-    def __init__(self, models: ModelManager, *, worker_id: str) -> None:
+    def __init__(
+        self,
+        models: ModelManager,
+        *,
+        worker_id: str,
+        advertise_address: str = "",
+        kv_fetcher: KVFetcher | None = None,
+        storage: StorageClient | None = None,
+    ) -> None:
         self._models = models
         self._worker_id = worker_id
+        self._advertise_address = advertise_address
+        self._kv_fetcher = kv_fetcher or KVFetcher()
+        self._storage = storage
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -107,26 +123,63 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def Prefill(
         self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext
     ) -> pb.PrefillResponse:
-        raise UnimplementedError(
-            "WorkerService.Prefill is not implemented yet (prefill/decode disaggregation)"
+        generation = generation_request_from_pb(request.request)
+        async with self._models.acquire(request.request.model, generation.request_id) as engine:
+            result = await engine.prefill(generation)
+        return pb.PrefillResponse(
+            first=chunk_to_pb(result.first),
+            kv_cache_handle=result.kv_handle or "",
+            prefill_worker=self._advertise_address if result.kv_handle else "",
         )
 
     async def Decode(
         self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DecodeResponse]:
-        raise UnimplementedError(
-            "WorkerService.Decode is not implemented yet (prefill/decode disaggregation)"
-        )
-        yield pb.DecodeResponse()  # pragma: no cover - makes this an async generator
+        generation = generation_request_from_pb(request.request)
+        if not request.kv_cache_handle:
+            raise InvalidArgumentError("kv_cache_handle: must not be empty")
+        if not request.prefill_worker:
+            raise InvalidArgumentError("prefill_worker: must not be empty")
+        async with self._models.acquire(request.request.model, generation.request_id) as engine:
+            if not engine.supports_disaggregation:
+                raise FailedPreconditionError(engine.disaggregation_unsupported_reason)
+            kv = await self._kv_fetcher.fetch(
+                request.prefill_worker, request.request.model, request.kv_cache_handle
+            )
+            stream = engine.decode(generation, request.first_token_id, kv)
+            async with aclosing(stream):
+                async for chunk in stream:
+                    yield pb.DecodeResponse(step=chunk_to_pb(chunk))
+
+    async def TransferKVCache(
+        self, request: pb.TransferKVCacheRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TransferKVCacheResponse]:
+        if not request.kv_cache_handle:
+            raise InvalidArgumentError("kv_cache_handle: must not be empty")
+        engine = self._models.engine(request.model)
+        layers = await engine.export_kv(request.kv_cache_handle)
+        for frame in encode_frames(layers):
+            yield pb.TransferKVCacheResponse(
+                layer=frame.layer,
+                num_layers=frame.num_layers,
+                token_offset=frame.token_offset,
+                safetensors=frame.data,
+            )
 
     async def LoadModel(
         self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.LoadModelResponse]:
-        if not request.local_path:
-            raise UnimplementedError(
-                "LoadModel: loading through storaged is not implemented yet; give local_path"
+        if request.local_path:
+            steps = self._models.load(request.model, Path(request.local_path))
+        elif self._storage is not None:
+            steps = self._models.load_from_store(
+                request.model, request.version, self._storage.ensure_model
             )
-        async for step in self._models.load(request.model, Path(request.local_path)):
+        else:
+            raise FailedPreconditionError(
+                "LoadModel: this worker has no storaged configured (--storaged); give local_path"
+            )
+        async for step in steps:
             yield pb.LoadModelResponse(
                 model=step.model,
                 state=_MODEL_STATES[step.state],
@@ -171,10 +224,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             state = pb.WORKER_STATE_READY
         else:
             state = pb.WORKER_STATE_IDLE
+        memory = await asyncio.to_thread(
+            memory_report, self._models.capacity_bytes, self._models.used_bytes
+        )
         return pb.HeartbeatResponse(
             worker_id=self._worker_id,
             state=state,
             models=models,
-            memory_total_bytes=self._models.capacity_bytes,
-            memory_free_bytes=self._models.capacity_bytes - self._models.used_bytes,
+            memory_total_bytes=memory.total_bytes,
+            memory_free_bytes=memory.free_bytes,
+            memory_source=memory.source,
+            queue_depth=sum(s.stats.waiting_requests for s in statuses),
         )

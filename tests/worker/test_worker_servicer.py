@@ -242,12 +242,20 @@ async def test_missing_directory_is_not_found(stub: worker_pb2_grpc.WorkerServic
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_prefill_and_decode_are_unimplemented(
+async def test_prefill_and_decode_need_an_engine_that_can_move_kv(
     stub: worker_pb2_grpc.WorkerServiceStub,
 ) -> None:
+    # The fake engine (like vLLM on CPU) cannot export its KV cache: a clear refusal.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Prefill(pb.PrefillRequest(request=request()))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "disaggregation" in (info.value.details() or "")
+    decode = pb.DecodeRequest(
+        request=request(), kv_cache_handle="h", prefill_worker="127.0.0.1:1", first_token_id=1
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        _ = [r async for r in stub.Decode(decode)]
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Prefill(pb.PrefillRequest())
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        _ = [r async for r in stub.Decode(pb.DecodeRequest())]
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from runtime.errors import HeliosError, UnavailableError
+from runtime.errors import FailedPreconditionError, HeliosError, UnavailableError
+
+if TYPE_CHECKING:
+    from worker.kvtransfer import KVLayer
 
 
 class EngineError(HeliosError):
@@ -91,6 +95,15 @@ class EngineStats:
     aborted_requests_total: int = 0
 
 
+@dataclass(frozen=True)
+class PrefillResult:
+    """What a prefill produced: the first chunk, and the handle of the parked KV cache
+    (None when the first chunk already finished the generation: nothing to decode)."""
+
+    first: GenerationChunk
+    kv_handle: str | None
+
+
 class EngineClient(ABC):
     """An inference engine serving one model.
 
@@ -127,3 +140,25 @@ class EngineClient(ABC):
     @abstractmethod
     async def shutdown(self) -> None:
         """Release the model's memory; the engine serves nothing afterwards."""
+
+    # Prefill/decode disaggregation. Optional: an engine that cannot move its KV cache
+    # keeps the defaults, and the worker serves it in combined mode only.
+
+    supports_disaggregation: bool = False
+    disaggregation_unsupported_reason: str = (
+        "this engine does not support prefill/decode disaggregation"
+    )
+
+    async def prefill(self, request: GenerationRequest) -> PrefillResult:
+        """Compute the prompt's KV cache and the first token; park the cache for export."""
+        raise FailedPreconditionError(self.disaggregation_unsupported_reason)
+
+    async def export_kv(self, handle: str) -> list[KVLayer]:
+        """Take the parked KV cache ``handle``: (keys, values) per layer."""
+        raise FailedPreconditionError(self.disaggregation_unsupported_reason)
+
+    def decode(
+        self, request: GenerationRequest, first_token: int, kv: Sequence[KVLayer]
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """Continue a request prefilled elsewhere from its first token and KV cache."""
+        raise FailedPreconditionError(self.disaggregation_unsupported_reason)

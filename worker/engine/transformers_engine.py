@@ -21,6 +21,7 @@ import gc
 import logging
 import math
 import secrets
+import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +44,10 @@ from worker.engine.base import (
     FinishReason,
     GenerationChunk,
     GenerationRequest,
+    PrefillResult,
     SamplingParams,
 )
+from worker.kvtransfer import KVLayer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -93,6 +96,23 @@ class _RequestState:
 
 
 @dataclass(frozen=True)
+class _Parked:
+    """A prefilled request's KV cache waiting for its decode worker to fetch it."""
+
+    past: Any  # transformers DynamicCache
+    tokens: int
+    created: float
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """Where a decode starts: the first token (made by prefill) and the prompt's cache."""
+
+    first_token: int
+    kv: list[KVLayer]
+
+
+@dataclass(frozen=True)
 class _StepResult:
     """What one decode step produced, already detokenised."""
 
@@ -105,6 +125,8 @@ class TransformersEngine(EngineClient):
     """Serves one causal LM with Hugging Face transformers on CPU (or whatever device
     the model was loaded on). Create it with :meth:`load`."""
 
+    supports_disaggregation = True
+
     def __init__(
         self,
         model: PreTrainedModel,
@@ -112,6 +134,7 @@ class TransformersEngine(EngineClient):
         model_name: str,
         *,
         max_concurrency: int = 4,
+        kv_ttl_s: float = 60.0,
     ) -> None:
         """Wrap an already loaded model and tokenizer (``load`` is the usual way in).
 
@@ -147,6 +170,8 @@ class TransformersEngine(EngineClient):
         self._generated_tokens_total = 0
         self._aborted_requests_total = 0
         self._dead_reason: str | None = None
+        self._parked: dict[str, _Parked] = {}
+        self._kv_ttl_s = kv_ttl_s
 
     # ------------------------------------------------------------------ loading
 
@@ -209,6 +234,7 @@ class TransformersEngine(EngineClient):
         # tokens held in live caches over the most the engine would ever hold at once.
         capacity = self._max_concurrency * self.max_model_len
         used = sum(s.cache_tokens for s in self._requests.values())
+        used += sum(p.tokens for p in self._parked.values())
         return EngineStats(
             running_requests=self._running,
             waiting_requests=self._waiting,
@@ -250,17 +276,72 @@ class TransformersEngine(EngineClient):
             # model goes away under them.
             await asyncio.wait(inflight, timeout=_SHUTDOWN_STEP_GRACE_S)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._parked.clear()
         self._model = None
         self._tokenizer = None
         gc.collect()
         logger.info("engine shut down", extra={"model": self._model_name})
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """Stream ``request``: one chunk per generated token, the last with finish_reason.
 
         Closing the stream (aclose, GeneratorExit, CancelledError) stops the request
         after at most the step already computing, and counts it as aborted.
         """
+        return self._stream(request)
+
+    # ------------------------------------------------- prefill/decode disaggregation
+
+    async def prefill(self, request: GenerationRequest) -> PrefillResult:
+        """Compute ``request``'s prompt KV cache and first token.
+
+        Unless the first token already ends the generation, the KV cache is parked under
+        the returned handle for :meth:`export_kv` (one fetch; it expires after
+        ``kv_ttl_s`` seconds if nobody fetches it).
+        """
+        self._expire_parked()
+        parked: list[str] = []
+        stream = self._stream(request, park_into=parked)
+        async with contextlib.aclosing(stream):
+            chunks = [chunk async for chunk in stream]
+        return PrefillResult(first=chunks[-1], kv_handle=parked[0] if parked else None)
+
+    async def export_kv(self, handle: str) -> list[KVLayer]:
+        """Take the KV cache parked under ``handle`` (layer by layer), removing it."""
+        self._expire_parked()
+        parked = self._parked.pop(handle, None)
+        if parked is None:
+            raise NotFoundError(
+                f"kv cache {handle!r} is not on this worker (never made, already fetched or"
+                f" expired after {self._kv_ttl_s:.0f}s)"
+            )
+        return [(layer.keys, layer.values) for layer in parked.past.layers]
+
+    def decode(
+        self, request: GenerationRequest, first_token: int, kv: Sequence[KVLayer]
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """Continue ``request`` from a prefill made elsewhere: its first token and KV cache.
+
+        Streams the chunks after the first one (the prefill worker sent that one), with
+        the same text deltas, counts and finish reasons as :meth:`generate` would.
+        """
+        return self._stream(request, resume=_Resume(first_token, list(kv)))
+
+    def _expire_parked(self) -> None:
+        now = time.monotonic()
+        for handle in [h for h, p in self._parked.items() if now - p.created > self._kv_ttl_s]:
+            del self._parked[handle]
+            logger.info("parked kv cache expired", extra={"kv_handle": handle})
+
+    async def _stream(
+        self,
+        request: GenerationRequest,
+        *,
+        resume: _Resume | None = None,
+        park_into: list[str] | None = None,
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """The body of generate, prefill (``park_into``: stop after the first token and
+        park the cache) and decode (``resume``: start after a first token)."""
         self._raise_if_dead()
         _validate_sampling(request.sampling)
         if not request.request_id:
@@ -306,6 +387,26 @@ class TransformersEngine(EngineClient):
             text = ""
             past: Any = None
             next_input: list[int] = prompt_ids
+            if resume is not None:
+                if sampling.max_tokens < 2:
+                    raise InvalidArgumentError(
+                        "max_tokens must be >= 2 to decode: prefill made the first token"
+                    )
+                if resume.first_token < 0 or resume.first_token >= self._vocab_limit:
+                    raise InvalidArgumentError(
+                        f"first_token_id {resume.first_token} is outside the vocabulary"
+                    )
+                past = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._rebuild_cache, resume.kv, len(prompt_ids)
+                )
+                generated = [resume.first_token]
+                next_input = [resume.first_token]
+                text = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._decode_text, generated
+                )
+                # The prefill worker emitted exactly this much of the first token's text.
+                emitted = _emit_boundary(text, 0, stops, max_stop)
+                state.cache_tokens = len(prompt_ids) + 1
 
             while True:
                 if state.abort_event.is_set():
@@ -361,6 +462,20 @@ class TransformersEngine(EngineClient):
                 end = _emit_boundary(text, emitted, stops, max_stop)
                 delta = text[emitted:end]
                 emitted = end
+                if park_into is not None:
+                    handle = secrets.token_hex(16)
+                    self._parked[handle] = _Parked(
+                        past=past, tokens=len(prompt_ids), created=time.monotonic()
+                    )
+                    park_into.append(handle)
+                    finished = True
+                    yield GenerationChunk(
+                        text=delta,
+                        token_ids=[step.token],
+                        prompt_tokens=len(prompt_ids),
+                        completion_tokens=len(generated),
+                    )
+                    return
                 yield GenerationChunk(
                     text=delta,
                     token_ids=[step.token],
@@ -429,6 +544,44 @@ class TransformersEngine(EngineClient):
         if not ids:
             raise InvalidArgumentError("prompt must not be empty")
         return ids
+
+    def _decode_text(self, generated: list[int]) -> str:
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            raise EngineDeadError(f"engine for {self._model_name} is shut down")
+        text = tokenizer.decode(
+            generated, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        assert isinstance(text, str)
+        return text
+
+    def _rebuild_cache(self, kv: Sequence[KVLayer], prompt_len: int) -> Any:
+        """A DynamicCache filled layer by layer with a transferred prompt cache."""
+        from transformers import DynamicCache
+
+        model = self._model
+        if model is None:
+            raise EngineDeadError(f"engine for {self._model_name} is shut down")
+        config = model.config
+        num_layers = int(config.num_hidden_layers)
+        if len(kv) != num_layers:
+            raise InvalidArgumentError(
+                f"kv cache has {len(kv)} layers; model {self._model_name!r} has {num_layers}"
+            )
+        cache = DynamicCache(config=config)
+        dtype = next(model.parameters()).dtype
+        for index, (key, value) in enumerate(kv):
+            if int(key.shape[2]) != prompt_len:
+                raise InvalidArgumentError(
+                    f"kv cache layer {index} holds {int(key.shape[2])} tokens; the prompt"
+                    f" has {prompt_len} on this worker (different model or tokenizer?)"
+                )
+            cache.update(
+                key.to(device=self._device, dtype=dtype),
+                value.to(device=self._device, dtype=dtype),
+                index,
+            )
+        return cache
 
     def _check_length(self, request: GenerationRequest, prompt_len: int) -> None:
         field_name = "messages" if request.messages is not None else "prompt"

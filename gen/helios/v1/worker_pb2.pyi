@@ -142,6 +142,26 @@ class DecodeResponse(_message.Message):
     step: GenerateResponse
     def __init__(self, step: _Optional[_Union[GenerateResponse, _Mapping]] = ...) -> None: ...
 
+class TransferKVCacheRequest(_message.Message):
+    __slots__ = ("kv_cache_handle", "model")
+    KV_CACHE_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    kv_cache_handle: str
+    model: str
+    def __init__(self, kv_cache_handle: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
+class TransferKVCacheResponse(_message.Message):
+    __slots__ = ("layer", "num_layers", "token_offset", "safetensors")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SAFETENSORS_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    num_layers: int
+    token_offset: int
+    safetensors: bytes
+    def __init__(self, layer: _Optional[int] = ..., num_layers: _Optional[int] = ..., token_offset: _Optional[int] = ..., safetensors: _Optional[bytes] = ...) -> None: ...
+
 class LoadModelRequest(_message.Message):
     __slots__ = ("model", "version", "local_path")
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -209,15 +229,19 @@ class LoadedModel(_message.Message):
     def __init__(self, model: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., engine: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_hit_rate: _Optional[float] = ..., generated_tokens_total: _Optional[int] = ..., aborted_requests_total: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("worker_id", "state", "models", "memory_total_bytes", "memory_free_bytes")
+    __slots__ = ("worker_id", "state", "models", "memory_total_bytes", "memory_free_bytes", "queue_depth", "memory_source")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     state: WorkerState
     models: _containers.RepeatedCompositeFieldContainer[LoadedModel]
     memory_total_bytes: int
     memory_free_bytes: int
-    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ...) -> None: ...
+    queue_depth: int
+    memory_source: str
+    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., memory_source: _Optional[str] = ...) -> None: ...

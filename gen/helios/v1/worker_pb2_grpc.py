@@ -52,6 +52,11 @@ class WorkerServiceStub:
                 request_serializer=helios_dot_v1_dot_worker__pb2.DecodeRequest.SerializeToString,
                 response_deserializer=helios_dot_v1_dot_worker__pb2.DecodeResponse.FromString,
                 _registered_method=True)
+        self.TransferKVCache = channel.unary_stream(
+                '/helios.v1.WorkerService/TransferKVCache',
+                request_serializer=helios_dot_v1_dot_worker__pb2.TransferKVCacheRequest.SerializeToString,
+                response_deserializer=helios_dot_v1_dot_worker__pb2.TransferKVCacheResponse.FromString,
+                _registered_method=True)
         self.LoadModel = channel.unary_stream(
                 '/helios.v1.WorkerService/LoadModel',
                 request_serializer=helios_dot_v1_dot_worker__pb2.LoadModelRequest.SerializeToString,
@@ -84,15 +89,31 @@ class WorkerServiceServicer:
 
     def Prefill(self, request, context):
         """Prefill computes a prompt's KV cache and first token on a prefill worker, for
-        disaggregated serving. Not implemented yet: answers UNIMPLEMENTED.
+        disaggregated serving. The cache stays parked on the prefill worker under
+        kv_cache_handle until a decode worker fetches it with TransferKVCache (once), or
+        until it expires. Engines that cannot export their KV cache (vLLM on CPU) answer
+        FAILED_PRECONDITION with the reason; such workers serve Generate only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Decode(self, request, context):
-        """Decode continues a prefilled request on a decode worker and streams its tokens.
-        Not implemented yet: answers UNIMPLEMENTED.
+        """Decode continues a prefilled request on a decode worker and streams its tokens
+        after the first one. The decode worker pulls the KV cache from prefill_worker with
+        TransferKVCache, rebuilds it layer by layer, and goes on from first_token_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TransferKVCache(self, request, context):
+        """TransferKVCache streams a parked KV cache to the decode worker that asks for it.
+        The decode worker pulls (rather than the proxy pushing) so the cache goes straight
+        from worker to worker, never through the proxy; frames are one layer's slice of
+        token positions in safetensors framing (self-describing dtype and shape, no pickle,
+        each frame bounded in size so any cache streams under gRPC's message limit). The
+        cache is removed from the prefill worker once sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +157,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Decode,
                     request_deserializer=helios_dot_v1_dot_worker__pb2.DecodeRequest.FromString,
                     response_serializer=helios_dot_v1_dot_worker__pb2.DecodeResponse.SerializeToString,
+            ),
+            'TransferKVCache': grpc.unary_stream_rpc_method_handler(
+                    servicer.TransferKVCache,
+                    request_deserializer=helios_dot_v1_dot_worker__pb2.TransferKVCacheRequest.FromString,
+                    response_serializer=helios_dot_v1_dot_worker__pb2.TransferKVCacheResponse.SerializeToString,
             ),
             'LoadModel': grpc.unary_stream_rpc_method_handler(
                     servicer.LoadModel,
@@ -237,6 +263,33 @@ class WorkerService:
             '/helios.v1.WorkerService/Decode',
             helios_dot_v1_dot_worker__pb2.DecodeRequest.SerializeToString,
             helios_dot_v1_dot_worker__pb2.DecodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferKVCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/helios.v1.WorkerService/TransferKVCache',
+            helios_dot_v1_dot_worker__pb2.TransferKVCacheRequest.SerializeToString,
+            helios_dot_v1_dot_worker__pb2.TransferKVCacheResponse.FromString,
             options,
             channel_credentials,
             insecure,

