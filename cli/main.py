@@ -11,6 +11,7 @@ from pathlib import Path
 from cli.cache import add_cache_command
 from cli.estimate import add_estimate_command
 from cli.pull import add_pull_command
+from cli.status import add_status_command
 from cli.up import add_up_arguments, up_command
 
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_command(commands)
     add_estimate_command(commands)
     add_pull_command(commands)
+    add_status_command(commands)
     return parser
 
 

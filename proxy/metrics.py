@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -29,3 +29,66 @@ REQUESTS = Counter(
     "Generation requests by outcome (finished, error, cancelled).",
     ["model", "outcome"],
 )
+QUEUE_TIME = Histogram(
+    "helios_proxy_queue_time_seconds",
+    "Time from a request's arrival at the proxy to its dispatch to a worker (includes"
+    " waiting for a cold load).",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+COLD_STARTS = Counter(
+    "helios_proxy_cold_starts_total",
+    "Loads the proxy started because a request found its model READY nowhere.",
+    ["model"],
+)
+COLD_START_SECONDS = Histogram(
+    "helios_proxy_cold_start_seconds",
+    "Duration of a model load started by the proxy (LoadModel until READY).",
+    ["model"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+MODEL_LOADS = Counter(
+    "helios_proxy_model_loads_total",
+    "LoadModel calls by the proxy, by worker and outcome (ready, no_room, failed).",
+    ["model", "worker", "outcome"],
+)
+MODEL_UNLOADS = Counter(
+    "helios_proxy_model_unloads_total",
+    "UnloadModel calls by the proxy, by reason (idle_ttl, pressure, scale, evict).",
+    ["model", "reason"],
+)
+MEMORY_ESTIMATES = Counter(
+    "helios_proxy_memory_estimates_total",
+    "Memory needs worked out, by source: estimator, or weights (the model directory's"
+    " weight bytes, used when the estimator is absent or cannot answer).",
+    ["source"],
+)
+RETRIES = Counter(
+    "helios_proxy_retries_total",
+    "Requests retried on another replica after a worker failed before the first token.",
+    ["model"],
+)
+SHED = Counter(
+    "helios_proxy_shed_total",
+    "Requests refused before routing, by reason (rate_limit, queue_full, no_capacity,"
+    " unauthenticated).",
+    ["reason"],
+)
+WORKER_MEMORY = Gauge(
+    "helios_proxy_worker_memory_bytes",
+    "Memory each worker declares in its heartbeat: kind=total|free. source=configured"
+    " means the worker's configured capacity (no GPU), the figure the scheduler places"
+    " models by; source=nvml is the GPU's own figure.",
+    ["worker", "kind", "source"],
+)
+WORKER_UP = Gauge(
+    "helios_proxy_worker_routable",
+    "1 when the proxy routes new requests to the worker (healthy, circuit not open).",
+    ["worker"],
+)
+CIRCUIT_OPEN = Gauge(
+    "helios_proxy_worker_circuit_open",
+    "1 while the worker's circuit breaker is open or half-open.",
+    ["worker"],
+)
+READY_REPLICAS = Gauge("helios_proxy_ready_replicas", "READY replicas of each model.", ["model"])

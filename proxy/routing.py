@@ -1,17 +1,22 @@
-"""Which worker serves a request: the pool of workers as heartbeats describe them.
+"""The agent registry: every worker as the proxy knows it from heartbeats and requests.
 
-Domain only. The warm-path policy here is least-outstanding-requests among healthy
-workers that report the model READY; richer policies (prefix affinity, cold starts,
-bin-packing) belong to the proxy control-plane work and plug in at :meth:`WorkerPool.pick`.
+Domain only. Each worker is an *agent* with a state (IDLE, DOWNLOADING, LOADING, READY,
+DRAINING, DEGRADED), the models it holds (state, cache level, load), its memory as it
+declares it (the GPU's own figure where a worker has one, otherwise its configured
+capacity: that is the figure placement uses), and a per-agent circuit breaker fed by
+request outcomes. Which READY replica serves a request is a pluggable policy
+(:mod:`proxy.policies`); where a cold model goes is :mod:`proxy.placement`.
 """
 
 from __future__ import annotations
 
+import enum
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from proxy.policies import LeastOutstanding, RouteHint, RoutingPolicy
 from runtime.errors import NotFoundError, UnavailableError
 
 # A worker whose heartbeats failed this many times in a row takes no new requests
@@ -19,32 +24,171 @@ from runtime.errors import NotFoundError, UnavailableError
 UNHEALTHY_AFTER_FAILURES = 2
 
 
+class AgentState(enum.StrEnum):
+    """An agent's own state, as its heartbeat reports it (DEGRADED also when the
+    proxy cannot reach it)."""
+
+    IDLE = "idle"
+    DOWNLOADING = "downloading"
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    DEGRADED = "degraded"
+
+
+class CacheLevel(enum.StrEnum):
+    """Where a model's weights are on an agent, fastest first."""
+
+    GPU = "gpu"
+    RAM = "ram"
+    NVME = "nvme"
+    REMOTE = "remote"
+
+
+class CircuitState(enum.StrEnum):
+    """A circuit breaker's state."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Consecutive request failures open the circuit; after ``reset_after`` seconds one
+    probe request is let through (half-open): its success closes the circuit, its
+    failure opens it again."""
+
+    def __init__(self, failure_threshold: int = 3, reset_after: float = 5.0) -> None:
+        if failure_threshold < 1:
+            raise ValueError("failure_threshold must be >= 1")
+        self.failure_threshold = failure_threshold
+        self.reset_after = reset_after
+        self.failures = 0
+        self._opened_at: float | None = None
+        self._probing = False
+
+    def state(self, now: float | None = None) -> CircuitState:
+        if self._opened_at is None:
+            return CircuitState.CLOSED
+        now = time.monotonic() if now is None else now
+        if now - self._opened_at >= self.reset_after:
+            return CircuitState.HALF_OPEN
+        return CircuitState.OPEN
+
+    def allows(self, now: float | None = None) -> bool:
+        """Whether a new request may go to this agent now (no side effect)."""
+        state = self.state(now)
+        return state is CircuitState.CLOSED or (
+            state is CircuitState.HALF_OPEN and not self._probing
+        )
+
+    def on_dispatch(self, now: float | None = None) -> None:
+        """A request is sent: in half-open it is the one probe."""
+        if self.state(now) is CircuitState.HALF_OPEN:
+            self._probing = True
+
+    def record_success(self) -> None:
+        self.failures = 0
+        self._opened_at = None
+        self._probing = False
+
+    def record_failure(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.failures += 1
+        self._probing = False
+        if self.failures >= self.failure_threshold or self._opened_at is not None:
+            self._opened_at = now
+
+
+@dataclass(frozen=True)
+class ModelOnAgent:
+    """One model on one agent, from the agent's heartbeat."""
+
+    model: str
+    state: str  # downloading | loading | ready | draining | failed
+    cache_level: CacheLevel = CacheLevel.GPU
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+    memory_bytes: int = 0
+    error: str = ""
+
+
 @dataclass
 class WorkerView:
-    """What the proxy knows of one worker."""
+    """What the proxy knows of one agent."""
 
     address: str
     worker_id: str = ""
-    ready_models: frozenset[str] = frozenset()
-    known_models: frozenset[str] = frozenset()
+    state: AgentState = AgentState.IDLE
+    models: dict[str, ModelOnAgent] = field(default_factory=dict)
     healthy: bool = False
     outstanding: int = 0
     consecutive_failures: int = 0
     last_heartbeat: float = 0.0
+    memory_total: int = 0
+    memory_free: int = 0
+    memory_source: str = ""
+    queue_depth: int = 0
+    # Bytes promised to loads in flight (not yet in the agent's own figure).
+    reserved: int = 0
     model_first_seen: dict[str, float] = field(default_factory=dict)
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+
+    @property
+    def ready_models(self) -> frozenset[str]:
+        return frozenset(m for m, s in self.models.items() if s.state == "ready")
+
+    @property
+    def known_models(self) -> frozenset[str]:
+        return frozenset(self.models)
+
+    @property
+    def routable(self) -> bool:
+        """Takes new requests: heartbeats succeed and the circuit lets requests in."""
+        return self.healthy and self.breaker.allows()
+
+    @property
+    def placeable_free(self) -> int:
+        """Free memory for a new model: the declared free figure less reservations."""
+        return self.memory_free - self.reserved
 
 
 class WorkerPool:
-    """The workers of a static list (the embedded default discovery)."""
+    """The agents discovery knows (a static list by default, see :mod:`proxy.discovery`)."""
 
-    def __init__(self, addresses: Iterable[str]) -> None:
-        self._workers = {a: WorkerView(address=a) for a in addresses}
-        if not self._workers:
-            raise ValueError("a worker pool needs at least one worker address")
+    def __init__(
+        self,
+        addresses: Iterable[str] = (),
+        *,
+        policy: RoutingPolicy | None = None,
+        breaker_threshold: int = 3,
+        breaker_reset_s: float = 5.0,
+    ) -> None:
+        self._breaker_threshold = breaker_threshold
+        self._breaker_reset_s = breaker_reset_s
+        self._workers: dict[str, WorkerView] = {}
+        for address in addresses:
+            self.add(address)
+        self.policy: RoutingPolicy = policy or LeastOutstanding()
 
     @property
     def addresses(self) -> list[str]:
         return list(self._workers)
+
+    def agents(self) -> list[WorkerView]:
+        return list(self._workers.values())
+
+    def add(self, address: str) -> WorkerView:
+        if address not in self._workers:
+            self._workers[address] = WorkerView(
+                address=address,
+                breaker=CircuitBreaker(self._breaker_threshold, self._breaker_reset_s),
+            )
+        return self._workers[address]
+
+    def remove(self, address: str) -> None:
+        self._workers.pop(address, None)
 
     def view(self, address: str) -> WorkerView:
         return self._workers[address]
@@ -54,50 +198,121 @@ class WorkerPool:
         address: str,
         *,
         worker_id: str,
-        ready_models: Iterable[str],
-        known_models: Iterable[str],
+        ready_models: Iterable[str] = (),
+        known_models: Iterable[str] = (),
         healthy: bool,
+        models: Sequence[ModelOnAgent] | None = None,
+        state: AgentState | None = None,
+        memory_total: int = 0,
+        memory_free: int = 0,
+        memory_source: str = "",
+        queue_depth: int = 0,
         now: float | None = None,
     ) -> None:
+        """A heartbeat answered. ``models`` (full detail) wins over the name lists."""
         worker = self._workers[address]
         now = time.time() if now is None else now
+        if models is None:
+            ready = set(ready_models)
+            models = [
+                ModelOnAgent(m, "ready" if m in ready else "loading")
+                for m in {*known_models, *ready}
+            ]
         worker.worker_id = worker_id
-        worker.ready_models = frozenset(ready_models)
-        worker.known_models = frozenset(known_models)
-        for model in worker.known_models:
+        worker.models = {m.model: m for m in models}
+        for model in worker.models:
             worker.model_first_seen.setdefault(model, now)
         worker.healthy = healthy
+        worker.state = state or (AgentState.READY if worker.ready_models else AgentState.IDLE)
+        if not healthy:
+            worker.state = AgentState.DEGRADED
+        worker.memory_total = memory_total
+        worker.memory_free = memory_free
+        worker.memory_source = memory_source
+        worker.queue_depth = queue_depth
         worker.consecutive_failures = 0
         worker.last_heartbeat = now
 
     def record_failure(self, address: str) -> None:
-        """A heartbeat or a request to ``address`` failed at the transport level."""
-        worker = self._workers[address]
+        """A heartbeat to ``address`` failed at the transport level."""
+        worker = self._workers.get(address)
+        if worker is None:
+            return
         worker.consecutive_failures += 1
         if worker.consecutive_failures >= UNHEALTHY_AFTER_FAILURES:
             worker.healthy = False
+            worker.state = AgentState.DEGRADED
 
-    def pick(self, model: str) -> str:
-        """The address of the worker that should serve ``model`` now."""
-        candidates = [w for w in self._workers.values() if w.healthy and model in w.ready_models]
+    def record_request_failure(self, address: str) -> None:
+        """A request to ``address`` failed because of the agent (transport, crash): it
+        takes nothing new until a heartbeat answers again, and its breaker counts it."""
+        worker = self._workers.get(address)
+        if worker is None:
+            return
+        worker.healthy = False
+        worker.state = AgentState.DEGRADED
+        worker.breaker.record_failure()
+
+    def record_request_success(self, address: str) -> None:
+        worker = self._workers.get(address)
+        if worker is not None:
+            worker.breaker.record_success()
+
+    def mark_model(self, address: str, model: ModelOnAgent) -> None:
+        """What the proxy itself learnt (a LoadModel stream said READY) before the
+        next heartbeat says so."""
+        worker = self._workers.get(address)
+        if worker is None:
+            return
+        worker.models[model.model] = model
+        worker.model_first_seen.setdefault(model.model, time.time())
+        if model.state == "ready" and worker.healthy:
+            worker.state = AgentState.READY
+
+    def forget_model(self, address: str, model: str) -> None:
+        worker = self._workers.get(address)
+        if worker is not None:
+            worker.models.pop(model, None)
+
+    def candidates(self, model: str, exclude: Iterable[str] = ()) -> list[WorkerView]:
+        """Agents that can serve ``model`` now."""
+        skip = set(exclude)
+        return [
+            w
+            for w in self._workers.values()
+            if w.routable and model in w.ready_models and w.address not in skip
+        ]
+
+    def holders(self, model: str) -> list[WorkerView]:
+        """Agents where ``model`` is loading or ready."""
+        return [
+            w
+            for w in self._workers.values()
+            if model in w.models and w.models[model].state in ("loading", "ready", "downloading")
+        ]
+
+    def pick(self, model: str, hint: RouteHint | None = None, exclude: Iterable[str] = ()) -> str:
+        """The address of the agent that should serve ``model`` now."""
+        candidates = self.candidates(model, exclude)
         if not candidates:
             if any(model in w.known_models for w in self._workers.values()):
                 raise UnavailableError(f"model {model} has no healthy ready replica right now")
             raise NotFoundError(f"The model `{model}` does not exist")
-        return min(candidates, key=lambda w: (w.outstanding, w.address)).address
+        return self.policy.choose(candidates, hint or RouteHint()).address
 
     @contextmanager
     def lease(self, address: str) -> Iterator[None]:
         """Count a request as outstanding on ``address`` while it runs."""
         worker = self._workers[address]
         worker.outstanding += 1
+        worker.breaker.on_dispatch()
         try:
             yield
         finally:
             worker.outstanding -= 1
 
     def models(self) -> dict[str, tuple[int, float]]:
-        """Every model any worker knows -> (ready replicas, first seen Unix time)."""
+        """Every model any agent knows -> (ready replicas, first seen Unix time)."""
         result: dict[str, tuple[int, float]] = {}
         for worker in self._workers.values():
             for model in worker.known_models:

@@ -1,7 +1,13 @@
-"""Serving a validated job: pick a worker, relay its stream, keep the pool current.
+"""Serving a validated job: pick a worker, relay its stream, keep the agents current.
 
 Domain only: workers are reached through the :class:`WorkerConnection` protocol, which
 ``proxy.worker_client`` implements over gRPC.
+
+Resilience: a worker that fails before any token reached the client is retried on
+another replica (or a fresh load elsewhere), with exponential backoff, up to
+``max_retries`` times; after the first token a failure ends the request (an error event
+for REST, UNAVAILABLE for gRPC) and the agent is marked unhealthy so the next request
+goes elsewhere. The remaining deadline travels to the worker with every call.
 """
 
 from __future__ import annotations
@@ -10,17 +16,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy import metrics
+from proxy.control import ControlPlane
+from proxy.discovery import DiscoverySource
+from proxy.limits import Admission, ApiKeys, ShedError
 from proxy.openai import Job
-from proxy.routing import WorkerPool
+from proxy.policies import RouteHint
+from proxy.routing import AgentState, CircuitState, ModelOnAgent, WorkerPool
 from runtime.errors import HeliosError, UnavailableError
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_RETRY_BACKOFF_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,12 @@ class WorkerStatus:
     ready_models: tuple[str, ...]
     known_models: tuple[str, ...]
     healthy: bool
+    models: tuple[ModelOnAgent, ...] = ()
+    state: AgentState | None = None
+    memory_total: int = 0
+    memory_free: int = 0
+    memory_source: str = ""
+    queue_depth: int = 0
 
 
 class WorkerConnection(Protocol):
@@ -49,6 +68,14 @@ class WorkerConnection(Protocol):
     def generate(self, job: Job, deadline_s: float | None) -> AsyncGenerator[Step, None]: ...
 
     async def heartbeat(self, deadline_s: float) -> WorkerStatus: ...
+
+    def load_model(
+        self, model: str, local_path: str, deadline_s: float | None
+    ) -> AsyncIterator[str]:
+        """The model's states ("loading", "ready", ...) as the worker reports them."""
+        ...
+
+    async def unload_model(self, model: str, drain_s: float) -> int: ...
 
     async def close(self) -> None: ...
 
@@ -61,6 +88,15 @@ def _record_finished(model: str, last: Step, first_token_at: float | None) -> No
         metrics.TIME_PER_OUTPUT_TOKEN.labels(model).observe(per_token)
 
 
+@dataclass
+class RequestContext:
+    """What the edge knows of a request besides the job."""
+
+    deadline_s: float | None = None
+    hint: RouteHint = field(default_factory=RouteHint)
+    authorization: str | None = None
+
+
 class CompletionRouter:
     """Routes jobs to workers and keeps their view fresh with heartbeats."""
 
@@ -70,38 +106,110 @@ class CompletionRouter:
         connect: Callable[[str], WorkerConnection],
         *,
         heartbeat_interval: float = 1.0,
+        discovery: DiscoverySource | None = None,
+        control: ControlPlane | None = None,
+        api_keys: ApiKeys | None = None,
+        admission: Admission | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
     ) -> None:
         self.pool = pool
-        self._connections: Mapping[str, WorkerConnection] = {
+        self._connect = connect
+        self.connections: dict[str, WorkerConnection] = {
             address: connect(address) for address in pool.addresses
         }
+        self._discovery = discovery
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_task: asyncio.Task[None] | None = None
+        if control is None:
+            from proxy.estimate import MemoryEstimator
+
+            control = ControlPlane(pool, self.connections, (), MemoryEstimator())
+        self.control = control
+        self.api_keys = api_keys or ApiKeys()
+        self.admission = admission or Admission(0)
+        self.max_retries = max_retries
+        self.retry_backoff_s = retry_backoff_s
+
+    async def discover(self) -> None:
+        """Add the agents discovery lists now; drop those it no longer lists."""
+        if self._discovery is None:
+            return
+        try:
+            addresses = await self._discovery.addresses()
+        except HeliosError as exc:
+            logger.warning("discovery failed", extra={"error": exc.message})
+            return
+        for address in addresses:
+            if address not in self.connections:
+                self.pool.add(address)
+                self.connections[address] = self._connect(address)
+                logger.info("agent discovered", extra={"worker": address})
+        for address in set(self.connections) - set(addresses):
+            self.pool.remove(address)
+            connection = self.connections.pop(address)
+            await connection.close()
+            logger.info("agent gone", extra={"worker": address})
 
     async def refresh(self) -> None:
         """Ask every worker for a heartbeat now."""
-        await asyncio.gather(*(self._beat(a) for a in self._connections))
+        await self.discover()
+        await asyncio.gather(*(self.beat(a) for a in list(self.connections)))
+        self._export_metrics()
 
-    async def _beat(self, address: str) -> None:
+    async def beat(self, address: str) -> None:
+        connection = self.connections.get(address)
+        if connection is None:
+            return
         try:
-            status = await self._connections[address].heartbeat(
-                deadline_s=max(self._heartbeat_interval, 1.0)
-            )
+            status = await connection.heartbeat(deadline_s=max(self._heartbeat_interval, 1.0))
         except HeliosError as exc:
             self.pool.record_failure(address)
             logger.warning("heartbeat failed", extra={"worker": address, "error": exc.message})
             return
+        if address not in self.connections:
+            return
+        # Loads the proxy started and a heartbeat does not report yet stay as they are.
+        models = list(status.models)
+        if models or not status.ready_models:
+            reported = {m.model for m in models}
+            agent = self.pool.view(address)
+            models += [
+                m for m in agent.models.values() if m.model not in reported and m.state == "loading"
+            ]
         self.pool.record_heartbeat(
             address,
             worker_id=status.worker_id,
             ready_models=status.ready_models,
             known_models=status.known_models,
             healthy=status.healthy,
+            models=models or None,
+            state=status.state,
+            memory_total=status.memory_total,
+            memory_free=status.memory_free,
+            memory_source=status.memory_source,
+            queue_depth=status.queue_depth,
         )
+
+    def _export_metrics(self) -> None:
+        for agent in self.pool.agents():
+            source = agent.memory_source or "configured"
+            metrics.WORKER_MEMORY.labels(agent.address, "total", source).set(agent.memory_total)
+            metrics.WORKER_MEMORY.labels(agent.address, "free", source).set(agent.memory_free)
+            metrics.WORKER_UP.labels(agent.address).set(int(agent.routable))
+            metrics.CIRCUIT_OPEN.labels(agent.address).set(
+                int(agent.breaker.state() is not CircuitState.CLOSED)
+            )
+        for model, (ready, _) in self.pool.models().items():
+            metrics.READY_REPLICAS.labels(model).set(ready)
 
     async def _heartbeat_loop(self) -> None:
         while True:
             await self.refresh()
+            try:
+                await self.control.reconcile()
+            except HeliosError as exc:
+                logger.warning("reconcile failed", extra={"error": exc.message})
             await asyncio.sleep(self._heartbeat_interval)
 
     def start(self) -> None:
@@ -112,51 +220,98 @@ class CompletionRouter:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat_task
-        await asyncio.gather(*(c.close() for c in self._connections.values()))
+        await asyncio.gather(*(c.close() for c in self.connections.values()))
 
-    async def stream(self, job: Job, deadline_s: float | None) -> AsyncIterator[Step]:
+    async def stream(
+        self, job: Job, deadline_s: float | None, request: RequestContext | None = None
+    ) -> AsyncIterator[Step]:
         """The job's steps from the worker chosen for it.
 
         Closing this generator (client gone) closes the worker's stream, which cancels
         the worker's RPC, which stops its engine.
         """
-        address = self.pool.pick(job.model)
-        started = time.monotonic()
-        first_token_at: float | None = None
+        request = request or RequestContext(deadline_s=deadline_s)
+        try:
+            key = self.api_keys.admit(request.authorization)
+            self.admission.enter(job.model)
+        except ShedError as exc:
+            metrics.SHED.labels("rate_limit" if "rate limit" in exc.message else "queue_full").inc()
+            raise
+        except HeliosError:
+            metrics.SHED.labels("unauthenticated").inc()
+            raise
+        arrived = time.monotonic()
+        deadline_at = None if deadline_s is None else arrived + deadline_s
+        tried: set[str] = set()
+        attempt = 0
         outcome = "error"
-        with self.pool.lease(address):
-            steps = self._connections[address].generate(job, deadline_s)
-            try:
-                async with aclosing(steps):
-                    async for step in steps:
-                        if first_token_at is None and step.completion_tokens > 0:
-                            first_token_at = time.monotonic()
-                            metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(
-                                first_token_at - started
-                            )
-                        if step.finish_reason is not None:
-                            outcome = "finished"
-                            _record_finished(job.model, step, first_token_at)
-                        yield step
-            except UnavailableError:
-                # The worker itself failed (not the request): stop routing to it until a
-                # heartbeat says it is back.
-                self.pool.record_failure(address)
-                raise
-            except (asyncio.CancelledError, GeneratorExit):
-                # A client may hang up right after the last chunk (it saw `[DONE]`): that
-                # request still finished.
-                if outcome != "finished":
-                    outcome = "cancelled"
-                raise
-            finally:
-                metrics.REQUESTS.labels(job.model, outcome).inc()
+        try:
+            while True:
+                remaining = None if deadline_at is None else deadline_at - time.monotonic()
+                address = await self.control.replica(job.model, remaining, request.hint, tried)
+                if attempt == 0:
+                    metrics.QUEUE_TIME.labels(job.model).observe(time.monotonic() - arrived)
+                sent = False
+                first_token_at: float | None = None
+                connection = self.connections[address]
+                remaining = None if deadline_at is None else deadline_at - time.monotonic()
+                try:
+                    with self.pool.lease(address), self.control.active(address, job.model):
+                        steps = connection.generate(job, remaining)
+                        async with aclosing(steps):
+                            async for step in steps:
+                                if first_token_at is None and step.completion_tokens > 0:
+                                    first_token_at = time.monotonic()
+                                    metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(
+                                        first_token_at - arrived
+                                    )
+                                if step.finish_reason is not None:
+                                    outcome = "finished"
+                                    _record_finished(job.model, step, first_token_at)
+                                    self.api_keys.charge(
+                                        key, step.prompt_tokens + step.completion_tokens
+                                    )
+                                if step.text or step.finish_reason is not None:
+                                    sent = True
+                                yield step
+                    self.pool.record_request_success(address)
+                    return
+                except UnavailableError as exc:
+                    # The worker itself failed (not the request): stop routing to it
+                    # until a heartbeat says it is back.
+                    self.pool.record_request_failure(address)
+                    if sent or attempt >= self.max_retries:
+                        raise
+                    attempt += 1
+                    tried.add(address)
+                    metrics.RETRIES.labels(job.model).inc()
+                    logger.warning(
+                        "worker failed before the first token; retrying elsewhere",
+                        extra={
+                            "request_id": job.request_id,
+                            "worker": address,
+                            "attempt": attempt,
+                            "error": exc.message,
+                        },
+                    )
+                    await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
+        except (asyncio.CancelledError, GeneratorExit):
+            # A client may hang up right after the last chunk (it saw `[DONE]`): that
+            # request still finished.
+            if outcome != "finished":
+                outcome = "cancelled"
+            raise
+        finally:
+            self.admission.leave(job.model)
+            metrics.REQUESTS.labels(job.model, outcome).inc()
 
-    async def complete(self, job: Job, deadline_s: float | None) -> Step:
+    async def complete(
+        self, job: Job, deadline_s: float | None, request: RequestContext | None = None
+    ) -> Step:
         """Run the job to its end; one step with the whole text."""
         parts: list[str] = []
         last: Step | None = None
-        async for step in self.stream(job, deadline_s):
+        async for step in self.stream(job, deadline_s, request):
             parts.append(step.text)
             last = step
         if last is None or last.finish_reason is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,8 +13,10 @@ from google.protobuf.message import Message
 from helios.v1 import inference_pb2 as pb
 from helios.v1 import inference_pb2_grpc
 
+from proxy.limits import ShedError
 from proxy.openai import CommonParams, Job, chat_job, completion_job
-from proxy.service import CompletionRouter, Step
+from proxy.policies import RouteHint
+from proxy.service import CompletionRouter, RequestContext, Step
 from runtime.errors import HeliosError
 
 logger = logging.getLogger(__name__)
@@ -22,6 +25,9 @@ logger = logging.getLogger(__name__)
 # status sent after the first chunk is lost, so REST streams report late failures as a
 # final chunk carrying `error` instead.
 EDGE_HEADER = "x-helios-edge"
+DEFAULT_SESSION_HEADER = "x-session-id"
+# How many prompt characters prefix-aware routing sees.
+_PREFIX_CHARS = 256
 
 _ERROR_TYPES = {
     grpc.StatusCode.INVALID_ARGUMENT: "invalid_request_error",
@@ -94,17 +100,52 @@ def _is_rest(context: grpc.aio.ServicerContext) -> bool:
     )
 
 
+def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return None
+
+
+def _prefix(job: Job) -> str:
+    if job.messages is not None:
+        text = "".join(f"{role}:{content}\n" for role, content in job.messages)
+    else:
+        text = job.prompt or ""
+    return text[:_PREFIX_CHARS]
+
+
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     """OpenAI-compatible completions, routed to workers."""
 
-    def __init__(self, router: CompletionRouter) -> None:
+    def __init__(
+        self, router: CompletionRouter, *, session_header: str = DEFAULT_SESSION_HEADER
+    ) -> None:
         self._router = router
+        self._session_header = session_header
+
+    def _request(self, job: Job, context: grpc.aio.ServicerContext) -> RequestContext:
+        return RequestContext(
+            deadline_s=context.time_remaining(),
+            hint=RouteHint(
+                prefix=_prefix(job), session=_metadata(context, self._session_header) or ""
+            ),
+            authorization=_metadata(context, "authorization"),
+        )
+
+    async def _complete(self, job: Job, context: grpc.aio.ServicerContext) -> Step:
+        request = self._request(job, context)
+        try:
+            return await self._router.complete(job, request.deadline_s, request)
+        except ShedError as error:
+            context.set_trailing_metadata((("retry-after", str(error.retry_after)),))
+            raise
 
     async def CreateChatCompletion(
         self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateChatCompletionResponse:
         job = _chat_job(request.params)
-        result = await self._router.complete(job, context.time_remaining())
+        result = await self._complete(job, context)
         return pb.CreateChatCompletionResponse(
             id=job.request_id,
             object="chat.completion",
@@ -154,7 +195,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateCompletionResponse:
         job = _completion_job(request.params)
-        result = await self._router.complete(job, context.time_remaining())
+        result = await self._complete(job, context)
         return pb.CreateCompletionResponse(
             id=job.request_id,
             object="text_completion",
@@ -197,13 +238,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         """The router's steps (empty intermediate steps dropped), then, for REST clients
         whose stream already started, a failure as an error detail instead of a status."""
         sent = False
+        request = self._request(job, context)
         try:
-            async for step in self._router.stream(job, context.time_remaining()):
+            async for step in self._router.stream(job, request.deadline_s, request):
                 if not step.text and step.finish_reason is None:
                     continue
                 yield step
                 sent = True
         except HeliosError as error:
+            if isinstance(error, ShedError):
+                context.set_trailing_metadata((("retry-after", str(error.retry_after)),))
             if not (sent and _is_rest(context)):
                 raise
             logger.warning(
@@ -215,17 +259,27 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
+        control = self._router.control
         models = self._router.pool.models()
-        return pb.ListModelsResponse(
-            object="list",
-            data=[
+        now = time.time()
+        names = sorted({*models, *control.catalogue})
+        data = []
+        for name in names:
+            ready, first_seen = models.get(name, (0, now))
+            need, warm = control.model_profile(name)
+            spec = control.catalogue.get(name)
+            data.append(
                 pb.Model(
                     id=name,
                     object="model",
-                    created=int(first_seen),
+                    created=int(min(first_seen, now)),
                     owned_by="helios",
                     ready_replicas=ready,
+                    memory_bytes=need.bytes if need else 0,
+                    memory_source=need.source if need else "",
+                    warm_status=warm,
+                    min_replicas=spec.min_replicas if spec else 0,
+                    max_replicas=spec.max_replicas if spec else 0,
                 )
-                for name, (ready, first_seen) in sorted(models.items())
-            ],
-        )
+            )
+        return pb.ListModelsResponse(object="list", data=data)

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
 
 import grpc
+from helios.v1 import estimator_pb2, estimator_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
-from helios.v1 import worker_pb2_grpc
 
 from proxy.openai import Job
+from proxy.routing import AgentState, ModelOnAgent
 from proxy.service import Step, WorkerStatus
 from runtime.channels import create_channel
 from runtime.errors import HeliosError, UnavailableError, error_from_status
+
+_MODEL_STATES = {
+    pb.MODEL_STATE_DOWNLOADING: "downloading",
+    pb.MODEL_STATE_LOADING: "loading",
+    pb.MODEL_STATE_READY: "ready",
+    pb.MODEL_STATE_DRAINING: "draining",
+    pb.MODEL_STATE_FAILED: "failed",
+}
+_AGENT_STATES = {
+    pb.WORKER_STATE_IDLE: AgentState.IDLE,
+    pb.WORKER_STATE_LOADING: AgentState.LOADING,
+    pb.WORKER_STATE_READY: AgentState.READY,
+    pb.WORKER_STATE_DRAINING: AgentState.DRAINING,
+    pb.WORKER_STATE_DEGRADED: AgentState.DEGRADED,
+}
 
 _FINISH_REASONS = {
     pb.FINISH_REASON_STOP: "stop",
@@ -83,12 +100,86 @@ class GrpcWorkerConnection:
             response = await self._stub.Heartbeat(pb.HeartbeatRequest(), timeout=deadline_s)
         except grpc.aio.AioRpcError as error:
             raise _relay_error(self.address, error) from error
+        models = tuple(
+            ModelOnAgent(
+                model=m.model,
+                state=_MODEL_STATES.get(m.state, "failed"),
+                running=m.running_requests,
+                waiting=m.waiting_requests,
+                kv_cache_usage=m.kv_cache_usage,
+                error=m.error,
+            )
+            for m in response.models
+        )
+        state = _AGENT_STATES.get(response.state, AgentState.IDLE)
+        # A worker downloading weights reports LOADING; its models say which.
+        if state is AgentState.LOADING and any(m.state == "downloading" for m in models):
+            state = AgentState.DOWNLOADING
         return WorkerStatus(
             worker_id=response.worker_id,
-            ready_models=tuple(m.model for m in response.models if m.state == pb.MODEL_STATE_READY),
-            known_models=tuple(m.model for m in response.models),
+            ready_models=tuple(m.model for m in models if m.state == "ready"),
+            known_models=tuple(m.model for m in models),
             healthy=response.state != pb.WORKER_STATE_DEGRADED,
+            models=models,
+            state=state,
+            memory_total=response.memory_total_bytes,
+            memory_free=response.memory_free_bytes,
+            memory_source=response.memory_source or "configured",
+            queue_depth=response.queue_depth,
         )
+
+    async def load_model(
+        self, model: str, local_path: str, deadline_s: float | None
+    ) -> AsyncIterator[str]:
+        call = self._stub.LoadModel(
+            pb.LoadModelRequest(model=model, local_path=local_path), timeout=deadline_s
+        )
+        try:
+            async for response in call:
+                state = _MODEL_STATES.get(response.state, "failed")
+                if state == "failed":
+                    raise UnavailableError(
+                        f"worker {self.address} failed to load {model}: {response.message}"
+                    )
+                yield state
+        except grpc.aio.AioRpcError as error:
+            raise _relay_error(self.address, error) from error
+        finally:
+            call.cancel()
+
+    async def unload_model(self, model: str, drain_s: float) -> int:
+        try:
+            response = await self._stub.UnloadModel(
+                pb.UnloadModelRequest(model=model, drain_timeout_seconds=drain_s),
+                timeout=drain_s + 10,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _relay_error(self.address, error) from error
+        return response.aborted_requests
+
+    async def close(self) -> None:
+        await self._channel.close(grace=None)
+
+
+class GrpcEstimatorClient:
+    """The estimator service's EstimateMemory for one replica (batch 1, default length)."""
+
+    def __init__(self, address: str, deadline_s: float = 10.0) -> None:
+        self._channel = create_channel(address)
+        self._stub = estimator_pb2_grpc.EstimatorServiceStub(self._channel)
+        self._deadline_s = deadline_s
+
+    async def estimate(self, path: Path) -> int:
+        try:
+            response = await self._stub.EstimateMemory(
+                estimator_pb2.EstimateMemoryRequest(model_id=str(path), batch_size=1),
+                timeout=self._deadline_s,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise error_from_status(error.code(), error.details() or error.code().name) from error
+        if response.total_bytes <= 0:
+            raise UnavailableError("the estimator answered no total_bytes")
+        return int(response.total_bytes)
 
     async def close(self) -> None:
         await self._channel.close(grace=None)

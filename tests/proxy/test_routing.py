@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.discovery import StaticDiscovery
 from proxy.routing import UNHEALTHY_AFTER_FAILURES, WorkerPool
 from runtime.errors import NotFoundError, UnavailableError
 
@@ -63,6 +64,6 @@ def test_models_counts_ready_replicas() -> None:
     assert pool.models() == {"m": (2, 100.0), "n": (1, 100.0)}
 
 
-def test_empty_pool_is_rejected() -> None:
+def test_empty_static_discovery_is_rejected() -> None:
     with pytest.raises(ValueError):
-        WorkerPool([])
+        StaticDiscovery([])

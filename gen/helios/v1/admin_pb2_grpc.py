@@ -26,8 +26,7 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService is the operator's view of the mesh, served by the proxy. Not
-    implemented yet: every RPC answers UNIMPLEMENTED until the proxy control-plane issue.
+    """AdminService is the operator's view of the mesh, served by the proxy.
     """
 
     def __init__(self, channel):
@@ -64,8 +63,7 @@ class AdminServiceStub:
 
 
 class AdminServiceServicer:
-    """AdminService is the operator's view of the mesh, served by the proxy. Not
-    implemented yet: every RPC answers UNIMPLEMENTED until the proxy control-plane issue.
+    """AdminService is the operator's view of the mesh, served by the proxy.
     """
 
     def PreloadModel(self, request, context):
@@ -140,8 +138,7 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService is the operator's view of the mesh, served by the proxy. Not
-    implemented yet: every RPC answers UNIMPLEMENTED until the proxy control-plane issue.
+    """AdminService is the operator's view of the mesh, served by the proxy.
     """
 
     @staticmethod

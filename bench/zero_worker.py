@@ -1,0 +1,56 @@
+"""BENCH ONLY: a worker process whose engine is the zero-cost token generator.
+
+Same flags and WorkerService as ``python -m worker.server``; models given with
+``--model NAME=PATH`` are served by :class:`bench.zero_engine.ZeroCostEngine` (PATH must
+be a directory; nothing in it is read but its weight files' sizes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from helios.v1 import worker_pb2_grpc
+
+from bench.zero_engine import ZeroCostEngine
+from runtime.config import settings_from_args
+from runtime.server import Cleanup, Register, run
+from worker.engine.base import EngineClient
+from worker.models import ModelManager
+from worker.server import SERVICE_NAME, build_parser, parse_model_spec
+from worker.servicer import WorkerServicer
+
+logger = logging.getLogger(__name__)
+
+
+async def _build_engine(name: str, path: Path) -> EngineClient:
+    return ZeroCostEngine(name)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(args, "worker")
+    models = [parse_model_spec(spec) for spec in args.model]
+
+    async def build() -> tuple[Register, Cleanup]:
+        manager = ModelManager(
+            _build_engine, engine_kind="zero-cost", capacity_bytes=args.memory_capacity_bytes
+        )
+        for name, path in models:
+            async for step in manager.load(name, path):
+                logger.info(step.message, extra={"model": name})
+        servicer = WorkerServicer(manager, worker_id=args.worker_id)
+
+        def register(server: grpc.aio.Server) -> list[str]:
+            worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
+            return [SERVICE_NAME]
+
+        return register, manager.shutdown
+
+    run(settings, build)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""`helios status`: the mesh's agents, models and states as tables (AdminService)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from helios.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:8080"
+
+
+def _mib(value: int) -> str:
+    return f"{value / 2**20:.1f}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns, a header line and a rule."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render(
+    health: admin_pb2.GetHealthResponse,
+    stats: admin_pb2.GetMemoryStatsResponse,
+    models: inference_pb2.ListModelsResponse,
+) -> str:
+    agents = table(
+        [
+            "AGENT",
+            "ADDRESS",
+            "STATE",
+            "HEALTHY",
+            "CIRCUIT",
+            "IN FLIGHT",
+            "TOTAL MiB",
+            "FREE MiB",
+            "MEMORY",
+            "MODELS",
+        ],
+        [
+            [
+                w.worker_id or "?",
+                w.address,
+                w.state,
+                "yes" if w.healthy else "no",
+                w.circuit,
+                w.outstanding,
+                _mib(w.total_bytes),
+                _mib(w.free_bytes),
+                w.memory_source or "-",
+                ", ".join(f"{m.model}:{m.state}" for m in w.model_states) or "-",
+            ]
+            for w in stats.workers
+        ],
+    )
+    model_table = table(
+        ["MODEL", "WARM", "READY", "MIN", "MAX", "NEED MiB", "NEED FROM"],
+        [
+            [
+                m.id,
+                m.warm_status or "-",
+                m.ready_replicas,
+                m.min_replicas,
+                m.max_replicas,
+                _mib(m.memory_bytes) if m.memory_bytes else "-",
+                m.memory_source or "-",
+            ]
+            for m in models.data
+        ],
+    )
+    head = (
+        f"mesh: {health.status}  workers: {health.healthy_workers}/{health.total_workers}"
+        f"  memory pressure: {health.memory_pressure:.0%}"
+    )
+    return f"{head}\n\n{agents}\n\n{model_table}"
+
+
+async def fetch_status(address: str, deadline_s: float) -> str:
+    async with grpc.aio.insecure_channel(address) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        inference = inference_pb2_grpc.InferenceServiceStub(channel)
+        health, stats, models = await asyncio.gather(
+            admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=deadline_s),
+            admin.GetMemoryStats(admin_pb2.GetMemoryStatsRequest(), timeout=deadline_s),
+            inference.ListModels(inference_pb2.ListModelsRequest(), timeout=deadline_s),
+        )
+    return render(health, stats, models)
+
+
+def status_command(args: argparse.Namespace) -> int:
+    try:
+        print(asyncio.run(fetch_status(args.address, args.timeout)))
+    except grpc.aio.AioRpcError as error:
+        print(f"helios status: {args.address}: {error.code().name}: {error.details()}")
+        return 1
+    return 0
+
+
+def add_status_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``status`` to the ``helios`` sub-commands (``parser.add_subparsers()``)."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "status", help="agents, models and their states (from the proxy's AdminService)"
+    )
+    p.add_argument(
+        "--address",
+        default=os.environ.get("HELIOS_ADDRESS", DEFAULT_ADDRESS),
+        help="gRPC address of the mesh's front door (Envoy) or the proxy (env HELIOS_ADDRESS)",
+    )
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(handler=status_command)
+    return p

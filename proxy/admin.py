@@ -1,0 +1,103 @@
+"""AdminService servicer: the operator's view of the mesh (thin: the control plane
+and the agent registry do the work)."""
+
+from __future__ import annotations
+
+import grpc
+from helios.v1 import admin_pb2 as pb
+from helios.v1 import admin_pb2_grpc
+
+from proxy.control import ControlPlane
+from proxy.routing import WorkerPool
+from runtime.errors import InvalidArgumentError
+
+
+def _model_id(value: str) -> str:
+    if not value:
+        raise InvalidArgumentError("model_id: must not be empty")
+    return value
+
+
+def memory_pressure(pool: WorkerPool) -> float:
+    total = sum(a.memory_total for a in pool.agents() if a.healthy)
+    free = sum(a.memory_free for a in pool.agents() if a.healthy)
+    return 0.0 if total <= 0 else min(1.0, max(0.0, 1 - free / total))
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """Preload, scale, evict; memory and health of every agent."""
+
+    def __init__(self, control: ControlPlane) -> None:
+        self._control = control
+        self._pool = control.pool
+
+    async def PreloadModel(
+        self, request: pb.PreloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PreloadModelResponse:
+        workers = await self._control.preload(_model_id(request.model_id), request.replicas)
+        return pb.PreloadModelResponse(workers=workers)
+
+    async def GetMemoryStats(
+        self, request: pb.GetMemoryStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetMemoryStatsResponse:
+        workers = []
+        for agent in sorted(self._pool.agents(), key=lambda a: a.address):
+            workers.append(
+                pb.WorkerMemory(
+                    worker_id=agent.worker_id,
+                    total_bytes=agent.memory_total,
+                    free_bytes=agent.memory_free,
+                    models=sorted(agent.ready_models),
+                    address=agent.address,
+                    state=agent.state.value,
+                    healthy=agent.healthy,
+                    circuit=agent.breaker.state().value,
+                    outstanding=agent.outstanding,
+                    memory_source=agent.memory_source,
+                    model_states=[
+                        pb.AgentModel(
+                            model=m.model,
+                            state=m.state,
+                            cache_level=m.cache_level.value,
+                            running_requests=m.running,
+                            waiting_requests=m.waiting,
+                            kv_cache_usage=m.kv_cache_usage,
+                            memory_bytes=m.memory_bytes,
+                        )
+                        for m in sorted(agent.models.values(), key=lambda m: m.model)
+                    ],
+                )
+            )
+        return pb.GetMemoryStatsResponse(workers=workers)
+
+    async def ScaleModel(
+        self, request: pb.ScaleModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScaleModelResponse:
+        workers = await self._control.scale(
+            _model_id(request.model_id), request.replicas, request.max_replicas
+        )
+        return pb.ScaleModelResponse(replicas=len(workers), workers=workers)
+
+    async def EvictModel(
+        self, request: pb.EvictModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EvictModelResponse:
+        workers = await self._control.evict(_model_id(request.model_id))
+        return pb.EvictModelResponse(workers=workers)
+
+    async def GetHealth(
+        self, request: pb.GetHealthRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetHealthResponse:
+        agents = self._pool.agents()
+        healthy = sum(1 for a in agents if a.routable)
+        if healthy == len(agents) and agents:
+            status = "ok"
+        elif healthy:
+            status = "degraded"
+        else:
+            status = "down"
+        return pb.GetHealthResponse(
+            status=status,
+            memory_pressure=memory_pressure(self._pool),
+            healthy_workers=healthy,
+            total_workers=len(agents),
+        )

@@ -1,0 +1,412 @@
+"""The control plane: cold starts, warm pools, scale to zero, eviction, admin actions.
+
+Domain only: workers are reached through :class:`proxy.service.WorkerConnection`.
+
+Cold path: a request for a catalogue model READY nowhere -> its memory need
+(:mod:`proxy.estimate`) -> best-fit placement (:mod:`proxy.placement`), evicting idle
+models under memory pressure when nothing fits -> LoadModel -> the request waits (its
+deadline, bounded by ``load_timeout_s``) until READY. Concurrent cold requests for one
+model share one load (single flight).
+
+Warm pools: every ``reconcile()`` (each heartbeat round) brings each catalogue model up
+to its ``min_replicas`` where memory allows (preload) and unloads replicas idle longer
+than ``idle_ttl_s`` down to ``min_replicas`` (0: scale to zero). Models outside the
+catalogue (loaded by a worker's own flags) are never unloaded for idleness: the proxy
+could not load them back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from proxy import metrics
+from proxy.estimate import MemoryEstimator, MemoryNeed
+from proxy.placement import NoFit, best_fit, eviction_plan
+from proxy.policies import RouteHint
+from proxy.routing import ModelOnAgent, WorkerPool
+from runtime.errors import (
+    DeadlineExceededError,
+    HeliosError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+
+if TYPE_CHECKING:
+    from proxy.service import WorkerConnection
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LOAD_TIMEOUT_S = 300.0
+DEFAULT_DRAIN_S = 30.0
+
+
+@dataclass
+class ModelSpec:
+    """A model the proxy may load on demand."""
+
+    name: str
+    path: Path
+    min_replicas: int = 0
+    max_replicas: int = 1
+
+
+def parse_model_spec(spec: str) -> ModelSpec:
+    """``NAME=PATH[,min=N][,max=M]`` -> a catalogue entry."""
+    head, *options = spec.split(",")
+    name, sep, path = head.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"expected NAME=PATH[,min=N][,max=M], got {spec!r}")
+    result = ModelSpec(name, Path(path))
+    for option in options:
+        key, _, value = option.partition("=")
+        if key not in ("min", "max") or not value.isdigit():
+            raise ValueError(f"bad option {option!r} in {spec!r}: min=N or max=M")
+        setattr(result, f"{key}_replicas", int(value))
+    result.max_replicas = max(result.max_replicas, result.min_replicas, 1)
+    return result
+
+
+class ControlPlane:
+    """Loads, unloads and places models on the agents of a :class:`WorkerPool`."""
+
+    def __init__(
+        self,
+        pool: WorkerPool,
+        connections: Mapping[str, WorkerConnection],
+        catalogue: Iterable[ModelSpec],
+        estimator: MemoryEstimator,
+        *,
+        refresh: Callable[[str], Awaitable[None]] | None = None,
+        idle_ttl_s: float = 0.0,
+        load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
+        drain_s: float = DEFAULT_DRAIN_S,
+    ) -> None:
+        self.pool = pool
+        self._connections = connections
+        self.catalogue: dict[str, ModelSpec] = {s.name: s for s in catalogue}
+        self.estimator = estimator
+        self._refresh = refresh
+        self.idle_ttl_s = idle_ttl_s
+        self.load_timeout_s = load_timeout_s
+        self.drain_s = drain_s
+        self._loads: dict[str, asyncio.Task[str]] = {}
+        self._active: dict[tuple[str, str], int] = {}
+        self._last_used: dict[tuple[str, str], float] = {}
+        self._needs: dict[str, MemoryNeed] = {}
+        self._lock = asyncio.Lock()  # one reconcile / admin change at a time
+
+    # -- requests ---------------------------------------------------------------
+
+    @contextmanager
+    def active(self, address: str, model: str) -> Iterator[None]:
+        """Count a request of ``model`` running on ``address`` (idle TTL, eviction)."""
+        key = (address, model)
+        self._active[key] = self._active.get(key, 0) + 1
+        self._last_used[key] = time.monotonic()
+        try:
+            yield
+        finally:
+            self._active[key] -= 1
+            self._last_used[key] = time.monotonic()
+
+    def loading(self, model: str) -> bool:
+        task = self._loads.get(model)
+        return task is not None and not task.done()
+
+    async def replica(
+        self,
+        model: str,
+        deadline_s: float | None,
+        hint: RouteHint | None = None,
+        exclude: Iterable[str] = (),
+    ) -> str:
+        """The agent to send a request for ``model`` to, loading it first if it is
+        READY nowhere (the cold path)."""
+        exclude = set(exclude)
+        try:
+            return self.pool.pick(model, hint, exclude)
+        except (UnavailableError, NotFoundError):
+            if model not in self.catalogue:
+                raise
+        address = await self.ensure_loaded(model, deadline_s, exclude)
+        try:
+            return self.pool.pick(model, hint, exclude)
+        except HeliosError:
+            return address
+
+    async def ensure_loaded(
+        self, model: str, deadline_s: float | None, exclude: Iterable[str] = ()
+    ) -> str:
+        """Wait (at most the deadline) for the one load of ``model`` in flight, starting
+        it if there is none. Returns the agent it was loaded on."""
+        task = self._loads.get(model)
+        if task is None or task.done():
+            metrics.COLD_STARTS.labels(model).inc()
+            task = asyncio.create_task(self._load(model, set(exclude)), name=f"load {model}")
+            self._loads[model] = task
+        limit = self.load_timeout_s if deadline_s is None else min(deadline_s, self.load_timeout_s)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout=limit)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"model {model} was not ready within {limit:.1f}s; it is still loading"
+            ) from None
+
+    async def memory_need(self, model: str) -> MemoryNeed:
+        spec = self.catalogue.get(model)
+        if spec is None:
+            raise NotFoundError(f"The model `{model}` does not exist")
+        need = await self.estimator.need(model, spec.path)
+        self._needs[model] = need
+        return need
+
+    async def _load(self, model: str, exclude: set[str]) -> str:
+        spec = self.catalogue[model]
+        need = await self.memory_need(model)
+        tried = set(exclude)
+        while True:
+            choice = best_fit(self.pool.agents(), model, need.bytes, exclude=tried)
+            if isinstance(choice, NoFit):
+                if await self._evict_for(model, need.bytes, tried):
+                    continue
+                metrics.SHED.labels("no_capacity").inc()
+                raise UnavailableError(choice.reason(model))
+            try:
+                await self._load_on(choice.address, spec, need)
+                return choice.address
+            except ResourceExhaustedError as exc:
+                # The agent's own figure was fresher than ours: try the next best.
+                logger.info(
+                    "worker had no room after all",
+                    extra={"model": model, "worker": choice.address, "error": exc.message},
+                )
+                tried.add(choice.address)
+            except UnavailableError:
+                self.pool.record_request_failure(choice.address)
+                tried.add(choice.address)
+
+    async def _load_on(self, address: str, spec: ModelSpec, need: MemoryNeed) -> None:
+        agent = self.pool.view(address)
+        agent.reserved += need.bytes
+        self.pool.mark_model(address, ModelOnAgent(spec.name, "loading", memory_bytes=need.bytes))
+        started = time.monotonic()
+        outcome = "failed"
+        logger.info(
+            "loading model",
+            extra={"model": spec.name, "worker": address, "need_bytes": need.bytes},
+        )
+        try:
+            connection = self._connections[address]
+            ready = False
+            async for state in connection.load_model(
+                spec.name, str(spec.path), self.load_timeout_s
+            ):
+                if state == "ready":
+                    ready = True
+            if not ready:
+                raise UnavailableError(f"worker {address} ended LoadModel before READY")
+            outcome = "ready"
+            agent.memory_free -= need.bytes  # until the next heartbeat says it itself
+            self.pool.mark_model(address, ModelOnAgent(spec.name, "ready", memory_bytes=need.bytes))
+            self._last_used[(address, spec.name)] = time.monotonic()
+            seconds = time.monotonic() - started
+            metrics.COLD_START_SECONDS.labels(spec.name).observe(seconds)
+            logger.info(
+                "model ready",
+                extra={"model": spec.name, "worker": address, "seconds": round(seconds, 3)},
+            )
+        except ResourceExhaustedError:
+            outcome = "no_room"
+            raise
+        finally:
+            agent.reserved -= need.bytes
+            metrics.MODEL_LOADS.labels(spec.name, address, outcome).inc()
+            if outcome != "ready":
+                self.pool.forget_model(address, spec.name)
+
+    # -- unloading --------------------------------------------------------------
+
+    def _idle_models(self, address: str, now: float) -> list[tuple[str, int, float]]:
+        """Models on ``address`` with no request running that may go: (model, bytes,
+        last used), keeping every model at its min_replicas."""
+        agent = self.pool.view(address)
+        result = []
+        for name, model in agent.models.items():
+            if model.state != "ready" or self._active.get((address, name), 0):
+                continue
+            spec = self.catalogue.get(name)
+            if spec is not None and len(self.pool.holders(name)) <= spec.min_replicas:
+                continue
+            size = model.memory_bytes or (self._needs[name].bytes if name in self._needs else 0)
+            result.append((name, size, self._last_used.get((address, name), 0.0)))
+        return result
+
+    async def _evict_for(self, model: str, need_bytes: int, exclude: set[str]) -> bool:
+        """Unload idle models from the one agent where that makes ``model`` fit with the
+        fewest bytes evicted. False when no agent can be made to fit."""
+        now = time.monotonic()
+        best: tuple[int, str, list[str]] | None = None
+        for agent in self.pool.agents():
+            if not agent.routable or agent.address in exclude or model in agent.models:
+                continue
+            idle = self._idle_models(agent.address, now)
+            plan = eviction_plan(agent, need_bytes, idle)
+            if not plan:
+                continue
+            sizes = {name: size for name, size, _ in idle}
+            cost = sum(sizes[name] for name in plan)
+            if best is None or cost < best[0]:
+                best = (cost, agent.address, plan)
+        if best is None:
+            return False
+        _, address, plan = best
+        for victim in plan:
+            await self.unload(address, victim, reason="pressure")
+        return True
+
+    async def unload(self, address: str, model: str, *, reason: str) -> None:
+        logger.info("unloading model", extra={"model": model, "worker": address, "reason": reason})
+        self.pool.mark_model(address, ModelOnAgent(model, "draining"))
+        try:
+            await self._connections[address].unload_model(model, self.drain_s)
+        except NotFoundError:
+            pass  # already gone
+        finally:
+            self.pool.forget_model(address, model)
+            self._last_used.pop((address, model), None)
+        metrics.MODEL_UNLOADS.labels(model, reason).inc()
+        if self._refresh is not None:
+            await self._refresh(address)
+
+    # -- warm pools -------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """One pass of warm-pool upkeep: preload to min_replicas, unload idle replicas."""
+        async with self._lock:
+            now = time.monotonic()
+            for spec in list(self.catalogue.values()):
+                holders = [a for a in self.pool.holders(spec.name) if a.healthy]
+                if len(holders) < spec.min_replicas and not self.loading(spec.name):
+                    try:
+                        await self._load(spec.name, {a.address for a in holders})
+                    except HeliosError as exc:
+                        logger.info(
+                            "preload deferred",
+                            extra={"model": spec.name, "reason": exc.message},
+                        )
+            if self.idle_ttl_s <= 0:
+                return
+            for agent in self.pool.agents():
+                if not agent.healthy:
+                    continue
+                for name, model in list(agent.models.items()):
+                    if model.state != "ready" or self._active.get((agent.address, name), 0):
+                        continue
+                    last = self._last_used.setdefault((agent.address, name), now)
+                    if now - last < self.idle_ttl_s:
+                        continue
+                    entry = self.catalogue.get(name)
+                    # Only models the proxy can load back scale to zero.
+                    if entry is None or len(self.pool.holders(name)) <= entry.min_replicas:
+                        continue
+                    try:
+                        await self.unload(agent.address, name, reason="idle_ttl")
+                    except HeliosError as exc:
+                        logger.warning(
+                            "idle unload failed",
+                            extra={"model": name, "worker": agent.address, "error": exc.message},
+                        )
+
+    # -- admin ------------------------------------------------------------------
+
+    async def preload(self, model: str, replicas: int) -> list[str]:
+        """Load ``model`` until ``replicas`` agents hold it; the memory is checked
+        before any load (UNAVAILABLE with the reason when it cannot fit)."""
+        if model not in self.catalogue:
+            raise NotFoundError(f"The model `{model}` does not exist")
+        if replicas < 0:
+            raise InvalidArgumentError("replicas: must be >= 0")
+        replicas = replicas or 1
+        spec = self.catalogue[model]
+        need = await self.memory_need(model)
+        async with self._lock:
+            holders = {a.address for a in self.pool.holders(model)}
+            missing = replicas - len(holders)
+            room = [
+                a
+                for a in self.pool.agents()
+                if a.routable and a.address not in holders and need.bytes <= a.placeable_free
+            ]
+            if missing > len(room):
+                raise UnavailableError(
+                    f"model {model} needs {need.bytes} bytes per replica: {len(room)} more"
+                    f" workers have room, {missing} asked"
+                )
+            spec.max_replicas = max(spec.max_replicas, replicas)
+            for _ in range(missing):
+                await self._load(model, holders)
+                holders = {a.address for a in self.pool.holders(model)}
+        return sorted(holders)
+
+    async def scale(self, model: str, replicas: int, max_replicas: int = 0) -> list[str]:
+        """Keep ``replicas`` warm (0: scale to zero now), loading or unloading to get there."""
+        if model not in self.catalogue:
+            raise NotFoundError(f"The model `{model}` does not exist")
+        if replicas < 0 or max_replicas < 0:
+            raise InvalidArgumentError("replicas, max_replicas: must be >= 0")
+        if max_replicas and max_replicas < replicas:
+            raise InvalidArgumentError("max_replicas: must be >= replicas")
+        spec = self.catalogue[model]
+        spec.min_replicas = replicas
+        spec.max_replicas = max(max_replicas or spec.max_replicas, replicas, 1)
+        holders = self.pool.holders(model)
+        if len(holders) < replicas:
+            return await self.preload(model, replicas)
+        async with self._lock:
+            extra = sorted(
+                holders,
+                key=lambda a: (
+                    self._active.get((a.address, model), 0),
+                    self._last_used.get((a.address, model), 0.0),
+                ),
+            )[: len(holders) - replicas]
+            for agent in extra:
+                await self.unload(agent.address, model, reason="scale")
+        return sorted(a.address for a in self.pool.holders(model))
+
+    async def evict(self, model: str) -> list[str]:
+        """Unload ``model`` from every agent (it stays in the catalogue, cold)."""
+        holders = [a.address for a in self.pool.agents() if model in a.models]
+        if not holders:
+            if model in self.catalogue:
+                return []
+            raise NotFoundError(f"model {model} is loaded on no worker")
+        spec = self.catalogue.get(model)
+        if spec is not None:
+            spec.min_replicas = 0
+        async with self._lock:
+            for address in holders:
+                await self.unload(address, model, reason="evict")
+        return sorted(holders)
+
+    def model_profile(self, model: str) -> tuple[MemoryNeed | None, str]:
+        """(memory need if known, warm status) of ``model``."""
+        need = self._needs.get(model)
+        if self.pool.candidates(model):
+            status = "warm"
+        elif self.loading(model) or any(
+            a.models[model].state in ("loading", "downloading") for a in self.pool.holders(model)
+        ):
+            status = "loading"
+        else:
+            status = "cold"
+        return need, status

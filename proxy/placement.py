@@ -1,0 +1,91 @@
+"""Where a cold model goes: best-fit bin-packing on the agents' declared free memory.
+
+Domain only. An agent's free memory is what its heartbeat declares (its GPU's figure or
+its configured capacity less loaded weights) less what the proxy has already promised
+to loads in flight. A model is never placed where it does not fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from proxy.routing import CacheLevel, WorkerView
+
+# Prefer agents whose storage already holds the files in a fast tier.
+_TIER_RANK = {CacheLevel.GPU: 0, CacheLevel.RAM: 1, CacheLevel.NVME: 2, CacheLevel.REMOTE: 3}
+
+
+@dataclass(frozen=True)
+class NoFit:
+    """Why no agent can take a model: for the error the client gets."""
+
+    need_bytes: int
+    largest_free: int
+    largest_total: int
+    agents: int
+
+    def reason(self, model: str) -> str:
+        if self.agents == 0:
+            return f"no worker is available to load model {model}"
+        if self.need_bytes > self.largest_total:
+            return (
+                f"model {model} needs {self.need_bytes} bytes; the largest worker has"
+                f" {self.largest_total} bytes in all"
+            )
+        return (
+            f"no worker has room for model {model}: it needs {self.need_bytes} bytes and"
+            f" the most free on any worker is {self.largest_free} bytes"
+        )
+
+
+def best_fit(
+    agents: Sequence[WorkerView],
+    model: str,
+    need_bytes: int,
+    *,
+    exclude: Iterable[str] = (),
+    tiers: dict[str, CacheLevel] | None = None,
+) -> WorkerView | NoFit:
+    """The routable agent, not already holding ``model``, that the model fits best
+    (least free memory left over; a faster storage tier first). ``tiers`` maps
+    address -> where that agent's storage holds the model's files."""
+    skip = set(exclude)
+    usable = [a for a in agents if a.routable and a.address not in skip and model not in a.models]
+    fitting = [a for a in usable if need_bytes <= a.placeable_free]
+    if not fitting:
+        return NoFit(
+            need_bytes=need_bytes,
+            largest_free=max((a.placeable_free for a in usable), default=0),
+            largest_total=max((a.memory_total for a in usable), default=0),
+            agents=len(usable),
+        )
+    tiers = tiers or {}
+
+    def key(a: WorkerView) -> tuple[int, int, str]:
+        tier = _TIER_RANK[tiers.get(a.address, CacheLevel.REMOTE)]
+        return (tier, a.placeable_free - need_bytes, a.address)
+
+    return min(fitting, key=key)
+
+
+def eviction_plan(
+    agent: WorkerView,
+    need_bytes: int,
+    idle_models: Sequence[tuple[str, int, float]],
+) -> list[str] | None:
+    """Which idle models to unload from ``agent`` (least recently used first) so that
+    ``need_bytes`` fits; None when even evicting all of them is not enough.
+    ``idle_models`` holds (model, bytes charged, last used) for evictable models."""
+    free = agent.placeable_free
+    if need_bytes <= free:
+        return []
+    if need_bytes > agent.memory_total:
+        return None
+    plan: list[str] = []
+    for model, size, _ in sorted(idle_models, key=lambda m: m[2]):
+        plan.append(model)
+        free += size
+        if need_bytes <= free:
+            return plan
+    return None

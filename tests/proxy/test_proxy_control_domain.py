@@ -1,0 +1,164 @@
+"""Placement, circuit breaker, routing policies, API keys and limits (domain)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.control import parse_model_spec
+from proxy.limits import Admission, ApiKeys, ShedError, UnauthenticatedError, parse_key_spec
+from proxy.placement import NoFit, best_fit, eviction_plan
+from proxy.policies import PrefixAware, RouteHint, SessionAffinity, policy_by_name
+from proxy.routing import CircuitBreaker, CircuitState, ModelOnAgent, WorkerPool
+
+
+def pool_with(free: dict[str, int], total: int = 100) -> WorkerPool:
+    pool = WorkerPool(free)
+    for address, room in free.items():
+        pool.record_heartbeat(
+            address, worker_id=address, healthy=True, memory_total=total, memory_free=room
+        )
+    return pool
+
+
+def test_best_fit_picks_the_tightest_agent_that_fits() -> None:
+    pool = pool_with({"a": 90, "b": 40, "c": 20})
+    choice = best_fit(pool.agents(), "m", 30)
+    assert not isinstance(choice, NoFit) and choice.address == "b"
+    pool.view("b").reserved = 15  # a load in flight there already
+    choice = best_fit(pool.agents(), "m", 30)
+    assert not isinstance(choice, NoFit) and choice.address == "a"
+
+
+def test_best_fit_never_exceeds_capacity_and_says_why() -> None:
+    pool = pool_with({"a": 10, "b": 20})
+    no_room = best_fit(pool.agents(), "m", 50)
+    assert isinstance(no_room, NoFit)
+    assert "most free on any worker is 20 bytes" in no_room.reason("m")
+    too_big = best_fit(pool.agents(), "m", 500)
+    assert isinstance(too_big, NoFit) and "largest worker has 100 bytes" in too_big.reason("m")
+
+
+def test_best_fit_skips_unhealthy_and_holders() -> None:
+    pool = pool_with({"a": 90, "b": 90})
+    pool.record_request_failure("a")
+    pool.mark_model("b", ModelOnAgent("m", "ready"))
+    assert isinstance(best_fit(pool.agents(), "m", 10), NoFit)
+
+
+def test_eviction_plan_frees_least_recently_used_first() -> None:
+    pool = pool_with({"a": 10})
+    agent = pool.view("a")
+    idle = [("old", 30, 1.0), ("new", 30, 5.0), ("mid", 30, 3.0)]
+    assert eviction_plan(agent, 35, idle) == ["old"]
+    assert eviction_plan(agent, 65, idle) == ["old", "mid"]
+    assert eviction_plan(agent, 150, idle) is None
+    assert eviction_plan(agent, 5, idle) == []
+
+
+def test_circuit_opens_then_half_open_probe_closes_it() -> None:
+    breaker = CircuitBreaker(failure_threshold=2, reset_after=5.0)
+    breaker.record_failure(now=0.0)
+    assert breaker.state(now=0.1) is CircuitState.CLOSED
+    breaker.record_failure(now=1.0)
+    assert breaker.state(now=1.1) is CircuitState.OPEN and not breaker.allows(now=1.1)
+    assert breaker.state(now=6.0) is CircuitState.HALF_OPEN and breaker.allows(now=6.0)
+    breaker.on_dispatch(now=6.0)
+    assert not breaker.allows(now=6.0)  # one probe at a time
+    breaker.record_failure(now=6.5)
+    assert breaker.state(now=7.0) is CircuitState.OPEN
+    breaker.on_dispatch(now=12.0)
+    breaker.record_success()
+    assert breaker.state() is CircuitState.CLOSED and breaker.allows()
+
+
+def test_request_failure_takes_an_agent_out_until_a_heartbeat() -> None:
+    pool = pool_with({"a": 50, "b": 50})
+    for address in ("a", "b"):
+        pool.mark_model(address, ModelOnAgent("m", "ready"))
+    pool.record_request_failure("a")
+    assert pool.pick("m") == "b"
+    pool.record_heartbeat(
+        "a",
+        worker_id="a",
+        healthy=True,
+        models=[ModelOnAgent("m", "ready")],
+        memory_total=100,
+        memory_free=50,
+    )
+    with pool.lease("b"):
+        assert pool.pick("m") == "a"
+
+
+def test_prefix_and_session_policies_are_sticky() -> None:
+    pool = pool_with({f"w{i}": 50 for i in range(5)})
+    agents = pool.agents()
+    prefix = PrefixAware()
+    chosen = {prefix.choose(agents, RouteHint(prefix="system: you are")).address for _ in range(5)}
+    assert len(chosen) == 1
+    spread = {prefix.choose(agents, RouteHint(prefix=f"p{i}")).address for i in range(40)}
+    assert len(spread) > 1
+    (preferred,) = chosen
+    pool.view(preferred).outstanding = 50  # overloaded: fall back to least loaded
+    assert prefix.choose(agents, RouteHint(prefix="system: you are")).address != preferred
+    session = SessionAffinity()
+    firsts = {session.choose(agents, RouteHint(session="s-1")).address for _ in range(5)}
+    assert len(firsts) == 1
+    with pytest.raises(ValueError, match="unknown routing policy"):
+        policy_by_name("random")
+
+
+def test_api_keys_and_request_rate() -> None:
+    keys = ApiKeys([parse_key_spec("k1:2"), parse_key_spec("k2")])
+    with pytest.raises(UnauthenticatedError):
+        keys.admit(None)
+    with pytest.raises(UnauthenticatedError):
+        keys.admit("Bearer nope")
+    assert keys.admit("Bearer k1") == "k1"
+    keys.admit("Bearer k1")
+    with pytest.raises(ShedError) as shed:
+        keys.admit("Bearer k1")
+    assert shed.value.retry_after >= 1
+    for _ in range(10):
+        keys.admit("Bearer k2")  # unlimited
+    assert ApiKeys().admit(None) == ""  # no keys configured: open
+
+
+def test_token_rate_limit_charges_after_the_request() -> None:
+    keys = ApiKeys([parse_key_spec("k::100")])
+    keys.admit("Bearer k")
+    keys.charge("k", 150)  # a big request goes into debt
+    with pytest.raises(ShedError, match="token rate limit"):
+        keys.admit("Bearer k")
+
+
+def test_bad_key_specs_are_refused() -> None:
+    for spec in ("", ":5", "k:x", "k:-1", "k:1:2:3"):
+        with pytest.raises(ValueError):
+            parse_key_spec(spec)
+
+
+def test_admission_sheds_beyond_the_queue() -> None:
+    admission = Admission(2)
+    admission.enter("m")
+    admission.enter("m")
+    with pytest.raises(ShedError, match="2 requests in flight"):
+        admission.enter("m")
+    admission.enter("other")
+    admission.leave("m")
+    admission.enter("m")
+
+
+def test_model_spec_flag() -> None:
+    spec = parse_model_spec("m=/models/m,min=2,max=3")
+    assert (spec.name, spec.path, spec.min_replicas, spec.max_replicas) == (
+        "m",
+        Path("/models/m"),
+        2,
+        3,
+    )
+    assert parse_model_spec("m=/x,min=4").max_replicas == 4
+    for bad in ("m", "=x", "m=/x,warm=1", "m=/x,min=a"):
+        with pytest.raises(ValueError):
+            parse_model_spec(bad)
