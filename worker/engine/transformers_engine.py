@@ -710,9 +710,17 @@ def _load_sync(
     tokenizer = AutoTokenizer.from_pretrained(
         model_dir, local_files_only=True, trust_remote_code=False
     )
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch_dtype, local_files_only=True, trust_remote_code=False
-    )
+    if any(model_dir.glob("*.safetensors")):
+        # Zero copy: the weights are tensors on the mapped checkpoint files (storaged's
+        # cache when the model came through it), paged in in parallel.
+        from zerocopy import load_pretrained
+
+        dtype = None if torch_dtype == "auto" else torch_dtype
+        model = load_pretrained(model_dir, dtype=dtype if isinstance(dtype, torch.dtype) else None)
+    else:  # legacy pickle checkpoints: transformers' own loader
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch_dtype, local_files_only=True, trust_remote_code=False
+        )
     model.eval()
     return model, tokenizer
 
