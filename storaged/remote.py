@@ -12,7 +12,8 @@ import grpc
 from helios.v1 import registry_pb2, registry_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 from runtime.channels import create_channel
-from runtime.errors import error_from_status
+from runtime.errors import FailedPreconditionError, UnavailableError, error_from_status
+from storaged.download import IntegrityError
 from storaged.manifest import FileEntry, Manifest
 
 __all__ = ["PeerSource", "RegistryClient"]
@@ -31,6 +32,8 @@ class RegistryClient:
         await self._channel.close(None)
 
     async def resolve(self, model_id: str, version: str) -> tuple[str, str]:
+        """The registry's canonical model id and version id for ``model_id@version``
+        (``version``: empty for latest, an alias, a version id or a unique prefix)."""
         reference = f"{model_id}@{version}" if version else model_id
         try:
             resp = await self._stub.ResolveModel(
@@ -38,6 +41,8 @@ class RegistryClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise error_from_status(exc.code(), f"{self.name}: {exc.details()}") from None
+        if not resp.version.model_id or not resp.version.version:
+            raise FailedPreconditionError(f"{self.name} resolved {reference} to no version")
         return resp.version.model_id, resp.version.version
 
     async def manifest(self, model_id: str, version: str) -> Manifest:
@@ -60,18 +65,42 @@ class RegistryClient:
             )
             for f in resp.files
         )
-        return Manifest(model_id, version, files)
+        manifest = Manifest(
+            resp.version.model_id or model_id, resp.version.version or version, files
+        )
+        if resp.total_bytes != manifest.total_bytes:
+            raise FailedPreconditionError(
+                f"{self.name}: manifest of {model_id}@{version} says {resp.total_bytes} bytes "
+                f"in all, its files add up to {manifest.total_bytes}"
+            )
+        return manifest
 
     async def read(self, sha256: str, offset: int, length: int) -> AsyncIterator[bytes]:
+        # length=0 means "to the end" to ReadBlob: an empty range is never asked for.
         if length == 0:
             return
         call = self._stub.ReadBlob(
             registry_pb2.ReadBlobRequest(sha256=sha256, offset=offset, length=length)
         )
+        position = offset
+        first = True
         try:
             async for msg in call:
+                if first and msg.size_bytes and offset + length > msg.size_bytes:
+                    raise IntegrityError(
+                        f"{self.name}: blob {sha256[:12]}… is {msg.size_bytes} bytes, "
+                        f"too short for [{offset}, {offset + length})"
+                    )
+                first = False
+                if msg.offset != position:
+                    raise UnavailableError(
+                        f"{self.name}: ReadBlob sent offset {msg.offset}, expected {position}"
+                    )
+                position += len(msg.data)
                 yield msg.data
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DATA_LOSS:  # its stored copy failed its hashes
+                raise IntegrityError(f"{self.name}: {exc.details()}") from None
             raise error_from_status(exc.code(), f"{self.name}: {exc.details()}") from None
         finally:
             call.cancel()

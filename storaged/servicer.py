@@ -79,7 +79,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     ) -> pb.StatResponse:
         if not request.model_id:
             raise InvalidArgumentError("model_id: must not be empty")
-        v, where = self.cache.stat(request.model_id, request.version)
+        model_id, version = await self.cache.resolve_local(request.model_id, request.version)
+        v, where = self.cache.stat(model_id, version)
         local_dir = str(self.cache.version_dir(v.tier, v.model_id, v.version)) if v.tier else ""
         return pb.StatResponse(
             tier=_TIERS[v.tier],

@@ -1,8 +1,15 @@
 """Real protocol servers for storaged's tests.
 
 * :class:`FakeRegistry`: a grpc.aio RegistryService (ResolveModel, GetManifest,
-  ReadBlob) over blobs in a temp dir. It speaks the real contract; it exists only
-  until registry/ lands.
+  ReadBlob) over blobs in a temp dir, for the faults the real registry cannot be made
+  to show (a manifest whose chunk hashes lie, byte counts per call). It follows
+  proto/helios/v1/registry.proto as registry/servicer.py implements it: canonical
+  model ids (registry.ids), ``total_bytes`` on ResolveModel and GetManifest, an alias
+  or empty version (latest) accepted by GetManifest, ``size_bytes`` on the first
+  ReadBlob message, ``length=0`` read to the end, a range past the end rejected.
+  Its version ids are the labels the tests give (``v1``), where the real registry
+  mints 40 hex digits: to storaged a version id is opaque.
+  test_storaged_with_registry.py runs storaged against the real registry.
 * :class:`RangeServer`: a real HTTP/1.1 server for ``GET /blobs/<sha256>`` with Range
   support that can cap each connection's rate, drop connections mid-range and
   corrupt bytes.
@@ -21,7 +28,9 @@ import grpc
 from helios.v1 import registry_pb2 as rpb
 from helios.v1 import registry_pb2_grpc
 
+from registry.ids import parse_reference
 from runtime.config import ServerSettings
+from runtime.errors import InvalidArgumentError
 from runtime.server import RunningServer, start_server
 
 
@@ -41,6 +50,7 @@ class BlobStore:
         self.lie_about: set[str] = set()  # shas whose manifest chunk hashes are wrong
 
     def add_version(self, model_id: str, version: str, files: dict[str, bytes]) -> None:
+        """Add a version (``model_id`` must be canonical) and point "latest" at it."""
         entries = {}
         for path, data in files.items():
             digest = sha(data)
@@ -90,31 +100,43 @@ class FakeRegistry(registry_pb2_grpc.RegistryServiceServicer):
         self.store = store
         self.bytes_served = 0
         self.manifest_calls = 0
+        # Faults: a GetManifest total_bytes, a ReadBlob size_bytes off by this much.
+        self.total_bytes_error = 0
+        self.size_bytes_error = 0
+
+    async def _lookup(self, reference: str, context: grpc.aio.ServicerContext) -> tuple[str, str]:
+        try:
+            ref = parse_reference(reference)
+        except InvalidArgumentError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+            raise AssertionError from None
+        version = self.store.aliases.get((ref.model_id, ref.revision), ref.revision)
+        if (ref.model_id, version) not in self.store.versions:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {reference}: not found")
+        return ref.model_id, version
+
+    def _total(self, key: tuple[str, str]) -> int:
+        return sum((self.store.root / d).stat().st_size for d in self.store.versions[key].values())
 
     async def ResolveModel(
         self, request: rpb.ResolveModelRequest, context: grpc.aio.ServicerContext
     ) -> rpb.ResolveModelResponse:
-        model_id, _, rev = request.reference.partition("@")
-        rev = rev or "latest"
-        version = self.store.aliases.get((model_id, rev), rev)
-        if (model_id, version) not in self.store.versions:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.reference}")
+        key = await self._lookup(request.reference, context)
         return rpb.ResolveModelResponse(
-            version=rpb.ModelVersion(model_id=model_id, version=version)
+            version=rpb.ModelVersion(model_id=key[0], version=key[1]), total_bytes=self._total(key)
         )
 
     async def GetManifest(
         self, request: rpb.GetManifestRequest, context: grpc.aio.ServicerContext
     ) -> rpb.GetManifestResponse:
         self.manifest_calls += 1
-        key = (request.version.model_id, request.version.version)
-        files = self.store.versions.get(key)
-        if files is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown version {key}")
-            raise AssertionError
+        v = request.version
+        key = await self._lookup(f"{v.model_id}@{v.version or 'latest'}", context)
         return rpb.GetManifestResponse(
-            version=request.version,
-            files=[self.store.manifest_file(p, d) for p, d in files.items()],
+            version=rpb.ModelVersion(model_id=key[0], version=key[1]),
+            files=[self.store.manifest_file(p, d) for p, d in self.store.versions[key].items()],
+            total_bytes=self._total(key) + self.total_bytes_error,
+            source=f"fake://{key[0]}",
         )
 
     async def ReadBlob(self, request: rpb.ReadBlobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
@@ -122,14 +144,21 @@ class FakeRegistry(registry_pb2_grpc.RegistryServiceServicer):
         if not re.fullmatch(r"[0-9a-f]{64}", request.sha256) or not blob.exists():
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no blob {request.sha256}")
         size = blob.stat().st_size
+        if request.offset < 0 or request.length < 0 or request.offset > size:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "range outside the blob")
         end = size if request.length == 0 else min(size, request.offset + request.length)
+        if request.offset == end:
+            yield rpb.ReadBlobResponse(data=b"", offset=end, size_bytes=size)
+            return
         with open(blob, "rb") as f:  # noqa: ASYNC230 (a test fake; small blobs)
             f.seek(request.offset)
             pos = request.offset
             while pos < end:
                 data = f.read(min(256 * 1024, end - pos))
                 self.bytes_served += len(data)
-                yield rpb.ReadBlobResponse(data=data, offset=pos)
+                first = pos == request.offset
+                shown = size + self.size_bytes_error
+                yield rpb.ReadBlobResponse(data=data, offset=pos, size_bytes=shown if first else 0)
                 pos += len(data)
 
 

@@ -268,3 +268,26 @@ async def test_state_survives_restart(
     assert "org/m" in reopened.pins
     await ensure(reopened, "org/m")
     assert reopened.downloader.bytes_downloaded == 0
+
+
+async def test_registry_answers_that_break_its_contract_are_refused(
+    tmp_path: Path, store: BlobStore, registry: tuple[RegistryClient, FakeRegistry]
+) -> None:
+    client, fake = registry
+    data = blob(100 * KB, 11)
+    cache = ModelCache(tiers(tmp_path), client, ChunkedDownloader([client], backoff_s=0.01))
+    store.add_version("org/m", "v1", {"w.bin": data})
+    fake.total_bytes_error = 1  # total_bytes disagrees with the files
+    with pytest.raises(FailedPreconditionError, match="add up to"):
+        await ensure(cache, "org/m")
+    fake.total_bytes_error = 0
+    fake.size_bytes_error = -1  # the blob is shorter than the manifest's range
+    with pytest.raises(IntegrityError, match="too short"):
+        await ensure(cache, "org/m")
+    assert not (tmp_path / "ram" / "blobs" / sha(data)).exists()
+    fake.size_bytes_error = 0
+    store.add_version("org/m", "../escape", {"w.bin": data})  # "latest" -> an unsafe id
+    with pytest.raises(FailedPreconditionError, match="not a usable id"):
+        await ensure(cache, "org/m")
+    assert not (tmp_path / "ram" / "escape").exists()
+    assert Path((await ensure(cache, "org/m", "v1"))[-1].local_dir).name == "v1"
