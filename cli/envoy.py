@@ -68,6 +68,15 @@ _ACCESS_LOG_FORMAT = (
 
 
 @dataclass(frozen=True)
+class UpstreamTls:
+    """Mutual TLS from Envoy to its gRPC upstreams: Envoy's client cert/key and the CA."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
 class Upstream:
     """A cluster Envoy proxies to: one endpoint ``host:port`` named ``name``."""
 
@@ -161,7 +170,28 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _cluster(upstream: Upstream, *, http2: bool) -> dict[str, Any]:
+def _upstream_tls_socket(tls: UpstreamTls, sni: str) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/"
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": sni,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": str(Path(tls.cert).resolve())},
+                        "private_key": {"filename": str(Path(tls.key).resolve())},
+                    }
+                ],
+                "validation_context": {"trusted_ca": {"filename": str(Path(tls.ca).resolve())}},
+            },
+        },
+    }
+
+
+def _cluster(upstream: Upstream, *, http2: bool, tls: UpstreamTls | None = None) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": upstream.name,
         "type": "STATIC" if _is_ip(upstream.host) else "STRICT_DNS",
@@ -191,6 +221,10 @@ def _cluster(upstream: Upstream, *, http2: bool) -> dict[str, Any]:
     }
     if not _is_ip(upstream.host):
         cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if http2 and tls is not None:  # gRPC upstreams; the metrics endpoint stays HTTP
+        cluster["transport_socket"] = _upstream_tls_socket(
+            tls, "localhost" if _is_ip(upstream.host) else upstream.host
+        )
     if http2:
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -207,7 +241,7 @@ def _cluster(upstream: Upstream, *, http2: bool) -> dict[str, Any]:
 
 
 def _collect_clusters(
-    upstreams: Sequence[tuple[Upstream, bool]],
+    upstreams: Sequence[tuple[Upstream, bool]], tls: UpstreamTls | None = None
 ) -> list[dict[str, Any]]:
     seen: dict[str, tuple[Upstream, bool]] = {}
     clusters = []
@@ -221,7 +255,7 @@ def _collect_clusters(
                 )
             continue
         seen[upstream.name] = (upstream, http2)
-        clusters.append(_cluster(upstream, http2=http2))
+        clusters.append(_cluster(upstream, http2=http2, tls=tls))
     return clusters
 
 
@@ -258,6 +292,7 @@ def render_envoy_config(
     transcoded_services: Sequence[str] = TRANSCODED_SERVICES,
     admin_host: str = "127.0.0.1",
     sse_done: bool = True,
+    upstream_tls: UpstreamTls | None = None,
 ) -> str:
     """Render Envoy's bootstrap (JSON, which is also YAML) for the Helios edge.
 
@@ -266,6 +301,8 @@ def render_envoy_config(
     transcoded REST call whose service is not mapped, goes to ``default_grpc_upstream``.
     Port 0 (listener or admin) asks for an ephemeral port. ``sse_done`` makes the Lua filter
     append ``data: [DONE]`` after a REST stream's last event (see envoy/README.md).
+    ``upstream_tls``: mutual TLS to every gRPC upstream with this client certificate
+    (``helios up --tls``); the listener itself stays plain HTTP.
     """
     for service in grpc_upstreams:
         if not service or "/" in service or service.startswith("."):
@@ -403,7 +440,7 @@ def render_envoy_config(
                     ],
                 }
             ],
-            "clusters": _collect_clusters(cluster_specs),
+            "clusters": _collect_clusters(cluster_specs, upstream_tls),
         },
     }
     return json.dumps(bootstrap, indent=2) + "\n"

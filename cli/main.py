@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cli.cache import add_cache_command
+from cli.certs import add_certs_command
 from cli.estimate import add_estimate_command
 from cli.pull import add_pull_command
 from cli.status import add_status_command
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.set_defaults(handler=_model_build_command)
 
     add_cache_command(commands)
+    add_certs_command(commands)
     add_estimate_command(commands)
     add_pull_command(commands)
     add_status_command(commands)

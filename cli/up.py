@@ -23,13 +23,21 @@ from typing import Any
 import grpc
 from helios.v1 import inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 
-from cli.envoy import EnvoyProcess, Upstream, build_descriptor_set, render_envoy_config
+from cli.envoy import (
+    EnvoyProcess,
+    Upstream,
+    UpstreamTls,
+    build_descriptor_set,
+    render_envoy_config,
+)
 from cli.processes import ServiceProcess, ServiceStartError
 from cli.smollm2 import MODEL_NAME as SMOLLM2_NAME
 from cli.smollm2 import SmolLM2Unavailable, ensure_smollm2_model
 from cli.tinymodel import DEFAULT_MODEL_NAME as TINY_MODEL_NAME
 from cli.tinymodel import ensure_default_model as ensure_tiny_model
+from runtime.channels import create_channel, set_default_client_tls
 from runtime.config import helios_home
+from runtime.tls import channel_credentials
 
 logger = logging.getLogger("helios.up")
 
@@ -50,6 +58,7 @@ class MeshOptions:
     state_dir: Path
     ready_file: Path | None
     engine: str = "transformers"
+    tls_dir: Path | None = None  # --tls: helios certs output; every gRPC hop is mutual TLS
 
 
 def _grpc_name(module: Any, service: str) -> str:
@@ -77,10 +86,29 @@ class Mesh:
         return ServiceProcess(
             name=name,
             module=module or f"{name}.server",
-            args=args,
+            args=[*args, *self._tls_args(name)],
             state_dir=self.options.state_dir,
             essential=essential,
         )
+
+    # --- TLS (issue 8): per-service certificate flags; "worker-0" uses worker.pem.
+    def _tls_args(self, name: str) -> list[str]:
+        if self.options.tls_dir is None:
+            return []
+        cert = self.options.tls_dir / name.split("-")[0]
+        return [
+            f"--tls-cert={cert}.pem",
+            f"--tls-key={cert}.key",
+            f"--tls-ca={self.options.tls_dir / 'ca.pem'}",
+        ]
+
+    def _envoy_tls(self) -> UpstreamTls | None:
+        tls_dir = self.options.tls_dir
+        if tls_dir is None:
+            return None
+        return UpstreamTls(tls_dir / "gateway.pem", tls_dir / "gateway.key", tls_dir / "ca.pem")
+
+    # --- end TLS
 
     @property
     def services(self) -> list[ServiceProcess]:
@@ -104,7 +132,7 @@ class Mesh:
     async def _import_models(self) -> None:
         """Record the served models in the registry (content-addressed: a re-run is a
         no-op). Best effort: serving does not depend on it."""
-        async with grpc.aio.insecure_channel(self.registry.address) as channel:
+        async with create_channel(self.registry.address) as channel:  # mTLS under --tls
             stub = registry_pb2_grpc.RegistryServiceStub(channel)
             for name, path in self.options.models:
                 model_id = f"{REGISTRY_ORG}/{name}"
@@ -125,7 +153,7 @@ class Mesh:
         home = helios_home()
         options = self.options
         options.state_dir.mkdir(parents=True, exist_ok=True)
-        self.registry.args = ["--data-dir", str(home / "registry")]
+        self.registry.args = ["--data-dir", str(home / "registry"), *self._tls_args("registry")]
         await self._start_all([self.registry, self.estimator])
         importing = asyncio.ensure_future(self._import_models()) if self.registry.ready else None
         storaged_args = [
@@ -200,6 +228,7 @@ class Mesh:
                 if metrics_port
                 else None
             ),
+            upstream_tls=self._envoy_tls(),
         )
         self.envoy = await EnvoyProcess.start(config, self.options.state_dir / "envoy")
         await self._wait_for_models()
@@ -319,6 +348,11 @@ async def run_mesh(options: MeshOptions) -> int:
 
 
 def add_up_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS on every gRPC hop (certificates made in the state dir)",
+    )
     parser.add_argument("--host", default=os.environ.get("HELIOS_HOST", "127.0.0.1"))
     parser.add_argument(
         "--port",
@@ -374,8 +408,21 @@ def up_command(args: argparse.Namespace) -> int:
         state_dir=state_dir.resolve(),
         ready_file=args.ready_file,
         engine=args.engine,
+        tls_dir=_prepare_tls(state_dir.resolve()) if args.tls else None,
     )
     return asyncio.run(run_mesh(options))
+
+
+# --- TLS (issue 8)
+def _prepare_tls(state_dir: Path) -> Path:
+    """Certificates for every service in ``state_dir/certs`` (as `helios certs` makes them);
+    the launcher's own channels present the "client" certificate."""
+    from cli.certs import write_certs
+
+    tls_dir = state_dir / "certs"
+    written = write_certs(tls_dir)
+    set_default_client_tls(channel_credentials(written["client"]))
+    return tls_dir
 
 
 def _default_model() -> tuple[str, Path]:

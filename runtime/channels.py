@@ -14,7 +14,13 @@ import grpc.aio
 
 from runtime.tracing import aio_client_interceptors
 
-__all__ = ["CHANNEL_OPTIONS", "MAX_MESSAGE_BYTES", "create_channel"]
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "MAX_MESSAGE_BYTES",
+    "create_channel",
+    "default_client_tls",
+    "set_default_client_tls",
+]
 
 # Prompts and token streams are small, but embeddings/logprobs batches and model
 # metadata are not; 64 MiB on both ends so neither side rejects what the other sends.
@@ -32,6 +38,21 @@ CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
 )
 
 
+# Process-wide client credentials, set once at start-up by runtime.server.run when the
+# service runs with mutual TLS, so every create_channel() caller gets them.
+_default_tls: grpc.ChannelCredentials | None = None
+
+
+def set_default_client_tls(credentials: grpc.ChannelCredentials | None) -> None:
+    """Make ``credentials`` what :func:`create_channel` uses when not given ``tls``."""
+    global _default_tls
+    _default_tls = credentials
+
+
+def default_client_tls() -> grpc.ChannelCredentials | None:
+    return _default_tls
+
+
 def create_channel(
     target: str,
     *,
@@ -41,13 +62,16 @@ def create_channel(
 ) -> grpc.aio.Channel:
     """An aio channel to ``target`` (``host:port``) with tracing and Helios defaults.
 
-    ``tls``: channel credentials; None (today's default everywhere) means plain-text.
+    ``tls``: channel credentials; None means the process default
+    (:func:`set_default_client_tls`: mutual TLS under ``--tls-*``), plain-text if unset.
     ``options`` override the defaults by key; ``interceptors`` run inside the tracing ones.
     """
     merged = dict(CHANNEL_OPTIONS)
     merged.update(dict(options))
     opts = list(merged.items())
     chain = [*aio_client_interceptors(), *interceptors]
+    if tls is None:
+        tls = _default_tls
     if tls is not None:
         return grpc.aio.secure_channel(target, tls, options=opts, interceptors=chain)
     return grpc.aio.insecure_channel(target, options=opts, interceptors=chain)

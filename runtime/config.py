@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
+from runtime.tls import TlsError, TlsSettings
+
 __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
@@ -59,8 +61,9 @@ class ServerSettings:
     drain_seconds: float = 10.0  # grace given to in-flight RPCs on shutdown
     ready_file: Path | None = None  # written atomically once serving; launchers wait on it
     otlp_endpoint: str | None = None  # e.g. "localhost:4317"; None: spans are not exported
-    # TLS hook: a future ``tls`` field (server cert/key, client CA) goes here and is
-    # consumed by ``runtime.server._server_credentials``; everything is insecure for now.
+    # Mutual TLS (cert, key, client CA); None: plain-text. Consumed by
+    # ``runtime.server._server_credentials`` and, for outgoing channels, by ``run``.
+    tls: TlsSettings | None = None
 
     def __post_init__(self) -> None:
         if not self.service or not self.service.replace("-", "").replace("_", "").isalnum():
@@ -179,6 +182,17 @@ def add_server_arguments(parser: argparse.ArgumentParser, service: str) -> None:
         type=Path,
     )
     add("--otlp-endpoint", "otlp_endpoint", None, "OTLP/gRPC collector for traces")
+    # Mutual TLS: all three or none. The same certificate serves and, on outgoing
+    # channels, identifies this service as a client (see runtime/tls.py).
+    add("--tls-cert", "tls_cert", None, "PEM certificate chain; enables mutual TLS", type=Path)
+    add("--tls-key", "tls_key", None, "PEM private key of --tls-cert", type=Path)
+    add(
+        "--tls-ca",
+        "tls_ca",
+        None,
+        "PEM CA that clients' and peers' certificates chain to",
+        type=Path,
+    )
 
 
 def settings_from_args(ns: argparse.Namespace, service: str) -> ServerSettings:
@@ -210,6 +224,25 @@ def settings_from_args(ns: argparse.Namespace, service: str) -> ServerSettings:
         raise ConfigError(
             "drain_seconds", f"expected a number, got {get('drain_seconds')!r}"
         ) from None
+    tls_paths = {f: getattr(ns, f, None) for f in ("tls_cert", "tls_key", "tls_ca")}
+    given = {f: v for f, v in tls_paths.items() if v not in (None, "")}
+    tls: TlsSettings | None = None
+    if given:
+        missing = sorted(set(tls_paths) - set(given))
+        if missing:
+            raise ConfigError(
+                missing[0],
+                "--tls-cert, --tls-key and --tls-ca go together; "
+                f"missing {', '.join('--' + m.replace('_', '-') for m in missing)}",
+            )
+        try:
+            tls = TlsSettings(
+                cert=Path(str(given["tls_cert"])),
+                key=Path(str(given["tls_key"])),
+                ca=Path(str(given["tls_ca"])),
+            )
+        except TlsError as exc:
+            raise ConfigError(exc.field, str(exc)) from None
     return ServerSettings(
         service=service,
         host=str(get("host")),
@@ -220,6 +253,7 @@ def settings_from_args(ns: argparse.Namespace, service: str) -> ServerSettings:
         drain_seconds=drain,
         ready_file=None if ready in (None, "") else Path(str(ready)),
         otlp_endpoint=None if otlp in (None, "") else str(otlp),
+        tls=tls,
     )
 
 

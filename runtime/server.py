@@ -29,11 +29,12 @@ from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from runtime.channels import MAX_MESSAGE_BYTES
+from runtime.channels import MAX_MESSAGE_BYTES, set_default_client_tls
 from runtime.config import ServerSettings
 from runtime.interceptors import ErrorInterceptor
 from runtime.logging import configure_logging
 from runtime.metrics import MetricsInterceptor, MetricsServer, serve_metrics
+from runtime.tls import channel_credentials, server_credentials
 from runtime.tracing import aio_server_interceptor, configure_tracing
 
 __all__ = [
@@ -140,10 +141,10 @@ def _host_for_address(host: str) -> str:
 
 
 def _server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
-    """TLS hook. Returns None (plain-text) until ServerSettings grows a ``tls`` field;
-    then build ``grpc.ssl_server_credentials(...)`` from it here and nowhere else."""
-    del settings
-    return None
+    """Mutual TLS (client certificates required) when ``settings.tls``; else plain-text."""
+    if settings.tls is None:
+        return None
+    return server_credentials(settings.tls)
 
 
 def _bind(server: grpc.aio.Server, settings: ServerSettings) -> int:
@@ -365,6 +366,9 @@ def run(
     """
     configure_logging(settings.service, settings.log_level, settings.log_format)
     provider = configure_tracing(settings.service, settings.otlp_endpoint)
+    if settings.tls is not None:
+        # Outgoing channels (create_channel) present this service's certificate too.
+        set_default_client_tls(channel_credentials(settings.tls))
     try:
         asyncio.run(_serve(settings, build, interceptors, reflection_extra))
     except Exception:
