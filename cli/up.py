@@ -154,8 +154,12 @@ class Mesh:
         options = self.options
         options.state_dir.mkdir(parents=True, exist_ok=True)
         self.registry.args = ["--data-dir", str(home / "registry"), *self._tls_args("registry")]
-        await self._start_all([self.registry, self.estimator])
+        await self._start_all([self.registry])
         importing = asyncio.ensure_future(self._import_models()) if self.registry.ready else None
+        # The estimator reads configs through the registry, and local directories only
+        # under these roots (the served models' parents), never an arbitrary client path.
+        roots = sorted({str(path.parent) for _, path in options.models})
+        self.estimator.args += [arg for root in roots for arg in ("--model-root", root)]
         storaged_args = [
             "--tier",
             f"ram={options.state_dir / 'storaged-ram'}:1GiB",
@@ -164,8 +168,9 @@ class Mesh:
         ]
         if self.registry.ready:
             storaged_args += ["--registry", self.registry.address]
+            self.estimator.args += ["--registry", self.registry.address]
         self.storaged = self._service("storaged", storaged_args, essential=False)
-        await self._start_all([self.storaged])
+        await self._start_all([self.estimator, self.storaged])
 
         worker_args = ["--engine", options.engine]
         if self.storaged.ready:
@@ -189,6 +194,8 @@ class Mesh:
             proxy_args += ["--model", f"{name}={path},min=1"]
         if self.estimator.ready:
             proxy_args += ["--estimator", self.estimator.address]
+        if self.registry.ready:
+            proxy_args += ["--registry", self.registry.address]
         self.proxy = self._service("proxy", proxy_args)
         await self._start_all([self.proxy])
         if importing is not None:

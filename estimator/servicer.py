@@ -13,7 +13,7 @@ from helios.v1 import estimator_pb2_grpc
 from estimator.cache import TtlCache
 from estimator.gpus import CATALOG, find_gpu
 from estimator.memory import Estimate, EstimateParams, MemoryParts
-from estimator.models import ConfigSource, config_from_dir
+from estimator.models import ConfigSource, ModelResolver
 from estimator.planning import Recommendation, Recommendations, Suggestion
 from estimator.service import MemoryEstimator
 from runtime.errors import HeliosError, InvalidArgumentError
@@ -47,9 +47,9 @@ def params_from_pb(request: pb.EstimateMemoryRequest) -> EstimateParams:
     )
 
 
-def source_from_pb(request: pb.EstimateMemoryRequest) -> ConfigSource:
+async def source_from_pb(request: pb.EstimateMemoryRequest, models: ModelResolver) -> ConfigSource:
     """The config of a request: inline (keyed on its wire bytes, so a cached answer needs
-    no conversion at all) or from the model directory."""
+    no conversion at all) or the model id's (registry, then the model roots)."""
     if request.HasField("config"):
         struct = request.config
         data = struct.SerializeToString(deterministic=True)
@@ -57,7 +57,7 @@ def source_from_pb(request: pb.EstimateMemoryRequest) -> ConfigSource:
         return ConfigSource(key=key, load=lambda: json_format.MessageToDict(struct))
     if not request.model_id:
         raise InvalidArgumentError("config: give the model's config.json inline, or a model_id")
-    return config_from_dir(request.model_id)
+    return await models.source(request.model_id)
 
 
 def breakdown_to_pb(parts: MemoryParts, estimate: Estimate) -> pb.MemoryBreakdown:
@@ -161,8 +161,12 @@ def _placement_params(
 class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
     """Serves memory estimates from a :class:`MemoryEstimator`."""
 
-    def __init__(self, estimator: MemoryEstimator | None = None) -> None:
+    def __init__(
+        self, estimator: MemoryEstimator | None = None, models: ModelResolver | None = None
+    ) -> None:
         self.estimator = estimator or MemoryEstimator()
+        # Model ids: the registry and the model roots it was given (none: inline only).
+        self.models = models or ModelResolver()
         # The answers as messages, so that a hit skips the conversion too. Same TTL and
         # keys as the domain cache; a hit there is a hit here unless this one evicted it.
         domain = self.estimator.estimates
@@ -170,8 +174,8 @@ class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
             TtlCache(domain.ttl_seconds, domain.max_entries, domain.clock)
         )
 
-    def _estimate(self, request: pb.EstimateMemoryRequest) -> pb.EstimateMemoryResponse:
-        source, params = source_from_pb(request), params_from_pb(request)
+    async def _estimate(self, request: pb.EstimateMemoryRequest) -> pb.EstimateMemoryResponse:
+        source, params = await source_from_pb(request, self.models), params_from_pb(request)
         key = (source.key, params.key())
         cached = self._responses.get(key)
         if cached is not None:
@@ -188,12 +192,13 @@ class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
     async def EstimateMemory(
         self, request: pb.EstimateMemoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.EstimateMemoryResponse:
-        return self._estimate(request)
+        return await self._estimate(request)
 
     async def GetModelEstimate(
         self, request: pb.GetModelEstimateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelEstimateResponse:
-        estimate, hit = self.estimator.estimate(config_from_dir(request.model_id), EstimateParams())
+        source = await self.models.source(request.model_id)
+        estimate, hit = self.estimator.estimate(source, EstimateParams())
         return pb.GetModelEstimateResponse(estimate=estimate_to_pb(estimate, hit))
 
     async def BatchEstimate(
@@ -207,7 +212,7 @@ class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
         estimates = response.estimates
         for i, item in enumerate(request.requests):
             try:
-                estimates.append(self._estimate(item))
+                estimates.append(await self._estimate(item))
             except HeliosError as exc:
                 # Same class (same status), with the item's index in front of the field.
                 raise type(exc)(f"requests[{i}].{exc.message}") from None
@@ -217,7 +222,7 @@ class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
         self, request: pb.GetGpuRecommendationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetGpuRecommendationsResponse:
         params = _placement_params(request)
-        sources = [(config_from_dir(model_id), params) for model_id in request.model_ids]
+        sources = [(await self.models.source(model_id), params) for model_id in request.model_ids]
         recs = self.estimator.recommend(sources)
         return pb.GetGpuRecommendationsResponse(
             recommendations=[recommendation_to_pb(r) for r in recs.items], reason=recs.reason
@@ -227,7 +232,7 @@ class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
         self, request: pb.GetGpuCompatibilityRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetGpuCompatibilityResponse:
         recs: Recommendations = self.estimator.compatibility(
-            config_from_dir(request.model_id), _placement_params(request)
+            await self.models.source(request.model_id), _placement_params(request)
         )
         fitting = {r.gpu for r in recs.items}
         return pb.GetGpuCompatibilityResponse(
@@ -253,7 +258,9 @@ class EstimatorServicer(estimator_pb2_grpc.EstimatorServiceServicer):
             raise InvalidArgumentError(
                 f"target_bytes: must be > 0 (or name a gpu), got {request.target_bytes}"
             )
-        suggestions = self.estimator.optimize(source_from_pb(request.request), params, target)
+        suggestions = self.estimator.optimize(
+            await source_from_pb(request.request, self.models), params, target
+        )
         return pb.OptimizeMemoryResponse(
             suggestions=[s.change for s in suggestions],
             details=[suggestion_to_pb(s) for s in suggestions],

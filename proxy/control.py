@@ -13,6 +13,14 @@ to its ``min_replicas`` where memory allows (preload) and unloads replicas idle 
 than ``idle_ttl_s`` down to ``min_replicas`` (0: scale to zero). Models outside the
 catalogue (loaded by a worker's own flags) are never unloaded for idleness: the proxy
 could not load them back.
+
+The registry (``--registry``, :mod:`proxy.registry`) is the source of truth for models:
+a request for a model the registry holds that is not in the catalogue joins it (no local
+path: the worker fetches the files through storaged; memory need from the estimator by
+registry id, else the manifest's total_bytes). Under memory pressure the registry's
+eviction candidates order the idle models (those it does not list, pinned ones, stay);
+with ``prefetch`` > 0, each reconcile preloads at most one of the registry's prefetch
+hints into memory that is free without evicting anything.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from proxy import metrics
 from proxy.estimate import MemoryEstimator, MemoryNeed
 from proxy.placement import NoFit, best_fit, eviction_plan
 from proxy.policies import RouteHint
+from proxy.registry import RegistryCatalogue
 from proxy.routing import ModelOnAgent, WorkerPool
 from runtime.errors import (
     DeadlineExceededError,
@@ -54,9 +63,10 @@ class ModelSpec:
     """A model the proxy may load on demand."""
 
     name: str
-    path: Path
+    path: Path | None  # None: a registry model (the worker fetches it through storaged)
     min_replicas: int = 0
     max_replicas: int = 1
+    total_bytes: int = 0  # a registry model's size (the memory fallback)
 
 
 def parse_model_spec(spec: str) -> ModelSpec:
@@ -89,8 +99,12 @@ class ControlPlane:
         idle_ttl_s: float = 0.0,
         load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
         drain_s: float = DEFAULT_DRAIN_S,
+        registry: RegistryCatalogue | None = None,
+        prefetch: int = 0,
     ) -> None:
         self.pool = pool
+        self.registry = registry
+        self.prefetch = prefetch  # hints asked for per reconcile; 0: no prefetching
         self._connections = connections
         self.catalogue: dict[str, ModelSpec] = {s.name: s for s in catalogue}
         self.estimator = estimator
@@ -135,7 +149,7 @@ class ControlPlane:
         try:
             return self.pool.pick(model, hint, exclude)
         except (UnavailableError, NotFoundError):
-            if model not in self.catalogue:
+            if model not in self.catalogue and await self._adopt(model) is None:
                 raise
         address = await self.ensure_loaded(model, deadline_s, exclude)
         try:
@@ -161,11 +175,37 @@ class ControlPlane:
                 f"model {model} was not ready within {limit:.1f}s; it is still loading"
             ) from None
 
-    async def memory_need(self, model: str) -> MemoryNeed:
+    async def _adopt(self, model: str) -> ModelSpec | None:
+        """The catalogue entry of ``model``, adding it when the registry holds it."""
         spec = self.catalogue.get(model)
+        if spec is not None or self.registry is None:
+            return spec
+        found = await self.registry.lookup(model)
+        if found is None:
+            return None
+        spec = self.catalogue.get(model)  # another request may have added it meanwhile
+        if spec is None:
+            spec = ModelSpec(model, None, total_bytes=found.total_bytes)
+            self.catalogue[model] = spec
+            logger.info(
+                "registry model joins the catalogue",
+                extra={"model": model, "version": found.version, "bytes": found.total_bytes},
+            )
+        return spec
+
+    async def spec(self, model: str) -> ModelSpec:
+        spec = await self._adopt(model)
         if spec is None:
             raise NotFoundError(f"The model `{model}` does not exist")
-        need = await self.estimator.need(model, spec.path)
+        return spec
+
+    def registry_model(self, model: str) -> bool:
+        """Whether ``model`` is one the registry holds (its usage is worth reporting)."""
+        return self.registry is not None and model in self.registry.models
+
+    async def memory_need(self, model: str) -> MemoryNeed:
+        spec = await self.spec(model)
+        need = await self.estimator.need(model, spec.path, spec.total_bytes)
         self._needs[model] = need
         return need
 
@@ -207,9 +247,8 @@ class ControlPlane:
         try:
             connection = self._connections[address]
             ready = False
-            async for state in connection.load_model(
-                spec.name, str(spec.path), self.load_timeout_s
-            ):
+            local_path = "" if spec.path is None else str(spec.path)
+            async for state in connection.load_model(spec.name, local_path, self.load_timeout_s):
                 if state == "ready":
                     ready = True
             if not ready:
@@ -250,16 +289,42 @@ class ControlPlane:
             result.append((name, size, self._last_used.get((address, name), 0.0)))
         return result
 
+    async def _registry_order(self, idle: Iterable[str]) -> dict[str, int] | None:
+        """Eviction ranks from the registry for the idle models it holds (those it
+        leaves out, e.g. pinned, are absent); None without a registry or when it fails."""
+        if self.registry is None:
+            return None
+        loaded = sorted({m for m in idle if m in self.registry.models})
+        if not loaded:
+            return None
+        try:
+            order = await self.registry.client.eviction_candidates(0, loaded)
+        except HeliosError as exc:
+            metrics.REGISTRY_CALLS.labels("eviction", "failed").inc()
+            logger.warning("registry eviction candidates failed", extra={"error": exc.message})
+            return None
+        metrics.REGISTRY_CALLS.labels("eviction", "ok").inc()
+        ranks = {name: i for i, name in enumerate(order)}
+        # Held by the registry but not a candidate: pinned, never evicted.
+        return {m: ranks.get(m, -1) for m in loaded}
+
     async def _evict_for(self, model: str, need_bytes: int, exclude: set[str]) -> bool:
         """Unload idle models from the one agent where that makes ``model`` fit with the
         fewest bytes evicted. False when no agent can be made to fit."""
         now = time.monotonic()
         best: tuple[int, str, list[str]] | None = None
-        for agent in self.pool.agents():
-            if not agent.routable or agent.address in exclude or model in agent.models:
-                continue
-            idle = self._idle_models(agent.address, now)
-            plan = eviction_plan(agent, need_bytes, idle)
+        candidates = [
+            a
+            for a in self.pool.agents()
+            if a.routable and a.address not in exclude and model not in a.models
+        ]
+        idle_by_agent = {a.address: self._idle_models(a.address, now) for a in candidates}
+        order = await self._registry_order(
+            name for idle in idle_by_agent.values() for name, _, _ in idle
+        )
+        for agent in candidates:
+            idle = idle_by_agent[agent.address]
+            plan = eviction_plan(agent, need_bytes, idle, order)
             if not plan:
                 continue
             sizes = {name: size for name, size, _ in idle}
@@ -290,8 +355,10 @@ class ControlPlane:
     # -- warm pools -------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        """One pass of warm-pool upkeep: preload to min_replicas, unload idle replicas."""
+        """One pass of warm-pool upkeep: preload to min_replicas, unload idle replicas,
+        prefetch what the registry predicts."""
         async with self._lock:
+            await self._prefetch()
             now = time.monotonic()
             for spec in list(self.catalogue.values()):
                 holders = [a for a in self.pool.holders(spec.name) if a.healthy]
@@ -326,17 +393,49 @@ class ControlPlane:
                             extra={"model": name, "worker": agent.address, "error": exc.message},
                         )
 
+    async def _prefetch(self) -> None:
+        """Load the first registry hint that is loaded nowhere and fits in free memory
+        as it is (never evicting for a guess). At most one load per pass."""
+        if self.registry is None or self.prefetch <= 0:
+            return
+        try:
+            hints = await self.registry.client.prefetch_hints(self.prefetch)
+        except HeliosError as exc:
+            metrics.REGISTRY_CALLS.labels("prefetch", "failed").inc()
+            logger.warning("registry prefetch hints failed", extra={"error": exc.message})
+            return
+        metrics.REGISTRY_CALLS.labels("prefetch", "ok").inc()
+        for model, _ in hints[: self.prefetch]:
+            if self.pool.holders(model) or self.loading(model):
+                continue
+            try:
+                if await self._adopt(model) is None:
+                    continue
+                need = await self.memory_need(model)
+            except HeliosError as exc:
+                logger.info("prefetch skipped", extra={"model": model, "reason": exc.message})
+                continue
+            choice = best_fit(self.pool.agents(), model, need.bytes)
+            if isinstance(choice, NoFit):
+                continue
+            try:
+                await self._load_on(choice.address, self.catalogue[model], need)
+            except HeliosError as exc:
+                logger.info("prefetch failed", extra={"model": model, "reason": exc.message})
+                return
+            metrics.PREFETCHES.labels(model).inc()
+            logger.info("prefetched model", extra={"model": model, "worker": choice.address})
+            return
+
     # -- admin ------------------------------------------------------------------
 
     async def preload(self, model: str, replicas: int) -> list[str]:
         """Load ``model`` until ``replicas`` agents hold it; the memory is checked
         before any load (UNAVAILABLE with the reason when it cannot fit)."""
-        if model not in self.catalogue:
-            raise NotFoundError(f"The model `{model}` does not exist")
         if replicas < 0:
             raise InvalidArgumentError("replicas: must be >= 0")
+        spec = await self.spec(model)
         replicas = replicas or 1
-        spec = self.catalogue[model]
         need = await self.memory_need(model)
         async with self._lock:
             holders = {a.address for a in self.pool.holders(model)}
@@ -359,8 +458,7 @@ class ControlPlane:
 
     async def scale(self, model: str, replicas: int, max_replicas: int = 0) -> list[str]:
         """Keep ``replicas`` warm (0: scale to zero now), loading or unloading to get there."""
-        if model not in self.catalogue:
-            raise NotFoundError(f"The model `{model}` does not exist")
+        await self.spec(model)
         if replicas < 0 or max_replicas < 0:
             raise InvalidArgumentError("replicas, max_replicas: must be >= 0")
         if max_replicas and max_replicas < replicas:

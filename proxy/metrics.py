@@ -92,3 +92,18 @@ CIRCUIT_OPEN = Gauge(
     ["worker"],
 )
 READY_REPLICAS = Gauge("helios_proxy_ready_replicas", "READY replicas of each model.", ["model"])
+REGISTRY_CALLS = Counter(
+    "helios_proxy_registry_calls_total",
+    "Calls to the registry by kind (list, resolve, usage, prefetch, eviction) and outcome"
+    " (ok, failed). Failures are logged; requests never wait on usage reports.",
+    ["kind", "outcome"],
+)
+USAGE_DROPPED = Counter(
+    "helios_proxy_usage_dropped_total",
+    "Usage records dropped because the registry stayed unreachable and the pending batch was full.",
+)
+PREFETCHES = Counter(
+    "helios_proxy_prefetches_total",
+    "Models preloaded from the registry's prefetch hints into free memory.",
+    ["model"],
+)

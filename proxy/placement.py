@@ -7,7 +7,7 @@ to loads in flight. A model is never placed where it does not fit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from proxy.routing import CacheLevel, WorkerView
@@ -73,17 +73,26 @@ def eviction_plan(
     agent: WorkerView,
     need_bytes: int,
     idle_models: Sequence[tuple[str, int, float]],
+    order: Mapping[str, int] | None = None,
 ) -> list[str] | None:
-    """Which idle models to unload from ``agent`` (least recently used first) so that
-    ``need_bytes`` fits; None when even evicting all of them is not enough.
-    ``idle_models`` holds (model, bytes charged, last used) for evictable models."""
+    """Which idle models to unload from ``agent`` so that ``need_bytes`` fits; None when
+    even evicting all of them is not enough. ``idle_models`` holds (model, bytes charged,
+    last used) for evictable models. ``order`` (the registry's eviction candidates) ranks
+    models first to evict first; a rank < 0 means never evict (pinned); models it does
+    not name go after the ranked ones. Ties, and everything without ``order``: least
+    recently used first."""
     free = agent.placeable_free
     if need_bytes <= free:
         return []
     if need_bytes > agent.memory_total:
         return None
+    ranks = order or {}
+    evictable = [m for m in idle_models if ranks.get(m[0], 0) >= 0]
+    unranked = len(ranks) + 1
     plan: list[str] = []
-    for model, size, _ in sorted(idle_models, key=lambda m: m[2]):
+    for model, size, _ in sorted(
+        evictable, key=lambda m: (ranks.get(m[0], unranked) if ranks else 0, m[2])
+    ):
         plan.append(model)
         free += size
         if need_bytes <= free:

@@ -24,6 +24,8 @@ from proxy.discovery import StaticDiscovery
 from proxy.estimate import MemoryEstimator
 from proxy.limits import Admission, ApiKeys, KeyLimits, load_key_file, parse_key_spec
 from proxy.policies import POLICIES, policy_by_name
+from proxy.registry import DEFAULT_USAGE_INTERVAL_S, RegistryCatalogue, UsageReporter
+from proxy.registry_client import GrpcRegistryClient
 from proxy.routing import WorkerPool
 from proxy.service import CompletionRouter
 from proxy.servicer import DEFAULT_SESSION_HEADER, InferenceServicer
@@ -77,6 +79,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_default("proxy", "estimator", ""),
         metavar="HOST:PORT",
         help="the estimator service; without it memory needs are the weights' bytes",
+    )
+    parser.add_argument(
+        "--registry",
+        default=env_default("proxy", "registry", ""),
+        metavar="HOST:PORT",
+        help="the registry service: /v1/models lists what it holds, a request for any of"
+        " its models cold-starts it (the worker fetches it through storaged), usage is"
+        " reported to it, and its eviction candidates order evictions (env"
+        " HELIOS_PROXY_REGISTRY)",
+    )
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=int(env_default("proxy", "prefetch", "0")),
+        metavar="N",
+        help="ask the registry for N prefetch hints each warm-pool pass and preload the"
+        " first that fits in free memory (needs --registry); 0 turns prefetching off",
+    )
+    parser.add_argument(
+        "--usage-interval",
+        type=float,
+        default=float(env_default("proxy", "usage_interval", str(DEFAULT_USAGE_INTERVAL_S))),
+        help="seconds between usage reports to the registry (batched, in the background)",
     )
     parser.add_argument(
         "--routing-policy",
@@ -179,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ConfigError("heartbeat_interval", "must be > 0")
     if args.idle_ttl < 0 or args.load_timeout <= 0 or args.drain_timeout < 0:
         raise ConfigError("idle_ttl", "idle/drain must be >= 0 and load_timeout > 0")
+    if args.prefetch < 0 or args.usage_interval <= 0:
+        raise ConfigError("prefetch", "prefetch must be >= 0 and usage_interval > 0")
+    if args.prefetch and not args.registry:
+        raise ConfigError("prefetch", "needs --registry (the hints come from it)")
     if args.max_retries < 0 or args.max_queued_per_model < 0 or args.breaker_failures < 1:
         raise ConfigError("max_retries", "retries/queue must be >= 0, breaker failures >= 1")
     catalogue = _catalogue(args.model)
@@ -186,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     async def build() -> tuple[Register, Cleanup]:
         router = build_router(args, catalogue, keys)
+        if router.control.registry is not None:
+            await router.control.registry.refresh()
         await router.refresh()  # serve a correct model list from the first request
         router.start()
         servicer = InferenceServicer(router, session_header=args.session_header.lower())
@@ -212,6 +243,13 @@ def build_router(
         breaker_reset_s=args.breaker_reset,
     )
     estimator = MemoryEstimator(GrpcEstimatorClient(args.estimator) if args.estimator else None)
+    registry_client = GrpcRegistryClient(args.registry) if args.registry else None
+    registry = RegistryCatalogue(registry_client) if registry_client is not None else None
+    usage = (
+        UsageReporter(registry_client, interval_s=args.usage_interval)
+        if registry_client is not None
+        else None
+    )
     router = CompletionRouter(
         pool,
         GrpcWorkerConnection,
@@ -220,6 +258,7 @@ def build_router(
         api_keys=ApiKeys(keys),
         admission=Admission(args.max_queued_per_model),
         max_retries=args.max_retries,
+        usage=usage,
     )
     router.control = ControlPlane(
         pool,
@@ -230,6 +269,8 @@ def build_router(
         idle_ttl_s=args.idle_ttl,
         load_timeout_s=args.load_timeout,
         drain_s=args.drain_timeout,
+        registry=registry,
+        prefetch=args.prefetch,
     )
     return router
 

@@ -27,6 +27,7 @@ from proxy.discovery import DiscoverySource
 from proxy.limits import Admission, ApiKeys, ShedError
 from proxy.openai import Job
 from proxy.policies import RouteHint
+from proxy.registry import UsageReporter
 from proxy.routing import AgentState, CircuitState, ModelOnAgent, WorkerPool
 from runtime.errors import HeliosError, UnavailableError
 
@@ -112,6 +113,7 @@ class CompletionRouter:
         admission: Admission | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
+        usage: UsageReporter | None = None,
     ) -> None:
         self.pool = pool
         self._connect = connect
@@ -130,6 +132,7 @@ class CompletionRouter:
         self.admission = admission or Admission(0)
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s
+        self.usage = usage  # finished requests go to the registry, batched in the background
 
     async def discover(self) -> None:
         """Add the agents discovery lists now; drop those it no longer lists."""
@@ -214,12 +217,19 @@ class CompletionRouter:
 
     def start(self) -> None:
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+        if self.usage is not None:
+            self.usage.start()
 
     async def stop(self) -> None:
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat_task
+        if self.usage is not None:
+            await self.usage.stop()
+        registry = self.control.registry
+        if registry is not None:
+            await registry.client.close()
         await asyncio.gather(*(c.close() for c in self.connections.values()))
 
     async def stream(
@@ -268,9 +278,12 @@ class CompletionRouter:
                                 if step.finish_reason is not None:
                                     outcome = "finished"
                                     _record_finished(job.model, step, first_token_at)
-                                    self.api_keys.charge(
-                                        key, step.prompt_tokens + step.completion_tokens
-                                    )
+                                    tokens = step.prompt_tokens + step.completion_tokens
+                                    self.api_keys.charge(key, tokens)
+                                    if self.usage is not None and self.control.registry_model(
+                                        job.model
+                                    ):
+                                        self.usage.record(job.model, tokens)
                                 if step.text or step.finish_reason is not None:
                                     sent = True
                                 yield step

@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 from helios.v1 import inference_pb2 as pb
 from helios.v1 import inference_pb2_grpc
 
+from proxy.estimate import MemoryNeed
 from proxy.limits import ShedError
 from proxy.openai import CommonParams, Job, chat_job, completion_job
 from proxy.policies import RouteHint
@@ -261,13 +262,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> pb.ListModelsResponse:
         control = self._router.control
         models = self._router.pool.models()
+        held = await control.registry.refresh() if control.registry is not None else {}
         now = time.time()
-        names = sorted({*models, *control.catalogue})
+        names = sorted({*models, *control.catalogue, *held})
         data = []
         for name in names:
             ready, first_seen = models.get(name, (0, now))
             need, warm = control.model_profile(name)
             spec = control.catalogue.get(name)
+            if need is None and name in held:  # not estimated yet: the registry's size
+                need = MemoryNeed(held[name].total_bytes, "manifest")
             data.append(
                 pb.Model(
                     id=name,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
-from pathlib import Path
 
 import grpc
 from helios.v1 import estimator_pb2, estimator_pb2_grpc, worker_pb2_grpc
@@ -169,10 +168,10 @@ class GrpcEstimatorClient:
         self._stub = estimator_pb2_grpc.EstimatorServiceStub(self._channel)
         self._deadline_s = deadline_s
 
-    async def estimate(self, path: Path) -> int:
+    async def estimate(self, model_id: str) -> int:
         try:
             response = await self._stub.EstimateMemory(
-                estimator_pb2.EstimateMemoryRequest(model_id=str(path), batch_size=1),
+                estimator_pb2.EstimateMemoryRequest(model_id=model_id, batch_size=1),
                 timeout=self._deadline_s,
             )
         except grpc.aio.AioRpcError as error:

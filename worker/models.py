@@ -119,10 +119,12 @@ class ModelManager:
         size = await asyncio.to_thread(_weights_size, path)
         async with self._lock:
             current = self._slots.get(name)
-            if current is not None and current.state in (
-                ModelLifecycle.READY,
-                ModelLifecycle.LOADING,
-            ):
+            if current is not None and current.state is ModelLifecycle.READY:
+                # Idempotent: a second LoadModel (a retrying or racing control plane)
+                # finds the model serving and says so.
+                yield LoadProgress(name, ModelLifecycle.READY, 1.0, "already loaded")
+                return
+            if current is not None and current.state is ModelLifecycle.LOADING:
                 raise FailedPreconditionError(f"model {name} is already {current.state.value}")
             free = self.capacity_bytes - self.used_bytes
             if size > free:
@@ -158,6 +160,9 @@ class ModelManager:
         if not name:
             raise InvalidArgumentError("model: must not be empty")
         current = self._slots.get(name)
+        if current is not None and current.state is ModelLifecycle.READY:
+            yield LoadProgress(name, ModelLifecycle.READY, 1.0, "already loaded")
+            return
         if current is not None and current.state is not ModelLifecycle.FAILED:
             raise FailedPreconditionError(f"model {name} is already {current.state.value}")
         local_dir = ""

@@ -15,6 +15,7 @@ from google.protobuf.struct_pb2 import Struct
 from helios.v1 import estimator_pb2 as pb
 from helios.v1 import estimator_pb2_grpc
 
+from estimator.models import ModelResolver
 from estimator.servicer import EstimatorServicer
 from runtime.config import ServerSettings
 from runtime.server import RunningServer, start_server
@@ -35,8 +36,9 @@ def struct(config: dict[str, Any]) -> Struct:
 
 
 @pytest_asyncio.fixture
-async def stub() -> AsyncIterator[Stub]:
-    servicer = EstimatorServicer()
+async def stub(tmp_path: Path) -> AsyncIterator[Stub]:
+    # Model directories may be named only under the configured roots: tmp_path here.
+    servicer = EstimatorServicer(models=ModelResolver(roots=[tmp_path]))
 
     def register(server: grpc.aio.Server) -> list[str]:
         estimator_pb2_grpc.add_EstimatorServiceServicer_to_server(servicer, server)

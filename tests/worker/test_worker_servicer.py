@@ -259,3 +259,16 @@ async def test_prefill_and_decode_need_an_engine_that_can_move_kv(
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Prefill(pb.PrefillRequest())
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_load_of_a_ready_model_is_idempotent(
+    stub: worker_pb2_grpc.WorkerServiceStub, model_dir: Path
+) -> None:
+    steps = [
+        r
+        async for r in stub.LoadModel(
+            pb.LoadModelRequest(model="fake-model", local_path=str(model_dir))
+        )
+    ]
+    assert [s.state for s in steps] == [pb.MODEL_STATE_READY]
+    assert steps[0].message == "already loaded"

@@ -187,12 +187,18 @@ async def test_streaming_abort_and_stats(mesh: Mesh) -> None:
     call = mesh.worker.Generate(gen("long", 1500, prompt=PROMPTS[2]))
     seen = 0
     busy: list[pb.LoadedModel] = []
+    # vLLM's scheduler stats reach the heartbeat a little after each step: keep the
+    # request streaming until a heartbeat has shown it running with KV in use.
     async for response in call:
         seen += 1
         assert response.finish_reason == pb.FINISH_REASON_UNSPECIFIED
-        if seen in (5, 20):
+        if seen % 5 == 0:
             busy.append(await heartbeat_model(mesh))
-        if seen >= 30:
+            if any(m.running_requests == 1 for m in busy) and any(
+                m.kv_cache_usage > 0 for m in busy
+            ):
+                break
+        if seen >= 1000:
             break
     call.cancel()  # the client goes away: the worker must abort the request in vLLM
     assert any(m.running_requests == 1 for m in busy), busy
@@ -206,8 +212,8 @@ async def test_streaming_abort_and_stats(mesh: Mesh) -> None:
             break
         assert time.monotonic() < deadline, after
         await asyncio.sleep(0.2)
-    # Far fewer than 1500 tokens were made: the engine stopped when the client left.
-    assert after.generated_tokens_total - before.generated_tokens_total < 500
+    # Fewer than the 1500 tokens asked for: the engine stopped when the client left.
+    assert after.generated_tokens_total - before.generated_tokens_total < 1400
     # Prefix caching: the same long prompt twice hits vLLM's prefix cache.
     long_prompt = "Everyone, everywhere, needs water, food, shelter and hope. " * 12
     for i in range(2):

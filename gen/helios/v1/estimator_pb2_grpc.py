@@ -27,8 +27,8 @@ if _version_not_supported:
 
 class EstimatorServiceStub:
     """EstimatorService computes how much GPU memory a model needs, so that the proxy never
-    places a model on a GPU that cannot hold it. A request names a model (a local HF-layout
-    directory until the registry resolves model ids) or carries its config.json inline.
+    places a model on a GPU that cannot hold it. A request names a model (a registry model id, or
+    an HF-layout directory under the estimator's --model-root) or carries its config.json.
     Estimates are cached with a TTL, keyed on the config's content and every parameter.
     """
 
@@ -72,8 +72,8 @@ class EstimatorServiceStub:
 
 class EstimatorServiceServicer:
     """EstimatorService computes how much GPU memory a model needs, so that the proxy never
-    places a model on a GPU that cannot hold it. A request names a model (a local HF-layout
-    directory until the registry resolves model ids) or carries its config.json inline.
+    places a model on a GPU that cannot hold it. A request names a model (a registry model id, or
+    an HF-layout directory under the estimator's --model-root) or carries its config.json.
     Estimates are cached with a TTL, keyed on the config's content and every parameter.
     """
 
@@ -162,8 +162,8 @@ def add_EstimatorServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class EstimatorService:
     """EstimatorService computes how much GPU memory a model needs, so that the proxy never
-    places a model on a GPU that cannot hold it. A request names a model (a local HF-layout
-    directory until the registry resolves model ids) or carries its config.json inline.
+    places a model on a GPU that cannot hold it. A request names a model (a registry model id, or
+    an HF-layout directory under the estimator's --model-root) or carries its config.json.
     Estimates are cached with a TTL, keyed on the config's content and every parameter.
     """
 
