@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from helios.v1 import inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
+from helios.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
 
 from cli.envoy import (
     EnvoyProcess,
@@ -130,8 +137,9 @@ class Mesh:
                 )
 
     async def _import_models(self) -> None:
-        """Record the served models in the registry (content-addressed: a re-run is a
-        no-op). Best effort: serving does not depend on it."""
+        """Import the models into the registry (content-addressed: a re-run is a no-op),
+        so that they are served the way every model is: registry -> storaged -> worker.
+        A model whose import fails is served from its directory instead."""
         async with create_channel(self.registry.address) as channel:  # mTLS under --tls
             stub = registry_pb2_grpc.RegistryServiceStub(channel)
             for name, path in self.options.models:
@@ -141,12 +149,43 @@ class Mesh:
                         registry_pb2.ImportModelRequest(source=str(path), model_id=model_id)
                     ):
                         if step.HasField("version"):
-                            self.imported[name] = f"{model_id}@{step.version.version}"
+                            self.imported[name] = model_id
+                            logger.info(
+                                "model in the registry",
+                                extra={"model": model_id, "version": step.version.version},
+                            )
                 except grpc.aio.AioRpcError as error:
                     logger.warning(
                         "could not import the model into the registry",
                         extra={"model": name, "error": error.details()},
                     )
+
+    @property
+    def _local_models(self) -> list[tuple[str, Path]]:
+        """Models served straight from their directory (not in the registry)."""
+        return [(name, path) for name, path in self.options.models if name not in self.imported]
+
+    @property
+    def served_models(self) -> list[str]:
+        """The model ids clients use: the registry id when the model went through it."""
+        return [self.imported.get(name, name) for name, _ in self.options.models]
+
+    async def _warm_registry_models(self) -> None:
+        """Ask the proxy to keep one replica of each registry model warm; it places it
+        (memory-aware) and the worker fetches it through storaged."""
+        assert self.proxy is not None
+        async with create_channel(self.proxy.address) as channel:
+            admin = admin_pb2_grpc.AdminServiceStub(channel)
+            for model_id in self.imported.values():
+                try:
+                    await admin.ScaleModel(
+                        admin_pb2.ScaleModelRequest(model_id=model_id, replicas=1),
+                        timeout=MODEL_READY_TIMEOUT,
+                    )
+                except grpc.aio.AioRpcError as error:
+                    raise ServiceStartError(
+                        f"could not load {model_id}: {error.code().name}: {error.details()}"
+                    ) from error
 
     async def start(self) -> None:
         started = time.monotonic()
@@ -171,11 +210,15 @@ class Mesh:
             self.estimator.args += ["--registry", self.registry.address]
         self.storaged = self._service("storaged", storaged_args, essential=False)
         await self._start_all([self.estimator, self.storaged])
+        if importing is not None:
+            await importing
+        if not self.storaged.ready:
+            self.imported.clear()  # nothing can fetch them: serve from the directories
 
         worker_args = ["--engine", options.engine]
         if self.storaged.ready:
             worker_args += ["--storaged", self.storaged.address]
-        for name, path in options.models:
+        for name, path in self._local_models:
             worker_args += ["--model", f"{name}={path}"]
         self.workers = [
             self._service(
@@ -190,7 +233,7 @@ class Mesh:
         proxy_args = [arg for w in self.workers for arg in ("--worker", w.address)]
         # The catalogue the proxy may cold-start and scale (min 1 replica: the models
         # `helios up` serves stay warm).
-        for name, path in options.models:
+        for name, path in self._local_models:
             proxy_args += ["--model", f"{name}={path},min=1"]
         if self.estimator.ready:
             proxy_args += ["--estimator", self.estimator.address]
@@ -198,8 +241,7 @@ class Mesh:
             proxy_args += ["--registry", self.registry.address]
         self.proxy = self._service("proxy", proxy_args)
         await self._start_all([self.proxy])
-        if importing is not None:
-            await importing
+        await self._warm_registry_models()
 
         descriptor = build_descriptor_set(self.options.state_dir / "helios.pb")
         upstream = {
@@ -208,7 +250,7 @@ class Mesh:
             if s.ready
         }
         proxy_upstream = upstream["proxy"]
-        from helios.v1 import admin_pb2, estimator_pb2, storage_pb2, worker_pb2
+        from helios.v1 import estimator_pb2, storage_pb2, worker_pb2
 
         routes = {
             _grpc_name(inference_pb2, "InferenceService"): proxy_upstream,
@@ -244,7 +286,7 @@ class Mesh:
     async def _wait_for_models(self) -> None:
         """Until every configured model has a ready replica, as seen through Envoy."""
         assert self.envoy is not None
-        wanted = {name for name, _ in self.options.models}
+        wanted = set(self.served_models)
         deadline = time.monotonic() + MODEL_READY_TIMEOUT
         async with grpc.aio.insecure_channel(
             f"{self.options.host}:{self.envoy.listen_port}"
@@ -269,7 +311,7 @@ class Mesh:
             "rest_url": f"http://{host}:{self.envoy.listen_port}/v1",
             "grpc_address": f"{host}:{self.envoy.listen_port}",
             "envoy_admin_port": self.envoy.admin_port,
-            "models": [name for name, _ in self.options.models],
+            "models": self.served_models,
             "services": {
                 s.name: {
                     "grpc_port": s.ready.get("grpc_port"),

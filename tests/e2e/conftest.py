@@ -56,7 +56,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             pytest.fail(f"helios up did not come up:\n{output.read_text(errors='replace')}")
         time.sleep(0.1)
     info = json.loads(ready.read_text())
-    mesh = Mesh(info, process, output, root / "home" / "models" / info["models"][0])
+    mesh = Mesh(info, process, output, model_dir)
     try:
         yield mesh
     finally:
