@@ -107,3 +107,34 @@ PREFETCHES = Counter(
     "Models preloaded from the registry's prefetch hints into free memory.",
     ["model"],
 )
+DISAGGREGATED_REQUESTS = Counter(
+    "helios_proxy_disaggregated_requests_total",
+    "Requests served by a prefill pool and a decode pool (Prefill on one worker, Decode on"
+    " another) rather than by one worker.",
+    ["model"],
+)
+PREFILL_SECONDS = Histogram(
+    "helios_proxy_prefill_seconds",
+    "Duration of a disaggregated request's Prefill call (prompt KV cache and first token).",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+KV_HANDOFF_SECONDS = Histogram(
+    "helios_proxy_kv_handoff_seconds",
+    "From a Decode call to its first step: the KV-cache transfer from the prefill worker"
+    " plus one decode step.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+DECODE_SECONDS = Histogram(
+    "helios_proxy_decode_seconds",
+    "Duration of a disaggregated request's Decode stream, from the call to its last step.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+DECODE_RETRIES = Counter(
+    "helios_proxy_decode_retries_total",
+    "Decodes that failed before their first token and were run again (Prefill again,"
+    " since a KV cache can be fetched once, then Decode on another decode worker).",
+    ["model"],
+)

@@ -6,6 +6,11 @@ declares it (the GPU's own figure where a worker has one, otherwise its configur
 capacity: that is the figure placement uses), and a per-agent circuit breaker fed by
 request outcomes. Which READY replica serves a request is a pluggable policy
 (:mod:`proxy.policies`); where a cold model goes is :mod:`proxy.placement`.
+
+Every agent also has a role from its heartbeat (disaggregated serving): ``both`` agents
+serve whole generations and are the only ones :meth:`WorkerPool.pick` returns;
+``prefill`` and ``decode`` agents form a model's prefill and decode pools, which
+:meth:`WorkerPool.pick_disaggregated` pairs up (see :mod:`proxy.disagg`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ class AgentState(enum.StrEnum):
     READY = "ready"
     DRAINING = "draining"
     DEGRADED = "degraded"
+
+
+class WorkerRole(enum.StrEnum):
+    """Which phases of a generation an agent serves (its ``--role``)."""
+
+    BOTH = "both"  # Generate (and Prefill/Decode): a whole generation on one agent
+    PREFILL = "prefill"  # Prefill and TransferKVCache only
+    DECODE = "decode"  # Decode only
 
 
 class CacheLevel(enum.StrEnum):
@@ -121,6 +134,7 @@ class WorkerView:
     address: str
     worker_id: str = ""
     state: AgentState = AgentState.IDLE
+    role: WorkerRole = WorkerRole.BOTH
     models: dict[str, ModelOnAgent] = field(default_factory=dict)
     healthy: bool = False
     outstanding: int = 0
@@ -152,6 +166,10 @@ class WorkerView:
     def placeable_free(self) -> int:
         """Free memory for a new model: the declared free figure less reservations."""
         return self.memory_free - self.reserved
+
+
+def _least_outstanding(candidates: Sequence[WorkerView]) -> WorkerView:
+    return min(candidates, key=lambda w: (w.outstanding, w.address))
 
 
 class WorkerPool:
@@ -207,6 +225,7 @@ class WorkerPool:
         memory_free: int = 0,
         memory_source: str = "",
         queue_depth: int = 0,
+        role: WorkerRole | None = None,
         now: float | None = None,
     ) -> None:
         """A heartbeat answered. ``models`` (full detail) wins over the name lists."""
@@ -230,6 +249,8 @@ class WorkerPool:
         worker.memory_free = memory_free
         worker.memory_source = memory_source
         worker.queue_depth = queue_depth
+        if role is not None:
+            worker.role = role
         worker.consecutive_failures = 0
         worker.last_heartbeat = now
 
@@ -274,13 +295,19 @@ class WorkerPool:
         if worker is not None:
             worker.models.pop(model, None)
 
-    def candidates(self, model: str, exclude: Iterable[str] = ()) -> list[WorkerView]:
-        """Agents that can serve ``model`` now."""
+    def candidates(
+        self, model: str, exclude: Iterable[str] = (), role: WorkerRole | None = None
+    ) -> list[WorkerView]:
+        """Agents that have ``model`` READY and take requests now; of ``role`` only,
+        when given (None: any role)."""
         skip = set(exclude)
         return [
             w
             for w in self._workers.values()
-            if w.routable and model in w.ready_models and w.address not in skip
+            if w.routable
+            and model in w.ready_models
+            and w.address not in skip
+            and (role is None or w.role is role)
         ]
 
     def holders(self, model: str) -> list[WorkerView]:
@@ -292,13 +319,30 @@ class WorkerPool:
         ]
 
     def pick(self, model: str, hint: RouteHint | None = None, exclude: Iterable[str] = ()) -> str:
-        """The address of the agent that should serve ``model`` now."""
-        candidates = self.candidates(model, exclude)
+        """The address of the ``both`` agent that should serve ``model`` whole now
+        (prefill-only and decode-only agents refuse Generate)."""
+        candidates = self.candidates(model, exclude, WorkerRole.BOTH)
         if not candidates:
             if any(model in w.known_models for w in self._workers.values()):
                 raise UnavailableError(f"model {model} has no healthy ready replica right now")
             raise NotFoundError(f"The model `{model}` does not exist")
         return self.policy.choose(candidates, hint or RouteHint()).address
+
+    def pick_disaggregated(self, model: str, exclude: Iterable[str] = ()) -> tuple[str, str] | None:
+        """(prefill agent, decode agent) for ``model`` when it is READY in both a
+        prefill pool and a decode pool, else None (one agent serves it whole). Each is
+        the least outstanding of its pool: prefill and decode load differ too much for
+        one pool's cache affinity to say anything about the other's."""
+        prefill = self.candidates(model, exclude, WorkerRole.PREFILL)
+        decode = self.candidates(model, exclude, WorkerRole.DECODE)
+        if not prefill or not decode:
+            return None
+        return _least_outstanding(prefill).address, _least_outstanding(decode).address
+
+    def pick_role(self, model: str, role: WorkerRole, exclude: Iterable[str] = ()) -> str | None:
+        """The least outstanding agent of ``role`` with ``model`` READY, or None."""
+        candidates = self.candidates(model, exclude, role)
+        return _least_outstanding(candidates).address if candidates else None
 
     @contextmanager
     def lease(self, address: str) -> Iterator[None]:

@@ -8,6 +8,10 @@ another replica (or a fresh load elsewhere), with exponential backoff, up to
 ``max_retries`` times; after the first token a failure ends the request (an error event
 for REST, UNAVAILABLE for gRPC) and the agent is marked unhealthy so the next request
 goes elsewhere. The remaining deadline travels to the worker with every call.
+
+Disaggregated serving: when the model is READY in a prefill pool and a decode pool,
+Prefill runs on one worker and Decode on another (:mod:`proxy.disagg`, which also says
+how its failures are retried); otherwise one worker serves the whole generation.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from typing import Protocol
 
 from proxy import metrics
 from proxy.control import ControlPlane
+from proxy.disagg import DisaggregatedRun, DisaggregationFailed, PrefillResult
 from proxy.discovery import DiscoverySource
 from proxy.limits import Admission, ApiKeys, ShedError
 from proxy.openai import Job
 from proxy.policies import RouteHint
 from proxy.registry import UsageReporter
-from proxy.routing import AgentState, CircuitState, ModelOnAgent, WorkerPool
+from proxy.routing import AgentState, CircuitState, ModelOnAgent, WorkerPool, WorkerRole
 from runtime.errors import HeliosError, UnavailableError
 
 logger = logging.getLogger(__name__)
@@ -61,12 +66,28 @@ class WorkerStatus:
     memory_free: int = 0
     memory_source: str = ""
     queue_depth: int = 0
+    role: WorkerRole = WorkerRole.BOTH
 
 
 class WorkerConnection(Protocol):
     """How the proxy talks to one worker."""
 
     def generate(self, job: Job, deadline_s: float | None) -> AsyncGenerator[Step, None]: ...
+
+    async def prefill(self, job: Job, deadline_s: float | None) -> PrefillResult:
+        """The prompt's first step and where its KV cache is parked."""
+        ...
+
+    def decode(
+        self,
+        job: Job,
+        kv_handle: str,
+        prefill_worker: str,
+        first_token_id: int,
+        deadline_s: float | None,
+    ) -> AsyncGenerator[Step, None]:
+        """The steps after the first, continuing from a parked KV cache."""
+        ...
 
     async def heartbeat(self, deadline_s: float) -> WorkerStatus: ...
 
@@ -192,6 +213,7 @@ class CompletionRouter:
             memory_free=status.memory_free,
             memory_source=status.memory_source,
             queue_depth=status.queue_depth,
+            role=status.role,
         )
 
     def _export_metrics(self) -> None:
@@ -258,51 +280,66 @@ class CompletionRouter:
         try:
             while True:
                 remaining = None if deadline_at is None else deadline_at - time.monotonic()
-                address = await self.control.replica(job.model, remaining, request.hint, tried)
+                pair = self.pool.pick_disaggregated(job.model, tried)
+                run: DisaggregatedRun | None = None
+                if pair is not None:
+                    address = pair[1]  # the decode worker, which streams the rest
+                    run = DisaggregatedRun(
+                        self.pool,
+                        self.connections,
+                        self.control.active,
+                        job,
+                        deadline_at,
+                        pair[0],
+                        pair[1],
+                        max_retries=self.max_retries,
+                        retry_backoff_s=self.retry_backoff_s,
+                    )
+                else:
+                    address = await self.control.replica(job.model, remaining, request.hint, tried)
                 if attempt == 0:
                     metrics.QUEUE_TIME.labels(job.model).observe(time.monotonic() - arrived)
                 sent = False
                 first_token_at: float | None = None
-                connection = self.connections[address]
-                remaining = None if deadline_at is None else deadline_at - time.monotonic()
                 try:
-                    with self.pool.lease(address), self.control.active(address, job.model):
-                        steps = connection.generate(job, remaining)
-                        async with aclosing(steps):
-                            async for step in steps:
-                                if first_token_at is None and step.completion_tokens > 0:
-                                    first_token_at = time.monotonic()
-                                    metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(
-                                        first_token_at - arrived
-                                    )
-                                if step.finish_reason is not None:
-                                    outcome = "finished"
-                                    _record_finished(job.model, step, first_token_at)
-                                    tokens = step.prompt_tokens + step.completion_tokens
-                                    self.api_keys.charge(key, tokens)
-                                    if self.usage is not None and self.control.registry_model(
-                                        job.model
-                                    ):
-                                        self.usage.record(job.model, tokens)
-                                if step.text or step.finish_reason is not None:
-                                    sent = True
-                                yield step
-                    self.pool.record_request_success(address)
+                    async with self._steps(job, address, run, deadline_at) as steps:
+                        async for step in steps:
+                            if first_token_at is None and step.completion_tokens > 0:
+                                first_token_at = time.monotonic()
+                                metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(
+                                    first_token_at - arrived
+                                )
+                            if step.finish_reason is not None:
+                                outcome = "finished"
+                                _record_finished(job.model, step, first_token_at)
+                                tokens = step.prompt_tokens + step.completion_tokens
+                                self.api_keys.charge(key, tokens)
+                                if self.usage is not None and self.control.registry_model(
+                                    job.model
+                                ):
+                                    self.usage.record(job.model, tokens)
+                            if step.text or step.finish_reason is not None:
+                                sent = True
+                            yield step
                     return
                 except UnavailableError as exc:
-                    # The worker itself failed (not the request): stop routing to it
-                    # until a heartbeat says it is back.
-                    self.pool.record_request_failure(address)
+                    if isinstance(exc, DisaggregationFailed):
+                        failed = set(exc.exclude)  # the run marked them in the pool
+                    else:
+                        # The worker itself failed (not the request): stop routing to
+                        # it until a heartbeat says it is back.
+                        self.pool.record_request_failure(address)
+                        failed = {address}
                     if sent or attempt >= self.max_retries:
                         raise
                     attempt += 1
-                    tried.add(address)
+                    tried |= failed
                     metrics.RETRIES.labels(job.model).inc()
                     logger.warning(
                         "worker failed before the first token; retrying elsewhere",
                         extra={
                             "request_id": job.request_id,
-                            "worker": address,
+                            "worker": ",".join(sorted(failed)),
                             "attempt": attempt,
                             "error": exc.message,
                         },
@@ -317,6 +354,22 @@ class CompletionRouter:
         finally:
             self.admission.leave(job.model)
             metrics.REQUESTS.labels(job.model, outcome).inc()
+
+    @contextlib.asynccontextmanager
+    async def _steps(
+        self, job: Job, address: str, run: DisaggregatedRun | None, deadline_at: float | None
+    ) -> AsyncIterator[AsyncGenerator[Step, None]]:
+        """One attempt's steps, closed (its calls cancelled) when the attempt ends: a
+        disaggregated run, or Generate on ``address`` under its lease."""
+        if run is not None:
+            async with aclosing(run.steps()) as steps:
+                yield steps
+            return
+        remaining = None if deadline_at is None else deadline_at - time.monotonic()
+        with self.pool.lease(address), self.control.active(address, job.model):
+            async with aclosing(self.connections[address].generate(job, remaining)) as steps:
+                yield steps
+        self.pool.record_request_success(address)
 
     async def complete(
         self, job: Job, deadline_s: float | None, request: RequestContext | None = None

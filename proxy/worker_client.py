@@ -8,8 +8,9 @@ import grpc
 from helios.v1 import estimator_pb2, estimator_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
 
+from proxy.disagg import PrefillResult
 from proxy.openai import Job
-from proxy.routing import AgentState, ModelOnAgent
+from proxy.routing import AgentState, ModelOnAgent, WorkerRole
 from proxy.service import Step, WorkerStatus
 from runtime.channels import create_channel
 from runtime.errors import HeliosError, UnavailableError, error_from_status
@@ -27,6 +28,12 @@ _AGENT_STATES = {
     pb.WORKER_STATE_READY: AgentState.READY,
     pb.WORKER_STATE_DRAINING: AgentState.DRAINING,
     pb.WORKER_STATE_DEGRADED: AgentState.DEGRADED,
+}
+
+_ROLES = {
+    pb.WORKER_ROLE_BOTH: WorkerRole.BOTH,
+    pb.WORKER_ROLE_PREFILL: WorkerRole.PREFILL,
+    pb.WORKER_ROLE_DECODE: WorkerRole.DECODE,
 }
 
 _FINISH_REASONS = {
@@ -68,6 +75,17 @@ def _relay_error(address: str, error: grpc.aio.AioRpcError) -> HeliosError:
     return error_from_status(code, error.details() or code.name)
 
 
+def _step(response: pb.GenerateResponse, address: str) -> Step:
+    if response.finish_reason == pb.FINISH_REASON_ABORT:
+        raise UnavailableError(f"worker {address} aborted the generation")
+    return Step(
+        text=response.text,
+        prompt_tokens=response.prompt_tokens,
+        completion_tokens=response.completion_tokens,
+        finish_reason=_FINISH_REASONS.get(response.finish_reason),
+    )
+
+
 class GrpcWorkerConnection:
     """Talks to one worker's WorkerService."""
 
@@ -80,19 +98,54 @@ class GrpcWorkerConnection:
         call = self._stub.Generate(job_to_pb(job), timeout=deadline_s)
         try:
             async for response in call:
-                if response.finish_reason == pb.FINISH_REASON_ABORT:
-                    raise UnavailableError(f"worker {self.address} aborted the generation")
-                yield Step(
-                    text=response.text,
-                    prompt_tokens=response.prompt_tokens,
-                    completion_tokens=response.completion_tokens,
-                    finish_reason=_FINISH_REASONS.get(response.finish_reason),
-                )
+                yield _step(response, self.address)
         except grpc.aio.AioRpcError as error:
             raise _relay_error(self.address, error) from error
         finally:
             # Closed early (client gone, error): cancel the RPC so the worker stops.
             call.cancel()
+
+    async def prefill(self, job: Job, deadline_s: float | None) -> PrefillResult:
+        try:
+            response = await self._stub.Prefill(
+                pb.PrefillRequest(request=job_to_pb(job)), timeout=deadline_s
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _relay_error(self.address, error) from error
+        first = _step(response.first, self.address)
+        return PrefillResult(
+            first=first,
+            first_token_id=response.first.token_ids[0] if response.first.token_ids else None,
+            kv_handle=response.kv_cache_handle,
+            # A worker without --advertise-address leaves it empty: it is then reached
+            # where the proxy reaches it.
+            prefill_worker=response.prefill_worker or self.address,
+        )
+
+    async def decode(
+        self,
+        job: Job,
+        kv_handle: str,
+        prefill_worker: str,
+        first_token_id: int,
+        deadline_s: float | None,
+    ) -> AsyncGenerator[Step, None]:
+        call = self._stub.Decode(
+            pb.DecodeRequest(
+                request=job_to_pb(job),
+                kv_cache_handle=kv_handle,
+                prefill_worker=prefill_worker,
+                first_token_id=first_token_id,
+            ),
+            timeout=deadline_s,
+        )
+        try:
+            async for response in call:
+                yield _step(response.step, self.address)
+        except grpc.aio.AioRpcError as error:
+            raise _relay_error(self.address, error) from error
+        finally:
+            call.cancel()  # closed early: the decode worker aborts its engine request
 
     async def heartbeat(self, deadline_s: float) -> WorkerStatus:
         try:
@@ -125,6 +178,7 @@ class GrpcWorkerConnection:
             memory_free=response.memory_free_bytes,
             memory_source=response.memory_source or "configured",
             queue_depth=response.queue_depth,
+            role=_ROLES.get(response.role, WorkerRole.BOTH),
         )
 
     async def load_model(

@@ -17,7 +17,7 @@ from runtime.server import Cleanup, Register, run
 from worker.engine.base import EngineClient
 from worker.engine.vllm_engine import VllmConfig
 from worker.models import EngineFactory, ModelManager
-from worker.servicer import WorkerServicer
+from worker.servicer import ROLES, WorkerServicer
 from worker.storage_client import StorageClient
 
 logger = logging.getLogger(__name__)
@@ -190,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="storaged address: LoadModel without local_path fetches through EnsureModel",
     )
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default=env_default("worker", "role", "both"),
+        help="disaggregated serving: prefill serves Prefill and TransferKVCache only,"
+        " decode serves Decode only, both (default) serves every generation RPC",
+    )
     add_engine_arguments(parser)
     return parser
 
@@ -202,6 +209,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ConfigError("memory_capacity_bytes", "must be > 0")
     if args.max_concurrency < 1:
         raise ConfigError("max_concurrency", "must be >= 1")
+    if args.role not in ROLES:
+        raise ConfigError("role", f"must be one of {', '.join(ROLES)}")
+    if args.engine == "vllm" and args.role != "both":
+        # vLLM on this machine cannot export its KV cache (Prefill answers
+        # FAILED_PRECONDITION): a vLLM worker in a pool would serve nothing.
+        raise ConfigError("role", "the vllm engine serves combined generation only: use both")
 
     vllm_config = vllm_config_from_args(args)
     if args.engine == "vllm":
@@ -221,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             worker_id=args.worker_id,
             advertise_address=args.advertise_address,
             storage=StorageClient(args.storaged) if args.storaged else None,
+            role=args.role,
         )
 
         def register(server: grpc.aio.Server) -> list[str]:

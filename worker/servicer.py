@@ -45,6 +45,21 @@ _MODEL_STATES = {
 
 DEFAULT_DRAIN_SECONDS = 30.0
 
+ROLES = ("both", "prefill", "decode")
+_ROLE_PB = {
+    "both": pb.WORKER_ROLE_BOTH,
+    "prefill": pb.WORKER_ROLE_PREFILL,
+    "decode": pb.WORKER_ROLE_DECODE,
+}
+# Which generation RPCs each role serves. A prefill worker makes KV caches and hands them
+# out; a decode worker only continues them; ``both`` does everything. The control plane
+# (LoadModel, UnloadModel, Heartbeat) is served whatever the role.
+_ROLE_RPCS = {
+    "both": frozenset({"Generate", "Prefill", "Decode", "TransferKVCache"}),
+    "prefill": frozenset({"Prefill", "TransferKVCache"}),
+    "decode": frozenset({"Decode"}),
+}
+
 
 def generation_request_from_pb(request: pb.GenerateRequest) -> GenerationRequest:
     """The domain request for a GenerateRequest; structural checks only (the engine
@@ -101,16 +116,29 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         advertise_address: str = "",
         kv_fetcher: KVFetcher | None = None,
         storage: StorageClient | None = None,
+        role: str = "both",
     ) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        self._role = role
         self._models = models
         self._worker_id = worker_id
         self._advertise_address = advertise_address
         self._kv_fetcher = kv_fetcher or KVFetcher()
         self._storage = storage
 
+    def _serves(self, rpc: str) -> None:
+        """Refuse ``rpc`` when this worker's role does not serve it."""
+        if rpc not in _ROLE_RPCS[self._role]:
+            served = ", ".join(sorted(_ROLE_RPCS[self._role]))
+            raise FailedPreconditionError(
+                f"{rpc}: this worker has role {self._role} and serves {served} only"
+            )
+
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
+        self._serves("Generate")
         generation = generation_request_from_pb(request)
         async with self._models.acquire(request.model, generation.request_id) as engine:
             # aclosing: when the client goes away this generator is cancelled, and the
@@ -123,6 +151,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def Prefill(
         self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext
     ) -> pb.PrefillResponse:
+        self._serves("Prefill")
         generation = generation_request_from_pb(request.request)
         async with self._models.acquire(request.request.model, generation.request_id) as engine:
             result = await engine.prefill(generation)
@@ -135,6 +164,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def Decode(
         self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.DecodeResponse]:
+        self._serves("Decode")
         generation = generation_request_from_pb(request.request)
         if not request.kv_cache_handle:
             raise InvalidArgumentError("kv_cache_handle: must not be empty")
@@ -154,6 +184,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def TransferKVCache(
         self, request: pb.TransferKVCacheRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TransferKVCacheResponse]:
+        self._serves("TransferKVCache")
         if not request.kv_cache_handle:
             raise InvalidArgumentError("kv_cache_handle: must not be empty")
         engine = self._models.engine(request.model)
@@ -235,4 +266,5 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             memory_free_bytes=memory.free_bytes,
             memory_source=memory.source,
             queue_depth=sum(s.stats.waiting_requests for s in statuses),
+            role=_ROLE_PB[self._role],
         )

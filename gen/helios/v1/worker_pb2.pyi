@@ -31,6 +31,13 @@ class WorkerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WORKER_STATE_READY: _ClassVar[WorkerState]
     WORKER_STATE_DRAINING: _ClassVar[WorkerState]
     WORKER_STATE_DEGRADED: _ClassVar[WorkerState]
+
+class WorkerRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WORKER_ROLE_UNSPECIFIED: _ClassVar[WorkerRole]
+    WORKER_ROLE_BOTH: _ClassVar[WorkerRole]
+    WORKER_ROLE_PREFILL: _ClassVar[WorkerRole]
+    WORKER_ROLE_DECODE: _ClassVar[WorkerRole]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -47,6 +54,10 @@ WORKER_STATE_LOADING: WorkerState
 WORKER_STATE_READY: WorkerState
 WORKER_STATE_DRAINING: WorkerState
 WORKER_STATE_DEGRADED: WorkerState
+WORKER_ROLE_UNSPECIFIED: WorkerRole
+WORKER_ROLE_BOTH: WorkerRole
+WORKER_ROLE_PREFILL: WorkerRole
+WORKER_ROLE_DECODE: WorkerRole
 
 class PromptMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -229,7 +240,7 @@ class LoadedModel(_message.Message):
     def __init__(self, model: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., engine: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_hit_rate: _Optional[float] = ..., generated_tokens_total: _Optional[int] = ..., aborted_requests_total: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("worker_id", "state", "models", "memory_total_bytes", "memory_free_bytes", "queue_depth", "memory_source")
+    __slots__ = ("worker_id", "state", "models", "memory_total_bytes", "memory_free_bytes", "queue_depth", "memory_source", "role")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +248,7 @@ class HeartbeatResponse(_message.Message):
     MEMORY_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     MEMORY_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     state: WorkerState
     models: _containers.RepeatedCompositeFieldContainer[LoadedModel]
@@ -244,4 +256,5 @@ class HeartbeatResponse(_message.Message):
     memory_free_bytes: int
     queue_depth: int
     memory_source: str
-    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., memory_source: _Optional[str] = ...) -> None: ...
+    role: WorkerRole
+    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., memory_source: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ...) -> None: ...
