@@ -21,6 +21,14 @@ registry id, else the manifest's total_bytes). Under memory pressure the registr
 eviction candidates order the idle models (those it does not list, pinned ones, stay);
 with ``prefetch`` > 0, each reconcile preloads at most one of the registry's prefetch
 hints into memory that is free without evicting anything.
+
+Pool scaling (``scaler``, a :class:`PoolScaler`; on Kubernetes ``proxy.k8s.DeploymentPools``):
+a model whose workers come in a pool of their own (a Deployment per model and role) is
+not loaded onto shared agents: a request for it while no replica is READY asks the
+scaler to bring the pool up (0 -> 1; nothing if it is already up and starting) and waits
+(single flight, at most ``load_timeout_s``) until discovery lists a replica and its
+heartbeat says READY; when every replica has been idle longer than ``idle_ttl_s`` (and
+the catalogue asks for no warm replica) the pool is scaled to zero.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from proxy import metrics
 from proxy.estimate import MemoryEstimator, MemoryNeed
@@ -56,6 +64,22 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LOAD_TIMEOUT_S = 300.0
 DEFAULT_DRAIN_S = 30.0
+
+
+class PoolScaler(Protocol):
+    """Scales the worker pools of models that have pools of their own."""
+
+    def manages(self, model: str) -> bool:
+        """Whether ``model`` has a pool this scaler can scale."""
+        ...
+
+    async def scale_up(self, model: str) -> None:
+        """Make sure the pool is meant to have at least one replica (0 -> 1)."""
+        ...
+
+    async def scale_down(self, model: str) -> None:
+        """Scale the pool to zero replicas."""
+        ...
 
 
 @dataclass
@@ -85,6 +109,14 @@ def parse_model_spec(spec: str) -> ModelSpec:
     return result
 
 
+def _log_pool_up(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        logger.warning("model pool scale-up failed", extra={"error": str(exc)})
+
+
 class ControlPlane:
     """Loads, unloads and places models on the agents of a :class:`WorkerPool`."""
 
@@ -101,8 +133,14 @@ class ControlPlane:
         drain_s: float = DEFAULT_DRAIN_S,
         registry: RegistryCatalogue | None = None,
         prefetch: int = 0,
+        scaler: PoolScaler | None = None,
+        pool_poll_s: float = 0.05,
     ) -> None:
         self.pool = pool
+        self.scaler = scaler
+        self.pool_poll_s = pool_poll_s
+        self._pools_up: dict[str, asyncio.Task[None]] = {}
+        self._pools_down: set[str] = set()  # scaled to zero, replicas not yet gone
         self.registry = registry
         self.prefetch = prefetch  # hints asked for per reconcile; 0: no prefetching
         self._connections = connections
@@ -149,6 +187,12 @@ class ControlPlane:
         try:
             return self.pool.pick(model, hint, exclude)
         except (UnavailableError, NotFoundError):
+            if self.scaler is not None and self.scaler.manages(model):
+                await self.ensure_pool(model, deadline_s)
+                try:
+                    return self.pool.pick(model, hint, exclude)
+                except HeliosError:
+                    return self.pool.pick(model, hint)
             if model not in self.catalogue and await self._adopt(model) is None:
                 raise
         address = await self.ensure_loaded(model, deadline_s, exclude)
@@ -174,6 +218,85 @@ class ControlPlane:
             raise DeadlineExceededError(
                 f"model {model} was not ready within {limit:.1f}s; it is still loading"
             ) from None
+
+    async def ensure_pool(self, model: str, deadline_s: float | None) -> None:
+        """Wait (at most the deadline) until ``model``'s own pool has a READY replica,
+        scaling it up first (one scale-up in flight per model)."""
+        task = self._pools_up.get(model)
+        if task is None or task.done():
+            metrics.COLD_STARTS.labels(model).inc()
+            task = asyncio.create_task(self._pool_up(model), name=f"scale up {model}")
+            # Waiters may all have given up: the outcome is still retrieved (and logged).
+            task.add_done_callback(_log_pool_up)
+            self._pools_up[model] = task
+        limit = self.load_timeout_s if deadline_s is None else min(deadline_s, self.load_timeout_s)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=limit)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"model {model}'s pool had no ready replica within {limit:.1f}s;"
+                " it is still scaling up"
+            ) from None
+
+    async def _pool_up(self, model: str) -> None:
+        assert self.scaler is not None
+        started = time.monotonic()
+        self._pools_down.discard(model)
+        logger.info("scaling up model pool", extra={"model": model})
+        await self.scaler.scale_up(model)
+        try:
+            async with asyncio.timeout(self.load_timeout_s):
+                # Discovery and heartbeats update the pool; there is no event to await.
+                while not self.pool.candidates(model):  # noqa: ASYNC110
+                    await asyncio.sleep(self.pool_poll_s)
+        except TimeoutError:
+            raise UnavailableError(
+                f"model {model}'s pool had no ready replica {self.load_timeout_s:.0f}s"
+                " after scaling up"
+            ) from None
+        seconds = time.monotonic() - started
+        metrics.COLD_START_SECONDS.labels(model).observe(seconds)
+        logger.info("model pool ready", extra={"model": model, "seconds": round(seconds, 3)})
+
+    async def _scale_idle_pools(self, now: float) -> None:
+        """Scale to zero the pools whose every replica is READY and idle past the TTL."""
+        if self.scaler is None:
+            return
+        by_model: dict[str, list[str]] = {}
+        for agent in self.pool.agents():
+            for name in agent.models:
+                if self.scaler.manages(name):
+                    by_model.setdefault(name, []).append(agent.address)
+        self._pools_down &= set(by_model)  # its replicas are gone: it may scale down again
+        for name, addresses in by_model.items():
+            spec = self.catalogue.get(name)
+            if name in self._pools_down or self.loading(name) or (spec and spec.min_replicas):
+                continue
+            task = self._pools_up.get(name)
+            if task is not None and not task.done():
+                continue
+            idle = True
+            for address in addresses:
+                state = self.pool.view(address).models[name].state
+                last = self._last_used.setdefault((address, name), now)
+                busy = self._active.get((address, name), 0)
+                if state != "ready" or busy or now - last < self.idle_ttl_s:
+                    idle = False
+            if not idle:
+                continue
+            try:
+                await self.scaler.scale_down(name)
+            except HeliosError as exc:
+                logger.warning(
+                    "idle pool scale-down failed", extra={"model": name, "error": exc.message}
+                )
+                continue
+            self._pools_down.add(name)
+            metrics.MODEL_UNLOADS.labels(name, "idle_ttl").inc()
+            logger.info(
+                "scaled idle model pool to zero",
+                extra={"model": name, "replicas": len(addresses)},
+            )
 
     async def _adopt(self, model: str) -> ModelSpec | None:
         """The catalogue entry of ``model``, adding it when the registry holds it."""
@@ -282,6 +405,8 @@ class ControlPlane:
         for name, model in agent.models.items():
             if model.state != "ready" or self._active.get((address, name), 0):
                 continue
+            if self.scaler is not None and self.scaler.manages(name):
+                continue  # a pool of its own: its replicas are not shared room
             spec = self.catalogue.get(name)
             if spec is not None and len(self.pool.holders(name)) <= spec.min_replicas:
                 continue
@@ -361,6 +486,8 @@ class ControlPlane:
             await self._prefetch()
             now = time.monotonic()
             for spec in list(self.catalogue.values()):
+                if self.scaler is not None and self.scaler.manages(spec.name):
+                    continue  # its pool's size is its Deployment's
                 holders = [a for a in self.pool.holders(spec.name) if a.healthy]
                 if len(holders) < spec.min_replicas and not self.loading(spec.name):
                     try:
@@ -372,6 +499,7 @@ class ControlPlane:
                         )
             if self.idle_ttl_s <= 0:
                 return
+            await self._scale_idle_pools(now)
             for agent in self.pool.agents():
                 if not agent.healthy:
                     continue
@@ -382,8 +510,13 @@ class ControlPlane:
                     if now - last < self.idle_ttl_s:
                         continue
                     entry = self.catalogue.get(name)
-                    # Only models the proxy can load back scale to zero.
-                    if entry is None or len(self.pool.holders(name)) <= entry.min_replicas:
+                    # Only models the proxy can load back scale to zero; pools of
+                    # their own scale as a whole (above).
+                    if (
+                        entry is None
+                        or len(self.pool.holders(name)) <= entry.min_replicas
+                        or (self.scaler is not None and self.scaler.manages(name))
+                    ):
                         continue
                     try:
                         await self.unload(agent.address, name, reason="idle_ttl")

@@ -8,7 +8,8 @@ resourceVersion; ``410 Gone`` (the version was compacted away) relists and diffs
 (``added`` / ``removed`` of a ready :class:`WorkerEndpoint`) from :meth:`changes`, an async
 iterator, so the proxy's worker pool applies them as they come.
 
-Scaling: :class:`DeploymentScaler` reads and patches ``deployments/{name}/scale``.
+Scaling: :class:`DeploymentScaler` reads and patches ``deployments/{name}/scale``;
+:class:`DeploymentPools` scales a model's pools with it (the proxy's control plane).
 
 The model and role of a worker come from the labels the Service (and so its
 EndpointSlices) carries: ``helios.ai/model`` and ``helios.ai/role`` (deploy/worker-template).
@@ -20,16 +21,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
+import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from runtime.errors import FailedPreconditionError, UnavailableError
 
 __all__ = [
     "MODEL_LABEL",
     "ROLE_LABEL",
+    "DeploymentPools",
     "DeploymentScaler",
     "EndpointSliceWatcher",
     "MembershipChange",
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 MODEL_LABEL = "helios.ai/model"
 ROLE_LABEL = "helios.ai/role"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -254,3 +261,49 @@ class DeploymentScaler:
             extra={"deployment": deployment, "replicas": replicas},
         )
         return int(scale.spec.replicas or 0)
+
+
+class DeploymentPools:
+    """A model's worker pools as Deployments (``proxy.control.PoolScaler``).
+
+    Naming rule: a model's pools are the Deployments named like the worker Services its
+    EndpointSlices come from (label ``kubernetes.io/service-name``): deploy/worker-template
+    names both ``helios-worker`` plus the overlay's ``nameSuffix`` (``helios-worker-tiny``,
+    ``helios-worker-llama-8b-prefill``, ...). ``pools`` maps a model to those names (seen
+    endpoints, plus ``--k8s-pool MODEL=DEPLOYMENT`` for pools that start at zero); a
+    disaggregated model has two (prefill and decode), scaled together.
+    """
+
+    def __init__(self, scaler: DeploymentScaler, pools: Callable[[str], set[str]]) -> None:
+        self.scaler = scaler
+        self._pools = pools
+
+    def manages(self, model: str) -> bool:
+        return bool(self._pools(model))
+
+    async def scale_up(self, model: str) -> None:
+        for deployment in sorted(self._pools(model)):
+            desired, _ = await self._call(deployment, self.scaler.replicas(deployment))
+            if desired == 0:
+                await self._call(deployment, self.scaler.scale(deployment, 1))
+
+    async def scale_down(self, model: str) -> None:
+        for deployment in sorted(self._pools(model)):
+            await self._call(deployment, self.scaler.scale(deployment, 0))
+
+    async def _call(self, deployment: str, call: Awaitable[_T]) -> _T:
+        try:
+            return await call
+        except ApiException as exc:
+            if exc.status == 404:
+                raise FailedPreconditionError(
+                    f"worker Deployment {deployment} does not exist in namespace"
+                    f" {self.scaler.namespace}"
+                ) from None
+            raise UnavailableError(
+                f"scaling Deployment {deployment} failed: {exc.status} {exc.reason}"
+            ) from None
+        except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+            raise UnavailableError(
+                f"scaling Deployment {deployment} failed: the Kubernetes API is unreachable ({exc})"
+            ) from None

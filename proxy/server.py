@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from helios.v1 import (
 )
 
 from proxy.admin import AdminServicer
-from proxy.control import ControlPlane, ModelSpec, parse_model_spec
-from proxy.discovery import StaticDiscovery
+from proxy.control import ControlPlane, ModelSpec, PoolScaler, parse_model_spec
+from proxy.discovery import DiscoverySource, KubernetesDiscovery, StaticDiscovery
 from proxy.estimate import MemoryEstimator
 from proxy.limits import Admission, ApiKeys, KeyLimits, load_key_file, parse_key_spec
 from proxy.policies import POLICIES, policy_by_name
@@ -32,6 +33,10 @@ from proxy.servicer import DEFAULT_SESSION_HEADER, InferenceServicer
 from proxy.worker_client import GrpcEstimatorClient, GrpcWorkerConnection
 from runtime.config import ConfigError, add_server_arguments, env_default, settings_from_args
 from runtime.server import Cleanup, Register, run
+
+# Where a pod finds its own namespace (the service account's mount).
+POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+DISCOVERY_MODES = ("static", "kubernetes")
 
 INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
 ADMIN = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
@@ -57,7 +62,52 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=workers.split(",") if workers else [],
         metavar="HOST:PORT",
-        help="a worker's gRPC address (repeatable; env HELIOS_PROXY_WORKERS, comma-separated)",
+        help="a worker's gRPC address (repeatable; env HELIOS_PROXY_WORKERS, comma-separated);"
+        " static discovery only",
+    )
+    parser.add_argument(
+        "--discovery",
+        default=env_default("proxy", "discovery", "static"),
+        choices=DISCOVERY_MODES,
+        help="where the workers come from: the --worker list, or the EndpointSlices of the"
+        " worker Services in --k8s-namespace (env HELIOS_PROXY_DISCOVERY); with"
+        " kubernetes, a model's pool (its Deployment) scales to zero when idle and back"
+        " on demand",
+    )
+    parser.add_argument(
+        "--k8s-namespace",
+        default=env_default("proxy", "k8s_namespace", ""),
+        help="the workers' namespace (env HELIOS_PROXY_K8S_NAMESPACE); default: the pod's"
+        " own, else 'default'",
+    )
+    parser.add_argument(
+        "--k8s-worker-selector",
+        default=env_default("proxy", "k8s_worker_selector", "app.kubernetes.io/component=worker"),
+        help="label selector of the worker Services' EndpointSlices"
+        " (env HELIOS_PROXY_K8S_WORKER_SELECTOR)",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        default=env_default("proxy", "kubeconfig", ""),
+        help="a kubeconfig file, when not running in a pod (default: $KUBECONFIG, then"
+        " ~/.kube/config); in a pod the service account is used",
+    )
+    pools = env_default("proxy", "k8s_pools")
+    parser.add_argument(
+        "--k8s-pool",
+        action="append",
+        default=pools.split(",") if pools else [],
+        metavar="MODEL=DEPLOYMENT",
+        help="the Deployment running MODEL's workers, for pools that may be at zero when"
+        " the proxy starts (repeatable; env HELIOS_PROXY_K8S_POOLS, comma-separated);"
+        " pools whose endpoints the proxy has seen are known anyway (the Deployment is"
+        " named like its worker Service)",
+    )
+    parser.add_argument(
+        "--k8s-resync",
+        type=float,
+        default=float(env_default("proxy", "k8s_resync", "300")),
+        help="seconds between full relists of the EndpointSlices (the watch resumes between)",
     )
     parser.add_argument(
         "--heartbeat-interval",
@@ -198,8 +248,7 @@ def _keys(args: argparse.Namespace) -> list[KeyLimits]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args, "proxy")
-    if not args.worker:
-        raise ConfigError("worker", "at least one worker address is required")
+    check_discovery(args)
     if args.heartbeat_interval <= 0:
         raise ConfigError("heartbeat_interval", "must be > 0")
     if args.idle_ttl < 0 or args.load_timeout <= 0 or args.drain_timeout < 0:
@@ -214,29 +263,116 @@ def main(argv: Sequence[str] | None = None) -> None:
     keys = _keys(args)
 
     async def build() -> tuple[Register, Cleanup]:
-        router = build_router(args, catalogue, keys)
-        if router.control.registry is not None:
-            await router.control.registry.refresh()
-        await router.refresh()  # serve a correct model list from the first request
-        router.start()
-        servicer = InferenceServicer(router, session_header=args.session_header.lower())
-        admin = AdminServicer(router.control)
-
-        def register(server: grpc.aio.Server) -> list[str]:
-            inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
-            admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
-            return [INFERENCE.full_name, ADMIN.full_name]
-
-        return register, router.stop
+        return await build_service(args, catalogue, keys)
 
     run(settings, build, reflection_extra=MESH_SERVICES)
 
 
-def build_router(
+def check_discovery(args: argparse.Namespace) -> None:
+    """The discovery flags make sense together (ConfigError otherwise)."""
+    workers = [w for w in args.worker if w]
+    if args.discovery == "static" and not workers:
+        raise ConfigError("worker", "at least one worker address is required")
+    if args.discovery == "kubernetes":
+        if workers:
+            raise ConfigError("worker", "--worker is for static discovery, not kubernetes")
+        if args.k8s_resync <= 0:
+            raise ConfigError("k8s_resync", "must be > 0")
+        try:
+            parse_pools(args.k8s_pool)
+        except ValueError as exc:
+            raise ConfigError("k8s_pool", str(exc)) from None
+
+
+def parse_pools(specs: Sequence[str]) -> dict[str, set[str]]:
+    """``MODEL=DEPLOYMENT`` specs -> model -> Deployment names."""
+    pools: dict[str, set[str]] = {}
+    for spec in filter(None, specs):
+        model, sep, deployment = spec.partition("=")
+        if not sep or not model or not deployment:
+            raise ValueError(f"expected MODEL=DEPLOYMENT, got {spec!r}")
+        pools.setdefault(model, set()).add(deployment)
+    return pools
+
+
+def k8s_namespace(args: argparse.Namespace) -> str:
+    if args.k8s_namespace:
+        return str(args.k8s_namespace)
+    try:
+        return POD_NAMESPACE_FILE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+async def build_service(
     args: argparse.Namespace, catalogue: Sequence[ModelSpec], keys: Sequence[KeyLimits]
+) -> tuple[Register, Cleanup]:
+    """Discovery, router, control plane and servicers from parsed flags, started (inside
+    the running loop): what ``main`` serves, and what tests serve in-process."""
+    check_discovery(args)
+    discovery: DiscoverySource
+    scaler: PoolScaler | None = None
+    closers: list[Cleanup] = []
+    if args.discovery == "kubernetes":
+        # Imported here: static mode needs no Kubernetes client.
+        from proxy.k8s import (
+            DeploymentPools,
+            DeploymentScaler,
+            EndpointSliceWatcher,
+            load_api_client,
+        )
+
+        api = await load_api_client(args.kubeconfig or os.environ.get("KUBECONFIG") or None)
+        closers.append(api.close)
+        namespace = k8s_namespace(args)
+        watcher = EndpointSliceWatcher(
+            api, namespace, args.k8s_worker_selector, resync_seconds=args.k8s_resync
+        )
+        kube = KubernetesDiscovery(watcher, pools=parse_pools(args.k8s_pool))
+        kube.start()
+        closers.insert(0, kube.close)
+        scaler = DeploymentPools(DeploymentScaler(api, namespace), kube.pools)
+        discovery = kube
+    else:
+        discovery = StaticDiscovery(args.worker)
+    router = build_router(args, catalogue, keys, discovery=discovery, scaler=scaler)
+    try:
+        if router.control.registry is not None:
+            await router.control.registry.refresh()
+        await router.refresh()  # serve a correct model list from the first request
+    except BaseException:
+        for close in closers:
+            await close()
+        raise
+    router.start()
+    servicer = InferenceServicer(router, session_header=args.session_header.lower())
+    admin = AdminServicer(router.control)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+        return [INFERENCE.full_name, ADMIN.full_name]
+
+    async def cleanup() -> None:
+        await router.stop()
+        for close in closers:
+            await close()
+
+    return register, cleanup
+
+
+def build_router(
+    args: argparse.Namespace,
+    catalogue: Sequence[ModelSpec],
+    keys: Sequence[KeyLimits],
+    *,
+    discovery: DiscoverySource | None = None,
+    scaler: PoolScaler | None = None,
 ) -> CompletionRouter:
-    """The router and its control plane from parsed flags."""
-    discovery = StaticDiscovery(args.worker)
+    """The router and its control plane from parsed flags (static discovery from
+    ``--worker`` unless ``discovery`` is given)."""
+    if discovery is None:
+        discovery = StaticDiscovery(args.worker)
     pool = WorkerPool(
         policy=policy_by_name(args.routing_policy),
         breaker_threshold=args.breaker_failures,
@@ -271,6 +407,7 @@ def build_router(
         drain_s=args.drain_timeout,
         registry=registry,
         prefetch=args.prefetch,
+        scaler=scaler,
     )
     return router
 

@@ -1,0 +1,157 @@
+"""The local mesh under mutual TLS: `helios up --tls` as a process.
+
+A chat completion through Envoy works (Envoy reaches the proxy, the proxy the workers,
+over mTLS); every service's own gRPC port refuses a plain-text client and a client whose
+certificate comes from another CA, and answers one presenting the mesh's client
+certificate (the certificates `helios up --tls` wrote to <state-dir>/certs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cli.certs import write_certs
+from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+UP_TIMEOUT = 240.0
+
+
+@dataclass
+class TlsMesh:
+    info: dict[str, Any]
+    certs: Path  # the mesh's CA and per-service certificates
+    root: Path
+
+    def service_ports(self) -> dict[str, int]:
+        return {name: int(s["grpc_port"]) for name, s in self.info["services"].items()}
+
+
+@pytest.fixture(scope="module")
+def tls_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsMesh]:
+    root = tmp_path_factory.mktemp("tls-mesh")
+    ready = root / "up.json"
+    output = root / "up.out"
+    state = root / "state"
+    env = {**os.environ, "HELIOS_HOME": str(root / "home"), "PYTHONUNBUFFERED": "1"}
+    model_dir = build_tiny_model(root / "home" / "models" / DEFAULT_MODEL_NAME)
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "up",
+                "--tls",
+                "--port",
+                "0",
+                "--ready-file",
+                str(ready),
+                "--state-dir",
+                str(state),
+                "--model",
+                f"{DEFAULT_MODEL_NAME}={model_dir}",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + UP_TIMEOUT
+        while not ready.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"helios up --tls did not come up:\n{output.read_text('utf-8', 'replace')}"
+                )
+            time.sleep(0.1)
+        info = json.loads(ready.read_text())
+        # cli/up.py: --tls writes `helios certs` output to <state-dir>/certs.
+        yield TlsMesh(info, state / "certs", root)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert code == 0, output.read_text(errors="replace")
+
+
+def _credentials(ca: Path, cert: Path, key: Path) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=key.read_bytes(),
+        certificate_chain=cert.read_bytes(),
+    )
+
+
+def _health(channel: grpc.Channel) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return int(stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status)
+
+
+def test_chat_completion_through_envoy_over_mtls(tls_mesh: TlsMesh) -> None:
+    assert (tls_mesh.certs / "ca.pem").is_file()
+    body = json.dumps(
+        {
+            "model": tls_mesh.info["models"][0],  # as the registry names it
+            "messages": [{"role": "user", "content": "Hello"}],
+            "max_tokens": 4,
+            "temperature": 0,
+        }
+    ).encode()
+    request = urllib.request.Request(
+        f"{tls_mesh.info['rest_url']}/chat/completions",
+        data=body,
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            reply = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        pytest.fail(f"HTTP {error.code}: {error.read().decode(errors='replace')}")
+    assert reply["choices"][0]["finish_reason"] in ("stop", "length")
+    assert reply["usage"]["completion_tokens"] >= 1
+
+
+def test_every_service_requires_a_mesh_client_certificate(tls_mesh: TlsMesh) -> None:
+    ports = tls_mesh.service_ports()
+    # The whole mesh: proxy, workers and the supporting services.
+    assert "proxy" in ports and any(name.startswith("worker") for name in ports)
+    assert len(ports) >= 4, ports
+    certs = tls_mesh.certs
+    mesh_client = _credentials(certs / "ca.pem", certs / "client.pem", certs / "client.key")
+    # Another CA's client certificate (the server's own certificate is trusted, so only
+    # the client's certificate can be why the server refuses).
+    other = write_certs(tls_mesh.root / "other-ca", ["client"])["client"]
+    foreign_client = _credentials(certs / "ca.pem", other.cert, other.key)
+    for name, port in ports.items():
+        target = f"127.0.0.1:{port}"
+        with grpc.insecure_channel(target) as channel:
+            with pytest.raises(grpc.RpcError) as plain:
+                _health(channel)
+            assert plain.value.code() == grpc.StatusCode.UNAVAILABLE, name
+        with grpc.secure_channel(target, foreign_client) as channel:
+            with pytest.raises(grpc.RpcError) as foreign:
+                _health(channel)
+            assert foreign.value.code() == grpc.StatusCode.UNAVAILABLE, name
+        with grpc.secure_channel(target, mesh_client) as channel:
+            assert _health(channel) == health_pb2.HealthCheckResponse.SERVING, name
