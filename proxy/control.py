@@ -337,7 +337,7 @@ class ControlPlane:
         need = await self.memory_need(model)
         tried = set(exclude)
         while True:
-            choice = best_fit(self.pool.agents(), model, need.bytes, exclude=tried)
+            choice = best_fit(self.pool.placeable_agents(), model, need.bytes, exclude=tried)
             if isinstance(choice, NoFit):
                 if await self._evict_for(model, need.bytes, tried):
                     continue
@@ -440,7 +440,7 @@ class ControlPlane:
         best: tuple[int, str, list[str]] | None = None
         candidates = [
             a
-            for a in self.pool.agents()
+            for a in self.pool.placeable_agents()
             if a.routable and a.address not in exclude and model not in a.models
         ]
         idle_by_agent = {a.address: self._idle_models(a.address, now) for a in candidates}
@@ -548,7 +548,7 @@ class ControlPlane:
             except HeliosError as exc:
                 logger.info("prefetch skipped", extra={"model": model, "reason": exc.message})
                 continue
-            choice = best_fit(self.pool.agents(), model, need.bytes)
+            choice = best_fit(self.pool.placeable_agents(), model, need.bytes)
             if isinstance(choice, NoFit):
                 continue
             try:
@@ -575,7 +575,7 @@ class ControlPlane:
             missing = replicas - len(holders)
             room = [
                 a
-                for a in self.pool.agents()
+                for a in self.pool.placeable_agents()
                 if a.routable and a.address not in holders and need.bytes <= a.placeable_free
             ]
             if missing > len(room):

@@ -197,6 +197,12 @@ class WorkerPool:
     def agents(self) -> list[WorkerView]:
         return list(self._workers.values())
 
+    def placeable_agents(self) -> list[WorkerView]:
+        """Agents a model may be loaded on for whole generations: role ``both``. Prefill
+        and decode pools are provisioned as pools (their own Deployments), never by the
+        proxy's cold-start placement, which would load a model where it cannot serve."""
+        return [w for w in self._workers.values() if w.role is WorkerRole.BOTH]
+
     def add(self, address: str) -> WorkerView:
         if address not in self._workers:
             self._workers[address] = WorkerView(

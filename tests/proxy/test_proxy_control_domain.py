@@ -162,3 +162,27 @@ def test_model_spec_flag() -> None:
     for bad in ("m", "=x", "m=/x,warm=1", "m=/x,min=a"):
         with pytest.raises(ValueError):
             parse_model_spec(bad)
+
+
+def test_cold_loads_are_placed_on_both_role_workers_only() -> None:
+    """A prefill or decode worker could not serve a whole generation of the model."""
+    from proxy.placement import NoFit, best_fit
+    from proxy.routing import WorkerPool, WorkerRole
+
+    pool = WorkerPool(["both:1", "prefill:1", "decode:1"])
+    for address, role in (
+        ("both:1", WorkerRole.BOTH),
+        ("prefill:1", WorkerRole.PREFILL),
+        ("decode:1", WorkerRole.DECODE),
+    ):
+        pool.record_heartbeat(
+            address,
+            worker_id=address,
+            healthy=True,
+            memory_total=1000,
+            memory_free=1000,
+            role=role,
+        )
+    assert [a.address for a in pool.placeable_agents()] == ["both:1"]
+    choice = best_fit(pool.placeable_agents(), "m", 500)
+    assert not isinstance(choice, NoFit) and choice.address == "both:1"
