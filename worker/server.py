@@ -149,6 +149,8 @@ def vllm_config_from_args(args: argparse.Namespace) -> VllmConfig:
         enable_prefix_caching=args.enable_prefix_caching,
         quantization=args.quantization,
         tensor_parallel_size=args.tensor_parallel_size,
+        kv_role=args.role if args.kv_shared_path else None,
+        kv_shared_path=args.kv_shared_path,
     )
 
 
@@ -197,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="disaggregated serving: prefill serves Prefill and TransferKVCache only,"
         " decode serves Decode only, both (default) serves every generation RPC",
     )
+    parser.add_argument(
+        "--kv-shared-path",
+        type=Path,
+        default=env_default("worker", "kv_shared_path", None),
+        help="vLLM prefill/decode: the directory (shared by the prefill and decode workers)"
+        " where vLLM's KV connector saves and loads prompt KV caches",
+    )
     add_engine_arguments(parser)
     return parser
 
@@ -211,10 +220,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ConfigError("max_concurrency", "must be >= 1")
     if args.role not in ROLES:
         raise ConfigError("role", f"must be one of {', '.join(ROLES)}")
-    if args.engine == "vllm" and args.role != "both":
-        # vLLM on this machine cannot export its KV cache (Prefill answers
-        # FAILED_PRECONDITION): a vLLM worker in a pool would serve nothing.
-        raise ConfigError("role", "the vllm engine serves combined generation only: use both")
+    if args.engine == "vllm" and args.role != "both" and not args.kv_shared_path:
+        # vLLM moves KV caches only through its connector's shared storage: a vLLM worker
+        # in a prefill or decode pool without it would serve nothing.
+        raise ConfigError("kv_shared_path", f"required for a vllm worker with --role {args.role}")
 
     vllm_config = vllm_config_from_args(args)
     if args.engine == "vllm":

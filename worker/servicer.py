@@ -173,8 +173,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         async with self._models.acquire(request.request.model, generation.request_id) as engine:
             if not engine.supports_disaggregation:
                 raise FailedPreconditionError(engine.disaggregation_unsupported_reason)
-            kv = await self._kv_fetcher.fetch(
-                request.prefill_worker, request.request.model, request.kv_cache_handle
+            kv = (
+                []
+                if engine.kv_via_connector
+                else await self._kv_fetcher.fetch(
+                    request.prefill_worker, request.request.model, request.kv_cache_handle
+                )
             )
             stream = engine.decode(generation, request.first_token_id, kv)
             async with aclosing(stream):

@@ -402,3 +402,77 @@ async def test_kv_connector_roles_are_enforced(pd_pair: PdPair, mesh: Mesh) -> N
         VllmConfig(kv_role="prefill")
     with pytest.raises(InvalidArgumentError, match="kv_role must be"):
         VllmConfig(kv_role="sideways", kv_shared_path=Path("/tmp/x"))
+
+
+async def test_prefill_and_decode_workers_over_grpc_with_the_connector(
+    pd_pair: PdPair, mesh: Mesh
+) -> None:
+    """Two workers (prefill and decode roles) around the connector engines: Prefill on
+    one, Decode on the other over real gRPC, nothing fetched between them (the KV cache
+    moves through the shared path), the same greedy tokens as a combined generation."""
+    from runtime.config import ServerSettings
+    from runtime.server import start_server
+    from worker.engine.base import EngineClient
+    from worker.models import ModelManager
+    from worker.servicer import WorkerServicer
+
+    prompt = " ".join(f"lap {i} around the quiet lake;" for i in range(45))
+    servers = []
+    stubs = {}
+    try:
+        for role, engine in (("prefill", pd_pair.prefill), ("decode", pd_pair.decode)):
+
+            async def factory(name: str, path: Path, engine: EngineClient = engine) -> EngineClient:
+                return engine
+
+            models = ModelManager(factory, engine_kind="vllm", capacity_bytes=1 << 40)
+            async for _ in models.load(MODEL, mesh.model_dir):
+                continue
+            servicer = WorkerServicer(
+                models, worker_id=role, role=role, advertise_address="unused:1"
+            )
+
+            def register(server: grpc.aio.Server, servicer: WorkerServicer = servicer) -> list[str]:
+                worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
+                return ["helios.v1.WorkerService"]
+
+            running = await start_server(ServerSettings(service=role, metrics_port=-1), register)
+            servers.append(running)
+            channel = grpc.aio.insecure_channel(running.address)
+            stubs[role] = worker_pb2_grpc.WorkerServiceStub(channel)
+
+        sampling = pb.SamplingParams(max_tokens=12, temperature=0.0, top_p=1.0, ignore_eos=True)
+        request = pb.GenerateRequest(
+            request_id="grpc-pd", model=MODEL, prompt=prompt, sampling=sampling
+        )
+        prefilled = await stubs["prefill"].Prefill(pb.PrefillRequest(request=request))
+        assert prefilled.kv_cache_handle and len(prefilled.first.token_ids) == 1
+        decoded = [
+            r.step
+            async for r in stubs["decode"].Decode(
+                pb.DecodeRequest(
+                    request=request,
+                    kv_cache_handle=prefilled.kv_cache_handle,
+                    # Nothing may be fetched from it: an unreachable address proves it.
+                    prefill_worker=prefilled.prefill_worker,
+                    first_token_id=prefilled.first.token_ids[0],
+                )
+            )
+        ]
+        split = list(prefilled.first.token_ids) + [t for step in decoded for t in step.token_ids]
+        combined = [
+            t
+            async for c in pd_pair.prefill.generate(
+                GenerationRequest(
+                    "grpc-combined",
+                    SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
+                    prompt=prompt,
+                )
+            )
+            for t in c.token_ids
+        ]
+        assert split == combined
+        assert decoded[-1].finish_reason == pb.FINISH_REASON_LENGTH
+    finally:
+        for running in servers:
+            await running.stop(0)

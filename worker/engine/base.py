@@ -145,6 +145,10 @@ class EngineClient(ABC):
     # keeps the defaults, and the worker serves it in combined mode only.
 
     supports_disaggregation: bool = False
+    # True when the KV cache moves between prefill and decode engines by itself (vLLM's
+    # KV connector through shared storage): Decode then fetches nothing from the
+    # prefill worker.
+    kv_via_connector: bool = False
     disaggregation_unsupported_reason: str = (
         "this engine does not support prefill/decode disaggregation"
     )
