@@ -86,6 +86,16 @@ _BOARDS: tuple[Gpu, ...] = (
     _board("H200-141GB", 143771, "hopper", 4.80),
 )
 
+# A100-80GB and H100-80GB offer the same MIG profiles.
+_MIG_80GB: tuple[tuple[str, int, float], ...] = (
+    ("1g.10gb", 1, 10),
+    ("1g.20gb", 1, 20),
+    ("2g.20gb", 2, 20),
+    ("3g.40gb", 3, 40),
+    ("4g.40gb", 4, 40),
+    ("7g.80gb", 7, 80),
+)
+
 # MIG profiles per board: (profile, compute slices, nominal GiB).
 _MIG_PROFILES: dict[str, tuple[tuple[str, int, float], ...]] = {
     "A100-40GB": (
@@ -95,22 +105,8 @@ _MIG_PROFILES: dict[str, tuple[tuple[str, int, float], ...]] = {
         ("4g.20gb", 4, 20),
         ("7g.40gb", 7, 40),
     ),
-    "A100-80GB": (
-        ("1g.10gb", 1, 10),
-        ("1g.20gb", 1, 20),
-        ("2g.20gb", 2, 20),
-        ("3g.40gb", 3, 40),
-        ("4g.40gb", 4, 40),
-        ("7g.80gb", 7, 80),
-    ),
-    "H100-80GB": (
-        ("1g.10gb", 1, 10),
-        ("1g.20gb", 1, 20),
-        ("2g.20gb", 2, 20),
-        ("3g.40gb", 3, 40),
-        ("4g.40gb", 4, 40),
-        ("7g.80gb", 7, 80),
-    ),
+    "A100-80GB": _MIG_80GB,
+    "H100-80GB": _MIG_80GB,
     "H200-141GB": (
         ("1g.18gb", 1, 18),
         ("1g.35gb", 1, 35),
