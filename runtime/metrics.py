@@ -1,4 +1,5 @@
-"""Prometheus metrics: the /metrics endpoint and per-RPC server metrics.
+"""Prometheus metrics: the /metrics endpoint and per-RPC server metrics (recorded by
+:class:`runtime.interceptors.RuntimeInterceptor`).
 
 Metric objects are module-level, so they are registered exactly once per process in
 prometheus_client's default registry; any number of servers in one process (tests,
@@ -12,23 +13,20 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 import grpc.aio
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from runtime._handlers import Behavior, call_unary, iterate_stream, rewrap, split_method
-
 __all__ = [
     "GRPC_HANDLED",
     "GRPC_HANDLING_SECONDS",
     "GRPC_IN_FLIGHT",
     "GRPC_STARTED",
-    "MetricsInterceptor",
     "MetricsServer",
+    "RpcObservation",
+    "final_code",
     "serve_metrics",
     "start_metrics_server",
 ]
@@ -92,7 +90,7 @@ def _status_name(code: object) -> str:
     return grpc.StatusCode.UNKNOWN.name
 
 
-def _final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+def final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
     """The status the client will see, as best the server can tell."""
     if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
         # Cancelled by grpc: either the deadline passed or the client/server gave up.
@@ -112,7 +110,7 @@ def _final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) ->
     return grpc.StatusCode.OK.name
 
 
-class _Observation:
+class RpcObservation:
     """Start/finish bookkeeping for one RPC; finish() is recorded at most once."""
 
     __slots__ = ("_done", "_method", "_service", "_start")
@@ -133,51 +131,3 @@ class _Observation:
         GRPC_HANDLING_SECONDS.labels(self._service, self._method).observe(
             time.perf_counter() - self._start
         )
-
-
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts, times and tracks in-flight RPCs (unary and streaming)."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        service, method = split_method(handler_call_details.method)
-
-        def unary(behavior: Behavior) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-            async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                obs = _Observation(service, method)
-                try:
-                    response = await call_unary(behavior, request, context)
-                except BaseException as exc:
-                    obs.finish(_final_code(context, exc))
-                    raise
-                obs.finish(_final_code(context, None))
-                return response
-
-            return wrapper
-
-        def stream(
-            behavior: Behavior,
-        ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
-            async def wrapper(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                obs = _Observation(service, method)
-                try:
-                    async for item in iterate_stream(behavior, request, context):
-                        yield item
-                except BaseException as exc:
-                    # GeneratorExit lands here too: grpc dropped the stream while it
-                    # was parked at a yield (client cancelled, server stopped).
-                    obs.finish(_final_code(context, exc))
-                    raise
-                obs.finish(_final_code(context, None))
-
-            return wrapper
-
-        return rewrap(handler, unary=unary, stream=stream)

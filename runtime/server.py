@@ -2,8 +2,8 @@
 
 :func:`start_server` gives every service the same shape: health checking
 (``grpc.health.v1``), server reflection (so ``grpcurl`` works without .proto files),
-the interceptor stack [tracing, metrics, errors, *service extras], a /metrics endpoint,
-a structured "serving" log line and an atomically written ready file.
+the interceptors [RuntimeInterceptor (span, metrics, errors), *service extras], a
+/metrics endpoint, a structured "serving" log line and an atomically written ready file.
 
 :func:`run` is the process entry point around it: logging and tracing set up, asyncio
 loop, SIGTERM/SIGINT -> health NOT_SERVING -> in-flight RPCs drain -> cleanup -> exit 0.
@@ -31,11 +31,11 @@ from grpc_reflection.v1alpha import reflection
 
 from runtime.channels import MAX_MESSAGE_BYTES, set_default_client_tls
 from runtime.config import ServerSettings
-from runtime.interceptors import ErrorInterceptor
+from runtime.interceptors import RuntimeInterceptor
 from runtime.logging import configure_logging
-from runtime.metrics import MetricsInterceptor, MetricsServer, serve_metrics
+from runtime.metrics import MetricsServer, serve_metrics
 from runtime.tls import channel_credentials, server_credentials
-from runtime.tracing import aio_server_interceptor, configure_tracing
+from runtime.tracing import configure_tracing
 
 __all__ = [
     "SERVER_OPTIONS",
@@ -201,9 +201,9 @@ async def start_server(
 ) -> RunningServer:
     """Build, bind and start a server; returns once it is serving (ready file written).
 
-    Interceptor order, outermost first: OpenTelemetry (the span covers everything),
-    metrics (records the status the client actually gets, after error mapping),
-    ErrorInterceptor, then the service's own ``interceptors``.
+    Interceptor order, outermost first: :class:`RuntimeInterceptor` (the span, the
+    metrics and error mapping: they record the status the client actually gets), then
+    the service's own ``interceptors``.
 
     ``reflection_extra``: more full service names for reflection to describe without
     serving them (e.g. a front door that lets ``grpcurl`` see the whole mesh); their
@@ -214,9 +214,7 @@ async def start_server(
 
     server = grpc.aio.server(
         interceptors=[
-            aio_server_interceptor(),
-            MetricsInterceptor(),
-            ErrorInterceptor(),
+            RuntimeInterceptor(),
             *interceptors,
         ],
         options=list(SERVER_OPTIONS),

@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing: one TracerProvider per process, grpc interceptors for both ends.
+"""OpenTelemetry tracing: one TracerProvider per process, client interceptors, server spans.
 
 A provider is always installed, exporter or not: spans are then real (recording) and
 trace context is propagated through every hop, so turning on export later (an OTLP
@@ -11,16 +11,20 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import grpc.aio
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.instrumentation import grpc as otel_grpc
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
-__all__ = ["aio_client_interceptors", "aio_server_interceptor", "configure_tracing"]
+__all__ = ["RpcSpan", "aio_client_interceptors", "configure_tracing"]
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +73,55 @@ def configure_tracing(service: str, otlp_endpoint: str | None = None) -> TracerP
         return provider
 
 
-def aio_server_interceptor() -> grpc.aio.ServerInterceptor:
-    """OpenTelemetry's grpc.aio server interceptor (one span per incoming RPC).
+# grpc.aio's Metadata iterates as (key, value) pairs.
+Metadata = Iterable[tuple[str, Any]]
 
-    It uses the global provider lazily, so it may be created before configure_tracing.
-    """
-    interceptor: grpc.aio.ServerInterceptor = otel_grpc.aio_server_interceptor()
-    return interceptor
+
+class _MetadataGetter(Getter[Metadata]):
+    """Reads W3C trace headers (``traceparent``, ``tracestate``) from gRPC metadata."""
+
+    def get(self, carrier: Metadata, key: str) -> list[str] | None:
+        values = [v for k, v in carrier if k == key and isinstance(v, str)]
+        return values or None
+
+    def keys(self, carrier: Metadata) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+_GETTER = _MetadataGetter()
+# A proxy until configure_tracing installs the provider; then it delegates to it.
+_tracer = trace.get_tracer("helios.runtime")
+
+
+class RpcSpan:
+    """The SERVER span of one incoming RPC, child of the caller's span when its metadata
+    carries one (attributes follow OpenTelemetry's RPC conventions)."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, full_method: str, service: str, method: str, metadata: Metadata | None):
+        parent = propagate.extract(metadata or (), getter=_GETTER)
+        self._span = _tracer.start_span(
+            full_method,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+        )
+
+    @contextmanager
+    def current(self) -> Iterator[None]:
+        """Make the span current (outgoing calls made meanwhile become its children)."""
+        with trace.use_span(
+            self._span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        ):
+            yield
+
+    def finish(self, code: str) -> None:
+        """End the span with the RPC's final status code name (``OK``, ``NOT_FOUND``...)."""
+        self._span.set_attribute("rpc.grpc.status_code", code)
+        if code != "OK":
+            self._span.set_status(Status(StatusCode.ERROR, code))
+        self._span.end()
 
 
 def aio_client_interceptors() -> Sequence[grpc.aio.ClientInterceptor]:

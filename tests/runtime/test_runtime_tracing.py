@@ -11,7 +11,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 from runtime_echo import SERVICE
 
 from runtime import tracing
@@ -54,6 +54,15 @@ async def test_trace_propagates_through_create_channel(
         client, srv = clients[0], servers[0]
         assert srv.context.trace_id == client.context.trace_id
         assert srv.parent is not None and srv.parent.span_id == client.context.span_id
+        assert srv.attributes is not None
+        assert srv.attributes["rpc.service"] == SERVICE
+        assert srv.attributes["rpc.method"] == method
+    # The server span carries the status the client saw.
+    echoes = [s for s in finished if s.kind == SpanKind.SERVER and s.name.endswith("/Echo")]
+    codes = sorted(str((s.attributes or {})["rpc.grpc.status_code"]) for s in echoes)
+    assert codes == ["NOT_FOUND", "OK"]
+    failed = next(s for s in echoes if (s.attributes or {})["rpc.grpc.status_code"] != "OK")
+    assert failed.status.status_code == StatusCode.ERROR
 
 
 def test_channel_options() -> None:

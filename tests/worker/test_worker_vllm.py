@@ -192,23 +192,32 @@ async def test_streaming_abort_and_stats(mesh: Mesh) -> None:
     assert before.engine == "vllm"
     call = mesh.worker.Generate(gen("long", 30000, prompt=PROMPTS[2]))
     seen = 0
+
+    async def read_stream() -> None:
+        nonlocal seen
+        async for response in call:
+            seen += 1
+            assert response.finish_reason == pb.FINISH_REASON_UNSPECIFIED
+
+    reader = asyncio.create_task(read_stream())
     busy: list[pb.LoadedModel] = []
-    # vLLM's scheduler stats reach the heartbeat a little after each step: keep the
-    # request streaming until a heartbeat has shown it running with KV in use.
-    async for response in call:
-        seen += 1
-        assert response.finish_reason == pb.FINISH_REASON_UNSPECIFIED
-        if seen % 5 == 0:
-            busy.append(await heartbeat_model(mesh))
-            if any(m.running_requests == 1 for m in busy) and any(
-                m.kv_cache_usage > 0 for m in busy
-            ):
-                break
-        if seen >= 1000:
-            break
+    # vLLM's scheduler stats reach the heartbeat a little after each step: poll on a
+    # clock (not per message, which a loaded machine delivers in bursts) until a
+    # heartbeat has shown the request running with KV in use.
+    deadline = time.monotonic() + 120
+    while not (
+        any(m.running_requests == 1 for m in busy) and any(m.kv_cache_usage > 0 for m in busy)
+    ):
+        if reader.done():
+            reader.result()  # the stream failed: raise its error rather than a stats miss
+            pytest.fail(f"the 30000-token stream ended after {seen} messages: {busy[-3:]}")
+        assert time.monotonic() < deadline, busy[-3:]
+        busy.append(await heartbeat_model(mesh))
+        await asyncio.sleep(0.05)
+    assert not reader.done()
     call.cancel()  # the client goes away: the worker must abort the request in vLLM
-    assert any(m.running_requests == 1 for m in busy), busy
-    assert any(m.kv_cache_usage > 0 for m in busy), busy
+    with pytest.raises(asyncio.CancelledError):
+        await reader
     deadline = time.monotonic() + 30
     while True:
         after = await heartbeat_model(mesh)

@@ -83,6 +83,19 @@ class GenerationChunk:
     finish_reason: FinishReason | None = None
 
 
+def merge_chunks(chunks: Sequence[GenerationChunk]) -> GenerationChunk:
+    """Consecutive chunks of one stream as one: their text and tokens in order, the last
+    one's running counts and finish reason."""
+    last = chunks[-1]
+    return GenerationChunk(
+        text="".join(c.text for c in chunks),
+        token_ids=[t for c in chunks for t in c.token_ids],
+        prompt_tokens=last.prompt_tokens,
+        completion_tokens=last.completion_tokens,
+        finish_reason=last.finish_reason,
+    )
+
+
 @dataclass(frozen=True)
 class EngineStats:
     """What an engine reports in heartbeats."""
