@@ -58,7 +58,8 @@ def render(
                 _mib(w.total_bytes),
                 _mib(w.free_bytes),
                 w.memory_source or "-",
-                ", ".join(f"{m.model}:{m.state}" for m in w.model_states) or "-",
+                ", ".join(_model_state(m.model, m.state, m.cache_level) for m in w.model_states)
+                or "-",
             ]
             for w in stats.workers
         ],
@@ -119,3 +120,9 @@ def add_status_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(handler=status_command)
     return p
+
+
+def _model_state(model: str, state: str, cache_level: str) -> str:
+    """``model:state``, and where its files are when it is not on the GPU (``@ram``)."""
+    where = f"@{cache_level}" if cache_level not in ("", "gpu") else ""
+    return f"{model}:{state}{where}"

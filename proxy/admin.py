@@ -8,7 +8,7 @@ from helios.v1 import admin_pb2 as pb
 from helios.v1 import admin_pb2_grpc
 
 from proxy.control import ControlPlane
-from proxy.routing import WorkerPool
+from proxy.routing import WorkerPool, WorkerView
 from runtime.errors import InvalidArgumentError
 
 
@@ -16,6 +16,17 @@ def _model_id(value: str) -> str:
     if not value:
         raise InvalidArgumentError("model_id: must not be empty")
     return value
+
+
+def _stored_only(agent: WorkerView) -> list[pb.AgentModel]:
+    """The models the agent's storaged holds that it has not loaded: state "stored",
+    cache_level the fastest tier holding the files (ram, nvme or remote)."""
+    loaded = {m.lower() for m in agent.models}
+    return [
+        pb.AgentModel(model=model, state="stored", cache_level=level.value)
+        for model, level in sorted(agent.stored.items())
+        if model not in loaded
+    ]
 
 
 def memory_pressure(pool: WorkerPool) -> float:
@@ -65,7 +76,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                             memory_bytes=m.memory_bytes,
                         )
                         for m in sorted(agent.models.values(), key=lambda m: m.model)
-                    ],
+                    ]
+                    + _stored_only(agent),
                 )
             )
         return pb.GetMemoryStatsResponse(workers=workers)

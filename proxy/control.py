@@ -10,7 +10,12 @@ model share one load (single flight).
 
 Warm pools: every ``reconcile()`` (each heartbeat round) brings each catalogue model up
 to its ``min_replicas`` where memory allows (preload) and unloads replicas idle longer
-than ``idle_ttl_s`` down to ``min_replicas`` (0: scale to zero). Models outside the
+than ``idle_ttl_s`` down to ``min_replicas`` (0: scale to zero). Under load it scales up:
+when a model's demand (its requests in flight through this proxy, or the running plus
+waiting requests its replicas' heartbeats report, whichever is larger) exceeds
+``target_concurrency`` per READY replica, one more replica is loaded where it fits in free
+memory (never by evicting), up to ``max_replicas``; one such load per model at a time, in
+the background (the heartbeat loop does not wait for it). Models outside the
 catalogue (loaded by a worker's own flags) are never unloaded for idleness: the proxy
 could not load them back.
 
@@ -40,7 +45,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy import metrics
 from proxy.estimate import MemoryEstimator, MemoryNeed
@@ -109,12 +114,14 @@ def parse_model_spec(spec: str) -> ModelSpec:
     return result
 
 
-def _log_pool_up(task: asyncio.Task[None]) -> None:
+def _log_background_failure(task: asyncio.Task[Any]) -> None:
+    """Done-callback of a background load/scale task that nobody may be awaiting: its
+    outcome is still retrieved, and a failure logged."""
     if task.cancelled():
         return
     exc = task.exception()
     if exc is not None:
-        logger.warning("model pool scale-up failed", extra={"error": str(exc)})
+        logger.warning(f"{task.get_name()} failed", extra={"error": str(exc)})
 
 
 class ControlPlane:
@@ -135,8 +142,11 @@ class ControlPlane:
         prefetch: int = 0,
         scaler: PoolScaler | None = None,
         pool_poll_s: float = 0.05,
+        target_concurrency: int = 0,
     ) -> None:
         self.pool = pool
+        # Requests per READY replica above which a model gets another one; 0: never.
+        self.target_concurrency = target_concurrency
         self.scaler = scaler
         self.pool_poll_s = pool_poll_s
         self._pools_up: dict[str, asyncio.Task[None]] = {}
@@ -227,7 +237,7 @@ class ControlPlane:
             metrics.COLD_STARTS.labels(model).inc()
             task = asyncio.create_task(self._pool_up(model), name=f"scale up {model}")
             # Waiters may all have given up: the outcome is still retrieved (and logged).
-            task.add_done_callback(_log_pool_up)
+            task.add_done_callback(_log_background_failure)
             self._pools_up[model] = task
         limit = self.load_timeout_s if deadline_s is None else min(deadline_s, self.load_timeout_s)
         try:
@@ -497,6 +507,7 @@ class ControlPlane:
                             "preload deferred",
                             extra={"model": spec.name, "reason": exc.message},
                         )
+            await self._scale_up_under_load()
             if self.idle_ttl_s <= 0:
                 return
             await self._scale_idle_pools(now)
@@ -525,6 +536,62 @@ class ControlPlane:
                             "idle unload failed",
                             extra={"model": name, "worker": agent.address, "error": exc.message},
                         )
+
+    def demand(self, model: str) -> tuple[int, int]:
+        """(requests for ``model`` in flight or queued, its healthy READY replicas)."""
+        holders = [a for a in self.pool.holders(model) if a.healthy]
+        relayed = sum(self._active.get((a.address, model), 0) for a in holders)
+        reported = sum(
+            a.models[model].running + a.models[model].waiting for a in holders if model in a.models
+        )
+        return max(relayed, reported), len(holders)
+
+    async def _scale_up_under_load(self) -> None:
+        """Start one more replica of each model whose demand is over its target."""
+        if self.target_concurrency <= 0:
+            return
+        for spec in list(self.catalogue.values()):
+            if self.scaler is not None and self.scaler.manages(spec.name):
+                continue  # its pool's size is its Deployment's (an autoscaler's job)
+            demand, replicas = self.demand(spec.name)
+            if (
+                replicas == 0  # cold: the request path loads it
+                or replicas >= spec.max_replicas
+                or self.loading(spec.name)
+                or demand <= self.target_concurrency * replicas
+            ):
+                continue
+            need = await self.memory_need(spec.name)
+            choice = best_fit(self.pool.placeable_agents(), spec.name, need.bytes)
+            if isinstance(choice, NoFit):
+                logger.info(
+                    "scale-up deferred",
+                    extra={
+                        "model": spec.name,
+                        "demand": demand,
+                        "reason": choice.reason(spec.name),
+                    },
+                )
+                continue
+            metrics.SCALE_UPS.labels(spec.name).inc()
+            logger.info(
+                "scaling up under load",
+                extra={
+                    "model": spec.name,
+                    "demand": demand,
+                    "replicas": replicas,
+                    "worker": choice.address,
+                },
+            )
+            task = asyncio.create_task(
+                self._scale_up_on(choice.address, spec, need), name=f"scale up {spec.name}"
+            )
+            task.add_done_callback(_log_background_failure)
+            self._loads[spec.name] = task
+
+    async def _scale_up_on(self, address: str, spec: ModelSpec, need: MemoryNeed) -> str:
+        await self._load_on(address, spec, need)
+        return address
 
     async def _prefetch(self) -> None:
         """Load the first registry hint that is loaded nowhere and fits in free memory

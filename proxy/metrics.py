@@ -52,6 +52,11 @@ MODEL_LOADS = Counter(
     "LoadModel calls by the proxy, by worker and outcome (ready, no_room, failed).",
     ["model", "worker", "outcome"],
 )
+SCALE_UPS = Counter(
+    "helios_proxy_scale_ups_total",
+    "Replicas added because a model's demand exceeded its target concurrency per replica.",
+    ["model"],
+)
 MODEL_UNLOADS = Counter(
     "helios_proxy_model_unloads_total",
     "UnloadModel calls by the proxy, by reason (idle_ttl, pressure, scale, evict).",
@@ -85,6 +90,11 @@ WORKER_UP = Gauge(
     "helios_proxy_worker_routable",
     "1 when the proxy routes new requests to the worker (healthy, circuit not open).",
     ["worker"],
+)
+STORED_MODELS = Gauge(
+    "helios_proxy_worker_stored_model",
+    "1 for each model a worker's node storaged holds, by its fastest tier (ram, nvme, remote).",
+    ["worker", "model", "tier"],
 )
 CIRCUIT_OPEN = Gauge(
     "helios_proxy_worker_circuit_open",

@@ -2,7 +2,10 @@
 
 Domain only. An agent's free memory is what its heartbeat declares (its GPU's figure or
 its configured capacity less loaded weights) less what the proxy has already promised
-to loads in flight. A model is never placed where it does not fit.
+to loads in flight. A model is never placed where it does not fit. Among the agents it
+fits, one whose storaged already holds the files in a faster tier (RAM, then NVMe) goes
+before one that would download them, whatever the leftover memory; the tightest fit
+decides between agents of the same tier.
 """
 
 from __future__ import annotations
@@ -45,11 +48,11 @@ def best_fit(
     need_bytes: int,
     *,
     exclude: Iterable[str] = (),
-    tiers: dict[str, CacheLevel] | None = None,
 ) -> WorkerView | NoFit:
-    """The routable agent, not already holding ``model``, that the model fits best
-    (least free memory left over; a faster storage tier first). ``tiers`` maps
-    address -> where that agent's storage holds the model's files."""
+    """The routable agent, not already holding ``model``, that the model fits best: a
+    faster storage tier for the model's files first (each agent's own
+    :meth:`WorkerView.cache_level`, from its heartbeat), then the least free memory left
+    over, then the address (deterministic)."""
     skip = set(exclude)
     usable = [a for a in agents if a.routable and a.address not in skip and model not in a.models]
     fitting = [a for a in usable if need_bytes <= a.placeable_free]
@@ -60,11 +63,9 @@ def best_fit(
             largest_total=max((a.memory_total for a in usable), default=0),
             agents=len(usable),
         )
-    tiers = tiers or {}
 
     def key(a: WorkerView) -> tuple[int, int, str]:
-        tier = _TIER_RANK[tiers.get(a.address, CacheLevel.REMOTE)]
-        return (tier, a.placeable_free - need_bytes, a.address)
+        return (_TIER_RANK[a.cache_level(model)], a.placeable_free - need_bytes, a.address)
 
     return min(fitting, key=key)
 

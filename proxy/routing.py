@@ -7,6 +7,10 @@ capacity: that is the figure placement uses), and a per-agent circuit breaker fe
 request outcomes. Which READY replica serves a request is a pluggable policy
 (:mod:`proxy.policies`); where a cold model goes is :mod:`proxy.placement`.
 
+Every agent also reports what its node's storaged holds (model -> fastest tier), so
+placement can prefer an agent that loads a model from local RAM or NVMe over one that
+has to download it (:meth:`WorkerView.cache_level`).
+
 Every agent also has a role from its heartbeat (disaggregated serving): ``both`` agents
 serve whole generations and are the only ones :meth:`WorkerPool.pick` returns;
 ``prefill`` and ``decode`` agents form a model's prefill and decode pools, which
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -148,6 +152,17 @@ class WorkerView:
     reserved: int = 0
     model_first_seen: dict[str, float] = field(default_factory=dict)
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    # What the node's storaged holds: lower-cased model id -> its fastest tier.
+    stored: dict[str, CacheLevel] = field(default_factory=dict)
+
+    def cache_level(self, model: str) -> CacheLevel:
+        """Where ``model``'s weights are on this agent: GPU when it is loaded (or being
+        loaded), else the fastest tier its storaged holds them in, else REMOTE. Model ids
+        compare case-insensitively (storaged reports the registry's lower-case ids)."""
+        held = self.models.get(model)
+        if held is not None and held.state != "failed":
+            return CacheLevel.GPU
+        return self.stored.get(model.lower(), CacheLevel.REMOTE)
 
     @property
     def ready_models(self) -> frozenset[str]:
@@ -232,9 +247,11 @@ class WorkerPool:
         memory_source: str = "",
         queue_depth: int = 0,
         role: WorkerRole | None = None,
+        stored: Mapping[str, CacheLevel] | None = None,
         now: float | None = None,
     ) -> None:
-        """A heartbeat answered. ``models`` (full detail) wins over the name lists."""
+        """A heartbeat answered. ``models`` (full detail) wins over the name lists.
+        ``stored`` is what the agent's storaged holds (model -> fastest tier)."""
         worker = self._workers[address]
         now = time.time() if now is None else now
         if models is None:
@@ -257,6 +274,7 @@ class WorkerPool:
         worker.queue_depth = queue_depth
         if role is not None:
             worker.role = role
+        worker.stored = {m.lower(): level for m, level in (stored or {}).items()}
         worker.consecutive_failures = 0
         worker.last_heartbeat = now
 

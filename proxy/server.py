@@ -165,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="request header carrying the session id (session-affinity policy)",
     )
     parser.add_argument(
+        "--target-concurrency",
+        type=int,
+        default=int(env_default("proxy", "target_concurrency", "8")),
+        metavar="N",
+        help="requests per READY replica above which a model gets one more replica (up to"
+        " its max replicas, where memory is free); 0 turns scale-up under load off",
+    )
+    parser.add_argument(
         "--idle-ttl",
         type=float,
         default=float(env_default("proxy", "idle_ttl", "300")),
@@ -253,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ConfigError("heartbeat_interval", "must be > 0")
     if args.idle_ttl < 0 or args.load_timeout <= 0 or args.drain_timeout < 0:
         raise ConfigError("idle_ttl", "idle/drain must be >= 0 and load_timeout > 0")
+    if args.target_concurrency < 0:
+        raise ConfigError("target_concurrency", "target concurrency must be >= 0")
     if args.prefetch < 0 or args.usage_interval <= 0:
         raise ConfigError("prefetch", "prefetch must be >= 0 and usage_interval > 0")
     if args.prefetch and not args.registry:
@@ -408,6 +418,7 @@ def build_router(
         registry=registry,
         prefetch=args.prefetch,
         scaler=scaler,
+        target_concurrency=args.target_concurrency,
     )
     return router
 

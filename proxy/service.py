@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -33,8 +33,9 @@ from proxy.limits import Admission, ApiKeys, ShedError
 from proxy.openai import Job
 from proxy.policies import RouteHint
 from proxy.registry import UsageReporter
-from proxy.routing import AgentState, CircuitState, ModelOnAgent, WorkerPool, WorkerRole
+from proxy.routing import AgentState, CacheLevel, CircuitState, ModelOnAgent, WorkerPool, WorkerRole
 from runtime.errors import HeliosError, UnavailableError
+from runtime.streams import coalesce
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,18 @@ class Step:
     finish_reason: str | None  # "stop" | "length" on the last step
 
 
+def merge_steps(steps: Sequence[Step]) -> Step:
+    """Consecutive steps of one stream as one (their text in order, the last one's counts
+    and finish reason): what piled up while the client was being written to."""
+    last = steps[-1]
+    return Step(
+        "".join(s.text for s in steps),
+        last.prompt_tokens,
+        last.completion_tokens,
+        last.finish_reason,
+    )
+
+
 @dataclass(frozen=True)
 class WorkerStatus:
     """What one heartbeat says."""
@@ -67,6 +80,8 @@ class WorkerStatus:
     memory_source: str = ""
     queue_depth: int = 0
     role: WorkerRole = WorkerRole.BOTH
+    # What the worker's node storaged holds: model id -> fastest tier.
+    stored: dict[str, CacheLevel] = field(default_factory=dict)
 
 
 class WorkerConnection(Protocol):
@@ -214,10 +229,14 @@ class CompletionRouter:
             memory_source=status.memory_source,
             queue_depth=status.queue_depth,
             role=status.role,
+            stored=status.stored,
         )
 
     def _export_metrics(self) -> None:
+        metrics.STORED_MODELS.clear()  # models leave storage too: no stale series
         for agent in self.pool.agents():
+            for model, level in agent.stored.items():
+                metrics.STORED_MODELS.labels(agent.address, model, level.value).set(1)
             source = agent.memory_source or "configured"
             metrics.WORKER_MEMORY.labels(agent.address, "total", source).set(agent.memory_total)
             metrics.WORKER_MEMORY.labels(agent.address, "free", source).set(agent.memory_free)
@@ -362,12 +381,13 @@ class CompletionRouter:
         """One attempt's steps, closed (its calls cancelled) when the attempt ends: a
         disaggregated run, or Generate on ``address`` under its lease."""
         if run is not None:
-            async with aclosing(run.steps()) as steps:
+            async with aclosing(coalesce(run.steps(), merge_steps)) as steps:
                 yield steps
             return
         remaining = None if deadline_at is None else deadline_at - time.monotonic()
         with self.pool.lease(address), self.control.active(address, job.model):
-            async with aclosing(self.connections[address].generate(job, remaining)) as steps:
+            worker_steps = self.connections[address].generate(job, remaining)
+            async with aclosing(coalesce(worker_steps, merge_steps)) as steps:
                 yield steps
         self.pool.record_request_success(address)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
-from helios.v1 import estimator_pb2, estimator_pb2_grpc, worker_pb2_grpc
+from helios.v1 import estimator_pb2, estimator_pb2_grpc, storage_pb2, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
 
 from proxy.disagg import PrefillResult
 from proxy.openai import Job
-from proxy.routing import AgentState, ModelOnAgent, WorkerRole
+from proxy.routing import AgentState, CacheLevel, ModelOnAgent, WorkerRole
 from proxy.service import Step, WorkerStatus
 from runtime.channels import create_channel
 from runtime.errors import HeliosError, UnavailableError, error_from_status
@@ -34,6 +34,14 @@ _ROLES = {
     pb.WORKER_ROLE_BOTH: WorkerRole.BOTH,
     pb.WORKER_ROLE_PREFILL: WorkerRole.PREFILL,
     pb.WORKER_ROLE_DECODE: WorkerRole.DECODE,
+}
+
+# storaged's tiers as the proxy ranks them: SSD counts as NVMe (local disk); a tier the
+# proxy does not know (or none) as REMOTE (the files must be downloaded).
+_CACHE_LEVELS = {
+    storage_pb2.CACHE_TIER_RAM: CacheLevel.RAM,
+    storage_pb2.CACHE_TIER_NVME: CacheLevel.NVME,
+    storage_pb2.CACHE_TIER_SSD: CacheLevel.NVME,
 }
 
 _FINISH_REASONS = {
@@ -179,6 +187,11 @@ class GrpcWorkerConnection:
             memory_source=response.memory_source or "configured",
             queue_depth=response.queue_depth,
             role=_ROLES.get(response.role, WorkerRole.BOTH),
+            stored={
+                s.model: _CACHE_LEVELS.get(s.tier, CacheLevel.REMOTE)
+                for s in response.stored_models
+                if s.model
+            },
         )
 
     async def load_model(

@@ -1,6 +1,6 @@
 """Outgoing gRPC channels: the one way a Helios service talks to another.
 
-Every channel carries the OpenTelemetry client interceptors (so one trace spans
+Every channel traces its calls (:class:`runtime.tracing.TracedChannel`: one trace spans
 proxy -> estimator -> worker), the same message-size limit as the servers, and
 keepalive so a dead peer is noticed in seconds rather than at the next TCP timeout.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import grpc
 import grpc.aio
 
-from runtime.tracing import aio_client_interceptors
+from runtime.tracing import TracedChannel
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -64,14 +64,14 @@ def create_channel(
 
     ``tls``: channel credentials; None means the process default
     (:func:`set_default_client_tls`: mutual TLS under ``--tls-*``), plain-text if unset.
-    ``options`` override the defaults by key; ``interceptors`` run inside the tracing ones.
+    ``options`` override the defaults by key; ``interceptors`` run inside the tracing.
     """
     merged = dict(CHANNEL_OPTIONS)
     merged.update(dict(options))
     opts = list(merged.items())
-    chain = [*aio_client_interceptors(), *interceptors]
+    chain = list(interceptors) or None
     if tls is None:
         tls = _default_tls
     if tls is not None:
-        return grpc.aio.secure_channel(target, tls, options=opts, interceptors=chain)
-    return grpc.aio.insecure_channel(target, options=opts, interceptors=chain)
+        return TracedChannel(grpc.aio.secure_channel(target, tls, options=opts, interceptors=chain))
+    return TracedChannel(grpc.aio.insecure_channel(target, options=opts, interceptors=chain))

@@ -65,6 +65,12 @@ SERVER_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
+    # grpc >= 1.68 pings a client after some of its cancelled streams (RST_STREAM) and
+    # drops the whole connection with GOAWAY "ping_timeout" when the ack is late, which
+    # on a CPU-starved host (an engine busy on every core) killed healthy long streams.
+    # Dead peers are still found by the client's keepalive (runtime.channels).
+    ("grpc.http2.ping_on_rst_stream_percent", 0),
+    ("grpc.http2.ping_timeout_ms", 300_000),
     # Without this, grpc on Linux binds with SO_REUSEPORT: a second server on a taken
     # port "succeeds" and silently shares it. We want that bind to fail loudly.
     ("grpc.so_reuseport", 0),

@@ -9,22 +9,24 @@ from contextlib import aclosing
 from pathlib import Path
 
 import grpc
+from helios.v1 import storage_pb2, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
-from helios.v1 import worker_pb2_grpc
 
 from runtime.errors import FailedPreconditionError, InvalidArgumentError
+from runtime.streams import coalesce
 from worker.engine.base import (
     ChatMessage,
     FinishReason,
     GenerationChunk,
     GenerationRequest,
     SamplingParams,
+    merge_chunks,
 )
 from worker.kv_client import KVFetcher
 from worker.kvtransfer import encode_frames
 from worker.memory import memory_report
 from worker.models import ModelLifecycle, ModelManager
-from worker.storage_client import StorageClient
+from worker.storage_client import StorageClient, StoredModels
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,13 @@ _MODEL_STATES = {
     ModelLifecycle.READY: pb.MODEL_STATE_READY,
     ModelLifecycle.DRAINING: pb.MODEL_STATE_DRAINING,
     ModelLifecycle.FAILED: pb.MODEL_STATE_FAILED,
+}
+
+_STORE_TIERS = {
+    "ram": storage_pb2.CACHE_TIER_RAM,
+    "nvme": storage_pb2.CACHE_TIER_NVME,
+    "ssd": storage_pb2.CACHE_TIER_SSD,
+    "remote": storage_pb2.CACHE_TIER_REMOTE,
 }
 
 DEFAULT_DRAIN_SECONDS = 30.0
@@ -126,6 +135,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._advertise_address = advertise_address
         self._kv_fetcher = kv_fetcher or KVFetcher()
         self._storage = storage
+        self._stored = StoredModels(storage.cached_models) if storage is not None else None
 
     def _serves(self, rpc: str) -> None:
         """Refuse ``rpc`` when this worker's role does not serve it."""
@@ -143,7 +153,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         async with self._models.acquire(request.model, generation.request_id) as engine:
             # aclosing: when the client goes away this generator is cancelled, and the
             # engine's stream must be closed right then so it stops computing.
-            stream = engine.generate(generation)
+            stream = coalesce(engine.generate(generation), merge_chunks)
             async with aclosing(stream):
                 async for chunk in stream:
                     yield chunk_to_pb(chunk)
@@ -180,7 +190,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     request.prefill_worker, request.request.model, request.kv_cache_handle
                 )
             )
-            stream = engine.decode(generation, request.first_token_id, kv)
+            stream = coalesce(engine.decode(generation, request.first_token_id, kv), merge_chunks)
             async with aclosing(stream):
                 async for chunk in stream:
                     yield pb.DecodeResponse(step=chunk_to_pb(chunk))
@@ -262,6 +272,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         memory = await asyncio.to_thread(
             memory_report, self._models.capacity_bytes, self._models.used_bytes
         )
+        stored = await self._stored.current() if self._stored is not None else {}
         return pb.HeartbeatResponse(
             worker_id=self._worker_id,
             state=state,
@@ -271,4 +282,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             memory_source=memory.source,
             queue_depth=sum(s.stats.waiting_requests for s in statuses),
             role=_ROLE_PB[self._role],
+            stored_models=[
+                pb.StoredModel(model=model, tier=_STORE_TIERS[tier])
+                for model, tier in sorted(stored.items())
+            ],
         )

@@ -22,59 +22,62 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from helios.v1 import storage_pb2 as helios_dot_v1_dot_storage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16helios/v1/worker.proto\x12\thelios.v1\"=\n\rPromptMessage\x12\x12\n\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"B\n\nChatPrompt\x12\x34\n\x08messages\x18\x01 \x03(\x0b\x32\x18.helios.v1.PromptMessageR\x08messages\"\xd0\x01\n\x0eSamplingParams\x12\x1d\n\nmax_tokens\x18\x01 \x01(\x05R\tmaxTokens\x12 \n\x0btemperature\x18\x02 \x01(\x02R\x0btemperature\x12\x13\n\x05top_p\x18\x03 \x01(\x02R\x04topP\x12\x13\n\x05top_k\x18\x04 \x01(\x05R\x04topK\x12\x17\n\x04seed\x18\x05 \x01(\x03H\x00R\x04seed\x88\x01\x01\x12\x12\n\x04stop\x18\x06 \x03(\tR\x04stop\x12\x1d\n\nignore_eos\x18\x07 \x01(\x08R\tignoreEosB\x07\n\x05_seed\"\xcd\x01\n\x0fGenerateRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n\x06prompt\x18\x03 \x01(\tH\x00R\x06prompt\x12+\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x15.helios.v1.ChatPromptH\x00R\x04\x63hat\x12\x35\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.helios.v1.SamplingParamsR\x08samplingB\x07\n\x05input\"\xd3\x01\n\x10GenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n\ttoken_ids\x18\x02 \x03(\x05R\x08tokenIds\x12#\n\rprompt_tokens\x18\x03 \x01(\x05R\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05R\x10\x63ompletionTokens\x12<\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x17.helios.v1.FinishReasonR\x0c\x66inishReason\"F\n\x0ePrefillRequest\x12\x34\n\x07request\x18\x01 \x01(\x0b\x32\x1a.helios.v1.GenerateRequestR\x07request\"\x93\x01\n\x0fPrefillResponse\x12\x31\n\x05\x66irst\x18\x01 \x01(\x0b\x32\x1b.helios.v1.GenerateResponseR\x05\x66irst\x12&\n\x0fkv_cache_handle\x18\x02 \x01(\tR\rkvCacheHandle\x12%\n\x0eprefill_worker\x18\x03 \x01(\tR\rprefillWorker\"\xba\x01\n\rDecodeRequest\x12\x34\n\x07request\x18\x01 \x01(\x0b\x32\x1a.helios.v1.GenerateRequestR\x07request\x12&\n\x0fkv_cache_handle\x18\x02 \x01(\tR\rkvCacheHandle\x12%\n\x0eprefill_worker\x18\x03 \x01(\tR\rprefillWorker\x12$\n\x0e\x66irst_token_id\x18\x04 \x01(\x05R\x0c\x66irstTokenId\"A\n\x0e\x44\x65\x63odeResponse\x12/\n\x04step\x18\x01 \x01(\x0b\x32\x1b.helios.v1.GenerateResponseR\x04step\"V\n\x16TransferKVCacheRequest\x12&\n\x0fkv_cache_handle\x18\x01 \x01(\tR\rkvCacheHandle\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\"\x93\x01\n\x17TransferKVCacheResponse\x12\x14\n\x05layer\x18\x01 \x01(\x05R\x05layer\x12\x1d\n\nnum_layers\x18\x02 \x01(\x05R\tnumLayers\x12!\n\x0ctoken_offset\x18\x03 \x01(\x05R\x0btokenOffset\x12 \n\x0bsafetensors\x18\x04 \x01(\x0cR\x0bsafetensors\"a\n\x10LoadModelRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\x12\x1d\n\nlocal_path\x18\x03 \x01(\tR\tlocalPath\"\x8c\x01\n\x11LoadModelResponse\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x15.helios.v1.ModelStateR\x05state\x12\x1a\n\x08progress\x18\x03 \x01(\x02R\x08progress\x12\x18\n\x07message\x18\x04 \x01(\tR\x07message\"^\n\x12UnloadModelRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x32\n\x15\x64rain_timeout_seconds\x18\x02 \x01(\x02R\x13\x64rainTimeoutSeconds\"V\n\x13UnloadModelResponse\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12)\n\x10\x61\x62orted_requests\x18\x02 \x01(\x05R\x0f\x61\x62ortedRequests\"\x12\n\x10HeartbeatRequest\"\x99\x03\n\x0bLoadedModel\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x15.helios.v1.ModelStateR\x05state\x12\x16\n\x06\x65ngine\x18\x03 \x01(\tR\x06\x65ngine\x12)\n\x10running_requests\x18\x04 \x01(\x05R\x0frunningRequests\x12)\n\x10waiting_requests\x18\x05 \x01(\x05R\x0fwaitingRequests\x12$\n\x0ekv_cache_usage\x18\x06 \x01(\x02R\x0ckvCacheUsage\x12\x31\n\x15prefix_cache_hit_rate\x18\x07 \x01(\x02R\x12prefixCacheHitRate\x12\x34\n\x16generated_tokens_total\x18\x08 \x01(\x03R\x14generatedTokensTotal\x12\x34\n\x16\x61\x62orted_requests_total\x18\t \x01(\x03R\x14\x61\x62ortedRequestsTotal\x12\x14\n\x05\x65rror\x18\n \x01(\tR\x05\x65rror\"\xd9\x02\n\x11HeartbeatResponse\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x16.helios.v1.WorkerStateR\x05state\x12.\n\x06models\x18\x03 \x03(\x0b\x32\x16.helios.v1.LoadedModelR\x06models\x12,\n\x12memory_total_bytes\x18\x04 \x01(\x03R\x10memoryTotalBytes\x12*\n\x11memory_free_bytes\x18\x05 \x01(\x03R\x0fmemoryFreeBytes\x12\x1f\n\x0bqueue_depth\x18\x06 \x01(\x05R\nqueueDepth\x12#\n\rmemory_source\x18\x07 \x01(\tR\x0cmemorySource\x12)\n\x04role\x18\x08 \x01(\x0e\x32\x15.helios.v1.WorkerRoleR\x04role*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03*\xa8\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MODEL_STATE_DOWNLOADING\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x15\n\x11MODEL_STATE_READY\x10\x03\x12\x18\n\x14MODEL_STATE_DRAINING\x10\x04\x12\x16\n\x12MODEL_STATE_FAILED\x10\x05*\xaa\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11WORKER_STATE_IDLE\x10\x01\x12\x18\n\x14WORKER_STATE_LOADING\x10\x02\x12\x16\n\x12WORKER_STATE_READY\x10\x03\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x04\x12\x19\n\x15WORKER_STATE_DEGRADED\x10\x05*p\n\nWorkerRole\x12\x1b\n\x17WORKER_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10WORKER_ROLE_BOTH\x10\x01\x12\x17\n\x13WORKER_ROLE_PREFILL\x10\x02\x12\x16\n\x12WORKER_ROLE_DECODE\x10\x03\x32\x95\x04\n\rWorkerService\x12\x45\n\x08Generate\x12\x1a.helios.v1.GenerateRequest\x1a\x1b.helios.v1.GenerateResponse0\x01\x12@\n\x07Prefill\x12\x19.helios.v1.PrefillRequest\x1a\x1a.helios.v1.PrefillResponse\x12?\n\x06\x44\x65\x63ode\x12\x18.helios.v1.DecodeRequest\x1a\x19.helios.v1.DecodeResponse0\x01\x12Z\n\x0fTransferKVCache\x12!.helios.v1.TransferKVCacheRequest\x1a\".helios.v1.TransferKVCacheResponse0\x01\x12H\n\tLoadModel\x12\x1b.helios.v1.LoadModelRequest\x1a\x1c.helios.v1.LoadModelResponse0\x01\x12L\n\x0bUnloadModel\x12\x1d.helios.v1.UnloadModelRequest\x1a\x1e.helios.v1.UnloadModelResponse\x12\x46\n\tHeartbeat\x12\x1b.helios.v1.HeartbeatRequest\x1a\x1c.helios.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16helios/v1/worker.proto\x12\thelios.v1\x1a\x17helios/v1/storage.proto\"=\n\rPromptMessage\x12\x12\n\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"B\n\nChatPrompt\x12\x34\n\x08messages\x18\x01 \x03(\x0b\x32\x18.helios.v1.PromptMessageR\x08messages\"\xd0\x01\n\x0eSamplingParams\x12\x1d\n\nmax_tokens\x18\x01 \x01(\x05R\tmaxTokens\x12 \n\x0btemperature\x18\x02 \x01(\x02R\x0btemperature\x12\x13\n\x05top_p\x18\x03 \x01(\x02R\x04topP\x12\x13\n\x05top_k\x18\x04 \x01(\x05R\x04topK\x12\x17\n\x04seed\x18\x05 \x01(\x03H\x00R\x04seed\x88\x01\x01\x12\x12\n\x04stop\x18\x06 \x03(\tR\x04stop\x12\x1d\n\nignore_eos\x18\x07 \x01(\x08R\tignoreEosB\x07\n\x05_seed\"\xcd\x01\n\x0fGenerateRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n\x06prompt\x18\x03 \x01(\tH\x00R\x06prompt\x12+\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x15.helios.v1.ChatPromptH\x00R\x04\x63hat\x12\x35\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.helios.v1.SamplingParamsR\x08samplingB\x07\n\x05input\"\xd3\x01\n\x10GenerateResponse\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n\ttoken_ids\x18\x02 \x03(\x05R\x08tokenIds\x12#\n\rprompt_tokens\x18\x03 \x01(\x05R\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05R\x10\x63ompletionTokens\x12<\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x17.helios.v1.FinishReasonR\x0c\x66inishReason\"F\n\x0ePrefillRequest\x12\x34\n\x07request\x18\x01 \x01(\x0b\x32\x1a.helios.v1.GenerateRequestR\x07request\"\x93\x01\n\x0fPrefillResponse\x12\x31\n\x05\x66irst\x18\x01 \x01(\x0b\x32\x1b.helios.v1.GenerateResponseR\x05\x66irst\x12&\n\x0fkv_cache_handle\x18\x02 \x01(\tR\rkvCacheHandle\x12%\n\x0eprefill_worker\x18\x03 \x01(\tR\rprefillWorker\"\xba\x01\n\rDecodeRequest\x12\x34\n\x07request\x18\x01 \x01(\x0b\x32\x1a.helios.v1.GenerateRequestR\x07request\x12&\n\x0fkv_cache_handle\x18\x02 \x01(\tR\rkvCacheHandle\x12%\n\x0eprefill_worker\x18\x03 \x01(\tR\rprefillWorker\x12$\n\x0e\x66irst_token_id\x18\x04 \x01(\x05R\x0c\x66irstTokenId\"A\n\x0e\x44\x65\x63odeResponse\x12/\n\x04step\x18\x01 \x01(\x0b\x32\x1b.helios.v1.GenerateResponseR\x04step\"V\n\x16TransferKVCacheRequest\x12&\n\x0fkv_cache_handle\x18\x01 \x01(\tR\rkvCacheHandle\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\"\x93\x01\n\x17TransferKVCacheResponse\x12\x14\n\x05layer\x18\x01 \x01(\x05R\x05layer\x12\x1d\n\nnum_layers\x18\x02 \x01(\x05R\tnumLayers\x12!\n\x0ctoken_offset\x18\x03 \x01(\x05R\x0btokenOffset\x12 \n\x0bsafetensors\x18\x04 \x01(\x0cR\x0bsafetensors\"a\n\x10LoadModelRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n\x07version\x18\x02 \x01(\tR\x07version\x12\x1d\n\nlocal_path\x18\x03 \x01(\tR\tlocalPath\"\x8c\x01\n\x11LoadModelResponse\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x15.helios.v1.ModelStateR\x05state\x12\x1a\n\x08progress\x18\x03 \x01(\x02R\x08progress\x12\x18\n\x07message\x18\x04 \x01(\tR\x07message\"^\n\x12UnloadModelRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x32\n\x15\x64rain_timeout_seconds\x18\x02 \x01(\x02R\x13\x64rainTimeoutSeconds\"V\n\x13UnloadModelResponse\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12)\n\x10\x61\x62orted_requests\x18\x02 \x01(\x05R\x0f\x61\x62ortedRequests\"\x12\n\x10HeartbeatRequest\"\x99\x03\n\x0bLoadedModel\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x15.helios.v1.ModelStateR\x05state\x12\x16\n\x06\x65ngine\x18\x03 \x01(\tR\x06\x65ngine\x12)\n\x10running_requests\x18\x04 \x01(\x05R\x0frunningRequests\x12)\n\x10waiting_requests\x18\x05 \x01(\x05R\x0fwaitingRequests\x12$\n\x0ekv_cache_usage\x18\x06 \x01(\x02R\x0ckvCacheUsage\x12\x31\n\x15prefix_cache_hit_rate\x18\x07 \x01(\x02R\x12prefixCacheHitRate\x12\x34\n\x16generated_tokens_total\x18\x08 \x01(\x03R\x14generatedTokensTotal\x12\x34\n\x16\x61\x62orted_requests_total\x18\t \x01(\x03R\x14\x61\x62ortedRequestsTotal\x12\x14\n\x05\x65rror\x18\n \x01(\tR\x05\x65rror\"M\n\x0bStoredModel\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12(\n\x04tier\x18\x02 \x01(\x0e\x32\x14.helios.v1.CacheTierR\x04tier\"\x96\x03\n\x11HeartbeatResponse\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x16.helios.v1.WorkerStateR\x05state\x12.\n\x06models\x18\x03 \x03(\x0b\x32\x16.helios.v1.LoadedModelR\x06models\x12,\n\x12memory_total_bytes\x18\x04 \x01(\x03R\x10memoryTotalBytes\x12*\n\x11memory_free_bytes\x18\x05 \x01(\x03R\x0fmemoryFreeBytes\x12\x1f\n\x0bqueue_depth\x18\x06 \x01(\x05R\nqueueDepth\x12#\n\rmemory_source\x18\x07 \x01(\tR\x0cmemorySource\x12)\n\x04role\x18\x08 \x01(\x0e\x32\x15.helios.v1.WorkerRoleR\x04role\x12;\n\rstored_models\x18\t \x03(\x0b\x32\x16.helios.v1.StoredModelR\x0cstoredModels*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03*\xa8\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MODEL_STATE_DOWNLOADING\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x15\n\x11MODEL_STATE_READY\x10\x03\x12\x18\n\x14MODEL_STATE_DRAINING\x10\x04\x12\x16\n\x12MODEL_STATE_FAILED\x10\x05*\xaa\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11WORKER_STATE_IDLE\x10\x01\x12\x18\n\x14WORKER_STATE_LOADING\x10\x02\x12\x16\n\x12WORKER_STATE_READY\x10\x03\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x04\x12\x19\n\x15WORKER_STATE_DEGRADED\x10\x05*p\n\nWorkerRole\x12\x1b\n\x17WORKER_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10WORKER_ROLE_BOTH\x10\x01\x12\x17\n\x13WORKER_ROLE_PREFILL\x10\x02\x12\x16\n\x12WORKER_ROLE_DECODE\x10\x03\x32\x95\x04\n\rWorkerService\x12\x45\n\x08Generate\x12\x1a.helios.v1.GenerateRequest\x1a\x1b.helios.v1.GenerateResponse0\x01\x12@\n\x07Prefill\x12\x19.helios.v1.PrefillRequest\x1a\x1a.helios.v1.PrefillResponse\x12?\n\x06\x44\x65\x63ode\x12\x18.helios.v1.DecodeRequest\x1a\x19.helios.v1.DecodeResponse0\x01\x12Z\n\x0fTransferKVCache\x12!.helios.v1.TransferKVCacheRequest\x1a\".helios.v1.TransferKVCacheResponse0\x01\x12H\n\tLoadModel\x12\x1b.helios.v1.LoadModelRequest\x1a\x1c.helios.v1.LoadModelResponse0\x01\x12L\n\x0bUnloadModel\x12\x1d.helios.v1.UnloadModelRequest\x1a\x1e.helios.v1.UnloadModelResponse\x12\x46\n\tHeartbeat\x12\x1b.helios.v1.HeartbeatRequest\x1a\x1c.helios.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'helios.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2723
-  _globals['_FINISHREASON']._serialized_end=2843
-  _globals['_MODELSTATE']._serialized_start=2846
-  _globals['_MODELSTATE']._serialized_end=3014
-  _globals['_WORKERSTATE']._serialized_start=3017
-  _globals['_WORKERSTATE']._serialized_end=3187
-  _globals['_WORKERROLE']._serialized_start=3189
-  _globals['_WORKERROLE']._serialized_end=3301
-  _globals['_PROMPTMESSAGE']._serialized_start=37
-  _globals['_PROMPTMESSAGE']._serialized_end=98
-  _globals['_CHATPROMPT']._serialized_start=100
-  _globals['_CHATPROMPT']._serialized_end=166
-  _globals['_SAMPLINGPARAMS']._serialized_start=169
-  _globals['_SAMPLINGPARAMS']._serialized_end=377
-  _globals['_GENERATEREQUEST']._serialized_start=380
-  _globals['_GENERATEREQUEST']._serialized_end=585
-  _globals['_GENERATERESPONSE']._serialized_start=588
-  _globals['_GENERATERESPONSE']._serialized_end=799
-  _globals['_PREFILLREQUEST']._serialized_start=801
-  _globals['_PREFILLREQUEST']._serialized_end=871
-  _globals['_PREFILLRESPONSE']._serialized_start=874
-  _globals['_PREFILLRESPONSE']._serialized_end=1021
-  _globals['_DECODEREQUEST']._serialized_start=1024
-  _globals['_DECODEREQUEST']._serialized_end=1210
-  _globals['_DECODERESPONSE']._serialized_start=1212
-  _globals['_DECODERESPONSE']._serialized_end=1277
-  _globals['_TRANSFERKVCACHEREQUEST']._serialized_start=1279
-  _globals['_TRANSFERKVCACHEREQUEST']._serialized_end=1365
-  _globals['_TRANSFERKVCACHERESPONSE']._serialized_start=1368
-  _globals['_TRANSFERKVCACHERESPONSE']._serialized_end=1515
-  _globals['_LOADMODELREQUEST']._serialized_start=1517
-  _globals['_LOADMODELREQUEST']._serialized_end=1614
-  _globals['_LOADMODELRESPONSE']._serialized_start=1617
-  _globals['_LOADMODELRESPONSE']._serialized_end=1757
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1759
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1853
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1855
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1941
-  _globals['_HEARTBEATREQUEST']._serialized_start=1943
-  _globals['_HEARTBEATREQUEST']._serialized_end=1961
-  _globals['_LOADEDMODEL']._serialized_start=1964
-  _globals['_LOADEDMODEL']._serialized_end=2373
-  _globals['_HEARTBEATRESPONSE']._serialized_start=2376
-  _globals['_HEARTBEATRESPONSE']._serialized_end=2721
-  _globals['_WORKERSERVICE']._serialized_start=3304
-  _globals['_WORKERSERVICE']._serialized_end=3837
+  _globals['_FINISHREASON']._serialized_start=2888
+  _globals['_FINISHREASON']._serialized_end=3008
+  _globals['_MODELSTATE']._serialized_start=3011
+  _globals['_MODELSTATE']._serialized_end=3179
+  _globals['_WORKERSTATE']._serialized_start=3182
+  _globals['_WORKERSTATE']._serialized_end=3352
+  _globals['_WORKERROLE']._serialized_start=3354
+  _globals['_WORKERROLE']._serialized_end=3466
+  _globals['_PROMPTMESSAGE']._serialized_start=62
+  _globals['_PROMPTMESSAGE']._serialized_end=123
+  _globals['_CHATPROMPT']._serialized_start=125
+  _globals['_CHATPROMPT']._serialized_end=191
+  _globals['_SAMPLINGPARAMS']._serialized_start=194
+  _globals['_SAMPLINGPARAMS']._serialized_end=402
+  _globals['_GENERATEREQUEST']._serialized_start=405
+  _globals['_GENERATEREQUEST']._serialized_end=610
+  _globals['_GENERATERESPONSE']._serialized_start=613
+  _globals['_GENERATERESPONSE']._serialized_end=824
+  _globals['_PREFILLREQUEST']._serialized_start=826
+  _globals['_PREFILLREQUEST']._serialized_end=896
+  _globals['_PREFILLRESPONSE']._serialized_start=899
+  _globals['_PREFILLRESPONSE']._serialized_end=1046
+  _globals['_DECODEREQUEST']._serialized_start=1049
+  _globals['_DECODEREQUEST']._serialized_end=1235
+  _globals['_DECODERESPONSE']._serialized_start=1237
+  _globals['_DECODERESPONSE']._serialized_end=1302
+  _globals['_TRANSFERKVCACHEREQUEST']._serialized_start=1304
+  _globals['_TRANSFERKVCACHEREQUEST']._serialized_end=1390
+  _globals['_TRANSFERKVCACHERESPONSE']._serialized_start=1393
+  _globals['_TRANSFERKVCACHERESPONSE']._serialized_end=1540
+  _globals['_LOADMODELREQUEST']._serialized_start=1542
+  _globals['_LOADMODELREQUEST']._serialized_end=1639
+  _globals['_LOADMODELRESPONSE']._serialized_start=1642
+  _globals['_LOADMODELRESPONSE']._serialized_end=1782
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1784
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1878
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1880
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1966
+  _globals['_HEARTBEATREQUEST']._serialized_start=1968
+  _globals['_HEARTBEATREQUEST']._serialized_end=1986
+  _globals['_LOADEDMODEL']._serialized_start=1989
+  _globals['_LOADEDMODEL']._serialized_end=2398
+  _globals['_STOREDMODEL']._serialized_start=2400
+  _globals['_STOREDMODEL']._serialized_end=2477
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2480
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2886
+  _globals['_WORKERSERVICE']._serialized_start=3469
+  _globals['_WORKERSERVICE']._serialized_end=4002
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from helios.v1 import storage_pb2 as _storage_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -239,8 +240,16 @@ class LoadedModel(_message.Message):
     error: str
     def __init__(self, model: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., engine: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_hit_rate: _Optional[float] = ..., generated_tokens_total: _Optional[int] = ..., aborted_requests_total: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
+class StoredModel(_message.Message):
+    __slots__ = ("model", "tier")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    tier: _storage_pb2.CacheTier
+    def __init__(self, model: _Optional[str] = ..., tier: _Optional[_Union[_storage_pb2.CacheTier, str]] = ...) -> None: ...
+
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("worker_id", "state", "models", "memory_total_bytes", "memory_free_bytes", "queue_depth", "memory_source", "role")
+    __slots__ = ("worker_id", "state", "models", "memory_total_bytes", "memory_free_bytes", "queue_depth", "memory_source", "role", "stored_models")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +258,7 @@ class HeartbeatResponse(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     MEMORY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    STORED_MODELS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     state: WorkerState
     models: _containers.RepeatedCompositeFieldContainer[LoadedModel]
@@ -257,4 +267,5 @@ class HeartbeatResponse(_message.Message):
     queue_depth: int
     memory_source: str
     role: WorkerRole
-    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., memory_source: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ...) -> None: ...
+    stored_models: _containers.RepeatedCompositeFieldContainer[StoredModel]
+    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., memory_source: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ..., stored_models: _Optional[_Iterable[_Union[StoredModel, _Mapping]]] = ...) -> None: ...
