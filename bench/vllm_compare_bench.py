@@ -17,6 +17,8 @@ tokens over the wall time of the level) and time to the first non-empty content 
 within +5 ms of bare). A second table splits the CPU time each stack's processes used per
 output token (vLLM's engine core, the serving processes in front of it, the client): on a
 small shared CPU box the serving path competes with the engine core for the same cores.
+A third splits Helios' time to first token at one stream by where the request enters the
+mesh (the worker's gRPC, the proxy's gRPC, Envoy's REST), so each hop's share shows.
 
     .venv/bin/python bench/vllm_compare_bench.py [--concurrency 1 4 16] [--max-tokens 64]
         [--requests 16] [--smollm2] [--kv-space-gib 1]
@@ -207,6 +209,71 @@ async def measure(
     return results
 
 
+async def hop_breakdown(
+    rest_url: str, services: dict[str, Any], model: str, max_tokens: int, rounds: int = 32
+) -> dict[str, list[float]]:
+    """TTFT of one stream at a time entering the mesh at each hop, interleaved: the
+    worker's WorkerService.Generate, the proxy's StreamChatCompletion, Envoy's REST."""
+    import grpc
+    from helios.v1 import inference_pb2, inference_pb2_grpc, worker_pb2, worker_pb2_grpc
+
+    worker = grpc.aio.insecure_channel(f"127.0.0.1:{services['worker-0']['grpc_port']}")
+    proxy = grpc.aio.insecure_channel(f"127.0.0.1:{services['proxy']['grpc_port']}")
+    worker_stub = worker_pb2_grpc.WorkerServiceStub(worker)
+    proxy_stub = inference_pb2_grpc.InferenceServiceStub(proxy)
+    client = openai.AsyncOpenAI(base_url=rest_url, api_key="unused", max_retries=0, timeout=600)
+
+    async def first_text(stream: Any, text_of: Callable[[Any], str]) -> float:
+        started = time.perf_counter()
+        first: float | None = None
+        async for message in stream:
+            if first is None and text_of(message):
+                first = time.perf_counter() - started
+        return first if first is not None else time.perf_counter() - started
+
+    async def via_worker(i: int) -> float:
+        request = worker_pb2.GenerateRequest(
+            request_id=f"hop-{i}-{time.time_ns()}",
+            model=model,
+            chat=worker_pb2.ChatPrompt(
+                messages=[worker_pb2.PromptMessage(role="user", content=PROMPTS[i % len(PROMPTS)])]
+            ),
+            sampling=worker_pb2.SamplingParams(
+                max_tokens=max_tokens, temperature=0.0, top_p=1.0, ignore_eos=True
+            ),
+        )
+        return await first_text(worker_stub.Generate(request), lambda r: str(r.text))
+
+    async def via_proxy(i: int) -> float:
+        params = inference_pb2.ChatCompletionParams(
+            model=model, max_tokens=max_tokens, temperature=0.0, ignore_eos=True
+        )
+        params.messages.add(role="user", content=PROMPTS[i % len(PROMPTS)])
+        request = inference_pb2.StreamChatCompletionRequest(params=params)
+        return await first_text(
+            proxy_stub.StreamChatCompletion(request),
+            lambda r: str(r.choices[0].delta.content) if r.choices else "",
+        )
+
+    async def via_envoy(i: int) -> float:
+        ttft, _ = await stream_one(client, model, PROMPTS[i % len(PROMPTS)], max_tokens)
+        return ttft
+
+    entries = {
+        "worker gRPC (engine + worker)": via_worker,
+        "proxy gRPC (+ proxy hop)": via_proxy,
+        "Envoy REST (+ Envoy, SSE)": via_envoy,
+    }
+    result: dict[str, list[float]] = {name: [] for name in entries}
+    for i in range(rounds):
+        for name, entry in entries.items():
+            result[name].append(await entry(i))
+    await worker.close(None)
+    await proxy.close(None)
+    await client.close()
+    return result
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -273,7 +340,7 @@ def bare_vllm(
     try:
         seconds = _wait_until(healthy, process, "vLLM api_server")
         print(f"bare vLLM ready in {seconds:.1f} s", file=sys.stderr, flush=True)
-        yield f"http://127.0.0.1:{port}/v1", process.pid, MODEL_NAME
+        yield f"http://127.0.0.1:{port}/v1", process.pid, MODEL_NAME, {}
     finally:
         _stop(process, 60)
 
@@ -314,7 +381,7 @@ def helios_mesh(
         info = json.loads(ready.read_text())
         # The name Helios serves it under (`helios up` records models in its registry
         # under an org: "helios/<name>").
-        yield info["rest_url"], process.pid, info["models"][0]
+        yield info["rest_url"], process.pid, info["models"][0], info["services"]
     finally:
         _stop(process, 90)
 
@@ -414,8 +481,12 @@ def main() -> None:
 
             model_dir = build_tiny_model(tmp / "tiny")
         results: dict[str, list[LevelResult]] = {}
+        hops: dict[str, list[float]] = {}
         stacks: list[
-            tuple[str, Callable[[IO[bytes]], AbstractContextManager[tuple[str, int, str]]]]
+            tuple[
+                str,
+                Callable[[IO[bytes]], AbstractContextManager[tuple[str, int, str, dict[str, Any]]]],
+            ]
         ] = [
             ("bare", lambda log: bare_vllm(model_dir, settings, env, log)),
             ("helios", lambda log: helios_mesh(model_dir, settings, env, log, tmp)),
@@ -424,14 +495,28 @@ def main() -> None:
             if args.only not in (None, name):
                 continue
             print(f"== {name}", file=sys.stderr, flush=True)
-            with (logs / f"{name}.log").open("wb") as log, start(log) as (base_url, pid, model):
+            with (
+                (logs / f"{name}.log").open("wb") as log,
+                start(log) as (base_url, pid, model, services),
+            ):
                 results[name] = asyncio.run(
                     measure(base_url, model, args.concurrency, args.requests, args.max_tokens, pid)
                 )
+                if services:
+                    hops = asyncio.run(hop_breakdown(base_url, services, model, args.max_tokens))
     if len(results) == 2:
         print_table(args.max_tokens, results["bare"], results["helios"])
     print()
     print_cpu_table(results)
+    if hops:
+        print()
+        print("Helios TTFT at 1 stream by entry point (where the added time goes), ms")
+        print("entry                         | p50    | p99")
+        print("------------------------------|--------|--------")
+        for entry, ttfts in hops.items():
+            ordered = sorted(ttfts)
+            p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+            print(f"{entry:<29} | {statistics.median(ordered) * 1e3:6.2f} | {p99 * 1e3:6.2f}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from runtime.errors import FailedPreconditionError, InvalidArgumentError
 from runtime.streams import coalesce
 from worker.engine.base import (
     ChatMessage,
+    EngineClient,
     FinishReason,
     GenerationChunk,
     GenerationRequest,
@@ -114,6 +115,14 @@ def chunk_to_pb(chunk: GenerationChunk) -> pb.GenerateResponse:
     )
 
 
+def _sendable(
+    engine: EngineClient, chunks: AsyncGenerator[GenerationChunk, None]
+) -> AsyncGenerator[GenerationChunk, None]:
+    """The engine's stream as the client should get it: chunks that piled up while a
+    message was being written go out merged, whoever merges them."""
+    return chunks if engine.merges_backlog else coalesce(chunks, merge_chunks)
+
+
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     """Serves generations from the models in a :class:`ModelManager`."""
 
@@ -153,7 +162,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         async with self._models.acquire(request.model, generation.request_id) as engine:
             # aclosing: when the client goes away this generator is cancelled, and the
             # engine's stream must be closed right then so it stops computing.
-            stream = coalesce(engine.generate(generation), merge_chunks)
+            stream = _sendable(engine, engine.generate(generation))
             async with aclosing(stream):
                 async for chunk in stream:
                     yield chunk_to_pb(chunk)
@@ -190,7 +199,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     request.prefill_worker, request.request.model, request.kv_cache_handle
                 )
             )
-            stream = coalesce(engine.decode(generation, request.first_token_id, kv), merge_chunks)
+            stream = _sendable(engine, engine.decode(generation, request.first_token_id, kv))
             async with aclosing(stream):
                 async for chunk in stream:
                     yield pb.DecodeResponse(step=chunk_to_pb(chunk))

@@ -154,6 +154,12 @@ class EngineClient(ABC):
     async def shutdown(self) -> None:
         """Release the model's memory; the engine serves nothing afterwards."""
 
+    # True when the stream already merges the chunks its reader has not taken yet into
+    # one (vLLM's DELTA output collector does): the worker then sends the stream as it
+    # comes instead of coalescing it again (runtime.streams.coalesce, one more task hop
+    # per chunk).
+    merges_backlog: bool = False
+
     # Prefill/decode disaggregation. Optional: an engine that cannot move its KV cache
     # keeps the defaults, and the worker serves it in combined mode only.
 

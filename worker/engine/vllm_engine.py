@@ -54,6 +54,7 @@ from worker.engine.base import (
     GenerationRequest,
     PrefillResult,
     SamplingParams,
+    merge_chunks,
 )
 
 if TYPE_CHECKING:
@@ -174,6 +175,8 @@ class VllmEngine(EngineClient):
     """Serves one model with vLLM's AsyncLLM. Create it with :meth:`load`."""
 
     disaggregation_unsupported_reason = DISAGGREGATION_REASON
+    # RequestOutputKind.DELTA: outputs the worker has not read yet are merged by vLLM.
+    merges_backlog = True
 
     def __init__(
         self,
@@ -324,15 +327,7 @@ class VllmEngine(EngineClient):
         wanted = params.max_tokens
         params.max_tokens = 1
         chunks = [c async for c in self._stream(request, prompt_ids, params)]
-        first = chunks[-1]
-        if len(chunks) > 1:  # one token: one chunk, unless vLLM split it
-            first = GenerationChunk(
-                text="".join(c.text for c in chunks),
-                token_ids=[t for c in chunks for t in c.token_ids],
-                prompt_tokens=first.prompt_tokens,
-                completion_tokens=first.completion_tokens,
-                finish_reason=first.finish_reason,
-            )
+        first = merge_chunks(chunks)  # one token: one chunk, unless vLLM split it
         if first.finish_reason is FinishReason.LENGTH and wanted > 1:
             first = GenerationChunk(
                 text=first.text,
