@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 
 from runtime.channels import MAX_MESSAGE_BYTES, set_default_client_tls
 from runtime.config import ServerSettings
+from runtime.gcheap import freeze_long_lived
 from runtime.interceptors import RuntimeInterceptor
 from runtime.logging import configure_logging
 from runtime.metrics import MetricsServer, serve_metrics
@@ -333,6 +334,7 @@ async def _serve(
             log.info("stopped before serving")
             return
         register, cleanup = build_task.result()
+        freeze_long_lived()  # what start-up built lives as long as the process
         try:
             running = await start_server(
                 settings, register, interceptors=interceptors, reflection_extra=reflection_extra

@@ -22,6 +22,7 @@ from runtime.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
+from runtime.gcheap import freeze_long_lived, thaw_long_lived
 from worker.engine.base import EngineClient, EngineStats
 from worker.storage_client import DownloadProgress
 
@@ -148,6 +149,7 @@ class ModelManager:
             raise FailedPreconditionError(f"loading model {name} failed: {slot.error}") from exc
         slot.engine, slot.engine_kind = engine, self._engine_kind
         slot.state, slot.loaded_at = ModelLifecycle.READY, time.time()
+        freeze_long_lived()  # the model's objects live until it is unloaded
         seconds = time.monotonic() - started
         logger.info("model ready", extra={"model": name, "load_seconds": round(seconds, 3)})
         yield LoadProgress(name, ModelLifecycle.READY, 1.0, f"ready in {seconds:.2f}s")
@@ -200,9 +202,11 @@ class ModelManager:
                     await slot.engine.abort(request_id)
                     aborted += 1
             await slot.idle.wait()
+        thaw_long_lived()  # the model's reference cycles must be collectable
         if slot.engine is not None:
             await slot.engine.shutdown()
         del self._slots[name]
+        freeze_long_lived()
         logger.info("model unloaded", extra={"model": name, "aborted": aborted})
         return aborted
 
