@@ -226,8 +226,11 @@ class ChunkedDownloader:
     async def _fetch_into(
         self, entry: FileEntry, fd: int, offset: int, length: int, expected: str
     ) -> None:
-        """One try at one chunk: from the first source that has the blob."""
+        """One try at one chunk: from the first source that has the blob and answers
+        (a source that is down, hung or cut off mid-range hands over to the next one;
+        a range rewritten by the next source overwrites the same bytes)."""
         missing: list[str] = []
+        unavailable: list[str] = []
         for source in self.sources:
             h = hashlib.sha256()
             pos = offset
@@ -246,16 +249,22 @@ class ChunkedDownloader:
             except NotFoundError as exc:
                 missing.append(f"{source.name}: {exc.message}")
                 continue
+            except UnavailableError as exc:
+                unavailable.append(exc.message)
+                continue
             if pos != offset + length:
-                raise UnavailableError(
+                unavailable.append(
                     f"{source.name} ended the range at {pos - offset} of {length} bytes"
                 )
+                continue
             if h.hexdigest() != expected:
                 raise IntegrityError(
                     f"bytes [{offset}, {offset + length}) from {source.name} hash to "
                     f"{h.hexdigest()[:12]}…, the manifest says {expected[:12]}…"
                 )
             return
+        if unavailable:  # retryable: the chunk's next try starts over
+            raise UnavailableError("; ".join(unavailable))
         raise NotFoundError(f"no source has blob {entry.sha256}: {'; '.join(missing)}")
 
 

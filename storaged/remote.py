@@ -16,17 +16,44 @@ from runtime.errors import FailedPreconditionError, UnavailableError, error_from
 from storaged.download import IntegrityError
 from storaged.manifest import FileEntry, Manifest
 
-__all__ = ["PeerSource", "RegistryClient"]
+__all__ = ["PeerSource", "RegistryClient", "read_deadline_s"]
+
+# A range read may take ``timeout_s`` to start plus its bytes at this slowest acceptable
+# rate; a source slower than that (or hung) is given up on for this try, and the
+# downloader retries the chunk (possibly from another source).
+MIN_READ_BYTES_PER_S = 1_000_000
+
+
+def read_deadline_s(length: int, timeout_s: float, min_bytes_per_s: float) -> float:
+    """The gRPC deadline of one range read of ``length`` bytes."""
+    return timeout_s + length / min_bytes_per_s
+
+
+def _read_failed(name: str, exc: grpc.aio.AioRpcError, deadline_s: float) -> Exception:
+    """A failed range read as a domain error; a missed deadline is a slow or hung
+    source (retryable: UNAVAILABLE), not the caller's deadline."""
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return UnavailableError(f"{name}: the range was not read within {deadline_s:.1f}s")
+    if exc.code() == grpc.StatusCode.DATA_LOSS:  # its stored copy failed its hashes
+        return IntegrityError(f"{name}: {exc.details()}")
+    return error_from_status(exc.code(), f"{name}: {exc.details()}")
 
 
 class RegistryClient:
     """ManifestSource and BlobSource over helios.v1.RegistryService."""
 
-    def __init__(self, target: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float = 30.0,
+        min_bytes_per_s: float = MIN_READ_BYTES_PER_S,
+    ) -> None:
         self.name = f"registry {target}"
         self._channel = create_channel(target)
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._timeout = timeout_s
+        self._min_rate = min_bytes_per_s
 
     async def close(self) -> None:
         await self._channel.close(None)
@@ -79,8 +106,10 @@ class RegistryClient:
         # length=0 means "to the end" to ReadBlob: an empty range is never asked for.
         if length == 0:
             return
+        deadline = read_deadline_s(length, self._timeout, self._min_rate)
         call = self._stub.ReadBlob(
-            registry_pb2.ReadBlobRequest(sha256=sha256, offset=offset, length=length)
+            registry_pb2.ReadBlobRequest(sha256=sha256, offset=offset, length=length),
+            timeout=deadline,
         )
         position = offset
         first = True
@@ -99,9 +128,7 @@ class RegistryClient:
                 position += len(msg.data)
                 yield msg.data
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.DATA_LOSS:  # its stored copy failed its hashes
-                raise IntegrityError(f"{self.name}: {exc.details()}") from None
-            raise error_from_status(exc.code(), f"{self.name}: {exc.details()}") from None
+            raise _read_failed(self.name, exc, deadline) from None
         finally:
             call.cancel()
 
@@ -109,10 +136,18 @@ class RegistryClient:
 class PeerSource:
     """Another storaged that may hold the blob (ReadChunk)."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float = 10.0,
+        min_bytes_per_s: float = MIN_READ_BYTES_PER_S,
+    ) -> None:
         self.name = f"peer {target}"
         self._channel = create_channel(target)
         self._stub = storage_pb2_grpc.StorageServiceStub(self._channel)
+        self._timeout = timeout_s
+        self._min_rate = min_bytes_per_s
 
     async def close(self) -> None:
         await self._channel.close(None)
@@ -120,13 +155,15 @@ class PeerSource:
     async def read(self, sha256: str, offset: int, length: int) -> AsyncIterator[bytes]:
         if length == 0:
             return
+        deadline = read_deadline_s(length, self._timeout, self._min_rate)
         call = self._stub.ReadChunk(
-            storage_pb2.ReadChunkRequest(sha256=sha256, offset=offset, length=length)
+            storage_pb2.ReadChunkRequest(sha256=sha256, offset=offset, length=length),
+            timeout=deadline,
         )
         try:
             async for msg in call:
                 yield msg.data
         except grpc.aio.AioRpcError as exc:
-            raise error_from_status(exc.code(), f"{self.name}: {exc.details()}") from None
+            raise _read_failed(self.name, exc, deadline) from None
         finally:
             call.cancel()

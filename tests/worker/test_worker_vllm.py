@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,32 +190,40 @@ async def heartbeat_model(mesh: Mesh) -> pb.LoadedModel:
 async def test_streaming_abort_and_stats(mesh: Mesh) -> None:
     before = await heartbeat_model(mesh)
     assert before.engine == "vllm"
-    call = mesh.worker.Generate(gen("long", 30000, prompt=PROMPTS[2]))
-    seen = 0
 
-    async def read_stream() -> None:
-        nonlocal seen
-        async for response in call:
-            seen += 1
-            assert response.finish_reason == pb.FINISH_REASON_UNSPECIFIED
+    async def start_long(request_id: str) -> tuple[grpc.aio.UnaryStreamCall, asyncio.Task[int]]:
+        call = mesh.worker.Generate(gen(request_id, 30000, prompt=PROMPTS[2]))
 
-    reader = asyncio.create_task(read_stream())
-    busy: list[pb.LoadedModel] = []
-    # vLLM's scheduler stats reach the heartbeat a little after each step: poll on a
-    # clock (not per message, which a loaded machine delivers in bursts) until a
-    # heartbeat has shown the request running with KV in use.
-    deadline = time.monotonic() + 120
-    while not (
-        any(m.running_requests == 1 for m in busy) and any(m.kv_cache_usage > 0 for m in busy)
-    ):
-        if reader.done():
-            reader.result()  # the stream failed: raise its error rather than a stats miss
-            pytest.fail(f"the 30000-token stream ended after {seen} messages: {busy[-3:]}")
-        assert time.monotonic() < deadline, busy[-3:]
-        busy.append(await heartbeat_model(mesh))
-        await asyncio.sleep(0.05)
-    assert not reader.done()
-    call.cancel()  # the client goes away: the worker must abort the request in vLLM
+        async def read_stream() -> int:
+            seen = 0
+            async for response in call:
+                seen += 1
+                assert response.finish_reason == pb.FINISH_REASON_UNSPECIFIED
+            return seen
+
+        return call, asyncio.create_task(read_stream())
+
+    async def watch_until(
+        reader: asyncio.Task[int], shown: Callable[[pb.LoadedModel], bool]
+    ) -> pb.LoadedModel:
+        """Heartbeats on a clock (not per message: a loaded machine delivers messages
+        in bursts) until one shows ``shown``; the stream must still be running."""
+        deadline = time.monotonic() + 120
+        while True:
+            if reader.done():
+                seen = reader.result()  # raises the stream's own error, if it failed
+                pytest.fail(f"the 30000-token stream ended after {seen} messages")
+            model = await heartbeat_model(mesh)
+            if shown(model):
+                return model
+            assert time.monotonic() < deadline, model
+            await asyncio.sleep(0.05)
+
+    # 1. The request shows as running; the client goes away at once, and the worker must
+    #    abort it in vLLM (long before its 30000 tokens).
+    call, reader = await start_long("long")
+    await watch_until(reader, lambda m: m.running_requests == 1)
+    call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reader
     deadline = time.monotonic() + 30
@@ -229,6 +237,13 @@ async def test_streaming_abort_and_stats(mesh: Mesh) -> None:
         await asyncio.sleep(0.2)
     # Far fewer than the 30000 tokens asked for: the engine stopped when the client left.
     assert after.generated_tokens_total - before.generated_tokens_total < 20000
+    # 2. A running request holds KV cache (vLLM's scheduler stats reach the heartbeat).
+    call, reader = await start_long("long-kv")
+    busy = await watch_until(reader, lambda m: m.running_requests == 1 and m.kv_cache_usage > 0)
+    assert 0 < busy.kv_cache_usage <= 1
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
     # Prefix caching: the same long prompt twice hits vLLM's prefix cache.
     long_prompt = "Everyone, everywhere, needs water, food, shelter and hope. " * 12
     for i in range(2):
