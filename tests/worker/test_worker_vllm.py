@@ -211,10 +211,14 @@ async def test_streaming_abort_and_stats(mesh: Mesh) -> None:
         """Heartbeats on a clock (not per message: a loaded machine delivers messages
         in bursts) until one shows ``shown``; the stream must still be running."""
         deadline = time.monotonic() + 120
+        model: pb.LoadedModel | None = None
         while True:
             if reader.done():
                 seen = reader.result()  # raises the stream's own error, if it failed
-                pytest.fail(f"the {LONG_TOKENS}-token stream ended after {seen} messages")
+                pytest.fail(
+                    f"the {LONG_TOKENS}-token stream ended after {seen} messages;"
+                    f" the last heartbeat said: {model}"
+                )
             model = await heartbeat_model(mesh)
             if shown(model):
                 return model
