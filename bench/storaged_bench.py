@@ -106,9 +106,9 @@ def bench_load(d: Path, rounds: int) -> None:
         drop_caches()
         t0 = time.perf_counter()
         mapped = zerocopy.map_file(f)
-        mapped.populate(threads=8)
+        mapped.populate()
         tensors = mapped.tensors()
-        cold.setdefault("cold zerocopy map+populate(8)", []).append(time.perf_counter() - t0)
+        cold.setdefault("cold zerocopy map+populate", []).append(time.perf_counter() - t0)
         assert all(mapped.contains(t) for t in tensors.values())
         assert mapped.copied_bytes == 0
         del tensors, mapped
@@ -145,7 +145,7 @@ def bench_load(d: Path, rounds: int) -> None:
     dt = time.perf_counter() - t0
     row("warm zerocopy tensors (lazy)", dt, size, f"copied {mapped.copied_bytes} B")
     t0 = time.perf_counter()
-    mapped.populate(threads=8)
+    mapped.populate()
     touch(tensors)
     row(
         "warm zerocopy populate+touch",

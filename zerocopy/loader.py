@@ -64,6 +64,11 @@ assert set(_TORCH_DTYPES) == set(DTYPE_SIZES)
 
 _MADV_POPULATE_READ = 22  # Linux >= 5.14; not exported by Python 3.11's mmap module
 _POPULATE_CHUNK = 64 * 1024 * 1024
+# One reader, in file order, by default: with MADV_SEQUENTIAL the kernel's readahead then
+# streams the file (on this project's test machine 0.63-0.65 s for 1.34 GB cold, where 8
+# parallel readers took 0.85 s and dd 0.85-1.8 s). More readers pay off only on storage
+# that needs queue depth to reach its bandwidth (NVMe arrays, network block devices).
+DEFAULT_POPULATE_THREADS = 1
 _PAGE = mmap.PAGESIZE
 
 
@@ -108,7 +113,7 @@ class MappedFile:
         ptr = tensor.data_ptr()
         return self.address <= ptr and ptr + tensor.nbytes <= self.address + self.size
 
-    def populate(self, threads: int = 8) -> None:
+    def populate(self, threads: int = DEFAULT_POPULATE_THREADS) -> None:
         """Fault every page in (reading the file if it is cold), ``threads`` at a time."""
         size = self.size
         if size == 0:
@@ -169,7 +174,7 @@ def map_file(path: str | Path) -> MappedFile:
 
 
 def load_file(
-    path: str | Path, *, populate: bool = False, threads: int = 8
+    path: str | Path, *, populate: bool = False, threads: int = DEFAULT_POPULATE_THREADS
 ) -> dict[str, torch.Tensor]:
     """The state dict of one file, zero-copy. ``populate`` reads it in eagerly."""
     mapped = map_file(path)
@@ -209,7 +214,7 @@ def checkpoint_files(model_dir: str | Path) -> list[Path]:
 
 
 def load_checkpoint(
-    model_dir: str | Path, *, populate: bool = False, threads: int = 8
+    model_dir: str | Path, *, populate: bool = False, threads: int = DEFAULT_POPULATE_THREADS
 ) -> tuple[dict[str, torch.Tensor], list[MappedFile]]:
     """The whole state dict of a (possibly sharded) checkpoint, and its mappings."""
     d = Path(model_dir)
@@ -263,7 +268,7 @@ def load_pretrained(
     *,
     dtype: torch.dtype | None = None,
     populate: bool = True,
-    threads: int = 8,
+    threads: int = DEFAULT_POPULATE_THREADS,
 ) -> PreTrainedModel:
     """A transformers causal LM from a local directory, its weights on the mappings.
 
