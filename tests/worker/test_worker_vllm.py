@@ -9,8 +9,9 @@ virtual environment or extra: see the worker's README notes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,63 +194,63 @@ async def test_streaming_abort_and_stats(mesh: Mesh) -> None:
     before = await heartbeat_model(mesh)
     assert before.engine == "vllm"
 
-    async def start_long(request_id: str) -> tuple[grpc.aio.UnaryStreamCall, asyncio.Task[int]]:
+    def start_long(
+        request_id: str,
+    ) -> tuple[grpc.aio.UnaryStreamCall, asyncio.Task[int], asyncio.Event]:
         call = mesh.worker.Generate(gen(request_id, LONG_TOKENS, prompt=PROMPTS[2]))
+        first = asyncio.Event()
 
         async def read_stream() -> int:
             seen = 0
             async for response in call:
                 seen += 1
+                first.set()
                 assert response.finish_reason == pb.FINISH_REASON_UNSPECIFIED
             return seen
 
-        return call, asyncio.create_task(read_stream())
+        return call, asyncio.create_task(read_stream()), first
 
-    async def watch_until(
-        reader: asyncio.Task[int], shown: Callable[[pb.LoadedModel], bool]
-    ) -> pb.LoadedModel:
-        """Heartbeats on a clock (not per message: a loaded machine delivers messages
-        in bursts) until one shows ``shown``; the stream must still be running."""
-        deadline = time.monotonic() + 120
-        model: pb.LoadedModel | None = None
+    async def settled(aborted_at_least: int) -> pb.LoadedModel:
+        deadline = time.monotonic() + 30
         while True:
-            if reader.done():
-                seen = reader.result()  # raises the stream's own error, if it failed
-                pytest.fail(
-                    f"the {LONG_TOKENS}-token stream ended after {seen} messages;"
-                    f" the last heartbeat said: {model}"
-                )
             model = await heartbeat_model(mesh)
-            if shown(model):
+            if model.aborted_requests_total >= aborted_at_least and model.running_requests == 0:
                 return model
             assert time.monotonic() < deadline, model
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
 
-    # 1. The request shows as running; the client goes away at once, and the worker must
-    #    abort it in vLLM (long before its 30000 tokens).
-    call, reader = await start_long("long")
-    await watch_until(reader, lambda m: m.running_requests == 1)
+    # 1. The client goes away right after its first token: the worker must abort the
+    #    request in vLLM, long before its LONG_TOKENS tokens.
+    call, reader, first = start_long("long")
+    await asyncio.wait_for(first.wait(), 120)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reader
-    deadline = time.monotonic() + 30
-    while True:
-        after = await heartbeat_model(mesh)
-        if after.aborted_requests_total > before.aborted_requests_total and (
-            after.running_requests == 0
-        ):
-            break
-        assert time.monotonic() < deadline, after
-        await asyncio.sleep(0.2)
-    # Far fewer tokens than asked for: the engine stopped when the client left.
+    after = await settled(before.aborted_requests_total + 1)
     assert after.generated_tokens_total - before.generated_tokens_total < LONG_TOKENS // 2
-    # 2. A running request holds KV cache (vLLM's scheduler stats reach the heartbeat).
-    call, reader = await start_long("long-kv")
-    busy = await watch_until(reader, lambda m: m.kv_cache_usage > 0)
-    assert busy.kv_cache_usage <= 1
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await reader
+
+    # 2. While requests run, heartbeats show them and the KV cache they hold (vLLM's
+    #    scheduler stats reach the heartbeat). Three long streams keep the engine busy
+    #    for longer than the heartbeats need, on a loaded machine too.
+    streams = [start_long(f"long-{i}") for i in range(3)]
+    seen_running = seen_kv = False
+    model: pb.LoadedModel | None = None
+    deadline = time.monotonic() + 120
+    while not (seen_running and seen_kv):
+        if all(reader.done() for _, reader, _ in streams):
+            for _, reader, _ in streams:
+                reader.result()  # raises a stream's own error, if one failed
+            pytest.fail(f"the streams ended first; the last heartbeat said: {model}")
+        assert time.monotonic() < deadline, model
+        model = await heartbeat_model(mesh)
+        seen_running = seen_running or model.running_requests >= 1
+        seen_kv = seen_kv or 0 < model.kv_cache_usage <= 1
+        await asyncio.sleep(0.05)
+    for call, reader, _ in streams:
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    await settled(after.aborted_requests_total + 1)
     # Prefix caching: the same long prompt twice hits vLLM's prefix cache.
     long_prompt = "Everyone, everywhere, needs water, food, shelter and hope. " * 12
     for i in range(2):
