@@ -7,11 +7,13 @@ compute), so what is measured is the mesh itself. Three targets, same run, same 
 - proxy:  InferenceService.StreamCompletion on the proxy (one more gRPC hop + relay)
 - envoy:  the same through Envoy's front door (gRPC) to the proxy
 
-Latency is a request's time to its first token (max_tokens=1 streams) at 1 and 64
-concurrent streams; "added" is the target's percentile less the direct one. Relay cost
-per token: one 2000-token stream's duration less the direct one's, over 2000.
+Latency of max_tokens=1 streams at 1 and 64 concurrent streams, two ways: the time to
+the first token (the first streamed message: what a user waits for) and the whole
+request (until the stream's final status). "added" is the target's percentile less the
+direct one. Relay cost per token: one 2000-token stream's duration less the direct
+one's, over 2000.
 
-    .venv/bin/python bench/proxy_bench.py [--requests 300]
+    .venv/bin/python bench/proxy_bench.py [--requests 300] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -38,21 +40,21 @@ from cli.processes import ServiceProcess
 MODEL = "zero"
 RELAY_TOKENS = 2000
 
-Call = Callable[[int], Awaitable[None]]
+# A call streams max_tokens tokens and returns the perf_counter() of its first message.
+Call = Callable[[int], Awaitable[float]]
 
 
 def direct_call(channel: grpc.aio.Channel) -> Call:
     stub = worker_pb2_grpc.WorkerServiceStub(channel)
 
-    async def call(max_tokens: int) -> None:
+    async def call(max_tokens: int) -> float:
         request = worker_pb2.GenerateRequest(
             request_id=uuid.uuid4().hex,
             model=MODEL,
             prompt="hi",
             sampling=worker_pb2.SamplingParams(max_tokens=max_tokens, top_p=1.0),
         )
-        async for _ in stub.Generate(request, timeout=60):
-            pass
+        return await first_message_at(stub.Generate(request, timeout=60))
 
     return call
 
@@ -60,28 +62,37 @@ def direct_call(channel: grpc.aio.Channel) -> Call:
 def proxy_call(channel: grpc.aio.Channel) -> Call:
     stub = inference_pb2_grpc.InferenceServiceStub(channel)
 
-    async def call(max_tokens: int) -> None:
+    async def call(max_tokens: int) -> float:
         params = inference_pb2.CompletionParams(model=MODEL, max_tokens=max_tokens)
         params.prompt.string_value = "hi"
         request = inference_pb2.StreamCompletionRequest(params=params)
-        async for _ in stub.StreamCompletion(request, timeout=60):
-            pass
+        return await first_message_at(stub.StreamCompletion(request, timeout=60))
 
     return call
 
 
-async def latencies(call: Call, concurrency: int, requests: int) -> list[float]:
-    result: list[float] = []
+async def first_message_at(stream: AsyncIterator[object]) -> float:
+    first = 0.0
+    async for _ in stream:
+        first = first or time.perf_counter()
+    return first
+
+
+async def latencies(call: Call, concurrency: int, requests: int) -> tuple[list[float], list[float]]:
+    """(times to first token, whole-request times) of ``requests`` one-token streams."""
+    first_token: list[float] = []
+    whole: list[float] = []
     queue = iter(range(requests))
 
     async def lane() -> None:
         for _ in queue:
             started = time.perf_counter()
-            await call(1)
-            result.append(time.perf_counter() - started)
+            first_at = await call(1)
+            whole.append(time.perf_counter() - started)
+            first_token.append(first_at - started)
 
     await asyncio.gather(*(lane() for _ in range(concurrency)))
-    return result
+    return first_token, whole
 
 
 def pct(values: list[float], q: float) -> float:
@@ -98,7 +109,7 @@ async def relay_seconds(call: Call, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-async def run(requests: int) -> None:
+async def run(requests: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="helios-proxy-bench-") as tmp:
         root = Path(tmp)
         (root / "model").mkdir()
@@ -138,24 +149,37 @@ async def run(requests: int) -> None:
                 await latencies(call, 8, 64)
             print("zero-cost engine (bench/zero_engine.py): the mesh is what is measured\n")
             print(
-                f"{'target':<8} {'streams':>7} {'p50 ms':>8} {'p99 ms':>8}"
+                f"{'target':<8} {'streams':>7} {'latency':<13} {'p50 ms':>8} {'p99 ms':>8}"
                 f" {'added p50 ms':>13} {'added p99 ms':>13}"
             )
             for concurrency in (1, 64):
                 n = requests if concurrency == 1 else max(requests, concurrency * 10)
-                measured = {name: await latencies(c, concurrency, n) for name, c in calls.items()}
-                base50, base99 = pct(measured["direct"], 0.5), pct(measured["direct"], 0.99)
-                for name, values in measured.items():
-                    p50, p99 = pct(values, 0.5), pct(values, 0.99)
-                    added = (
-                        ("-", "-")
-                        if name == "direct"
-                        else (f"{(p50 - base50) * 1e3:.3f}", f"{(p99 - base99) * 1e3:.3f}")
-                    )
-                    print(
-                        f"{name:<8} {concurrency:>7} {p50 * 1e3:>8.3f} {p99 * 1e3:>8.3f}"
-                        f" {added[0]:>13} {added[1]:>13}"
-                    )
+                # Targets take turns, round after round, and each one's samples are
+                # pooled: this machine's speed drifts over seconds, and a target measured
+                # alone in a slow stretch would carry the drift as "added" latency.
+                measured: dict[str, tuple[list[float], list[float]]] = {
+                    name: ([], []) for name in calls
+                }
+                for _ in range(rounds):
+                    for name, c in calls.items():
+                        first, whole = await latencies(c, concurrency, max(1, n // rounds))
+                        measured[name][0].extend(first)
+                        measured[name][1].extend(whole)
+                for kind, index in (("first token", 0), ("whole request", 1)):
+                    base = measured["direct"][index]
+                    base50, base99 = pct(base, 0.5), pct(base, 0.99)
+                    for name, both in measured.items():
+                        values = both[index]
+                        p50, p99 = pct(values, 0.5), pct(values, 0.99)
+                        added = (
+                            ("-", "-")
+                            if name == "direct"
+                            else (f"{(p50 - base50) * 1e3:.3f}", f"{(p99 - base99) * 1e3:.3f}")
+                        )
+                        print(
+                            f"{name:<8} {concurrency:>7} {kind:<13} {p50 * 1e3:>8.3f}"
+                            f" {p99 * 1e3:>8.3f} {added[0]:>13} {added[1]:>13}"
+                        )
             relay = {name: await relay_seconds(c) for name, c in calls.items()}
             print(f"\nrelay of one {RELAY_TOKENS}-token stream (median of 5):")
             for name, seconds in relay.items():
@@ -176,8 +200,11 @@ async def run(requests: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300, help="requests per point")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="turns the targets take (interleaved)"
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.requests))
+    asyncio.run(run(args.requests, args.rounds))
 
 
 if __name__ == "__main__":

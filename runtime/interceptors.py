@@ -26,7 +26,7 @@ import grpc.aio
 
 from runtime._handlers import Behavior, call_unary, iterate_stream, rewrap, split_method
 from runtime.errors import HeliosError
-from runtime.metrics import RpcObservation, final_code
+from runtime.metrics import MethodMetrics, RpcObservation, final_code
 from runtime.tracing import RpcSpan
 
 __all__ = ["INTERNAL_MESSAGE", "RuntimeInterceptor"]
@@ -91,10 +91,11 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
 
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     service, name = split_method(method)
+    metrics = MethodMetrics(service, name)
 
     def unary(behavior: Behavior) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            observation = RpcObservation(service, name)
+            observation = RpcObservation(metrics)
             span = RpcSpan(method, service, name, context.invocation_metadata())
             try:
                 with span.current():
@@ -116,7 +117,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         # Must itself be an async generator: errors raised mid-stream surface while we
         # re-yield, after some responses have already been sent.
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            observation = RpcObservation(service, name)
+            observation = RpcObservation(metrics)
             span = RpcSpan(method, service, name, context.invocation_metadata())
             try:
                 with span.current():

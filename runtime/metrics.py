@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -110,24 +111,43 @@ def final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> 
     return grpc.StatusCode.OK.name
 
 
+class MethodMetrics:
+    """The metric children of one RPC method, looked up once: ``labels()`` takes a lock
+    and hashes the label values, five times per RPC otherwise."""
+
+    __slots__ = ("_handled", "handling_seconds", "in_flight", "method", "service", "started")
+
+    def __init__(self, service: str, method: str) -> None:
+        self.service, self.method = service, method
+        self.started = GRPC_STARTED.labels(service, method)
+        self.in_flight = GRPC_IN_FLIGHT.labels(service, method)
+        self.handling_seconds = GRPC_HANDLING_SECONDS.labels(service, method)
+        self._handled: dict[str, Any] = {}
+
+    def handled(self, code: str) -> Any:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = GRPC_HANDLED.labels(self.service, self.method, code)
+        return child
+
+
 class RpcObservation:
     """Start/finish bookkeeping for one RPC; finish() is recorded at most once."""
 
-    __slots__ = ("_done", "_method", "_service", "_start")
+    __slots__ = ("_done", "_metrics", "_start")
 
-    def __init__(self, service: str, method: str) -> None:
-        self._service, self._method = service, method
+    def __init__(self, metrics: MethodMetrics) -> None:
+        self._metrics = metrics
         self._start = time.perf_counter()
         self._done = False
-        GRPC_STARTED.labels(service, method).inc()
-        GRPC_IN_FLIGHT.labels(service, method).inc()
+        metrics.started.inc()
+        metrics.in_flight.inc()
 
     def finish(self, code: str) -> None:
         if self._done:
             return
         self._done = True
-        GRPC_IN_FLIGHT.labels(self._service, self._method).dec()
-        GRPC_HANDLED.labels(self._service, self._method, code).inc()
-        GRPC_HANDLING_SECONDS.labels(self._service, self._method).observe(
-            time.perf_counter() - self._start
-        )
+        metrics = self._metrics
+        metrics.in_flight.dec()
+        metrics.handled(code).inc()
+        metrics.handling_seconds.observe(time.perf_counter() - self._start)

@@ -39,6 +39,21 @@ async def coalesce(
     """
     if max_pending < 1:
         raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+    # The first item is read here, not by the reader task: nothing can have piled up
+    # before it, and handing it over from another task would cost the first token an
+    # extra turn of the event loop.
+    try:
+        first = await anext(source)
+    except StopAsyncIteration:
+        return
+    except BaseException:
+        await _close(source)
+        raise
+    try:
+        yield first
+    except BaseException:
+        await _close(source)
+        raise
     pending: list[T] = []
     arrived = asyncio.Event()
     drained = asyncio.Event()
@@ -83,6 +98,10 @@ async def coalesce(
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-        aclose = getattr(source, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await _close(source)
+
+
+async def _close(source: AsyncIterator[object]) -> None:
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -1,9 +1,11 @@
 """OpenTelemetry tracing: one TracerProvider per process, client interceptors, server spans.
 
-A provider is always installed, exporter or not: spans are then real (recording) and
-trace context is propagated through every hop, so turning on export later (an OTLP
-endpoint) needs no code change. The OTLP exporter package is optional; without it we
-warn and keep going rather than refuse to start.
+A provider is always installed, exporter or not, and trace context is propagated
+through every hop, so turning on export later (an OTLP endpoint) needs no code change.
+Spans are recorded only once the provider has somewhere to send them: building a span's
+attributes and bookkeeping nobody reads cost about an eighth of a proxy hop's CPU.
+The OTLP exporter package is optional; without it we warn and keep going rather than
+refuse to start.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import grpc.aio
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 __all__ = ["RpcSpan", "TracedChannel", "configure_tracing"]
@@ -48,6 +51,46 @@ def _otlp_exporter(endpoint: str) -> SpanExporter | None:
     return exporter
 
 
+class _RecordWhenExported(Sampler):
+    """Records every span once a span processor is registered, none before: a span
+    nobody will export is still created (ids, context propagation) but not recorded."""
+
+    def __init__(self) -> None:
+        self.exporting = False
+
+    def should_sample(
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        if self.exporting:
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
+        return SamplingResult(Decision.DROP, None, trace_state)
+
+    def get_description(self) -> str:
+        return "RecordWhenExported"
+
+
+class _Provider(TracerProvider):
+    """A TracerProvider that starts recording when its first span processor arrives."""
+
+    def __init__(self, service: str) -> None:
+        self._sampler_switch = _RecordWhenExported()
+        super().__init__(
+            sampler=self._sampler_switch,
+            resource=Resource.create({SERVICE_NAME: f"helios-{service}"}),
+        )
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        self._sampler_switch.exporting = True
+
+
 def configure_tracing(service: str, otlp_endpoint: str | None = None) -> TracerProvider:
     """Install the process-wide TracerProvider (``service.name = helios-<service>``).
 
@@ -59,7 +102,7 @@ def configure_tracing(service: str, otlp_endpoint: str | None = None) -> TracerP
         if _provider is not None:
             log.debug("tracing already configured; ignoring configure_tracing(%r)", service)
             return _provider
-        provider = TracerProvider(resource=Resource.create({SERVICE_NAME: f"helios-{service}"}))
+        provider = _Provider(service)
         if otlp_endpoint:
             exporter = _otlp_exporter(otlp_endpoint)
             if exporter is not None:
@@ -127,14 +170,15 @@ class _TracedMultiCallable:
     """A channel's multi-callable that wraps each call in a CLIENT span and sends the
     span's context (W3C ``traceparent``) in the call's metadata."""
 
-    __slots__ = ("_inner", "_method")
+    __slots__ = ("_attributes", "_inner", "_method")
 
     def __init__(self, inner: Any, method: str) -> None:
         self._inner = inner
         self._method = method
+        self._attributes = _rpc(method)
 
     def __call__(self, *args: Any, metadata: Metadata | None = None, **kwargs: Any) -> Any:
-        span = _tracer.start_span(self._method, kind=SpanKind.CLIENT, attributes=_rpc(self._method))
+        span = _tracer.start_span(self._method, kind=SpanKind.CLIENT, attributes=self._attributes)
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         call = self._inner(*args, metadata=(*(metadata or ()), *carrier.items()), **kwargs)

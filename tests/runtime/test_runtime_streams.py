@@ -87,9 +87,22 @@ async def test_closing_early_stops_the_reader_and_closes_the_source() -> None:
         finally:
             events.append("closed")
 
+    # Closed after the first item (read directly, no reader task yet): the source is
+    # closed at once.
     stream = coalesce(source(), join)
     await queue.put("a")
     assert await anext(stream) == "a"
+    await stream.aclose()
+    assert events == ["closed"]
+
+    # Closed later, while the reader task waits on the source: the wait is cancelled
+    # and the source closed.
+    events.clear()
+    stream = coalesce(source(), join)
+    await queue.put("a")
+    assert await anext(stream) == "a"
+    await queue.put("b")
+    assert await anext(stream) == "b"
     await stream.aclose()
     assert events == ["cancelled", "closed"]
 

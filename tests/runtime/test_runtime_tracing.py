@@ -7,7 +7,7 @@ import logging
 import grpc
 import grpc.aio
 import pytest
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -82,3 +82,23 @@ def test_missing_otlp_exporter_warns(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="runtime.tracing")
     assert tracing._otlp_exporter("localhost:4317") is None
     assert "not installed" in caplog.text
+
+
+def test_spans_are_recorded_only_once_something_exports_them() -> None:
+    provider = tracing._Provider("sampling")
+    tracer = provider.get_tracer("test")
+    before = tracer.start_span("before", kind=SpanKind.SERVER)
+    # Not recorded, yet a real context that downstream hops continue.
+    assert not before.is_recording()
+    assert before.get_span_context().is_valid
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(before))
+    assert f"{before.get_span_context().trace_id:032x}" in carrier["traceparent"]
+
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    after = tracer.start_span("after", context=trace.set_span_in_context(before))
+    assert after.is_recording()
+    assert after.get_span_context().trace_id == before.get_span_context().trace_id
+    after.end()
+    assert [s.name for s in exporter.get_finished_spans()] == ["after"]
