@@ -6,6 +6,8 @@ compute), so what is measured is the mesh itself. Three targets, same run, same 
 - direct: WorkerService.Generate on the worker
 - proxy:  InferenceService.StreamCompletion on the proxy (one more gRPC hop + relay)
 - envoy:  the same through Envoy's front door (gRPC) to the proxy
+- rest:   POST /v1/completions (stream, SSE) through Envoy: transcoding, the Lua filter,
+          JSON and SSE on top (the client is httpx, keep-alive HTTP/1.1)
 
 Latency of max_tokens=1 streams at 1 and 64 concurrent streams, two ways: the time to
 the first token (the first streamed message: what a user waits for) and the whole
@@ -29,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -67,6 +70,20 @@ def proxy_call(channel: grpc.aio.Channel) -> Call:
         params.prompt.string_value = "hi"
         request = inference_pb2.StreamCompletionRequest(params=params)
         return await first_message_at(stub.StreamCompletion(request, timeout=60))
+
+    return call
+
+
+def rest_call(client: httpx.AsyncClient) -> Call:
+    async def call(max_tokens: int) -> float:
+        body = {"model": MODEL, "prompt": "hi", "max_tokens": max_tokens, "stream": True}
+        first = 0.0
+        async with client.stream("POST", "/v1/completions", json=body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    first = first or time.perf_counter()
+        return first
 
     return call
 
@@ -140,10 +157,12 @@ async def run(requests: int, rounds: int) -> None:
                 "proxy": grpc.aio.insecure_channel(proxy.address),
                 "envoy": grpc.aio.insecure_channel(f"127.0.0.1:{envoy.listen_port}"),
             }
+            rest = httpx.AsyncClient(base_url=envoy.base_url, timeout=60)
             calls = {
                 "direct": direct_call(channels["direct"]),
                 "proxy": proxy_call(channels["proxy"]),
                 "envoy": proxy_call(channels["envoy"]),
+                "rest": rest_call(rest),
             }
             for call in calls.values():  # warm up connections and code paths
                 await latencies(call, 8, 64)
@@ -191,6 +210,7 @@ async def run(requests: int, rounds: int) -> None:
                 )
             for channel in channels.values():
                 await channel.close(None)
+            await rest.aclose()
         finally:
             await envoy.stop()
             await proxy.stop(5)
