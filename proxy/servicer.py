@@ -46,7 +46,10 @@ def _json_value(message: Message, name: str) -> Any:
     """A google.protobuf.Value field as the JSON value the client sent (None if absent)."""
     if not message.HasField(name):
         return None
-    return json_format.MessageToDict(getattr(message, name))
+    value = getattr(message, name)
+    if value.WhichOneof("kind") == "string_value":  # the common case, without the walk
+        return value.string_value
+    return json_format.MessageToDict(value)
 
 
 def _common(params: pb.ChatCompletionParams | pb.CompletionParams) -> CommonParams:

@@ -1,9 +1,10 @@
 """OpenTelemetry tracing: one TracerProvider per process, client interceptors, server spans.
 
-A provider is always installed, exporter or not, and trace context is propagated
-through every hop, so turning on export later (an OTLP endpoint) needs no code change.
-Spans are recorded only once the provider has somewhere to send them: building a span's
-attributes and bookkeeping nobody reads cost about an eighth of a proxy hop's CPU.
+A provider is always installed, exporter or not, so turning on export later (an OTLP
+endpoint) needs no code change. Spans are made only once the provider has somewhere to
+send them: spans nobody reads cost about an eighth of a proxy hop's CPU. Until then a
+process passes on the trace context it was given (a caller's ``traceparent``), so a
+trace crosses hops that do not export.
 The OTLP exporter package is optional; without it we warn and keep going rather than
 refuse to start.
 """
@@ -18,7 +19,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc.aio
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -31,7 +34,7 @@ __all__ = ["RpcSpan", "TracedChannel", "configure_tracing"]
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_provider: TracerProvider | None = None
+_provider: _Provider | None = None  # the process-wide provider, once configured
 
 
 def _otlp_exporter(endpoint: str) -> SpanExporter | None:
@@ -86,9 +89,20 @@ class _Provider(TracerProvider):
             resource=Resource.create({SERVICE_NAME: f"helios-{service}"}),
         )
 
+    @property
+    def recording(self) -> bool:
+        return self._sampler_switch.exporting
+
     def add_span_processor(self, span_processor: SpanProcessor) -> None:
         super().add_span_processor(span_processor)
         self._sampler_switch.exporting = True
+
+
+def _recording() -> bool:
+    """Whether this process records spans. When it does not, RPCs make no spans at all
+    (not even non-recording ones) and only pass on a trace context they were given."""
+    provider = _provider
+    return provider is not None and provider.recording
 
 
 def configure_tracing(service: str, otlp_endpoint: str | None = None) -> TracerProvider:
@@ -137,29 +151,48 @@ _tracer = trace.get_tracer("helios.runtime")
 
 class RpcSpan:
     """The SERVER span of one incoming RPC, child of the caller's span when its metadata
-    carries one (attributes follow OpenTelemetry's RPC conventions)."""
+    carries one (attributes follow OpenTelemetry's RPC conventions).
 
-    __slots__ = ("_span",)
+    In a process that records nothing, no span is made: the caller's trace context, if
+    any, is only kept current so that outgoing calls carry it on."""
+
+    __slots__ = ("_parent", "_span")
 
     def __init__(self, full_method: str, service: str, method: str, metadata: Metadata | None):
-        parent = propagate.extract(metadata or (), getter=_GETTER)
-        self._span = _tracer.start_span(
-            full_method,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
-        )
+        self._span: trace.Span | None = None
+        self._parent: Context | None = None
+        if _recording():
+            parent = propagate.extract(metadata or (), getter=_GETTER)
+            self._span = _tracer.start_span(
+                full_method,
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+            )
+        elif metadata and any(key == "traceparent" for key, _ in metadata):
+            self._parent = propagate.extract(metadata, getter=_GETTER)
 
     @contextmanager
     def current(self) -> Iterator[None]:
         """Make the span current (outgoing calls made meanwhile become its children)."""
-        with trace.use_span(
-            self._span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-        ):
+        if self._span is not None:
+            with trace.use_span(
+                self._span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+            ):
+                yield
+        elif self._parent is not None:
+            token = otel_context.attach(self._parent)
+            try:
+                yield
+            finally:
+                otel_context.detach(token)
+        else:
             yield
 
     def finish(self, code: str) -> None:
         """End the span with the RPC's final status code name (``OK``, ``NOT_FOUND``...)."""
+        if self._span is None:
+            return
         self._span.set_attribute("rpc.grpc.status_code", code)
         if code != "OK":
             self._span.set_status(Status(StatusCode.ERROR, code))
@@ -168,7 +201,8 @@ class RpcSpan:
 
 class _TracedMultiCallable:
     """A channel's multi-callable that wraps each call in a CLIENT span and sends the
-    span's context (W3C ``traceparent``) in the call's metadata."""
+    span's context (W3C ``traceparent``) in the call's metadata. A process that records
+    nothing sends on the current context (one it was given), if there is one."""
 
     __slots__ = ("_attributes", "_inner", "_method")
 
@@ -178,8 +212,13 @@ class _TracedMultiCallable:
         self._attributes = _rpc(method)
 
     def __call__(self, *args: Any, metadata: Metadata | None = None, **kwargs: Any) -> Any:
-        span = _tracer.start_span(self._method, kind=SpanKind.CLIENT, attributes=self._attributes)
         carrier: dict[str, str] = {}
+        if not _recording():
+            if trace.get_current_span().get_span_context().is_valid:
+                propagate.inject(carrier)
+                metadata = (*(metadata or ()), *carrier.items())
+            return self._inner(*args, metadata=metadata, **kwargs)
+        span = _tracer.start_span(self._method, kind=SpanKind.CLIENT, attributes=self._attributes)
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         call = self._inner(*args, metadata=(*(metadata or ()), *carrier.items()), **kwargs)
         call.add_done_callback(lambda done: _end_client_span(span, done))

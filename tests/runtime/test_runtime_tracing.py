@@ -102,3 +102,37 @@ def test_spans_are_recorded_only_once_something_exports_them() -> None:
     assert after.get_span_context().trace_id == before.get_span_context().trace_id
     after.end()
     assert [s.name for s in exporter.get_finished_spans()] == ["after"]
+
+
+class _RecordingInner:
+    """Stands in for a grpc multi-callable: keeps the metadata each call was given."""
+
+    def __init__(self) -> None:
+        self.metadata: list[object] = []
+
+    def __call__(self, request: bytes, *, metadata: object = None) -> str:
+        self.metadata.append(metadata)
+        return "call"
+
+
+def test_a_process_that_records_nothing_passes_on_the_context_it_was_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tracing, "_provider", tracing._Provider("quiet"))
+    inner = _RecordingInner()
+    call = tracing._TracedMultiCallable(inner, f"/{SERVICE}/Echo")
+    given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+    span = tracing.RpcSpan(f"/{SERVICE}/Echo", SERVICE, "Echo", (("traceparent", given),))
+    with span.current():
+        assert call(b"x") == "call"
+    span.finish("OK")
+    # The caller's trace and span ids go on unchanged: no span of our own in between.
+    assert inner.metadata[-1] == (("traceparent", given),)
+
+    # No trace given: nothing is sent, and the caller's own metadata is left alone.
+    span = tracing.RpcSpan(f"/{SERVICE}/Echo", SERVICE, "Echo", (("x-other", "1"),))
+    with span.current():
+        call(b"x", metadata=(("x-mine", "2"),))
+    assert inner.metadata[-1] == (("x-mine", "2"),)
+    assert trace.get_current_span().get_span_context().is_valid is False
