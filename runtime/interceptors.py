@@ -93,10 +93,14 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     service, name = split_method(method)
     metrics = MethodMetrics(service, name)
 
+    def start(context: grpc.aio.ServicerContext) -> tuple[RpcObservation, RpcSpan]:
+        return RpcObservation(metrics), RpcSpan(
+            method, service, name, context.invocation_metadata()
+        )
+
     def unary(behavior: Behavior) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            observation = RpcObservation(metrics)
-            span = RpcSpan(method, service, name, context.invocation_metadata())
+            observation, span = start(context)
             try:
                 with span.current():
                     try:
@@ -117,8 +121,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         # Must itself be an async generator: errors raised mid-stream surface while we
         # re-yield, after some responses have already been sent.
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            observation = RpcObservation(metrics)
-            span = RpcSpan(method, service, name, context.invocation_metadata())
+            observation, span = start(context)
             try:
                 with span.current():
                     try:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
+import grpc.aio
+from helios.v1 import worker_pb2_grpc
+
+from runtime.config import ServerSettings
 from runtime.errors import InvalidArgumentError
+from runtime.server import RunningServer, start_server
 from worker.engine.base import (
     EngineClient,
     EngineDeadError,
@@ -14,6 +19,17 @@ from worker.engine.base import (
     GenerationChunk,
     GenerationRequest,
 )
+
+
+async def serve_worker(servicer: worker_pb2_grpc.WorkerServiceServicer) -> RunningServer:
+    """A WorkerService on 127.0.0.1, port 0, started the way every Helios server is."""
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
+        return ["helios.v1.WorkerService"]
+
+    return await start_server(ServerSettings(service="worker", metrics_port=-1), register)
+
 
 WORDS = ("alpha ", "beta ", "gamma ", "delta ", "epsilon ", "zeta ", "eta ", "theta ")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from fakes import serve_worker
 from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
 from prometheus_client import REGISTRY
@@ -24,9 +25,8 @@ from proxy.openai import Job, Sampling
 from proxy.routing import WorkerPool, WorkerRole
 from proxy.service import CompletionRouter, Step
 from proxy.worker_client import GrpcWorkerConnection
-from runtime.config import ServerSettings
 from runtime.errors import UnavailableError
-from runtime.server import RunningServer, start_server
+from runtime.server import RunningServer
 from worker.engine.base import EngineClient
 from worker.engine.transformers_engine import TransformersEngine
 from worker.models import ModelManager
@@ -69,11 +69,7 @@ async def start_worker(model_dir: Path, role: str) -> Worker:
         pass
     servicer = WorkerServicer(manager, worker_id=f"{role}-worker", role=role)
 
-    def register(server: grpc.aio.Server) -> list[str]:
-        worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
-        return ["helios.v1.WorkerService"]
-
-    server = await start_server(ServerSettings(service="worker", metrics_port=-1), register)
+    server = await serve_worker(servicer)
     channel = grpc.aio.insecure_channel(server.address)
     return Worker(role, server.address, server, channel, manager)
 

@@ -11,14 +11,12 @@ import grpc
 import pytest
 import pytest_asyncio
 import torch
-from fakes import FakeEngine
+from fakes import FakeEngine, serve_worker
 from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
-from runtime.config import ServerSettings
 from runtime.errors import InvalidArgumentError
-from runtime.server import start_server
 from worker.engine.base import EngineClient
 from worker.engine.transformers_engine import TransformersEngine
 from worker.kvtransfer import KVAssembler, encode_frames
@@ -50,11 +48,7 @@ async def _start_worker(model_dir: Path, fake: bool = False) -> tuple[Worker, ob
         pass
     servicer = WorkerServicer(manager, worker_id="w")
 
-    def register(server: grpc.aio.Server) -> list[str]:
-        worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
-        return ["helios.v1.WorkerService"]
-
-    running = await start_server(ServerSettings(service="worker", metrics_port=-1), register)
+    running = await serve_worker(servicer)
     channel = grpc.aio.insecure_channel(running.address)
     return Worker(running.address, worker_pb2_grpc.WorkerServiceStub(channel)), running, channel
 

@@ -11,12 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from fakes import serve_worker
 from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
 
 from cli.tinymodel import build_tiny_model
-from runtime.config import ServerSettings
-from runtime.server import start_server
 from worker.models import ModelManager
 from worker.server import transformers_engine_factory
 from worker.servicer import WorkerServicer
@@ -50,11 +49,7 @@ async def stub() -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
     )
     servicer = WorkerServicer(manager, worker_id="w-life")
 
-    def register(server: grpc.aio.Server) -> list[str]:
-        worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
-        return ["helios.v1.WorkerService"]
-
-    running = await start_server(ServerSettings(service="worker", metrics_port=-1), register)
+    running = await serve_worker(servicer)
     async with grpc.aio.insecure_channel(running.address) as channel:
         yield worker_pb2_grpc.WorkerServiceStub(channel)
     await running.stop(0)

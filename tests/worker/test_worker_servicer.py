@@ -9,12 +9,11 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from fakes import FakeEngine
+from fakes import FakeEngine, serve_worker
 from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
 
-from runtime.config import ServerSettings
-from runtime.server import RunningServer, start_server
+from runtime.server import RunningServer
 from worker.engine.base import EngineClient
 from worker.models import ModelManager
 from worker.servicer import WorkerServicer
@@ -53,13 +52,7 @@ async def stub(
         continue
     servicer = WorkerServicer(manager, worker_id="w-test")
 
-    def register(server: grpc.aio.Server) -> list[str]:
-        worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
-        return ["helios.v1.WorkerService"]
-
-    running: RunningServer = await start_server(
-        ServerSettings(service="worker", metrics_port=-1), register
-    )
+    running: RunningServer = await serve_worker(servicer)
     async with grpc.aio.insecure_channel(running.address) as channel:
         yield worker_pb2_grpc.WorkerServiceStub(channel)
     await running.stop(0)

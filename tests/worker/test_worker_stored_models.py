@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest_asyncio
-from fakes import FakeEngine
+from fakes import FakeEngine, serve_worker
 from helios.v1 import registry_pb2_grpc, storage_pb2, storage_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
 
@@ -128,14 +128,6 @@ class Node:
     root: Path
 
 
-async def _serve_worker(servicer: WorkerServicer) -> RunningServer:
-    def register(server: grpc.aio.Server) -> list[str]:
-        worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
-        return ["helios.v1.WorkerService"]
-
-    return await start_server(ServerSettings(service="worker", metrics_port=-1), register)
-
-
 def _manager() -> ModelManager:
     async def factory(name: str, path: Path) -> EngineClient:
         return FakeEngine(name)
@@ -175,7 +167,7 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     )
     storage = StorageClient(storaged_server.address)
     worker = WorkerServicer(_manager(), worker_id="w-stored", storage=storage)
-    worker_server = await _serve_worker(worker)
+    worker_server = await serve_worker(worker)
     st_channel = grpc.aio.insecure_channel(storaged_server.address)
     w_channel = grpc.aio.insecure_channel(worker_server.address)
     try:
@@ -265,7 +257,7 @@ async def test_heartbeat_survives_storaged_going_away(node: Node) -> None:
 
 
 async def test_a_worker_without_storaged_reports_no_stored_models(tmp_path: Path) -> None:
-    running = await _serve_worker(WorkerServicer(_manager(), worker_id="w-bare"))
+    running = await serve_worker(WorkerServicer(_manager(), worker_id="w-bare"))
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
             beat = await worker_pb2_grpc.WorkerServiceStub(channel).Heartbeat(

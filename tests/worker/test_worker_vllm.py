@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from fakes import serve_worker
 from google.protobuf import struct_pb2
 from helios.v1 import inference_pb2, inference_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
@@ -448,8 +449,6 @@ async def test_prefill_and_decode_workers_over_grpc_with_the_connector(
     """Two workers (prefill and decode roles) around the connector engines: Prefill on
     one, Decode on the other over real gRPC, nothing fetched between them (the KV cache
     moves through the shared path), the same greedy tokens as a combined generation."""
-    from runtime.config import ServerSettings
-    from runtime.server import start_server
     from worker.engine.base import EngineClient
     from worker.models import ModelManager
     from worker.servicer import WorkerServicer
@@ -470,11 +469,7 @@ async def test_prefill_and_decode_workers_over_grpc_with_the_connector(
                 models, worker_id=role, role=role, advertise_address="unused:1"
             )
 
-            def register(server: grpc.aio.Server, servicer: WorkerServicer = servicer) -> list[str]:
-                worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
-                return ["helios.v1.WorkerService"]
-
-            running = await start_server(ServerSettings(service=role, metrics_port=-1), register)
+            running = await serve_worker(servicer)
             servers.append(running)
             channel = grpc.aio.insecure_channel(running.address)
             stubs[role] = worker_pb2_grpc.WorkerServiceStub(channel)
