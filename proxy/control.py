@@ -168,6 +168,11 @@ class ControlPlane:
 
     # -- requests ---------------------------------------------------------------
 
+    def knows(self, model: str) -> bool:
+        """Whether ``model`` is in the catalogue or on any agent (not just a name a
+        client sent)."""
+        return model in self.catalogue or model in self.pool.models()
+
     @contextmanager
     def active(self, address: str, model: str) -> Iterator[None]:
         """Count a request of ``model`` running on ``address`` (idle TTL, eviction)."""

@@ -173,4 +173,8 @@ class Admission:
         self.inflight[model] = current + 1
 
     def leave(self, model: str) -> None:
-        self.inflight[model] = max(0, self.inflight.get(model, 1) - 1)
+        left = self.inflight.get(model, 1) - 1
+        if left > 0:
+            self.inflight[model] = left
+        else:  # forget idle models: the name may be any string a client sent
+            self.inflight.pop(model, None)

@@ -148,3 +148,51 @@ DECODE_RETRIES = Counter(
     " since a KV cache can be fetched once, then Decode on another decode worker).",
     ["model"],
 )
+
+
+# The model label of requests for a model no agent or catalogue knows: the name is
+# whatever a client sent, and one label value per typo would grow without bound.
+UNKNOWN_MODEL = "_unknown"
+
+
+class ModelMetrics:
+    """One model's request metric children, looked up once: ``labels()`` takes a lock
+    and hashes the label values, six times per request otherwise."""
+
+    __slots__ = (
+        "_requests",
+        "generated_tokens",
+        "model",
+        "prompt_tokens",
+        "queue_time",
+        "retries",
+        "time_per_output_token",
+        "time_to_first_token",
+    )
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.time_to_first_token = TIME_TO_FIRST_TOKEN.labels(model)
+        self.time_per_output_token = TIME_PER_OUTPUT_TOKEN.labels(model)
+        self.generated_tokens = GENERATED_TOKENS.labels(model)
+        self.prompt_tokens = PROMPT_TOKENS.labels(model)
+        self.queue_time = QUEUE_TIME.labels(model)
+        self.retries = RETRIES.labels(model)
+        self._requests: dict[str, Counter] = {}
+
+    def requests(self, outcome: str) -> Counter:
+        child = self._requests.get(outcome)
+        if child is None:
+            child = self._requests[outcome] = REQUESTS.labels(self.model, outcome)
+        return child
+
+
+_BY_MODEL: dict[str, ModelMetrics] = {}
+
+
+def for_model(model: str) -> ModelMetrics:
+    """The cached children of a model requests have been routed for."""
+    found = _BY_MODEL.get(model)
+    if found is None:
+        found = _BY_MODEL[model] = ModelMetrics(model)
+    return found

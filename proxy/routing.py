@@ -168,6 +168,10 @@ class WorkerView:
     def ready_models(self) -> frozenset[str]:
         return frozenset(m for m, s in self.models.items() if s.state == "ready")
 
+    def is_ready(self, model: str) -> bool:
+        status = self.models.get(model)
+        return status is not None and status.state == "ready"
+
     @property
     def known_models(self) -> frozenset[str]:
         return frozenset(self.models)
@@ -325,13 +329,14 @@ class WorkerPool:
         """Agents that have ``model`` READY and take requests now; of ``role`` only,
         when given (None: any role)."""
         skip = set(exclude)
+        # Cheapest tests first: this runs for every request, up to three times.
         return [
             w
             for w in self._workers.values()
-            if w.routable
-            and model in w.ready_models
+            if (role is None or w.role is role)
+            and w.is_ready(model)
             and w.address not in skip
-            and (role is None or w.role is role)
+            and w.routable
         ]
 
     def holders(self, model: str) -> list[WorkerView]:

@@ -117,12 +117,12 @@ class WorkerConnection(Protocol):
     async def close(self) -> None: ...
 
 
-def _record_finished(model: str, last: Step, first_token_at: float | None) -> None:
-    metrics.GENERATED_TOKENS.labels(model).inc(last.completion_tokens)
-    metrics.PROMPT_TOKENS.labels(model).inc(last.prompt_tokens)
+def _record_finished(model: metrics.ModelMetrics, last: Step, first_token_at: float | None) -> None:
+    model.generated_tokens.inc(last.completion_tokens)
+    model.prompt_tokens.inc(last.prompt_tokens)
     if first_token_at is not None and last.completion_tokens > 1:
         per_token = (time.monotonic() - first_token_at) / (last.completion_tokens - 1)
-        metrics.TIME_PER_OUTPUT_TOKEN.labels(model).observe(per_token)
+        model.time_per_output_token.observe(per_token)
 
 
 @dataclass
@@ -296,6 +296,7 @@ class CompletionRouter:
         tried: set[str] = set()
         attempt = 0
         outcome = "error"
+        model_metrics: metrics.ModelMetrics | None = None  # once the model is routable
         try:
             while True:
                 remaining = None if deadline_at is None else deadline_at - time.monotonic()
@@ -316,8 +317,9 @@ class CompletionRouter:
                     )
                 else:
                     address = await self.control.replica(job.model, remaining, request.hint, tried)
-                if attempt == 0:
-                    metrics.QUEUE_TIME.labels(job.model).observe(time.monotonic() - arrived)
+                if model_metrics is None:
+                    model_metrics = metrics.for_model(job.model)
+                    model_metrics.queue_time.observe(time.monotonic() - arrived)
                 sent = False
                 first_token_at: float | None = None
                 try:
@@ -325,12 +327,10 @@ class CompletionRouter:
                         async for step in steps:
                             if first_token_at is None and step.completion_tokens > 0:
                                 first_token_at = time.monotonic()
-                                metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(
-                                    first_token_at - arrived
-                                )
+                                model_metrics.time_to_first_token.observe(first_token_at - arrived)
                             if step.finish_reason is not None:
                                 outcome = "finished"
-                                _record_finished(job.model, step, first_token_at)
+                                _record_finished(model_metrics, step, first_token_at)
                                 tokens = step.prompt_tokens + step.completion_tokens
                                 self.api_keys.charge(key, tokens)
                                 if self.usage is not None and self.control.registry_model(
@@ -353,7 +353,7 @@ class CompletionRouter:
                         raise
                     attempt += 1
                     tried |= failed
-                    metrics.RETRIES.labels(job.model).inc()
+                    model_metrics.retries.inc()
                     logger.warning(
                         "worker failed before the first token; retrying elsewhere",
                         extra={
@@ -372,7 +372,13 @@ class CompletionRouter:
             raise
         finally:
             self.admission.leave(job.model)
-            metrics.REQUESTS.labels(job.model, outcome).inc()
+            if model_metrics is not None:
+                model_metrics.requests(outcome).inc()
+            else:  # never routed (unknown model, no capacity, deadline): see UNKNOWN_MODEL
+                known = self.control.knows(job.model)
+                metrics.REQUESTS.labels(
+                    job.model if known else metrics.UNKNOWN_MODEL, outcome
+                ).inc()
 
     @contextlib.asynccontextmanager
     async def _steps(

@@ -7,6 +7,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +358,18 @@ def test_metrics_through_envoy(mesh: Mesh) -> None:
         text = response.read().decode()
     assert "helios_grpc_server_handled_total" in text
     assert "helios_proxy_time_to_first_token_seconds" in text
+
+
+def test_unknown_model_names_do_not_become_metric_labels(client: openai.OpenAI, mesh: Mesh) -> None:
+    name = f"typo-{uuid.uuid4().hex[:12]}"
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model=name, prompt="hi", max_tokens=1)
+    client.completions.create(model=mesh.model, prompt="hi", max_tokens=1)
+    with urllib.request.urlopen(f"{mesh.rest_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert name not in text
+    assert 'helios_proxy_requests_total{model="_unknown",outcome="error"}' in text
+    assert f'helios_proxy_requests_total{{model="{mesh.model}",outcome="finished"}}' in text
 
 
 def test_estimate_memory_through_envoy(mesh: Mesh) -> None:

@@ -148,6 +148,9 @@ def test_admission_sheds_beyond_the_queue() -> None:
     admission.enter("other")
     admission.leave("m")
     admission.enter("m")
+    # A model with nothing in flight is forgotten (its name came from a client).
+    admission.leave("other")
+    assert "other" not in admission.inflight
 
 
 def test_model_spec_flag() -> None:
