@@ -37,11 +37,8 @@ async def call_unary(behavior: Behavior, request: Any, context: grpc.aio.Service
     return result
 
 
-async def iterate_stream(
-    behavior: Behavior, request: Any, context: grpc.aio.ServicerContext
-) -> AsyncIterator[Any]:
-    """Re-yield a streaming behavior's responses, whatever style it is written in."""
-    result = behavior(request, context)
+async def iterate_result(result: Any) -> AsyncIterator[Any]:
+    """Re-yield what a streaming behavior returned, whatever style it is written in."""
     if hasattr(result, "__aiter__"):
         # aclosing: if *our* generator is closed early (client cancelled), close the
         # inner one now so the servicer's finally-blocks run promptly, not at GC time.

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from runtime._handlers import Behavior, call_unary, iterate_stream, rewrap, split_method
+from runtime._handlers import Behavior, call_unary, iterate_result, rewrap, split_method
 from runtime.errors import HeliosError
 from runtime.metrics import MethodMetrics, RpcObservation, final_code
 from runtime.tracing import RpcSpan
@@ -101,17 +101,19 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     def unary(behavior: Behavior) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             observation, span = start(context)
+            token = span.enter()
             try:
-                with span.current():
-                    try:
-                        response = await call_unary(behavior, request, context)
-                    except _PASSTHROUGH:
-                        raise
-                    except Exception as exc:
-                        await _map_error(exc, context, method)
+                try:
+                    response = await call_unary(behavior, request, context)
+                except _PASSTHROUGH:
+                    raise
+                except Exception as exc:
+                    await _map_error(exc, context, method)
             except BaseException as exc:
+                span.exit(token)
                 _finish(observation, span, final_code(context, exc))
                 raise
+            span.exit(token)
             _finish(observation, span, final_code(context, None))
             return response
 
@@ -122,20 +124,37 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         # re-yield, after some responses have already been sent.
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             observation, span = start(context)
+            token = span.enter()
             try:
-                with span.current():
-                    try:
-                        async for item in iterate_stream(behavior, request, context):
+                try:
+                    result = behavior(request, context)
+                    if isinstance(result, AsyncGenerator):
+                        # The usual servicer style, re-yielded here directly: one
+                        # generator layer less for every message.
+                        done = False
+                        try:
+                            async for item in result:
+                                yield item
+                            done = True
+                        finally:
+                            if not done:
+                                # Closed early (client cancelled): close the servicer's
+                                # generator now so its finally-blocks run, not at GC.
+                                await result.aclose()
+                    else:
+                        async for item in iterate_result(result):
                             yield item
-                    except _PASSTHROUGH:
-                        raise
-                    except Exception as exc:
-                        await _map_error(exc, context, method)
+                except _PASSTHROUGH:
+                    raise
+                except Exception as exc:
+                    await _map_error(exc, context, method)
             except BaseException as exc:
                 # GeneratorExit lands here too: grpc dropped the stream while it was
                 # parked at a yield (client cancelled, server stopped).
+                span.exit(token)
                 _finish(observation, span, final_code(context, exc))
                 raise
+            span.exit(token)
             _finish(observation, span, final_code(context, None))
 
         return wrapper

@@ -54,21 +54,27 @@ async def coalesce(
     except BaseException:
         await _close(source)
         raise
+    loop = asyncio.get_running_loop()
     pending: list[T] = []
-    arrived = asyncio.Event()
-    drained = asyncio.Event()
     finished = False
     failure: BaseException | None = None
+    # Bare futures rather than asyncio.Events: this runs for every streamed request.
+    consumer_wakeup: asyncio.Future[None] | None = None  # set while the consumer waits
+    reader_wakeup: asyncio.Future[None] | None = None  # set while the reader is held back
+
+    def wake(waiter: asyncio.Future[None] | None) -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def read() -> None:
-        nonlocal finished, failure
+        nonlocal finished, failure, reader_wakeup
         try:
             async for item in source:
                 pending.append(item)
-                arrived.set()
+                wake(consumer_wakeup)
                 if len(pending) >= max_pending:
-                    drained.clear()
-                    await drained.wait()
+                    reader_wakeup = loop.create_future()
+                    await reader_wakeup
         except (Exception, asyncio.CancelledError) as exc:
             # Handed to the consumer and raised there, after the items before it. A
             # CancelledError here is the source's own (its call was cancelled), not ours:
@@ -76,23 +82,22 @@ async def coalesce(
             failure = exc
         finally:
             finished = True
-            arrived.set()
+            wake(consumer_wakeup)
 
-    reader = asyncio.create_task(read())
+    reader = loop.create_task(read())
     try:
         while True:
             if pending:
-                batch = pending.copy()
-                pending.clear()
-                drained.set()
+                batch, pending = pending, []
+                wake(reader_wakeup)
                 yield batch[0] if len(batch) == 1 else merge(batch)
             elif finished:
                 if failure is not None:
                     raise failure
                 return
             else:
-                arrived.clear()
-                await arrived.wait()
+                consumer_wakeup = loop.create_future()
+                await consumer_wakeup
     finally:
         if not reader.done():
             reader.cancel()

@@ -16,7 +16,8 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from contextvars import Token
+from typing import Any, cast
 
 import grpc.aio
 from opentelemetry import context as otel_context
@@ -172,22 +173,30 @@ class RpcSpan:
         elif metadata and any(key == "traceparent" for key, _ in metadata):
             self._parent = propagate.extract(metadata, getter=_GETTER)
 
+    def enter(self) -> object | None:
+        """Make the span current (outgoing calls made meanwhile become its children);
+        hand the result to :meth:`exit`. A plain call, not a context manager: it runs
+        around every RPC."""
+        if self._span is not None:
+            return otel_context.attach(trace.set_span_in_context(self._span))
+        if self._parent is not None:
+            return otel_context.attach(self._parent)
+        return None
+
+    @staticmethod
+    def exit(token: object | None) -> None:
+        """Undo :meth:`enter`."""
+        if token is not None:
+            otel_context.detach(cast("Token[Context]", token))
+
     @contextmanager
     def current(self) -> Iterator[None]:
-        """Make the span current (outgoing calls made meanwhile become its children)."""
-        if self._span is not None:
-            with trace.use_span(
-                self._span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-            ):
-                yield
-        elif self._parent is not None:
-            token = otel_context.attach(self._parent)
-            try:
-                yield
-            finally:
-                otel_context.detach(token)
-        else:
+        """:meth:`enter` .. :meth:`exit` as a context manager."""
+        token = self.enter()
+        try:
             yield
+        finally:
+            self.exit(token)
 
     def finish(self, code: str) -> None:
         """End the span with the RPC's final status code name (``OK``, ``NOT_FOUND``...)."""
