@@ -218,6 +218,8 @@ class Mesh:
         worker_args = ["--engine", options.engine]
         if self.storaged.ready:
             worker_args += ["--storaged", self.storaged.address]
+        if self.estimator.ready:  # sizes vLLM engines to the memory each worker has
+            worker_args += ["--estimator", self.estimator.address]
         for name, path in self._local_models:
             worker_args += ["--model", f"{name}={path}"]
         self.workers = [

@@ -106,6 +106,16 @@ class ModelManager:
     def used_bytes(self) -> int:
         return sum(s.size_bytes for s in self._slots.values() if s.engine is not None)
 
+    def budget_for(self, name: str) -> int:
+        """Bytes model ``name`` may use: the capacity less every other model loaded or
+        loading."""
+        others = sum(
+            s.size_bytes
+            for n, s in self._slots.items()
+            if n != name and (s.engine is not None or s.state is ModelLifecycle.LOADING)
+        )
+        return self.capacity_bytes - others
+
     async def load(self, name: str, path: Path) -> AsyncIterator[LoadProgress]:
         """Load model ``name`` from ``path``, yielding progress until READY.
 
@@ -148,6 +158,8 @@ class ModelManager:
             logger.exception("model load failed", extra={"model": name})
             raise FailedPreconditionError(f"loading model {name} failed: {slot.error}") from exc
         slot.engine, slot.engine_kind = engine, self._engine_kind
+        if engine.memory_bytes is not None:
+            slot.size_bytes = max(slot.size_bytes, engine.memory_bytes)
         slot.state, slot.loaded_at = ModelLifecycle.READY, time.time()
         freeze_long_lived()  # the model's objects live until it is unloaded
         seconds = time.monotonic() - started

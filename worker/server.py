@@ -16,6 +16,9 @@ from runtime.config import ConfigError, add_server_arguments, env_default, setti
 from runtime.server import Cleanup, Register, run
 from worker.engine.base import EngineClient
 from worker.engine.vllm_engine import VllmConfig
+from worker.engine_sizing import VllmSizer
+from worker.estimator_client import EstimatorClient
+from worker.memory import nvml_memory
 from worker.models import EngineFactory, ModelManager
 from worker.servicer import ROLES, WorkerServicer
 from worker.storage_client import StorageClient
@@ -45,13 +48,15 @@ def transformers_engine_factory(max_concurrency: int) -> EngineFactory:
     return build
 
 
-def vllm_engine_factory(config: VllmConfig) -> EngineFactory:
-    """vLLM's AsyncLLM (continuous batching, paged KV cache, prefix caching)."""
+def vllm_engine_factory(config: VllmConfig, sizer: VllmSizer | None = None) -> EngineFactory:
+    """vLLM's AsyncLLM (continuous batching, paged KV cache, prefix caching); with a
+    sizer, the limits left unset come from the memory estimate."""
 
     async def build(name: str, path: Path) -> EngineClient:
         from worker.engine.vllm_engine import VllmEngine
 
-        return await VllmEngine.load(path, name, config)
+        sized = config if sizer is None else await sizer.size(name, path, config)
+        return await VllmEngine.load(path, name, sized)
 
     return build
 
@@ -193,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="storaged address: LoadModel without local_path fetches through EnsureModel",
     )
     parser.add_argument(
+        "--estimator",
+        default=env_default("worker", "estimator", ""),
+        metavar="HOST:PORT",
+        help="estimator address: a vLLM engine's KV cache, max_model_len and max_num_seqs,"
+        " when not given, are sized from its memory estimate and the memory left here",
+    )
+    parser.add_argument(
         "--role",
         choices=ROLES,
         default=env_default("worker", "role", "both"),
@@ -226,12 +238,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ConfigError("kv_shared_path", f"required for a vllm worker with --role {args.role}")
 
     vllm_config = vllm_config_from_args(args)
-    if args.engine == "vllm":
-        factory = vllm_engine_factory(vllm_config)
-    else:
-        factory = transformers_engine_factory(args.max_concurrency)
 
     async def build() -> tuple[Register, Cleanup]:
+        manager: ModelManager
+        if args.engine == "vllm":
+            sizer = None
+            if args.estimator:
+                sizer = VllmSizer(
+                    EstimatorClient(args.estimator),
+                    budget=lambda model: manager.budget_for(model),
+                    gpu_free=lambda: gpu[1] if (gpu := nvml_memory()) is not None else None,
+                )
+            factory = vllm_engine_factory(vllm_config, sizer)
+        else:
+            factory = transformers_engine_factory(args.max_concurrency)
         manager = ModelManager(
             factory, engine_kind=args.engine, capacity_bytes=args.memory_capacity_bytes
         )

@@ -26,9 +26,11 @@ from helios.v1 import worker_pb2 as pb
 from cli.processes import ServiceProcess
 from cli.tinymodel import build_tiny_model
 from runtime.errors import FailedPreconditionError, InvalidArgumentError
+from worker.batch_sizing import KV_BLOCK_TOKENS
 from worker.engine.base import ChatMessage, FinishReason, GenerationRequest, SamplingParams
 from worker.engine.transformers_engine import TransformersEngine
 from worker.engine.vllm_engine import VllmConfig, VllmEngine, vllm_available
+from worker.estimator_client import EstimatorClient
 
 _MISSING = vllm_available()
 
@@ -509,3 +511,67 @@ async def test_prefill_and_decode_workers_over_grpc_with_the_connector(
     finally:
         for running in servers:
             await running.stop(0)
+
+
+async def test_engine_limits_are_sized_from_the_estimate(
+    mesh: Mesh, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A worker with --estimator and no engine limits: its capacity leaves room for a
+    4096-token KV cache, far less than the model's 32k context. Unsized, vLLM would
+    refuse to start (one full-context sequence must fit); sized, it starts, serves
+    4096-token sequences and refuses longer ones, and the worker charges the whole
+    planned memory (weights, KV cache, overhead) against its capacity."""
+    base = tmp_path_factory.mktemp("vllm-sized")
+    estimator = ServiceProcess(name="estimator", module="estimator.server", args=[], state_dir=base)
+    worker: ServiceProcess | None = None
+    try:
+        await estimator.start()
+        await estimator.wait_ready(60)
+        client = EstimatorClient(estimator.address)
+        memory = await client.model_memory(mesh.model_dir, "float32")
+        await client.close()
+        assert memory.context_tokens == MAX_LEN
+        fixed = memory.weights_bytes + memory.activation_bytes + memory.overhead_bytes
+        # 4096 tokens and the block vLLM keeps aside.
+        capacity = fixed + (4096 + KV_BLOCK_TOKENS) * memory.kv_bytes_per_token
+        worker = ServiceProcess(
+            name="worker-vllm-sized",
+            module="worker.server",
+            args=[
+                "--engine",
+                "vllm",
+                "--dtype",
+                "float32",
+                "--estimator",
+                estimator.address,
+                "--memory-capacity-bytes",
+                str(capacity),
+                "--model",
+                f"{MODEL}={mesh.model_dir}",
+            ],
+            state_dir=base,
+        )
+        await worker.start()
+        await worker.wait_ready(START_LIMIT_S)
+        async with grpc.aio.insecure_channel(worker.address) as channel:
+            stub = worker_pb2_grpc.WorkerServiceStub(channel)
+            beat = await stub.Heartbeat(pb.HeartbeatRequest(), timeout=30)
+            assert beat.memory_total_bytes == capacity
+            assert beat.memory_free_bytes == 0  # the plan took all of it
+            fits = [r async for r in stub.Generate(gen("sized-ok", 8, prompt="hello"), timeout=120)]
+            assert sum(len(r.token_ids) for r in fits) == 8
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                _ = [
+                    r
+                    async for r in stub.Generate(
+                        gen("sized-long", 4100, prompt="hello"), timeout=120
+                    )
+                ]
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "4096" in (info.value.details() or "")
+        log = worker.log_file.read_text(errors="replace")
+        assert "engine limits from the memory estimate" in log
+    finally:
+        if worker is not None:
+            await worker.stop(30)
+        await estimator.stop(10)

@@ -159,6 +159,10 @@ class EngineClient(ABC):
     # comes instead of coalescing it again (runtime.streams.coalesce, one more task hop
     # per chunk).
     merges_backlog: bool = False
+    # The memory the engine was sized to use (weights, KV cache, activations, overhead),
+    # when known; the worker charges it against its capacity instead of the weights'
+    # bytes alone.
+    memory_bytes: int | None = None
 
     # Prefill/decode disaggregation. Optional: an engine that cannot move its KV cache
     # keeps the defaults, and the worker serves it in combined mode only.

@@ -103,6 +103,11 @@ class VllmConfig:
     # "both" does either. None: combined mode only.
     kv_role: str | None = None
     kv_shared_path: Path | None = None
+    # The KV cache in bytes (vLLM's kv_cache_memory_bytes; on a GPU it overrides
+    # gpu_memory_utilization). Set by the worker's memory-aware sizing, which also
+    # records what the engine's memory adds up to (planned_bytes).
+    kv_cache_memory_bytes: int | None = None
+    planned_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -241,6 +246,7 @@ class VllmEngine(EngineClient):
         max_len = int(llm.model_config.max_model_len)
         engine.__init__(llm, tokenizer, model_name, max_len, config.kv_role)  # type: ignore[misc]
         engine._stats = stats
+        engine.memory_bytes = config.planned_bytes
         logger.info(
             "vllm engine started",
             extra={
@@ -542,9 +548,13 @@ def _start_sync(model_dir: Path, config: VllmConfig, stat_logger: Any) -> tuple[
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    kv_cache_bytes = config.kv_cache_memory_bytes
     if config.cpu_kvcache_space_gib is not None:
-        # Read by the CPU platform when the engine-core process sizes its KV cache.
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{config.cpu_kvcache_space_gib:g}"
+        if float(config.cpu_kvcache_space_gib).is_integer():
+            # Read by the CPU platform when the engine-core process sizes its KV cache.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{config.cpu_kvcache_space_gib:g}"
+        else:  # the variable takes whole GiB only (vLLM int()s it)
+            kv_cache_bytes = int(config.cpu_kvcache_space_gib * 1024**3)
     kwargs: dict[str, Any] = {
         "model": str(model_dir),
         "tokenizer": str(model_dir),
@@ -561,6 +571,8 @@ def _start_sync(model_dir: Path, config: VllmConfig, stat_logger: Any) -> tuple[
             kwargs[key] = value
     if config.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+    if kv_cache_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
     if config.kv_role is not None:
         from vllm.config import KVTransferConfig
 
