@@ -514,7 +514,7 @@ async def test_prefill_and_decode_workers_over_grpc_with_the_connector(
 
 
 async def test_engine_limits_are_sized_from_the_estimate(
-    mesh: Mesh, tmp_path_factory: pytest.TempPathFactory
+    mesh: Mesh, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker with --estimator and no engine limits: its capacity leaves room for a
     4096-token KV cache, far less than the model's 32k context. Unsized, vLLM would
@@ -551,6 +551,9 @@ async def test_engine_limits_are_sized_from_the_estimate(
             ],
             state_dir=base,
         )
+        # vLLM's own KV variable (an in-process engine of this module set it) would
+        # override the sizing; the worker inherits this environment.
+        monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
         await worker.start()
         await worker.wait_ready(START_LIMIT_S)
         async with grpc.aio.insecure_channel(worker.address) as channel:
