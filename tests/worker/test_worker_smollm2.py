@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -31,6 +32,8 @@ async def test_build_is_atomic_idempotent_and_answers_paris(home: Path) -> None:
     assert model_dir == home / "models" / MODEL_NAME
     assert (model_dir / COMPLETE_MARKER).is_file()
     weights = (model_dir / "model.safetensors").stat().st_size
+    config = json.loads((model_dir / "config.json").read_text())
+    assert "quantization_config" not in config  # plain bf16: vLLM must not see "gguf"
     assert 200e6 < weights < 350e6  # bf16: 135M parameters * 2 bytes
     assert not [p for p in model_dir.parent.iterdir() if p.name.startswith(".")]
     mtime = os.stat(model_dir / "model.safetensors").st_mtime_ns
