@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from runtime.metrics import ChildrenByLabel
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 TIME_TO_FIRST_TOKEN = Histogram(
@@ -156,35 +158,27 @@ UNKNOWN_MODEL = "_unknown"
 
 
 class ModelMetrics:
-    """One model's request metric children, looked up once: ``labels()`` takes a lock
-    and hashes the label values, six times per request otherwise."""
+    """One model's request metric children, looked up once (see ChildrenByLabel): six
+    ``labels()`` calls per request otherwise."""
 
     __slots__ = (
-        "_requests",
         "generated_tokens",
-        "model",
         "prompt_tokens",
         "queue_time",
+        "requests",
         "retries",
         "time_per_output_token",
         "time_to_first_token",
     )
 
     def __init__(self, model: str) -> None:
-        self.model = model
         self.time_to_first_token = TIME_TO_FIRST_TOKEN.labels(model)
         self.time_per_output_token = TIME_PER_OUTPUT_TOKEN.labels(model)
         self.generated_tokens = GENERATED_TOKENS.labels(model)
         self.prompt_tokens = PROMPT_TOKENS.labels(model)
         self.queue_time = QUEUE_TIME.labels(model)
         self.retries = RETRIES.labels(model)
-        self._requests: dict[str, Counter] = {}
-
-    def requests(self, outcome: str) -> Counter:
-        child = self._requests.get(outcome)
-        if child is None:
-            child = self._requests[outcome] = REQUESTS.labels(self.model, outcome)
-        return child
+        self.requests = ChildrenByLabel(REQUESTS, model)  # by outcome
 
 
 _BY_MODEL: dict[str, ModelMetrics] = {}

@@ -111,24 +111,35 @@ def final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> 
     return grpc.StatusCode.OK.name
 
 
-class MethodMetrics:
-    """The metric children of one RPC method, looked up once: ``labels()`` takes a lock
-    and hashes the label values, five times per RPC otherwise."""
+class ChildrenByLabel:
+    """A metric's children that share their leading label values, one per value of the
+    last label, each looked up once: ``labels()`` takes a lock and hashes the values on
+    every call, and hot paths would pay that per request."""
 
-    __slots__ = ("_handled", "handling_seconds", "in_flight", "method", "service", "started")
+    __slots__ = ("_children", "_leading", "_metric")
+
+    def __init__(self, metric: Any, *leading: str) -> None:
+        self._metric = metric
+        self._leading = leading
+        self._children: dict[str, Any] = {}
+
+    def __call__(self, last: str) -> Any:
+        child = self._children.get(last)
+        if child is None:
+            child = self._children[last] = self._metric.labels(*self._leading, last)
+        return child
+
+
+class MethodMetrics:
+    """The metric children of one RPC method, looked up once (see ChildrenByLabel)."""
+
+    __slots__ = ("handled", "handling_seconds", "in_flight", "started")
 
     def __init__(self, service: str, method: str) -> None:
-        self.service, self.method = service, method
         self.started = GRPC_STARTED.labels(service, method)
         self.in_flight = GRPC_IN_FLIGHT.labels(service, method)
         self.handling_seconds = GRPC_HANDLING_SECONDS.labels(service, method)
-        self._handled: dict[str, Any] = {}
-
-    def handled(self, code: str) -> Any:
-        child = self._handled.get(code)
-        if child is None:
-            child = self._handled[code] = GRPC_HANDLED.labels(self.service, self.method, code)
-        return child
+        self.handled = ChildrenByLabel(GRPC_HANDLED, service, method)  # by status code
 
 
 class RpcObservation:

@@ -14,8 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from contextvars import Token
 from typing import Any, cast
 
@@ -188,15 +187,6 @@ class RpcSpan:
         """Undo :meth:`enter`."""
         if token is not None:
             otel_context.detach(cast("Token[Context]", token))
-
-    @contextmanager
-    def current(self) -> Iterator[None]:
-        """:meth:`enter` .. :meth:`exit` as a context manager."""
-        token = self.enter()
-        try:
-            yield
-        finally:
-            self.exit(token)
 
     def finish(self, code: str) -> None:
         """End the span with the RPC's final status code name (``OK``, ``NOT_FOUND``...)."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
 import grpc.aio
 from helios.v1 import worker_pb2_grpc
@@ -21,14 +22,25 @@ from worker.engine.base import (
 )
 
 
-async def serve_worker(servicer: worker_pb2_grpc.WorkerServiceServicer) -> RunningServer:
-    """A WorkerService on 127.0.0.1, port 0, started the way every Helios server is."""
+async def serve(
+    service: str, add: Callable[[Any, grpc.aio.Server], None], servicer: object
+) -> RunningServer:
+    """``servicer`` as helios.v1.``service`` (added by its generated ``add_..._to_server``)
+    on 127.0.0.1, port 0, started the way every Helios server is."""
 
     def register(server: grpc.aio.Server) -> list[str]:
-        worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
-        return ["helios.v1.WorkerService"]
+        add(servicer, server)
+        return [f"helios.v1.{service}"]
 
-    return await start_server(ServerSettings(service="worker", metrics_port=-1), register)
+    settings = ServerSettings(service=service.removesuffix("Service").lower(), metrics_port=-1)
+    return await start_server(settings, register)
+
+
+async def serve_worker(servicer: worker_pb2_grpc.WorkerServiceServicer) -> RunningServer:
+    """A WorkerService on 127.0.0.1, port 0."""
+    return await serve(
+        "WorkerService", worker_pb2_grpc.add_WorkerServiceServicer_to_server, servicer
+    )
 
 
 WORDS = ("alpha ", "beta ", "gamma ", "delta ", "epsilon ", "zeta ", "eta ", "theta ")

@@ -60,11 +60,12 @@ class VllmSizer:
             return config
         gpu_free = self._gpu_free()
         budget = int(gpu_free * GPU_FREE_SHARE) if gpu_free is not None else self._budget(model)
+        kv_given = _kv_given(config, on_gpu=gpu_free is not None)
         limits = derive_limits(
             model,
             memory,
             budget,
-            kv_cache_bytes=_kv_given(config, on_gpu=gpu_free is not None),
+            kv_cache_bytes=kv_given,
             max_model_len=config.max_model_len,
             max_num_seqs=config.max_num_seqs,
         )
@@ -74,7 +75,7 @@ class VllmSizer:
             "max_num_seqs": limits.max_num_seqs,
             "planned_bytes": limits.footprint_bytes,
         }
-        if _kv_given(config, on_gpu=gpu_free is not None) is None:
+        if kv_given is None:
             changes["kv_cache_memory_bytes"] = limits.kv_cache_bytes
         return replace(config, **changes)  # type: ignore[arg-type]
 

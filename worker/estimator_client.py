@@ -16,7 +16,7 @@ from google.protobuf import json_format, struct_pb2
 from helios.v1 import estimator_pb2, estimator_pb2_grpc
 
 from runtime.channels import create_channel
-from runtime.errors import HeliosError, NotFoundError, UnavailableError, error_from_status
+from runtime.errors import NotFoundError, error_from_status
 from worker.batch_sizing import ModelMemory
 
 # The estimator's precision names for vLLM's --dtype values ("auto": the estimator's own
@@ -60,12 +60,11 @@ class EstimatorClient:
         try:
             response = await self._stub.EstimateMemory(request, timeout=ESTIMATE_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
-            error: HeliosError = error_from_status(
+            # INTERNAL, UNKNOWN and the like come back as UNAVAILABLE (the estimator
+            # failed, not the request): error_from_status maps them so.
+            raise error_from_status(
                 exc.code(), f"estimator {self.address}: {exc.details() or exc.code().name}"
-            )
-            if exc.code() in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
-                error = UnavailableError(error.message)
-            raise error from exc
+            ) from exc
         per_gpu = response.per_gpu
         return ModelMemory(
             weights_bytes=per_gpu.weights_bytes,

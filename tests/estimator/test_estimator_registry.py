@@ -11,17 +11,16 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from fakes import serve
 from google.protobuf.struct_pb2 import Struct
 from helios.v1 import estimator_pb2 as pb
-from helios.v1 import estimator_pb2_grpc
+from helios.v1 import estimator_pb2_grpc, registry_pb2_grpc
 
 from estimator.models import ModelResolver
 from estimator.registry_client import GrpcRegistryConfigs
 from estimator.servicer import EstimatorServicer
 from registry.core import Registry
 from registry.servicer import RegistryServicer
-from runtime.config import ServerSettings
-from runtime.server import RunningServer, start_server
 
 CONFIGS = Path(__file__).parent / "configs"
 Stub = estimator_pb2_grpc.EstimatorServiceStub
@@ -68,29 +67,19 @@ async def _import(registry: Registry, directory: Path, model_id: str) -> None:
 @pytest_asyncio.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     registry = Registry.open(tmp_path / "registry")
-    servicer = RegistryServicer(registry)
-
-    def register_registry(server: grpc.aio.Server) -> list[str]:
-        from helios.v1 import registry_pb2_grpc
-
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
-        return ["helios.v1.RegistryService"]
-
-    reg: RunningServer = await start_server(
-        ServerSettings(service="registry", metrics_port=-1), register_registry
+    reg = await serve(
+        "RegistryService",
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server,
+        RegistryServicer(registry),
     )
     client = CountingRegistry(reg.address)
     root = tmp_path / "models"
     write_model(root / "org" / "local-llama", num_hidden_layers=2)
     outside = write_model(tmp_path / "secret", num_hidden_layers=3)
-    estimator = EstimatorServicer(models=ModelResolver(client, [root]))
-
-    def register(server: grpc.aio.Server) -> list[str]:
-        estimator_pb2_grpc.add_EstimatorServiceServicer_to_server(estimator, server)
-        return ["helios.v1.EstimatorService"]
-
-    est: RunningServer = await start_server(
-        ServerSettings(service="estimator", metrics_port=-1), register
+    est = await serve(
+        "EstimatorService",
+        estimator_pb2_grpc.add_EstimatorServiceServicer_to_server,
+        EstimatorServicer(models=ModelResolver(client, [root])),
     )
     async with grpc.aio.insecure_channel(est.address) as channel:
         yield Setup(Stub(channel), registry, client, root, outside)

@@ -9,14 +9,13 @@ its own storaged, the proxy's GrpcWorkerConnection heartbeats and its ControlPla
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest_asyncio
-from fakes import FakeEngine
+from fakes import FakeEngine, serve
 from helios.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -37,8 +36,7 @@ from proxy.service import WorkerStatus
 from proxy.worker_client import GrpcWorkerConnection
 from registry.core import Registry
 from registry.servicer import RegistryServicer
-from runtime.config import ServerSettings
-from runtime.server import RunningServer, start_server
+from runtime.server import RunningServer
 from storaged.cache import ModelCache
 from storaged.download import ChunkedDownloader
 from storaged.remote import RegistryClient
@@ -132,16 +130,6 @@ class Agent:
     servers: list[RunningServer]
 
 
-async def _serve(
-    service: str, add: Callable[[Any, grpc.aio.Server], None], servicer: object
-) -> RunningServer:
-    def register(server: grpc.aio.Server) -> list[str]:
-        add(servicer, server)
-        return [f"helios.v1.{service}"]
-
-    return await start_server(ServerSettings(service=service, metrics_port=-1), register)
-
-
 async def start_agent(root: Path, registry_address: str, capacity: int) -> Agent:
     client = RegistryClient(registry_address)
     cache = ModelCache(
@@ -152,7 +140,7 @@ async def start_agent(root: Path, registry_address: str, capacity: int) -> Agent
         client,
         ChunkedDownloader([client], connections=2),
     )
-    storaged = await _serve(
+    storaged = await serve(
         "StorageService",
         storage_pb2_grpc.add_StorageServiceServicer_to_server,
         StorageServicer(cache),
@@ -164,7 +152,7 @@ async def start_agent(root: Path, registry_address: str, capacity: int) -> Agent
 
     manager = ModelManager(factory, engine_kind="fake", capacity_bytes=capacity)
     servicer = WorkerServicer(manager, worker_id=root.name, storage=storage)
-    worker = await _serve(
+    worker = await serve(
         "WorkerService", worker_pb2_grpc.add_WorkerServiceServicer_to_server, servicer
     )
     return Agent(worker.address, cache, storage, [worker, storaged])
@@ -181,7 +169,7 @@ class Mesh:
 @pytest_asyncio.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     registry = Registry.open(tmp_path / "registry")
-    registry_server = await _serve(
+    registry_server = await serve(
         "RegistryService",
         registry_pb2_grpc.add_RegistryServiceServicer_to_server,
         RegistryServicer(registry),
@@ -287,7 +275,7 @@ async def test_cold_path_picks_the_agent_whose_storaged_holds_the_model(mesh: Me
         assert not tight.cache.versions
 
         # Operators see it: admin memory stats list the stored model with its tier.
-        admin = await _serve(
+        admin = await serve(
             "AdminService",
             admin_pb2_grpc.add_AdminServiceServicer_to_server,
             AdminServicer(control),

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import pytest
 import pytest_asyncio
+from fakes import serve
 from helios.v1 import registry_pb2_grpc
 
 from proxy.control import ControlPlane
@@ -21,9 +21,7 @@ from proxy.registry_client import GrpcRegistryClient
 from proxy.routing import ModelOnAgent, WorkerPool
 from registry.core import Registry
 from registry.servicer import RegistryServicer
-from runtime.config import ServerSettings
 from runtime.errors import NotFoundError
-from runtime.server import RunningServer, start_server
 
 
 @dataclass
@@ -56,14 +54,10 @@ class Env:
 @pytest_asyncio.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     registry = Registry.open(tmp_path / "registry")
-    servicer = RegistryServicer(registry)
-
-    def register(server: grpc.aio.Server) -> list[str]:
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
-        return ["helios.v1.RegistryService"]
-
-    running: RunningServer = await start_server(
-        ServerSettings(service="registry", metrics_port=-1), register
+    running = await serve(
+        "RegistryService",
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server,
+        RegistryServicer(registry),
     )
     client = GrpcRegistryClient(running.address)
     yield Env(registry, client, running.address, tmp_path)

@@ -124,15 +124,17 @@ def test_a_process_that_records_nothing_passes_on_the_context_it_was_given(
     given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
     span = tracing.RpcSpan(f"/{SERVICE}/Echo", SERVICE, "Echo", (("traceparent", given),))
-    with span.current():
-        assert call(b"x") == "call"
+    token = span.enter()
+    assert call(b"x") == "call"
+    span.exit(token)
     span.finish("OK")
     # The caller's trace and span ids go on unchanged: no span of our own in between.
     assert inner.metadata[-1] == (("traceparent", given),)
 
     # No trace given: nothing is sent, and the caller's own metadata is left alone.
     span = tracing.RpcSpan(f"/{SERVICE}/Echo", SERVICE, "Echo", (("x-other", "1"),))
-    with span.current():
-        call(b"x", metadata=(("x-mine", "2"),))
+    token = span.enter()
+    call(b"x", metadata=(("x-mine", "2"),))
+    span.exit(token)
     assert inner.metadata[-1] == (("x-mine", "2"),)
     assert trace.get_current_span().get_span_context().is_valid is False

@@ -8,16 +8,13 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 import pytest_asyncio
-from fakes import FakeEngine
+from fakes import FakeEngine, serve
 from helios.v1 import estimator_pb2_grpc
 
 from estimator.servicer import EstimatorServicer
-from runtime.config import ServerSettings
 from runtime.errors import ResourceExhaustedError
-from runtime.server import RunningServer, start_server
 from worker.batch_sizing import (
     KV_BLOCK_TOKENS,
     MAX_NUM_SEQS_CAP,
@@ -132,14 +129,10 @@ def model_dir(tmp_path: Path) -> Path:
 
 @pytest_asyncio.fixture
 async def estimator() -> AsyncIterator[EstimatorClient]:
-    servicer = EstimatorServicer()
-
-    def register(server: grpc.aio.Server) -> list[str]:
-        estimator_pb2_grpc.add_EstimatorServiceServicer_to_server(servicer, server)
-        return ["helios.v1.EstimatorService"]
-
-    running: RunningServer = await start_server(
-        ServerSettings(service="estimator", metrics_port=-1), register
+    running = await serve(
+        "EstimatorService",
+        estimator_pb2_grpc.add_EstimatorServiceServicer_to_server,
+        EstimatorServicer(),
     )
     client = EstimatorClient(running.address)
     yield client

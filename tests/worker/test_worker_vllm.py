@@ -52,28 +52,21 @@ class Mesh:
     worker_process: ServiceProcess
 
 
+def vllm_worker(name: str, state_dir: Path, model_dir: Path, *flags: str) -> ServiceProcess:
+    """A `python -m worker.server` process serving ``model_dir`` as MODEL on vLLM in
+    float32 (exact greedy comparisons), with ``flags`` added."""
+    args = ["--engine", "vllm", "--dtype", "float32", *flags, "--model", f"{MODEL}={model_dir}"]
+    return ServiceProcess(name=name, module="worker.server", args=args, state_dir=state_dir)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
     base = tmp_path_factory.mktemp("vllm-mesh")
     # A long context, so a long generation outlasts a slow client on a loaded machine
     # (the abort test needs the request still running when the client leaves).
     model_dir = build_tiny_model(base / "model", max_position_embeddings=MAX_LEN)
-    worker = ServiceProcess(
-        name="worker-vllm",
-        module="worker.server",
-        args=[
-            "--engine",
-            "vllm",
-            "--dtype",
-            "float32",
-            "--cpu-kvcache-space-gib",
-            "1",
-            "--max-num-seqs",
-            "16",
-            "--model",
-            f"{MODEL}={model_dir}",
-        ],
-        state_dir=base,
+    worker = vllm_worker(
+        "worker-vllm", base, model_dir, "--cpu-kvcache-space-gib", "1", "--max-num-seqs", "16"
     )
     proxy: ServiceProcess | None = None
     channels: list[grpc.aio.Channel] = []
@@ -534,22 +527,14 @@ async def test_engine_limits_are_sized_from_the_estimate(
         fixed = memory.weights_bytes + memory.activation_bytes + memory.overhead_bytes
         # 4096 tokens and the block vLLM keeps aside.
         capacity = fixed + (4096 + KV_BLOCK_TOKENS) * memory.kv_bytes_per_token
-        worker = ServiceProcess(
-            name="worker-vllm-sized",
-            module="worker.server",
-            args=[
-                "--engine",
-                "vllm",
-                "--dtype",
-                "float32",
-                "--estimator",
-                estimator.address,
-                "--memory-capacity-bytes",
-                str(capacity),
-                "--model",
-                f"{MODEL}={mesh.model_dir}",
-            ],
-            state_dir=base,
+        worker = vllm_worker(
+            "worker-vllm-sized",
+            base,
+            mesh.model_dir,
+            "--estimator",
+            estimator.address,
+            "--memory-capacity-bytes",
+            str(capacity),
         )
         # vLLM's own KV variable (an in-process engine of this module set it) would
         # override the sizing; the worker inherits this environment.
