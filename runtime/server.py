@@ -5,8 +5,8 @@
 the interceptors [RuntimeInterceptor (span, metrics, errors), *service extras], a
 /metrics endpoint, a structured "serving" log line and an atomically written ready file.
 
-:func:`run` is the process entry point around it: logging and tracing set up, asyncio
-loop, SIGTERM/SIGINT -> health NOT_SERVING -> in-flight RPCs drain -> cleanup -> exit 0.
+:func:`run` is the process entry point around it: logging and tracing set up, an event
+loop (uvloop unless ``--event-loop asyncio``), SIGTERM/SIGINT -> health NOT_SERVING -> in-flight RPCs drain -> cleanup -> exit 0.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
@@ -263,6 +264,8 @@ async def start_server(
                 "grpc_port": port,
                 "metrics_port": running.metrics_port,
                 "services": list(service_names),
+                # "uvloop" or "asyncio": which loop the servicers run on.
+                "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             },
         )
         if settings.ready_file is not None:
@@ -355,6 +358,11 @@ async def _serve(
             loop.remove_signal_handler(sig)
 
 
+def _loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop a server runs on (``--event-loop``); None: asyncio's default."""
+    return uvloop.new_event_loop if event_loop == "uvloop" else None
+
+
 def run(
     settings: ServerSettings,
     build: Build,
@@ -376,7 +384,8 @@ def run(
         # Outgoing channels (create_channel) present this service's certificate too.
         set_default_client_tls(channel_credentials(settings.tls))
     try:
-        asyncio.run(_serve(settings, build, interceptors, reflection_extra))
+        with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+            runner.run(_serve(settings, build, interceptors, reflection_extra))
     except Exception:
         log.critical("fatal error, exiting", exc_info=True)
         raise SystemExit(1) from None

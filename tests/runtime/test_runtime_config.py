@@ -40,6 +40,7 @@ def test_defaults() -> None:
     assert s == ServerSettings(service="worker")
     assert (s.host, s.port, s.metrics_port) == ("127.0.0.1", 0, 0)
     assert (s.log_level, s.log_format, s.drain_seconds) == ("INFO", "json", 10.0)
+    assert s.event_loop == "uvloop"
     assert s.ready_file is None and s.otlp_endpoint is None
 
 
@@ -52,6 +53,7 @@ def test_flags() -> None:
             "--log-level=debug",
             "--log-format=console",
             "--drain-seconds=2.5",
+            "--event-loop=asyncio",
             "--ready-file=/tmp/w.json",
             "--otlp-endpoint=localhost:4317",
         ]
@@ -59,6 +61,7 @@ def test_flags() -> None:
     assert s.host == "0.0.0.0"
     assert (s.port, s.metrics_port, s.metrics_enabled) == (50051, -1, False)
     assert (s.log_level, s.log_format, s.drain_seconds) == ("DEBUG", "console", 2.5)
+    assert s.event_loop == "asyncio"
     assert s.ready_file == Path("/tmp/w.json")
     assert s.otlp_endpoint == "localhost:4317"
 
@@ -102,6 +105,7 @@ def test_bad_env_value_names_the_flag(
         (["--metrics-port", "-2"], "metrics_port"),
         (["--log-level", "LOUD"], "log_level"),
         (["--log-format", "xml"], "log_format"),
+        (["--event-loop", "tokio"], "event_loop"),
         (["--drain-seconds", "-1"], "drain_seconds"),
         (["--drain-seconds", "nan"], "drain_seconds"),
     ],

@@ -98,8 +98,9 @@ def _exists(path: Path) -> bool:
     return path.exists()
 
 
-async def test_sigterm_drains_in_flight_stream_and_exits_0(tmp_path: Path) -> None:
-    proc, ready, log = await _start(tmp_path, "--drain-seconds", "5")
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+async def test_sigterm_drains_in_flight_stream_and_exits_0(tmp_path: Path, event_loop: str) -> None:
+    proc, ready, log = await _start(tmp_path, "--drain-seconds", "5", "--event-loop", event_loop)
     try:
         info = await _wait_ready(proc, ready, log)
         assert info["pid"] == proc.pid and info["service"] == "echo"
@@ -124,6 +125,7 @@ async def test_sigterm_drains_in_flight_stream_and_exits_0(tmp_path: Path) -> No
     msgs = [line["msg"] for line in lines]
     serving = next(line for line in lines if line["msg"] == "serving")
     assert serving["grpc_port"] == info["grpc_port"] and serving["service"] == "echo"
+    assert serving["event_loop"] == event_loop
     assert any(str(m).startswith("received SIGTERM") for m in msgs)
     assert msgs.index("draining") < msgs.index("stopped")
     assert (tmp_path / "cleaned").read_text() == "cleaned"  # cleanup ran
