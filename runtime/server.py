@@ -6,7 +6,8 @@ the interceptors [RuntimeInterceptor (span, metrics, errors), *service extras], 
 /metrics endpoint, a structured "serving" log line and an atomically written ready file.
 
 :func:`run` is the process entry point around it: logging and tracing set up, an event
-loop (uvloop unless ``--event-loop asyncio``), SIGTERM/SIGINT -> health NOT_SERVING -> in-flight RPCs drain -> cleanup -> exit 0.
+loop (uvloop unless ``--event-loop asyncio``), SIGTERM/SIGINT -> health NOT_SERVING ->
+in-flight RPCs drain -> cleanup -> exit 0.
 """
 
 from __future__ import annotations
