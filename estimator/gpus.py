@@ -11,7 +11,8 @@ Prices are indicative on-demand USD per GPU-hour, only used to order recommendat
 Per-family overhead constants (:data:`CUDA_CONTEXT_BYTES`) are the memory a process loses
 before its first tensor: CUDA context, cuBLAS/cuDNN workspaces and kernels' module images,
 as seen in vLLM's start-up profiling ("non-torch memory") on each generation. They are
-documented approximations, not measurements made here (there is no GPU on CI).
+documented approximations, except Hopper's, measured on an H200 lent to a session
+(bench/estimator_gpu_check.py; CI has no GPU).
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ CUDA_CONTEXT_BYTES: dict[str, int] = {
     "turing": 300 * MiB,  # T4
     "ampere": 450 * MiB,  # A100, A10G
     "ada": 450 * MiB,  # L4, L40S
-    "hopper": 550 * MiB,  # H100, H200
+    # H100, H200. Measured on an H200 (torch 2.11 + CUDA 13): 695 MiB outside PyTorch's
+    # allocator after a bf16 prefill, beyond the 615 MiB NVML counts used before any
+    # process (inside the gpu_memory_utilization headroom). 550 MiB was assumed before.
+    "hopper": 700 * MiB,
     "cpu": 0,  # the CPU reference engine
 }
 # Without a GPU named, estimates assume the largest context (no GPU is under-estimated).
