@@ -43,7 +43,7 @@ MODEL_A = "helios/tiny-a"
 MODEL_B = "helios/tiny-b"
 KEY = "k-main"
 LIMITED_KEY = "k-limited"  # one request per minute
-# The estimator's figure for a tiny model is ~0.58 GB (CUDA context overhead included):
+# The estimator's figure for a tiny model is ~0.74 GB (CUDA context overhead included):
 # each worker can hold one of them, never two.
 CAPACITY = 900 * 1024 * 1024
 
