@@ -45,8 +45,8 @@ from contextlib import AbstractContextManager, aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from openai_compat.params import Job
 from proxy import metrics
-from proxy.openai import Job
 from proxy.routing import WorkerPool, WorkerRole
 from runtime.errors import (
     FailedPreconditionError,

@@ -25,12 +25,12 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from openai_compat.params import Job
 from proxy import metrics
 from proxy.control import ControlPlane
 from proxy.disagg import DisaggregatedRun, DisaggregationFailed, PrefillResult
 from proxy.discovery import DiscoverySource
 from proxy.limits import Admission, ApiKeys, ShedError
-from proxy.openai import Job
 from proxy.policies import RouteHint
 from proxy.registry import UsageReporter
 from proxy.routing import AgentState, CacheLevel, CircuitState, ModelOnAgent, WorkerPool, WorkerRole

@@ -13,9 +13,9 @@ from google.protobuf.message import Message
 from helios.v1 import inference_pb2 as pb
 from helios.v1 import inference_pb2_grpc
 
+from openai_compat.params import CommonParams, Job, chat_job, completion_job
 from proxy.estimate import MemoryNeed
 from proxy.limits import ShedError
-from proxy.openai import CommonParams, Job, chat_job, completion_job
 from proxy.policies import RouteHint
 from proxy.service import CompletionRouter, RequestContext, Step
 from runtime.errors import HeliosError

@@ -8,8 +8,8 @@ import grpc
 from helios.v1 import estimator_pb2, estimator_pb2_grpc, storage_pb2, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
 
+from openai_compat.params import Job
 from proxy.disagg import PrefillResult
-from proxy.openai import Job
 from proxy.routing import AgentState, CacheLevel, ModelOnAgent, WorkerRole
 from proxy.service import Step, WorkerStatus
 from runtime.channels import create_channel

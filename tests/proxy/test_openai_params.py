@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.openai import (
+from openai_compat.params import (
     DEFAULT_CHAT_MAX_TOKENS,
     DEFAULT_COMPLETION_MAX_TOKENS,
     CommonParams,

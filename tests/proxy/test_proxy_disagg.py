@@ -21,7 +21,7 @@ from helios.v1 import worker_pb2_grpc
 from prometheus_client import REGISTRY
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
-from proxy.openai import Job, Sampling
+from openai_compat.params import Job, Sampling
 from proxy.routing import WorkerPool, WorkerRole
 from proxy.service import CompletionRouter, Step
 from proxy.worker_client import GrpcWorkerConnection
