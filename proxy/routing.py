@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -205,9 +205,28 @@ class WorkerPool:
         self._breaker_threshold = breaker_threshold
         self._breaker_reset_s = breaker_reset_s
         self._workers: dict[str, WorkerView] = {}
+        self._observers: list[Callable[[], None]] = []
         for address in addresses:
             self.add(address)
         self.policy: RoutingPolicy = policy or LeastOutstanding()
+
+    def subscribe(self, observer: Callable[[], None]) -> Callable[[], None]:
+        """Call ``observer()`` after every change of the fleet state (agent added or
+        removed, heartbeat or heartbeat failure, model state learnt or forgotten, request
+        failure); returns the function that unsubscribes it. Observers run synchronously
+        inside the change and must be cheap and not block (e.g. schedule work on the
+        loop); they may be called when nothing they care about changed."""
+        self._observers.append(observer)
+
+        def unsubscribe() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return unsubscribe
+
+    def _changed(self) -> None:
+        for observer in list(self._observers):
+            observer()
 
     @property
     def addresses(self) -> list[str]:
@@ -228,10 +247,12 @@ class WorkerPool:
                 address=address,
                 breaker=CircuitBreaker(self._breaker_threshold, self._breaker_reset_s),
             )
+            self._changed()
         return self._workers[address]
 
     def remove(self, address: str) -> None:
-        self._workers.pop(address, None)
+        if self._workers.pop(address, None) is not None:
+            self._changed()
 
     def view(self, address: str) -> WorkerView:
         return self._workers[address]
@@ -281,6 +302,7 @@ class WorkerPool:
         worker.stored = {m.lower(): level for m, level in (stored or {}).items()}
         worker.consecutive_failures = 0
         worker.last_heartbeat = now
+        self._changed()
 
     def record_failure(self, address: str) -> None:
         """A heartbeat to ``address`` failed at the transport level."""
@@ -291,6 +313,7 @@ class WorkerPool:
         if worker.consecutive_failures >= UNHEALTHY_AFTER_FAILURES:
             worker.healthy = False
             worker.state = AgentState.DEGRADED
+            self._changed()
 
     def record_request_failure(self, address: str) -> None:
         """A request to ``address`` failed because of the agent (transport, crash): it
@@ -301,6 +324,7 @@ class WorkerPool:
         worker.healthy = False
         worker.state = AgentState.DEGRADED
         worker.breaker.record_failure()
+        self._changed()
 
     def record_request_success(self, address: str) -> None:
         worker = self._workers.get(address)
@@ -317,11 +341,12 @@ class WorkerPool:
         worker.model_first_seen.setdefault(model.model, time.time())
         if model.state == "ready" and worker.healthy:
             worker.state = AgentState.READY
+        self._changed()
 
     def forget_model(self, address: str, model: str) -> None:
         worker = self._workers.get(address)
-        if worker is not None:
-            worker.models.pop(model, None)
+        if worker is not None and worker.models.pop(model, None) is not None:
+            self._changed()
 
     def candidates(
         self, model: str, exclude: Iterable[str] = (), role: WorkerRole | None = None
