@@ -402,3 +402,129 @@ async def test_shutdown(engine: TransformersEngine) -> None:
     with pytest.raises(EngineDeadError):
         engine.count_tokens(chat())
     await engine.shutdown()  # idempotent
+
+
+# ---------------------------------------------------- degenerate sampling values (issue 16)
+
+VOCAB = 50
+NAN = float("nan")
+INF = float("inf")
+
+
+def _logits(seed: int = 0) -> torch.Tensor:
+    return torch.randn(VOCAB, generator=torch.Generator().manual_seed(seed)) * 5
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        SamplingParams(temperature=1e-45),  # the report: 1e-45 once gave NaN and a 500
+        SamplingParams(temperature=float(torch.tensor(1e-45, dtype=torch.float32))),
+        SamplingParams(temperature=9.99e-6),  # just under the epsilon
+        SamplingParams(temperature=0.0),
+    ],
+)
+def test_tiny_temperatures_are_greedy(sampling: SamplingParams) -> None:
+    assert sampling.greedy
+    for seed in range(5):
+        logits = _logits(seed)
+        generator = torch.Generator().manual_seed(seed)
+        assert te._sample(logits, sampling, generator) == int(torch.argmax(logits))
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        SamplingParams(temperature=1e-5),  # the smallest temperature that samples
+        SamplingParams(temperature=1e-4, top_k=3),
+        SamplingParams(temperature=2.0),
+        SamplingParams(temperature=1e30),  # huge: uniform, never NaN
+        SamplingParams(temperature=3.0e38),
+        SamplingParams(temperature=1.0, top_p=1e-9),
+        SamplingParams(temperature=1e30, top_p=1e-9),
+        SamplingParams(temperature=1e-5, top_p=1e-9, top_k=1),
+        SamplingParams(temperature=1.0, top_k=2**31 - 1),
+        SamplingParams(temperature=1.0, seed=-(2**63)),
+        SamplingParams(temperature=1.0, seed=2**63 - 1),
+    ],
+)
+def test_extreme_sampling_values_give_valid_tokens(sampling: SamplingParams) -> None:
+    generator = te._make_generator(sampling)
+    assert generator is not None
+    for seed in range(20):
+        token = te._sample(_logits(seed), sampling, generator)
+        assert 0 <= token < VOCAB
+
+
+def test_tiny_top_p_keeps_only_the_most_likely_token() -> None:
+    logits = _logits(3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        token = te._sample(logits, SamplingParams(temperature=1.0, top_p=1e-9), generator)
+        assert token == int(torch.argmax(logits))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1e-45, 1.0, 1e30])
+def test_non_finite_logits_never_reach_the_softmax(temperature: float) -> None:
+    sampling = SamplingParams(temperature=temperature, top_p=0.9, top_k=10)
+    generator = torch.Generator().manual_seed(1)
+    # Some NaN: a NaN token is never picked.
+    logits = _logits(1)
+    logits[::2] = NAN
+    for _ in range(20):
+        token = te._sample(logits, sampling, generator)
+        assert 0 <= token < VOCAB and token % 2 == 1
+    # +inf tokens are the only candidates.
+    logits = _logits(2)
+    logits[7] = INF
+    logits[11] = INF
+    logits[0] = NAN
+    for _ in range(20):
+        assert te._sample(logits, sampling, generator) in (7, 11)
+    # -inf everywhere but one token.
+    logits = torch.full((VOCAB,), -INF)
+    logits[5] = -1e30
+    assert te._sample(logits, sampling, generator) == 5
+    # Nothing finite at all (a broken step): still a token id in range, no exception.
+    for bad in (torch.full((VOCAB,), NAN), torch.full((VOCAB,), -INF)):
+        assert 0 <= te._sample(bad, sampling, generator) < VOCAB
+    # Half-precision logits at the edge of their range.
+    logits = torch.full((VOCAB,), 65504.0, dtype=torch.float16)
+    logits[0] = -65504.0
+    assert 1 <= te._sample(logits, sampling, generator) < VOCAB
+
+
+@pytest.mark.asyncio
+async def test_degenerate_temperature_generates_like_greedy(engine: TransformersEngine) -> None:
+    greedy = await collect(engine, chat(max_tokens=12, temperature=0.0))
+    for temperature in (1e-45, 1e-30, 1e-6):
+        tiny = await collect(engine, chat(max_tokens=12, temperature=temperature, seed=7))
+        assert ids_of(tiny) == ids_of(greedy)
+        assert text_of(tiny) == text_of(greedy)
+    await engine.check_health()
+
+
+@pytest.mark.asyncio
+async def test_extreme_but_valid_sampling_completes(engine: TransformersEngine) -> None:
+    for sampling in (
+        {"temperature": 1e30},
+        {"temperature": 1.0, "top_p": 1e-9},
+        {"temperature": 1e-5, "top_k": 2**31 - 1},
+        {"temperature": 1.5, "seed": -(2**63)},
+    ):
+        chunks = await collect(engine, chat(max_tokens=6, ignore_eos=True, **sampling))
+        assert chunks[-1].finish_reason == FinishReason.LENGTH
+        assert all(0 <= i < engine._vocab_limit for i in ids_of(chunks))
+    await engine.check_health()
+
+
+@pytest.mark.asyncio
+async def test_prompt_ids_outside_the_model_are_invalid_argument(
+    engine: TransformersEngine,
+) -> None:
+    # A tokenizer that knows more (added) tokens than the model has embeddings for.
+    engine._num_embeddings = 10
+    with pytest.raises(InvalidArgumentError, match="outside the vocabulary"):
+        await collect(engine, chat(max_tokens=2))
+    assert engine.stats().running_requests == 0
+    await engine.check_health()

@@ -287,6 +287,29 @@ async def test_too_long_prompt_is_invalid_argument(mesh: Mesh) -> None:
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_degenerate_sampling_is_greedy_and_the_worker_stays_healthy(mesh: Mesh) -> None:
+    greedy = [
+        t async for r in mesh.worker.Generate(gen("g0", 8, prompt=PROMPTS[0])) for t in r.token_ids
+    ]
+    for index, temperature in enumerate((1e-45, 1e-30, 1e-6)):
+        request = gen(f"g{index + 1}", 8, prompt=PROMPTS[0])
+        request.sampling.temperature = temperature
+        request.sampling.seed = -1
+        got = [t async for r in mesh.worker.Generate(request) for t in r.token_ids]
+        assert got == greedy
+    request = gen("neg-seed", 8, prompt=PROMPTS[0])
+    request.sampling.temperature, request.sampling.top_p = 1.0, 1e-9
+    request.sampling.seed = -(2**63)
+    assert [t async for r in mesh.worker.Generate(request) for t in r.token_ids] == greedy
+    request = gen("nan", 8, prompt=PROMPTS[0])
+    request.sampling.temperature = float("nan")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        _ = [r async for r in mesh.worker.Generate(request)]
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    beat = await mesh.worker.Heartbeat(pb.HeartbeatRequest())
+    assert beat.state != pb.WORKER_STATE_DEGRADED
+
+
 async def test_through_the_proxy(mesh: Mesh) -> None:
     direct = [r async for r in mesh.worker.Generate(gen("d", 12, prompt=PROMPTS[1]))]
     want = "".join(r.text for r in direct)

@@ -26,11 +26,17 @@ class EngineDeadError(UnavailableError):
     """The engine can no longer serve anything; the worker must report itself unhealthy."""
 
 
+# A temperature below this is greedy, in every engine (vLLM's _SAMPLING_EPS): dividing
+# logits by a smaller one (1e-45 is a valid float32) overflows and the softmax is NaN.
+SAMPLING_EPS = 1e-5
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens. ``top_k == 0`` and ``top_p == 1.0`` disable those filters;
-    ``temperature == 0`` means greedy. ``seed`` makes sampling reproducible.
-    ``ignore_eos`` keeps generating past end-of-sequence tokens (benchmarks, tests)."""
+    ``temperature == 0`` (or below :data:`SAMPLING_EPS`) means greedy. ``seed`` makes
+    sampling reproducible. ``ignore_eos`` keeps generating past end-of-sequence tokens
+    (benchmarks, tests)."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -39,6 +45,12 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        """Whether the most likely token is always picked (temperature below
+        :data:`SAMPLING_EPS`)."""
+        return self.temperature < SAMPLING_EPS
 
 
 @dataclass(frozen=True)

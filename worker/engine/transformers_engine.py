@@ -156,6 +156,9 @@ class TransformersEngine(EngineClient):
         # The model's vocabulary may be padded beyond the tokenizer's (e.g. to a multiple
         # of 64); ids past the tokenizer decode to nothing, so they are never sampled.
         self._vocab_limit = min(len(tokenizer), int(config.vocab_size))
+        # Token ids the model can read (its embedding rows): a prompt id past them is
+        # the request's mistake, found before any forward step.
+        self._num_embeddings = int(model.get_input_embeddings().weight.shape[0])
 
         # One thread per concurrent request: steps of different requests overlap (torch
         # releases the GIL), and the pool is ours so to_thread users elsewhere in the
@@ -539,10 +542,27 @@ class TransformersEngine(EngineClient):
             ids = [int(i) for i in cast("list[int]", rendered)]
         else:
             assert request.prompt is not None
-            encoded: list[int] = tokenizer(request.prompt)["input_ids"]
+            try:
+                encoded: list[int] = tokenizer(request.prompt)["input_ids"]
+            except _FATAL_ERRORS:
+                raise
+            except Exception as exc:
+                # The tokenizer refused this text: the request's fault, not the engine's.
+                raise InvalidArgumentError(
+                    f"prompt cannot be tokenized by {self._model_name!r}: {type(exc).__name__}"
+                ) from exc
             ids = [int(i) for i in encoded]
         if not ids:
             raise InvalidArgumentError("prompt must not be empty")
+        # Ids the model has no embedding for (a tokenizer with more added tokens than the
+        # model's vocabulary) would fail the forward step as if the engine were broken.
+        if max(ids) >= self._num_embeddings or min(ids) < 0:
+            bad = next(i for i in ids if not 0 <= i < self._num_embeddings)
+            raise InvalidArgumentError(
+                f"the {'messages' if request.messages is not None else 'prompt'} tokenize to"
+                f" id {bad}, outside the vocabulary of {self._model_name!r}"
+                f" ({self._num_embeddings} tokens)"
+            )
         return ids
 
     def _decode_text(self, generated: list[int]) -> str:
@@ -757,10 +777,23 @@ def _forward_sample_decode(
 def _sample(
     logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
 ) -> int:
-    """Pick a token from 1-D ``logits``: greedy, or temperature + top-k + top-p sampling."""
-    if sampling.temperature == 0.0:
+    """Pick a token from 1-D ``logits``: greedy, or temperature + top-k + top-p sampling.
+
+    Whatever the values (a temperature of 1e-45 or 1e30, top_p of 1e-9, NaN or infinite
+    logits), this returns a token id in range and never raises: the logits are made
+    float32 and sanitised (:func:`_sanitize_logits`), shifted so that their maximum is 0
+    before dividing by the temperature (so the division cannot overflow to inf and the
+    softmax always has a term of 1), and a temperature below
+    :data:`~worker.engine.base.SAMPLING_EPS` is greedy.
+    """
+    logits = _sanitize_logits(logits)
+    if sampling.greedy:
         return int(torch.argmax(logits).item())
-    logits = logits / sampling.temperature
+    top = logits.max()
+    if not bool(torch.isfinite(top)):
+        # Nothing is finite (every logit was NaN or -inf): no distribution to sample.
+        return int(torch.argmax(logits).item())
+    logits = (logits - top) / sampling.temperature
     if 0 < sampling.top_k < logits.numel():
         kth = torch.topk(logits, sampling.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -773,7 +806,22 @@ def _sample(
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(0, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)
+    if not bool(torch.isfinite(probs).all()):  # cannot happen after the shift; kept as a guard
+        return int(torch.argmax(logits).item())
     return int(torch.multinomial(probs, num_samples=1, generator=generator).item())
+
+
+def _sanitize_logits(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` as float32 with no NaN and no +inf: NaN becomes -inf (never picked), and
+    when some logits are +inf only those remain, equally likely (they all say "certain").
+    One reduction when everything is finite, the usual case."""
+    logits = logits.float()
+    if bool(torch.isfinite(logits).all()):
+        return logits
+    positive = logits == float("inf")
+    if bool(positive.any()):
+        return torch.zeros_like(logits).masked_fill(~positive, float("-inf"))
+    return torch.nan_to_num(logits, nan=float("-inf"))
 
 
 # ----------------------------------------------------------------- pure helpers
@@ -797,7 +845,7 @@ def _validate_sampling(sampling: SamplingParams) -> None:
 def _make_generator(sampling: SamplingParams) -> torch.Generator | None:
     """A private RNG per request: concurrent requests never share (or disturb) a random
     stream, so a seeded request samples the same tokens whatever else is running."""
-    if sampling.temperature == 0.0:
+    if sampling.greedy:
         return None
     seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
     return torch.Generator(device="cpu").manual_seed(seed)

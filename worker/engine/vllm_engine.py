@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncGenerator, Sequence
@@ -65,6 +66,10 @@ if TYPE_CHECKING:
 __all__ = ["VllmConfig", "VllmEngine", "vllm_available"]
 
 logger = logging.getLogger(__name__)
+
+# The smallest temperature vLLM samples with (its _MAX_TEMP): it raises smaller ones
+# to this, logging a warning each time.
+_VLLM_MIN_TEMPERATURE = 1e-2
 
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
@@ -508,38 +513,59 @@ class VllmEngine(EngineClient):
             ids = [int(i) for i in cast("list[int]", rendered)]
         else:
             assert request.prompt is not None
-            ids = [int(i) for i in tokenizer(request.prompt)["input_ids"]]
+            try:
+                encoded = tokenizer(request.prompt)["input_ids"]
+            except MemoryError:
+                raise
+            except Exception as exc:  # the tokenizer refused this text: the request's fault
+                raise InvalidArgumentError(
+                    f"prompt cannot be tokenized by {self._model_name!r}: {type(exc).__name__}"
+                ) from exc
+            ids = [int(i) for i in encoded]
         if not ids:
             raise InvalidArgumentError("prompt must not be empty")
         return ids
 
 
 def _sampling_params(s: SamplingParams) -> Any:
+    """vLLM's SamplingParams for ``s``, or InvalidArgumentError.
+
+    Degenerate values are normalised the way the reference engine reads them: a
+    temperature below SAMPLING_EPS is greedy (0; vLLM itself would raise 1e-45 to 0.01
+    and sample), one between that and 0.01 is 0.01 (what vLLM would make of it, without
+    its warning per request), a seed is taken modulo 2**64 (vLLM reads -1 as "no seed";
+    torch takes the same 64 bits), and anything vLLM still refuses is the request's
+    fault.
+    """
     from vllm import SamplingParams as VllmSamplingParams
+    from vllm.exceptions import VLLMClientError
     from vllm.sampling_params import RequestOutputKind
 
     if s.max_tokens < 1:
         raise InvalidArgumentError(f"max_tokens must be >= 1, got {s.max_tokens}")
-    if s.temperature < 0:
-        raise InvalidArgumentError(f"temperature must be >= 0, got {s.temperature}")
+    if not 0 <= s.temperature < math.inf:  # NaN fails this too
+        raise InvalidArgumentError(f"temperature must be a finite number >= 0, got {s.temperature}")
     if not 0 < s.top_p <= 1:
         raise InvalidArgumentError(f"top_p must be in (0, 1], got {s.top_p}")
     if s.top_k < 0:
         raise InvalidArgumentError(f"top_k must be >= 0, got {s.top_k}")
     if any(not x for x in s.stop):
         raise InvalidArgumentError("stop strings must not be empty")
-    return VllmSamplingParams(
-        n=1,
-        max_tokens=s.max_tokens,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        top_k=s.top_k,  # 0 disables, as in Helios
-        seed=s.seed,
-        stop=list(s.stop) or None,
-        ignore_eos=s.ignore_eos,
-        skip_special_tokens=True,
-        output_kind=RequestOutputKind.DELTA,
-    )
+    try:
+        return VllmSamplingParams(
+            n=1,
+            max_tokens=s.max_tokens,
+            temperature=0.0 if s.greedy else max(s.temperature, _VLLM_MIN_TEMPERATURE),
+            top_p=s.top_p,
+            top_k=s.top_k,  # 0 disables, as in Helios
+            seed=None if s.seed is None else s.seed % 2**64,
+            stop=list(s.stop) or None,
+            ignore_eos=s.ignore_eos,
+            skip_special_tokens=True,
+            output_kind=RequestOutputKind.DELTA,
+        )
+    except (VLLMClientError, ValueError) as exc:  # e.g. a temperature above vLLM's 2
+        raise InvalidArgumentError(f"vLLM rejected the sampling parameters: {exc}") from exc
 
 
 def _start_sync(model_dir: Path, config: VllmConfig, stat_logger: Any) -> tuple[Any, Any]:
