@@ -45,6 +45,12 @@ TRANSCODED_SERVICES: tuple[str, ...] = (
 
 # Envoy header name of the REST marker (set by the Lua filter, read by the proxy).
 EDGE_HEADER = "x-helios-edge"
+# The model a request is for: set by the Lua filter from a REST body (native gRPC clients
+# send it as metadata); the control plane's per-model routes match on it.
+MODEL_HEADER = "x-helios-model"
+# Reserved for the authenticated client's name: the Lua filter drops a client's own, so no
+# upstream can be told a name the edge did not establish.
+CLIENT_HEADER = "x-helios-client"
 
 # How long a stream may stay silent (no bytes either way) before Envoy resets it. There is
 # no overall route timeout: a generation may legitimately run for many minutes.
@@ -56,6 +62,7 @@ MAX_DOWNSTREAM_CONNECTIONS = 50_000
 
 LUA_FILTER_NAME = "envoy.filters.http.lua"
 TRANSCODER_FILTER_NAME = "envoy.filters.http.grpc_json_transcoder"
+API_KEY_FILTER_NAME = "envoy.filters.http.api_key_auth"
 LISTENER_NAME = "helios_edge"
 _ADMIN_REQUEST_TIMEOUT_S = 2.0
 
@@ -74,6 +81,65 @@ class UpstreamTls:
     cert: Path
     key: Path
     ca: Path
+
+
+# ------------------------------------------------------------------- who may call what
+#
+# Every path on the front door has one role:
+# * public: health checks and server reflection (no key);
+# * inference: the OpenAI API, the estimator and the registry's read-only catalogue calls
+#   (an inference or an admin key when inference keys are configured, else open);
+# * admin: AdminService (/v1/admin/*) and /v1/metrics (an admin key, always; with no admin
+#   key configured nobody gets in);
+# * internal: everything else (WorkerService, StorageService, registry writes and blob
+#   reads, the control plane's xDS): never routed; the front door answers 404 (gRPC
+#   UNIMPLEMENTED), whatever key a client sends.
+PUBLIC_SERVICES: tuple[str, ...] = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
+INFERENCE_SERVICES: tuple[str, ...] = ("helios.v1.InferenceService", "helios.v1.EstimatorService")
+ADMIN_SERVICES: tuple[str, ...] = ("helios.v1.AdminService",)
+REGISTRY_SERVICE = "helios.v1.RegistryService"
+# AdminService's health call is public (load balancers and probes call it without a key).
+HEALTH_METHOD = "GetHealth"
+HEALTH_REST_PATH = "/v1/health"
+# The registry calls that only read the catalogue (never a blob's bytes, never a write).
+REGISTRY_CATALOGUE_METHODS: tuple[str, ...] = (
+    "ResolveModel",
+    "GetManifest",
+    "GetConfig",
+    "ListModels",
+)
+
+
+@dataclass(frozen=True)
+class EdgeAccess:
+    """The keys the front door accepts: inference keys and (separate) admin keys.
+
+    No inference key: the inference role is open. No admin key: the admin role is closed.
+    An admin key also passes where an inference key does.
+    """
+
+    inference_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key in (*self.inference_keys, *self.admin_keys):
+            if not key or any(ch.isspace() for ch in key) or len(key) > 256:
+                raise ValueError("an API key must be 1-256 characters without white space")
+        if set(self.inference_keys) & set(self.admin_keys):
+            raise ValueError("a key cannot be both an inference key and an admin key")
+
+    def clients(self) -> list[tuple[str, str]]:
+        """(key, client name) for every key; names say the role, never the key."""
+        return [(key, f"inference-{i}") for i, key in enumerate(self.inference_keys)] + [
+            (key, f"admin-{i}") for i, key in enumerate(self.admin_keys)
+        ]
+
+    def admin_clients(self) -> list[str]:
+        return [f"admin-{i}" for i in range(len(self.admin_keys))]
 
 
 @dataclass(frozen=True)
@@ -280,6 +346,186 @@ def load_lua_filter(*, sse_done: bool = True) -> str:
     return source
 
 
+_FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+_API_KEY_AUTH_TYPE = "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth"
+_API_KEY_ROUTE_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute"
+)
+
+
+def _auth_off() -> dict[str, Any]:
+    return {API_KEY_FILTER_NAME: {"@type": _FILTER_CONFIG_TYPE, "disabled": True}}
+
+
+def _auth_allows(clients: Sequence[str]) -> dict[str, Any]:
+    return {API_KEY_FILTER_NAME: {"@type": _API_KEY_ROUTE_TYPE, "allowed_clients": list(clients)}}
+
+
+def _inference_auth(access: EdgeAccess) -> dict[str, Any]:
+    """The inference role's per-route auth: any key when inference keys exist, else open."""
+    if not access.inference_keys:
+        return _auth_off()
+    return _auth_allows([client for _, client in access.clients()])
+
+
+def _direct(status: int, body: str) -> dict[str, Any]:
+    return {"status": status, "body": {"inline_string": body}}
+
+
+def _admin_route(
+    match: dict[str, Any], action: dict[str, Any], access: EdgeAccess
+) -> dict[str, Any]:
+    """A route of the admin role: admin keys only; closed (403) when there is none."""
+    action = {key: value for key, value in action.items() if key != "match"}
+    if not access.admin_keys:
+        return {
+            "match": match,
+            "direct_response": _direct(403, "the admin API is closed: no admin key is configured"),
+            "typed_per_filter_config": _auth_off(),
+        }
+    return {
+        **action,
+        "match": match,
+        "typed_per_filter_config": _auth_allows(access.admin_clients()),
+    }
+
+
+def edge_virtual_host(
+    *,
+    grpc_upstreams: Mapping[str, Upstream],
+    default_grpc_upstream: Upstream,
+    metrics_upstream: Upstream | None,
+    access: EdgeAccess,
+) -> tuple[dict[str, Any], list[tuple[Upstream, bool]]]:
+    """The front door's virtual host (routes by role, see PUBLIC_SERVICES above) and the
+    clusters it names as (upstream, speaks HTTP/2).
+
+    ``grpc_upstreams`` maps full service names to upstreams; services of no public,
+    inference or admin role (WorkerService, StorageService) are not routed even when
+    given. The registry is routed for its catalogue calls only. Health and reflection go
+    to ``default_grpc_upstream``; any other path is answered 404 (gRPC UNIMPLEMENTED).
+    The virtual host's own auth is the inference role's, so routes the control plane adds
+    (one per served model) are guarded like the OpenAI API.
+    """
+    for service in grpc_upstreams:
+        if not service or "/" in service or service.startswith("."):
+            raise ValueError(f"not a full gRPC service name: {service!r}")
+
+    # Envoy decides whether a filter runs from the route a request matches when it
+    # arrives, before the transcoder turns a REST path into a gRPC one (then each filter's
+    # per-route config comes from the route the gRPC path matches). So every REST path has
+    # a route of its own role too, and roles never rely on the virtual host's default.
+    inference_auth = _inference_auth(access)
+    admin_upstream = grpc_upstreams.get(ADMIN_SERVICES[0], default_grpc_upstream)
+    inference_upstream = grpc_upstreams.get(INFERENCE_SERVICES[0], default_grpc_upstream)
+    routes: list[dict[str, Any]] = []
+    cluster_specs: list[tuple[Upstream, bool]] = [(default_grpc_upstream, True)]
+    if metrics_upstream is not None:
+        metrics = _admin_route(
+            {"path": "/v1/metrics"},
+            {
+                "route": {
+                    "cluster": metrics_upstream.name,
+                    "prefix_rewrite": "/metrics",
+                    "timeout": "30s",
+                }
+            },
+            access,
+        )
+        # The transcoder must leave this plain HTTP route alone.
+        metrics["typed_per_filter_config"][TRANSCODER_FILTER_NAME] = {
+            "@type": _FILTER_CONFIG_TYPE,
+            "disabled": True,
+        }
+        routes.append(metrics)
+        cluster_specs.append((metrics_upstream, False))
+    # REST paths as they arrive (the transcoder routes them again once they are gRPC).
+    routes += [
+        {**_grpc_route("", admin_upstream.name), "match": {"path": HEALTH_REST_PATH}}
+        | {"typed_per_filter_config": _auth_off()},
+        _admin_route({"prefix": "/v1/admin/"}, _grpc_route("", admin_upstream.name), access),
+        {**_grpc_route("/v1/", inference_upstream.name), "typed_per_filter_config": inference_auth},
+    ]
+    # Longest service names first, so no prefix shadows another.
+    for service in sorted(grpc_upstreams, key=lambda s: (-len(s), s)):
+        upstream = grpc_upstreams[service]
+        if service in INFERENCE_SERVICES:
+            routes.append(
+                {
+                    **_grpc_route(f"/{service}/", upstream.name),
+                    "typed_per_filter_config": inference_auth,
+                }
+            )
+        elif service in ADMIN_SERVICES:
+            routes.append(
+                {
+                    **_grpc_route("", upstream.name),
+                    "match": {"path": f"/{service}/{HEALTH_METHOD}"},
+                    "typed_per_filter_config": _auth_off(),
+                }
+            )
+            routes.append(
+                _admin_route({"prefix": f"/{service}/"}, _grpc_route("", upstream.name), access)
+            )
+        elif service == REGISTRY_SERVICE:
+            routes += [
+                {
+                    **_grpc_route("", upstream.name),
+                    "match": {"path": f"/{service}/{method}"},
+                    "typed_per_filter_config": inference_auth,
+                }
+                for method in REGISTRY_CATALOGUE_METHODS
+            ]
+        elif service in PUBLIC_SERVICES:
+            routes.append(
+                {
+                    **_grpc_route(f"/{service}/", upstream.name),
+                    "typed_per_filter_config": _auth_off(),
+                }
+            )
+        else:
+            continue  # internal: never on the front door
+        cluster_specs.append((upstream, True))
+    for service in PUBLIC_SERVICES:
+        if service not in grpc_upstreams:
+            routes.append(
+                {
+                    **_grpc_route(f"/{service}/", default_grpc_upstream.name),
+                    "typed_per_filter_config": _auth_off(),
+                }
+            )
+    # Anything else: not found, for everyone (no 401 that would tell a path exists).
+    routes.append(
+        {
+            "match": {"prefix": "/"},
+            "direct_response": _direct(404, "no such path on this server"),
+            "typed_per_filter_config": _auth_off(),
+        }
+    )
+    virtual_host = {
+        "name": "helios",
+        "domains": ["*"],
+        "routes": routes,
+        # Routes the control plane adds (one per served model) inherit the inference role.
+        "typed_per_filter_config": inference_auth,
+    }
+    return virtual_host, cluster_specs
+
+
+def _api_key_filter(access: EdgeAccess) -> dict[str, Any]:
+    """api_key_auth with every key; which clients a route admits is per route."""
+    return {
+        "name": API_KEY_FILTER_NAME,
+        "typed_config": {
+            "@type": _API_KEY_AUTH_TYPE,
+            "credentials": [{"key": key, "client": client} for key, client in access.clients()],
+            # "Bearer <key>" (the OpenAI SDK's form): the filter strips the scheme. The key
+            # travels on (the proxy's cold path applies its per-key rate limits).
+            "key_sources": [{"header": "authorization"}],
+        },
+    }
+
+
 def render_envoy_config(
     *,
     listen_host: str,
@@ -293,49 +539,26 @@ def render_envoy_config(
     admin_host: str = "127.0.0.1",
     sse_done: bool = True,
     upstream_tls: UpstreamTls | None = None,
+    access: EdgeAccess | None = None,
 ) -> str:
     """Render Envoy's bootstrap (JSON, which is also YAML) for the Helios edge.
 
-    ``grpc_upstreams`` maps full gRPC service names (``helios.v1.InferenceService``,
-    ``grpc.health.v1.Health``, ...) to their upstream; any other gRPC path, and every
-    transcoded REST call whose service is not mapped, goes to ``default_grpc_upstream``.
+    ``grpc_upstreams`` maps full gRPC service names (``helios.v1.InferenceService``, ...)
+    to their upstream; what is routed, and with which key, is :func:`edge_virtual_host`'s.
+    ``default_grpc_upstream`` answers health checks and reflection.
     Port 0 (listener or admin) asks for an ephemeral port. ``sse_done`` makes the Lua filter
     append ``data: [DONE]`` after a REST stream's last event (see envoy/README.md).
     ``upstream_tls``: mutual TLS to every gRPC upstream with this client certificate
-    (``helios up --tls``); the listener itself stays plain HTTP.
+    (``helios up --tls``); the listener itself stays plain HTTP. ``access``: the keys
+    (default: no inference key, so inference is open, and no admin key, so admin is closed).
     """
-    for service in grpc_upstreams:
-        if not service or "/" in service or service.startswith("."):
-            raise ValueError(f"not a full gRPC service name: {service!r}")
-
-    routes: list[dict[str, Any]] = []
-    cluster_specs: list[tuple[Upstream, bool]] = []
-    if metrics_upstream is not None:
-        routes.append(
-            {
-                "match": {"path": "/v1/metrics"},
-                "route": {
-                    "cluster": metrics_upstream.name,
-                    "prefix_rewrite": "/metrics",
-                    "timeout": "30s",
-                },
-                "typed_per_filter_config": {
-                    TRANSCODER_FILTER_NAME: {
-                        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-                        "disabled": True,
-                    }
-                },
-            }
-        )
-    # Longest service names first, so no prefix shadows another.
-    for service in sorted(grpc_upstreams, key=lambda s: (-len(s), s)):
-        upstream = grpc_upstreams[service]
-        routes.append(_grpc_route(f"/{service}/", upstream.name))
-        cluster_specs.append((upstream, True))
-    routes.append(_grpc_route("/", default_grpc_upstream.name))
-    cluster_specs.append((default_grpc_upstream, True))
-    if metrics_upstream is not None:
-        cluster_specs.append((metrics_upstream, False))
+    access = access or EdgeAccess()
+    virtual_host, cluster_specs = edge_virtual_host(
+        grpc_upstreams=grpc_upstreams,
+        default_grpc_upstream=default_grpc_upstream,
+        metrics_upstream=metrics_upstream,
+        access=access,
+    )
 
     http_filters = [
         {
@@ -372,6 +595,8 @@ def render_envoy_config(
                 "match_incoming_request_route": False,
             },
         },
+        # After the transcoder: REST calls are judged on the gRPC method they became.
+        _api_key_filter(access),
         {
             "name": "envoy.filters.http.router",
             "typed_config": {
@@ -400,10 +625,7 @@ def render_envoy_config(
                 },
             }
         ],
-        "route_config": {
-            "name": "helios",
-            "virtual_hosts": [{"name": "helios", "domains": ["*"], "routes": routes}],
-        },
+        "route_config": {"name": "helios", "virtual_hosts": [virtual_host]},
         "http_filters": http_filters,
     }
 

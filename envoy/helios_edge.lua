@@ -1,12 +1,17 @@
 -- Helios REST edge: the Lua filter that runs before grpc_json_transcoder.
 --
 -- Request path (every request):
---   * drops any client-sent `x-helios-edge` header;
+--   * drops any client-sent `x-helios-edge` and `x-helios-client` header (the latter is the
+--     api_key_auth filter's word on who the caller is; a client never sets it);
 --   * on REST requests (path under /v1/, not gRPC) sets `x-helios-edge: rest`, so the proxy
 --     reports a failure after a stream began as a final `data: {"error": {...}}` event;
 --   * on POST /v1/chat/completions and POST /v1/completions buffers the JSON body and, when
 --     its top-level `stream` member is `true`, rewrites :path to the `:stream` method path
---     (the OpenAI SDK posts streamed requests to the same path as unary ones).
+--     (the OpenAI SDK posts streamed requests to the same path as unary ones); sets
+--     `x-helios-model` to the body's top-level `model` (the control plane's per-model routes
+--     match on it: a warm model goes straight to a worker) and `x-helios-prefix-hash` to a
+--     hash of the prompt's first bytes (consistent hashing for prefix-aware models). A
+--     REST client's own `x-helios-model` is dropped; native gRPC clients set it themselves.
 -- Response path (REST requests only):
 --   * status >= 400: rewrites the body into OpenAI's error shape
 --     {"error": {"message", "type", "param", "code"}} (code: the gRPC status name or null);
@@ -17,6 +22,13 @@
 local APPEND_DONE = true
 
 local EDGE_HEADER = "x-helios-edge"
+local CLIENT_HEADER = "x-helios-client"
+local MODEL_HEADER = "x-helios-model"
+local PREFIX_HASH_HEADER = "x-helios-prefix-hash"
+-- Model ids longer than this are not routed by header (the proxy answers them).
+local MAX_MODEL_HEADER = 256
+-- The prompt bytes (raw JSON text of `messages` or `prompt`) the prefix hash covers.
+local PREFIX_HASH_BYTES = 256
 local METADATA_NS = "helios.edge"
 
 local STREAM_PATHS = {
@@ -196,13 +208,34 @@ local function is_grpc(headers)
   return ct ~= nil and ct:sub(1, 16) == "application/grpc"
 end
 
+-- FNV-1a (32 bit) of the first PREFIX_HASH_BYTES bytes, as 8 hex digits.
+local function prefix_hash(text)
+  local hash = 2166136261
+  for i = 1, math.min(#text, PREFIX_HASH_BYTES) do
+    hash = bit.bxor(hash, text:byte(i))
+    hash = bit.tobit(hash * 16777619)
+  end
+  return bit.tohex(hash, 8)
+end
+
+-- The model id from the body's raw `model` value: a plain JSON string without escapes.
+local function model_of(raw)
+  if raw == nil or #raw < 3 or #raw > MAX_MODEL_HEADER + 2 then
+    return nil
+  end
+  local id = raw:match('^"([^"\\%c]+)"$')
+  return id
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   headers:remove(EDGE_HEADER)
+  headers:remove(CLIENT_HEADER)
   local path = headers:get(":path") or ""
   if path:sub(1, 4) ~= "/v1/" or is_grpc(headers) then
     return
   end
+  headers:remove(MODEL_HEADER)
   headers:add(EDGE_HEADER, "rest")
   handle:streamInfo():dynamicMetadata():set(METADATA_NS, "rest", true)
 
@@ -216,10 +249,20 @@ function envoy_on_request(handle)
     return
   end
   local fields = top_level_fields(body:getBytes(0, body:length()))
+  if fields == nil then
+    return
+  end
+  -- Wrappers do not survive the yield in body(): fetch the headers again.
+  headers = handle:headers()
+  local model = model_of(fields["model"])
+  if model ~= nil then
+    headers:replace(MODEL_HEADER, model)
+    headers:replace(PREFIX_HASH_HEADER, prefix_hash(fields["messages"] or fields["prompt"] or ""))
+    handle:clearRouteCache()
+  end
   -- Protobuf's JSON parser also reads the string "true" as a bool.
-  if fields ~= nil and (fields["stream"] == "true" or fields["stream"] == '"true"') then
-    -- Wrappers do not survive the yield in body(): fetch the headers again.
-    handle:headers():replace(":path", stream_path .. query)
+  if fields["stream"] == "true" or fields["stream"] == '"true"' then
+    headers:replace(":path", stream_path .. query)
     handle:clearRouteCache()
     local options = top_level_fields(fields["stream_options"] or "")
     local include_usage = options ~= nil and options["include_usage"] == "true"

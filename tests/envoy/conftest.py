@@ -12,9 +12,9 @@ from pathlib import Path
 
 import openai
 import pytest
-from envoy_fakes import BackgroundLoop, Edge, start_fake_server, start_metrics_server
+from envoy_fakes import ADMIN_KEY, BackgroundLoop, Edge, start_fake_server, start_metrics_server
 
-from cli.envoy import EnvoyProcess, Upstream, build_descriptor_set, render_envoy_config
+from cli.envoy import EdgeAccess, EnvoyProcess, Upstream, build_descriptor_set, render_envoy_config
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,8 @@ def edge(tmp_path_factory: pytest.TempPathFactory, descriptor: Path) -> Iterator
             grpc_upstreams={"helios.v1.InferenceService": Upstream("inference", "127.0.0.1", port)},
             default_grpc_upstream=Upstream("default", "127.0.0.1", port),
             metrics_upstream=Upstream("metrics", "127.0.0.1", metrics.server_address[1]),
+            # No inference key (the OpenAI API is open); metrics need the admin key.
+            access=EdgeAccess(admin_keys=(ADMIN_KEY,)),
         )
         envoy = loop.run(EnvoyProcess.start(config, workdir, ready_timeout=30.0))
         yield Edge(envoy=envoy, fake=fake, fake_port=port, loop=loop, descriptor=descriptor)

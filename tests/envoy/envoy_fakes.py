@@ -43,6 +43,8 @@ from helios.v1 import (
 from cli.envoy import EnvoyProcess
 
 MODEL_ID = "fake-model"
+# The admin key the module's edge accepts (tests/envoy/conftest.py).
+ADMIN_KEY = "test-admin-key"
 CREATED = 1_700_000_000
 STREAM_PIECES = ("Hello", ", ", "world", "!")
 SLOW_PAUSE_S = 1.5

@@ -12,8 +12,11 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
 from cli.envoy import (
+    API_KEY_FILTER_NAME,
+    REGISTRY_CATALOGUE_METHODS,
     TRANSCODED_SERVICES,
     TRANSCODER_FILTER_NAME,
+    EdgeAccess,
     Upstream,
     find_envoy_binary,
     render_envoy_config,
@@ -72,19 +75,30 @@ def test_transcoded_services_are_those_with_http_rules(descriptor: Path) -> None
 
 
 def test_routes_and_clusters(descriptor: Path) -> None:
-    config = render(descriptor)
+    config = render(descriptor, access=EdgeAccess(admin_keys=("adm",)))
     routes = hcm(config)["route_config"]["virtual_hosts"][0]["routes"]
     assert routes[0]["match"] == {"path": "/v1/metrics"}
     assert routes[0]["route"]["cluster"] == "metrics"
     assert routes[0]["route"]["prefix_rewrite"] == "/metrics"
     assert routes[0]["typed_per_filter_config"][TRANSCODER_FILTER_NAME]["disabled"] is True
-    prefixes = [(r["match"].get("prefix"), r["route"]["cluster"]) for r in routes[1:]]
+    prefixes = [
+        (r["match"].get("prefix") or r["match"]["path"], r.get("route", {}).get("cluster"))
+        for r in routes[1:]
+    ]
     assert prefixes == [
+        # REST paths as they arrive (for which filters run), then the gRPC paths.
+        ("/v1/health", "proxy"),
+        ("/v1/admin/", "proxy"),
+        ("/v1/", "proxy"),
         ("/helios.v1.EstimatorService/", "estimator"),
         ("/helios.v1.InferenceService/", "proxy"),
-        ("/", "proxy"),
+        ("/grpc.health.v1.Health/", "proxy"),
+        ("/grpc.reflection.v1alpha.ServerReflection/", "proxy"),
+        ("/grpc.reflection.v1.ServerReflection/", "proxy"),
+        ("/", None),  # everything else: 404
     ]
-    assert all(r["route"]["timeout"] == "0s" for r in routes[1:])
+    assert routes[-1]["direct_response"]["status"] == 404
+    assert all(r["route"]["timeout"] == "0s" for r in routes[1:-1])
 
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     assert set(clusters) == {"proxy", "estimator", "metrics"}
@@ -100,6 +114,7 @@ def test_routes_and_clusters(descriptor: Path) -> None:
     assert filters == [
         "envoy.filters.http.lua",
         "envoy.filters.http.grpc_json_transcoder",
+        API_KEY_FILTER_NAME,
         "envoy.filters.http.router",
     ]
     transcoder = hcm(config)["http_filters"][1]["typed_config"]
@@ -107,6 +122,76 @@ def test_routes_and_clusters(descriptor: Path) -> None:
     assert transcoder["print_options"]["stream_sse_style_delimited"] is True
     assert transcoder["convert_grpc_status"] is True
     assert hcm(config)["codec_type"] == "AUTO"
+
+
+def _routes_by_path(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    routes = hcm(config)["route_config"]["virtual_hosts"][0]["routes"]
+    return {r["match"].get("prefix") or r["match"]["path"]: r for r in routes}
+
+
+INTERNAL = Upstream("internal", "127.0.0.1", 50060)
+EVERY_SERVICE = {
+    "helios.v1.InferenceService": PROXY,
+    "helios.v1.AdminService": PROXY,
+    "helios.v1.WorkerService": INTERNAL,
+    "helios.v1.StorageService": INTERNAL,
+    "helios.v1.RegistryService": Upstream("registry", "127.0.0.1", 50061),
+}
+
+
+def test_internal_services_are_never_routed(descriptor: Path) -> None:
+    config = render(
+        descriptor,
+        grpc_upstreams=EVERY_SERVICE,
+        access=EdgeAccess(inference_keys=("inf",), admin_keys=("adm",)),
+    )
+    routes = _routes_by_path(config)
+    assert not any("WorkerService" in path or "StorageService" in path for path in routes)
+    registry = sorted(path for path in routes if "RegistryService" in path)
+    assert registry == sorted(f"/helios.v1.RegistryService/{m}" for m in REGISTRY_CATALOGUE_METHODS)
+    assert "internal" not in {c["name"] for c in config["static_resources"]["clusters"]}
+
+
+def test_roles_and_keys(descriptor: Path) -> None:
+    access = EdgeAccess(inference_keys=("inf-a", "inf-b"), admin_keys=("adm",))
+    config = render(descriptor, grpc_upstreams=EVERY_SERVICE, access=access)
+    auth = hcm(config)["http_filters"][2]["typed_config"]
+    assert {c["key"]: c["client"] for c in auth["credentials"]} == {
+        "inf-a": "inference-0",
+        "inf-b": "inference-1",
+        "adm": "admin-0",
+    }
+    assert auth["key_sources"] == [{"header": "authorization"}]
+    virtual_host = hcm(config)["route_config"]["virtual_hosts"][0]
+    # The inference role (the virtual host's default, so per-model routes inherit it).
+    inherited = virtual_host["typed_per_filter_config"][API_KEY_FILTER_NAME]
+    assert inherited["allowed_clients"] == ["inference-0", "inference-1", "admin-0"]
+    routes = _routes_by_path(config)
+    admin = routes["/helios.v1.AdminService/"]["typed_per_filter_config"][API_KEY_FILTER_NAME]
+    assert admin["allowed_clients"] == ["admin-0"]
+    metrics = routes["/v1/metrics"]["typed_per_filter_config"][API_KEY_FILTER_NAME]
+    assert metrics["allowed_clients"] == ["admin-0"]
+    health = routes["/grpc.health.v1.Health/"]["typed_per_filter_config"][API_KEY_FILTER_NAME]
+    assert health["disabled"] is True
+
+
+def test_without_keys_inference_is_open_and_admin_closed(descriptor: Path) -> None:
+    config = render(descriptor, grpc_upstreams=EVERY_SERVICE)
+    virtual_host = hcm(config)["route_config"]["virtual_hosts"][0]
+    assert virtual_host["typed_per_filter_config"][API_KEY_FILTER_NAME]["disabled"] is True
+    routes = _routes_by_path(config)
+    for path in ("/helios.v1.AdminService/", "/v1/metrics", "/v1/admin/"):
+        assert routes[path]["direct_response"]["status"] == 403
+        assert "route" not in routes[path]
+
+
+@pytest.mark.parametrize(
+    ("inference", "admin"),
+    [(("same",), ("same",)), (("",), ()), (("has space",), ()), (("k" * 257,), ())],
+)
+def test_bad_keys_are_rejected(inference: tuple[str, ...], admin: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="key"):
+        EdgeAccess(inference_keys=inference, admin_keys=admin)
 
 
 def test_done_terminator_switch(descriptor: Path) -> None:
@@ -125,7 +210,15 @@ def test_done_terminator_switch(descriptor: Path) -> None:
 def test_without_metrics_upstream(descriptor: Path) -> None:
     config = render(descriptor, metrics_upstream=None, grpc_upstreams={})
     routes = hcm(config)["route_config"]["virtual_hosts"][0]["routes"]
-    assert [r["match"] for r in routes] == [{"prefix": "/"}]
+    assert [r["match"].get("prefix") or r["match"]["path"] for r in routes] == [
+        "/v1/health",
+        "/v1/admin/",
+        "/v1/",
+        "/grpc.health.v1.Health/",
+        "/grpc.reflection.v1alpha.ServerReflection/",
+        "/grpc.reflection.v1.ServerReflection/",
+        "/",
+    ]
     assert [c["name"] for c in config["static_resources"]["clusters"]] == ["proxy"]
 
 
@@ -142,7 +235,12 @@ def test_bad_service_name_is_rejected(descriptor: Path) -> None:
         render(descriptor, grpc_upstreams={"/helios.v1.InferenceService/": PROXY})
 
 
-def test_envoy_validates_the_config(descriptor: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "access",
+    [EdgeAccess(), EdgeAccess(inference_keys=("inf",), admin_keys=("adm",))],
+    ids=["no-keys", "keys"],
+)
+def test_envoy_validates_the_config(descriptor: Path, tmp_path: Path, access: EdgeAccess) -> None:
     path = tmp_path / "envoy.json"
     path.write_text(
         render_envoy_config(
@@ -150,9 +248,10 @@ def test_envoy_validates_the_config(descriptor: Path, tmp_path: Path) -> None:
             listen_port=0,
             admin_port=0,
             descriptor_path=descriptor,
-            grpc_upstreams={"helios.v1.InferenceService": PROXY},
+            grpc_upstreams={**EVERY_SERVICE, "helios.v1.InferenceService": PROXY},
             default_grpc_upstream=PROXY,
             metrics_upstream=Upstream("metrics", "localhost", 9100),
+            access=access,
         )
     )
     result = subprocess.run(

@@ -14,6 +14,7 @@ import grpc.aio
 import openai
 import pytest
 from envoy_fakes import (
+    ADMIN_KEY,
     CREATED,
     HELIOS_SERVICES,
     METRICS_BODY,
@@ -47,9 +48,12 @@ def post(
         return error.code, dict(error.headers.items()), error.read()
 
 
-def get(edge: Edge, path: str) -> tuple[int, dict[str, str], bytes]:
+def get(
+    edge: Edge, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(edge.base_url + path, headers=headers or {})
     try:
-        with urllib.request.urlopen(edge.base_url + path, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, dict(response.headers.items()), response.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers.items()), error.read()
@@ -241,6 +245,32 @@ def test_client_cannot_spoof_edge_header(edge: Edge) -> None:
     assert last_call(edge)[1]["x-helios-edge"] == ["rest"]
 
 
+def test_model_header_comes_from_the_body(edge: Edge) -> None:
+    """The per-model routes match x-helios-model: for REST it is the body's model, never a
+    client's header; x-helios-prefix-hash follows the prompt's first bytes."""
+    body = json.dumps({"model": MODEL_ID, "messages": MESSAGES}).encode()
+    status, _, _ = post(edge, "/v1/chat/completions", body, {"x-helios-model": "other"})
+    assert status == 200
+    metadata = last_call(edge)[1]
+    assert metadata["x-helios-model"] == [MODEL_ID]
+    first_hash = metadata["x-helios-prefix-hash"]
+    assert len(first_hash) == 1 and len(first_hash[0]) == 8
+    same = json.dumps({"messages": MESSAGES, "model": MODEL_ID, "max_tokens": 3}).encode()
+    post(edge, "/v1/chat/completions", same)
+    assert last_call(edge)[1]["x-helios-prefix-hash"] == first_hash
+    other = json.dumps({"model": MODEL_ID, "messages": [{"role": "user", "content": "yo"}]})
+    post(edge, "/v1/chat/completions", other.encode())
+    assert last_call(edge)[1]["x-helios-prefix-hash"] != first_hash
+
+
+@pytest.mark.parametrize("model", ["fake\\u0041model", "x" * 300])
+def test_model_header_is_not_set_for_odd_ids(edge: Edge, model: str) -> None:
+    """Escaped or over-long ids take the default route (the proxy judges them)."""
+    body = b'{"model": "' + model.encode() + b'", "messages": [{"role": "user", "content": "hi"}]}'
+    post(edge, "/v1/chat/completions", body, {"x-helios-model": MODEL_ID})
+    assert "x-helios-model" not in last_call(edge)[1]
+
+
 # ----------------------------------------------------------------------------- completions
 
 
@@ -353,8 +383,13 @@ def test_midstream_failure_completion_raises(client: openai.OpenAI) -> None:
 # ----------------------------------------------------------------------------- other routes
 
 
+def test_metrics_need_the_admin_key(edge: Edge) -> None:
+    assert get(edge, "/v1/metrics")[0] == 401
+    assert get(edge, "/v1/metrics", {"Authorization": "Bearer nope"})[0] == 401
+
+
 def test_metrics_are_proxied(edge: Edge) -> None:
-    status, headers, body = get(edge, "/v1/metrics")
+    status, headers, body = get(edge, "/v1/metrics", {"Authorization": f"Bearer {ADMIN_KEY}"})
     assert status == 200
     assert body == METRICS_BODY
     assert headers["content-type"].startswith("text/plain")
@@ -466,7 +501,7 @@ def test_without_done_terminator(edge: Edge, tmp_path: Path) -> None:
         listen_port=0,
         admin_port=0,
         descriptor_path=edge.descriptor,
-        grpc_upstreams={},
+        grpc_upstreams={"helios.v1.InferenceService": upstream},
         default_grpc_upstream=upstream,
         metrics_upstream=None,
         sse_done=False,
