@@ -45,6 +45,7 @@ from contextlib import AbstractContextManager, aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from openai_compat.backend import Step
 from openai_compat.params import Job
 from proxy import metrics
 from proxy.routing import WorkerPool, WorkerRole
@@ -55,7 +56,7 @@ from runtime.errors import (
 )
 
 if TYPE_CHECKING:
-    from proxy.service import Step, WorkerConnection
+    from proxy.service import WorkerConnection
 
 logger = logging.getLogger(__name__)
 

@@ -20,11 +20,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from openai_compat.backend import Step, collect, merge_steps
 from openai_compat.params import Job
 from proxy import metrics
 from proxy.control import ControlPlane
@@ -41,28 +42,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_RETRIES = 2
 DEFAULT_RETRY_BACKOFF_S = 0.05
-
-
-@dataclass(frozen=True)
-class Step:
-    """One relayed step of a generation."""
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str | None  # "stop" | "length" on the last step
-
-
-def merge_steps(steps: Sequence[Step]) -> Step:
-    """Consecutive steps of one stream as one (their text in order, the last one's counts
-    and finish reason): what piled up while the client was being written to."""
-    last = steps[-1]
-    return Step(
-        "".join(s.text for s in steps),
-        last.prompt_tokens,
-        last.completion_tokens,
-        last.finish_reason,
-    )
 
 
 @dataclass(frozen=True)
@@ -275,7 +254,7 @@ class CompletionRouter:
 
     async def stream(
         self, job: Job, deadline_s: float | None, request: RequestContext | None = None
-    ) -> AsyncIterator[Step]:
+    ) -> AsyncGenerator[Step, None]:
         """The job's steps from the worker chosen for it.
 
         Closing this generator (client gone) closes the worker's stream, which cancels
@@ -401,11 +380,5 @@ class CompletionRouter:
         self, job: Job, deadline_s: float | None, request: RequestContext | None = None
     ) -> Step:
         """Run the job to its end; one step with the whole text."""
-        parts: list[str] = []
-        last: Step | None = None
-        async for step in self.stream(job, deadline_s, request):
-            parts.append(step.text)
-            last = step
-        if last is None or last.finish_reason is None:
-            raise UnavailableError("the worker ended the generation without finishing it")
-        return Step("".join(parts), last.prompt_tokens, last.completion_tokens, last.finish_reason)
+        async with aclosing(self.stream(job, deadline_s, request)) as steps:
+            return await collect(steps)

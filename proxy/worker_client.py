@@ -8,10 +8,11 @@ import grpc
 from helios.v1 import estimator_pb2, estimator_pb2_grpc, storage_pb2, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
 
+from openai_compat.backend import Step
 from openai_compat.params import Job
 from proxy.disagg import PrefillResult
 from proxy.routing import AgentState, CacheLevel, ModelOnAgent, WorkerRole
-from proxy.service import Step, WorkerStatus
+from proxy.service import WorkerStatus
 from runtime.channels import create_channel
 from runtime.errors import HeliosError, UnavailableError, error_from_status
 

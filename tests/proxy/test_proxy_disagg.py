@@ -21,9 +21,10 @@ from helios.v1 import worker_pb2_grpc
 from prometheus_client import REGISTRY
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from openai_compat.backend import Step
 from openai_compat.params import Job, Sampling
 from proxy.routing import WorkerPool, WorkerRole
-from proxy.service import CompletionRouter, Step
+from proxy.service import CompletionRouter
 from proxy.worker_client import GrpcWorkerConnection
 from runtime.errors import UnavailableError
 from runtime.server import RunningServer

@@ -1,0 +1,125 @@
+"""OpenAI's protobuf mirror (helios.v1 inference.proto) <-> the domain values of
+:mod:`openai_compat.params` and :mod:`openai_compat.backend`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from helios.v1 import inference_pb2 as pb
+
+from openai_compat.backend import CallInfo, GenerationStep, ModelEntry
+from openai_compat.params import CommonParams, Job, chat_job, completion_job
+from runtime.errors import HeliosError
+
+# Envoy's Lua filter sets this on every transcoded REST request. Over HTTP/1.1 a gRPC
+# status sent after the first chunk is lost, so REST streams report late failures as a
+# final chunk carrying `error` instead.
+EDGE_HEADER = "x-helios-edge"
+RETRY_AFTER_HEADER = "retry-after"
+
+_ERROR_TYPES = {
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid_request_error",
+    grpc.StatusCode.NOT_FOUND: "invalid_request_error",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "rate_limit_error",
+    grpc.StatusCode.UNAVAILABLE: "service_unavailable",
+}
+
+
+def _optional(message: Message, name: str) -> Any:
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def _json_value(message: Message, name: str) -> Any:
+    """A google.protobuf.Value field as the JSON value the client sent (None if absent)."""
+    if not message.HasField(name):
+        return None
+    value = getattr(message, name)
+    if value.WhichOneof("kind") == "string_value":  # the common case, without the walk
+        return value.string_value
+    return json_format.MessageToDict(value)
+
+
+def _common(params: pb.ChatCompletionParams | pb.CompletionParams) -> CommonParams:
+    max_tokens = _optional(params, "max_tokens")
+    if isinstance(params, pb.ChatCompletionParams) and params.HasField("max_completion_tokens"):
+        max_tokens = params.max_completion_tokens
+    return CommonParams(
+        model=params.model,
+        max_tokens=max_tokens,
+        temperature=_optional(params, "temperature"),
+        top_p=_optional(params, "top_p"),
+        top_k=_optional(params, "top_k"),
+        seed=_optional(params, "seed"),
+        stop=_json_value(params, "stop"),
+        n=_optional(params, "n"),
+        presence_penalty=_optional(params, "presence_penalty"),
+        frequency_penalty=_optional(params, "frequency_penalty"),
+        include_usage=params.HasField("stream_options") and params.stream_options.include_usage,
+        ignore_eos=params.ignore_eos,
+    )
+
+
+def chat_job_from_pb(params: pb.ChatCompletionParams) -> Job:
+    """The validated job of a chat completion request (InvalidArgumentError names the
+    offending field)."""
+    messages = [(m.role, _json_value(m, "content")) for m in params.messages]
+    return chat_job(_common(params), messages)
+
+
+def completion_job_from_pb(params: pb.CompletionParams) -> Job:
+    """The validated job of a (legacy) completion request."""
+    return completion_job(_common(params), _json_value(params, "prompt"), echo=params.echo)
+
+
+def usage_to_pb(step: GenerationStep) -> pb.CompletionUsage:
+    return pb.CompletionUsage(
+        prompt_tokens=step.prompt_tokens,
+        completion_tokens=step.completion_tokens,
+        total_tokens=step.prompt_tokens + step.completion_tokens,
+    )
+
+
+def error_detail(error: HeliosError) -> pb.ErrorDetail:
+    """OpenAI's error object for a domain error (what a REST stream's last chunk carries)."""
+    return pb.ErrorDetail(
+        message=error.message,
+        type=_ERROR_TYPES.get(error.status_code, "server_error"),
+        code=error.status_code.name,
+    )
+
+
+def model_to_pb(model: ModelEntry) -> pb.Model:
+    return pb.Model(
+        id=model.id,
+        object="model",
+        created=model.created,
+        owned_by="helios",
+        ready_replicas=model.ready_replicas,
+        memory_bytes=model.memory_bytes,
+        memory_source=model.memory_source,
+        warm_status=model.warm_status,
+        min_replicas=model.min_replicas,
+        max_replicas=model.max_replicas,
+    )
+
+
+def call_info(context: grpc.aio.ServicerContext) -> CallInfo:
+    return CallInfo(
+        deadline_s=context.time_remaining(), metadata=tuple(context.invocation_metadata() or ())
+    )
+
+
+def is_rest(call: CallInfo) -> bool:
+    """Whether the request came through Envoy's REST transcoding (the edge marks it)."""
+    return call.header(EDGE_HEADER) == "rest"
+
+
+def send_retry_after(context: grpc.aio.ServicerContext, error: HeliosError) -> None:
+    """Tell the client when to come back, for errors that know (load shedding, rate
+    limits): Envoy turns the trailer into HTTP's Retry-After."""
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        context.set_trailing_metadata(((RETRY_AFTER_HEADER, str(retry_after)),))
