@@ -1,0 +1,217 @@
+"""What Envoy should know of the fleet: an immutable snapshot of the warm routes.
+
+Domain only (no protobuf); :mod:`proxy.xds_server` turns a snapshot into Envoy's
+clusters (CDS), endpoints (EDS) and routes (RDS).
+
+For every model that has at least one *routable* endpoint -- the model READY on an
+agent that is healthy, neither DRAINING nor DEGRADED, and of role ``both`` -- the
+snapshot holds one :class:`ModelRoute`: the model's cluster name, its endpoints (host,
+port, a weight >= 1 from the agent's heartbeat load, a health) and its load-balancing
+policy. A model without a routable endpoint has no route at all: its requests fall
+through to the edge's base routes, which send them to the proxy's cold path.
+
+Endpoints of an agent that still holds the model READY but is draining are listed as
+DRAINING (Envoy sends them nothing new; its operator sees them), as long as the model
+has a routable endpoint somewhere. Unreachable (DEGRADED) agents are left out.
+
+Two snapshots compare equal exactly when Envoy would be told the same thing: the
+control plane pushes only when a new snapshot differs from the last one.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from proxy.policies import LeastOutstanding, PrefixAware, SessionAffinity
+from proxy.routing import AgentState, WorkerRole, WorkerView
+
+CLUSTER_PREFIX = "helios-model-"
+# The sanitised model id part of a cluster name is cut to this many characters.
+CLUSTER_MODEL_CHARS = 40
+# The header the edge fills with a hash of the prompt's prefix (prefix-aware routing).
+PREFIX_HASH_HEADER = "x-helios-prefix-hash"
+# Bounded load for prefix-aware hashing: no endpoint takes more than 150% of the mean
+# load (Envoy's hash_balance_factor, in percent); the rest spill over to the next host
+# on the ring, as the proxy's prefix-aware policy did with its imbalance threshold.
+PREFIX_HASH_BALANCE_FACTOR = 150
+# Weights: an idle endpoint weighs WEIGHT_MAX; load (KV cache in use, queued requests)
+# brings it down to no less than 1. Few levels, so that small load changes do not make
+# a push every heartbeat.
+WEIGHT_MAX = 10
+
+_NOT_CLUSTER_CHAR = re.compile(r"[^a-z0-9]")
+
+
+def cluster_name(model: str) -> str:
+    """The Envoy cluster name of ``model``'s endpoints: ``helios-model-`` + the model id
+    lower-cased with every character outside [a-z0-9] replaced by ``-``, cut to 40
+    characters, + ``-`` + the first 8 hex digits of the id's SHA-256 (ids that
+    sanitise alike stay apart)."""
+    readable = _NOT_CLUSTER_CHAR.sub("-", model.lower())[:CLUSTER_MODEL_CHARS]
+    digest = hashlib.sha256(model.encode()).hexdigest()[:8]
+    return f"{CLUSTER_PREFIX}{readable}-{digest}"
+
+
+class LbKind(enum.StrEnum):
+    """How Envoy picks one of a model's endpoints."""
+
+    LEAST_REQUEST = "least_request"  # weighted least request (power of two choices)
+    RING_HASH = "ring_hash"  # consistent hashing on a request header
+    MAGLEV = "maglev"  # consistent hashing, Maglev table
+
+
+@dataclass(frozen=True)
+class LbPolicy:
+    """A model's load balancing: the kind, the header hashed (hashing kinds), and the
+    bounded-load factor in percent (0: unbounded)."""
+
+    kind: LbKind = LbKind.LEAST_REQUEST
+    hash_header: str = ""
+    hash_balance_factor: int = 0
+
+    def __post_init__(self) -> None:
+        hashing = self.kind is not LbKind.LEAST_REQUEST
+        if hashing != bool(self.hash_header):
+            raise ValueError(f"{self.kind} needs a hash header exactly when it hashes")
+        if self.hash_header != self.hash_header.lower():
+            raise ValueError(f"header names are lower case: {self.hash_header!r}")
+        if self.hash_balance_factor and (not hashing or self.hash_balance_factor < 100):
+            raise ValueError("hash_balance_factor is >= 100 and for hashing kinds only")
+
+
+LEAST_REQUEST = LbPolicy()
+
+
+def lb_policy_for(routing_policy: str, *, session_header: str) -> LbPolicy:
+    """The Envoy policy of one of :mod:`proxy.policies`' names: least-outstanding ->
+    least request; prefix-aware -> ring hash on the prefix-hash header with bounded
+    load; session-affinity -> Maglev on the session header (unbounded: a session
+    stays where its cache is). Requests without the hashed header go to a random
+    endpoint."""
+    if routing_policy == LeastOutstanding.name:
+        return LEAST_REQUEST
+    if routing_policy == PrefixAware.name:
+        return LbPolicy(LbKind.RING_HASH, PREFIX_HASH_HEADER, PREFIX_HASH_BALANCE_FACTOR)
+    if routing_policy == SessionAffinity.name:
+        return LbPolicy(LbKind.MAGLEV, session_header.lower())
+    raise ValueError(f"unknown routing policy {routing_policy!r}")
+
+
+class EndpointHealth(enum.StrEnum):
+    HEALTHY = "healthy"
+    DRAINING = "draining"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One agent serving one model."""
+
+    address: str  # as discovery names the agent (host:port)
+    host: str
+    port: int
+    weight: int
+    health: EndpointHealth = EndpointHealth.HEALTHY
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """One model's cluster: its endpoints (by address) and policy."""
+
+    model: str
+    cluster: str
+    endpoints: tuple[Endpoint, ...]
+    policy: LbPolicy = LEAST_REQUEST
+
+
+@dataclass(frozen=True)
+class XdsSnapshot:
+    """Every model with a routable endpoint, by model id."""
+
+    routes: tuple[ModelRoute, ...] = ()
+
+    def by_cluster(self) -> dict[str, ModelRoute]:
+        return {r.cluster: r for r in self.routes}
+
+    def by_model(self) -> dict[str, ModelRoute]:
+        return {r.model: r for r in self.routes}
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); ValueError if malformed."""
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"not host:port: {address!r}")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"not host:port: {address!r}")
+        host = host[1:-1]
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ValueError(f"port out of range: {address!r}")
+    return host, number
+
+
+def endpoint_weight(kv_cache_usage: float, waiting: int) -> int:
+    """WEIGHT_MAX for an idle endpoint, down to 1 as its KV cache fills and requests
+    queue (Envoy already balances the requests it sends itself; the weight carries what
+    it does not see: cache pressure and requests from elsewhere)."""
+    free = min(max(1.0 - kv_cache_usage, 0.0), 1.0) / (1 + max(waiting, 0))
+    return max(1, math.ceil(WEIGHT_MAX * free - 1e-9))
+
+
+def _serves(agent: WorkerView, model: str) -> EndpointHealth | None:
+    """The endpoint health of ``agent`` for ``model``, None when it must not be listed."""
+    if agent.role is not WorkerRole.BOTH or not agent.is_ready(model):
+        return None
+    if not agent.healthy or agent.state is AgentState.DEGRADED:
+        return None
+    if agent.state is AgentState.DRAINING:
+        return EndpointHealth.DRAINING
+    return EndpointHealth.HEALTHY
+
+
+def build_snapshot(
+    agents: Iterable[WorkerView],
+    policy_for: Callable[[str], LbPolicy] | Mapping[str, LbPolicy] | None = None,
+) -> XdsSnapshot:
+    """The snapshot of ``agents``; ``policy_for`` gives a model's policy (a callable, a
+    mapping with least request for models it lacks, or None: least request for all).
+    Agents whose address is not ``host:port`` are left out (they cannot be dialled)."""
+    endpoints: dict[str, list[Endpoint]] = {}
+    for agent in agents:
+        try:
+            host, port = split_address(agent.address)
+        except ValueError:
+            continue
+        for model, held in agent.models.items():
+            health = _serves(agent, model)
+            if health is None:
+                continue
+            weight = endpoint_weight(held.kv_cache_usage, held.waiting)
+            endpoints.setdefault(model, []).append(
+                Endpoint(agent.address, host, port, weight, health)
+            )
+    routes = []
+    for model in sorted(endpoints):
+        listed = sorted(endpoints[model], key=lambda e: e.address)
+        if not any(e.health is EndpointHealth.HEALTHY for e in listed):
+            continue
+        routes.append(
+            ModelRoute(model, cluster_name(model), tuple(listed), _policy(policy_for, model))
+        )
+    return XdsSnapshot(tuple(routes))
+
+
+def _policy(
+    policy_for: Callable[[str], LbPolicy] | Mapping[str, LbPolicy] | None, model: str
+) -> LbPolicy:
+    if policy_for is None:
+        return LEAST_REQUEST
+    if isinstance(policy_for, Mapping):
+        return policy_for.get(model, LEAST_REQUEST)
+    return policy_for(model)
