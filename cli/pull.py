@@ -2,14 +2,17 @@
 
 ``helios pull ./dir --as org/name`` imports a local HF-layout directory;
 ``helios pull org/name[@revision]`` imports from the Hugging Face Hub ($HF_ENDPOINT,
-$HF_TOKEN). With ``--registry HOST:PORT`` the running registry does the import
-(ImportModel); otherwise the registry under ``--data-dir`` is opened in-process.
+$HF_TOKEN). With ``--registry HOST:PORT`` a directory's files are read here and uploaded
+(UploadModel: the registry never reads a path a client names) and a Hub import runs in
+the registry (ImportModel); otherwise the registry under ``--data-dir`` is opened
+in-process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.core import ImportProgress
+from registry.upload import MAX_UPLOAD_CHUNK as UPLOAD_CHUNK
 
 __all__ = ["add_pull_command", "pull_command"]
 
@@ -89,11 +93,102 @@ async def _remote(args: argparse.Namespace, source: str) -> AsyncIterator[Import
             )
 
 
+def _hash_file(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while piece := f.read(UPLOAD_CHUNK):
+            digest.update(piece)
+            size += len(piece)
+    return size, digest.hexdigest()
+
+
+async def _upload(args: argparse.Namespace, directory: Path) -> AsyncIterator[ImportProgress]:
+    """Send the directory's files to the registry (UploadModel): it reads nothing of this
+    machine's filesystem itself. The files are hashed first (the header declares every
+    file's size and SHA-256), then streamed; progress counts the bytes sent."""
+    from helios.v1 import registry_pb2 as pb
+    from helios.v1 import registry_pb2_grpc
+
+    from registry.core import list_directory
+    from runtime.channels import create_channel
+
+    files = await asyncio.to_thread(list_directory, directory, args.allow, args.deny)
+    declared: list[tuple[str, Path, int, str]] = []
+    for index, (rel, path) in enumerate(files):
+        size, sha256 = await asyncio.to_thread(_hash_file, path)
+        declared.append((rel, path, size, sha256))
+        yield ImportProgress(file=f"hashing {rel}", files_done=index, files_total=len(files))
+    total = sum(size for _, _, size, _ in declared)
+    progress: asyncio.Queue[ImportProgress] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[pb.UploadModelRequest]:
+        yield pb.UploadModelRequest(
+            header=pb.UploadModelHeader(
+                model_id=args.model_id,
+                files=[
+                    pb.UploadModelFile(path=rel, size_bytes=size, sha256=sha256)
+                    for rel, _, size, sha256 in declared
+                ],
+            )
+        )
+        sent = 0
+        for index, (rel, path, size, _) in enumerate(declared):
+            with path.open("rb") as f:
+                offset = 0
+                while data := await asyncio.to_thread(f.read, UPLOAD_CHUNK):
+                    yield pb.UploadModelRequest(
+                        chunk=pb.UploadModelChunk(path=rel, offset=offset, data=data)
+                    )
+                    offset += len(data)
+                    sent += len(data)
+                    progress.put_nowait(
+                        ImportProgress(
+                            file=rel,
+                            file_bytes_done=offset,
+                            file_bytes_total=size,
+                            bytes_done=sent,
+                            bytes_total=total,
+                            files_done=index + (offset >= size),
+                            files_total=len(declared),
+                        )
+                    )
+
+    async with create_channel(args.registry) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        call = asyncio.ensure_future(stub.UploadModel(requests()))
+        try:
+            while not call.done():
+                getter = asyncio.ensure_future(progress.get())
+                await asyncio.wait({getter, call}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            reply = call.result()
+        finally:
+            call.cancel()
+    yield ImportProgress(
+        bytes_done=total,
+        bytes_total=total,
+        files_done=len(declared),
+        files_total=len(declared),
+        reused_bytes=reply.reused_bytes,
+        version=(reply.version.model_id, reply.version.version),
+    )
+
+
 async def _pull(args: argparse.Namespace) -> tuple[str, str] | None:
     from tqdm import tqdm
 
     source = source_of(args.source)
-    stream = _remote(args, source) if args.registry else _embedded(args, source)
+    stream: AsyncIterator[ImportProgress]
+    if not args.registry:
+        stream = _embedded(args, source)
+    elif source.startswith("hf://"):
+        stream = _remote(args, source)  # the registry fetches from the Hub itself
+    else:
+        stream = _upload(args, Path(source))
     disable = args.no_progress
     overall = tqdm(desc="total", unit="B", unit_scale=True, disable=disable, position=0)
     current = tqdm(desc="", unit="B", unit_scale=True, disable=disable, position=1, leave=False)

@@ -46,16 +46,26 @@ from registry.ids import (
     parse_reference,
 )
 from registry.metadata import BlobRow, MetadataStore, VersionRow
+from registry.upload import (
+    DEFAULT_MAX_UPLOAD_BYTES,
+    UploadChunk,
+    UploadHeader,
+    UploadResult,
+    UploadStaging,
+    check_header,
+)
 from registry.usage import EvictionCandidate, Prediction, UsageTracker
 from runtime.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
 )
+from runtime.paths import PathRoots, bounded
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImportProgress", "Manifest", "ManifestEntry", "Registry"]
+__all__ = ["ImportProgress", "Manifest", "ManifestEntry", "Registry", "list_directory"]
 
 IMPORT_BYTES = Counter(
     "helios_registry_import_bytes",
@@ -68,6 +78,7 @@ MAX_READ_MESSAGE = 1024 * 1024
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 _SKIP_DIRS = {".git", ".cache", ".huggingface"}
+UPLOAD_SOURCE = "upload"  # a version's source when a client streamed its files
 
 
 @dataclass(frozen=True)
@@ -141,9 +152,14 @@ class Registry:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         hub: HubClient | None = None,
         clock: Callable[[], float] = time.time,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     ) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
+        if max_upload_bytes < 0:
+            raise ValueError("max_upload_bytes must be >= 0")
+        self.max_upload_bytes = max_upload_bytes
+        self._upload_reserved = 0  # bytes declared by the uploads running now (event loop)
         self.meta = meta
         self.blobs = blobs
         self.staging_dir = staging_dir
@@ -283,8 +299,15 @@ class Registry:
         allow: Sequence[str] = (),
         deny: Sequence[str] = (),
         set_latest: bool = True,
+        *,
+        roots: PathRoots | None = None,
     ) -> AsyncIterator[ImportProgress]:
-        """Import ``hf://org/name[@revision]`` or a local directory path."""
+        """Import ``hf://org/name[@revision]`` or a local directory path.
+
+        ``roots``: where a directory may be (a network caller's import is confined to the
+        registry's ``--import-root`` directories, checked before the path is touched);
+        None only for a local caller (``helios pull`` without ``--registry``).
+        """
         if not source:
             raise InvalidArgumentError("source: must not be empty")
         if "\0" in source:
@@ -293,9 +316,14 @@ class Registry:
             repo, _, revision = source[len("hf://") :].partition("@")
             gen = self.import_hub(repo, revision or "main", model_id, allow, deny, set_latest)
         else:
+            directory = Path(source)
+            if roots is not None:
+                directory = await asyncio.to_thread(
+                    roots.confine, source, "source", "--import-root"
+                )
             if not model_id:
                 raise InvalidArgumentError("model_id: required when importing a directory")
-            gen = self.import_directory(Path(source), model_id, allow, deny, set_latest)
+            gen = self.import_directory(directory, model_id, allow, deny, set_latest)
         async for progress in gen:
             yield progress
 
@@ -309,7 +337,7 @@ class Registry:
     ) -> AsyncIterator[ImportProgress]:
         model = canonical_model_id(model_id)
         if not await asyncio.to_thread(directory.is_dir):
-            raise InvalidArgumentError(f"source {directory}: not a directory")
+            raise InvalidArgumentError(f"source {bounded(str(directory))!r}: not a directory")
         directory = await asyncio.to_thread(directory.resolve)
 
         def work(report: _Reporter) -> tuple[str, str]:
@@ -329,26 +357,7 @@ class Registry:
     def _list_directory(
         self, directory: Path, allow: Sequence[str], deny: Sequence[str]
     ) -> list[tuple[str, Path]]:
-        root = directory.resolve()
-        found: dict[str, Path] = {}
-        for path in sorted(root.rglob("*")):
-            rel_parts = path.relative_to(root).parts
-            if any(part in _SKIP_DIRS for part in rel_parts):
-                continue
-            if path.is_dir():
-                continue
-            rel = "/".join(rel_parts)
-            check_file_path(rel)
-            real = path.resolve()
-            if not real.is_relative_to(root):
-                raise InvalidArgumentError(f"file {rel}: a link pointing outside the directory")
-            if not real.is_file():
-                continue
-            found[rel] = real
-        kept = select_files(sorted(found), allow, deny)
-        if not kept:
-            raise InvalidArgumentError(f"source {directory}: no files to import")
-        return [(rel, found[rel]) for rel in kept]
+        return list_directory(directory, allow, deny)
 
     async def import_hub(
         self,
@@ -530,6 +539,62 @@ class Registry:
                 # The caller went away; the thread finishes (or fails) on its own.
                 task.add_done_callback(lambda t: t.exception())
 
+    async def upload(
+        self, header: UploadHeader, chunks: AsyncIterator[UploadChunk]
+    ) -> UploadResult:
+        """Import the files a client streams (UploadModel): the declaration is checked
+        before any byte is stored, every byte against it, and the version is committed
+        like an import's (content-addressed blobs, one transaction) once all are in.
+
+        The uploads running at once together stay within ``max_upload_bytes``."""
+        model, total = check_header(header, self.max_upload_bytes)
+        if self._upload_reserved + total > self.max_upload_bytes:
+            raise ResourceExhaustedError(
+                f"upload of {total} bytes: other uploads hold {self._upload_reserved} of this"
+                f" registry's {self.max_upload_bytes} bytes; retry later"
+            )
+        self._upload_reserved += total
+        staging: UploadStaging | None = None
+        handed_over = False
+        try:
+            staging = await asyncio.to_thread(
+                UploadStaging, self.staging_dir / "upload" / uuid.uuid4().hex, header.files
+            )
+            async for chunk in chunks:
+                await asyncio.to_thread(staging.write, chunk)
+            entries = await asyncio.to_thread(staging.finish)
+            received = staging
+
+            def work(report: _Reporter) -> tuple[str, str]:
+                try:
+                    return self._import_files(
+                        model,
+                        UPLOAD_SOURCE,
+                        entries,
+                        None,
+                        header.set_latest,
+                        report,
+                    )
+                except BaseException:
+                    # Unlike a directory import, a failed upload cannot be resumed: free
+                    # what it stored (its bytes are nowhere else), so failures fill no disk.
+                    with contextlib.suppress(Exception):
+                        self._collect({sha for _, _, _, sha in entries})
+                    raise
+                finally:
+                    received.discard()
+
+            handed_over = True  # from here the import's thread removes the staging files
+            last: ImportProgress | None = None
+            async for progress in self._run(work):
+                last = progress
+        finally:
+            self._upload_reserved -= total
+            if staging is not None and not handed_over:
+                await asyncio.to_thread(staging.discard)
+        assert last is not None and last.version is not None
+        return UploadResult(last.version[0], last.version[1], total, last.reused_bytes)
+
     # aliases, deletion, GC ---------------------------------------------------------
 
     async def set_alias(self, alias: str, model_id: str, version: str) -> str:
@@ -667,6 +732,33 @@ class Registry:
             latest = self._lookup(model_id, "latest")
             sized.append((model_id, latest.total_bytes if latest else 0))
         return self.usage.eviction_order(sized, self._policies, bytes_needed)
+
+
+def list_directory(
+    directory: Path, allow: Sequence[str] = (), deny: Sequence[str] = ()
+) -> list[tuple[str, Path]]:
+    """The files of a model directory to import: (relative path, resolved path), sorted.
+    A file that is a link to anything outside the directory is refused. Blocking."""
+    root = directory.resolve()
+    found: dict[str, Path] = {}
+    for path in sorted(root.rglob("*")):
+        rel_parts = path.relative_to(root).parts
+        if any(part in _SKIP_DIRS for part in rel_parts):
+            continue
+        if path.is_dir():
+            continue
+        rel = "/".join(rel_parts)
+        check_file_path(rel)
+        real = path.resolve()
+        if not real.is_relative_to(root):
+            raise InvalidArgumentError(f"file {rel}: a link pointing outside the directory")
+        if not real.is_file():
+            continue
+        found[rel] = real
+    kept = select_files(sorted(found), allow, deny)
+    if not kept:
+        raise InvalidArgumentError(f"source {bounded(str(directory))!r}: no files to import")
+    return [(rel, found[rel]) for rel in kept]
 
 
 def digest_bytes(data: bytes, chunk_size: int) -> FileDigest:

@@ -17,6 +17,7 @@ from registry.cloud import DEFAULT_PART_SIZE, AzureBlobStore, S3BlobStore
 from registry.core import Registry
 from registry.hub import HubClient
 from registry.servicer import RegistryServicer
+from registry.upload import DEFAULT_MAX_UPLOAD_BYTES
 from runtime.config import (
     ConfigError,
     add_server_arguments,
@@ -24,6 +25,7 @@ from runtime.config import (
     helios_home,
     settings_from_args,
 )
+from runtime.paths import PathRoots, split_roots
 from runtime.server import Cleanup, Register, run
 
 SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"]
@@ -56,6 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=int(env_default("registry", "chunk_size", str(DEFAULT_CHUNK_SIZE))),
         help="bytes per hashed chunk in manifests",
+    )
+    parser.add_argument(
+        "--import-root",
+        action="append",
+        type=Path,
+        default=split_roots(env_default("registry", "import_roots")),
+        metavar="DIR",
+        help="a directory ImportModel may import from, with everything below it (repeatable;"
+        f" env HELIOS_REGISTRY_IMPORT_ROOTS, {os.pathsep!r}-separated). Default: none, no"
+        " server directory is importable over the network (clients use UploadModel)",
+    )
+    parser.add_argument(
+        "--max-upload-bytes",
+        type=_size_arg,
+        default=_size_arg(
+            env_default("registry", "max_upload_bytes", str(DEFAULT_MAX_UPLOAD_BYTES))
+        ),
+        help="the most bytes UploadModel accepts, over the uploads running at once"
+        " (e.g. 64GiB, the default)",
     )
     parser.add_argument(
         "--hf-endpoint",
@@ -186,14 +207,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = settings_from_args(args, "registry")
     if args.chunk_size < 1:
         raise ConfigError("chunk_size", "must be >= 1")
+    if args.max_upload_bytes < 0:
+        raise ConfigError("max_upload_bytes", "must be >= 0")
+    for root in args.import_root:
+        if not root.expanduser().is_dir():
+            raise ConfigError("import_root", f"{root} is not a directory")
+    import_roots = PathRoots(args.import_root)
 
     async def build() -> tuple[Register, Cleanup]:
         hub = HubClient(args.hf_endpoint, os.environ.get(args.hf_token_env) or None)
         store = await asyncio.to_thread(make_blob_store, args)
         registry = await asyncio.to_thread(
-            Registry.open, args.data_dir, store, chunk_size=args.chunk_size, hub=hub
+            Registry.open,
+            args.data_dir,
+            store,
+            chunk_size=args.chunk_size,
+            hub=hub,
+            max_upload_bytes=args.max_upload_bytes,
         )
-        servicer = RegistryServicer(registry)
+        servicer = RegistryServicer(registry, import_roots=import_roots)
 
         def register(server: grpc.aio.Server) -> list[str]:
             registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)

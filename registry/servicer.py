@@ -9,7 +9,9 @@ from helios.v1 import registry_pb2 as pb
 from helios.v1 import registry_pb2_grpc
 
 from registry.core import ImportProgress, Registry
+from registry.upload import UploadChunk, UploadFile, UploadHeader
 from runtime.errors import InvalidArgumentError
+from runtime.paths import PathRoots
 
 
 def _version(model_id: str, version: str) -> pb.ModelVersion:
@@ -38,9 +40,20 @@ def _require_version(v: pb.ModelVersion) -> tuple[str, str]:
     return v.model_id, v.version
 
 
+async def _upload_chunks(
+    requests: AsyncIterator[pb.UploadModelRequest],
+) -> AsyncIterator[UploadChunk]:
+    async for request in requests:
+        if not request.HasField("chunk"):
+            raise InvalidArgumentError("UploadModel: only the first message carries the header")
+        yield UploadChunk(request.chunk.path, request.chunk.offset, request.chunk.data)
+
+
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, *, import_roots: PathRoots | None = None) -> None:
+        """``import_roots``: the directories ImportModel may read (none by default)."""
         self.registry = registry
+        self.import_roots = import_roots if import_roots is not None else PathRoots()
 
     async def ResolveModel(
         self, request: pb.ResolveModelRequest, context: grpc.aio.ServicerContext
@@ -99,8 +112,31 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             list(request.allow_patterns),
             list(request.deny_patterns),
             set_latest,
+            roots=self.import_roots,
         ):
             yield _progress_to_pb(progress)
+
+    async def UploadModel(
+        self,
+        request_iterator: AsyncIterator[pb.UploadModelRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.UploadModelResponse:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or not first.HasField("header"):
+            raise InvalidArgumentError("UploadModel: the first message must carry the header")
+        h = first.header
+        header = UploadHeader(
+            model_id=h.model_id,
+            files=tuple(UploadFile(f.path, f.size_bytes, f.sha256) for f in h.files),
+            set_latest=h.set_latest if h.HasField("set_latest") else True,
+        )
+        result = await self.registry.upload(header, _upload_chunks(requests))
+        return pb.UploadModelResponse(
+            version=_version(result.model_id, result.version),
+            total_bytes=result.total_bytes,
+            reused_bytes=result.reused_bytes,
+        )
 
     async def SetAlias(
         self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext

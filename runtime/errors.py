@@ -39,6 +39,12 @@ class AlreadyExistsError(HeliosError):
     status_code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class PermissionDeniedError(HeliosError):
+    """The caller may not do this (e.g. name a server path outside the configured roots)."""
+
+    status_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class FailedPreconditionError(HeliosError):
     """The system is not in a state where the request can run (e.g. model not loaded)."""
 
@@ -75,6 +81,7 @@ _ERRORS_BY_CODE: dict[grpc.StatusCode, type[HeliosError]] = {
         InvalidArgumentError,
         NotFoundError,
         AlreadyExistsError,
+        PermissionDeniedError,
         FailedPreconditionError,
         ResourceExhaustedError,
         UnavailableError,

@@ -138,7 +138,16 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
     started: list[ServiceProcess] = []
     envoy: EnvoyProcess | None = None
     try:
-        registry = _service(root, "registry", "registry.server", "--data-dir", str(root / "reg"))
+        # ImportModel reads server directories only under --import-root.
+        registry = _service(
+            root,
+            "registry",
+            "registry.server",
+            "--data-dir",
+            str(root / "reg"),
+            "--import-root",
+            str(root / "src"),
+        )
         await _start([registry], env)
         started.append(registry)
         estimator = _service(root, "estimator", "estimator.server", "--registry", registry.address)

@@ -60,9 +60,21 @@ async def test_registry_cli_pull_through_running_registry(tmp_path: Path, model_
 
     running = await start_server(ServerSettings(service="registry", metrics_port=-1), register)
     try:
+        # The served registry has no import roots: the CLI uploads the files (UploadModel).
         args = parse(str(model_dir), "--as", "org/tiny", "--registry", running.address)
         assert await asyncio.to_thread(pull_command, args) == 0
-        assert (await registry.resolve("org/tiny")).model_id == "org/tiny"
+        row = await registry.resolve("org/tiny")
+        assert row.model_id == "org/tiny" and row.source == "upload"
+        manifest = await registry.manifest("org/tiny", row.version)
+        assert sorted(f.path for f in manifest.files) == [
+            "config.json",
+            "model.safetensors",
+            "sub/notes.txt",
+            "tokenizer.json",
+        ]
+        for f in manifest.files:
+            stored = b"".join([piece async for _, _, piece in registry.read_blob(f.sha256)])
+            assert stored == (model_dir / f.path).read_bytes()
     finally:
         await running.stop(0)
         registry.close()

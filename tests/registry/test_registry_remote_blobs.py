@@ -37,6 +37,7 @@ from registry.server import build_parser, make_blob_store
 from registry.servicer import RegistryServicer
 from runtime.config import ConfigError, ServerSettings
 from runtime.errors import NotFoundError
+from runtime.paths import PathRoots
 from runtime.server import start_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -385,7 +386,7 @@ Stub = registry_pb2_grpc.RegistryServiceStub
 @pytest_asyncio.fixture
 async def served(harness: Harness, tmp_path: Path) -> AsyncIterator[tuple[Stub, Harness]]:
     registry = Registry.open(tmp_path / "data", harness.store, chunk_size=CHUNK)
-    servicer = RegistryServicer(registry)
+    servicer = RegistryServicer(registry, import_roots=PathRoots([tmp_path]))
 
     def register(server: grpc.aio.Server) -> list[str]:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
@@ -552,6 +553,7 @@ async def test_remote_blobs_registry_process_imports_into_remote_store(
     argv = [sys.executable, "-m", "registry.server", "--port", "0", "--metrics-port", "-1"]
     argv += ["--ready-file", str(ready), "--data-dir", str(tmp_path / "data")]
     argv += ["--blob-backend", backend, "--chunk-size", str(CHUNK), *flags]
+    argv += ["--import-root", str(tmp_path)]
     log = tmp_path / "registry.log"
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(

@@ -16,6 +16,7 @@ from registry_testlib import CHUNK
 from registry.core import Registry
 from registry.servicer import RegistryServicer
 from runtime.config import ServerSettings
+from runtime.paths import PathRoots
 from runtime.server import start_server
 
 Stub = registry_pb2_grpc.RegistryServiceStub
@@ -24,7 +25,8 @@ Stub = registry_pb2_grpc.RegistryServiceStub
 @pytest_asyncio.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[Stub, Registry]]:
     registry = Registry.open(tmp_path / "data", chunk_size=CHUNK)
-    servicer = RegistryServicer(registry)
+    # ImportModel reads directories under this test's tmp dir only (--import-root).
+    servicer = RegistryServicer(registry, import_roots=PathRoots([tmp_path]))
 
     def register(server: grpc.aio.Server) -> list[str]:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
@@ -152,9 +154,10 @@ async def test_registry_rpc_usage_hints_eviction(
         (
             "ImportModel",
             pb.ImportModelRequest(source="/no/such/dir", model_id="a/b"),
-            "INVALID_ARGUMENT",
+            "PERMISSION_DENIED",  # outside the import roots (tests/registry/..._import_roots.py)
         ),
-        ("ImportModel", pb.ImportModelRequest(source="/tmp", model_id="/abs"), "INVALID_ARGUMENT"),
+        ("ImportModel", pb.ImportModelRequest(source="/tmp", model_id="/abs"), "PERMISSION_DENIED"),
+        ("ImportModel", pb.ImportModelRequest(source="rel", model_id="a/b"), "INVALID_ARGUMENT"),
         ("ImportModel", pb.ImportModelRequest(source="hf://org/x"), "FAILED_PRECONDITION"),
         ("ReadBlob", pb.ReadBlobRequest(sha256="../../x"), "INVALID_ARGUMENT"),
         ("ReadBlob", pb.ReadBlobRequest(sha256="0" * 64), "NOT_FOUND"),

@@ -32,6 +32,7 @@ from cli.tinymodel import build_tiny_model
 from registry.core import Registry
 from registry.servicer import RegistryServicer
 from runtime.config import ServerSettings
+from runtime.paths import PathRoots
 from runtime.server import RunningServer, start_server
 from storaged.cache import ModelCache
 from storaged.download import ChunkedDownloader
@@ -114,10 +115,12 @@ def tiny_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest_asyncio.fixture
-async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+async def mesh(tmp_path: Path, tiny_src: Path) -> AsyncIterator[Mesh]:
     registry = Registry.open(tmp_path / "registry", chunk_size=CHUNK)
     counter = ReadBlobCounter()
-    servicer = RegistryServicer(registry)
+    # ImportModel reads the test's model directories only (--import-root).
+    roots = PathRoots([tmp_path, tiny_src])
+    servicer = RegistryServicer(registry, import_roots=roots)
 
     def register_registry(server: grpc.aio.Server) -> list[str]:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)

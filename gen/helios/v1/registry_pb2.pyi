@@ -126,6 +126,54 @@ class ImportModelResponse(_message.Message):
     reused_bytes: int
     def __init__(self, file: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., version: _Optional[_Union[ModelVersion, _Mapping]] = ..., files_done: _Optional[int] = ..., files_total: _Optional[int] = ..., file_bytes_done: _Optional[int] = ..., file_bytes_total: _Optional[int] = ..., reused_bytes: _Optional[int] = ...) -> None: ...
 
+class UploadModelRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: UploadModelHeader
+    chunk: UploadModelChunk
+    def __init__(self, header: _Optional[_Union[UploadModelHeader, _Mapping]] = ..., chunk: _Optional[_Union[UploadModelChunk, _Mapping]] = ...) -> None: ...
+
+class UploadModelHeader(_message.Message):
+    __slots__ = ("model_id", "set_latest", "files")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    SET_LATEST_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    set_latest: bool
+    files: _containers.RepeatedCompositeFieldContainer[UploadModelFile]
+    def __init__(self, model_id: _Optional[str] = ..., set_latest: _Optional[bool] = ..., files: _Optional[_Iterable[_Union[UploadModelFile, _Mapping]]] = ...) -> None: ...
+
+class UploadModelFile(_message.Message):
+    __slots__ = ("path", "size_bytes", "sha256")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size_bytes: int
+    sha256: str
+    def __init__(self, path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class UploadModelChunk(_message.Message):
+    __slots__ = ("path", "offset", "data")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    offset: int
+    data: bytes
+    def __init__(self, path: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadModelResponse(_message.Message):
+    __slots__ = ("version", "total_bytes", "reused_bytes")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REUSED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    version: ModelVersion
+    total_bytes: int
+    reused_bytes: int
+    def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ..., total_bytes: _Optional[int] = ..., reused_bytes: _Optional[int] = ...) -> None: ...
+
 class SetAliasRequest(_message.Message):
     __slots__ = ("alias", "version")
     ALIAS_FIELD_NUMBER: _ClassVar[int]

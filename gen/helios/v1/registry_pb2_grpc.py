@@ -62,6 +62,11 @@ class RegistryServiceStub:
                 request_serializer=helios_dot_v1_dot_registry__pb2.ImportModelRequest.SerializeToString,
                 response_deserializer=helios_dot_v1_dot_registry__pb2.ImportModelResponse.FromString,
                 _registered_method=True)
+        self.UploadModel = channel.stream_unary(
+                '/helios.v1.RegistryService/UploadModel',
+                request_serializer=helios_dot_v1_dot_registry__pb2.UploadModelRequest.SerializeToString,
+                response_deserializer=helios_dot_v1_dot_registry__pb2.UploadModelResponse.FromString,
+                _registered_method=True)
         self.SetAlias = channel.unary_unary(
                 '/helios.v1.RegistryService/SetAlias',
                 request_serializer=helios_dot_v1_dot_registry__pb2.SetAliasRequest.SerializeToString,
@@ -134,7 +139,21 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ImportModel(self, request, context):
-        """ImportModel imports a model from the Hub or a local directory, streaming progress.
+        """ImportModel imports a model from the Hub or a directory on the registry's host,
+        streaming progress. A directory must lie under one of the registry's --import-root
+        directories (none by default): anything else is PERMISSION_DENIED, whether it exists
+        or not. Clients with the files on their side use UploadModel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadModel(self, request_iterator, context):
+        """UploadModel imports a model whose files the client streams: the first message
+        declares the model and every file (path, size, SHA-256), the following ones carry the
+        bytes, one file at a time in offset order. Bad paths, sizes or hashes are
+        INVALID_ARGUMENT, an upload over the registry's --max-upload-bytes RESOURCE_EXHAUSTED;
+        either way nothing is recorded. The version becomes visible once every file is in.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -216,6 +235,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ImportModel,
                     request_deserializer=helios_dot_v1_dot_registry__pb2.ImportModelRequest.FromString,
                     response_serializer=helios_dot_v1_dot_registry__pb2.ImportModelResponse.SerializeToString,
+            ),
+            'UploadModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadModel,
+                    request_deserializer=helios_dot_v1_dot_registry__pb2.UploadModelRequest.FromString,
+                    response_serializer=helios_dot_v1_dot_registry__pb2.UploadModelResponse.SerializeToString,
             ),
             'SetAlias': grpc.unary_unary_rpc_method_handler(
                     servicer.SetAlias,
@@ -391,6 +415,33 @@ class RegistryService:
             '/helios.v1.RegistryService/ImportModel',
             helios_dot_v1_dot_registry__pb2.ImportModelRequest.SerializeToString,
             helios_dot_v1_dot_registry__pb2.ImportModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/helios.v1.RegistryService/UploadModel',
+            helios_dot_v1_dot_registry__pb2.UploadModelRequest.SerializeToString,
+            helios_dot_v1_dot_registry__pb2.UploadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
