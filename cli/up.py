@@ -192,7 +192,15 @@ class Mesh:
         home = helios_home()
         options = self.options
         options.state_dir.mkdir(parents=True, exist_ok=True)
-        self.registry.args = ["--data-dir", str(home / "registry"), *self._tls_args("registry")]
+        # ImportModel reads server directories only under --import-root: exactly the
+        # served models' directories (not their parents, which may be a home directory).
+        model_dirs = sorted({str(path) for _, path in options.models})
+        self.registry.args = [
+            "--data-dir",
+            str(home / "registry"),
+            *(arg for d in model_dirs for arg in ("--import-root", d)),
+            *self._tls_args("registry"),
+        ]
         await self._start_all([self.registry])
         importing = asyncio.ensure_future(self._import_models()) if self.registry.ready else None
         # The estimator reads configs through the registry, and local directories only
@@ -215,7 +223,9 @@ class Mesh:
         if not self.storaged.ready:
             self.imported.clear()  # nothing can fetch them: serve from the directories
 
+        # LoadModel local paths (the proxy's catalogue) only inside the models' directories.
         worker_args = ["--engine", options.engine]
+        worker_args += [arg for d in model_dirs for arg in ("--model-root", d)]
         if self.storaged.ready:
             worker_args += ["--storaged", self.storaged.address]
         if self.estimator.ready:  # sizes vLLM engines to the memory each worker has

@@ -13,6 +13,7 @@ import grpc
 from helios.v1 import worker_pb2, worker_pb2_grpc
 
 from runtime.config import ConfigError, add_server_arguments, env_default, settings_from_args
+from runtime.paths import PathRoots, split_roots
 from runtime.server import Cleanup, Register, run
 from worker.engine.base import EngineClient
 from worker.engine.vllm_engine import VllmConfig
@@ -167,7 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="load this HF-layout model directory at start-up under NAME (repeatable)",
+        help="load this HF-layout model directory at start-up under NAME (repeatable);"
+        " LoadModel may name it as local_path too",
+    )
+    parser.add_argument(
+        "--model-root",
+        action="append",
+        type=Path,
+        default=split_roots(env_default("worker", "model_roots")),
+        metavar="DIR",
+        help="a directory LoadModel's local_path may point into (repeatable; env"
+        f" HELIOS_WORKER_MODEL_ROOTS, {os.pathsep!r}-separated). Default: none besides the"
+        " --model directories; any other local_path is PERMISSION_DENIED",
     )
     parser.add_argument(
         "--worker-id",
@@ -226,6 +238,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args, "worker")
     models = [parse_model_spec(spec) for spec in args.model]
+    for root in args.model_root:
+        if not root.expanduser().is_dir():
+            raise ConfigError("model_root", f"{root} is not a directory")
+    # The operator's own --model directories count as roots (a catalogue may name them).
+    local_roots = PathRoots([*args.model_root, *(path for _, path in models)])
     if args.memory_capacity_bytes <= 0:
         raise ConfigError("memory_capacity_bytes", "must be > 0")
     if args.max_concurrency < 1:
@@ -264,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             advertise_address=args.advertise_address,
             storage=StorageClient(args.storaged) if args.storaged else None,
             role=args.role,
+            local_roots=local_roots,
         )
 
         def register(server: grpc.aio.Server) -> list[str]:

@@ -6,13 +6,13 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from pathlib import Path
 
 import grpc
 from helios.v1 import storage_pb2, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
 
 from runtime.errors import FailedPreconditionError, InvalidArgumentError
+from runtime.paths import PathRoots
 from runtime.streams import coalesce
 from worker.engine.base import (
     ChatMessage,
@@ -135,10 +135,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         kv_fetcher: KVFetcher | None = None,
         storage: StorageClient | None = None,
         role: str = "both",
+        local_roots: PathRoots | None = None,
     ) -> None:
+        """``local_roots``: where LoadModel's local_path may point (none by default)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         self._role = role
+        self._local_roots = local_roots if local_roots is not None else PathRoots()
         self._models = models
         self._worker_id = worker_id
         self._advertise_address = advertise_address
@@ -224,7 +227,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.LoadModelResponse]:
         if request.local_path:
-            steps = self._models.load(request.model, Path(request.local_path))
+            # Checked on the text before anything is opened: outside the roots is
+            # PERMISSION_DENIED whether the path exists or not.
+            path = await asyncio.to_thread(
+                self._local_roots.confine, request.local_path, "local_path", "--model-root"
+            )
+            steps = self._models.load(request.model, path)
         elif self._storage is not None:
             steps = self._models.load_from_store(
                 request.model, request.version, self._storage.ensure_model

@@ -78,7 +78,15 @@ def _worker(root: Path, index: int, capacity: int) -> ServiceProcess:
     return ServiceProcess(
         name=f"worker{index}",
         module="worker.server",
-        args=["--worker-id", f"w{index}", "--memory-capacity-bytes", str(capacity)],
+        # The proxy's catalogue loads local paths under root (LoadModel's --model-root).
+        args=[
+            "--worker-id",
+            f"w{index}",
+            "--memory-capacity-bytes",
+            str(capacity),
+            "--model-root",
+            str(root),
+        ],
         state_dir=root,
     )
 

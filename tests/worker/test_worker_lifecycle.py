@@ -16,6 +16,7 @@ from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
 
 from cli.tinymodel import build_tiny_model
+from runtime.paths import PathRoots
 from worker.models import ModelManager
 from worker.server import transformers_engine_factory
 from worker.servicer import WorkerServicer
@@ -43,11 +44,15 @@ def big_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest_asyncio.fixture
-async def stub() -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
+async def stub(
+    big_model_dir: Path, tmp_path: Path
+) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
     manager = ModelManager(
         transformers_engine_factory(2), engine_kind="transformers", capacity_bytes=1 << 30
     )
-    servicer = WorkerServicer(manager, worker_id="w-life")
+    # LoadModel's local paths: the model directories these tests make (--model-root).
+    roots = PathRoots([big_model_dir, tmp_path])
+    servicer = WorkerServicer(manager, worker_id="w-life", local_roots=roots)
 
     running = await serve_worker(servicer)
     async with grpc.aio.insecure_channel(running.address) as channel:

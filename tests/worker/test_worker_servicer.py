@@ -13,6 +13,7 @@ from fakes import FakeEngine, serve_worker
 from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
 
+from runtime.paths import PathRoots
 from runtime.server import RunningServer
 from worker.engine.base import EngineClient
 from worker.models import ModelManager
@@ -46,11 +47,12 @@ def manager(engines: dict[str, FakeEngine]) -> ModelManager:
 
 @pytest_asyncio.fixture
 async def stub(
-    manager: ModelManager, model_dir: Path
+    manager: ModelManager, model_dir: Path, tmp_path: Path
 ) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
     async for _ in manager.load("fake-model", model_dir):
         continue
-    servicer = WorkerServicer(manager, worker_id="w-test")
+    # LoadModel's local paths: under this test's directory (--model-root).
+    servicer = WorkerServicer(manager, worker_id="w-test", local_roots=PathRoots([tmp_path]))
 
     running: RunningServer = await serve_worker(servicer)
     async with grpc.aio.insecure_channel(running.address) as channel:
@@ -224,14 +226,14 @@ async def test_corrupt_model_fails_load_and_worker_keeps_serving(
     assert responses[-1].finish_reason == pb.FINISH_REASON_LENGTH
 
 
-async def test_missing_directory_is_not_found(stub: worker_pb2_grpc.WorkerServiceStub) -> None:
+async def test_missing_directory_is_not_found(
+    stub: worker_pb2_grpc.WorkerServiceStub, tmp_path: Path
+) -> None:
+    # Inside a model root a missing directory is NOT_FOUND; outside every root the same
+    # request is PERMISSION_DENIED (tests/worker/test_worker_model_roots.py).
+    missing = str(tmp_path / "nonexistent" / "dir")
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        _ = [
-            r
-            async for r in stub.LoadModel(
-                pb.LoadModelRequest(model="x", local_path="/nonexistent/dir")
-            )
-        ]
+        _ = [r async for r in stub.LoadModel(pb.LoadModelRequest(model="x", local_path=missing))]
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
