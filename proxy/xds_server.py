@@ -366,8 +366,9 @@ class XdsStream:
         self._settings = settings
         self._types: dict[str, _TypeState] = {}
         self._nonce = 0
-        # The last cluster resource sent by name (kept while a route still names it).
+        # The last cluster and endpoints sent by name (kept while a route still names it).
         self._clusters_sent: dict[str, Message] = {}
+        self._assignments_sent: dict[str, Message] = {}
         self._unknown_types: set[str] = set()
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
@@ -434,6 +435,8 @@ class XdsStream:
                     # A changed cluster warms again: its endpoints follow at once.
                     endpoints.must_respond = True
                 self._clusters_sent = dict(chosen)
+            elif type_url == ENDPOINT_TYPE:
+                self._assignments_sent = dict(chosen)
             response = discovery_pb2.DiscoveryResponse(
                 version_info=version, type_url=type_url, nonce=state.nonce
             )
@@ -467,8 +470,9 @@ class XdsStream:
         if type_url == ENDPOINT_TYPE:
             assignments = dict(resources.assignments)
             for name in self._routed() - assignments.keys():
-                # A cluster kept for a route on its way out has no endpoints left.
-                assignments[name] = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+                # A cluster kept for a route on its way out keeps its endpoints.
+                if name in self._assignments_sent:
+                    assignments[name] = self._assignments_sent[name]
             return _filtered(assignments, state.names), frozenset()
         # Routes: only to clusters Envoy ACKed, with endpoints it ACKed.
         ready = [
