@@ -9,6 +9,7 @@ from typing import Any
 import grpc.aio
 from helios.v1 import worker_pb2_grpc
 
+from openai_compat.servicer import InferenceServicer
 from runtime.config import ServerSettings
 from runtime.errors import InvalidArgumentError
 from runtime.server import RunningServer, start_server
@@ -20,6 +21,11 @@ from worker.engine.base import (
     GenerationChunk,
     GenerationRequest,
 )
+from worker.inference import EngineBackend
+from worker.metrics import UsageLedger
+from worker.models import ModelManager
+from worker.server import register_services
+from worker.servicer import WorkerServicer
 
 
 async def serve(
@@ -41,6 +47,18 @@ async def serve_worker(servicer: worker_pb2_grpc.WorkerServiceServicer) -> Runni
     return await serve(
         "WorkerService", worker_pb2_grpc.add_WorkerServiceServicer_to_server, servicer
     )
+
+
+async def serve_worker_inference(
+    models: ModelManager, *, worker_id: str = "w-test", role: str = "both"
+) -> RunningServer:
+    """A worker's two contracts over ``models`` on 127.0.0.1, port 0, as the worker
+    process serves them: WorkerService and InferenceService, sharing one usage ledger."""
+    usage = UsageLedger()
+    worker = WorkerServicer(models, worker_id=worker_id, role=role, usage=usage)
+    inference = InferenceServicer(EngineBackend(models, usage, role=role))
+    settings = ServerSettings(service="worker", metrics_port=-1)
+    return await start_server(settings, register_services(worker, inference))
 
 
 WORDS = ("alpha ", "beta ", "gamma ", "delta ", "epsilon ", "zeta ", "eta ", "theta ")

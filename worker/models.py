@@ -65,6 +65,7 @@ class ModelStatus:
     stats: EngineStats
     size_bytes: int
     error: str = ""
+    loaded_at: float = 0.0  # unix time it became READY (0: not yet)
 
 
 @dataclass
@@ -258,9 +259,15 @@ class ModelManager:
                     stats=stats,
                     size_bytes=slot.size_bytes,
                     error=slot.error,
+                    loaded_at=slot.loaded_at,
                 )
             )
         return result
+
+    def lifecycle(self, name: str) -> ModelLifecycle | None:
+        """Where model ``name`` is on this worker; None when this worker does not have it."""
+        slot = self._slots.get(name)
+        return slot.state if slot is not None else None
 
     async def check_health(self) -> list[str]:
         """Names of READY models whose engine reports itself dead."""

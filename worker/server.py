@@ -1,4 +1,5 @@
-"""The worker process: builds the engine(s), serves WorkerService, drains on SIGTERM."""
+"""The worker process: builds the engine(s), serves WorkerService and (for requests
+Envoy routes straight here) InferenceService, drains on SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-from helios.v1 import worker_pb2, worker_pb2_grpc
+from helios.v1 import inference_pb2, inference_pb2_grpc, worker_pb2, worker_pb2_grpc
 
+from openai_compat.servicer import InferenceServicer
 from runtime.config import ConfigError, add_server_arguments, env_default, settings_from_args
 from runtime.paths import PathRoots, split_roots
 from runtime.server import Cleanup, Register, run
@@ -19,7 +21,9 @@ from worker.engine.base import EngineClient
 from worker.engine.vllm_engine import VllmConfig
 from worker.engine_sizing import VllmSizer
 from worker.estimator_client import EstimatorClient
+from worker.inference import EngineBackend
 from worker.memory import nvml_memory
+from worker.metrics import UsageLedger
 from worker.models import EngineFactory, ModelManager
 from worker.servicer import ROLES, WorkerServicer
 from worker.storage_client import StorageClient
@@ -27,6 +31,7 @@ from worker.storage_client import StorageClient
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
+INFERENCE_SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 DEFAULT_CAPACITY_BYTES = 8 * 1024**3
 
 
@@ -36,6 +41,18 @@ def parse_model_spec(spec: str) -> tuple[str, Path]:
     if not sep or not name or not path:
         raise ConfigError("model", f"expected NAME=PATH, got {spec!r}")
     return name, Path(path)
+
+
+def register_services(worker: WorkerServicer, inference: InferenceServicer) -> Register:
+    """A worker's two contracts on one server: WorkerService (the proxy's control and
+    relayed generations) and InferenceService (OpenAI requests routed here by Envoy)."""
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(worker, server)
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(inference, server)
+        return [SERVICE_NAME, INFERENCE_SERVICE_NAME]
+
+    return register
 
 
 def transformers_engine_factory(max_concurrency: int) -> EngineFactory:
@@ -275,20 +292,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, path in models:
             async for step in manager.load(name, path):
                 logger.info(step.message, extra={"model": name, "state": step.state.value})
+        usage = UsageLedger()
         servicer = WorkerServicer(
             manager,
             worker_id=args.worker_id,
             advertise_address=args.advertise_address,
             storage=StorageClient(args.storaged) if args.storaged else None,
             role=args.role,
+            usage=usage,
             local_roots=local_roots,
         )
-
-        def register(server: grpc.aio.Server) -> list[str]:
-            worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
-            return [SERVICE_NAME]
-
-        return register, manager.shutdown
+        inference = InferenceServicer(EngineBackend(manager, usage, role=args.role))
+        return register_services(servicer, inference), manager.shutdown
 
     run(settings, build)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import grpc
@@ -13,19 +13,18 @@ from helios.v1 import worker_pb2 as pb
 
 from runtime.errors import FailedPreconditionError, InvalidArgumentError
 from runtime.paths import PathRoots
-from runtime.streams import coalesce
 from worker.engine.base import (
     ChatMessage,
-    EngineClient,
     FinishReason,
     GenerationChunk,
     GenerationRequest,
     SamplingParams,
-    merge_chunks,
 )
+from worker.inference import client_stream
 from worker.kv_client import KVFetcher
 from worker.kvtransfer import encode_frames
 from worker.memory import memory_report
+from worker.metrics import UsageLedger
 from worker.models import ModelLifecycle, ModelManager
 from worker.storage_client import StorageClient, StoredModels
 
@@ -115,14 +114,6 @@ def chunk_to_pb(chunk: GenerationChunk) -> pb.GenerateResponse:
     )
 
 
-def _sendable(
-    engine: EngineClient, chunks: AsyncGenerator[GenerationChunk, None]
-) -> AsyncGenerator[GenerationChunk, None]:
-    """The engine's stream as the client should get it: chunks that piled up while a
-    message was being written go out merged, whoever merges them."""
-    return chunks if engine.merges_backlog else coalesce(chunks, merge_chunks)
-
-
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     """Serves generations from the models in a :class:`ModelManager`."""
 
@@ -135,6 +126,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         kv_fetcher: KVFetcher | None = None,
         storage: StorageClient | None = None,
         role: str = "both",
+        usage: UsageLedger | None = None,
         local_roots: PathRoots | None = None,
     ) -> None:
         """``local_roots``: where LoadModel's local_path may point (none by default)."""
@@ -143,6 +135,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._role = role
         self._local_roots = local_roots if local_roots is not None else PathRoots()
         self._models = models
+        # What this worker's InferenceService served, per model, for heartbeats.
+        self._usage = usage if usage is not None else UsageLedger()
         self._worker_id = worker_id
         self._advertise_address = advertise_address
         self._kv_fetcher = kv_fetcher or KVFetcher()
@@ -165,7 +159,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         async with self._models.acquire(request.model, generation.request_id) as engine:
             # aclosing: when the client goes away this generator is cancelled, and the
             # engine's stream must be closed right then so it stops computing.
-            stream = _sendable(engine, engine.generate(generation))
+            stream = client_stream(engine, engine.generate(generation))
             async with aclosing(stream):
                 async for chunk in stream:
                     yield chunk_to_pb(chunk)
@@ -202,7 +196,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     request.prefill_worker, request.request.model, request.kv_cache_handle
                 )
             )
-            stream = _sendable(engine, engine.decode(generation, request.first_token_id, kv))
+            stream = client_stream(engine, engine.decode(generation, request.first_token_id, kv))
             async with aclosing(stream):
                 async for chunk in stream:
                     yield pb.DecodeResponse(step=chunk_to_pb(chunk))
@@ -278,6 +272,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             )
             for s in statuses
         ]
+        for entry in models:
+            served = self._usage.get(entry.model)
+            if served is not None:
+                entry.requests_total = served.requests_total
+                entry.prompt_tokens_total = served.prompt_tokens_total
+                entry.completion_tokens_total = served.completion_tokens_total
+                entry.last_request_unix_ms = served.last_request_unix_ms
         if dead:
             state = pb.WORKER_STATE_DEGRADED
         elif any(s.state is ModelLifecycle.LOADING for s in statuses):

@@ -1,0 +1,348 @@
+"""The worker's own InferenceService (requests Envoy routes straight to a worker) over
+real gRPC, with a fake engine: OpenAI answers, usage, errors, cancellation, heartbeat
+counters and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from fakes import FakeEngine, serve_worker_inference
+from google.protobuf import struct_pb2
+from helios.v1 import inference_pb2 as pb
+from helios.v1 import inference_pb2_grpc, worker_pb2_grpc
+from helios.v1 import worker_pb2 as worker_pb
+from prometheus_client import REGISTRY
+
+from openai_compat.protocol import EDGE_HEADER
+from worker.engine.base import EngineClient
+from worker.models import ModelManager
+
+MODEL = "fake-model"
+
+
+class Worker:
+    """One worker server's stubs and its engines."""
+
+    def __init__(self, channel: grpc.aio.Channel, engines: dict[str, FakeEngine]) -> None:
+        self.inference = inference_pb2_grpc.InferenceServiceStub(channel)
+        self.control = worker_pb2_grpc.WorkerServiceStub(channel)
+        self.engines = engines
+
+    async def served(self, model: str = MODEL) -> worker_pb.LoadedModel:
+        beat = await self.control.Heartbeat(worker_pb.HeartbeatRequest())
+        return next(m for m in beat.models if m.model == model)
+
+
+def model_dir(root: Path, name: str) -> Path:
+    path = root / name
+    path.mkdir()
+    (path / "model.safetensors").write_bytes(b"\0" * 100)
+    return path
+
+
+@pytest.fixture
+def engines() -> dict[str, FakeEngine]:
+    return {}
+
+
+@pytest.fixture
+def loads_held() -> asyncio.Event:
+    """Set it to let loads of models named ``slow*`` finish."""
+    return asyncio.Event()
+
+
+@pytest.fixture
+def manager(engines: dict[str, FakeEngine], loads_held: asyncio.Event) -> ModelManager:
+    async def factory(name: str, path: Path) -> EngineClient:
+        if name.startswith("slow"):
+            await loads_held.wait()
+        engine = FakeEngine(name, step_delay=0.002)
+        engines[name] = engine
+        return engine
+
+    return ModelManager(factory, engine_kind="fake", capacity_bytes=10_000)
+
+
+@pytest_asyncio.fixture
+async def worker(
+    manager: ModelManager, engines: dict[str, FakeEngine], tmp_path: Path
+) -> AsyncIterator[Worker]:
+    async for _ in manager.load(MODEL, model_dir(tmp_path, MODEL)):
+        continue
+    running = await serve_worker_inference(manager)
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        yield Worker(channel, engines)
+    await running.stop(0)
+
+
+def chat(max_tokens: int = 4, **fields: object) -> pb.ChatCompletionParams:
+    params = pb.ChatCompletionParams(model=str(fields.pop("model", MODEL)), max_tokens=max_tokens)
+    params.messages.add(role="user").content.string_value = "hello"
+    for name, value in fields.items():
+        if name == "stop":
+            params.stop.string_value = str(value)
+        elif name == "include_usage":
+            params.stream_options.include_usage = bool(value)
+        else:
+            setattr(params, name, value)
+    return params
+
+
+def completion(prompt: str = "once upon", max_tokens: int = 3) -> pb.CompletionParams:
+    return pb.CompletionParams(
+        model=MODEL, prompt=struct_pb2.Value(string_value=prompt), max_tokens=max_tokens
+    )
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_chat_completion_answers_like_openai(worker: Worker) -> None:
+    response = await worker.inference.CreateChatCompletion(
+        pb.CreateChatCompletionRequest(params=chat(max_tokens=4))
+    )
+    assert response.object == "chat.completion"
+    assert response.id.startswith("chatcmpl-")
+    assert response.model == MODEL
+    [choice] = response.choices
+    assert choice.message.role == "assistant"
+    assert choice.message.content == "alpha beta gamma delta "
+    assert choice.finish_reason == "length"
+    prompt_tokens = len("user:hello") // 4 + 1  # FakeEngine's count
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (prompt_tokens, 4)
+    assert response.usage.total_tokens == prompt_tokens + 4
+
+
+async def test_streamed_chat_with_stop_and_usage(worker: Worker) -> None:
+    chunks = [
+        c
+        async for c in worker.inference.StreamChatCompletion(
+            pb.StreamChatCompletionRequest(
+                params=chat(max_tokens=10, stop="gamma", include_usage=True)
+            )
+        )
+    ]
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content for c in chunks if c.choices)
+    assert text == "alpha beta "
+    reasons = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert [r for r in reasons if r] == ["stop"]
+    assert chunks[-1].usage.completion_tokens == 3  # the stop token counts, as in vLLM
+    assert not chunks[-1].choices
+
+
+async def test_completion_streamed_and_not(worker: Worker) -> None:
+    whole = await worker.inference.CreateCompletion(
+        pb.CreateCompletionRequest(params=completion(max_tokens=3))
+    )
+    assert whole.object == "text_completion"
+    assert whole.choices[0].text == "alpha beta gamma "
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.usage.completion_tokens == 3
+    chunks = [
+        c
+        async for c in worker.inference.StreamCompletion(
+            pb.StreamCompletionRequest(params=completion(max_tokens=3))
+        )
+    ]
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert not any(c.HasField("usage") for c in chunks)  # not asked for
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        (chat(temperature=3.0), "temperature"),
+        (chat(max_tokens=0), "max_tokens"),
+        (chat(n=2), "n"),
+        (chat(top_p=0.0), "top_p"),
+        (pb.ChatCompletionParams(model=MODEL), "messages"),
+    ],
+)
+async def test_bad_parameters_are_invalid_argument_naming_the_field(
+    worker: Worker, params: pb.ChatCompletionParams, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await worker.inference.CreateChatCompletion(pb.CreateChatCompletionRequest(params=params))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (info.value.details() or "").startswith(f"{field}:")
+
+
+async def test_engine_rejection_of_the_prompt_is_invalid_argument(worker: Worker) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await worker.inference.CreateCompletion(
+            pb.CreateCompletionRequest(params=completion(prompt="too long"))
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_model_not_on_this_worker_is_not_found(worker: Worker) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await worker.inference.CreateChatCompletion(
+            pb.CreateChatCompletionRequest(params=chat(model="elsewhere"))
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "elsewhere" in (info.value.details() or "")
+
+
+async def test_model_loading_here_is_unavailable_so_the_edge_retries_elsewhere(
+    worker: Worker, manager: ModelManager, loads_held: asyncio.Event, tmp_path: Path
+) -> None:
+    async def load() -> None:
+        async for _ in manager.load("slow-model", model_dir(tmp_path, "slow-model")):
+            continue
+
+    loading = asyncio.create_task(load())
+    try:
+        await asyncio.sleep(0.05)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await worker.inference.CreateChatCompletion(
+                pb.CreateChatCompletionRequest(params=chat(model="slow-model"))
+            )
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "loading" in (info.value.details() or "")
+        listed = await worker.inference.ListModels(pb.ListModelsRequest())
+        assert [m.id for m in listed.data] == [MODEL]  # READY models only
+    finally:
+        loads_held.set()
+        await loading
+    listed = await worker.inference.ListModels(pb.ListModelsRequest())
+    assert [m.id for m in listed.data] == [MODEL, "slow-model"]
+    assert all(m.ready_replicas == 1 and m.owned_by == "helios" for m in listed.data)
+
+
+async def test_model_draining_here_is_unavailable(worker: Worker, manager: ModelManager) -> None:
+    worker.engines[MODEL].step_delay = 0.05
+    running = worker.inference.StreamChatCompletion(
+        pb.StreamChatCompletionRequest(params=chat(max_tokens=5))
+    )
+    await running.read()  # under way: the unload below has to drain it
+    unload = asyncio.create_task(manager.unload(MODEL, drain_timeout=10))
+    await asyncio.sleep(0.01)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await worker.inference.CreateChatCompletion(pb.CreateChatCompletionRequest(params=chat()))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "draining" in (info.value.details() or "")
+    while await running.read() != grpc.aio.EOF:  # the running request finishes
+        continue
+    assert await running.code() == grpc.StatusCode.OK
+    assert await unload == 0
+
+
+async def test_client_cancel_aborts_the_engine_request(worker: Worker) -> None:
+    engine = worker.engines[MODEL]
+    engine.step_delay = 0.05
+    aborted = metric("helios_worker_requests_total", model=MODEL, finish_reason="abort")
+    call = worker.inference.StreamCompletion(
+        pb.StreamCompletionRequest(params=completion(max_tokens=100))
+    )
+    await call.read()
+    assert engine.running
+    call.cancel()
+    for _ in range(100):
+        if not engine.running:
+            break
+        await asyncio.sleep(0.01)
+    assert not engine.running
+    assert engine.aborted_total == 1
+    assert engine.generated < 100
+    assert metric("helios_worker_requests_total", model=MODEL, finish_reason="abort") == (
+        aborted + 1
+    )
+
+
+async def test_late_failure_of_a_rest_stream_is_a_final_error_chunk(worker: Worker) -> None:
+    worker.engines[MODEL].fail_after = 2
+    chunks = [
+        c
+        async for c in worker.inference.StreamChatCompletion(
+            pb.StreamChatCompletionRequest(params=chat(max_tokens=5)),
+            metadata=((EDGE_HEADER, "rest"),),
+        )
+    ]
+    assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == "alpha beta "
+    assert chunks[-1].error.code == "UNAVAILABLE"
+    assert chunks[-1].error.type == "service_unavailable"
+    assert "fake engine died" in chunks[-1].error.message
+
+
+async def test_late_failure_of_a_grpc_stream_is_its_status(worker: Worker) -> None:
+    worker.engines[MODEL].fail_after = 2
+    call = worker.inference.StreamCompletion(
+        pb.StreamCompletionRequest(params=completion(max_tokens=5))
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        _ = [c async for c in call]
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_heartbeat_counts_what_the_worker_served(worker: Worker) -> None:
+    before = await worker.served()
+    assert (before.requests_total, before.last_request_unix_ms) == (0, 0)
+    await worker.inference.CreateChatCompletion(pb.CreateChatCompletionRequest(params=chat()))
+    _ = [
+        c
+        async for c in worker.inference.StreamCompletion(
+            pb.StreamCompletionRequest(params=completion(max_tokens=3))
+        )
+    ]
+    after = await worker.served()
+    assert after.requests_total == 2
+    prompt_tokens = (len("user:hello") // 4 + 1) + (len("once upon") // 4 + 1)
+    assert after.prompt_tokens_total == prompt_tokens
+    assert after.completion_tokens_total == 4 + 3
+    assert after.last_request_unix_ms > 0
+
+
+async def test_relayed_generations_are_not_counted_twice(worker: Worker) -> None:
+    """Generate (the proxy relaying) is the proxy's to count: the heartbeat's counters
+    are the worker's direct requests only."""
+    request = worker_pb.GenerateRequest(
+        request_id="relayed",
+        model=MODEL,
+        prompt="hi",
+        sampling=worker_pb.SamplingParams(max_tokens=2, top_p=1.0),
+    )
+    _ = [r async for r in worker.control.Generate(request)]
+    served = await worker.served()
+    assert (served.requests_total, served.completion_tokens_total) == (0, 0)
+
+
+async def test_prometheus_metrics_per_model(worker: Worker) -> None:
+    labels = {"model": MODEL}
+    finished = metric("helios_worker_requests_total", finish_reason="length", **labels)
+    generated = metric("helios_worker_generated_tokens_total", **labels)
+    prompt = metric("helios_worker_prompt_tokens_total", **labels)
+    ttft = metric("helios_worker_time_to_first_token_seconds_count", **labels)
+    tpot = metric("helios_worker_time_per_output_token_seconds_count", **labels)
+    await worker.inference.CreateChatCompletion(pb.CreateChatCompletionRequest(params=chat()))
+    assert metric("helios_worker_requests_total", finish_reason="length", **labels) == finished + 1
+    assert metric("helios_worker_generated_tokens_total", **labels) == generated + 4
+    assert metric("helios_worker_prompt_tokens_total", **labels) == prompt + 3
+    assert metric("helios_worker_time_to_first_token_seconds_count", **labels) == ttft + 1
+    assert metric("helios_worker_time_per_output_token_seconds_count", **labels) == tpot + 1
+
+
+async def test_prefill_pool_worker_sends_whole_generations_elsewhere(
+    manager: ModelManager, tmp_path: Path
+) -> None:
+    async for _ in manager.load(MODEL, model_dir(tmp_path, MODEL)):
+        continue
+    running = await serve_worker_inference(manager, role="prefill")
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.CreateChatCompletion(pb.CreateChatCompletionRequest(params=chat()))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await running.stop(0)

@@ -1,0 +1,163 @@
+"""The worker's InferenceService backend: OpenAI jobs (validated by openai_compat) run on
+this worker's own engines, with no hop in between. Domain only (no protobuf).
+
+Envoy sends a request here only when the model is READY on this worker, and retries
+another worker, before any response header, on UNAVAILABLE. So a model that is here but
+cannot serve now (downloading, loading, draining, failed) answers UNAVAILABLE, and one
+this worker does not have at all NOT_FOUND. A client's mistake is INVALID_ARGUMENT, from
+openai_compat's validation or from the engine (a prompt longer than the context).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+
+from openai_compat.backend import CallInfo, GenerationStep, ModelEntry, collect
+from openai_compat.params import Job
+from runtime.errors import HeliosError, NotFoundError, UnavailableError
+from runtime.streams import coalesce
+from worker.engine.base import (
+    ChatMessage,
+    EngineClient,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    SamplingParams,
+    merge_chunks,
+)
+from worker.metrics import UsageLedger
+from worker.models import ModelLifecycle, ModelManager
+
+logger = logging.getLogger(__name__)
+
+# The roles that run whole generations (see worker.servicer's roles): a prefill or decode
+# pool worker serves its half of disaggregated requests only.
+_SERVING_ROLES = frozenset({"both"})
+
+
+def generation_request(job: Job) -> GenerationRequest:
+    """The engine's request for a validated OpenAI job (what WorkerService.Generate
+    receives from the proxy for the same job, without the protobuf in between)."""
+    s = job.sampling
+    sampling = SamplingParams(
+        max_tokens=s.max_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        seed=s.seed,
+        stop=s.stop,
+        ignore_eos=s.ignore_eos,
+    )
+    if job.messages is not None:
+        messages = tuple(ChatMessage(role, content) for role, content in job.messages)
+        return GenerationRequest(job.request_id, sampling, messages=messages)
+    return GenerationRequest(job.request_id, sampling, prompt=job.prompt or "")
+
+
+def client_stream(
+    engine: EngineClient, chunks: AsyncGenerator[GenerationChunk, None]
+) -> AsyncGenerator[GenerationChunk, None]:
+    """The engine's stream as a streaming client should get it: chunks that piled up while
+    a message was being written go out merged, whoever merges them (the engine itself, or
+    runtime.streams.coalesce)."""
+    return chunks if engine.merges_backlog else coalesce(chunks, merge_chunks)
+
+
+class EngineBackend:
+    """Serves OpenAI jobs from the engines of a :class:`ModelManager`, counting each
+    model's use in a :class:`UsageLedger` (metrics and heartbeat counters)."""
+
+    def __init__(self, models: ModelManager, usage: UsageLedger, *, role: str = "both") -> None:
+        self._models = models
+        self._usage = usage
+        self._role = role
+
+    def _check_serving(self, model: str) -> None:
+        if self._role not in _SERVING_ROLES:
+            raise UnavailableError(
+                f"this worker has role {self._role}: it serves no whole generations"
+            )
+        state = self._models.lifecycle(model)
+        if state is None:
+            raise NotFoundError(f"model {model} is not served by this worker")
+        if state is not ModelLifecycle.READY:
+            raise UnavailableError(f"model {model} is {state.value} on this worker, not ready")
+
+    async def complete(self, job: Job, call: CallInfo) -> GenerationStep:
+        async with aclosing(self._generate(job, streaming=False)) as chunks:
+            return await collect(chunks)
+
+    def stream(self, job: Job, call: CallInfo) -> AsyncGenerator[GenerationChunk, None]:
+        return self._generate(job, streaming=True)
+
+    async def _generate(
+        self, job: Job, *, streaming: bool
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """The engine's chunks for ``job``; closing this generator (client gone) closes
+        the engine's stream, which aborts the request in the engine."""
+        self._check_serving(job.model)
+        request = generation_request(job)
+        usage = self._usage.of(job.model)
+        arrived = time.monotonic()
+        usage.arrived()
+        first_token_at: float | None = None
+        ending = "error"
+        try:
+            async with self._models.acquire(job.model, job.request_id) as engine:
+                chunks = engine.generate(request)
+                if streaming:
+                    chunks = client_stream(engine, chunks)
+                async with aclosing(chunks):
+                    async for chunk in chunks:
+                        if first_token_at is None and chunk.completion_tokens:
+                            first_token_at = time.monotonic()
+                            usage.first_token(first_token_at - arrived)
+                        if chunk.finish_reason is not None:
+                            if chunk.finish_reason is FinishReason.ABORT:
+                                ending = FinishReason.ABORT
+                                raise UnavailableError(
+                                    f"model {job.model}: the generation was aborted on this"
+                                    " worker (the model is being unloaded)"
+                                )
+                            ending = chunk.finish_reason
+                            usage.finished(
+                                chunk.prompt_tokens,
+                                chunk.completion_tokens,
+                                None
+                                if first_token_at is None
+                                else time.monotonic() - first_token_at,
+                            )
+                        yield chunk
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client left: aclosing above has closed the engine's stream, which
+            # stops the request there. A client that hangs up right after the last
+            # chunk still got a finished request.
+            if ending == "error":
+                ending = FinishReason.ABORT
+            raise
+        except HeliosError as error:
+            if error.status_code.name == "INTERNAL":
+                # The engine failed, not the request: retryable elsewhere, as when the
+                # proxy relayed it.
+                raise UnavailableError(f"model {job.model}: {error.message}") from error
+            raise
+        finally:
+            usage.ended(ending)
+
+    async def list_models(self) -> list[ModelEntry]:
+        """The models READY on this worker (those Envoy routes here)."""
+        return [
+            ModelEntry(
+                id=status.model,
+                created=int(status.loaded_at),
+                ready_replicas=1,
+                memory_bytes=status.size_bytes,
+                warm_status="warm",
+            )
+            for status in sorted(self._models.statuses(), key=lambda s: s.model)
+            if status.state is ModelLifecycle.READY
+        ]

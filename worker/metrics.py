@@ -1,0 +1,124 @@
+"""The figures of the requests a worker serves straight from the edge (its
+InferenceService): Prometheus metrics per model, and the cumulative counters its
+heartbeat reports so that the proxy, which no longer relays those requests, still knows
+each model's use (idle-TTL clock, registry usage reports).
+
+Requests the proxy relays through WorkerService.Generate/Prefill/Decode are not counted
+here: the proxy counts those itself (proxy/metrics.py), so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Histogram
+
+from runtime.metrics import ChildrenByLabel
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+TIME_TO_FIRST_TOKEN = Histogram(
+    "helios_worker_time_to_first_token_seconds",
+    "Time from a request's arrival at the worker's InferenceService to its first generated token.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+TIME_PER_OUTPUT_TOKEN = Histogram(
+    "helios_worker_time_per_output_token_seconds",
+    "Mean time between output tokens after the first, per request.",
+    ["model"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+GENERATED_TOKENS = Counter(
+    "helios_worker_generated_tokens_total",
+    "Completion tokens of finished InferenceService requests.",
+    ["model"],
+)
+PROMPT_TOKENS = Counter(
+    "helios_worker_prompt_tokens_total",
+    "Prompt tokens of finished InferenceService requests.",
+    ["model"],
+)
+REQUESTS = Counter(
+    "helios_worker_requests_total",
+    "InferenceService requests by how they ended: stop, length (finished), abort (the"
+    " client left, or the model was unloaded under it), error.",
+    ["model", "finish_reason"],
+)
+
+
+def _now_unix_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ModelUsage:
+    """One model's figures on this worker: its metric children (looked up once, see
+    ChildrenByLabel) and the heartbeat's cumulative counters."""
+
+    __slots__ = (
+        "completion_tokens_total",
+        "generated_tokens",
+        "last_request_unix_ms",
+        "prompt_tokens",
+        "prompt_tokens_total",
+        "requests",
+        "requests_total",
+        "time_per_output_token",
+        "time_to_first_token",
+    )
+
+    def __init__(self, model: str) -> None:
+        self.time_to_first_token = TIME_TO_FIRST_TOKEN.labels(model)
+        self.time_per_output_token = TIME_PER_OUTPUT_TOKEN.labels(model)
+        self.generated_tokens = GENERATED_TOKENS.labels(model)
+        self.prompt_tokens = PROMPT_TOKENS.labels(model)
+        self.requests = ChildrenByLabel(REQUESTS, model)  # by finish reason
+        # Finished requests (stop or length) and their tokens, since the worker started.
+        self.requests_total = 0
+        self.prompt_tokens_total = 0
+        self.completion_tokens_total = 0
+        # When a request last arrived or ended (0: never).
+        self.last_request_unix_ms = 0
+
+    def arrived(self) -> None:
+        self.last_request_unix_ms = _now_unix_ms()
+
+    def first_token(self, seconds: float) -> None:
+        self.time_to_first_token.observe(seconds)
+
+    def finished(
+        self, prompt_tokens: int, completion_tokens: int, decode_seconds: float | None
+    ) -> None:
+        """A request ended with stop or length; ``decode_seconds`` is the time from its
+        first token to its last (None when it produced none)."""
+        self.requests_total += 1
+        self.prompt_tokens_total += prompt_tokens
+        self.completion_tokens_total += completion_tokens
+        self.generated_tokens.inc(completion_tokens)
+        self.prompt_tokens.inc(prompt_tokens)
+        if decode_seconds is not None and completion_tokens > 1:
+            self.time_per_output_token.observe(decode_seconds / (completion_tokens - 1))
+
+    def ended(self, finish_reason: str) -> None:
+        """Every request ends here once, however it ended."""
+        self.requests(finish_reason).inc()
+        self.last_request_unix_ms = _now_unix_ms()
+
+
+class UsageLedger:
+    """The :class:`ModelUsage` of every model this worker has served, kept for the
+    worker's lifetime (counters only grow; a reload of the model keeps counting)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, ModelUsage] = {}
+
+    def of(self, model: str) -> ModelUsage:
+        """``model``'s figures, created on first use. Only models that are loaded here
+        get one, so client-chosen names cannot grow the metric labels."""
+        found = self._models.get(model)
+        if found is None:
+            found = self._models[model] = ModelUsage(model)
+        return found
+
+    def get(self, model: str) -> ModelUsage | None:
+        return self._models.get(model)
