@@ -127,8 +127,8 @@ class EdgeAccess:
 
     def __post_init__(self) -> None:
         for key in (*self.inference_keys, *self.admin_keys):
-            if not key or any(ch.isspace() for ch in key) or len(key) > 256:
-                raise ValueError("an API key must be 1-256 characters without white space")
+            if not key or any(ch.isspace() or ch == ":" for ch in key) or len(key) > 256:
+                raise ValueError("an API key must be 1-256 characters without white space or ':'")
         if set(self.inference_keys) & set(self.admin_keys):
             raise ValueError("a key cannot be both an inference key and an admin key")
 

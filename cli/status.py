@@ -11,6 +11,8 @@ from typing import Any
 import grpc
 from helios.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
 
+from cli.keys import bearer, read_admin_key
+
 DEFAULT_ADDRESS = "127.0.0.1:8080"
 
 
@@ -86,21 +88,28 @@ def render(
     return f"{head}\n\n{agents}\n\n{model_table}"
 
 
-async def fetch_status(address: str, deadline_s: float) -> str:
+async def fetch_status(address: str, deadline_s: float, admin_key: str | None = None) -> str:
+    """The status through the front door; ``admin_key`` defaults to the mesh's own
+    (``HELIOS_ADMIN_KEY`` or ``$HELIOS_HOME/admin-key``, as `helios up` keeps it)."""
+    metadata = bearer(admin_key or read_admin_key())
     async with grpc.aio.insecure_channel(address) as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         inference = inference_pb2_grpc.InferenceServiceStub(channel)
         health, stats, models = await asyncio.gather(
-            admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=deadline_s),
-            admin.GetMemoryStats(admin_pb2.GetMemoryStatsRequest(), timeout=deadline_s),
-            inference.ListModels(inference_pb2.ListModelsRequest(), timeout=deadline_s),
+            admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=deadline_s, metadata=metadata),
+            admin.GetMemoryStats(
+                admin_pb2.GetMemoryStatsRequest(), timeout=deadline_s, metadata=metadata
+            ),
+            inference.ListModels(
+                inference_pb2.ListModelsRequest(), timeout=deadline_s, metadata=metadata
+            ),
         )
     return render(health, stats, models)
 
 
 def status_command(args: argparse.Namespace) -> int:
     try:
-        print(asyncio.run(fetch_status(args.address, args.timeout)))
+        print(asyncio.run(fetch_status(args.address, args.timeout, args.admin_key)))
     except grpc.aio.AioRpcError as error:
         print(f"helios status: {args.address}: {error.code().name}: {error.details()}")
         return 1
@@ -111,6 +120,11 @@ def add_status_command(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``status`` to the ``helios`` sub-commands (``parser.add_subparsers()``)."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "status", help="agents, models and their states (from the proxy's AdminService)"
+    )
+    p.add_argument(
+        "--admin-key",
+        default=None,
+        help="the mesh's admin key (default: $HELIOS_ADMIN_KEY, else $HELIOS_HOME/admin-key)",
     )
     p.add_argument(
         "--address",

@@ -31,12 +31,14 @@ from helios.v1 import (
 )
 
 from cli.envoy import (
+    EdgeAccess,
     EnvoyProcess,
     Upstream,
     UpstreamTls,
     build_descriptor_set,
     render_envoy_config,
 )
+from cli.keys import admin_key_path, bearer, ensure_admin_key
 from cli.processes import ServiceProcess, ServiceStartError
 from cli.smollm2 import MODEL_NAME as SMOLLM2_NAME
 from cli.smollm2 import SmolLM2Unavailable, ensure_smollm2_model
@@ -66,6 +68,10 @@ class MeshOptions:
     ready_file: Path | None
     engine: str = "transformers"
     tls_dir: Path | None = None  # --tls: helios certs output; every gRPC hop is mutual TLS
+    # The front door's keys: inference keys as KEY[:RPM[:TPM]] specs (none: the OpenAI API
+    # is open) and the admin key (cli/keys.py: never none).
+    api_keys: tuple[str, ...] = ()
+    admin_key: str = ""
 
 
 def _grpc_name(module: Any, service: str) -> str:
@@ -251,6 +257,12 @@ class Mesh:
             proxy_args += ["--estimator", self.estimator.address]
         if self.registry.ready:
             proxy_args += ["--registry", self.registry.address]
+        # The proxy applies the per-key rate limits; Envoy checks who may call at all. An
+        # admin key passes wherever an inference key does, without limits.
+        if options.api_keys:
+            proxy_args += [
+                a for spec in (*options.api_keys, options.admin_key) for a in ("--api-key", spec)
+            ]
         self.proxy = self._service("proxy", proxy_args)
         await self._start_all([self.proxy])
         await self._warm_registry_models()
@@ -290,6 +302,10 @@ class Mesh:
                 else None
             ),
             upstream_tls=self._envoy_tls(),
+            access=EdgeAccess(
+                inference_keys=tuple(spec.split(":", 1)[0] for spec in options.api_keys),
+                admin_keys=(options.admin_key,),
+            ),
         )
         self.envoy = await EnvoyProcess.start(config, self.options.state_dir / "envoy")
         await self._wait_for_models()
@@ -306,7 +322,11 @@ class Mesh:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             while True:
                 with contextlib.suppress(grpc.aio.AioRpcError):
-                    listing = await stub.ListModels(inference_pb2.ListModelsRequest(), timeout=5)
+                    listing = await stub.ListModels(
+                        inference_pb2.ListModelsRequest(),
+                        timeout=5,
+                        metadata=bearer(self.options.admin_key),
+                    )
                     ready = {m.id for m in listing.data if m.ready_replicas > 0}
                     if wanted <= ready:
                         return
@@ -334,6 +354,9 @@ class Mesh:
                 if s.ready
             },
             "state_dir": str(self.options.state_dir),
+            # Where the admin key lies when `helios up` keeps it (the key is never written
+            # here: this file is read by tools that need no admin rights).
+            "admin_key_file": str(admin_key_path()),
         }
 
     def essential_exits(self) -> list[str]:
@@ -384,8 +407,10 @@ async def run_mesh(options: MeshOptions) -> int:
         print(
             f"Helios is up ({mesh.startup_seconds:.1f}s).\n"
             f"  OpenAI REST base URL: {summary['rest_url']}\n"
-            f"  gRPC, every service:  {summary['grpc_address']}\n"
+            f"  gRPC front door:      {summary['grpc_address']}\n"
             f"  models:               {', '.join(summary['models'])}\n"
+            f"  API keys:             {len(options.api_keys) or 'none (the API is open)'}\n"
+            f"  admin key:            {_admin_key_source(options.admin_key)}\n"
             f"  logs:                 {options.state_dir / 'logs'}\n"
             "Press Ctrl-C to stop.",
             flush=True,
@@ -415,6 +440,20 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         help="mutual TLS on every gRPC hop (certificates made in the state dir)",
     )
     parser.add_argument("--host", default=os.environ.get("HELIOS_HOST", "127.0.0.1"))
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[s for s in os.environ.get("HELIOS_API_KEYS", "").split(",") if s],
+        metavar="KEY[:RPM[:TPM]]",
+        help="an inference key (with optional requests/tokens per minute); none: the OpenAI"
+        " API is open (env HELIOS_API_KEYS, comma-separated)",
+    )
+    parser.add_argument(
+        "--admin-key",
+        default=None,
+        help="the admin API's key (default: $HELIOS_ADMIN_KEY, else $HELIOS_HOME/admin-key,"
+        " made once at random)",
+    )
     parser.add_argument(
         "--port",
         type=int,
@@ -460,6 +499,13 @@ def up_command(args: argparse.Namespace) -> int:
         models.append((name, Path(path).resolve()))
     if not models:
         models.append(_default_model())
+    try:
+        EdgeAccess(
+            inference_keys=tuple(spec.split(":", 1)[0] for spec in args.api_key),
+            admin_keys=(args.admin_key,) if args.admin_key else (),
+        )
+    except ValueError as exc:
+        raise SystemExit(f"--api-key/--admin-key: {exc}") from None
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="helios-up-"))
     options = MeshOptions(
         host=args.host,
@@ -470,6 +516,8 @@ def up_command(args: argparse.Namespace) -> int:
         ready_file=args.ready_file,
         engine=args.engine,
         tls_dir=_prepare_tls(state_dir.resolve()) if args.tls else None,
+        api_keys=tuple(args.api_key),
+        admin_key=args.admin_key or ensure_admin_key(),
     )
     return asyncio.run(run_mesh(options))
 
@@ -484,6 +532,16 @@ def _prepare_tls(state_dir: Path) -> Path:
     written = write_certs(tls_dir)
     set_default_client_tls(channel_credentials(written["client"]))
     return tls_dir
+
+
+def _admin_key_source(key: str) -> str:
+    """Where the admin key can be read (never the key itself: logs are kept)."""
+    try:
+        if admin_key_path().read_text(encoding="utf-8").strip() == key:
+            return str(admin_key_path())
+    except OSError:
+        pass
+    return "as given (--admin-key / HELIOS_ADMIN_KEY)"
 
 
 def _default_model() -> tuple[str, Path]:

@@ -29,5 +29,13 @@ class Mesh:
         return f"127.0.0.1:{self.info['services'][name]['grpc_port']}"
 
     @property
+    def admin_key(self) -> str:
+        """The admin key `helios up` made (in the test's HELIOS_HOME)."""
+        return Path(self.info["admin_key_file"]).read_text(encoding="utf-8").strip()
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"}
+
+    @property
     def model(self) -> str:
         return str(self.info["models"][0])

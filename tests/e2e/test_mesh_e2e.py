@@ -284,14 +284,15 @@ async def test_reflection_through_envoy_lists_every_service(mesh: Mesh) -> None:
     assert expected <= names
 
 
-async def test_every_rpc_reachable_through_envoy(mesh: Mesh) -> None:
-    """Envoy routes each helios.v1 service to its own process."""
+async def test_internal_services_answer_on_their_own_ports(mesh: Mesh) -> None:
+    """Internal services are off the front door but serve the mesh on their own ports."""
     from helios.v1 import storage_pb2, storage_pb2_grpc
 
-    async with grpc.aio.insecure_channel(mesh.grpc_address) as channel:
+    async with grpc.aio.insecure_channel(mesh.service_address("worker-0")) as channel:
         worker = worker_pb2_grpc.WorkerServiceStub(channel)
         beat = await worker.Heartbeat(worker_pb2.HeartbeatRequest())
         assert beat.worker_id == "worker-0"
+    async with grpc.aio.insecure_channel(mesh.service_address("storaged")) as channel:
         storage = storage_pb2_grpc.StorageServiceStub(channel)
         stats = await storage.GetStats(storage_pb2.GetStatsRequest())
         assert {t.tier for t in stats.tiers} == {
@@ -318,13 +319,15 @@ async def test_served_model_came_through_registry_and_storaged(mesh: Mesh) -> No
         source = {p.name: p.read_bytes() for p in mesh.model_dir.iterdir() if p.is_file()}
         assert {f.path for f in manifest.files} <= source.keys()
 
+    # Storage and workers are internal: asked on their own ports, not the front door.
+    async with grpc.aio.insecure_channel(mesh.service_address("storaged")) as channel:
         storage = storage_pb2_grpc.StorageServiceStub(channel)
         stat = await storage.Stat(storage_pb2.StatRequest(model_id=mesh.model))
         assert stat.tier in (storage_pb2.CACHE_TIER_RAM, storage_pb2.CACHE_TIER_SSD)
         cached = Path(stat.local_dir)
         for file in manifest.files:
             assert (cached / file.path).read_bytes() == source[file.path]
-
+    async with grpc.aio.insecure_channel(mesh.service_address("worker-0")) as channel:
         worker = worker_pb2_grpc.WorkerServiceStub(channel)
         served = await _worker_stats(worker, mesh.model)
         assert served.state == worker_pb2.MODEL_STATE_READY
@@ -353,9 +356,41 @@ async def test_health_serving_for_each_service(mesh: Mesh, service: str, name: s
             assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def _metrics(mesh: Mesh) -> str:
+    request = urllib.request.Request(f"{mesh.rest_url}/metrics", headers=mesh.admin_headers())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(response.read().decode())
+
+
+def test_admin_and_internal_paths_are_closed_without_the_admin_key(mesh: Mesh) -> None:
+    """Issue 16's holes, through the mesh `helios up` runs: the admin API and metrics need
+    the admin key; internal services are not on the front door at all."""
+    for path, method in (
+        ("/metrics", "GET"),
+        ("/admin/memory-stats", "GET"),
+        ("/admin/evict/x", "DELETE"),
+    ):
+        request = urllib.request.Request(f"{mesh.rest_url}{path}", method=method)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+    request = urllib.request.Request(
+        f"{mesh.rest_url}/admin/memory-stats", headers=mesh.admin_headers()
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+async def test_internal_services_are_not_on_the_front_door(mesh: Mesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.grpc_address) as channel:
+        worker = worker_pb2_grpc.WorkerServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await worker.Heartbeat(worker_pb2.HeartbeatRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
 def test_metrics_through_envoy(mesh: Mesh) -> None:
-    with urllib.request.urlopen(f"{mesh.rest_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = _metrics(mesh)
     assert "helios_grpc_server_handled_total" in text
     assert "helios_proxy_time_to_first_token_seconds" in text
 
@@ -365,8 +400,7 @@ def test_unknown_model_names_do_not_become_metric_labels(client: openai.OpenAI, 
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model=name, prompt="hi", max_tokens=1)
     client.completions.create(model=mesh.model, prompt="hi", max_tokens=1)
-    with urllib.request.urlopen(f"{mesh.rest_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = _metrics(mesh)
     assert name not in text
     assert 'helios_proxy_requests_total{model="_unknown",outcome="error"}' in text
     assert f'helios_proxy_requests_total{{model="{mesh.model}",outcome="finished"}}' in text
