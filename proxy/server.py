@@ -31,6 +31,14 @@ from proxy.routing import WorkerPool
 from proxy.service import CompletionRouter
 from proxy.servicer import DEFAULT_SESSION_HEADER, InferenceServicer
 from proxy.worker_client import GrpcEstimatorClient, GrpcWorkerConnection
+from proxy.xds_server import (
+    DEFAULT_MAX_REQUESTS_PER_MODEL,
+    UpstreamTls,
+    XdsServer,
+    XdsSettings,
+    load_base_routes,
+)
+from proxy.xds_snapshot import lb_policy_for
 from runtime.config import ConfigError, add_server_arguments, env_default, settings_from_args
 from runtime.server import Cleanup, Register, run
 
@@ -230,7 +238,65 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_default("proxy", "api_keys_file", ""),
         help="a file of KEY[:RPM[:TPM]] lines, added to --api-key",
     )
+    add_xds_arguments(parser)
     return parser
+
+
+def add_xds_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the edge Envoy's control plane (ADS on the proxy's gRPC port)."""
+    parser.add_argument(
+        "--edge-routes",
+        default=env_default("proxy", "edge_routes", ""),
+        metavar="FILE",
+        help="the edge's base routes: a JSON list of envoy.config.route.v3.Route (proto3"
+        " JSON), served after the per-model routes in the route configuration 'helios'"
+        " (they send cold and unknown models to the proxy); written by `helios up`",
+    )
+    parser.add_argument(
+        "--xds-max-requests-per-model",
+        type=int,
+        default=int(
+            env_default("proxy", "xds_max_requests_per_model", str(DEFAULT_MAX_REQUESTS_PER_MODEL))
+        ),
+        metavar="N",
+        help="requests Envoy sends one model's workers at once (its cluster's circuit"
+        " breaker); more are answered 503 at the edge",
+    )
+    for part, what in (("cert", "client certificate"), ("key", "private key"), ("ca", "CA")):
+        parser.add_argument(
+            f"--xds-upstream-tls-{part}",
+            default=env_default("proxy", f"xds_upstream_tls_{part}", ""),
+            help=f"the {what} Envoy uses for mutual TLS to the workers (all three of"
+            " cert/key/ca, or none: plain h2c)",
+        )
+    parser.add_argument(
+        "--xds-upstream-tls-sni",
+        default=env_default("proxy", "xds_upstream_tls_sni", "localhost"),
+        help="the server name Envoy sends the workers under TLS",
+    )
+
+
+def xds_settings(args: argparse.Namespace) -> XdsSettings:
+    """The control plane's settings from parsed flags (ConfigError when they are bad)."""
+    if args.xds_max_requests_per_model < 1:
+        raise ConfigError("xds_max_requests_per_model", "must be >= 1")
+    parts = (args.xds_upstream_tls_cert, args.xds_upstream_tls_key, args.xds_upstream_tls_ca)
+    if any(parts) and not all(parts):
+        raise ConfigError("xds_upstream_tls", "give all of cert, key and ca, or none")
+    tls = (
+        UpstreamTls(Path(parts[0]), Path(parts[1]), Path(parts[2]), args.xds_upstream_tls_sni)
+        if all(parts)
+        else None
+    )
+    try:
+        routes = load_base_routes(Path(args.edge_routes)) if args.edge_routes else ()
+    except ValueError as exc:
+        raise ConfigError("edge_routes", str(exc)) from None
+    return XdsSettings(
+        max_requests_per_model=args.xds_max_requests_per_model,
+        upstream_tls=tls,
+        base_routes=routes,
+    )
 
 
 def _catalogue(specs: Sequence[str]) -> list[ModelSpec]:
@@ -271,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ConfigError("max_retries", "retries/queue must be >= 0, breaker failures >= 1")
     catalogue = _catalogue(args.model)
     keys = _keys(args)
+    xds_settings(args)  # bad xDS flags fail before anything starts
 
     async def build() -> tuple[Register, Cleanup]:
         return await build_service(args, catalogue, keys)
@@ -357,13 +424,18 @@ async def build_service(
     router.start()
     servicer = InferenceServicer(router, session_header=args.session_header.lower())
     admin = AdminServicer(router.control)
+    # The edge Envoy's control plane: every model's workers, pushed on each fleet change.
+    policy = lb_policy_for(args.routing_policy, session_header=args.session_header)
+    xds = XdsServer(router.pool, xds_settings(args), policy_for=lambda model: policy)
+    xds.start()
 
     def register(server: grpc.aio.Server) -> list[str]:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
-        return [INFERENCE.full_name, ADMIN.full_name]
+        return [INFERENCE.full_name, ADMIN.full_name, xds.register(server)]
 
     async def cleanup() -> None:
+        await xds.stop()
         await router.stop()
         for close in closers:
             await close()

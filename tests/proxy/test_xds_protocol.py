@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,6 +19,7 @@ from google.rpc import status_pb2
 from xds_envoy import ready, start_xds
 
 from proxy.routing import WorkerPool
+from proxy.server import build_parser, xds_settings
 from proxy.xds_server import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -24,8 +27,10 @@ from proxy.xds_server import (
     ROUTE_TYPE,
     XdsServer,
     XdsSettings,
+    load_base_routes,
 )
 from proxy.xds_snapshot import cluster_name
+from runtime.config import ConfigError
 from runtime.server import RunningServer
 
 M1, M2 = cluster_name("m1"), cluster_name("m2")
@@ -275,3 +280,48 @@ async def _until(check: object, within: float = 2.0) -> None:
     while not check():
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
+
+
+def test_flags_and_base_routes(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.json"
+    routes.write_text(
+        json.dumps(
+            [
+                {
+                    "match": {"path": "/v1/metrics"},
+                    "route": {"cluster": "metrics", "prefix_rewrite": "/metrics"},
+                    "typed_per_filter_config": {
+                        "envoy.filters.http.grpc_json_transcoder": {
+                            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                            "disabled": True,
+                        }
+                    },
+                },
+                {"match": {"prefix": "/"}, "route": {"cluster": "proxy", "timeout": "0s"}},
+            ]
+        )
+    )
+    args = build_parser().parse_args(
+        ["--edge-routes", str(routes), "--xds-max-requests-per-model", "9"]
+    )
+    settings = xds_settings(args)
+    assert settings.max_requests_per_model == 9 and settings.upstream_tls is None
+    assert [r.route.cluster for r in settings.base_routes] == ["metrics", "proxy"]
+    defaults = xds_settings(build_parser().parse_args([]))
+    assert defaults == XdsSettings()
+    tls = xds_settings(
+        build_parser().parse_args(
+            [f"--xds-upstream-tls-{part}={part}" for part in ("cert", "key", "ca")]
+        )
+    ).upstream_tls
+    assert tls is not None and (tls.cert.name, tls.key.name, tls.ca.name) == ("cert", "key", "ca")
+    for bad in (
+        ["--xds-upstream-tls-cert", "c"],
+        ["--xds-max-requests-per-model", "0"],
+        ["--edge-routes", str(tmp_path / "missing.json")],
+    ):
+        with pytest.raises(ConfigError):
+            xds_settings(build_parser().parse_args(bad))
+    routes.write_text(json.dumps([{"match": {"prefix": "/"}, "rout": {}}]))
+    with pytest.raises(ValueError, match="route 0"):
+        load_base_routes(routes)
