@@ -5,8 +5,9 @@ and fleet changes reach Envoy quickly."""
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,14 @@ from xds_envoy import (
 
 from proxy.routing import AgentState, ModelOnAgent, WorkerPool
 from proxy.xds_server import XdsSettings, load_base_routes
-from proxy.xds_snapshot import PREFIX_HASH_HEADER, LbKind, cluster_name, lb_policy_for
+from proxy.xds_snapshot import (
+    LEAST_REQUEST,
+    PREFIX_HASH_HEADER,
+    LbKind,
+    LbPolicy,
+    cluster_name,
+    lb_policy_for,
+)
 
 
 @dataclass
@@ -35,6 +43,15 @@ class World:
     a: FakeWorker
     b: FakeWorker
     proxy: FakeWorker
+
+
+@pytest.fixture(autouse=True)
+def no_nacks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Envoy accepts everything the control plane sends (a NACK is logged as an error)."""
+    with caplog.at_level(logging.INFO, logger="proxy.xds_server"):
+        yield
+    rejected = [r for r in caplog.records if "rejected" in r.getMessage()]
+    assert not rejected, [getattr(r, "error", "") for r in rejected]
 
 
 @pytest.fixture
@@ -195,3 +212,46 @@ async def test_prefix_aware_models_hash_on_the_prefix_header(tmp_path: Path) -> 
 async def _serves_both_hashed(mesh: Mesh) -> bool:
     seen = {await mesh.who("m", **{PREFIX_HASH_HEADER: f"k{i}"}) for i in range(32)}
     return seen == {"a", "b"}
+
+
+async def test_an_unavailable_answer_is_retried_on_another_host(world: World) -> None:
+    mesh = world.mesh
+    ready(mesh.pool, world.a.address, "m")
+    ready(mesh.pool, world.b.address, "m")
+    await until(lambda: _serves_both(mesh))
+    world.b.servicer.unavailable = True
+    before = world.b.servicer.calls
+    assert {await mesh.who("m") for _ in range(10)} == {"a"}
+    assert world.b.servicer.calls > before  # b was tried, and the request went on to a
+
+
+async def test_a_policy_change_re_warms_the_cluster_without_dropping_the_route(
+    tmp_path: Path,
+) -> None:
+    a, b, proxy = [await start_named(n) for n in ("a", "b", "proxy")]
+    pool = WorkerPool()
+    policies: dict[str, LbPolicy] = {}
+    settings = XdsSettings(base_routes=load_base_routes(write_base_routes(tmp_path / "r.json")))
+    xds, server = await start_xds(pool, settings, lambda m: policies.get(m, LEAST_REQUEST))
+    envoy = await start_envoy(tmp_path / "envoy", server.port, proxy.server.port)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{envoy.listen_port}")
+    try:
+        mesh = Mesh(envoy, xds, pool, channel)
+        ready(pool, a.address, "m")
+        await _routed(mesh, "m", "a")
+        policies["m"] = lb_policy_for("session-affinity", session_header="x-session-id")
+        xds.rebuild()
+
+        async def maglev() -> bool:
+            dump = await mesh.admin("/config_dump?resource=dynamic_active_clusters")
+            return '"lb_policy": "MAGLEV"' in dump
+
+        await until(maglev)
+        # Requests kept flowing to a through the change; the warmed cluster has a.
+        assert {await mesh.who("m", **{"x-session-id": f"s{i}"}) for i in range(10)} == {"a"}
+    finally:
+        await channel.close()
+        await envoy.stop()
+        await xds.stop()
+        for s in (server, a.server, b.server, proxy.server):
+            await s.stop(None)

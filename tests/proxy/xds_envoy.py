@@ -131,11 +131,14 @@ class NamedInference(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, name: str) -> None:
         self.name = name
         self.calls = 0
+        self.unavailable = False  # answer UNAVAILABLE (before any response header)
 
     async def CreateCompletion(
         self, request: inference_pb2.CreateCompletionRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.CreateCompletionResponse:
         self.calls += 1
+        if self.unavailable:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name} is draining")
         return inference_pb2.CreateCompletionResponse(id=self.name, model=request.params.model)
 
 
