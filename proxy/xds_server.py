@@ -47,6 +47,7 @@ import grpc
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
@@ -68,7 +69,13 @@ logger = logging.getLogger(__name__)
 
 # The types' modules are imported for their descriptors: ParseDict resolves "@type" in
 # the default pool.
-_ANY_TYPES = (http_protocol_options_pb2, tls_pb2, previous_hosts_pb2, route_components_pb2)
+_ANY_TYPES = (
+    http_protocol_options_pb2,
+    tls_pb2,
+    previous_hosts_pb2,
+    route_components_pb2,
+    api_key_auth_pb2,  # the edge's per-route API-key roles (its virtual host)
+)
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -85,7 +92,10 @@ VIRTUAL_HOST_NAME = "helios"
 MODEL_HEADER = "x-helios-model"
 INFERENCE_PREFIX = "/helios.v1.InferenceService/"
 # Retried on another host, only ever before response headers reach the client (Envoy's
-# rule): a gRPC UNAVAILABLE answer, a refused connection or stream, a reset.
+# rule): a gRPC UNAVAILABLE answer (x-envoy-retry-grpc-on's name), a refused connection
+# or HTTP/2 stream, a reset (x-envoy-retry-on's names). Envoy 1.40 accepts unknown names
+# here silently: tests/proxy/test_xds_envoy.py checks connect-failure and unavailable by
+# their effect.
 RETRY_ON = "unavailable,connect-failure,refused-stream,reset"
 NUM_RETRIES = 2
 HOST_SELECTION_RETRY_MAX_ATTEMPTS = 3
@@ -123,6 +133,9 @@ class XdsSettings:
     max_requests_per_model: int = DEFAULT_MAX_REQUESTS_PER_MODEL
     upstream_tls: UpstreamTls | None = None
     base_routes: tuple[route_components_pb2.Route, ...] = ()
+    # The edge's per-filter config for the whole virtual host (its API-key role for the
+    # OpenAI API): every model route inherits it.
+    base_filter_configs: Mapping[str, any_pb2.Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_requests_per_model < 1:
@@ -147,6 +160,28 @@ def load_base_routes(path: Path) -> tuple[route_components_pb2.Route, ...]:
             raise ValueError(f"{path}: route {index}: {exc}") from None
         routes.append(route)
     return tuple(routes)
+
+
+def load_edge_virtual_host(
+    path: Path,
+) -> tuple[tuple[route_components_pb2.Route, ...], dict[str, any_pb2.Any]]:
+    """The edge's virtual host as cli/envoy.py writes it (``write_edge_routes``): its
+    routes (the base routes) and its typed_per_filter_config. A JSON list is read as
+    routes alone (see :func:`load_base_routes`). ValueError when it is neither."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if isinstance(data, list):
+        return load_base_routes(path), {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a virtual host (JSON object) or a list of routes")
+    host = route_components_pb2.VirtualHost()
+    try:
+        json_format.ParseDict(data, host)
+    except json_format.ParseError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return tuple(host.routes), dict(host.typed_per_filter_config)
 
 
 # --------------------------------------------------------------------------- resources
@@ -298,9 +333,12 @@ def build_model_route(route: ModelRoute) -> route_components_pb2.Route:
 def build_route_configuration(
     model_routes: Iterable[route_components_pb2.Route],
     base_routes: Sequence[route_components_pb2.Route],
+    filter_configs: Mapping[str, any_pb2.Any] | None = None,
 ) -> route_pb2.RouteConfiguration:
     config = route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME)
     host = config.virtual_hosts.add(name=VIRTUAL_HOST_NAME, domains=["*"])
+    for name, filter_config in (filter_configs or {}).items():
+        host.typed_per_filter_config[name].CopyFrom(filter_config)
     host.routes.extend(model_routes)
     host.routes.extend(base_routes)
     return config
@@ -483,7 +521,9 @@ class XdsStream:
         order = {r.cluster: i for i, r in enumerate(resources.snapshot.routes)}
         ready.sort(key=order.__getitem__)
         config = build_route_configuration(
-            (resources.routes[name] for name in ready), self._settings.base_routes
+            (resources.routes[name] for name in ready),
+            self._settings.base_routes,
+            self._settings.base_filter_configs,
         )
         return _filtered({ROUTE_CONFIG_NAME: config}, state.names), frozenset(ready)
 
