@@ -185,6 +185,11 @@ class ControlPlane:
             self._active[key] -= 1
             self._last_used[key] = time.monotonic()
 
+    def note_activity(self, address: str, model: str) -> None:
+        """``address`` served ``model`` without the proxy (its heartbeat says so): the
+        idle-TTL clock starts again, as for a request the proxy relays."""
+        self._last_used[(address, model)] = time.monotonic()
+
     def loading(self, model: str) -> bool:
         task = self._loads.get(model)
         return task is not None and not task.done()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc.aio
@@ -59,6 +61,28 @@ async def serve_worker_inference(
     inference = InferenceServicer(EngineBackend(models, usage, role=role))
     settings = ServerSettings(service="worker", metrics_port=-1)
     return await start_server(settings, register_services(worker, inference))
+
+
+@asynccontextmanager
+async def fake_worker(root: Path, *models: str) -> AsyncIterator[str]:
+    """A worker's servers (serve_worker_inference) with a FakeEngine loaded for each of
+    ``models`` (weights files made under ``root``); yields its address."""
+
+    async def factory(name: str, path: Path) -> EngineClient:
+        return FakeEngine(name)
+
+    manager = ModelManager(factory, engine_kind="fake", capacity_bytes=1_000_000)
+    for model in models:
+        path = root / model.replace("/", "_")
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_bytes(b"\0" * 100)
+        async for _ in manager.load(model, path):
+            continue
+    running = await serve_worker_inference(manager)
+    try:
+        yield running.address
+    finally:
+        await running.stop(0)
 
 
 WORDS = ("alpha ", "beta ", "gamma ", "delta ", "epsilon ", "zeta ", "eta ", "theta ")

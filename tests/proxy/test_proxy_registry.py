@@ -9,16 +9,21 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import pytest
 import pytest_asyncio
-from fakes import serve
-from helios.v1 import registry_pb2_grpc
+from fakes import fake_worker, serve
+from helios.v1 import inference_pb2 as inference_pb
+from helios.v1 import inference_pb2_grpc, registry_pb2_grpc
 
+from openai_compat.protocol import chat_job_from_pb
 from proxy.control import ControlPlane
 from proxy.estimate import MemoryEstimator
 from proxy.registry import RegistryCatalogue, UsageReporter
 from proxy.registry_client import GrpcRegistryClient
 from proxy.routing import ModelOnAgent, WorkerPool
+from proxy.service import CompletionRouter
+from proxy.worker_client import GrpcWorkerConnection
 from registry.core import Registry
 from registry.servicer import RegistryServicer
 from runtime.errors import NotFoundError
@@ -172,3 +177,39 @@ async def test_prefetch_preloads_a_hint_into_free_memory_only(env: Env) -> None:
     await control.reconcile()  # already loaded: nothing more
     assert len(workers["a"].loads) == 1
     assert control.model_profile("org/alpha")[1] == "warm"
+
+
+async def test_usage_of_requests_workers_served_directly_is_reported_once(env: Env) -> None:
+    """Requests Envoy routes straight to a worker reach the registry from the worker's
+    heartbeat counters; requests the proxy relays from the proxy: each exactly once."""
+    await add_model(env, "org/alpha", 1_000)
+    async with fake_worker(env.root / "worker", "org/alpha") as address:
+        usage = UsageReporter(env.client)  # not started: what it would send stays pending
+        router = CompletionRouter(WorkerPool([address]), GrpcWorkerConnection, usage=usage)
+        router.control = ControlPlane(
+            router.pool,
+            router.connections,
+            (),
+            MemoryEstimator(None),
+            registry=RegistryCatalogue(env.client),
+        )
+        try:
+            await router.control.registry.refresh()  # type: ignore[union-attr]
+            await router.refresh()  # the workers' counters so far: a baseline
+            params = inference_pb.ChatCompletionParams(model="org/alpha", max_tokens=4)
+            params.messages.add(role="user").content.string_value = "hello"
+            async with grpc.aio.insecure_channel(address) as channel:
+                worker = inference_pb2_grpc.InferenceServiceStub(channel)
+                for _ in range(2):
+                    await worker.CreateChatCompletion(
+                        inference_pb.CreateChatCompletionRequest(params=params)
+                    )
+            relayed = await router.complete(chat_job_from_pb(params), deadline_s=10)
+            tokens = relayed.prompt_tokens + relayed.completion_tokens
+            assert usage.pending == {"org/alpha": (1, tokens)}  # the relayed one
+            await router.refresh()
+            assert usage.pending == {"org/alpha": (3, 3 * tokens)}  # + the two direct
+            await router.refresh()
+            assert usage.pending == {"org/alpha": (3, 3 * tokens)}  # nothing new
+        finally:
+            await router.stop()
