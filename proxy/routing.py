@@ -116,6 +116,12 @@ class CircuitBreaker:
         if self.failures >= self.failure_threshold or self._opened_at is not None:
             self._opened_at = now
 
+    def record_neutral(self) -> None:
+        """A request ended in a way that says nothing of the agent (the client's own
+        error, the client gone): nothing is counted, but a half-open probe that ended so
+        lets the next request probe (else the circuit would never close again)."""
+        self._probing = False
+
 
 @dataclass(frozen=True)
 class ModelOnAgent:
@@ -330,6 +336,13 @@ class WorkerPool:
         worker = self._workers.get(address)
         if worker is not None:
             worker.breaker.record_success()
+
+    def record_request_neutral(self, address: str) -> None:
+        """A request to ``address`` ended with the request's own fault (INVALID_ARGUMENT,
+        NOT_FOUND, ...) or its client leaving: not the agent's failure, never counted."""
+        worker = self._workers.get(address)
+        if worker is not None:
+            worker.breaker.record_neutral()
 
     def mark_model(self, address: str, model: ModelOnAgent) -> None:
         """What the proxy itself learnt (a LoadModel stream said READY) before the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
@@ -12,8 +13,8 @@ from openai_compat.backend import Step
 from openai_compat.params import Job
 from proxy.disagg import PrefillResult
 from proxy.routing import AgentState, CacheLevel, ModelOnAgent, WorkerRole
-from proxy.served import ServedTotals
 from proxy.service import WorkerStatus
+from proxy.worker_errors import relay_error
 from runtime.channels import create_channel
 from runtime.errors import HeliosError, UnavailableError, error_from_status
 
@@ -76,13 +77,18 @@ def job_to_pb(job: Job) -> pb.GenerateRequest:
     return request
 
 
-def _relay_error(address: str, error: grpc.aio.AioRpcError) -> HeliosError:
-    """Keep the worker's meaning for client mistakes; anything else is the worker's
-    failure (UNAVAILABLE), named so operators can find it."""
-    code = error.code()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
-        return UnavailableError(f"worker {address} failed: {error.details() or code.name}")
-    return error_from_status(code, error.details() or code.name)
+def _relay_error(
+    address: str, error: grpc.aio.AioRpcError, deadline_at: float | None
+) -> HeliosError:
+    """The worker's failures (engine, process, transport) as UnavailableError, named so
+    operators can find it: the only errors the proxy retries and counts against the
+    worker. The request's own errors keep their status (see proxy.worker_errors)."""
+    return relay_error(address, error.code(), error.details(), deadline_at=deadline_at)
+
+
+def _deadline_at(deadline_s: float | None) -> float | None:
+    """When a call made now with ``deadline_s`` times out (time.monotonic())."""
+    return None if deadline_s is None else time.monotonic() + deadline_s
 
 
 def _step(response: pb.GenerateResponse, address: str) -> Step:
@@ -105,23 +111,25 @@ class GrpcWorkerConnection:
         self._stub = worker_pb2_grpc.WorkerServiceStub(self._channel)
 
     async def generate(self, job: Job, deadline_s: float | None) -> AsyncGenerator[Step, None]:
+        deadline_at = _deadline_at(deadline_s)
         call = self._stub.Generate(job_to_pb(job), timeout=deadline_s)
         try:
             async for response in call:
                 yield _step(response, self.address)
         except grpc.aio.AioRpcError as error:
-            raise _relay_error(self.address, error) from error
+            raise _relay_error(self.address, error, deadline_at) from error
         finally:
             # Closed early (client gone, error): cancel the RPC so the worker stops.
             call.cancel()
 
     async def prefill(self, job: Job, deadline_s: float | None) -> PrefillResult:
+        deadline_at = _deadline_at(deadline_s)
         try:
             response = await self._stub.Prefill(
                 pb.PrefillRequest(request=job_to_pb(job)), timeout=deadline_s
             )
         except grpc.aio.AioRpcError as error:
-            raise _relay_error(self.address, error) from error
+            raise _relay_error(self.address, error, deadline_at) from error
         first = _step(response.first, self.address)
         return PrefillResult(
             first=first,
@@ -140,6 +148,7 @@ class GrpcWorkerConnection:
         first_token_id: int,
         deadline_s: float | None,
     ) -> AsyncGenerator[Step, None]:
+        deadline_at = _deadline_at(deadline_s)
         call = self._stub.Decode(
             pb.DecodeRequest(
                 request=job_to_pb(job),
@@ -153,7 +162,7 @@ class GrpcWorkerConnection:
             async for response in call:
                 yield _step(response.step, self.address)
         except grpc.aio.AioRpcError as error:
-            raise _relay_error(self.address, error) from error
+            raise _relay_error(self.address, error, deadline_at) from error
         finally:
             call.cancel()  # closed early: the decode worker aborts its engine request
 
@@ -161,7 +170,8 @@ class GrpcWorkerConnection:
         try:
             response = await self._stub.Heartbeat(pb.HeartbeatRequest(), timeout=deadline_s)
         except grpc.aio.AioRpcError as error:
-            raise _relay_error(self.address, error) from error
+            # The proxy's own deadline: a heartbeat that misses it is the worker's failure.
+            raise _relay_error(self.address, error, None) from error
         models = tuple(
             ModelOnAgent(
                 model=m.model,
@@ -194,20 +204,12 @@ class GrpcWorkerConnection:
                 for s in response.stored_models
                 if s.model
             },
-            served={
-                m.model: ServedTotals(
-                    requests=m.requests_total,
-                    prompt_tokens=m.prompt_tokens_total,
-                    completion_tokens=m.completion_tokens_total,
-                    last_request_unix_ms=m.last_request_unix_ms,
-                )
-                for m in response.models
-            },
         )
 
     async def load_model(
         self, model: str, local_path: str, deadline_s: float | None
     ) -> AsyncIterator[str]:
+        deadline_at = _deadline_at(deadline_s)
         call = self._stub.LoadModel(
             pb.LoadModelRequest(model=model, local_path=local_path), timeout=deadline_s
         )
@@ -220,7 +222,7 @@ class GrpcWorkerConnection:
                     )
                 yield state
         except grpc.aio.AioRpcError as error:
-            raise _relay_error(self.address, error) from error
+            raise _relay_error(self.address, error, deadline_at) from error
         finally:
             call.cancel()
 
@@ -231,7 +233,7 @@ class GrpcWorkerConnection:
                 timeout=drain_s + 10,
             )
         except grpc.aio.AioRpcError as error:
-            raise _relay_error(self.address, error) from error
+            raise _relay_error(self.address, error, None) from error
         return response.aborted_requests
 
     async def close(self) -> None:

@@ -1,0 +1,81 @@
+"""Whose fault a failed worker call is: the worker's, or the request's.
+
+Only the worker's own failures count against its health (the proxy's circuit breaker and
+DEGRADED marking, :meth:`proxy.routing.WorkerPool.record_request_failure`) and may be
+retried on another replica: UNAVAILABLE (connection refused or lost, engine dead),
+INTERNAL and UNKNOWN (the engine or the process failed), DATA_LOSS, and a
+DEADLINE_EXCEEDED that the worker raised itself before the caller's deadline. They come
+back as :class:`~runtime.errors.UnavailableError`, which is what the proxy retries and
+counts.
+
+Everything else is the request's own outcome, which the worker answered correctly:
+INVALID_ARGUMENT (a bad sampling value, an over-long prompt), NOT_FOUND, ALREADY_EXISTS,
+FAILED_PRECONDITION, OUT_OF_RANGE, RESOURCE_EXHAUSTED, PERMISSION_DENIED,
+UNAUTHENTICATED, ABORTED, CANCELLED, UNIMPLEMENTED, and a DEADLINE_EXCEEDED of the
+caller's own deadline. It reaches the client with its status unchanged, is never retried
+elsewhere (another replica would answer the same) and never counted: one client's bad
+requests must not take a worker out of rotation for everyone else (issue 16).
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from runtime.errors import HeliosError, UnavailableError, error_from_status
+
+__all__ = ["WORKER_FAILURE_CODES", "RelayedError", "relay_error"]
+
+# Statuses that mean the worker (its engine, its process or the way to it) failed.
+WORKER_FAILURE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+# A DEADLINE_EXCEEDED arriving this close to (or after) the caller's deadline is that
+# deadline expiring (the client's budget), not the worker timing out on its own.
+_DEADLINE_SLACK_S = 0.05
+
+
+class RelayedError(HeliosError):
+    """A worker's answer about the request whose status has no domain class of its own
+    (OUT_OF_RANGE, CANCELLED, ABORTED, ...): relayed to the client with that status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.status_code = code
+
+
+def relay_error(
+    address: str,
+    code: grpc.StatusCode,
+    details: str | None,
+    *,
+    deadline_at: float | None = None,
+    now: float | None = None,
+) -> HeliosError:
+    """The domain error for a worker's failed call: UnavailableError when the worker
+    failed (counted, retried elsewhere), else the request's own error with its status.
+
+    ``deadline_at`` (time.monotonic()) is when the caller's own deadline for the call
+    expires, None when it set none: a DEADLINE_EXCEEDED well before it is the worker's.
+    """
+    message = details or code.name
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        now = time.monotonic() if now is None else now
+        if deadline_at is None or now < deadline_at - _DEADLINE_SLACK_S:
+            return UnavailableError(f"worker {address} timed out: {message}")
+        return error_from_status(code, message)
+    if code in WORKER_FAILURE_CODES:
+        return UnavailableError(f"worker {address} failed: {message}")
+    error = error_from_status(code, message)
+    if isinstance(error, UnavailableError):
+        # error_from_status calls codes it has no class for a dependency failure; from a
+        # worker that answered, they are the request's outcome: keep the status.
+        return RelayedError(code, message)
+    return error
