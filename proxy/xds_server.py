@@ -45,6 +45,7 @@ from typing import Any
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2
@@ -107,7 +108,10 @@ DEBOUNCE_S = 0.01
 # How long a resolved worker host name is used before it is resolved again.
 RESOLVE_TTL_S = 30.0
 
-_HEALTH = {EndpointHealth.HEALTHY: "HEALTHY", EndpointHealth.DRAINING: "DRAINING"}
+_HEALTH = {
+    EndpointHealth.HEALTHY: health_check_pb2.HEALTHY,
+    EndpointHealth.DRAINING: health_check_pb2.DRAINING,
+}
 _LB = {
     LbKind.LEAST_REQUEST: "LEAST_REQUEST",
     LbKind.RING_HASH: "RING_HASH",
@@ -268,29 +272,17 @@ def build_cluster(route: ModelRoute, settings: XdsSettings) -> cluster_pb2.Clust
 
 
 def build_assignment(route: ModelRoute) -> endpoint_pb2.ClusterLoadAssignment:
-    """The model's endpoints (``route.endpoints``' hosts must be IP addresses)."""
-    assignment = {
-        "cluster_name": route.cluster,
-        "endpoints": [
-            {
-                "lb_endpoints": [
-                    {
-                        "endpoint": {
-                            "address": {
-                                "socket_address": {"address": e.host, "port_value": e.port}
-                            },
-                            "hostname": e.address,
-                        },
-                        "health_status": _HEALTH[e.health],
-                        "load_balancing_weight": e.weight,
-                    }
-                    for e in route.endpoints
-                ]
-            }
-        ],
-    }
-    message = endpoint_pb2.ClusterLoadAssignment()
-    _parse(assignment, message)
+    """The model's endpoints (``route.endpoints``' hosts must be IP addresses). Built
+    field by field: this runs for every load change."""
+    message = endpoint_pb2.ClusterLoadAssignment(cluster_name=route.cluster)
+    locality = message.endpoints.add()
+    for e in route.endpoints:
+        lb = locality.lb_endpoints.add()
+        lb.endpoint.address.socket_address.address = e.host
+        lb.endpoint.address.socket_address.port_value = e.port
+        lb.endpoint.hostname = e.address
+        lb.health_status = _HEALTH[e.health]
+        lb.load_balancing_weight.value = e.weight
     return message
 
 
@@ -355,13 +347,29 @@ class Resources:
     routes: Mapping[str, route_components_pb2.Route]
 
     @classmethod
-    def build(cls, snapshot: XdsSnapshot, settings: XdsSettings) -> Resources:
-        return cls(
-            snapshot,
-            {r.cluster: build_cluster(r, settings) for r in snapshot.routes},
-            {r.cluster: build_assignment(r) for r in snapshot.routes},
-            {r.cluster: build_model_route(r) for r in snapshot.routes},
-        )
+    def build(
+        cls, snapshot: XdsSnapshot, settings: XdsSettings, previous: Resources | None = None
+    ) -> Resources:
+        """``snapshot``'s resources, reusing ``previous``' messages for what did not
+        change (a cluster and its route depend on the model and policy only; the
+        endpoints on the endpoints only)."""
+        before = previous.snapshot.by_cluster() if previous is not None else {}
+        clusters: dict[str, Message] = {}
+        assignments: dict[str, Message] = {}
+        routes: dict[str, route_components_pb2.Route] = {}
+        for r in snapshot.routes:
+            old = before.get(r.cluster)
+            if previous is not None and old is not None and old.policy == r.policy:
+                clusters[r.cluster] = previous.clusters[r.cluster]
+                routes[r.cluster] = previous.routes[r.cluster]
+            else:
+                clusters[r.cluster] = build_cluster(r, settings)
+                routes[r.cluster] = build_model_route(r)
+            if previous is not None and old is not None and old.endpoints == r.endpoints:
+                assignments[r.cluster] = previous.assignments[r.cluster]
+            else:
+                assignments[r.cluster] = build_assignment(r)
+        return cls(snapshot, clusters, assignments, routes)
 
 
 def _digest(resources: Mapping[str, Message]) -> str:
@@ -616,7 +624,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         snapshot = self._resolve(build_snapshot(self._pool.agents(), self._policy_for))
         if snapshot == self._resources.snapshot:
             return False
-        self._resources = Resources.build(snapshot, self._settings)
+        self._resources = Resources.build(snapshot, self._settings, self._resources)
         self.pushed_at = time.monotonic()
         self.pushes += 1
         for wake in self._streams.values():
