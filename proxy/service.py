@@ -35,6 +35,7 @@ from proxy.limits import Admission, ApiKeys, ShedError
 from proxy.policies import RouteHint
 from proxy.registry import UsageReporter
 from proxy.routing import AgentState, CacheLevel, CircuitState, ModelOnAgent, WorkerPool, WorkerRole
+from proxy.served import ServedLedger, ServedTotals
 from runtime.errors import HeliosError, UnavailableError
 from runtime.streams import coalesce
 
@@ -61,6 +62,8 @@ class WorkerStatus:
     role: WorkerRole = WorkerRole.BOTH
     # What the worker's node storaged holds: model id -> fastest tier.
     stored: dict[str, CacheLevel] = field(default_factory=dict)
+    # What the worker served itself (its InferenceService), per model, cumulative.
+    served: dict[str, ServedTotals] = field(default_factory=dict)
 
 
 class WorkerConnection(Protocol):
@@ -148,6 +151,7 @@ class CompletionRouter:
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s
         self.usage = usage  # finished requests go to the registry, batched in the background
+        self._served = ServedLedger()
 
     async def discover(self) -> None:
         """Add the agents discovery lists now; drop those it no longer lists."""
@@ -166,6 +170,7 @@ class CompletionRouter:
         for address in set(self.connections) - set(addresses):
             self.pool.remove(address)
             connection = self.connections.pop(address)
+            self._served.forget(address)
             await connection.close()
             logger.info("agent gone", extra={"worker": address})
 
@@ -187,6 +192,7 @@ class CompletionRouter:
             return
         if address not in self.connections:
             return
+        self._note_served(address, status)
         # Loads the proxy started and a heartbeat does not report yet stay as they are.
         models = list(status.models)
         if models or not status.ready_models:
@@ -210,6 +216,22 @@ class CompletionRouter:
             role=status.role,
             stored=status.stored,
         )
+
+    def _note_served(self, address: str, status: WorkerStatus) -> None:
+        """Account for what the worker served without the proxy since its last heartbeat
+        (see proxy.served): the model's idle clock and the registry's usage reports."""
+        running = {m.model for m in status.models if m.running}
+        for model, totals in status.served.items():
+            delta = self._served.update(address, model, totals)
+            if model in running or (delta is not None and delta.active):
+                self.control.note_activity(address, model)
+            if (
+                delta is not None
+                and delta.requests
+                and self.usage is not None
+                and self.control.registry_model(model)
+            ):
+                self.usage.record(model, delta.tokens, delta.requests)
 
     def _export_metrics(self) -> None:
         metrics.STORED_MODELS.clear()  # models leave storage too: no stale series

@@ -13,6 +13,7 @@ from openai_compat.backend import Step
 from openai_compat.params import Job
 from proxy.disagg import PrefillResult
 from proxy.routing import AgentState, CacheLevel, ModelOnAgent, WorkerRole
+from proxy.served import ServedTotals
 from proxy.service import WorkerStatus
 from proxy.worker_errors import relay_error
 from runtime.channels import create_channel
@@ -203,6 +204,15 @@ class GrpcWorkerConnection:
                 s.model: _CACHE_LEVELS.get(s.tier, CacheLevel.REMOTE)
                 for s in response.stored_models
                 if s.model
+            },
+            served={
+                m.model: ServedTotals(
+                    requests=m.requests_total,
+                    prompt_tokens=m.prompt_tokens_total,
+                    completion_tokens=m.completion_tokens_total,
+                    last_request_unix_ms=m.last_request_unix_ms,
+                )
+                for m in response.models
             },
         )
 
