@@ -64,6 +64,9 @@ LUA_FILTER_NAME = "envoy.filters.http.lua"
 TRANSCODER_FILTER_NAME = "envoy.filters.http.grpc_json_transcoder"
 API_KEY_FILTER_NAME = "envoy.filters.http.api_key_auth"
 LISTENER_NAME = "helios_edge"
+# The route configuration's name (static, or served by the control plane over RDS).
+ROUTE_CONFIG_NAME = "helios"
+_ADS_SOURCE = {"ads": {}, "resource_api_version": "V3"}
 _ADMIN_REQUEST_TIMEOUT_S = 2.0
 
 _ACCESS_LOG_FORMAT = (
@@ -540,6 +543,7 @@ def render_envoy_config(
     sse_done: bool = True,
     upstream_tls: UpstreamTls | None = None,
     access: EdgeAccess | None = None,
+    xds_upstream: Upstream | None = None,
 ) -> str:
     """Render Envoy's bootstrap (JSON, which is also YAML) for the Helios edge.
 
@@ -551,6 +555,11 @@ def render_envoy_config(
     ``upstream_tls``: mutual TLS to every gRPC upstream with this client certificate
     (``helios up --tls``); the listener itself stays plain HTTP. ``access``: the keys
     (default: no inference key, so inference is open, and no admin key, so admin is closed).
+    ``xds_upstream``: the control plane (the proxy's ADS). Then the routes come from it
+    (RDS ``helios``: one route per warm model, then the virtual host rendered here, which
+    the control plane is given as its base, see :func:`write_edge_routes`) and so do the
+    per-model clusters (CDS/EDS); without it the routes are static and every request goes
+    to the upstream of its service.
     """
     access = access or EdgeAccess()
     virtual_host, cluster_specs = edge_virtual_host(
@@ -625,7 +634,11 @@ def render_envoy_config(
                 },
             }
         ],
-        "route_config": {"name": "helios", "virtual_hosts": [virtual_host]},
+        **(
+            {"rds": {"route_config_name": ROUTE_CONFIG_NAME, "config_source": _ADS_SOURCE}}
+            if xds_upstream is not None
+            else {"route_config": {"name": ROUTE_CONFIG_NAME, "virtual_hosts": [virtual_host]}}
+        ),
         "http_filters": http_filters,
     }
 
@@ -662,10 +675,40 @@ def render_envoy_config(
                     ],
                 }
             ],
-            "clusters": _collect_clusters(cluster_specs, upstream_tls),
+            "clusters": _collect_clusters(
+                [*cluster_specs, *([(xds_upstream, True)] if xds_upstream else [])], upstream_tls
+            ),
         },
     }
+    if xds_upstream is not None:
+        bootstrap["dynamic_resources"] = {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": xds_upstream.name}}],
+                "set_node_on_first_message_only": True,
+            },
+            "cds_config": _ADS_SOURCE,
+        }
     return json.dumps(bootstrap, indent=2) + "\n"
+
+
+def write_edge_routes(path: Path, virtual_host: Mapping[str, Any]) -> Path:
+    """Write the edge's virtual host (:func:`edge_virtual_host`) as the control plane's
+    base routes (the proxy's ``--edge-routes``): JSON, temp file + fsync + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(virtual_host, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 
 # --------------------------------------------------------------------------- process

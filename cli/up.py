@@ -24,6 +24,7 @@ import grpc
 from helios.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    estimator_pb2,
     inference_pb2,
     inference_pb2_grpc,
     registry_pb2,
@@ -36,7 +37,9 @@ from cli.envoy import (
     Upstream,
     UpstreamTls,
     build_descriptor_set,
+    edge_virtual_host,
     render_envoy_config,
+    write_edge_routes,
 )
 from cli.keys import admin_key_path, bearer, ensure_admin_key
 from cli.processes import ServiceProcess, ServiceStartError
@@ -76,6 +79,16 @@ class MeshOptions:
 
 def _grpc_name(module: Any, service: str) -> str:
     return str(module.DESCRIPTOR.services_by_name[service].full_name)
+
+
+INFERENCE_SERVICE = _grpc_name(inference_pb2, "InferenceService")
+ADMIN_SERVICE = _grpc_name(admin_pb2, "AdminService")
+# Services with a process of their own that the front door routes (for what their role
+# allows: the registry's catalogue reads only; cli/envoy.py says which).
+_EDGE_SERVICES = (
+    ("estimator", _grpc_name(estimator_pb2, "EstimatorService")),
+    ("registry", _grpc_name(registry_pb2, "RegistryService")),
+)
 
 
 class Mesh:
@@ -165,6 +178,24 @@ class Mesh:
                         "could not import the model into the registry",
                         extra={"model": name, "error": error.details()},
                     )
+
+    def _edge(self, upstream: dict[str, Upstream], metrics: Upstream | None) -> dict[str, Any]:
+        """The front door's routing (cli/envoy.py edge_virtual_host's arguments) over the
+        services that run: which service goes where, and the keys."""
+        routes = {
+            INFERENCE_SERVICE: upstream["proxy"],
+            ADMIN_SERVICE: upstream["proxy"],
+            **{service: upstream[name] for name, service in _EDGE_SERVICES if name in upstream},
+        }
+        return {
+            "grpc_upstreams": routes,
+            "default_grpc_upstream": upstream["proxy"],
+            "metrics_upstream": metrics,
+            "access": EdgeAccess(
+                inference_keys=tuple(spec.split(":", 1)[0] for spec in self.options.api_keys),
+                admin_keys=(self.options.admin_key,),
+            ),
+        }
 
     @property
     def _local_models(self) -> list[tuple[str, Path]]:
@@ -263,6 +294,20 @@ class Mesh:
             proxy_args += [
                 a for spec in (*options.api_keys, options.admin_key) for a in ("--api-key", spec)
             ]
+        # The proxy is Envoy's control plane: it serves the front door's routes (these base
+        # routes, with one route per warm model in front) and the per-model clusters.
+        names = {s.name: Upstream(s.name, "127.0.0.1", 0) for s in self.services if s.ready}
+        names["proxy"] = Upstream("proxy", "127.0.0.1", 0)
+        virtual_host, _ = edge_virtual_host(**self._edge(names, Upstream("proxy-metrics", "", 0)))
+        edge_routes = write_edge_routes(options.state_dir / "edge-routes.json", virtual_host)
+        proxy_args += ["--edge-routes", str(edge_routes)]
+        gateway_tls = self._envoy_tls()
+        if gateway_tls is not None:  # Envoy's certificate towards the workers, too
+            proxy_args += [
+                f"--xds-upstream-tls-cert={gateway_tls.cert}",
+                f"--xds-upstream-tls-key={gateway_tls.key}",
+                f"--xds-upstream-tls-ca={gateway_tls.ca}",
+            ]
         self.proxy = self._service("proxy", proxy_args)
         await self._start_all([self.proxy])
         await self._warm_registry_models()
@@ -273,39 +318,16 @@ class Mesh:
             for s in self.services
             if s.ready
         }
-        proxy_upstream = upstream["proxy"]
-        from helios.v1 import estimator_pb2, storage_pb2, worker_pb2
-
-        routes = {
-            _grpc_name(inference_pb2, "InferenceService"): proxy_upstream,
-            _grpc_name(admin_pb2, "AdminService"): proxy_upstream,
-            _grpc_name(worker_pb2, "WorkerService"): upstream["worker-0"],
-        }
-        for key, module, service in (
-            ("estimator", estimator_pb2, "EstimatorService"),
-            ("registry", registry_pb2, "RegistryService"),
-            ("storaged", storage_pb2, "StorageService"),
-        ):
-            if key in upstream:
-                routes[_grpc_name(module, service)] = upstream[key]
         metrics_port = self.proxy.ready.get("metrics_port")
+        metrics = Upstream("proxy-metrics", upstream["proxy"].host, metrics_port or 0)
         config = render_envoy_config(
             listen_host=self.options.host,
             listen_port=self.options.port,
             admin_port=0,
             descriptor_path=descriptor,
-            grpc_upstreams=routes,
-            default_grpc_upstream=proxy_upstream,
-            metrics_upstream=(
-                Upstream("proxy-metrics", proxy_upstream.host, metrics_port)
-                if metrics_port
-                else None
-            ),
-            upstream_tls=self._envoy_tls(),
-            access=EdgeAccess(
-                inference_keys=tuple(spec.split(":", 1)[0] for spec in options.api_keys),
-                admin_keys=(options.admin_key,),
-            ),
+            upstream_tls=gateway_tls,
+            xds_upstream=upstream["proxy"],
+            **self._edge(upstream, metrics if metrics_port else None),
         )
         self.envoy = await EnvoyProcess.start(config, self.options.state_dir / "envoy")
         await self._wait_for_models()

@@ -36,7 +36,7 @@ from proxy.xds_server import (
     UpstreamTls,
     XdsServer,
     XdsSettings,
-    load_base_routes,
+    load_edge_virtual_host,
 )
 from proxy.xds_snapshot import lb_policy_for
 from runtime.config import ConfigError, add_server_arguments, env_default, settings_from_args
@@ -289,13 +289,16 @@ def xds_settings(args: argparse.Namespace) -> XdsSettings:
         else None
     )
     try:
-        routes = load_base_routes(Path(args.edge_routes)) if args.edge_routes else ()
+        routes, filters = (
+            load_edge_virtual_host(Path(args.edge_routes)) if args.edge_routes else ((), {})
+        )
     except ValueError as exc:
         raise ConfigError("edge_routes", str(exc)) from None
     return XdsSettings(
         max_requests_per_model=args.xds_max_requests_per_model,
         upstream_tls=tls,
         base_routes=routes,
+        base_filter_configs=filters,
     )
 
 
