@@ -158,7 +158,12 @@ class TransformersEngine(EngineClient):
         self._vocab_limit = min(len(tokenizer), int(config.vocab_size))
         # Token ids the model can read (its embedding rows): a prompt id past them is
         # the request's mistake, found before any forward step.
-        self._num_embeddings = int(model.get_input_embeddings().weight.shape[0])
+        embeddings = model.get_input_embeddings()
+        self._num_embeddings = (
+            int(embeddings.num_embeddings)
+            if isinstance(embeddings, torch.nn.Embedding)
+            else int(config.vocab_size)
+        )
 
         # One thread per concurrent request: steps of different requests overlap (torch
         # releases the GIL), and the pool is ours so to_thread users elsewhere in the
