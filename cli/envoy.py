@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import math
 import os
 import shutil
 import signal
@@ -61,6 +62,9 @@ MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
 
 LUA_FILTER_NAME = "envoy.filters.http.lua"
+RATE_LIMIT_FILTER_NAME = "envoy.filters.http.local_ratelimit"
+# The descriptor key under which a request's API key is rate limited.
+RATE_LIMIT_DESCRIPTOR = "api_key"
 TRANSCODER_FILTER_NAME = "envoy.filters.http.grpc_json_transcoder"
 API_KEY_FILTER_NAME = "envoy.filters.http.api_key_auth"
 LISTENER_NAME = "helios_edge"
@@ -127,8 +131,15 @@ class EdgeAccess:
 
     inference_keys: tuple[str, ...] = ()
     admin_keys: tuple[str, ...] = ()
+    # (inference key, requests per minute) for the keys with a request rate limit.
+    requests_per_minute: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
+        for key, rpm in self.requests_per_minute:
+            if key not in self.inference_keys or rpm < 1:
+                raise ValueError(
+                    "a rate-limited key must be an inference key with >= 1 request/min"
+                )
         for key in (*self.inference_keys, *self.admin_keys):
             if not key or any(ch.isspace() or ch == ":" for ch in key) or len(key) > 256:
                 raise ValueError("an API key must be 1-256 characters without white space or ':'")
@@ -512,6 +523,19 @@ def edge_virtual_host(
         # Routes the control plane adds (one per served model) inherit the inference role.
         "typed_per_filter_config": inference_auth,
     }
+    if access.requests_per_minute:  # every route of the host, model routes included
+        virtual_host["rate_limits"] = [
+            {
+                "actions": [
+                    {
+                        "request_headers": {
+                            "header_name": "authorization",
+                            "descriptor_key": RATE_LIMIT_DESCRIPTOR,
+                        }
+                    }
+                ]
+            }
+        ]
     return virtual_host, cluster_specs
 
 
@@ -525,6 +549,50 @@ def _api_key_filter(access: EdgeAccess) -> dict[str, Any]:
             # "Bearer <key>" (the OpenAI SDK's form): the filter strips the scheme. The key
             # travels on (the proxy's cold path applies its per-key rate limits).
             "key_sources": [{"header": "authorization"}],
+        },
+    }
+
+
+def _rate_limit_filter(access: EdgeAccess) -> dict[str, Any]:
+    """Per-key request rate limits (token buckets refilled one request at a time), as
+    RESOURCE_EXHAUSTED / HTTP 429 with Retry-After. Requests of keys without a limit only
+    meet a bucket far above what one Envoy serves."""
+    intervals = [60.0 / rpm for _, rpm in access.requests_per_minute]
+    return {
+        "name": RATE_LIMIT_FILTER_NAME,
+        "typed_config": {
+            "@type": "type.googleapis.com/"
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "helios_api_keys",
+            "token_bucket": {
+                "max_tokens": 1_000_000,
+                "tokens_per_fill": 1_000_000,
+                "fill_interval": "1s",
+            },
+            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+            "descriptors": [
+                {
+                    "entries": [{"key": RATE_LIMIT_DESCRIPTOR, "value": f"Bearer {key}"}],
+                    "token_bucket": {
+                        "max_tokens": rpm,
+                        "tokens_per_fill": 1,
+                        "fill_interval": f"{60.0 / rpm:.3f}s",
+                    },
+                }
+                for key, rpm in access.requests_per_minute
+            ],
+            "rate_limited_as_resource_exhausted": True,
+            # The soonest a limited key gets a request back (one refill of the fastest key).
+            "response_headers_to_add": [
+                {
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    "header": {
+                        "key": "retry-after",
+                        "value": str(max(1, math.ceil(min(intervals, default=1.0)))),
+                    },
+                }
+            ],
         },
     }
 
@@ -606,6 +674,7 @@ def render_envoy_config(
         },
         # After the transcoder: REST calls are judged on the gRPC method they became.
         _api_key_filter(access),
+        *([_rate_limit_filter(access)] if access.requests_per_minute else []),
         {
             "name": "envoy.filters.http.router",
             "typed_config": {

@@ -3,6 +3,11 @@
 Start order: worker(s), estimator, registry, storaged (in parallel) -> proxy (it needs
 the workers' addresses) -> Envoy (it needs every address). Stop order is the reverse
 edge first: Envoy stops taking traffic, then the proxy and the services drain.
+
+Once up, every process is supervised (cli/processes.py): one that dies, whatever its exit,
+is started again with exponential backoff on the ports it had (so every peer's address
+for it stays valid) while the rest keep serving; only a failure to start at `helios up`
+time is fatal.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +48,7 @@ from cli.envoy import (
     write_edge_routes,
 )
 from cli.keys import admin_key_path, bearer, ensure_admin_key
-from cli.processes import ServiceProcess, ServiceStartError
+from cli.processes import Restart, ServiceProcess, ServiceStartError, Supervised, supervise
 from cli.smollm2 import MODEL_NAME as SMOLLM2_NAME
 from cli.smollm2 import SmolLM2Unavailable, ensure_smollm2_model
 from cli.tinymodel import DEFAULT_MODEL_NAME as TINY_MODEL_NAME
@@ -105,6 +111,10 @@ class Mesh:
         self.proxy: ServiceProcess | None = None
         self.envoy: EnvoyProcess | None = None
         self.imported: dict[str, str] = {}
+        # render_envoy_config's arguments but the listen port (a restart keeps the bound one).
+        self._envoy_config: dict[str, Any] = {}
+        self._supervisors: list[asyncio.Task[None]] = []
+        self._rewarming: set[asyncio.Task[None]] = set()
 
     def _service(
         self, name: str, args: list[str], *, module: str | None = None, essential: bool = True
@@ -191,10 +201,7 @@ class Mesh:
             "grpc_upstreams": routes,
             "default_grpc_upstream": upstream["proxy"],
             "metrics_upstream": metrics,
-            "access": EdgeAccess(
-                inference_keys=tuple(spec.split(":", 1)[0] for spec in self.options.api_keys),
-                admin_keys=(self.options.admin_key,),
-            ),
+            "access": edge_access(self.options.api_keys, self.options.admin_key),
         }
 
     @property
@@ -288,11 +295,14 @@ class Mesh:
             proxy_args += ["--estimator", self.estimator.address]
         if self.registry.ready:
             proxy_args += ["--registry", self.registry.address]
-        # The proxy applies the per-key rate limits; Envoy checks who may call at all. An
-        # admin key passes wherever an inference key does, without limits.
+        if self.storaged.ready:  # for /v1/health: the proxy checks it, the workers use it
+            proxy_args += ["--storaged", self.storaged.address]
+        # Envoy checks who may call and the requests per minute; the proxy (cold path)
+        # counts tokens per minute. An admin key passes wherever an inference key does.
         if options.api_keys:
+            tokens_only = [_tokens_per_minute_only(spec) for spec in options.api_keys]
             proxy_args += [
-                a for spec in (*options.api_keys, options.admin_key) for a in ("--api-key", spec)
+                a for spec in (*tokens_only, options.admin_key) for a in ("--api-key", spec)
             ]
         # The proxy is Envoy's control plane: it serves the front door's routes (these base
         # routes, with one route per warm model in front) and the per-model clusters.
@@ -320,18 +330,21 @@ class Mesh:
         }
         metrics_port = self.proxy.ready.get("metrics_port")
         metrics = Upstream("proxy-metrics", upstream["proxy"].host, metrics_port or 0)
-        config = render_envoy_config(
-            listen_host=self.options.host,
-            listen_port=self.options.port,
-            admin_port=0,
-            descriptor_path=descriptor,
-            upstream_tls=gateway_tls,
-            xds_upstream=upstream["proxy"],
+        self._envoy_config = {
+            "listen_host": self.options.host,
+            "admin_port": 0,
+            "descriptor_path": descriptor,
+            "upstream_tls": gateway_tls,
+            "xds_upstream": upstream["proxy"],
             **self._edge(upstream, metrics if metrics_port else None),
-        )
-        self.envoy = await EnvoyProcess.start(config, self.options.state_dir / "envoy")
+        }
+        self.envoy = await self.start_envoy(self.options.port)
         await self._wait_for_models()
         self.startup_seconds = time.monotonic() - started
+
+    async def start_envoy(self, listen_port: int) -> EnvoyProcess:
+        config = render_envoy_config(listen_port=listen_port, **self._envoy_config)
+        return await EnvoyProcess.start(config, self.options.state_dir / "envoy")
 
     async def _wait_for_models(self) -> None:
         """Until every configured model has a ready replica, as seen through Envoy."""
@@ -381,19 +394,69 @@ class Mesh:
             "admin_key_file": str(admin_key_path()),
         }
 
-    def essential_exits(self) -> list[str]:
-        return [
-            f"{s.name} (exit {s.process.returncode})"
-            for s in self.services
-            if s.essential and s.process is not None and s.process.returncode is not None
+    def supervise(self, on_restart: Callable[[Restart], Awaitable[None]]) -> None:
+        """Restart any process of the running mesh that ends (each on its own ports);
+        ``on_restart`` hears of each restart once the process serves again."""
+
+        async def restarted(restart: Restart) -> None:
+            if restart.service == "proxy":
+                self._rewarm()
+            await on_restart(restart)
+
+        children: list[Supervised] = [s for s in self.services if s.ready]
+        if self.envoy is not None:
+            children.append(_SupervisedEnvoy(self))
+        self._supervisors = [
+            asyncio.create_task(
+                supervise(child, ready_limit_s=SERVICE_READY_TIMEOUT, on_restart=restarted),
+                name=f"supervise {child.name}",
+            )
+            for child in children
         ]
 
+    def _rewarm(self) -> None:
+        """A restarted proxy knows the registry models' warm replicas no more: ask again
+        (in the background; the workers usually hold them still)."""
+
+        async def rewarm() -> None:
+            try:
+                await self._warm_registry_models()
+            except ServiceStartError as exc:
+                logger.warning("could not re-warm the models", extra={"error": str(exc)})
+
+        task = asyncio.create_task(rewarm(), name="re-warm models")
+        self._rewarming.add(task)
+        task.add_done_callback(self._rewarming.discard)
+
     async def stop(self) -> None:
+        for task in [*self._supervisors, *self._rewarming]:
+            task.cancel()
+        await asyncio.gather(*self._supervisors, *self._rewarming, return_exceptions=True)
+        self._supervisors = []
         if self.envoy is not None:
             await self.envoy.stop()
         if self.proxy is not None:
             await self.proxy.stop(STOP_GRACE)
         await asyncio.gather(*(s.stop(STOP_GRACE) for s in self.services if s is not self.proxy))
+
+
+class _SupervisedEnvoy:
+    """The mesh's Envoy as a supervised child: restarted on the port it listens on."""
+
+    name = "envoy"
+
+    def __init__(self, mesh: Mesh) -> None:
+        self._mesh = mesh
+
+    @property
+    def exit_code(self) -> int | None:
+        assert self._mesh.envoy is not None
+        return self._mesh.envoy.process.poll()
+
+    async def restart(self, limit_s: float) -> None:
+        old = self._mesh.envoy
+        assert old is not None
+        self._mesh.envoy = await self._mesh.start_envoy(old.listen_port)
 
 
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
@@ -437,13 +500,23 @@ async def run_mesh(options: MeshOptions) -> int:
             "Press Ctrl-C to stop.",
             flush=True,
         )
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            exits = mesh.essential_exits()
-            if exits:
-                print(f"Stopping: {', '.join(exits)} stopped unexpectedly.", flush=True)
-                return 1
+
+        async def restarted(restart: Restart) -> None:
+            logger.warning(
+                "service restarted",
+                extra={
+                    "service": restart.service,
+                    "exit_code": restart.exit_code,
+                    "attempt": restart.attempt,
+                    "delay_s": restart.delay_s,
+                },
+            )
+            print(restart.describe(), flush=True)
+            if options.ready_file is not None:  # new pids (and Envoy's admin port)
+                _write_json_atomically(options.ready_file, mesh.summary())
+
+        mesh.supervise(restarted)
+        await stop.wait()
         print("Stopping Helios...", flush=True)
         return 0
     except ServiceStartError as exc:
@@ -522,10 +595,7 @@ def up_command(args: argparse.Namespace) -> int:
     if not models:
         models.append(_default_model())
     try:
-        EdgeAccess(
-            inference_keys=tuple(spec.split(":", 1)[0] for spec in args.api_key),
-            admin_keys=(args.admin_key,) if args.admin_key else (),
-        )
+        edge_access(tuple(args.api_key), args.admin_key or "placeholder-admin-key")
     except ValueError as exc:
         raise SystemExit(f"--api-key/--admin-key: {exc}") from None
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="helios-up-"))
@@ -554,6 +624,32 @@ def _prepare_tls(state_dir: Path) -> Path:
     written = write_certs(tls_dir)
     set_default_client_tls(channel_credentials(written["client"]))
     return tls_dir
+
+
+def edge_access(api_keys: tuple[str, ...], admin_key: str) -> EdgeAccess:
+    """The front door's keys from ``KEY[:RPM[:TPM]]`` specs: Envoy enforces who may call
+    and the requests per minute; tokens per minute stay the proxy's (cold path) to count.
+    ValueError on a malformed spec."""
+    keys: list[str] = []
+    limits: list[tuple[str, int]] = []
+    for spec in api_keys:
+        key, *numbers = spec.split(":")
+        if len(numbers) > 2 or not all(n.isdigit() for n in numbers if n):
+            raise ValueError(
+                f"expected KEY[:REQUESTS_PER_MINUTE[:TOKENS_PER_MINUTE]], got {spec!r}"
+            )
+        keys.append(key)
+        if numbers and numbers[0] and int(numbers[0]) > 0:
+            limits.append((key, int(numbers[0])))
+    return EdgeAccess(
+        inference_keys=tuple(keys), admin_keys=(admin_key,), requests_per_minute=tuple(limits)
+    )
+
+
+def _tokens_per_minute_only(spec: str) -> str:
+    """``KEY:RPM:TPM`` -> ``KEY::TPM``: Envoy already counted the request."""
+    key, *numbers = spec.split(":")
+    return f"{key}::{numbers[1]}" if len(numbers) == 2 else key
 
 
 def _admin_key_source(key: str) -> str:

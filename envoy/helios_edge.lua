@@ -77,6 +77,14 @@ local REASONS = {
 
 local DONE_EVENT = "data: [DONE]\n\n"
 
+-- Envoy's local replies by body text: {gRPC code, the message a client sees}.
+local ENVOY_REFUSALS = {
+  ["Client authentication failed."] = {
+    16, "a valid API key is required: Authorization: Bearer <key>"},
+  ["Client is forbidden."] = {7, "this API key may not call this API"},
+  ["local_rate_limited"] = {8, "rate limit exceeded for this API key; retry after Retry-After seconds"},
+}
+
 -- Scans the top level of a JSON object without decoding it. Returns a table mapping each
 -- top-level key (its raw text between the quotes) to its raw value text: a string keeps its
 -- quotes and escapes, a literal is its text (true, 12, null), an object or array is its whole
@@ -293,6 +301,13 @@ local function rewrite_error(handle, status)
   end
   if code_number == nil then
     code_number = tonumber(headers:get("grpc-status") or "")
+  end
+  -- Envoy's own refusals (api_key_auth, local_ratelimit) answer in plain text: give them
+  -- the gRPC code a native client gets and a message that says what to do.
+  local own = ENVOY_REFUSALS[trim(text)]
+  if own ~= nil and code_number == nil then
+    code_number = own[1]
+    message = json_string(own[2])
   end
   if message == nil then
     local grpc_message = headers:get("grpc-message")

@@ -21,8 +21,10 @@ from helios.v1 import (
 
 from proxy.admin import AdminServicer
 from proxy.control import ControlPlane, ModelSpec, PoolScaler, parse_model_spec
+from proxy.dependencies import DependencyMonitor
 from proxy.discovery import DiscoverySource, KubernetesDiscovery, StaticDiscovery
 from proxy.estimate import MemoryEstimator
+from proxy.health_client import GrpcHealthProbe
 from proxy.limits import Admission, ApiKeys, KeyLimits, load_key_file, parse_key_spec
 from proxy.policies import POLICIES, policy_by_name
 from proxy.registry import DEFAULT_USAGE_INTERVAL_S, RegistryCatalogue, UsageReporter
@@ -146,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         " its models cold-starts it (the worker fetches it through storaged), usage is"
         " reported to it, and its eviction candidates order evictions (env"
         " HELIOS_PROXY_REGISTRY)",
+    )
+    parser.add_argument(
+        "--storaged",
+        default=env_default("proxy", "storaged", ""),
+        metavar="HOST:PORT",
+        help="a storaged service whose state /v1/health reports (health checks only: the"
+        " workers fetch through it, the proxy never does; env HELIOS_PROXY_STORAGED)",
     )
     parser.add_argument(
         "--prefetch",
@@ -289,8 +298,8 @@ def xds_settings(args: argparse.Namespace) -> XdsSettings:
         else None
     )
     try:
-        routes, filters = (
-            load_edge_virtual_host(Path(args.edge_routes)) if args.edge_routes else ((), {})
+        routes, host = (
+            load_edge_virtual_host(Path(args.edge_routes)) if args.edge_routes else ((), None)
         )
     except ValueError as exc:
         raise ConfigError("edge_routes", str(exc)) from None
@@ -298,7 +307,7 @@ def xds_settings(args: argparse.Namespace) -> XdsSettings:
         max_requests_per_model=args.xds_max_requests_per_model,
         upstream_tls=tls,
         base_routes=routes,
-        base_filter_configs=filters,
+        base_host=host,
     )
 
 
@@ -426,7 +435,20 @@ async def build_service(
         raise
     router.start()
     servicer = InferenceServicer(router, session_header=args.session_header.lower())
-    admin = AdminServicer(router.control)
+    # /v1/health: each dependency's state from health checks of its own (the workers'
+    # from the heartbeats).
+    probes = {
+        name: GrpcHealthProbe(address)
+        for name, address in (
+            ("registry", args.registry),
+            ("estimator", args.estimator),
+            ("storaged", args.storaged),
+        )
+        if address
+    }
+    dependencies = DependencyMonitor(probes, interval_s=args.heartbeat_interval)
+    dependencies.start()
+    admin = AdminServicer(router.control, dependencies)
     # The edge Envoy's control plane: every model's workers, pushed on each fleet change.
     policy = lb_policy_for(args.routing_policy, session_header=args.session_header)
     xds = XdsServer(router.pool, xds_settings(args), policy_for=lambda model: policy)
@@ -438,6 +460,9 @@ async def build_service(
         return [INFERENCE.full_name, ADMIN.full_name, xds.register(server)]
 
     async def cleanup() -> None:
+        await dependencies.stop()
+        for probe in probes.values():
+            await probe.close()
         await xds.stop()
         await router.stop()
         for close in closers:

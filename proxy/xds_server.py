@@ -137,9 +137,9 @@ class XdsSettings:
     max_requests_per_model: int = DEFAULT_MAX_REQUESTS_PER_MODEL
     upstream_tls: UpstreamTls | None = None
     base_routes: tuple[route_components_pb2.Route, ...] = ()
-    # The edge's per-filter config for the whole virtual host (its API-key role for the
-    # OpenAI API): every model route inherits it.
-    base_filter_configs: Mapping[str, any_pb2.Any] = field(default_factory=dict)
+    # What the edge sets on its whole virtual host (the OpenAI API's API-key role, the
+    # per-key rate limits): every model route inherits it. Its routes are base_routes.
+    base_host: route_components_pb2.VirtualHost | None = None
 
     def __post_init__(self) -> None:
         if self.max_requests_per_model < 1:
@@ -168,16 +168,17 @@ def load_base_routes(path: Path) -> tuple[route_components_pb2.Route, ...]:
 
 def load_edge_virtual_host(
     path: Path,
-) -> tuple[tuple[route_components_pb2.Route, ...], dict[str, any_pb2.Any]]:
+) -> tuple[tuple[route_components_pb2.Route, ...], route_components_pb2.VirtualHost | None]:
     """The edge's virtual host as cli/envoy.py writes it (``write_edge_routes``): its
-    routes (the base routes) and its typed_per_filter_config. A JSON list is read as
-    routes alone (see :func:`load_base_routes`). ValueError when it is neither."""
+    routes (the base routes) and the host itself (per-filter config, rate limits). A JSON
+    list is read as routes alone (see :func:`load_base_routes`). ValueError when it is
+    neither."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: {exc}") from None
     if isinstance(data, list):
-        return load_base_routes(path), {}
+        return load_base_routes(path), None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a virtual host (JSON object) or a list of routes")
     host = route_components_pb2.VirtualHost()
@@ -185,7 +186,7 @@ def load_edge_virtual_host(
         json_format.ParseDict(data, host)
     except json_format.ParseError as exc:
         raise ValueError(f"{path}: {exc}") from None
-    return tuple(host.routes), dict(host.typed_per_filter_config)
+    return tuple(host.routes), host
 
 
 # --------------------------------------------------------------------------- resources
@@ -325,12 +326,16 @@ def build_model_route(route: ModelRoute) -> route_components_pb2.Route:
 def build_route_configuration(
     model_routes: Iterable[route_components_pb2.Route],
     base_routes: Sequence[route_components_pb2.Route],
-    filter_configs: Mapping[str, any_pb2.Any] | None = None,
+    base_host: route_components_pb2.VirtualHost | None = None,
 ) -> route_pb2.RouteConfiguration:
     config = route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME)
-    host = config.virtual_hosts.add(name=VIRTUAL_HOST_NAME, domains=["*"])
-    for name, filter_config in (filter_configs or {}).items():
-        host.typed_per_filter_config[name].CopyFrom(filter_config)
+    host = config.virtual_hosts.add()
+    if base_host is not None:  # its settings; its routes come after the model routes
+        host.CopyFrom(base_host)
+        del host.routes[:]
+    host.name = VIRTUAL_HOST_NAME
+    host.ClearField("domains")
+    host.domains.append("*")
     host.routes.extend(model_routes)
     host.routes.extend(base_routes)
     return config
@@ -531,7 +536,7 @@ class XdsStream:
         config = build_route_configuration(
             (resources.routes[name] for name in ready),
             self._settings.base_routes,
-            self._settings.base_filter_configs,
+            self._settings.base_host,
         )
         return _filtered({ROUTE_CONFIG_NAME: config}, state.names), frozenset(ready)
 

@@ -33,7 +33,13 @@ from helios.v1 import (
     storage_pb2_grpc,
 )
 
-from cli.envoy import EnvoyProcess, Upstream, build_descriptor_set, render_envoy_config
+from cli.envoy import (
+    EdgeAccess,
+    EnvoyProcess,
+    Upstream,
+    build_descriptor_set,
+    render_envoy_config,
+)
 from cli.processes import ServiceProcess
 from cli.tinymodel import build_tiny_model
 
@@ -43,6 +49,7 @@ MODEL_A = "helios/tiny-a"
 MODEL_B = "helios/tiny-b"
 KEY = "k-main"
 LIMITED_KEY = "k-limited"  # one request per minute
+ADMIN_KEY = "k-admin"
 # The estimator's figure for a tiny model is ~0.74 GB (CUDA context overhead included):
 # each worker can hold one of them, never two.
 CAPACITY = 900 * 1024 * 1024
@@ -218,6 +225,8 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
             },
             default_grpc_upstream=upstream(proxy),
             metrics_upstream=None,
+            # Keys are the proxy's here (its per-key limits); Envoy guards the admin API.
+            access=EdgeAccess(admin_keys=(ADMIN_KEY,)),
         )
         envoy = await EnvoyProcess.start(config, root / "envoy")
         channel = grpc.aio.insecure_channel(registry.address)
@@ -346,26 +355,33 @@ async def test_rate_limited_request_is_429_with_retry_after(mesh: Mesh) -> None:
 
 
 async def test_admin_rest_paths(mesh: Mesh) -> None:
+    refused = await mesh.rest("GET", "/v1/admin/memory-stats")  # not an admin key
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["error"]["code"] == "UNAUTHENTICATED"
     health = await mesh.rest("GET", "/v1/health")
     assert health.status_code == 200, health.text
     assert health.json()["status"] == "ok"
     assert health.json()["total_workers"] == 2
 
-    preload = await mesh.rest("POST", "/v1/admin/preload", {"model_id": MODEL_B, "replicas": 1})
+    preload = await mesh.rest(
+        "POST", "/v1/admin/preload", {"model_id": MODEL_B, "replicas": 1}, key=ADMIN_KEY
+    )
     assert preload.status_code == 200, preload.text
     assert len(preload.json()["workers"]) == 1
-    stats = await mesh.rest("GET", "/v1/admin/memory-stats")
+    stats = await mesh.rest("GET", "/v1/admin/memory-stats", key=ADMIN_KEY)
     assert stats.status_code == 200, stats.text
     held = {m for w in stats.json()["workers"] for m in w.get("models", [])}
     assert {MODEL_A, MODEL_B} <= held
 
-    scale = await mesh.rest("POST", "/v1/admin/scale", {"model_id": MODEL_B, "replicas": 0})
+    scale = await mesh.rest(
+        "POST", "/v1/admin/scale", {"model_id": MODEL_B, "replicas": 0}, key=ADMIN_KEY
+    )
     assert scale.status_code == 200, scale.text
     assert not scale.json().get("workers")
-    evict = await mesh.rest("DELETE", f"/v1/admin/evict/{MODEL_A}")
+    evict = await mesh.rest("DELETE", f"/v1/admin/evict/{MODEL_A}", key=ADMIN_KEY)
     assert evict.status_code == 200, evict.text
     assert len(evict.json()["workers"]) == 1
-    unknown = await mesh.rest("DELETE", "/v1/admin/evict/nobody/nothing")
+    unknown = await mesh.rest("DELETE", "/v1/admin/evict/nobody/nothing", key=ADMIN_KEY)
     assert unknown.status_code == 404, unknown.text
     models = await _models(mesh)
     assert models[MODEL_A]["warm_status"] == "cold"

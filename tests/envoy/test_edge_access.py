@@ -37,6 +37,7 @@ from cli.envoy import EdgeAccess, EnvoyProcess, Upstream, render_envoy_config
 
 INFERENCE_KEY = "inference-secret"
 ADMIN_KEY = "admin-secret"
+LIMITED_KEY = "limited-secret"  # 2 requests a minute
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,11 @@ def edge(tmp_path_factory: pytest.TempPathFactory, descriptor: Path) -> Iterator
             },
             default_grpc_upstream=upstream,
             metrics_upstream=Upstream("metrics", "127.0.0.1", metrics.server_address[1]),
-            access=EdgeAccess(inference_keys=(INFERENCE_KEY,), admin_keys=(ADMIN_KEY,)),
+            access=EdgeAccess(
+                inference_keys=(INFERENCE_KEY, LIMITED_KEY),
+                admin_keys=(ADMIN_KEY,),
+                requests_per_minute=((LIMITED_KEY, 2),),
+            ),
         )
         workdir = tmp_path_factory.mktemp("envoy-access")
         envoy = loop.run(EnvoyProcess.start(config, workdir, ready_timeout=30.0))
@@ -83,6 +88,13 @@ def edge(tmp_path_factory: pytest.TempPathFactory, descriptor: Path) -> Iterator
 def rest(
     edge: Edge, method: str, path: str, key: str | None, body: object | None = None
 ) -> tuple[int, dict[str, object]]:
+    status, _, answer = rest_with_headers(edge, method, path, key, body)
+    return status, answer
+
+
+def rest_with_headers(
+    edge: Edge, method: str, path: str, key: str | None, body: object | None = None
+) -> tuple[int, dict[str, str], dict[str, object]]:
     headers = {"Content-Type": "application/json"}
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
@@ -92,14 +104,13 @@ def rest(
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            raw = response.read()
-            status = response.status
+            raw, status, headers = response.read(), response.status, dict(response.headers)
     except urllib.error.HTTPError as error:
-        raw, status = error.read(), error.code
+        raw, status, headers = error.read(), error.code, dict(error.headers)
     try:
-        return status, json.loads(raw)
+        return status, headers, json.loads(raw)
     except ValueError:
-        return status, {"raw": raw.decode(errors="replace")}
+        return status, headers, {"raw": raw.decode(errors="replace")}
 
 
 def grpc_code(edge: Edge, call: str, key: str | None) -> tuple[grpc.StatusCode, str]:
@@ -164,6 +175,8 @@ def test_openai_api_needs_an_inference_or_admin_key(edge: Edge) -> None:
     status, body = rest(edge, "GET", "/v1/models", None)
     assert status == 401
     assert body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    assert body["error"]["code"] == "UNAUTHENTICATED"  # type: ignore[index]
+    assert "Bearer" in body["error"]["message"]  # type: ignore[index]
     assert rest(edge, "GET", "/v1/models", "wrong")[0] == 401
     assert rest(edge, "GET", "/v1/models", INFERENCE_KEY)[0] == 200
     assert rest(edge, "GET", "/v1/models", ADMIN_KEY)[0] == 200
@@ -178,6 +191,7 @@ def test_admin_api_needs_the_admin_key(edge: Edge) -> None:
         status, body = rest(edge, "DELETE", "/v1/admin/evict/org/model", key)
         assert status == expected, body
         assert body["error"]["type"] in {"authentication_error", "permission_error"}  # type: ignore[index]
+        assert body["error"]["code"] in {"UNAUTHENTICATED", "PERMISSION_DENIED"}  # type: ignore[index]
         assert rest(edge, "GET", "/v1/admin/memory-stats", key)[0] == expected
         assert rest(edge, "GET", "/v1/metrics", key)[0] == expected
     assert grpc_code(edge, "admin", INFERENCE_KEY)[0] == grpc.StatusCode.PERMISSION_DENIED
@@ -235,3 +249,15 @@ def test_a_client_cannot_claim_an_identity(edge: Edge) -> None:
         return [v for k, v in metadata if k == "x-helios-client"]
 
     assert edge.run(run()) == []
+
+
+def test_per_key_request_rate_limit(edge: Edge) -> None:
+    """Envoy's local rate limit, per key: the third request in a minute of a 2/min key is
+    429 with Retry-After and an OpenAI rate_limit_error; other keys are not held back."""
+    answers = [rest_with_headers(edge, "GET", "/v1/models", LIMITED_KEY) for _ in range(3)]
+    assert [status for status, _, _ in answers] == [200, 200, 429]
+    _, headers, body = answers[2]
+    assert int(headers["retry-after"]) >= 1
+    assert body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert body["error"]["code"] == "RESOURCE_EXHAUSTED", (headers, body)  # type: ignore[index]
+    assert all(rest(edge, "GET", "/v1/models", INFERENCE_KEY)[0] == 200 for _ in range(5))
