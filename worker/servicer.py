@@ -78,8 +78,8 @@ def generation_request_from_pb(request: pb.GenerateRequest) -> GenerationRequest
     s = request.sampling
     if s.max_tokens < 1:
         raise InvalidArgumentError("sampling.max_tokens: must be >= 1")
-    if s.temperature < 0:
-        raise InvalidArgumentError("sampling.temperature: must be >= 0")
+    if not 0 <= s.temperature < float("inf"):  # NaN fails this too
+        raise InvalidArgumentError("sampling.temperature: must be a finite number >= 0")
     if not 0 < s.top_p <= 1:
         raise InvalidArgumentError("sampling.top_p: must be in (0, 1]")
     if s.top_k < 0:

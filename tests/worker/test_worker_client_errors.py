@@ -121,3 +121,14 @@ async def test_faulty_requests_are_invalid_argument_and_the_worker_stays_healthy
     assert statuses[1::2] == ["INVALID_ARGUMENT"] * len(good)
     await assert_healthy(stub)
     assert len(await token_ids(stub, request("after"))) == 8
+
+
+@pytest.mark.parametrize("temperature", [NAN, INF, -INF])
+async def test_non_finite_temperature_is_refused_at_the_edge(
+    stub: worker_pb2_grpc.WorkerServiceStub, temperature: float
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await token_ids(stub, request("non-finite", temperature=temperature))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sampling.temperature" in (caught.value.details() or "")
+    await assert_healthy(stub)
