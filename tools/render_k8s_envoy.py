@@ -1,7 +1,13 @@
 """Render the Kubernetes gateway's Envoy config from cli/envoy.py (the same code as
-`helios up`), with Kubernetes Service DNS names as upstreams.
+`helios up`), with Kubernetes Service DNS names as upstreams: the bootstrap (its routes
+and per-model clusters come from the proxy's ADS), the descriptor set, and the edge's
+virtual host that the proxy serves as its base routes (--edge-routes).
 
-    python tools/render_k8s_envoy.py           # rewrite deploy/base/envoy/{envoy.json,helios.pb}
+The gateway has no API keys baked in: the OpenAI API is open at the gateway (put keys in
+front with your ingress, or render with keys into a Secret-backed file of your own) and
+the admin API is closed there (use `kubectl port-forward` to the proxy for admin calls).
+
+    python tools/render_k8s_envoy.py           # rewrite deploy/base/envoy/*
     python tools/render_k8s_envoy.py --check   # exit 1 if the committed files are stale
 """
 
@@ -17,7 +23,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "gen"))
 
-from cli.envoy import Upstream, build_descriptor_set, render_envoy_config  # noqa: E402
+from cli.envoy import (  # noqa: E402
+    EdgeAccess,
+    Upstream,
+    build_descriptor_set,
+    edge_virtual_host,
+    render_envoy_config,
+    write_edge_routes,
+)
 
 OUT_DIR = REPO_ROOT / "deploy" / "base" / "envoy"
 NAMESPACE = "helios"
@@ -37,21 +50,30 @@ def render(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     build_descriptor_set(out_dir / "helios.pb")
     proxy = _svc("helios-proxy")
+    services = {
+        "helios.v1.InferenceService": proxy,
+        "helios.v1.AdminService": proxy,
+        "helios.v1.EstimatorService": _svc("helios-estimator"),
+        "helios.v1.RegistryService": _svc("helios-registry"),
+    }
+    metrics = _svc("helios-proxy", METRICS_PORT, "helios-proxy-metrics")
     config = render_envoy_config(
         listen_host="0.0.0.0",
         listen_port=LISTEN_PORT,
         admin_port=ADMIN_PORT,
         descriptor_path=MOUNTED_DESCRIPTOR,
-        grpc_upstreams={
-            "helios.v1.InferenceService": proxy,
-            "helios.v1.AdminService": proxy,
-            "helios.v1.EstimatorService": _svc("helios-estimator"),
-            "helios.v1.RegistryService": _svc("helios-registry"),
-            "helios.v1.StorageService": _svc("helios-storaged"),
-        },
+        grpc_upstreams=services,
         default_grpc_upstream=proxy,
-        metrics_upstream=_svc("helios-proxy", METRICS_PORT, "helios-proxy-metrics"),
+        metrics_upstream=metrics,
+        xds_upstream=proxy,
     )
+    virtual_host, _ = edge_virtual_host(
+        grpc_upstreams=services,
+        default_grpc_upstream=proxy,
+        metrics_upstream=metrics,
+        access=EdgeAccess(),
+    )
+    write_edge_routes(out_dir / "edge-routes.json", virtual_host)
     tmp = out_dir / ".envoy.json.tmp"
     with tmp.open("w", encoding="utf-8") as f:
         f.write(config)
@@ -72,7 +94,7 @@ def main() -> int:
         render(Path(tmp))
         stale = [
             name
-            for name in ("envoy.json", "helios.pb")
+            for name in ("envoy.json", "helios.pb", "edge-routes.json")
             if not (OUT_DIR / name).is_file()
             or (OUT_DIR / name).read_bytes() != (Path(tmp) / name).read_bytes()
         ]
