@@ -236,10 +236,19 @@ def build_cluster(route: ModelRoute, settings: XdsSettings) -> cluster_pb2.Clust
         "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
         "lb_policy": _LB[policy.kind],
         "common_lb_config": common,
+        # Envoy ejects a worker only for failures of the connection itself (refused,
+        # reset, timed out). A gRPC status a worker answers is not judged here: a client's
+        # own short deadline comes back as 504 and must never count against a worker
+        # (issue 16); a worker whose engine is dead fails its heartbeat's health check and
+        # the control plane takes it out of EDS, while retries route around it meanwhile.
         "outlier_detection": {
-            "consecutive_5xx": 3,
-            "consecutive_gateway_failure": 3,
-            "enforcing_consecutive_gateway_failure": 100,
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 3,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "enforcing_consecutive_5xx": 0,
+            "enforcing_consecutive_gateway_failure": 0,
+            "enforcing_success_rate": 0,
+            "enforcing_local_origin_success_rate": 0,
             "interval": "1s",
             "base_ejection_time": "5s",
             "max_ejection_percent": 100,
