@@ -1,15 +1,20 @@
-"""Added latency of the proxy hop and of Envoy + proxy; token relay cost per token.
+"""Added latency of the data plane (Envoy in front of the worker); relay cost per token;
+the proxy's CPU while warm traffic flows.
 
 The worker is bench/zero_worker.py: its engine streams tokens AT NO COST (no model, no
-compute), so what is measured is the mesh itself. Three targets, same run, same client:
+compute), so what is measured is the mesh itself. Targets, same run, same client:
 
-- direct: WorkerService.Generate on the worker
-- proxy:  InferenceService.StreamCompletion on the proxy (one more gRPC hop + relay)
-- envoy:  the same through Envoy's front door (gRPC) to the proxy
-- rest:   POST /v1/completions (stream, SSE) through Envoy: transcoding, the Lua filter,
-          JSON and SSE on top (the client is aiohttp, keep-alive HTTP/1.1: httpx spent
-          ~3-4 ms of CPU per request here, and at 64 streams the bench's own client then
-          was most of the "added" latency; aiohttp spends ~0.3 ms, a gRPC client ~0.4)
+- direct: InferenceService.StreamCompletion on the worker itself
+- envoy:  the same through Envoy's front door, gRPC with the x-helios-model header: the
+          route the proxy pushed over xDS sends it straight to the worker
+- rest:   POST /v1/completions (stream, SSE) through Envoy: transcoding, the Lua filter
+          (it sets the model header from the body), JSON and SSE on top (the client is
+          aiohttp, keep-alive HTTP/1.1: httpx spent ~3-4 ms of CPU per request here)
+- relay:  for comparison, the proxy's own InferenceService (the cold path's relay, which
+          every request took before Envoy became the data plane)
+
+The proxy's CPU seconds are read (psutil) over the warm rounds and over an idle stretch
+of the same length: warm requests should cost it nothing beyond heartbeats and pushes.
 
 Latency of max_tokens=1 streams at 1 and 64 concurrent streams, two ways: the time to
 the first token (the first streamed message: what a user waits for) and the whole
@@ -28,7 +33,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -37,9 +41,18 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helios.v1 import inference_pb2, inference_pb2_grpc, worker_pb2, worker_pb2_grpc
+import psutil
+from helios.v1 import inference_pb2, inference_pb2_grpc
 
-from cli.envoy import EnvoyProcess, Upstream, build_descriptor_set, render_envoy_config
+from cli.envoy import (
+    EdgeAccess,
+    EnvoyProcess,
+    Upstream,
+    build_descriptor_set,
+    edge_virtual_host,
+    render_envoy_config,
+    write_edge_routes,
+)
 from cli.processes import ServiceProcess
 
 MODEL = "zero"
@@ -49,29 +62,14 @@ RELAY_TOKENS = 2000
 Call = Callable[[int], Awaitable[float]]
 
 
-def direct_call(channel: grpc.aio.Channel) -> Call:
-    stub = worker_pb2_grpc.WorkerServiceStub(channel)
-
-    async def call(max_tokens: int) -> float:
-        request = worker_pb2.GenerateRequest(
-            request_id=uuid.uuid4().hex,
-            model=MODEL,
-            prompt="hi",
-            sampling=worker_pb2.SamplingParams(max_tokens=max_tokens, top_p=1.0),
-        )
-        return await first_message_at(stub.Generate(request, timeout=60))
-
-    return call
-
-
-def proxy_call(channel: grpc.aio.Channel) -> Call:
+def inference_call(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...] = ()) -> Call:
     stub = inference_pb2_grpc.InferenceServiceStub(channel)
 
     async def call(max_tokens: int) -> float:
         params = inference_pb2.CompletionParams(model=MODEL, max_tokens=max_tokens)
         params.prompt.string_value = "hi"
         request = inference_pb2.StreamCompletionRequest(params=params)
-        return await first_message_at(stub.StreamCompletion(request, timeout=60))
+        return await first_message_at(stub.StreamCompletion(request, timeout=60, metadata=metadata))
 
     return call
 
@@ -128,6 +126,42 @@ async def relay_seconds(call: Call, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+async def wait_for_route(envoy: EnvoyProcess) -> None:
+    """Until Envoy has the model's route from the proxy (its cluster has a member)."""
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://{envoy.admin_host}:{envoy.admin_port}/clusters"
+            async with session.get(url) as response:
+                if "helios-model-zero-" in await response.text():
+                    return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("Envoy never got the model's route from the proxy")
+
+
+async def proxy_cpu(process: psutil.Process, calls: dict[str, Call], requests: int) -> None:
+    """The proxy's CPU seconds over warm requests through Envoy, and over an idle stretch
+    as long (its heartbeats and pushes alone)."""
+
+    def cpu() -> float:
+        times = process.cpu_times()
+        return float(times.user + times.system)
+
+    started, cpu_before = time.perf_counter(), cpu()
+    for call in calls.values():
+        await latencies(call, 8, requests)
+    busy, cpu_busy = time.perf_counter() - started, cpu() - cpu_before
+    cpu_before = cpu()
+    await asyncio.sleep(busy)
+    cpu_idle = cpu() - cpu_before
+    total = requests * len(calls)
+    print(
+        f"\nproxy CPU: {cpu_busy * 1e3:.0f} ms over {total} warm requests through Envoy"
+        f" ({busy:.1f} s); {cpu_idle * 1e3:.0f} ms idle over the same time (heartbeats,"
+        f" pushes): {(cpu_busy - cpu_idle) / total * 1e6:+.1f} us per warm request"
+    )
+
+
 async def run(requests: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="helios-proxy-bench-") as tmp:
         root = Path(tmp)
@@ -137,8 +171,19 @@ async def run(requests: int, rounds: int) -> None:
         )
         await worker.start()
         await worker.wait_ready(60)
+        upstreams = {"helios.v1.InferenceService": Upstream("proxy", "127.0.0.1", 0)}
+        virtual_host, _ = edge_virtual_host(
+            grpc_upstreams=upstreams,
+            default_grpc_upstream=upstreams["helios.v1.InferenceService"],
+            metrics_upstream=None,
+            access=EdgeAccess(),
+        )
+        edge_routes = write_edge_routes(root / "edge-routes.json", virtual_host)
         proxy = ServiceProcess(
-            "proxy", "proxy.server", ["--worker", worker.address, "--idle-ttl", "0"], root
+            "proxy",
+            "proxy.server",
+            ["--worker", worker.address, "--idle-ttl", "0", "--edge-routes", str(edge_routes)],
+            root,
         )
         await proxy.start()
         await proxy.wait_ready(60)
@@ -151,13 +196,15 @@ async def run(requests: int, rounds: int) -> None:
             grpc_upstreams={"helios.v1.InferenceService": upstream},
             default_grpc_upstream=upstream,
             metrics_upstream=None,
+            xds_upstream=upstream,
         )
         envoy = await EnvoyProcess.start(config, root / "envoy")
+        proxy_process = psutil.Process(proxy.ready["pid"])
         try:
             channels = {
                 "direct": grpc.aio.insecure_channel(worker.address),
-                "proxy": grpc.aio.insecure_channel(proxy.address),
                 "envoy": grpc.aio.insecure_channel(f"127.0.0.1:{envoy.listen_port}"),
+                "relay": grpc.aio.insecure_channel(proxy.address),
             }
             rest = aiohttp.ClientSession(
                 base_url=envoy.base_url,
@@ -166,11 +213,12 @@ async def run(requests: int, rounds: int) -> None:
                 timeout=aiohttp.ClientTimeout(total=60),
             )
             calls = {
-                "direct": direct_call(channels["direct"]),
-                "proxy": proxy_call(channels["proxy"]),
-                "envoy": proxy_call(channels["envoy"]),
+                "direct": inference_call(channels["direct"]),
+                "envoy": inference_call(channels["envoy"], (("x-helios-model", MODEL),)),
                 "rest": rest_call(rest),
+                "relay": inference_call(channels["relay"]),
             }
+            await wait_for_route(envoy)
             for call in calls.values():  # warm up connections and code paths
                 await latencies(call, 8, 64)
             print("zero-cost engine (bench/zero_engine.py): the mesh is what is measured\n")
@@ -206,6 +254,7 @@ async def run(requests: int, rounds: int) -> None:
                             f"{name:<8} {concurrency:>7} {kind:<13} {p50 * 1e3:>8.3f}"
                             f" {p99 * 1e3:>8.3f} {added[0]:>13} {added[1]:>13}"
                         )
+            await proxy_cpu(proxy_process, {k: calls[k] for k in ("envoy", "rest")}, requests)
             relay = {name: await relay_seconds(c) for name, c in calls.items()}
             print(f"\nrelay of one {RELAY_TOKENS}-token stream (median of 5):")
             for name, seconds in relay.items():

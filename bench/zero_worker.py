@@ -1,6 +1,6 @@
 """BENCH ONLY: a worker process whose engine is the zero-cost token generator.
 
-Same flags and WorkerService as ``python -m worker.server``; models given with
+Same flags, WorkerService and InferenceService as ``python -m worker.server``; models given with
 ``--model NAME=PATH`` are served by :class:`bench.zero_engine.ZeroCostEngine` (PATH must
 be a directory; nothing in it is read but its weight files' sizes).
 """
@@ -11,15 +11,15 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import grpc
-from helios.v1 import worker_pb2_grpc
-
 from bench.zero_engine import ZeroCostEngine
+from openai_compat.servicer import InferenceServicer
 from runtime.config import settings_from_args
 from runtime.server import Cleanup, Register, run
 from worker.engine.base import EngineClient
+from worker.inference import EngineBackend
+from worker.metrics import UsageLedger
 from worker.models import ModelManager
-from worker.server import SERVICE_NAME, build_parser, parse_model_spec
+from worker.server import build_parser, parse_model_spec, register_services
 from worker.servicer import WorkerServicer
 
 logger = logging.getLogger(__name__)
@@ -41,13 +41,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, path in models:
             async for step in manager.load(name, path):
                 logger.info(step.message, extra={"model": name})
-        servicer = WorkerServicer(manager, worker_id=args.worker_id)
-
-        def register(server: grpc.aio.Server) -> list[str]:
-            worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
-            return [SERVICE_NAME]
-
-        return register, manager.shutdown
+        usage = UsageLedger()
+        servicer = WorkerServicer(manager, worker_id=args.worker_id, usage=usage)
+        inference = InferenceServicer(EngineBackend(manager, usage, role=args.role))
+        return register_services(servicer, inference), manager.shutdown
 
     run(settings, build)
 
