@@ -324,6 +324,13 @@ local function rewrite_error(handle, status)
     code = '"' .. GRPC_CODE_NAMES[code_number] .. '"'
   end
 
+  if status == 503 and headers:get("x-envoy-overloaded") ~= nil then
+    -- A model's circuit breaker is full (Envoy sheds): say when to come back.
+    code = '"UNAVAILABLE"'
+    message = json_string("the model is at capacity; retry after Retry-After seconds")
+    headers:replace("retry-after", "1")
+  end
+
   local out = '{"error":{"message":' .. message .. ',"type":"' .. error_type(status)
     .. '","param":null,"code":' .. code .. "}}"
   body:setBytes(out)

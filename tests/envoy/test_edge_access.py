@@ -9,6 +9,7 @@ call refused at the edge is seen never to arrive.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -261,3 +262,57 @@ def test_per_key_request_rate_limit(edge: Edge) -> None:
     assert body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
     assert body["error"]["code"] == "RESOURCE_EXHAUSTED", (headers, body)  # type: ignore[index]
     assert all(rest(edge, "GET", "/v1/models", INFERENCE_KEY)[0] == 200 for _ in range(5))
+
+
+def test_shedding_is_503_with_retry_after(
+    tmp_path_factory: pytest.TempPathFactory, descriptor: Path
+) -> None:
+    """A model's cluster at its request limit sheds at Envoy (circuit breaker): an
+    OpenAI-shaped 503 with Retry-After, not a queue without bound."""
+    loop = BackgroundLoop()
+    server, port, _ = loop.run(start_fake_server())
+    config = json.loads(
+        render_envoy_config(
+            listen_host="127.0.0.1",
+            listen_port=0,
+            admin_port=0,
+            descriptor_path=descriptor,
+            grpc_upstreams={"helios.v1.InferenceService": Upstream("fake", "127.0.0.1", port)},
+            default_grpc_upstream=Upstream("fake", "127.0.0.1", port),
+            metrics_upstream=None,
+        )
+    )
+    # One request at a time and no pending queue: the second concurrent one is shed.
+    (cluster,) = config["static_resources"]["clusters"]
+    cluster["circuit_breakers"]["thresholds"][0].update(max_requests=1, max_pending_requests=1)
+    envoy = loop.run(EnvoyProcess.start(json.dumps(config), tmp_path_factory.mktemp("shed")))
+    try:
+        edge = Edge(envoy=envoy, fake=None, fake_port=port, loop=loop, descriptor=descriptor)  # type: ignore[arg-type]
+        body = {
+            "model": "slow-stream",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+        }
+
+        async def slow_then_second() -> tuple[int, dict[str, str], dict[str, object]]:
+            first = asyncio.create_task(
+                asyncio.to_thread(
+                    rest_with_headers, edge, "POST", "/v1/chat/completions", None, body
+                )
+            )
+            await asyncio.sleep(0.5)  # the first stream holds the only request slot
+            second = await asyncio.to_thread(
+                rest_with_headers, edge, "POST", "/v1/chat/completions", None, body
+            )
+            await first
+            return second
+
+        status, headers, answer = loop.run(slow_then_second())
+        assert status == 503, answer
+        assert headers["retry-after"] == "1"
+        assert answer["error"]["type"] == "service_unavailable"  # type: ignore[index]
+        assert "capacity" in answer["error"]["message"]  # type: ignore[index]
+    finally:
+        loop.run(envoy.stop())
+        loop.run(server.stop(None))
+        loop.close()
