@@ -213,8 +213,36 @@ class UnloadModelResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., aborted_requests: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("prefill_pools",)
+    PREFILL_POOLS_FIELD_NUMBER: _ClassVar[int]
+    prefill_pools: PrefillPools
+    def __init__(self, prefill_pools: _Optional[_Union[PrefillPools, _Mapping]] = ...) -> None: ...
+
+class PrefillPools(_message.Message):
+    __slots__ = ("pools",)
+    POOLS_FIELD_NUMBER: _ClassVar[int]
+    pools: _containers.RepeatedCompositeFieldContainer[PrefillPool]
+    def __init__(self, pools: _Optional[_Iterable[_Union[PrefillPool, _Mapping]]] = ...) -> None: ...
+
+class PrefillPool(_message.Message):
+    __slots__ = ("model", "endpoints")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    endpoints: _containers.RepeatedCompositeFieldContainer[PrefillEndpoint]
+    def __init__(self, model: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[PrefillEndpoint, _Mapping]]] = ...) -> None: ...
+
+class PrefillEndpoint(_message.Message):
+    __slots__ = ("address", "running_requests", "waiting_requests", "kv_cache_usage")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    running_requests: int
+    waiting_requests: int
+    kv_cache_usage: float
+    def __init__(self, address: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ...) -> None: ...
 
 class LoadedModel(_message.Message):
     __slots__ = ("model", "state", "engine", "running_requests", "waiting_requests", "kv_cache_usage", "prefix_cache_hit_rate", "generated_tokens_total", "aborted_requests_total", "error", "requests_total", "prompt_tokens_total", "completion_tokens_total", "last_request_unix_ms")
