@@ -63,9 +63,13 @@ def rewrap(
     *,
     unary: Callable[[Behavior], Any],
     stream: Callable[[Behavior], Any],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler:
-    """A copy of ``handler`` whose behavior is wrapped by ``unary`` or ``stream``."""
+    """A copy of ``handler`` whose behavior is wrapped by ``unary`` or ``stream`` (and
+    whose request deserializer is ``request_deserializer`` when given)."""
     des, ser = handler.request_deserializer, handler.response_serializer
+    if request_deserializer is not None:
+        des = request_deserializer
     # Exactly one behavior is set, the one matching the two streaming flags.
     if handler.request_streaming and handler.response_streaming:
         behavior: Behavior | None = handler.stream_stream

@@ -4,9 +4,17 @@
   metadata, which :func:`runtime.channels.create_channel` sends).
 - Metrics: started / handled (by final status) / in flight / handling time.
 - Errors: servicers raise :class:`runtime.errors.HeliosError` subclasses, turned into
-  ``context.abort(status_code, message)`` here. Anything else is a bug: it is logged with
+  ``context.abort(status_code, message)`` here (the message cut to
+  :data:`runtime.limits.MAX_ERROR_MESSAGE_CHARS`). Anything else is a bug: it is logged with
   its traceback and the client gets INTERNAL with a generic message, so internals (paths,
   SQL, stack frames) never leak over the wire.
+- Request bytes: each request message is checked against its method's size limit
+  (:func:`runtime.limits.request_limit`) before it is parsed, and a message that does not
+  parse (corrupt wire format, bad UTF-8 in a string, nesting past protobuf's depth limit)
+  is INVALID_ARGUMENT, logged once per cause and method a minute, not a traceback per
+  request. grpc.aio would answer a request deserializer's exception with UNKNOWN and the
+  exception's text, and log its traceback: so the deserializer here never raises; it
+  hands the wrapper a :class:`_Rejected` marker that the wrapper turns into the status.
 
 One interceptor rather than three stacked ones because each layer costs every RPC (and
 every streamed message) a coroutine hop and a rebuilt handler; on the proxy's hot path
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -25,11 +34,12 @@ import grpc
 import grpc.aio
 
 from runtime._handlers import Behavior, call_unary, iterate_result, rewrap, split_method
-from runtime.errors import HeliosError
+from runtime.errors import HeliosError, InvalidArgumentError
+from runtime.limits import MAX_ERROR_MESSAGE_CHARS, request_limit
 from runtime.metrics import MethodMetrics, RpcObservation, final_code
 from runtime.tracing import RpcSpan
 
-__all__ = ["INTERNAL_MESSAGE", "RuntimeInterceptor"]
+__all__ = ["DECODE_LOG_INTERVAL_S", "INTERNAL_MESSAGE", "RuntimeInterceptor"]
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +51,110 @@ INTERNAL_MESSAGE = "internal error"
 _PASSTHROUGH: tuple[type[BaseException], ...] = (grpc.aio.AbortError, asyncio.CancelledError)
 
 
+# A request that could not be decoded is logged at most once per (method, cause) in this
+# many seconds; the next record says how many were not logged.
+DECODE_LOG_INTERVAL_S = 60.0
+
+
+class _Rejected:
+    """What the guarded deserializer returns for a request it will not hand a servicer."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class _DecodeLog:
+    """Rate-limited warnings for requests that do not decode: one record per cause."""
+
+    def __init__(self, interval_s: float = DECODE_LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        # (method, cause) -> (monotonic time of the last record, requests since it)
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def note(self, method: str, cause: str) -> None:
+        key = (method, cause)
+        now = time.monotonic()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.interval_s:
+            self._seen[key] = (last[0], last[1] + 1)
+            return
+        if len(self._seen) > 1024:  # bounded whatever the causes
+            self._seen.clear()
+        suppressed = last[1] if last is not None else 0
+        self._seen[key] = (now, 0)
+        log.warning(
+            "undecodable request to %s: %s",
+            method,
+            cause,
+            extra={
+                "grpc_method": method,
+                "grpc_code": grpc.StatusCode.INVALID_ARGUMENT.name,
+                "not_logged_since_last": suppressed,
+            },
+        )
+
+
+_decode_log = _DecodeLog()
+
+
+def _decode_cause(exc: Exception) -> str:
+    """What is wrong with an undecodable message, in words safe to send the client."""
+    text = str(exc)
+    if "UTF-8" in text:
+        return "a string field is not valid UTF-8"
+    if "Depth" in text or "recursion" in text.lower() or isinstance(exc, RecursionError):
+        return "the message is nested too deeply"
+    return "the message is not a valid protobuf encoding"
+
+
+def _guarded_deserializer(
+    deserializer: Callable[[bytes], Any] | None, method: str
+) -> Callable[[bytes], Any]:
+    limit = request_limit(method)
+
+    def deserialize(raw: bytes) -> Any:
+        if len(raw) > limit:
+            return _Rejected(f"request too large: {len(raw)} bytes, at most {limit} for {method}")
+        if deserializer is None:
+            return raw
+        try:
+            return deserializer(raw)
+        except Exception as exc:  # protobuf's DecodeError, RecursionError, ...
+            cause = _decode_cause(exc)
+            _decode_log.note(method, cause)
+            return _Rejected(f"request cannot be decoded: {cause}")
+
+    return deserialize
+
+
+async def _checked_requests(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A client stream's requests; InvalidArgumentError at the first rejected one."""
+    async for request in requests:
+        if type(request) is _Rejected:
+            raise InvalidArgumentError(request.message)
+        yield request
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_ERROR_MESSAGE_CHARS:
+        return message
+    return message[: MAX_ERROR_MESSAGE_CHARS - 15] + "... (truncated)"
+
+
 async def _map_error(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
     """Abort the RPC for ``exc``. Always raises (whatever context.abort raises)."""
     if isinstance(exc, HeliosError):
+        message = _bounded(exc.message)
         log.debug(
             "%s -> %s: %s",
             method,
             exc.status_code.name,
-            exc.message,
+            message,
             extra={"grpc_method": method, "grpc_code": exc.status_code.name},
         )
-        await context.abort(exc.status_code, exc.message)
+        await context.abort(exc.status_code, message)
     else:
         log.error(
             "unhandled %s in %s",
@@ -92,6 +195,16 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     service, name = split_method(method)
     metrics = MethodMetrics(service, name)
+    request_streaming = bool(handler.request_streaming)
+
+    def checked(request: Any) -> Any:
+        """The request a servicer gets: a client stream checked message by message; a
+        single rejected message raised here (inside the wrapper, so it is mapped)."""
+        if request_streaming:
+            return _checked_requests(request)
+        if type(request) is _Rejected:
+            raise InvalidArgumentError(request.message)
+        return request
 
     def start(context: grpc.aio.ServicerContext) -> tuple[RpcObservation, RpcSpan]:
         return RpcObservation(metrics), RpcSpan(
@@ -104,7 +217,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
             token = span.enter()
             try:
                 try:
-                    response = await call_unary(behavior, request, context)
+                    response = await call_unary(behavior, checked(request), context)
                 except _PASSTHROUGH:
                     raise
                 except Exception as exc:
@@ -127,7 +240,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
             token = span.enter()
             try:
                 try:
-                    result = behavior(request, context)
+                    result = behavior(checked(request), context)
                     if isinstance(result, AsyncGenerator):
                         # The usual servicer style, re-yielded here directly: one
                         # generator layer less for every message.
@@ -159,7 +272,12 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
 
         return wrapper
 
-    return rewrap(handler, unary=unary, stream=stream)
+    return rewrap(
+        handler,
+        unary=unary,
+        stream=stream,
+        request_deserializer=_guarded_deserializer(handler.request_deserializer, method),
+    )
 
 
 def _finish(observation: RpcObservation, span: RpcSpan, code: str) -> None:

@@ -21,7 +21,7 @@ import signal
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -35,6 +35,11 @@ from runtime.channels import MAX_MESSAGE_BYTES, set_default_client_tls
 from runtime.config import ServerSettings
 from runtime.gcheap import freeze_long_lived
 from runtime.interceptors import RuntimeInterceptor
+from runtime.limits import (
+    METADATA_HARD_LIMIT_BYTES,
+    METADATA_SOFT_LIMIT_BYTES,
+    server_receive_limit,
+)
 from runtime.logging import configure_logging
 from runtime.metrics import MetricsServer, serve_metrics
 from runtime.tls import channel_credentials, server_credentials
@@ -60,9 +65,14 @@ Cleanup = Callable[[], Awaitable[None]]
 Build = Callable[[], Awaitable[tuple[Register, Cleanup | None]]]
 
 SERVER_OPTIONS: tuple[tuple[str, int | str], ...] = (
-    # Same limit as runtime.channels so neither end rejects what the other sends.
+    # Responses (KV cache frames, blob chunks) up to what runtime.channels receives. What a
+    # server *receives* is sized per server by start_server (see _receive_options).
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Request headers: the edge admits 8 KiB (runtime.limits); grpc's default soft limit
+    # (8 KiB, refusing at random up to a 16 KiB hard limit) would refuse that plus what
+    # Envoy adds as RESOURCE_EXHAUSTED, which a REST client sees as 429.
+    ("grpc.max_metadata_size", METADATA_SOFT_LIMIT_BYTES),
+    ("grpc.absolute_max_metadata_size", METADATA_HARD_LIMIT_BYTES),
     # Accept the keepalive pings create_channel sends (every 30 s, also when idle);
     # grpc's default policy would answer them with GOAWAY "too_many_pings".
     ("grpc.keepalive_permit_without_calls", 1),
@@ -144,6 +154,45 @@ class RunningServer:
         await asyncio.shield(self.server.wait_for_termination())
 
 
+class _HandlerRecorder:
+    """Stands in for the server while ``register`` runs: it keeps the handlers, so that the
+    real server can be built with a receive limit sized to the services it hosts (grpc's
+    options are fixed when the server is made), then replays them onto it.
+
+    Why per server and not one limit for all: grpc.max_receive_message_length is
+    server-wide and grpc core enforces it before any Python runs, so it is the only limit
+    that keeps an oversized message out of memory. A per-method limit can only be checked
+    once the message is in (runtime.interceptors checks it before parsing). So each
+    server's core limit is the largest its own methods need (storaged: 64 KiB; a worker or
+    the proxy: a completion request), and each method's own limit applies below that.
+    """
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.services: list[str] = []
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._calls.append(("add_generic_rpc_handlers", (handlers,)))
+        for handler in handlers:
+            name = getattr(handler, "service_name", None)
+            self.services.append(name() if callable(name) else "")
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        self._calls.append(("add_registered_method_handlers", (service, handlers)))
+        self.services.append(service)
+
+    def __getattr__(self, name: str) -> Any:
+        raise TypeError(f"register() may only add handlers to the server, not call {name}()")
+
+    def replay(self, server: grpc.aio.Server) -> None:
+        for name, args in self._calls:
+            getattr(server, name)(*args)
+
+
+def _receive_options(services: Sequence[str]) -> list[tuple[str, int | str]]:
+    return [("grpc.max_receive_message_length", server_receive_limit(services))]
+
+
 def _host_for_address(host: str) -> str:
     # IPv6 literals need brackets in "host:port".
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -221,17 +270,19 @@ async def start_server(
     # A stale file from a previous run would hand a launcher dead ports.
     _remove_ready_file(settings.ready_file)
 
+    recorder = _HandlerRecorder()
+    names = register(cast("grpc.aio.Server", recorder))
+    if isinstance(names, str):  # a bare "pkg.Svc" would be iterated letter by letter
+        raise TypeError("register() must return a sequence of service names, not a str")
+    service_names = tuple(names)
     server = grpc.aio.server(
         interceptors=[
             RuntimeInterceptor(),
             *interceptors,
         ],
-        options=list(SERVER_OPTIONS),
+        options=[*SERVER_OPTIONS, *_receive_options([*service_names, *recorder.services])],
     )
-    names = register(server)
-    if isinstance(names, str):  # a bare "pkg.Svc" would be iterated letter by letter
-        raise TypeError("register() must return a sequence of service names, not a str")
-    service_names = tuple(names)
+    recorder.replay(server)
 
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
