@@ -1,4 +1,5 @@
-"""Child service processes of the local mesh: start, wait until serving, stop."""
+"""Child service processes of the local mesh: start, wait until serving, stop, and
+restart a process that died (:class:`Backoff`, :func:`supervise`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,10 @@ class ServiceProcess:
     essential: bool = True
     process: asyncio.subprocess.Process | None = None
     ready: dict[str, Any] = field(default_factory=dict)
+    # The ports it serves on: 0 (a free one) at the first start; a restart asks for the
+    # ones it had, so that every peer's address for it stays valid.
+    port: int = 0
+    metrics_port: int = 0
 
     @property
     def ready_file(self) -> Path:
@@ -56,9 +62,9 @@ class ServiceProcess:
                 "-m",
                 self.module,
                 "--port",
-                "0",
+                str(self.port),
                 "--metrics-port",
-                "0",
+                str(self.metrics_port),
                 "--ready-file",
                 str(self.ready_file),
                 *self.args,
@@ -85,11 +91,28 @@ class ServiceProcess:
                 )
             if self.ready_file.exists():
                 self.ready = json.loads(self.ready_file.read_text())
+                self.port = int(self.ready["grpc_port"])
+                self.metrics_port = int(self.ready.get("metrics_port") or 0)
                 return self.ready
             await asyncio.sleep(0.05)
         raise ServiceStartError(
             f"{self.name} was not ready after {limit_s:.0f}s:\n{self.log_tail()}"
         )
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status once the process has ended (-N: killed by signal N)."""
+        return None if self.process is None else self.process.returncode
+
+    async def restart(self, limit_s: float) -> None:
+        """Start it again on the same ports and wait until it serves (one that does not
+        get ready in time is killed, so that its supervisor sees it ended)."""
+        await self.start()
+        try:
+            await self.wait_ready(limit_s)
+        except ServiceStartError:
+            await self.stop(0)
+            raise
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -110,3 +133,96 @@ class ServiceProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             return await self.process.wait()
+
+
+# --- Supervision (issue 16): a service that dies while the mesh runs is started again.
+
+RESTART_BACKOFF_INITIAL_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+# A process that has served this long since its last restart starts over at the first delay.
+RESTART_BACKOFF_RESET_S = 60.0
+SUPERVISE_POLL_S = 0.1
+
+
+class Supervised(Protocol):
+    """A child process the supervisor watches and restarts."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def exit_code(self) -> int | None:
+        """None while it runs; its exit status once it has ended."""
+        ...
+
+    async def restart(self, limit_s: float) -> None:
+        """Start it again (same ports) and return once it serves; raise if it does not."""
+        ...
+
+
+@dataclass
+class Backoff:
+    """Exponential restart delays: ``initial_s`` doubling up to ``max_s``; back to the
+    first delay once a process has run ``reset_after_s`` since it was last (re)started."""
+
+    initial_s: float = RESTART_BACKOFF_INITIAL_S
+    max_s: float = RESTART_BACKOFF_MAX_S
+    reset_after_s: float = RESTART_BACKOFF_RESET_S
+    attempt: int = 0  # restarts since the last reset
+
+    def next_delay(self, ran_for_s: float) -> float:
+        """The delay before the next restart of a process that ran ``ran_for_s`` seconds."""
+        if ran_for_s >= self.reset_after_s:
+            self.attempt = 0
+        delay = min(self.max_s, self.initial_s * 2**self.attempt)
+        self.attempt += 1
+        return delay
+
+
+@dataclass(frozen=True)
+class Restart:
+    """One restart, as reported: which service, how it had ended, the attempt number."""
+
+    service: str
+    exit_code: int | None
+    attempt: int
+    delay_s: float
+
+    def describe(self) -> str:
+        return f"restarted {self.service} (exit {self.exit_code}), attempt {self.attempt}"
+
+
+async def supervise(
+    child: Supervised,
+    *,
+    ready_limit_s: float,
+    on_restart: Callable[[Restart], Awaitable[None]],
+    backoff: Backoff | None = None,
+    poll_s: float = SUPERVISE_POLL_S,
+) -> None:
+    """Watch ``child`` until cancelled; each time it ends (any exit), wait the backoff's
+    delay, start it again, and once it serves call ``on_restart``. A restart that fails
+    (exits again or never gets ready) counts as one more attempt."""
+    backoff = backoff or Backoff()
+    started = time.monotonic()
+    while True:
+        code = child.exit_code
+        if code is None:
+            await asyncio.sleep(poll_s)
+            continue
+        delay = backoff.next_delay(time.monotonic() - started)
+        logger.warning(
+            "service exited; restarting",
+            extra={"service": child.name, "exit_code": code, "delay_s": delay},
+        )
+        await asyncio.sleep(delay)
+        started = time.monotonic()
+        try:
+            await child.restart(ready_limit_s)
+        except (ServiceStartError, OSError, RuntimeError) as exc:
+            logger.error(
+                "service restart failed",
+                extra={"service": child.name, "attempt": backoff.attempt, "error": str(exc)},
+            )
+            continue
+        await on_restart(Restart(child.name, code, backoff.attempt, delay))

@@ -378,6 +378,7 @@ class Mesh:
             "rest_url": f"http://{host}:{self.envoy.listen_port}/v1",
             "grpc_address": f"{host}:{self.envoy.listen_port}",
             "envoy_admin_port": self.envoy.admin_port,
+            "envoy_pid": self.envoy.pid,
             "models": self.served_models,
             "services": {
                 s.name: {

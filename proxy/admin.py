@@ -7,8 +7,9 @@ import grpc
 from helios.v1 import admin_pb2 as pb
 from helios.v1 import admin_pb2_grpc
 
-from proxy.control import ControlPlane
-from proxy.routing import WorkerPool, WorkerView
+from proxy.dependencies import DependencyMonitor, mesh_health
+from proxy.fleet import WorkerPool, WorkerView
+from proxy.warm_pools import WarmPools
 from runtime.errors import InvalidArgumentError
 
 
@@ -38,9 +39,10 @@ def memory_pressure(pool: WorkerPool) -> float:
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Preload, scale, evict; memory and health of every agent."""
 
-    def __init__(self, control: ControlPlane) -> None:
+    def __init__(self, control: WarmPools, dependencies: DependencyMonitor | None = None):
         self._control = control
         self._pool = control.pool
+        self._dependencies = dependencies
 
     async def PreloadModel(
         self, request: pb.PreloadModelRequest, context: grpc.aio.ServicerContext
@@ -62,7 +64,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     address=agent.address,
                     state=agent.state.value,
                     healthy=agent.healthy,
-                    circuit=agent.breaker.state().value,
                     outstanding=agent.outstanding,
                     memory_source=agent.memory_source,
                     model_states=[
@@ -99,17 +100,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetHealth(
         self, request: pb.GetHealthRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetHealthResponse:
-        agents = self._pool.agents()
-        healthy = sum(1 for a in agents if a.routable)
-        if healthy == len(agents) and agents:
-            status = "ok"
-        elif healthy:
-            status = "degraded"
-        else:
-            status = "down"
+        health = mesh_health(self._pool, self._dependencies)
         return pb.GetHealthResponse(
-            status=status,
+            status=health.status,
             memory_pressure=memory_pressure(self._pool),
-            healthy_workers=healthy,
-            total_workers=len(agents),
+            healthy_workers=health.healthy_workers,
+            total_workers=health.total_workers,
+            dependencies=[
+                pb.DependencyHealth(name=d.name, kind=d.kind, state=d.state)
+                for d in health.dependencies
+            ],
         )

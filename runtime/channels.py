@@ -35,6 +35,11 @@ CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # Reconnect soon after a peer comes back: grpc's default backoff grows to 120 s, so a
+    # service restarted after a long outage stayed unreachable from a channel that had
+    # backed off that far (RPCs fail fast while it waits), long after it served again.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 )
 
 

@@ -4,6 +4,7 @@ Envoy routes straight here) InferenceService, drains on SIGTERM."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import socket
@@ -66,6 +67,16 @@ def transformers_engine_factory(max_concurrency: int) -> EngineFactory:
     return build
 
 
+def preimport_transformers_engine() -> None:
+    """The reference engine's imports: torch and transformers' auto classes, ~6 s of a
+    small CPU (the load itself of a small model: ~0.2 s). Run in a thread once the worker
+    is up, so that its first LoadModel (a cold start, or a restarted worker taking over a
+    dead one's model) does not pay them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    import worker.engine.transformers_engine  # noqa: F401
+
+
 def vllm_engine_factory(config: VllmConfig, sizer: VllmSizer | None = None) -> EngineFactory:
     """vLLM's AsyncLLM (continuous batching, paged KV cache, prefix caching); with a
     sizer, the limits left unset come from the memory estimate."""
@@ -77,6 +88,25 @@ def vllm_engine_factory(config: VllmConfig, sizer: VllmSizer | None = None) -> E
         return await VllmEngine.load(path, name, sized)
 
     return build
+
+
+def after_preimport(factory: EngineFactory) -> EngineFactory:
+    """``factory``, whose loads wait for :func:`preimport_transformers_engine` (started now,
+    in a thread): never two threads in transformers' lazy imports at once (that race
+    fails with "cannot import name 'AutoModelForCausalLM'")."""
+    preimport = asyncio.get_running_loop().run_in_executor(None, preimport_transformers_engine)
+    preimport.add_done_callback(_log_preimport_failure)
+
+    async def build(name: str, path: Path) -> EngineClient:
+        await asyncio.shield(preimport)
+        return await factory(name, path)
+
+    return build
+
+
+def _log_preimport_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("engine imports failed", exc_info=future.exception())
 
 
 def _optional_int(value: str | None) -> int | None:
@@ -285,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
             factory = vllm_engine_factory(vllm_config, sizer)
         else:
-            factory = transformers_engine_factory(args.max_concurrency)
+            factory = after_preimport(transformers_engine_factory(args.max_concurrency))
         manager = ModelManager(
             factory, engine_kind=args.engine, capacity_bytes=args.memory_capacity_bytes
         )

@@ -110,13 +110,25 @@ class GetHealthRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetHealthResponse(_message.Message):
-    __slots__ = ("status", "memory_pressure", "healthy_workers", "total_workers")
+    __slots__ = ("status", "memory_pressure", "healthy_workers", "total_workers", "dependencies")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_PRESSURE_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_WORKERS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
     status: str
     memory_pressure: float
     healthy_workers: int
     total_workers: int
-    def __init__(self, status: _Optional[str] = ..., memory_pressure: _Optional[float] = ..., healthy_workers: _Optional[int] = ..., total_workers: _Optional[int] = ...) -> None: ...
+    dependencies: _containers.RepeatedCompositeFieldContainer[DependencyHealth]
+    def __init__(self, status: _Optional[str] = ..., memory_pressure: _Optional[float] = ..., healthy_workers: _Optional[int] = ..., total_workers: _Optional[int] = ..., dependencies: _Optional[_Iterable[_Union[DependencyHealth, _Mapping]]] = ...) -> None: ...
+
+class DependencyHealth(_message.Message):
+    __slots__ = ("name", "kind", "state")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    state: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
