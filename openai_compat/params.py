@@ -1,7 +1,13 @@
 """OpenAI request semantics: validation and defaults, on plain Python values.
 
 Domain only (no protobuf): the servicer converts the request at the edge and hands the
-values here. Every rejection names the offending field, the way OpenAI's API does.
+values here. Every rejection names the offending field, the way OpenAI's API does, and
+quotes none of the client's input (a field may be megabytes long).
+
+Sizes are checked here, before anything expensive: the prompt's (or all messages') text
+at most :data:`runtime.limits.MAX_PROMPT_BYTES`, the model id :data:`MAX_ID_BYTES`, at most
+:data:`MAX_MESSAGES` messages, each stop sequence :data:`MAX_STOP_BYTES`. An engine then
+checks the text against its own context length before it tokenizes (worker/engine).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.errors import InvalidArgumentError
+from runtime.limits import MAX_ID_BYTES, MAX_MESSAGES, MAX_PROMPT_BYTES, MAX_STOP_BYTES
 
 MAX_STOP_SEQUENCES = 4
 DEFAULT_CHAT_MAX_TOKENS = 256
@@ -79,7 +86,24 @@ def _stop_sequences(stop: Any) -> tuple[str, ...]:
         raise InvalidArgumentError(f"stop: at most {MAX_STOP_SEQUENCES} sequences are allowed")
     if not all(isinstance(s, str) and s for s in stops):
         raise InvalidArgumentError("stop: every sequence must be a non-empty string")
+    if any(_utf8_len(s) > MAX_STOP_BYTES for s in stops):
+        raise InvalidArgumentError(f"stop: a sequence may be at most {MAX_STOP_BYTES} bytes")
     return tuple(stops)
+
+
+def _utf8_len(text: str) -> int:
+    """``len(text.encode())`` without the copy when the answer is clear from the length
+    (a character is 1 to 4 bytes)."""
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _check_text_size(field: str, size: int) -> None:
+    if size > MAX_PROMPT_BYTES:
+        raise InvalidArgumentError(
+            f"{field}: at most {MAX_PROMPT_BYTES} bytes of text are allowed, got {size}"
+        )
 
 
 def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool) -> None:
@@ -123,6 +147,8 @@ def sampling_from(params: CommonParams, default_max_tokens: int) -> Sampling:
 def _check_model(model: str) -> None:
     if not model:
         raise InvalidArgumentError("model: is required")
+    if _utf8_len(model) > MAX_ID_BYTES:
+        raise InvalidArgumentError(f"model: at most {MAX_ID_BYTES} bytes, got {_utf8_len(model)}")
 
 
 def _message_text(index: int, content: Any) -> str:
@@ -154,14 +180,22 @@ def chat_job(
     _check_model(params.model)
     if not messages:
         raise InvalidArgumentError("messages: at least one message is required")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidArgumentError(
+            f"messages: at most {MAX_MESSAGES} messages are allowed, got {len(messages)}"
+        )
     turns = []
+    size = 0
     for index, (role, content) in enumerate(messages):
         if role not in CHAT_ROLES:
             raise InvalidArgumentError(
                 f"messages[{index}].role: must be one of {', '.join(sorted(CHAT_ROLES))}"
             )
+        text = _message_text(index, content)
+        size += _utf8_len(text)
+        _check_text_size("messages", size)
         # Chat templates know "system"; OpenAI's newer "developer" role means the same.
-        turns.append(("system" if role == "developer" else role, _message_text(index, content)))
+        turns.append(("system" if role == "developer" else role, text))
     return Job(
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
         model=params.model,
@@ -185,6 +219,7 @@ def completion_job(
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise InvalidArgumentError("prompt: must be a non-empty string")
+    _check_text_size("prompt", _utf8_len(prompt))
     return Job(
         request_id=f"cmpl-{uuid.uuid4().hex}",
         model=params.model,

@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass
 
 from runtime.errors import InvalidArgumentError
+from runtime.limits import MAX_ID_BYTES, quote
 
 __all__ = [
     "ModelRef",
@@ -68,18 +69,20 @@ def canonical_model_id(text: str) -> str:
     """The canonical ``org/name`` for ``text``; INVALID_ARGUMENT when it is not one."""
     if not isinstance(text, str) or not text:
         raise InvalidArgumentError("model id: must not be empty")
+    if len(text) > MAX_ID_BYTES:
+        raise InvalidArgumentError(f"model id: at most {MAX_ID_BYTES} characters, got {len(text)}")
     if _CONTROL.search(text):
         raise InvalidArgumentError("model id: must not contain NUL or control characters")
     if text.strip() != text:
-        raise InvalidArgumentError(f"model id {text!r}: must not have surrounding spaces")
+        raise InvalidArgumentError(f"model id {quote(text)}: must not have surrounding spaces")
     lowered = _strip_prefixes(text).lower()
     parts = lowered.split("/")
     if len(parts) != 2:
-        raise InvalidArgumentError(f"model id {text!r}: expected exactly 'org/name'")
+        raise InvalidArgumentError(f"model id {quote(text)}: expected exactly 'org/name'")
     for part in parts:
         if not _SEGMENT.match(part) or "--" in part or ".." in part:
             raise InvalidArgumentError(
-                f"model id {text!r}: each of org and name must be 1..96 characters of "
+                f"model id {quote(text)}: each of org and name must be 1..96 characters of "
                 "[a-z0-9._-], start and end with a letter or digit, without '--' or '..'"
             )
     return lowered
@@ -89,7 +92,7 @@ def check_alias(alias: str) -> str:
     """A valid alias name (lower-cased), or INVALID_ARGUMENT."""
     lowered = alias.lower()
     if not _ALIAS.match(lowered) or ".." in lowered:
-        raise InvalidArgumentError(f"alias {alias!r}: expected [a-z0-9][a-z0-9._-]{{0,63}}")
+        raise InvalidArgumentError(f"alias {quote(alias)}: expected [a-z0-9][a-z0-9._-]{{0,63}}")
     return lowered
 
 
@@ -103,28 +106,30 @@ def is_version_prefix(text: str) -> bool:
 
 def check_version_id(text: str) -> str:
     if not is_version_id(text):
-        raise InvalidArgumentError(f"version {text!r}: expected 40 lower-case hex digits")
+        raise InvalidArgumentError(f"version {quote(text)}: expected 40 lower-case hex digits")
     return text
 
 
 def parse_reference(text: str) -> ModelRef:
     """``org/name[@rev]`` -> :class:`ModelRef` (``rev`` defaults to ``latest``)."""
+    if len(text) > 2 * MAX_ID_BYTES:
+        raise InvalidArgumentError(f"reference: at most {2 * MAX_ID_BYTES} characters")
     model, sep, rev = text.partition("@")
     model_id = canonical_model_id(model)
     if not sep:
         return ModelRef(model_id)
     if not rev:
-        raise InvalidArgumentError(f"reference {text!r}: empty revision after '@'")
+        raise InvalidArgumentError(f"reference {quote(text)}: empty revision after '@'")
     rev = rev.lower()
     if not (is_version_prefix(rev) or _ALIAS.match(rev)):
-        raise InvalidArgumentError(f"reference {text!r}: revision must be an alias or version")
+        raise InvalidArgumentError(f"reference {quote(text)}: revision must be an alias or version")
     return ModelRef(model_id, rev)
 
 
 def check_hub_revision(revision: str) -> str:
     """A Hub revision (branch, tag, commit, ``refs/pr/1``) safe to put in a URL."""
     if not _HUB_REVISION.match(revision) or ".." in revision or revision.startswith("/"):
-        raise InvalidArgumentError(f"revision {revision!r}: not a valid Hub revision")
+        raise InvalidArgumentError(f"revision {quote(revision)}: not a valid Hub revision")
     return revision
 
 
@@ -135,18 +140,20 @@ def check_file_path(path: str) -> str:
     if len(path) > MAX_PATH:
         raise InvalidArgumentError(f"file path: longer than {MAX_PATH} characters")
     if _CONTROL.search(path):
-        raise InvalidArgumentError(f"file path {path!r}: must not contain NUL/control characters")
+        raise InvalidArgumentError(
+            f"file path {quote(path)}: must not contain NUL/control characters"
+        )
     if "\\" in path:
-        raise InvalidArgumentError(f"file path {path!r}: must use '/' separators")
+        raise InvalidArgumentError(f"file path {quote(path)}: must use '/' separators")
     if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
-        raise InvalidArgumentError(f"file path {path!r}: must be relative")
+        raise InvalidArgumentError(f"file path {quote(path)}: must be relative")
     for segment in path.split("/"):
         if segment in ("", ".", ".."):
-            raise InvalidArgumentError(f"file path {path!r}: empty, '.' or '..' segment")
+            raise InvalidArgumentError(f"file path {quote(path)}: empty, '.' or '..' segment")
     return path
 
 
 def check_sha256(text: str) -> str:
     if not _SHA256.match(text):
-        raise InvalidArgumentError(f"sha256 {text!r}: expected 64 lower-case hex digits")
+        raise InvalidArgumentError(f"sha256 {quote(text)}: expected 64 lower-case hex digits")
     return text

@@ -26,6 +26,7 @@ __all__ = [
     "EDGE_MAX_HEADER_KB",
     "ESTIMATOR_BODY_BYTES",
     "ESTIMATOR_REQUEST_BYTES",
+    "HEARTBEAT_REQUEST_BYTES",
     "INFERENCE_BODY_BYTES",
     "INFERENCE_REQUEST_BYTES",
     "MAX_ERROR_MESSAGE_CHARS",
@@ -77,6 +78,8 @@ ESTIMATOR_REQUEST_BYTES = 8 * MIB
 UPLOAD_REQUEST_BYTES = 4 * MIB
 # Envoy's ADS requests (node metadata, resource names, a NACK's error text).
 XDS_REQUEST_BYTES = 4 * MIB
+# A heartbeat to a decode-role worker lists its models' prefill endpoints (a few per model).
+HEARTBEAT_REQUEST_BYTES = 256 * KIB
 
 _INFERENCE_METHODS = (
     "/helios.v1.InferenceService/CreateChatCompletion",
@@ -98,6 +101,7 @@ _METHOD_LIMITS: dict[str, int] = {
     **dict.fromkeys(_INFERENCE_METHODS, INFERENCE_REQUEST_BYTES),
     **dict.fromkeys(_ESTIMATOR_METHODS, ESTIMATOR_REQUEST_BYTES),
     "/helios.v1.RegistryService/UploadModel": UPLOAD_REQUEST_BYTES,
+    "/helios.v1.WorkerService/Heartbeat": HEARTBEAT_REQUEST_BYTES,
 }
 _SERVICE_LIMITS: dict[str, int] = {
     "envoy.service.discovery.v3.AggregatedDiscoveryService": XDS_REQUEST_BYTES,

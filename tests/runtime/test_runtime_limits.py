@@ -237,6 +237,9 @@ def test_limits_table() -> None:
 
     assert limits.request_limit("/helios.v1.StorageService/Stat") == limits.CONTROL_REQUEST_BYTES
     assert limits.request_limit("/helios.v1.WorkerService/Heartbeat") == (
+        limits.HEARTBEAT_REQUEST_BYTES
+    )
+    assert limits.request_limit("/helios.v1.AdminService/GetHealth") == (
         limits.CONTROL_REQUEST_BYTES
     )
     assert limits.request_limit("/helios.v1.InferenceService/StreamChatCompletion") == (
