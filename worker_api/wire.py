@@ -1,0 +1,67 @@
+"""WorkerService's generation messages <-> the domain values of :mod:`openai_compat` and
+:mod:`worker_api.disagg`, for every caller of a worker's Generate, Prefill and Decode."""
+
+from __future__ import annotations
+
+from helios.v1 import worker_pb2 as pb
+
+from openai_compat.backend import Step
+from openai_compat.params import Job
+from runtime.errors import UnavailableError
+from worker_api.disagg import PrefillResult
+
+_FINISH_REASONS = {
+    pb.FINISH_REASON_STOP: "stop",
+    pb.FINISH_REASON_LENGTH: "length",
+}
+
+
+def job_to_pb(job: Job) -> pb.GenerateRequest:
+    """The GenerateRequest of a validated OpenAI job."""
+    s = job.sampling
+    request = pb.GenerateRequest(
+        request_id=job.request_id,
+        model=job.model,
+        sampling=pb.SamplingParams(
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            seed=s.seed,
+            stop=s.stop,
+            ignore_eos=s.ignore_eos,
+        ),
+    )
+    if job.messages is not None:
+        request.chat.messages.extend(
+            pb.PromptMessage(role=role, content=content) for role, content in job.messages
+        )
+    else:
+        request.prompt = job.prompt or ""
+    return request
+
+
+def step_from_pb(response: pb.GenerateResponse, address: str) -> Step:
+    """One step a worker at ``address`` sent; an aborted generation is the worker's
+    failure (it is being unloaded or shut down)."""
+    if response.finish_reason == pb.FINISH_REASON_ABORT:
+        raise UnavailableError(f"worker {address} aborted the generation")
+    return Step(
+        text=response.text,
+        prompt_tokens=response.prompt_tokens,
+        completion_tokens=response.completion_tokens,
+        finish_reason=_FINISH_REASONS.get(response.finish_reason),
+    )
+
+
+def prefill_result_from_pb(response: pb.PrefillResponse, address: str) -> PrefillResult:
+    """What the prefill worker at ``address`` answered."""
+    first = response.first
+    return PrefillResult(
+        first=step_from_pb(first, address),
+        first_token_id=first.token_ids[0] if first.token_ids else None,
+        kv_handle=response.kv_cache_handle,
+        # A worker without --advertise-address leaves it empty: it is then reached
+        # where the caller reached it.
+        prefill_worker=response.prefill_worker or address,
+    )
