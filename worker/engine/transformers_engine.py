@@ -47,6 +47,7 @@ from worker.engine.base import (
     PrefillResult,
     SamplingParams,
 )
+from worker.engine.prompt_bounds import check_prompt_fits, longest_token_bytes
 from worker.kvtransfer import KVLayer
 
 if TYPE_CHECKING:
@@ -171,6 +172,13 @@ class TransformersEngine(EngineClient):
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_concurrency + 1, thread_name_prefix=f"engine-{model_name}"
         )
+        # Prompts are tokenized on a thread of their own, so that tokenizing (even of a
+        # prompt at the byte bound below) never holds a thread a running stream's next
+        # step needs; prompts that cannot fit are refused before it (prompt_bounds).
+        self._tokenize_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"tokenize-{model_name}"
+        )
+        self._token_bytes = longest_token_bytes(tokenizer)
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._requests: dict[str, _RequestState] = {}
         self._running = 0
@@ -284,6 +292,7 @@ class TransformersEngine(EngineClient):
             # model goes away under them.
             await asyncio.wait(inflight, timeout=_SHUTDOWN_STEP_GRACE_S)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._tokenize_executor.shutdown(wait=False, cancel_futures=True)
         self._parked.clear()
         self._model = None
         self._tokenizer = None
@@ -354,8 +363,14 @@ class TransformersEngine(EngineClient):
         _validate_sampling(request.sampling)
         if not request.request_id:
             raise InvalidArgumentError("request_id must not be empty")
+        check_prompt_fits(
+            request,
+            context_len=self.max_model_len,
+            token_bytes=self._token_bytes,
+            model_name=self._model_name,
+        )
         prompt_ids = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._prompt_ids, request
+            self._tokenize_executor, self._prompt_ids, request
         )
         self._check_length(request, len(prompt_ids))
         if request.request_id in self._requests:

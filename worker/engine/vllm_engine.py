@@ -57,6 +57,7 @@ from worker.engine.base import (
     SamplingParams,
     merge_chunks,
 )
+from worker.engine.prompt_bounds import check_prompt_fits, longest_token_bytes
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -206,6 +207,7 @@ class VllmEngine(EngineClient):
         self._tokenizer: PreTrainedTokenizerBase | None = tokenizer
         self._model_name = model_name
         self.max_model_len = max_model_len
+        self._token_bytes = longest_token_bytes(tokenizer)
         self._stats = _Stats()
         self._active: set[str] = set()
         self._generated_tokens_total = 0
@@ -398,6 +400,13 @@ class VllmEngine(EngineClient):
             raise EngineDeadError(f"engine for {self._model_name} is shut down")
         if not request.request_id:
             raise InvalidArgumentError("request_id must not be empty")
+        # Refused from its bytes before it is tokenized when it cannot fit (prompt_bounds).
+        check_prompt_fits(
+            request,
+            context_len=self.max_model_len,
+            token_bytes=self._token_bytes,
+            model_name=self._model_name,
+        )
         prompt_ids = await asyncio.to_thread(self._prompt_ids, request)
         if len(prompt_ids) + request.sampling.max_tokens > self.max_model_len:
             field_name = "messages" if request.messages is not None else "prompt"
