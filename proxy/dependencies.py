@@ -1,11 +1,12 @@
 """The proxy's view of the services it depends on, for /v1/health (issue 16).
 
-Each named dependency (the registry, storaged, the estimator) is probed every
-``interval_s`` by a :data:`Probe` (a gRPC health check, proxy/health_client.py); its state
-is "up" after a probe that succeeded and "down" after one that failed, timed out or
-raised. Workers are not probed here: the proxy's heartbeats already say whether each one
-takes requests (the worker pool, :class:`Fleet`). :func:`mesh_health` puts both together:
-names and states only, never addresses (the answer is public at the front door).
+Each named dependency (the registry, storaged, the estimator) is watched by a
+:data:`Watch` (a gRPC health Watch stream, proxy/health_client.py) that reports "up" or
+"down" the moment its state changes: a killed process is down as soon as its connection
+drops, however fast it is restarted. Workers are not watched here: the proxy's heartbeats
+already say whether each one takes requests (the worker pool, :class:`Fleet`).
+:func:`mesh_health` puts both together: names and states only, never addresses (the
+answer is public at the front door).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +27,10 @@ OK = "ok"
 DEGRADED = "degraded"
 MESH_DOWN = "down"
 
-DEFAULT_INTERVAL_S = 1.0
-
-# True when the dependency answers that it serves; False (or an exception) when not.
-Probe = Callable[[float], Awaitable[bool]]
+# Runs until cancelled, calling report(True) when the dependency serves and report(False)
+# when it does not (unreachable, its stream broken, draining), each time that changes.
+Report = Callable[[bool], None]
+Watch = Callable[[Report], Coroutine[Any, Any, None]]
 
 
 class Agent(Protocol):
@@ -71,50 +72,44 @@ class MeshHealth:
 
 
 class DependencyMonitor:
-    """Probes each named dependency in the background and keeps its last state."""
+    """Watches each named dependency in the background and keeps its last state."""
 
-    def __init__(self, probes: Mapping[str, Probe], *, interval_s: float = DEFAULT_INTERVAL_S):
-        if interval_s <= 0:
-            raise ValueError("interval_s must be > 0")
-        self._probes = dict(probes)
-        self._interval_s = interval_s
-        # Down until a probe has answered: nothing is claimed up that was never seen up.
-        self._states = dict.fromkeys(self._probes, DOWN)
-        self._task: asyncio.Task[None] | None = None
+    def __init__(self, watches: Mapping[str, Watch]) -> None:
+        self._watches = dict(watches)
+        # Down until it has answered: nothing is claimed up that was never seen up.
+        self._states = dict.fromkeys(self._watches, DOWN)
+        self._tasks: list[asyncio.Task[None]] = []
 
     def states(self) -> dict[str, str]:
         return dict(self._states)
 
-    async def check_all(self) -> None:
-        """Probe every dependency once, all at once; a probe gets the interval to answer."""
-        names = list(self._probes)
-        results = await asyncio.gather(*(self._probe(name) for name in names))
-        for name, up in zip(names, results, strict=True):
-            state = UP if up else DOWN
-            if state != self._states[name]:
-                log = logger.info if up else logger.warning
-                log("dependency %s", state, extra={"dependency": name, "state": state})
-            self._states[name] = state
-
-    async def _probe(self, name: str) -> bool:
-        try:
-            return await asyncio.wait_for(self._probes[name](self._interval_s), self._interval_s)
-        except TimeoutError:
-            return False
+    def report(self, name: str, up: bool) -> None:
+        state = UP if up else DOWN
+        if state != self._states[name]:
+            log = logger.info if up else logger.warning
+            log("dependency %s", state, extra={"dependency": name, "state": state})
+        self._states[name] = state
 
     def start(self) -> None:
-        if self._task is None and self._probes:
-            self._task = asyncio.create_task(self._run(), name="dependency monitor")
+        if self._tasks:
+            return
+        for name, watch in self._watches.items():
+            task = asyncio.create_task(watch(self._reporter(name)), name=f"watch {name}")
+            task.add_done_callback(self._ended)
+            self._tasks.append(task)
 
-    async def _run(self) -> None:
-        while True:
-            await self.check_all()
-            await asyncio.sleep(self._interval_s)
+    def _reporter(self, name: str) -> Report:
+        return lambda up: self.report(name, up)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s ended", task.get_name(), exc_info=task.exception())
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 

@@ -24,7 +24,7 @@ from proxy.control import ControlPlane, ModelSpec, PoolScaler, parse_model_spec
 from proxy.dependencies import DependencyMonitor
 from proxy.discovery import DiscoverySource, KubernetesDiscovery, StaticDiscovery
 from proxy.estimate import MemoryEstimator
-from proxy.health_client import GrpcHealthProbe
+from proxy.health_client import GrpcHealthWatch
 from proxy.limits import Admission, ApiKeys, KeyLimits, load_key_file, parse_key_spec
 from proxy.policies import POLICIES, policy_by_name
 from proxy.registry import DEFAULT_USAGE_INTERVAL_S, RegistryCatalogue, UsageReporter
@@ -435,10 +435,10 @@ async def build_service(
         raise
     router.start()
     servicer = InferenceServicer(router, session_header=args.session_header.lower())
-    # /v1/health: each dependency's state from health checks of its own (the workers'
-    # from the heartbeats).
-    probes = {
-        name: GrpcHealthProbe(address)
+    # /v1/health: each dependency's state from a health watch of its own (down the moment
+    # its connection drops); the workers' from the heartbeats.
+    watches = {
+        name: GrpcHealthWatch(address)
         for name, address in (
             ("registry", args.registry),
             ("estimator", args.estimator),
@@ -446,7 +446,7 @@ async def build_service(
         )
         if address
     }
-    dependencies = DependencyMonitor(probes, interval_s=args.heartbeat_interval)
+    dependencies = DependencyMonitor(watches)
     dependencies.start()
     admin = AdminServicer(router.control, dependencies)
     # The edge Envoy's control plane: every model's workers, pushed on each fleet change.
@@ -461,8 +461,8 @@ async def build_service(
 
     async def cleanup() -> None:
         await dependencies.stop()
-        for probe in probes.values():
-            await probe.close()
+        for watch in watches.values():
+            await watch.close()
         await xds.stop()
         await router.stop()
         for close in closers:

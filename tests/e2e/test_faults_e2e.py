@@ -264,17 +264,16 @@ def assert_degraded_then_ok(mesh: FaultMesh, name: str, health_log: list[Any]) -
     wait_for("health ok", lambda: (mesh.health() or {}).get("status") == "ok", RESTART_TIMEOUT)
 
 
-def watch_health(
-    mesh: FaultMesh, until: Callable[[], bool], log: list[Any], limit_s: float = 15.0
-) -> None:
-    """Record /v1/health until ``until()`` (or ``limit_s``: the assertions read the log)."""
+def watch_health(mesh: FaultMesh, name: str, log: list[Any], limit_s: float = 15.0) -> None:
+    """Record /v1/health until it names ``name`` down (or ``limit_s``: the assertions read
+    the log)."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         health = mesh.health()
         log.append(health)
-        if until():
+        if dependency_state(health, name) == "down":
             return
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def test_mesh_starts_healthy(mesh: FaultMesh) -> None:
@@ -298,7 +297,7 @@ def test_kill_a_backing_service(mesh: FaultMesh, name: str) -> None:
     with Traffic(mesh) as traffic:
         time.sleep(0.5)
         old_pid, killed = kill(mesh, name)
-        watch_health(mesh, lambda: dependency_state(mesh.health(), name) == "down", health_log)
+        watch_health(mesh, name, health_log)
         took = wait_restarted(mesh, name, old_pid)
         time.sleep(0.5)
     print(f"{name}: restarted and serving {took:.1f}s after kill -9")
@@ -336,7 +335,7 @@ def test_kill_the_idle_worker(mesh: FaultMesh) -> None:
     with Traffic(mesh) as traffic:
         time.sleep(0.5)
         old_pid, killed = kill(mesh, idle)
-        watch_health(mesh, lambda: dependency_state(mesh.health(), idle) == "down", health_log)
+        watch_health(mesh, idle, health_log)
         wait_restarted(mesh, idle, old_pid)
     assert traffic.served_after(killed) > 0
     assert not traffic.failures(), traffic.failures()[:5]
@@ -349,7 +348,7 @@ def test_kill_the_worker_serving_the_model(mesh: FaultMesh) -> None:
     with Traffic(mesh) as traffic:
         time.sleep(0.5)
         old_pid, killed = kill(mesh, holder)
-        watch_health(mesh, lambda: dependency_state(mesh.health(), holder) == "down", health_log)
+        watch_health(mesh, holder, health_log)
         took = wait_for(
             "served again", lambda: traffic.served_after(time.monotonic() - 0.2) > 0, 30
         )

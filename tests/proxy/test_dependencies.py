@@ -1,5 +1,5 @@
 """/v1/health's view of the proxy's dependencies: a real gRPC server stopped and started
-again on the same port, probed by the proxy's health check over one long-lived channel."""
+again on the same port, watched by the proxy's health Watch over one long-lived channel."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import grpc
 
 from proxy.dependencies import DependencyMonitor, mesh_health
-from proxy.health_client import GrpcHealthProbe
+from proxy.health_client import GrpcHealthWatch
 from runtime.config import ServerSettings
 from runtime.server import RunningServer, start_server
 
@@ -48,14 +48,14 @@ class _Fleet:
 async def test_down_when_killed_up_again_when_back_on_its_port() -> None:
     server = await _serve()
     port = server.port
-    probe = GrpcHealthProbe(f"127.0.0.1:{port}")
-    monitor = DependencyMonitor({"registry": probe}, interval_s=0.1)
+    watch = GrpcHealthWatch(f"127.0.0.1:{port}")
+    monitor = DependencyMonitor({"registry": watch})
     assert monitor.states() == {"registry": "down"}  # never seen up yet
     monitor.start()
     try:
         await _until(monitor, "registry", "up", 5)
         await server.stop(0)
-        await _until(monitor, "registry", "down", 5)
+        assert await _until(monitor, "registry", "down", 5) < 0.5  # the stream breaks
         await asyncio.sleep(3)  # long enough for grpc's reconnect backoff to have grown
         server = await _serve(port)
         # The channel reconnects within its (capped) backoff: no stale failure state.
@@ -63,18 +63,19 @@ async def test_down_when_killed_up_again_when_back_on_its_port() -> None:
         assert took < 3.0
     finally:
         await monitor.stop()
-        await probe.close()
+        await watch.close()
         await server.stop(0)
 
 
 async def test_mesh_health_names_and_states_only() -> None:
     server = await _serve()
-    probe = GrpcHealthProbe(f"127.0.0.1:{server.port}")
-    dead = GrpcHealthProbe("127.0.0.1:1")
-    monitor = DependencyMonitor({"registry": probe, "storaged": dead}, interval_s=0.5)
+    watch = GrpcHealthWatch(f"127.0.0.1:{server.port}")
+    dead = GrpcHealthWatch("127.0.0.1:1")
+    monitor = DependencyMonitor({"registry": watch, "storaged": dead})
     fleet = _Fleet([_Agent("10.0.0.1:1", "worker-0", True), _Agent("10.0.0.2:1", "", False)])
     try:
-        await monitor.check_all()
+        monitor.start()
+        await _until(monitor, "registry", "up", 5)
         health = mesh_health(fleet, monitor)
         assert health.status == "degraded"
         assert [(d.name, d.kind, d.state) for d in health.dependencies] == [
@@ -89,6 +90,7 @@ async def test_mesh_health_names_and_states_only() -> None:
         fleet.workers[0].routable = fleet.workers[1].routable = False
         assert mesh_health(fleet, monitor).status == "down"
     finally:
-        await probe.close()
+        await monitor.stop()
+        await watch.close()
         await dead.close()
         await server.stop(0)
