@@ -1,9 +1,10 @@
 """Disaggregated serving: Prefill on a prefill-pool worker, Decode on a decode-pool worker.
 
-Domain only (workers are :class:`~proxy.service.WorkerConnection` objects).
+Domain only (workers are :class:`~proxy.fleet.WorkerConnection` objects). Envoy does not
+route disaggregated models yet: their requests reach the proxy (:mod:`proxy.cold_path`).
 
 When a model is READY in both a prefill pool and a decode pool (worker roles come from
-heartbeats, see :class:`~proxy.routing.WorkerRole`), the proxy
+heartbeats, see :class:`~proxy.fleet.WorkerRole`), the proxy
 
 1. calls Prefill on the least outstanding prefill worker: it computes the prompt's KV
    cache and the first token, and parks the cache under a handle;
@@ -15,10 +16,10 @@ heartbeats, see :class:`~proxy.routing.WorkerRole`), the proxy
 
 Otherwise one ``both`` worker serves the whole generation (Generate), as before.
 
-Failures. A Prefill failure is a failure before the first token: the caller retries the
-request like any other (another prefill worker, or one worker when the pools are gone).
-A Decode that fails before its first step reached the client is run again on another
-decode worker. A KV cache can be fetched once and the failed decode worker may already
+Failures. A Prefill failure is a failure before the first token: the request fails with
+UNAVAILABLE and the prefill worker is out of routing until its next heartbeat. A Decode
+that fails before its first step reached the client is run again on another decode
+worker. A KV cache can be fetched once and the failed decode worker may already
 have taken it, so a retry never reuses the handle: it runs Prefill again (on a healthy
 prefill worker) for a fresh cache of the same prompt and resumes from the first token
 the client already has. The cache holds the prompt's positions only, so the resumed
@@ -42,37 +43,26 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import AbstractContextManager, aclosing
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from openai_compat.backend import Step
 from openai_compat.params import Job
 from proxy import metrics
-from proxy.routing import WorkerPool, WorkerRole
+from proxy.fleet import PrefillResult, WorkerConnection, WorkerPool, WorkerRole
 from runtime.errors import (
     FailedPreconditionError,
     NotFoundError,
     UnavailableError,
 )
 
-if TYPE_CHECKING:
-    from proxy.service import WorkerConnection
-
 logger = logging.getLogger(__name__)
 
 # Decode errors (before the decode's first step reached the client) that another decode
 # worker may not have: the worker failed, the cache is gone, the worker does not decode.
 _DECODE_RETRYABLE = (UnavailableError, NotFoundError, FailedPreconditionError)
-
-
-@dataclass(frozen=True)
-class PrefillResult:
-    """What a Prefill call returned."""
-
-    first: Step
-    first_token_id: int | None  # None only when ``first`` already ends the generation
-    kv_handle: str  # "" when ``first`` already ends the generation
-    prefill_worker: str  # the address the decode worker fetches the cache from
+# A decode that failed before its first step reached the client runs again (with a fresh
+# prefill) at most this many times, after an exponential backoff from this.
+DEFAULT_DECODE_RETRIES = 2
+DEFAULT_RETRY_BACKOFF_S = 0.05
 
 
 class DisaggregationFailed(UnavailableError):
@@ -97,8 +87,8 @@ class DisaggregatedRun:
         prefill_address: str,
         decode_address: str,
         *,
-        max_retries: int,
-        retry_backoff_s: float,
+        max_retries: int = DEFAULT_DECODE_RETRIES,
+        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
     ) -> None:
         self.pool = pool
         self.connections = connections
@@ -154,7 +144,6 @@ class DisaggregatedRun:
             extra={"request_id": job.request_id, "worker": prefill_address},
         )
         yield prefilled.first
-        self.pool.record_request_success(prefill_address)
         if prefilled.first.finish_reason is not None:
             return
         kv: PrefillResult | None = prefilled
@@ -182,7 +171,6 @@ class DisaggregatedRun:
                             "the generation cannot resume: a second prefill of the prompt"
                             " ended it (sampled an end of sequence)"
                         )
-                    self.pool.record_request_success(prefill_address)
                     phase = "decode"
                 steps = self._decode(decode_address, kv, first_token_id)
                 async with aclosing(steps):
@@ -190,7 +178,6 @@ class DisaggregatedRun:
                         if step.text or step.finish_reason is not None:
                             sent = True
                         yield step
-                self.pool.record_request_success(decode_address)
                 return
             except _DECODE_RETRYABLE as exc:
                 failed = prefill_address if phase == "prefill" else decode_address

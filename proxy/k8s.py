@@ -264,7 +264,7 @@ class DeploymentScaler:
 
 
 class DeploymentPools:
-    """A model's worker pools as Deployments (``proxy.control.PoolScaler``).
+    """A model's worker pools as Deployments (``proxy.cold_start.PoolScaler``).
 
     Naming rule: a model's pools are the Deployments named like the worker Services its
     EndpointSlices come from (label ``kubernetes.io/service-name``): deploy/worker-template

@@ -70,11 +70,6 @@ MEMORY_ESTIMATES = Counter(
     " weight bytes, used when the estimator is absent or cannot answer).",
     ["source"],
 )
-RETRIES = Counter(
-    "helios_proxy_retries_total",
-    "Requests retried on another replica after a worker failed before the first token.",
-    ["model"],
-)
 SHED = Counter(
     "helios_proxy_shed_total",
     "Requests refused before routing, by reason (rate_limit, queue_full, no_capacity,"
@@ -97,11 +92,6 @@ STORED_MODELS = Gauge(
     "helios_proxy_worker_stored_model",
     "1 for each model a worker's node storaged holds, by its fastest tier (ram, nvme, remote).",
     ["worker", "model", "tier"],
-)
-CIRCUIT_OPEN = Gauge(
-    "helios_proxy_worker_circuit_open",
-    "1 while the worker's circuit breaker is open or half-open.",
-    ["worker"],
 )
 READY_REPLICAS = Gauge("helios_proxy_ready_replicas", "READY replicas of each model.", ["model"])
 REGISTRY_CALLS = Counter(
@@ -158,7 +148,7 @@ UNKNOWN_MODEL = "_unknown"
 
 
 class ModelMetrics:
-    """One model's request metric children, looked up once (see ChildrenByLabel): six
+    """One model's request metric children, looked up once (see ChildrenByLabel): five
     ``labels()`` calls per request otherwise."""
 
     __slots__ = (
@@ -166,7 +156,6 @@ class ModelMetrics:
         "prompt_tokens",
         "queue_time",
         "requests",
-        "retries",
         "time_per_output_token",
         "time_to_first_token",
     )
@@ -177,7 +166,6 @@ class ModelMetrics:
         self.generated_tokens = GENERATED_TOKENS.labels(model)
         self.prompt_tokens = PROMPT_TOKENS.labels(model)
         self.queue_time = QUEUE_TIME.labels(model)
-        self.retries = RETRIES.labels(model)
         self.requests = ChildrenByLabel(REQUESTS, model)  # by outcome
 
 

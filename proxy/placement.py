@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from proxy.routing import CacheLevel, WorkerView
+from proxy.fleet import CacheLevel, WorkerView
 
 # Prefer agents whose storage already holds the files in a fast tier.
 _TIER_RANK = {CacheLevel.GPU: 0, CacheLevel.RAM: 1, CacheLevel.NVME: 2, CacheLevel.REMOTE: 3}

@@ -1,4 +1,5 @@
-"""The proxy process: the OpenAI-facing InferenceService, routing to workers."""
+"""The proxy process: the edge Envoy's xDS control plane (ADS), the cold path's
+InferenceService (what Envoy has no warm route for) and AdminService."""
 
 from __future__ import annotations
 
@@ -20,18 +21,19 @@ from helios.v1 import (
 )
 
 from proxy.admin import AdminServicer
-from proxy.control import ControlPlane, ModelSpec, PoolScaler, parse_model_spec
+from proxy.cold_start import ModelSpec, PoolScaler, parse_model_spec
+from proxy.control import ControlPlane
 from proxy.dependencies import DependencyMonitor
 from proxy.discovery import DiscoverySource, KubernetesDiscovery, StaticDiscovery
 from proxy.estimate import MemoryEstimator
+from proxy.fleet import WorkerPool
 from proxy.health_client import GrpcHealthWatch
+from proxy.heartbeats import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_HEARTBEAT_TIMEOUT_S
 from proxy.limits import Admission, ApiKeys, KeyLimits, load_key_file, parse_key_spec
-from proxy.policies import POLICIES, policy_by_name
 from proxy.registry import DEFAULT_USAGE_INTERVAL_S, RegistryCatalogue, UsageReporter
 from proxy.registry_client import GrpcRegistryClient
-from proxy.routing import WorkerPool
-from proxy.service import CompletionRouter
-from proxy.servicer import DEFAULT_SESSION_HEADER, InferenceServicer
+from proxy.servicer import InferenceServicer
+from proxy.warm_pools import DEFAULT_RECONCILE_INTERVAL_S
 from proxy.worker_client import GrpcEstimatorClient, GrpcWorkerConnection
 from proxy.xds_server import (
     DEFAULT_MAX_REQUESTS_PER_MODEL,
@@ -40,7 +42,7 @@ from proxy.xds_server import (
     XdsSettings,
     load_edge_virtual_host,
 )
-from proxy.xds_snapshot import lb_policy_for
+from proxy.xds_snapshot import DEFAULT_SESSION_HEADER, ROUTING_POLICIES, lb_policy_for
 from runtime.config import ConfigError, add_server_arguments, env_default, settings_from_args
 from runtime.server import Cleanup, Register, run
 
@@ -122,8 +124,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--heartbeat-interval",
         type=float,
-        default=float(env_default("proxy", "heartbeat_interval", "1.0")),
-        help="seconds between heartbeats to each worker (and warm-pool upkeep passes)",
+        default=float(
+            env_default("proxy", "heartbeat_interval", str(DEFAULT_HEARTBEAT_INTERVAL_S))
+        ),
+        help="seconds between heartbeats to each worker; a worker whose heartbeat fails"
+        " leaves Envoy's endpoints at once (and comes back with its next good one)",
+    )
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=float(env_default("proxy", "heartbeat_timeout", str(DEFAULT_HEARTBEAT_TIMEOUT_S))),
+        help="seconds a worker has to answer a heartbeat before it counts as failed",
+    )
+    parser.add_argument(
+        "--reconcile-interval",
+        type=float,
+        default=float(
+            env_default("proxy", "reconcile_interval", str(DEFAULT_RECONCILE_INTERVAL_S))
+        ),
+        help="seconds between warm-pool passes (min replicas, scale-up, idle unloads, prefetch)",
     )
     models = env_default("proxy", "models")
     parser.add_argument(
@@ -173,8 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--routing-policy",
         default=env_default("proxy", "routing_policy", "least-outstanding"),
-        choices=sorted(POLICIES),
-        help="how a READY replica is chosen",
+        choices=ROUTING_POLICIES,
+        help="how Envoy chooses a READY replica: least request weighted by load"
+        " (least-outstanding), consistent hashing on the prompt prefix with bounded load"
+        " (prefix-aware), or on the session header (session-affinity)",
     )
     parser.add_argument(
         "--session-header",
@@ -212,26 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-queued-per-model",
         type=int,
         default=int(env_default("proxy", "max_queued_per_model", "256")),
-        help="requests per model in the proxy at once (waiting or running); more get"
-        " RESOURCE_EXHAUSTED (429 + Retry-After); 0 is unlimited",
-    )
-    parser.add_argument(
-        "--max-retries",
-        type=int,
-        default=int(env_default("proxy", "max_retries", "2")),
-        help="retries on another replica when a worker fails before the first token",
-    )
-    parser.add_argument(
-        "--breaker-failures",
-        type=int,
-        default=int(env_default("proxy", "breaker_failures", "3")),
-        help="consecutive request failures that open a worker's circuit breaker",
-    )
-    parser.add_argument(
-        "--breaker-reset",
-        type=float,
-        default=float(env_default("proxy", "breaker_reset", "5")),
-        help="seconds an open circuit waits before one half-open probe",
+        help="requests per model on the proxy's cold path at once (waiting for a load or"
+        " running); more get RESOURCE_EXHAUSTED (429 + Retry-After); 0 is unlimited",
     )
     keys = env_default("proxy", "api_keys")
     parser.add_argument(
@@ -335,8 +338,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args, "proxy")
     check_discovery(args)
-    if args.heartbeat_interval <= 0:
-        raise ConfigError("heartbeat_interval", "must be > 0")
+    if args.heartbeat_interval <= 0 or args.heartbeat_timeout <= 0:
+        raise ConfigError("heartbeat_interval", "heartbeat interval and timeout must be > 0")
+    if args.reconcile_interval <= 0:
+        raise ConfigError("reconcile_interval", "must be > 0")
     if args.idle_ttl < 0 or args.load_timeout <= 0 or args.drain_timeout < 0:
         raise ConfigError("idle_ttl", "idle/drain must be >= 0 and load_timeout > 0")
     if args.target_concurrency < 0:
@@ -345,8 +350,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ConfigError("prefetch", "prefetch must be >= 0 and usage_interval > 0")
     if args.prefetch and not args.registry:
         raise ConfigError("prefetch", "needs --registry (the hints come from it)")
-    if args.max_retries < 0 or args.max_queued_per_model < 0 or args.breaker_failures < 1:
-        raise ConfigError("max_retries", "retries/queue must be >= 0, breaker failures >= 1")
+    if args.max_queued_per_model < 0:
+        raise ConfigError("max_queued_per_model", "must be >= 0")
     catalogue = _catalogue(args.model)
     keys = _keys(args)
     xds_settings(args)  # bad xDS flags fail before anything starts
@@ -396,7 +401,7 @@ def k8s_namespace(args: argparse.Namespace) -> str:
 async def build_service(
     args: argparse.Namespace, catalogue: Sequence[ModelSpec], keys: Sequence[KeyLimits]
 ) -> tuple[Register, Cleanup]:
-    """Discovery, router, control plane and servicers from parsed flags, started (inside
+    """Discovery, control plane, xDS and servicers from parsed flags, started (inside
     the running loop): what ``main`` serves, and what tests serve in-process."""
     check_discovery(args)
     discovery: DiscoverySource
@@ -424,17 +429,17 @@ async def build_service(
         discovery = kube
     else:
         discovery = StaticDiscovery(args.worker)
-    router = build_router(args, catalogue, keys, discovery=discovery, scaler=scaler)
+    plane = build_control_plane(args, catalogue, keys, discovery=discovery, scaler=scaler)
     try:
-        if router.control.registry is not None:
-            await router.control.registry.refresh()
-        await router.refresh()  # serve a correct model list from the first request
+        if plane.cold.registry is not None:
+            await plane.cold.registry.refresh()
+        await plane.refresh()  # serve a correct model list from the first request
     except BaseException:
         for close in closers:
             await close()
         raise
-    router.start()
-    servicer = InferenceServicer(router, session_header=args.session_header.lower())
+    plane.start()
+    servicer = InferenceServicer(plane.serving)
     # /v1/health: each dependency's state from a health watch of its own (down the moment
     # its connection drops); the workers' from the heartbeats.
     watches = {
@@ -448,10 +453,10 @@ async def build_service(
     }
     dependencies = DependencyMonitor(watches)
     dependencies.start()
-    admin = AdminServicer(router.control, dependencies)
+    admin = AdminServicer(plane.warm, dependencies)
     # The edge Envoy's control plane: every model's workers, pushed on each fleet change.
     policy = lb_policy_for(args.routing_policy, session_header=args.session_header)
-    xds = XdsServer(router.pool, xds_settings(args), policy_for=lambda model: policy)
+    xds = XdsServer(plane.pool, xds_settings(args), policy_for=lambda model: policy)
     xds.start()
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -464,63 +469,48 @@ async def build_service(
         for watch in watches.values():
             await watch.close()
         await xds.stop()
-        await router.stop()
+        await plane.stop()
         for close in closers:
             await close()
 
     return register, cleanup
 
 
-def build_router(
+def build_control_plane(
     args: argparse.Namespace,
     catalogue: Sequence[ModelSpec],
     keys: Sequence[KeyLimits],
     *,
     discovery: DiscoverySource | None = None,
     scaler: PoolScaler | None = None,
-) -> CompletionRouter:
-    """The router and its control plane from parsed flags (static discovery from
-    ``--worker`` unless ``discovery`` is given)."""
-    if discovery is None:
-        discovery = StaticDiscovery(args.worker)
-    pool = WorkerPool(
-        policy=policy_by_name(args.routing_policy),
-        breaker_threshold=args.breaker_failures,
-        breaker_reset_s=args.breaker_reset,
-    )
-    estimator = MemoryEstimator(GrpcEstimatorClient(args.estimator) if args.estimator else None)
+) -> ControlPlane:
+    """The fleet, cold path and warm pools from parsed flags (static discovery from
+    ``--worker`` unless ``discovery`` is given); not started."""
     registry_client = GrpcRegistryClient(args.registry) if args.registry else None
-    registry = RegistryCatalogue(registry_client) if registry_client is not None else None
-    usage = (
-        UsageReporter(registry_client, interval_s=args.usage_interval)
-        if registry_client is not None
-        else None
-    )
-    router = CompletionRouter(
-        pool,
+    return ControlPlane.create(
+        WorkerPool(),
         GrpcWorkerConnection,
-        heartbeat_interval=args.heartbeat_interval,
-        discovery=discovery,
+        catalogue,
+        MemoryEstimator(GrpcEstimatorClient(args.estimator) if args.estimator else None),
+        discovery=discovery or StaticDiscovery(args.worker),
+        heartbeat_interval_s=args.heartbeat_interval,
+        heartbeat_timeout_s=args.heartbeat_timeout,
+        reconcile_interval_s=args.reconcile_interval,
+        registry=RegistryCatalogue(registry_client) if registry_client is not None else None,
+        usage=(
+            UsageReporter(registry_client, interval_s=args.usage_interval)
+            if registry_client is not None
+            else None
+        ),
+        scaler=scaler,
         api_keys=ApiKeys(keys),
         admission=Admission(args.max_queued_per_model),
-        max_retries=args.max_retries,
-        usage=usage,
-    )
-    router.control = ControlPlane(
-        pool,
-        router.connections,
-        catalogue,
-        estimator,
-        refresh=router.beat,
         idle_ttl_s=args.idle_ttl,
         load_timeout_s=args.load_timeout,
         drain_s=args.drain_timeout,
-        registry=registry,
         prefetch=args.prefetch,
-        scaler=scaler,
         target_concurrency=args.target_concurrency,
     )
-    return router
 
 
 if __name__ == "__main__":

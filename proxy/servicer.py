@@ -1,6 +1,6 @@
-"""InferenceService on the proxy: the shared OpenAI servicer over the CompletionRouter
-(cold requests: estimate, place, load, then serve; and, until Envoy routes warm requests
-to workers itself, the relay to a worker that has the model READY)."""
+"""InferenceService on the proxy: the shared OpenAI servicer over the cold path (the
+requests Envoy has no route for: estimate, place, load, then serve; see
+:mod:`proxy.cold_path`)."""
 
 from __future__ import annotations
 
@@ -10,56 +10,39 @@ from collections.abc import AsyncGenerator
 from openai_compat.backend import CallInfo, ModelEntry, Step
 from openai_compat.params import Job
 from openai_compat.servicer import InferenceServicer as OpenAIServicer
+from proxy.cold_path import ColdPath, RequestContext
 from proxy.estimate import MemoryNeed
-from proxy.policies import RouteHint
-from proxy.service import CompletionRouter, RequestContext
-
-DEFAULT_SESSION_HEADER = "x-session-id"
-# How many prompt characters prefix-aware routing sees.
-_PREFIX_CHARS = 256
 
 
-def _prefix(job: Job) -> str:
-    if job.messages is not None:
-        text = "".join(f"{role}:{content}\n" for role, content in job.messages)
-    else:
-        text = job.prompt or ""
-    return text[:_PREFIX_CHARS]
+class ColdPathBackend:
+    """Generations served by a :class:`ColdPath`."""
 
+    def __init__(self, path: ColdPath) -> None:
+        self._path = path
 
-class RouterBackend:
-    """Generations routed to workers by a :class:`CompletionRouter`."""
-
-    def __init__(
-        self, router: CompletionRouter, *, session_header: str = DEFAULT_SESSION_HEADER
-    ) -> None:
-        self._router = router
-        self._session_header = session_header
-
-    def _request(self, job: Job, call: CallInfo) -> RequestContext:
+    @staticmethod
+    def _request(call: CallInfo) -> RequestContext:
         return RequestContext(
-            deadline_s=call.deadline_s,
-            hint=RouteHint(prefix=_prefix(job), session=call.header(self._session_header) or ""),
-            authorization=call.header("authorization"),
+            deadline_s=call.deadline_s, authorization=call.header("authorization")
         )
 
     async def complete(self, job: Job, call: CallInfo) -> Step:
-        return await self._router.complete(job, call.deadline_s, self._request(job, call))
+        return await self._path.complete(job, self._request(call))
 
     def stream(self, job: Job, call: CallInfo) -> AsyncGenerator[Step, None]:
-        return self._router.stream(job, call.deadline_s, self._request(job, call))
+        return self._path.stream(job, self._request(call))
 
     async def list_models(self) -> list[ModelEntry]:
         """Every model the proxy can serve: on agents, in the catalogue, in the registry."""
-        control = self._router.control
-        models = self._router.pool.models()
-        held = await control.registry.refresh() if control.registry is not None else {}
+        cold = self._path.cold
+        models = self._path.pool.models()
+        held = await cold.registry.refresh() if cold.registry is not None else {}
         now = time.time()
         entries = []
-        for name in sorted({*models, *control.catalogue, *held}):
+        for name in sorted({*models, *cold.catalogue, *held}):
             ready, first_seen = models.get(name, (0, now))
-            need, warm = control.model_profile(name)
-            spec = control.catalogue.get(name)
+            need, warm = cold.model_profile(name)
+            spec = cold.catalogue.get(name)
             if need is None and name in held:  # not estimated yet: the registry's size
                 need = MemoryNeed(held[name].total_bytes, "manifest")
             entries.append(
@@ -78,9 +61,7 @@ class RouterBackend:
 
 
 class InferenceServicer(OpenAIServicer):
-    """OpenAI-compatible completions, routed to workers."""
+    """OpenAI-compatible completions: the proxy's cold path."""
 
-    def __init__(
-        self, router: CompletionRouter, *, session_header: str = DEFAULT_SESSION_HEADER
-    ) -> None:
-        super().__init__(RouterBackend(router, session_header=session_header))
+    def __init__(self, path: ColdPath) -> None:
+        super().__init__(ColdPathBackend(path))

@@ -11,10 +11,15 @@ from helios.v1 import worker_pb2 as pb
 
 from openai_compat.backend import Step
 from openai_compat.params import Job
-from proxy.disagg import PrefillResult
-from proxy.routing import AgentState, CacheLevel, ModelOnAgent, WorkerRole
+from proxy.fleet import (
+    AgentState,
+    CacheLevel,
+    ModelOnAgent,
+    PrefillResult,
+    WorkerRole,
+    WorkerStatus,
+)
 from proxy.served import ServedTotals
-from proxy.service import WorkerStatus
 from proxy.worker_errors import relay_error
 from runtime.channels import create_channel
 from runtime.errors import HeliosError, UnavailableError, error_from_status

@@ -1,19 +1,18 @@
 """Whose fault a failed worker call is: the worker's, or the request's.
 
-Only the worker's own failures count against its health (the proxy's circuit breaker and
-DEGRADED marking, :meth:`proxy.routing.WorkerPool.record_request_failure`) and may be
-retried on another replica: UNAVAILABLE (connection refused or lost, engine dead),
+Only the worker's own failures count against its health (it is out of routing until its
+next heartbeat answers, :meth:`proxy.fleet.WorkerPool.record_request_failure`):
+UNAVAILABLE (connection refused or lost, engine dead),
 INTERNAL and UNKNOWN (the engine or the process failed), DATA_LOSS, and a
 DEADLINE_EXCEEDED that the worker raised itself before the caller's deadline. They come
-back as :class:`~runtime.errors.UnavailableError`, which is what the proxy retries and
-counts.
+back as :class:`~runtime.errors.UnavailableError`, which is what the proxy counts.
 
 Everything else is the request's own outcome, which the worker answered correctly:
 INVALID_ARGUMENT (a bad sampling value, an over-long prompt), NOT_FOUND, ALREADY_EXISTS,
 FAILED_PRECONDITION, OUT_OF_RANGE, RESOURCE_EXHAUSTED, PERMISSION_DENIED,
 UNAUTHENTICATED, ABORTED, CANCELLED, UNIMPLEMENTED, and a DEADLINE_EXCEEDED of the
-caller's own deadline. It reaches the client with its status unchanged, is never retried
-elsewhere (another replica would answer the same) and never counted: one client's bad
+caller's own deadline. It reaches the client with its status unchanged and is never
+counted: one client's bad
 requests must not take a worker out of rotation for everyone else (issue 16).
 """
 
@@ -60,7 +59,7 @@ def relay_error(
     now: float | None = None,
 ) -> HeliosError:
     """The domain error for a worker's failed call: UnavailableError when the worker
-    failed (counted, retried elsewhere), else the request's own error with its status.
+    failed (counted against it), else the request's own error with its status.
 
     ``deadline_at`` (time.monotonic()) is when the caller's own deadline for the call
     expires, None when it set none: a DEADLINE_EXCEEDED well before it is the worker's.

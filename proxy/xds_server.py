@@ -1,7 +1,7 @@
 """Envoy's control plane: the Aggregated Discovery Service (ADS, xDS v3, state of the world).
 
 The edge Envoy carries warm requests straight to the workers; this server tells it where
-to send them. From the fleet state (:class:`proxy.routing.WorkerPool`, observed for
+to send them. From the fleet state (:class:`proxy.fleet.WorkerPool`, observed for
 changes) it builds a :class:`proxy.xds_snapshot.XdsSnapshot` and serves, on the proxy's
 gRPC port (``envoy.service.discovery.v3.AggregatedDiscoveryService``):
 
@@ -49,6 +49,7 @@ from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2
+from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
@@ -56,7 +57,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
 
-from proxy.routing import WorkerPool
+from proxy.fleet import WorkerPool
 from proxy.xds_snapshot import (
     EndpointHealth,
     LbKind,
@@ -76,6 +77,7 @@ _ANY_TYPES = (
     previous_hosts_pb2,
     route_components_pb2,
     api_key_auth_pb2,  # the edge's per-route API-key roles (its virtual host)
+    buffer_pb2,  # the edge's per-route request size limits
 )
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -102,7 +104,6 @@ NUM_RETRIES = 2
 HOST_SELECTION_RETRY_MAX_ATTEMPTS = 3
 CONNECT_TIMEOUT_S = 5
 DEFAULT_MAX_REQUESTS_PER_MODEL = 1024
-MAX_RETRIES_PER_CLUSTER = 3
 # A burst of fleet changes (one heartbeat round touches every agent) makes one push.
 DEBOUNCE_S = 0.01
 # How long a resolved worker host name is used before it is resolved again.
@@ -258,7 +259,11 @@ def build_cluster(route: ModelRoute, settings: XdsSettings) -> cluster_pb2.Clust
                 {
                     "max_requests": settings.max_requests_per_model,
                     "max_pending_requests": settings.max_requests_per_model,
-                    "max_retries": MAX_RETRIES_PER_CLUSTER,
+                    # Retries in flight at once: as many as requests. Envoy's default
+                    # (3) let a worker that died with 100 requests queued before their
+                    # first token fail 97 of them; retries are bounded per request
+                    # (NUM_RETRIES, before response headers only) instead.
+                    "max_retries": settings.max_requests_per_model,
                 }
             ]
         },

@@ -27,8 +27,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from proxy.policies import LeastOutstanding, PrefixAware, SessionAffinity
-from proxy.routing import AgentState, WorkerRole, WorkerView
+from proxy.fleet import AgentState, WorkerRole, WorkerView
 
 CLUSTER_PREFIX = "helios-model-"
 # The sanitised model id part of a cluster name is cut to this many characters.
@@ -37,7 +36,7 @@ CLUSTER_MODEL_CHARS = 40
 PREFIX_HASH_HEADER = "x-helios-prefix-hash"
 # Bounded load for prefix-aware hashing: no endpoint takes more than 150% of the mean
 # load (Envoy's hash_balance_factor, in percent); the rest spill over to the next host
-# on the ring, as the proxy's prefix-aware policy did with its imbalance threshold.
+# on the ring.
 PREFIX_HASH_BALANCE_FACTOR = 150
 # Weights: an idle endpoint weighs WEIGHT_MAX; load (KV cache in use, queued requests)
 # brings it down to no less than 1. Few levels, so that small load changes do not make
@@ -87,19 +86,27 @@ class LbPolicy:
 LEAST_REQUEST = LbPolicy()
 
 
-def lb_policy_for(routing_policy: str, *, session_header: str) -> LbPolicy:
-    """The Envoy policy of one of :mod:`proxy.policies`' names: least-outstanding ->
-    least request; prefix-aware -> ring hash on the prefix-hash header with bounded
-    load; session-affinity -> Maglev on the session header (unbounded: a session
-    stays where its cache is). Requests without the hashed header go to a random
-    endpoint."""
-    if routing_policy == LeastOutstanding.name:
+# The routing policies an operator names (``--routing-policy``).
+LEAST_OUTSTANDING = "least-outstanding"
+PREFIX_AWARE = "prefix-aware"
+SESSION_AFFINITY = "session-affinity"
+ROUTING_POLICIES = (LEAST_OUTSTANDING, PREFIX_AWARE, SESSION_AFFINITY)
+# The request header carrying a session id (session affinity).
+DEFAULT_SESSION_HEADER = "x-session-id"
+
+
+def lb_policy_for(routing_policy: str, *, session_header: str = DEFAULT_SESSION_HEADER) -> LbPolicy:
+    """The Envoy policy of a routing policy's name: least-outstanding -> least request;
+    prefix-aware -> ring hash on the prefix-hash header with bounded load;
+    session-affinity -> Maglev on the session header (unbounded: a session stays where
+    its cache is). Requests without the hashed header go to a random endpoint."""
+    if routing_policy == LEAST_OUTSTANDING:
         return LEAST_REQUEST
-    if routing_policy == PrefixAware.name:
+    if routing_policy == PREFIX_AWARE:
         return LbPolicy(LbKind.RING_HASH, PREFIX_HASH_HEADER, PREFIX_HASH_BALANCE_FACTOR)
-    if routing_policy == SessionAffinity.name:
+    if routing_policy == SESSION_AFFINITY:
         return LbPolicy(LbKind.MAGLEV, session_header.lower())
-    raise ValueError(f"unknown routing policy {routing_policy!r}")
+    raise ValueError(f"unknown routing policy {routing_policy!r}; one of {ROUTING_POLICIES}")
 
 
 class EndpointHealth(enum.StrEnum):

@@ -1,4 +1,4 @@
-"""The proxy's control plane against real worker processes on 127.0.0.1.
+"""The proxy's control plane and cold path against real worker processes on 127.0.0.1.
 
 Three workers (the transformers CPU engine, the tiny model built into a tmp dir) run as
 processes with a small declared memory capacity each; the proxy runs in this process,
@@ -28,9 +28,9 @@ from cli.processes import ServiceProcess
 from cli.status import fetch_status
 from cli.tinymodel import build_tiny_model
 from proxy.admin import AdminServicer
+from proxy.control import ControlPlane
 from proxy.estimate import weights_bytes
-from proxy.server import _catalogue, _keys, build_parser, build_router
-from proxy.service import CompletionRouter
+from proxy.server import _catalogue, _keys, build_control_plane, build_parser
 from proxy.servicer import InferenceServicer
 from runtime.config import ServerSettings
 from runtime.server import RunningServer, start_server
@@ -113,7 +113,7 @@ async def workers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Wor
 
 @dataclass
 class Proxy:
-    router: CompletionRouter
+    router: ControlPlane
     server: RunningServer
     channel: grpc.aio.Channel
 
@@ -135,12 +135,12 @@ class Proxy:
 
 async def start_proxy(workers: Workers, *flags: str) -> Proxy:
     argv = [f"--worker={a}" for a in workers.addresses()]
-    args = build_parser().parse_args([*argv, "--heartbeat-interval", "0.3", *flags])
-    router = build_router(args, _catalogue(args.model), _keys(args))
+    args = build_parser().parse_args([*argv, *flags])
+    router = build_control_plane(args, _catalogue(args.model), _keys(args))
     await router.refresh()
     router.start()
-    servicer = InferenceServicer(router)
-    admin = AdminServicer(router.control)
+    servicer = InferenceServicer(router.serving)
+    admin = AdminServicer(router.warm)
 
     def register(server: grpc.aio.Server) -> list[str]:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
@@ -324,29 +324,6 @@ async def test_rest_stream_gets_an_error_event_when_the_worker_dies(
             await process.wait()
     assert chunks[-1].HasField("error")
     assert chunks[-1].error.code == "UNAVAILABLE"
-
-
-async def test_worker_killed_before_first_token_is_retried(
-    fleet: Workers, proxies: list[Proxy]
-) -> None:
-    # Heartbeats far apart: the proxy learns of the death only from the request.
-    proxy = await start_proxy(
-        fleet, f"--model=retry={fleet.model_dir},min=2,max=2", "--heartbeat-interval", "30"
-    )
-    proxies.append(proxy)
-    await proxy.admin.ScaleModel(
-        admin_pb2.ScaleModelRequest(model_id="retry", replicas=2), timeout=60
-    )
-    assert len(proxy.holders("retry")) == 2
-    victim = proxy.router.pool.pick("retry")
-    process = fleet.processes[fleet.addresses().index(victim)].process
-    assert process is not None
-    os.kill(process.pid, signal.SIGKILL)
-    await process.wait()
-    before = counter("helios_proxy_retries_total", model="retry")
-    await complete(proxy, "retry")
-    assert counter("helios_proxy_retries_total", model="retry") == before + 1
-    assert not proxy.router.pool.view(victim).healthy
 
 
 async def test_scale_to_zero_after_idle_ttl_then_cold_again(

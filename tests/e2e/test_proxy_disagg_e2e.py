@@ -20,8 +20,8 @@ from helios.v1 import worker_pb2 as wpb
 
 from cli.processes import ServiceProcess
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
-from proxy.routing import WorkerPool, WorkerRole
-from proxy.service import CompletionRouter
+from proxy.control import ControlPlane
+from proxy.fleet import WorkerPool, WorkerRole
 from proxy.servicer import InferenceServicer
 from proxy.worker_client import GrpcWorkerConnection
 from runtime.config import ServerSettings
@@ -62,7 +62,7 @@ async def workers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Wor
 
 @dataclass
 class Proxy:
-    router: CompletionRouter
+    router: ControlPlane
     server: RunningServer
     channel: grpc.aio.Channel
 
@@ -72,11 +72,9 @@ class Proxy:
 
 
 async def start_proxy(*workers: ServiceProcess) -> Proxy:
-    router = CompletionRouter(
-        WorkerPool([w.address for w in workers]), GrpcWorkerConnection, heartbeat_interval=0.3
-    )
+    router = ControlPlane.create(WorkerPool([w.address for w in workers]), GrpcWorkerConnection)
     router.start()  # roles and READY models come from the heartbeat loop
-    servicer = InferenceServicer(router)
+    servicer = InferenceServicer(router.serving)
 
     def register(server: grpc.aio.Server) -> list[str]:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)

@@ -1,4 +1,4 @@
-"""Scale-up under load (ControlPlane.reconcile): demand over ``target_concurrency`` per
+"""Scale-up under load (WarmPools.reconcile): demand over ``target_concurrency`` per
 READY replica loads one more replica where memory is free, up to ``max_replicas``, never
 by evicting. Workers are recording WorkerConnections (domain level)."""
 
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.control import ControlPlane, ModelSpec
+from proxy.cold_start import ColdStarts, ModelSpec
 from proxy.estimate import MemoryEstimator
-from proxy.routing import ModelOnAgent, WorkerPool
+from proxy.fleet import ModelOnAgent, WorkerPool
+from proxy.warm_pools import WarmPools
 
 pytestmark = pytest.mark.asyncio
 
@@ -40,7 +41,7 @@ class RecordingWorker:
 
 def make_plane(
     tmp_path: Path, free: dict[str, int], *, target: int, max_replicas: int
-) -> tuple[ControlPlane, WorkerPool, dict[str, RecordingWorker]]:
+) -> tuple[WarmPools, WorkerPool, dict[str, RecordingWorker]]:
     model_dir = tmp_path / "m"
     model_dir.mkdir(exist_ok=True)
     (model_dir / "model.safetensors").write_bytes(b"\0" * WEIGHTS)
@@ -50,13 +51,13 @@ def make_plane(
             address, worker_id=address, healthy=True, memory_total=100_000, memory_free=room
         )
     workers = {address: RecordingWorker() for address in free}
-    control = ControlPlane(
+    cold = ColdStarts(
         pool,
         workers,  # type: ignore[arg-type]
         [ModelSpec("m", model_dir, min_replicas=0, max_replicas=max_replicas)],
         MemoryEstimator(None),
-        target_concurrency=target,
     )
+    control = WarmPools(cold, target_concurrency=target)
     return control, pool, workers
 
 
@@ -73,8 +74,8 @@ def serving(pool: WorkerPool, address: str, running: int, waiting: int) -> None:
     )
 
 
-async def finish_scale_up(control: ControlPlane, workers: dict[str, RecordingWorker]) -> str:
-    task = control._loads["m"]
+async def finish_scale_up(control: WarmPools, workers: dict[str, RecordingWorker]) -> str:
+    task = control.cold._loads["m"]
     for worker in workers.values():
         worker.release.set()
     return await asyncio.wait_for(task, 10)
@@ -86,10 +87,10 @@ async def test_reported_load_over_target_adds_one_replica_up_to_max(tmp_path: Pa
     )
     serving(pool, "a", running=8, waiting=0)
     await control.reconcile()
-    assert not control.loading("m")  # at the target, not over it
+    assert not control.cold.loading("m")  # at the target, not over it
     serving(pool, "a", running=8, waiting=7)  # queueing: over target
     await control.reconcile()
-    assert control.loading("m")
+    assert control.cold.loading("m")
     await control.reconcile()  # one scale-up in flight at a time
     await asyncio.sleep(0.05)  # the background load reaches LoadModel
     loads = [address for address, w in workers.items() if w.loads]
@@ -98,7 +99,7 @@ async def test_reported_load_over_target_adds_one_replica_up_to_max(tmp_path: Pa
     assert {a.address for a in pool.holders("m")} == {"a", "c"}
     serving(pool, "a", running=8, waiting=20)  # more load, but max_replicas=2
     await control.reconcile()
-    assert not control.loading("m")
+    assert not control.cold.loading("m")
     assert sum(len(w.loads) for w in workers.values()) == 1
 
 
@@ -109,9 +110,9 @@ async def test_requests_relayed_by_this_proxy_count_as_demand(tmp_path: Path) ->
     serving(pool, "a", running=0, waiting=0)  # heartbeats lag behind the requests
     with ExitStack() as stack:
         for _ in range(3):
-            stack.enter_context(control.active("a", "m"))
+            stack.enter_context(control.activity.running("a", "m"))
         await control.reconcile()
-        assert control.loading("m")
+        assert control.cold.loading("m")
     assert await finish_scale_up(control, workers) == "b"
 
 
@@ -121,15 +122,15 @@ async def test_no_scale_up_without_free_memory_or_when_turned_off(tmp_path: Path
     )
     serving(pool, "a", running=5, waiting=5)
     await full.reconcile()  # b cannot hold it: nothing is evicted, nothing is loaded
-    assert not full.loading("m") and not workers["b"].loads
+    assert not full.cold.loading("m") and not workers["b"].loads
 
     off, pool, workers = make_plane(tmp_path, {"a": 80_000, "b": 80_000}, target=0, max_replicas=4)
     serving(pool, "a", running=50, waiting=50)
     await off.reconcile()
-    assert not off.loading("m") and not workers["b"].loads
+    assert not off.cold.loading("m") and not workers["b"].loads
 
 
 async def test_cold_models_are_left_to_the_request_path(tmp_path: Path) -> None:
     control, _, workers = make_plane(tmp_path, {"a": 80_000}, target=1, max_replicas=2)
     await control.reconcile()  # no replica anywhere: nothing to measure load against
-    assert not control.loading("m") and not workers["a"].loads
+    assert not control.cold.loading("m") and not workers["a"].loads

@@ -1,14 +1,14 @@
 """Client errors are the client's (issue 16, item 3): a request's own fault reaches the
-client with its status, is never retried elsewhere and never counts against the worker's
-health; only engine and transport failures do.
+client with its status and never counts against the worker's health; only engine and
+transport failures do (they take the worker out of routing until its next heartbeat).
 
 The report: with one request at `"temperature": 1e-45` every 0.5 s, the reference
 engine's sampler made NaN, the proxy read the failure as the worker's and marked it
 DEGRADED, and 99.4% of everyone else's requests failed with 503.
 
-Domain tests of the classification and the circuit breaker, then the proxy's router over
-real gRPC against real workers: the reference engine on the tiny model (the report's
-requests), and scripted engines answering every status code.
+Domain tests of the classification, then the proxy's cold path (it relays the requests
+that reach the proxy) over real gRPC against real workers: the reference engine on the
+tiny model (the report's requests), and scripted engines answering every status code.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ import grpc
 import pytest
 import pytest_asyncio
 from fakes import FakeEngine, serve_worker
-from prometheus_client import REGISTRY
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from openai_compat.backend import Step
 from openai_compat.params import Job, Sampling
-from proxy.routing import AgentState, CircuitBreaker, CircuitState, WorkerPool
-from proxy.service import CompletionRouter
+from proxy.cold_path import RequestContext
+from proxy.control import ControlPlane
+from proxy.fleet import AgentState, WorkerPool
 from proxy.worker_client import GrpcWorkerConnection
 from proxy.worker_errors import WORKER_FAILURE_CODES, RelayedError, relay_error
 from runtime.errors import (
@@ -45,7 +46,7 @@ from worker.servicer import WorkerServicer
 
 Code = grpc.StatusCode
 
-# The request's own outcomes: relayed unchanged, never retried, never counted.
+# The request's own outcomes: relayed unchanged, never counted.
 CLIENT_CODES = [
     Code.INVALID_ARGUMENT,
     Code.NOT_FOUND,
@@ -59,7 +60,7 @@ CLIENT_CODES = [
     Code.CANCELLED,
     Code.UNIMPLEMENTED,
 ]
-# The worker's failures: counted against it, retried on another replica.
+# The worker's failures: counted against it (out of routing until a heartbeat answers).
 WORKER_CODES = [Code.UNAVAILABLE, Code.INTERNAL, Code.UNKNOWN, Code.DATA_LOSS]
 
 # ---------------------------------------------------------------------------- domain
@@ -102,36 +103,6 @@ def test_a_relayed_error_carries_its_status_to_the_interceptor() -> None:
     assert HeliosError("x").status_code is Code.INTERNAL  # the class default is untouched
 
 
-def test_a_neutral_outcome_counts_nothing_and_frees_a_half_open_probe() -> None:
-    breaker = CircuitBreaker(failure_threshold=2, reset_after=5.0)
-    breaker.record_failure(now=0.0)
-    breaker.record_neutral()
-    assert (breaker.failures, breaker.state(now=0.0)) == (1, CircuitState.CLOSED)
-    breaker.record_failure(now=0.0)
-    assert breaker.state(now=1.0) is CircuitState.OPEN
-    # Half-open: one probe goes; while it runs nothing else does.
-    assert breaker.allows(now=6.0)
-    breaker.on_dispatch(now=6.0)
-    assert not breaker.allows(now=6.0)
-    # The probe was the client's bad request: it says nothing; the next request probes.
-    breaker.record_neutral()
-    assert breaker.allows(now=6.0)
-    breaker.on_dispatch(now=6.0)
-    breaker.record_success()
-    assert breaker.state(now=6.0) is CircuitState.CLOSED
-
-
-def test_a_neutral_request_outcome_leaves_the_agent_routable() -> None:
-    pool = WorkerPool(["a"])
-    pool.record_heartbeat("a", worker_id="a", ready_models=["m"], healthy=True)
-    for _ in range(10):
-        pool.record_request_neutral("a")
-    agent = pool.view("a")
-    assert agent.routable and agent.state is AgentState.READY
-    assert agent.breaker.failures == 0
-    pool.record_request_neutral("gone")  # an agent discovery dropped: ignored
-
-
 # ----------------------------------------------------------------- over real gRPC
 
 MODEL = "tiny"
@@ -170,22 +141,21 @@ async def workers() -> AsyncIterator[StartWorker]:
 
 
 @pytest_asyncio.fixture
-async def routers() -> AsyncIterator[Callable[..., Awaitable[CompletionRouter]]]:
-    made: list[CompletionRouter] = []
+async def planes() -> AsyncIterator[Callable[[list[str]], Awaitable[ControlPlane]]]:
+    made: list[ControlPlane] = []
 
-    async def make(addresses: list[str], **pool_args: float) -> CompletionRouter:
-        router = CompletionRouter(
-            WorkerPool(addresses, **pool_args),  # type: ignore[arg-type]
-            GrpcWorkerConnection,
-            retry_backoff_s=0.0,
-        )
-        made.append(router)
-        await router.refresh()
-        return router
+    async def make(addresses: list[str]) -> ControlPlane:
+        plane = ControlPlane.create(WorkerPool(addresses), GrpcWorkerConnection)
+        made.append(plane)
+        await plane.refresh()
+        return plane
 
     yield make
-    for router in made:
-        await router.stop()
+    for plane in made:
+        await plane.stop()
+
+
+Planes = Callable[[list[str]], Awaitable[ControlPlane]]
 
 
 def job(request_id: str, prompt: str = "Once upon a time", **sampling: object) -> Job:
@@ -208,26 +178,24 @@ def job(request_id: str, prompt: str = "Once upon a time", **sampling: object) -
     )
 
 
-async def outcome(router: CompletionRouter, j: Job, deadline_s: float = 60) -> str:
+async def complete(plane: ControlPlane, j: Job, deadline_s: float = 60) -> Step:
+    return await plane.serving.complete(j, RequestContext(deadline_s=deadline_s))
+
+
+async def outcome(plane: ControlPlane, j: Job, deadline_s: float = 60) -> str:
     """ "OK" with the text, or the status code name the client gets."""
     try:
-        step = await router.complete(j, deadline_s)
+        step = await complete(plane, j, deadline_s)
     except HeliosError as error:
         return error.status_code.name
     assert step.finish_reason in ("stop", "length")
     return "OK"
 
 
-def retries() -> float:
-    return REGISTRY.get_sample_value("helios_proxy_retries_total", {"model": MODEL}) or 0.0
-
-
-def assert_never_degraded(router: CompletionRouter) -> None:
-    for agent in router.pool.agents():
+def assert_never_degraded(plane: ControlPlane) -> None:
+    for agent in plane.pool.agents():
         assert agent.healthy, agent.address
         assert agent.state is not AgentState.DEGRADED, agent.address
-        assert agent.breaker.failures == 0, agent.address
-        assert agent.breaker.state() is CircuitState.CLOSED, agent.address
         assert agent.routable, agent.address
 
 
@@ -239,15 +207,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 async def test_the_report_bad_requests_never_take_the_worker_out(
     workers: StartWorker,
-    routers: Callable[..., Awaitable[CompletionRouter]],
+    planes: Planes,
     tiny_model_dir: Path,
 ) -> None:
     async def reference(name: str, path: Path) -> EngineClient:
         return await TransformersEngine.load(path, name)
 
     worker = await workers(reference, tiny_model_dir)
-    router = await routers([worker.address])
-    retried = retries()
+    plane = await planes([worker.address])
     # The report's request (now served greedy) and requests the engine must refuse,
     # interleaved with good ones and sent concurrently, several rounds.
     bad = [
@@ -257,21 +224,20 @@ async def test_the_report_bad_requests_never_take_the_worker_out(
         ("over-long", {"max_tokens": 1_000_000}, "INVALID_ARGUMENT"),
         ("nan-top-p", {"temperature": 1.0, "top_p": float("nan")}, "INVALID_ARGUMENT"),
     ]
-    greedy = await router.complete(job("greedy"), 60)
+    greedy = await complete(plane, job("greedy"))
     for round_ in range(3):
         jobs: list[tuple[Job, str]] = []
         for index, (name, sampling, want) in enumerate(bad):
             jobs.append((job(f"good-{round_}-{index}", temperature=0.7, seed=index), "OK"))
             jobs.append((job(f"{name}-{round_}", **sampling), want))
-        got = await asyncio.gather(*(outcome(router, j) for j, _ in jobs))
+        got = await asyncio.gather(*(outcome(plane, j) for j, _ in jobs))
         assert got == [want for _, want in jobs]
-        assert_never_degraded(router)
+        assert_never_degraded(plane)
     # 1e-45 is greedy: the same text as temperature 0.
-    tiny = await router.complete(job("tiny-again", temperature=1e-45), 60)
+    tiny = await complete(plane, job("tiny-again", temperature=1e-45))
     assert tiny.text == greedy.text
-    assert retries() == retried  # nothing was retried elsewhere
-    await router.refresh()
-    assert_never_degraded(router)  # and the worker's own heartbeat agrees
+    await plane.refresh()
+    assert_never_degraded(plane)  # and the worker's own heartbeat agrees
 
 
 class _StatusError(HeliosError):
@@ -324,88 +290,67 @@ async def scripted(
     return engines, [w.address for w in started]
 
 
-async def test_every_client_status_is_relayed_unchanged_never_retried_never_counted(
+async def test_every_client_status_is_relayed_unchanged_never_counted(
     scripted: tuple[list[ScriptedEngine], list[str]],
-    routers: Callable[..., Awaitable[CompletionRouter]],
+    planes: Planes,
 ) -> None:
     engines, addresses = scripted
-    router = await routers(addresses)
-    retried = retries()
+    plane = await planes(addresses)
     for code in CLIENT_CODES:
         before = sum(e.calls for e in engines)
-        for index in range(4):  # more than the breaker's threshold
-            assert await outcome(router, job(f"{code.name}-{index}", f"status:{code.name}")) == (
+        for index in range(4):
+            assert await outcome(plane, job(f"{code.name}-{index}", f"status:{code.name}")) == (
                 code.name
             )
-            assert await outcome(router, job(f"good-{code.name}-{index}")) == "OK"
+            assert await outcome(plane, job(f"good-{code.name}-{index}")) == "OK"
         assert sum(e.calls for e in engines) - before == 8  # each reached one worker once
-        assert_never_degraded(router)
-    assert retries() == retried
+        assert_never_degraded(plane)
 
 
 @pytest.mark.parametrize("code", WORKER_CODES)
-async def test_worker_failures_count_and_are_retried_elsewhere(
+async def test_worker_failures_take_the_worker_out_until_its_next_heartbeat(
     scripted: tuple[list[ScriptedEngine], list[str]],
-    routers: Callable[..., Awaitable[CompletionRouter]],
+    planes: Planes,
     code: grpc.StatusCode,
 ) -> None:
     engines, addresses = scripted
-    router = await routers(addresses)
-    retried = retries()
-    assert await outcome(router, job("broken", f"status:{code.name}")) == "UNAVAILABLE"
-    assert [e.calls for e in engines] == [1, 1]  # tried on the other worker too
-    assert retries() - retried >= 1
-    for agent in router.pool.agents():
-        assert agent.state is AgentState.DEGRADED and agent.breaker.failures == 1
-    await router.refresh()  # the heartbeat answers: back in rotation
-    assert await outcome(router, job("after")) == "OK"
+    plane = await planes(addresses)
+    assert await outcome(plane, job("broken", f"status:{code.name}")) == "UNAVAILABLE"
+    # Not retried by the proxy (Envoy retries warm requests; this one reached one worker).
+    assert sorted(e.calls for e in engines) == [0, 1]
+    (failed,) = [a for a in plane.pool.agents() if a.state is AgentState.DEGRADED]
+    assert not failed.routable
+    assert await outcome(plane, job("elsewhere")) == "OK"  # the other worker serves
+    await plane.refresh()  # the heartbeat answers: back in rotation
+    assert failed.routable
+    assert_never_degraded(plane)
 
 
 async def test_deadlines_the_worker_or_the_client(
     scripted: tuple[list[ScriptedEngine], list[str]],
-    routers: Callable[..., Awaitable[CompletionRouter]],
+    planes: Planes,
 ) -> None:
     _engines, addresses = scripted
-    router = await routers(addresses[:1])
+    plane = await planes(addresses[:1])
     # The client's own deadline runs out while the worker works: its budget, not the
     # worker's failure.
-    got = await outcome(router, job("slow", "sleep"), deadline_s=0.3)
+    got = await outcome(plane, job("slow", "sleep"), deadline_s=0.3)
     assert got == "DEADLINE_EXCEEDED"
-    assert_never_degraded(router)
+    assert_never_degraded(plane)
     # The worker answers DEADLINE_EXCEEDED long before the client's deadline: its own
     # timeout (a dependency it waited for), counted like any failure of the worker.
-    got = await outcome(router, job("worker-timeout", "status:DEADLINE_EXCEEDED"), 60)
+    got = await outcome(plane, job("worker-timeout", "status:DEADLINE_EXCEEDED"), 60)
     assert got == "UNAVAILABLE"
-    (agent,) = router.pool.agents()
-    assert agent.breaker.failures == 1
-
-
-async def test_a_bad_request_as_the_half_open_probe_does_not_wedge_the_circuit(
-    scripted: tuple[list[ScriptedEngine], list[str]],
-    routers: Callable[..., Awaitable[CompletionRouter]],
-) -> None:
-    _engines, addresses = scripted
-    router = await routers(addresses[:1], breaker_threshold=1, breaker_reset_s=0.1)
-    (agent,) = router.pool.agents()
-    assert await outcome(router, job("broken", "status:INTERNAL")) == "UNAVAILABLE"
-    assert agent.breaker.state() is CircuitState.OPEN
-    await router.refresh()
-    await asyncio.sleep(0.15)
-    assert agent.breaker.state() is CircuitState.HALF_OPEN
-    # The probe is a client's bad request: it answers INVALID_ARGUMENT...
-    assert await outcome(router, job("probe", "status:INVALID_ARGUMENT")) == "INVALID_ARGUMENT"
-    # ...and the next request may still probe (before the fix: no replica, forever).
-    assert agent.routable
-    assert await outcome(router, job("good")) == "OK"
-    assert agent.breaker.state() is CircuitState.CLOSED
+    (agent,) = plane.pool.agents()
+    assert agent.state is AgentState.DEGRADED and not agent.routable
 
 
 async def test_invalid_argument_from_the_engine_is_the_clients(
     scripted: tuple[list[ScriptedEngine], list[str]],
-    routers: Callable[..., Awaitable[CompletionRouter]],
+    planes: Planes,
 ) -> None:
     _engines, addresses = scripted
-    router = await routers(addresses)
+    plane = await planes(addresses)
     with pytest.raises(InvalidArgumentError, match="scripted INVALID_ARGUMENT"):
-        await router.complete(job("bad", "status:INVALID_ARGUMENT"), 60)
-    assert_never_degraded(router)
+        await complete(plane, job("bad", "status:INVALID_ARGUMENT"))
+    assert_never_degraded(plane)

@@ -1,4 +1,4 @@
-"""Placement, circuit breaker, routing policies, API keys and limits (domain)."""
+"""Placement, agents out of routing, API keys and limits (domain)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.control import parse_model_spec
+from proxy.cold_start import parse_model_spec
+from proxy.fleet import ModelOnAgent, WorkerPool
 from proxy.limits import Admission, ApiKeys, ShedError, UnauthenticatedError, parse_key_spec
 from proxy.placement import NoFit, best_fit, eviction_plan
-from proxy.policies import PrefixAware, RouteHint, SessionAffinity, policy_by_name
-from proxy.routing import CircuitBreaker, CircuitState, ModelOnAgent, WorkerPool
 
 
 def pool_with(free: dict[str, int], total: int = 100) -> WorkerPool:
@@ -57,22 +56,6 @@ def test_eviction_plan_frees_least_recently_used_first() -> None:
     assert eviction_plan(agent, 5, idle) == []
 
 
-def test_circuit_opens_then_half_open_probe_closes_it() -> None:
-    breaker = CircuitBreaker(failure_threshold=2, reset_after=5.0)
-    breaker.record_failure(now=0.0)
-    assert breaker.state(now=0.1) is CircuitState.CLOSED
-    breaker.record_failure(now=1.0)
-    assert breaker.state(now=1.1) is CircuitState.OPEN and not breaker.allows(now=1.1)
-    assert breaker.state(now=6.0) is CircuitState.HALF_OPEN and breaker.allows(now=6.0)
-    breaker.on_dispatch(now=6.0)
-    assert not breaker.allows(now=6.0)  # one probe at a time
-    breaker.record_failure(now=6.5)
-    assert breaker.state(now=7.0) is CircuitState.OPEN
-    breaker.on_dispatch(now=12.0)
-    breaker.record_success()
-    assert breaker.state() is CircuitState.CLOSED and breaker.allows()
-
-
 def test_request_failure_takes_an_agent_out_until_a_heartbeat() -> None:
     pool = pool_with({"a": 50, "b": 50})
     for address in ("a", "b"):
@@ -89,24 +72,6 @@ def test_request_failure_takes_an_agent_out_until_a_heartbeat() -> None:
     )
     with pool.lease("b"):
         assert pool.pick("m") == "a"
-
-
-def test_prefix_and_session_policies_are_sticky() -> None:
-    pool = pool_with({f"w{i}": 50 for i in range(5)})
-    agents = pool.agents()
-    prefix = PrefixAware()
-    chosen = {prefix.choose(agents, RouteHint(prefix="system: you are")).address for _ in range(5)}
-    assert len(chosen) == 1
-    spread = {prefix.choose(agents, RouteHint(prefix=f"p{i}")).address for i in range(40)}
-    assert len(spread) > 1
-    (preferred,) = chosen
-    pool.view(preferred).outstanding = 50  # overloaded: fall back to least loaded
-    assert prefix.choose(agents, RouteHint(prefix="system: you are")).address != preferred
-    session = SessionAffinity()
-    firsts = {session.choose(agents, RouteHint(session="s-1")).address for _ in range(5)}
-    assert len(firsts) == 1
-    with pytest.raises(ValueError, match="unknown routing policy"):
-        policy_by_name("random")
 
 
 def test_api_keys_and_request_rate() -> None:
@@ -169,8 +134,7 @@ def test_model_spec_flag() -> None:
 
 def test_cold_loads_are_placed_on_both_role_workers_only() -> None:
     """A prefill or decode worker could not serve a whole generation of the model."""
-    from proxy.placement import NoFit, best_fit
-    from proxy.routing import WorkerPool, WorkerRole
+    from proxy.fleet import WorkerPool, WorkerRole
 
     pool = WorkerPool(["both:1", "prefill:1", "decode:1"])
     for address, role in (

@@ -1,6 +1,6 @@
 """Disaggregated serving driven by the proxy, against real workers: in-process
 WorkerService servers on real gRPC ports, each with the reference engine on the tiny
-model and a role (both, prefill, decode); the proxy's CompletionRouter reaches them
+model and a role (both, prefill, decode); the proxy's cold path reaches them
 through GrpcWorkerConnection."""
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from prometheus_client import REGISTRY
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from openai_compat.backend import Step
 from openai_compat.params import Job, Sampling
-from proxy.routing import WorkerPool, WorkerRole
-from proxy.service import CompletionRouter
+from proxy.cold_path import RequestContext
+from proxy.control import ControlPlane
+from proxy.fleet import WorkerPool, WorkerRole
 from proxy.worker_client import GrpcWorkerConnection
 from runtime.errors import UnavailableError
 from runtime.server import RunningServer
@@ -76,7 +77,7 @@ async def start_worker(model_dir: Path, role: str) -> Worker:
 
 
 StartWorker = Callable[[str], Awaitable[Worker]]
-MakeRouter = Callable[[list[Worker]], Awaitable[CompletionRouter]]
+MakePlane = Callable[[list[Worker]], Awaitable[ControlPlane]]
 
 
 @pytest_asyncio.fixture
@@ -96,22 +97,18 @@ async def workers(tiny_model_dir: Path) -> AsyncIterator[StartWorker]:
 
 
 @pytest_asyncio.fixture
-async def routers() -> AsyncIterator[MakeRouter]:
-    made: list[CompletionRouter] = []
+async def planes() -> AsyncIterator[MakePlane]:
+    made: list[ControlPlane] = []
 
-    async def make(members: list[Worker]) -> CompletionRouter:
-        router = CompletionRouter(
-            WorkerPool([w.address for w in members]),
-            GrpcWorkerConnection,
-            retry_backoff_s=0.0,
-        )
-        made.append(router)
-        await router.refresh()
-        return router
+    async def make(members: list[Worker]) -> ControlPlane:
+        plane = ControlPlane.create(WorkerPool([w.address for w in members]), GrpcWorkerConnection)
+        made.append(plane)
+        await plane.refresh()
+        return plane
 
     yield make
-    for router in made:
-        await router.stop()
+    for plane in made:
+        await plane.stop()
 
 
 def job(request_id: str, max_tokens: int = 24, *, ignore_eos: bool = True) -> Job:
@@ -133,8 +130,8 @@ def job(request_id: str, max_tokens: int = 24, *, ignore_eos: bool = True) -> Jo
     )
 
 
-async def collect(router: CompletionRouter, j: Job) -> list[Step]:
-    return [step async for step in router.stream(j, 60)]
+async def collect(plane: ControlPlane, j: Job) -> list[Step]:
+    return [step async for step in plane.serving.stream(j, RequestContext(deadline_s=60))]
 
 
 def sample(name: str, **labels: str) -> float:
@@ -240,17 +237,17 @@ def test_pool_never_picks_a_phase_worker_for_a_whole_generation() -> None:
     assert pool.pick_disaggregated("m") == ("p1", "d1")
 
 
-# ------------------------------------------------------------------ through the router
+# ------------------------------------------------------------------ through the plane
 
 
 async def test_disaggregated_output_equals_one_worker(
-    workers: StartWorker, routers: MakeRouter
+    workers: StartWorker, planes: MakePlane
 ) -> None:
     both = await workers("both")
     prefill = await workers("prefill")
     decode = await workers("decode")
-    single = await routers([both])
-    split = await routers([prefill, decode])
+    single = await planes([both])
+    split = await planes([prefill, decode])
     served_before = sample("helios_proxy_disaggregated_requests_total", model=MODEL)
 
     expected = await collect(single, job("single"))
@@ -275,13 +272,13 @@ async def test_disaggregated_output_equals_one_worker(
 
 
 async def test_without_a_decode_pool_one_worker_serves(
-    workers: StartWorker, routers: MakeRouter
+    workers: StartWorker, planes: MakePlane
 ) -> None:
     both = await workers("both")
     prefill = await workers("prefill")
-    router = await routers([both, prefill])
+    plane = await planes([both, prefill])
     before = sample("helios_proxy_disaggregated_requests_total", model=MODEL)
-    steps = await collect(router, job("combined", max_tokens=6))
+    steps = await collect(plane, job("combined", max_tokens=6))
     assert steps[-1].completion_tokens == 6
     assert sample("helios_proxy_disaggregated_requests_total", model=MODEL) == before
     assert (await both.model_stats()).generated_tokens_total == 6
@@ -290,28 +287,28 @@ async def test_without_a_decode_pool_one_worker_serves(
 
 async def test_decode_worker_down_before_its_first_token_prefills_again(
     workers: StartWorker,
-    routers: MakeRouter,
+    planes: MakePlane,
 ) -> None:
     both = await workers("both")
     prefill = await workers("prefill")
     doomed = await workers("decode")
     spare = await workers("decode")
-    expected = "".join(s.text for s in await collect(await routers([both]), job("ref")))
-    router = await routers([prefill, doomed, spare])
+    expected = "".join(s.text for s in await collect(await planes([both]), job("ref")))
+    plane = await planes([prefill, doomed, spare])
     retries = sample("helios_proxy_decode_retries_total", model=MODEL)
     # The proxy still thinks `doomed` is READY (its last heartbeat said so); it is gone.
     await doomed.server.stop(0)
-    steps = router.stream(job("retry"), 60)
+    steps = plane.serving.stream(job("retry"), RequestContext(deadline_s=60))
     async with aclosing(steps):
         # The pair is picked when the stream starts: a lease on `spare` makes `doomed`
         # the least outstanding decode worker for that pick only.
-        with router.pool.lease(spare.address):
+        with plane.pool.lease(spare.address):
             got = [await anext(steps)]  # Prefill's first step, before any Decode
         got += [step async for step in steps]
     assert "".join(s.text for s in got) == expected
     assert got[-1].completion_tokens == 24
     assert sample("helios_proxy_decode_retries_total", model=MODEL) == retries + 1
-    assert not router.pool.view(doomed.address).healthy
+    assert not plane.pool.view(doomed.address).healthy
     # The first cache may still be parked (never fetched); the second one was taken.
     assert (await prefill.model_stats()).generated_tokens_total == 2
     assert (await spare.model_stats()).generated_tokens_total == 23
@@ -319,12 +316,14 @@ async def test_decode_worker_down_before_its_first_token_prefills_again(
 
 async def test_closing_the_stream_mid_decode_stops_the_decode_worker(
     workers: StartWorker,
-    routers: MakeRouter,
+    planes: MakePlane,
 ) -> None:
     prefill = await workers("prefill")
     decode = await workers("decode")
-    router = await routers([prefill, decode])
-    steps = router.stream(job("cancel", max_tokens=1500, ignore_eos=True), 60)
+    plane = await planes([prefill, decode])
+    steps = plane.serving.stream(
+        job("cancel", max_tokens=1500, ignore_eos=True), RequestContext(deadline_s=60)
+    )
     async with aclosing(steps):
         seen = 0
         async for _ in steps:
@@ -342,5 +341,5 @@ async def test_closing_the_stream_mid_decode_stops_the_decode_worker(
     settled = stats.generated_tokens_total
     await asyncio.sleep(0.3)
     assert (await decode.model_stats()).generated_tokens_total == settled < 1499
-    assert router.pool.view(decode.address).outstanding == 0
-    assert router.pool.view(prefill.address).outstanding == 0
+    assert plane.pool.view(decode.address).outstanding == 0
+    assert plane.pool.view(prefill.address).outstanding == 0

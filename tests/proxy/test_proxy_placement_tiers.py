@@ -3,7 +3,7 @@ in a fast tier go first among the agents the model fits.
 
 Domain tests of best_fit and the agent registry, then the cold path over real gRPC: the
 real registry, two real storageds fed by it, two real workers (fake engines) each with
-its own storaged, the proxy's GrpcWorkerConnection heartbeats and its ControlPlane.
+its own storaged, the proxy's GrpcWorkerConnection heartbeats and its cold starts (ColdStarts).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from helios.v1 import (
 from helios.v1 import storage_pb2 as spb
 
 from proxy.admin import AdminServicer
-from proxy.control import ControlPlane
+from proxy.cold_start import ColdStarts
 from proxy.estimate import MemoryEstimator
+from proxy.fleet import CacheLevel, ModelOnAgent, WorkerPool, WorkerStatus
 from proxy.placement import NoFit, best_fit
 from proxy.registry import RegistryCatalogue
 from proxy.registry_client import GrpcRegistryClient
-from proxy.routing import CacheLevel, ModelOnAgent, WorkerPool
-from proxy.service import WorkerStatus
+from proxy.warm_pools import WarmPools
 from proxy.worker_client import GrpcWorkerConnection
 from registry.core import Registry
 from registry.servicer import RegistryServicer
@@ -201,7 +201,7 @@ async def import_model(mesh: Mesh, model: str, size: int = 100_000) -> None:
 
 
 def record(pool: WorkerPool, address: str, status: WorkerStatus) -> None:
-    """What CompletionRouter.beat records of one heartbeat."""
+    """What Heartbeats.beat records of one heartbeat."""
     pool.record_heartbeat(
         address,
         worker_id=status.worker_id,
@@ -259,7 +259,7 @@ async def test_cold_path_picks_the_agent_whose_storaged_holds_the_model(mesh: Me
         assert not isinstance(plain, NoFit) and plain.address == tight.address
         pool.view(roomy.address).stored = known
 
-        control = ControlPlane(
+        control = ColdStarts(
             pool,
             connections,
             (),
@@ -278,7 +278,7 @@ async def test_cold_path_picks_the_agent_whose_storaged_holds_the_model(mesh: Me
         admin = await serve(
             "AdminService",
             admin_pb2_grpc.add_AdminServiceServicer_to_server,
-            AdminServicer(control),
+            AdminServicer(WarmPools(control)),
         )
         try:
             record(pool, roomy.address, after)

@@ -17,12 +17,14 @@ from helios.v1 import inference_pb2 as inference_pb
 from helios.v1 import inference_pb2_grpc, registry_pb2_grpc
 
 from openai_compat.protocol import chat_job_from_pb
+from proxy.cold_path import RequestContext
+from proxy.cold_start import ColdStarts
 from proxy.control import ControlPlane
 from proxy.estimate import MemoryEstimator
+from proxy.fleet import ModelOnAgent, WorkerPool
 from proxy.registry import RegistryCatalogue, UsageReporter
 from proxy.registry_client import GrpcRegistryClient
-from proxy.routing import ModelOnAgent, WorkerPool
-from proxy.service import CompletionRouter
+from proxy.warm_pools import WarmPools
 from proxy.worker_client import GrpcWorkerConnection
 from registry.core import Registry
 from registry.servicer import RegistryServicer
@@ -82,40 +84,39 @@ async def add_model(env: Env, model: str, size: int) -> None:
 
 def plane(
     env: Env, free: dict[str, int], total: int = 100_000, prefetch: int = 0
-) -> tuple[ControlPlane, dict[str, RecordingWorker]]:
+) -> tuple[WarmPools, dict[str, RecordingWorker]]:
     pool = WorkerPool(list(free))
     for address, room in free.items():
         pool.record_heartbeat(
             address, worker_id=address, healthy=True, memory_total=total, memory_free=room
         )
     workers = {address: RecordingWorker() for address in free}
-    control = ControlPlane(
+    cold = ColdStarts(
         pool,
         workers,  # type: ignore[arg-type]
         (),
         MemoryEstimator(None),
         registry=RegistryCatalogue(env.client),
-        prefetch=prefetch,
     )
-    return control, workers
+    return WarmPools(cold, prefetch=prefetch), workers
 
 
 async def test_registry_model_cold_starts_without_a_local_path(env: Env) -> None:
     await add_model(env, "org/alpha", 20_000)
     control, workers = plane(env, {"a": 90_000, "b": 30_000})
-    listing = await control.registry.refresh()  # type: ignore[union-attr]
+    listing = await control.cold.registry.refresh()  # type: ignore[union-attr]
     assert set(listing) == {"org/alpha"}
-    address = await control.replica("org/alpha", deadline_s=10)
+    address = await control.cold.replica("org/alpha", deadline_s=10)
     assert address == "b"  # best fit: the tighter agent
     assert workers["b"].loads == [("org/alpha", "")]  # the worker fetches via storaged
     assert workers["a"].loads == []
-    need, status = control.model_profile("org/alpha")
+    need, status = control.cold.model_profile("org/alpha")
     assert status == "warm"
     assert need is not None and need.source == "manifest"
     assert need.bytes == listing["org/alpha"].total_bytes
     for unknown in ("org/nothing", "ORG/Alpha", "../etc"):
         with pytest.raises(NotFoundError):
-            await control.replica(unknown, deadline_s=5)
+            await control.cold.replica(unknown, deadline_s=5)
 
 
 async def test_usage_reporter_batches_and_survives_a_dead_registry(env: Env) -> None:
@@ -145,23 +146,23 @@ async def test_evictions_follow_the_registry_and_spare_pinned_models(env: Env) -
     await env.registry.record_usage("org/hot", 50, 500)
     await env.registry.set_policy("org/pinned", 1, True)
     control, workers = plane(env, {"a": 10}, total=100)
-    await control.registry.refresh()  # type: ignore[union-attr]
+    await control.cold.registry.refresh()  # type: ignore[union-attr]
     pool = control.pool
     # Least recently used first would evict org/hot (last used longest ago).
     for model, last in (("org/hot", 1.0), ("org/pinned", 2.0), ("org/cold", 3.0)):
         pool.mark_model("a", ModelOnAgent(model, "ready", memory_bytes=30))
-        control._last_used[("a", model)] = last
-    control.catalogue["org/new"] = await control.spec("org/new")
-    control._needs.clear()
+        control.cold.activity._last_used[("a", model)] = last
+    control.cold.catalogue["org/new"] = await control.cold.spec("org/new")
+    control.cold._needs.clear()
     # Needs 35: one eviction; the registry ranks the unused model first.
-    assert await control._evict_for("org/new", 35, set())
+    assert await control.cold._evict_for("org/new", 35, set())
     assert workers["a"].unloads == ["org/cold"]
     pool.view("a").memory_free = 40
     # Needs 65 now with 40 free: org/hot goes, org/pinned never does.
-    assert await control._evict_for("org/new", 65, set())
+    assert await control.cold._evict_for("org/new", 65, set())
     assert workers["a"].unloads == ["org/cold", "org/hot"]
     pool.view("a").memory_free = 70
-    assert not await control._evict_for("org/new", 95, set())
+    assert not await control.cold._evict_for("org/new", 95, set())
     assert "org/pinned" in pool.view("a").models
 
 
@@ -176,7 +177,7 @@ async def test_prefetch_preloads_a_hint_into_free_memory_only(env: Env) -> None:
     assert workers["a"].loads == [("org/alpha", "")]
     await control.reconcile()  # already loaded: nothing more
     assert len(workers["a"].loads) == 1
-    assert control.model_profile("org/alpha")[1] == "warm"
+    assert control.cold.model_profile("org/alpha")[1] == "warm"
 
 
 async def test_usage_of_requests_workers_served_directly_is_reported_once(env: Env) -> None:
@@ -185,17 +186,17 @@ async def test_usage_of_requests_workers_served_directly_is_reported_once(env: E
     await add_model(env, "org/alpha", 1_000)
     async with fake_worker(env.root / "worker", "org/alpha") as address:
         usage = UsageReporter(env.client)  # not started: what it would send stays pending
-        router = CompletionRouter(WorkerPool([address]), GrpcWorkerConnection, usage=usage)
-        router.control = ControlPlane(
-            router.pool,
-            router.connections,
+        plane = ControlPlane.create(
+            WorkerPool([address]),
+            GrpcWorkerConnection,
             (),
             MemoryEstimator(None),
             registry=RegistryCatalogue(env.client),
+            usage=usage,
         )
         try:
-            await router.control.registry.refresh()  # type: ignore[union-attr]
-            await router.refresh()  # the workers' counters so far: a baseline
+            await plane.cold.registry.refresh()  # type: ignore[union-attr]
+            await plane.refresh()  # the workers' counters so far: a baseline
             params = inference_pb.ChatCompletionParams(model="org/alpha", max_tokens=4)
             params.messages.add(role="user").content.string_value = "hello"
             async with grpc.aio.insecure_channel(address) as channel:
@@ -204,12 +205,14 @@ async def test_usage_of_requests_workers_served_directly_is_reported_once(env: E
                     await worker.CreateChatCompletion(
                         inference_pb.CreateChatCompletionRequest(params=params)
                     )
-            relayed = await router.complete(chat_job_from_pb(params), deadline_s=10)
+            relayed = await plane.serving.complete(
+                chat_job_from_pb(params), RequestContext(deadline_s=10)
+            )
             tokens = relayed.prompt_tokens + relayed.completion_tokens
             assert usage.pending == {"org/alpha": (1, tokens)}  # the relayed one
-            await router.refresh()
+            await plane.refresh()
             assert usage.pending == {"org/alpha": (3, 3 * tokens)}  # + the two direct
-            await router.refresh()
+            await plane.refresh()
             assert usage.pending == {"org/alpha": (3, 3 * tokens)}  # nothing new
         finally:
-            await router.stop()
+            await plane.stop()

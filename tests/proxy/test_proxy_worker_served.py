@@ -13,11 +13,11 @@ from fakes import fake_worker
 from helios.v1 import inference_pb2 as pb
 from helios.v1 import inference_pb2_grpc
 
-from proxy.control import ControlPlane, ModelSpec
+from proxy.cold_start import ModelSpec
+from proxy.control import ControlPlane
 from proxy.estimate import MemoryEstimator
-from proxy.routing import WorkerPool
+from proxy.fleet import WorkerPool
 from proxy.served import ServedDelta, ServedLedger, ServedTotals
-from proxy.service import CompletionRouter
 from proxy.worker_client import GrpcWorkerConnection
 
 MODEL = "fake-model"
@@ -45,13 +45,11 @@ async def test_idle_clock_sees_requests_the_worker_served_directly(tmp_path: Pat
     used, and is unloaded once it has been idle that long."""
     ttl = 1.0
     async with fake_worker(tmp_path, MODEL) as address:
-        router = CompletionRouter(WorkerPool([address]), GrpcWorkerConnection)
-        router.control = ControlPlane(
-            router.pool,
-            router.connections,
+        plane = ControlPlane.create(
+            WorkerPool([address]),
+            GrpcWorkerConnection,
             [ModelSpec(MODEL, tmp_path / MODEL)],
             MemoryEstimator(None),
-            refresh=router.beat,
             idle_ttl_s=ttl,
         )
         try:
@@ -59,8 +57,8 @@ async def test_idle_clock_sees_requests_the_worker_served_directly(tmp_path: Pat
                 worker = inference_pb2_grpc.InferenceServiceStub(channel)
 
                 async def beat() -> None:
-                    await router.refresh()
-                    await router.control.reconcile()
+                    await plane.refresh()
+                    await plane.warm.reconcile()
 
                 await beat()
                 busy_until = time.monotonic() + 2 * ttl
@@ -72,10 +70,10 @@ async def test_idle_clock_sees_requests_the_worker_served_directly(tmp_path: Pat
                 assert [m.id for m in listed.data] == [MODEL]  # used: still loaded
 
                 idle_until = time.monotonic() + 3 * ttl
-                while router.pool.holders(MODEL) and time.monotonic() < idle_until:
+                while plane.pool.holders(MODEL) and time.monotonic() < idle_until:
                     await asyncio.sleep(0.1)
                     await beat()
                 listed = await worker.ListModels(pb.ListModelsRequest())
                 assert [m.id for m in listed.data] == []  # idle past the TTL: unloaded
         finally:
-            await router.stop()
+            await plane.stop()

@@ -25,7 +25,7 @@ from xds_envoy import (
     write_base_routes,
 )
 
-from proxy.routing import AgentState, ModelOnAgent, WorkerPool
+from proxy.fleet import AgentState, ModelOnAgent, WorkerPool
 from proxy.xds_server import XdsSettings, load_base_routes
 from proxy.xds_snapshot import (
     LEAST_REQUEST,

@@ -18,7 +18,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 from xds_envoy import ready, start_xds
 
-from proxy.routing import WorkerPool
+from proxy.fleet import WorkerPool
 from proxy.server import build_parser, xds_settings
 from proxy.xds_server import (
     CLUSTER_TYPE,

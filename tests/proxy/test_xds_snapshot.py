@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from proxy.routing import AgentState, ModelOnAgent, WorkerPool, WorkerRole
+from proxy.fleet import AgentState, ModelOnAgent, WorkerPool, WorkerRole
 from proxy.xds_snapshot import (
     LEAST_REQUEST,
     PREFIX_HASH_BALANCE_FACTOR,
@@ -145,12 +145,14 @@ def test_the_pool_tells_its_observers_of_every_change() -> None:
     pool.mark_model("10.0.0.1:1", ModelOnAgent("n", "ready"))
     pool.forget_model("10.0.0.1:1", "n")
     pool.forget_model("10.0.0.1:1", "n")  # gone already
-    pool.record_failure("10.0.0.1:1")  # one failure: still healthy, no change
-    pool.record_failure("10.0.0.1:1")  # the second makes it DEGRADED
+    pool.record_failure("10.0.0.1:1")  # the first failure takes it out (DEGRADED)
+    pool.record_failure("10.0.0.1:1")  # out already: no change
     pool.record_request_failure("10.0.0.1:1")
+    beat(pool, "10.0.0.1:1", ModelOnAgent("m", "ready"))  # back
+    pool.record_request_failure("10.0.0.1:1")  # a request failed there: out again
     pool.remove("10.0.0.1:1")
     pool.remove("10.0.0.1:1")
-    assert len(calls) == 7
+    assert len(calls) == 8
     unsubscribe()
     pool.add("10.0.0.2:1")
-    assert len(calls) == 7
+    assert len(calls) == 8

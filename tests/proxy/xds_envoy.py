@@ -23,7 +23,7 @@ from fakes import serve
 from helios.v1 import inference_pb2, inference_pb2_grpc
 
 from cli.envoy import EnvoyProcess, _http_get
-from proxy.routing import AgentState, ModelOnAgent, WorkerPool, WorkerRole
+from proxy.fleet import AgentState, ModelOnAgent, WorkerPool, WorkerRole
 from proxy.xds_server import MODEL_HEADER, XdsServer, XdsSettings
 from proxy.xds_snapshot import LbPolicy
 from runtime.config import ServerSettings

@@ -17,8 +17,8 @@ from helios.v1 import inference_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as worker_pb
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
-from proxy.routing import WorkerPool
-from proxy.service import CompletionRouter
+from proxy.control import ControlPlane
+from proxy.fleet import WorkerPool
 from proxy.servicer import InferenceServicer as ProxyInferenceServicer
 from proxy.worker_client import GrpcWorkerConnection
 from worker.models import ModelManager
@@ -52,12 +52,12 @@ async def paths(tiny_model_dir: Path) -> AsyncIterator[Paths]:
     async for _ in manager.load(MODEL, tiny_model_dir):
         continue
     worker = await serve_worker_inference(manager)
-    router = CompletionRouter(WorkerPool([worker.address]), GrpcWorkerConnection)
+    router = ControlPlane.create(WorkerPool([worker.address]), GrpcWorkerConnection)
     await router.refresh()
     proxy = await serve(
         "InferenceService",
         inference_pb2_grpc.add_InferenceServiceServicer_to_server,
-        ProxyInferenceServicer(router),
+        ProxyInferenceServicer(router.serving),
     )
     try:
         async with (

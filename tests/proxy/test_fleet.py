@@ -1,11 +1,11 @@
-"""The worker pool's routing decisions (domain)."""
+"""The fleet state: which agents take requests, and the proxy's own pick (domain)."""
 
 from __future__ import annotations
 
 import pytest
 
 from proxy.discovery import StaticDiscovery
-from proxy.routing import UNHEALTHY_AFTER_FAILURES, WorkerPool
+from proxy.fleet import AgentState, WorkerPool
 from runtime.errors import NotFoundError, UnavailableError
 
 
@@ -46,14 +46,20 @@ def test_only_workers_with_the_model_ready() -> None:
         assert pool.pick("m") == "a"
 
 
-def test_failures_make_a_worker_unhealthy_until_next_heartbeat() -> None:
+def test_the_first_failed_heartbeat_takes_a_worker_out_until_the_next_good_one() -> None:
     pool = WorkerPool(["a"])
     beat(pool, "a", ["m"])
-    for _ in range(UNHEALTHY_AFTER_FAILURES):
-        pool.record_failure("a")
+    changes: list[bool] = []
+    pool.subscribe(lambda: changes.append(pool.view("a").routable))
+    pool.record_failure("a")
+    assert changes == [False]  # observers (Envoy's endpoints) hear of it at once
+    assert pool.view("a").state is AgentState.DEGRADED
     with pytest.raises(UnavailableError):
         pool.pick("m")
+    pool.record_failure("a")  # still out: nothing new to tell
+    assert changes == [False]
     beat(pool, "a", ["m"])
+    assert changes == [False, True]
     assert pool.pick("m") == "a"
 
 

@@ -1,36 +1,50 @@
-"""The agent registry: every worker as the proxy knows it from heartbeats and requests.
+"""Fleet state: every worker (*agent*) as the proxy knows it from heartbeats.
 
-Domain only. Each worker is an *agent* with a state (IDLE, DOWNLOADING, LOADING, READY,
-DRAINING, DEGRADED), the models it holds (state, cache level, load), its memory as it
+Domain only. Each agent has a state (IDLE, DOWNLOADING, LOADING, READY, DRAINING,
+DEGRADED), a role, the models it holds (state, cache level, load) and its memory as it
 declares it (the GPU's own figure where a worker has one, otherwise its configured
-capacity: that is the figure placement uses), and a per-agent circuit breaker fed by
-request outcomes. Which READY replica serves a request is a pluggable policy
-(:mod:`proxy.policies`); where a cold model goes is :mod:`proxy.placement`.
+capacity: that is the figure placement uses). Every agent also reports what its node's
+storaged holds (model -> fastest tier), so placement can prefer an agent that loads a
+model from local RAM or NVMe over one that has to download it
+(:meth:`WorkerView.cache_level`).
 
-Every agent also reports what its node's storaged holds (model -> fastest tier), so
-placement can prefer an agent that loads a model from local RAM or NVMe over one that
-has to download it (:meth:`WorkerView.cache_level`).
+An agent takes part in routing while its heartbeats answer: the first failed heartbeat
+(refused, reset, past its short deadline) takes it out, the next good one brings it
+back. Observers (:meth:`WorkerPool.subscribe`: the xDS control plane) hear of every
+change, so Envoy's endpoints follow within a heartbeat interval plus a push.
 
-Every agent also has a role from its heartbeat (disaggregated serving): ``both`` agents
-serve whole generations and are the only ones :meth:`WorkerPool.pick` returns;
-``prefill`` and ``decode`` agents form a model's prefill and decode pools, which
-:meth:`WorkerPool.pick_disaggregated` pairs up (see :mod:`proxy.disagg`).
+Warm requests never pass through here: Envoy balances them (``proxy.xds_snapshot``).
+What the proxy itself sends a worker -- a cold request once its model is READY, a
+native gRPC request without the model header -- goes to the least outstanding READY
+agent (:meth:`WorkerPool.pick`). Roles (disaggregated serving): ``both`` agents serve
+whole generations; ``prefill`` and ``decode`` agents form a model's prefill and decode
+pools, which :meth:`WorkerPool.pick_disaggregated` pairs up (see :mod:`proxy.disagg`).
+
+Workers are reached through :class:`WorkerConnection` (``proxy.worker_client``
+implements it over gRPC); a heartbeat's content is a :class:`WorkerStatus`.
 """
 
 from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from proxy.policies import LeastOutstanding, RouteHint, RoutingPolicy
+from openai_compat.backend import Step
+from openai_compat.params import Job
+from proxy.served import ServedTotals
 from runtime.errors import NotFoundError, UnavailableError
-
-# A worker whose heartbeats failed this many times in a row takes no new requests
-# until a heartbeat succeeds again.
-UNHEALTHY_AFTER_FAILURES = 2
 
 
 class AgentState(enum.StrEnum):
@@ -62,67 +76,6 @@ class CacheLevel(enum.StrEnum):
     REMOTE = "remote"
 
 
-class CircuitState(enum.StrEnum):
-    """A circuit breaker's state."""
-
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-class CircuitBreaker:
-    """Consecutive request failures open the circuit; after ``reset_after`` seconds one
-    probe request is let through (half-open): its success closes the circuit, its
-    failure opens it again."""
-
-    def __init__(self, failure_threshold: int = 3, reset_after: float = 5.0) -> None:
-        if failure_threshold < 1:
-            raise ValueError("failure_threshold must be >= 1")
-        self.failure_threshold = failure_threshold
-        self.reset_after = reset_after
-        self.failures = 0
-        self._opened_at: float | None = None
-        self._probing = False
-
-    def state(self, now: float | None = None) -> CircuitState:
-        if self._opened_at is None:
-            return CircuitState.CLOSED
-        now = time.monotonic() if now is None else now
-        if now - self._opened_at >= self.reset_after:
-            return CircuitState.HALF_OPEN
-        return CircuitState.OPEN
-
-    def allows(self, now: float | None = None) -> bool:
-        """Whether a new request may go to this agent now (no side effect)."""
-        state = self.state(now)
-        return state is CircuitState.CLOSED or (
-            state is CircuitState.HALF_OPEN and not self._probing
-        )
-
-    def on_dispatch(self, now: float | None = None) -> None:
-        """A request is sent: in half-open it is the one probe."""
-        if self.state(now) is CircuitState.HALF_OPEN:
-            self._probing = True
-
-    def record_success(self) -> None:
-        self.failures = 0
-        self._opened_at = None
-        self._probing = False
-
-    def record_failure(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        self.failures += 1
-        self._probing = False
-        if self.failures >= self.failure_threshold or self._opened_at is not None:
-            self._opened_at = now
-
-    def record_neutral(self) -> None:
-        """A request ended in a way that says nothing of the agent (the client's own
-        error, the client gone): nothing is counted, but a half-open probe that ended so
-        lets the next request probe (else the circuit would never close again)."""
-        self._probing = False
-
-
 @dataclass(frozen=True)
 class ModelOnAgent:
     """One model on one agent, from the agent's heartbeat."""
@@ -148,7 +101,6 @@ class WorkerView:
     models: dict[str, ModelOnAgent] = field(default_factory=dict)
     healthy: bool = False
     outstanding: int = 0
-    consecutive_failures: int = 0
     last_heartbeat: float = 0.0
     memory_total: int = 0
     memory_free: int = 0
@@ -157,7 +109,6 @@ class WorkerView:
     # Bytes promised to loads in flight (not yet in the agent's own figure).
     reserved: int = 0
     model_first_seen: dict[str, float] = field(default_factory=dict)
-    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     # What the node's storaged holds: lower-cased model id -> its fastest tier.
     stored: dict[str, CacheLevel] = field(default_factory=dict)
 
@@ -184,8 +135,9 @@ class WorkerView:
 
     @property
     def routable(self) -> bool:
-        """Takes new requests: heartbeats succeed and the circuit lets requests in."""
-        return self.healthy and self.breaker.allows()
+        """Takes new requests: its last heartbeat answered (and no request the proxy
+        sent it failed since)."""
+        return self.healthy
 
     @property
     def placeable_free(self) -> int:
@@ -200,21 +152,11 @@ def _least_outstanding(candidates: Sequence[WorkerView]) -> WorkerView:
 class WorkerPool:
     """The agents discovery knows (a static list by default, see :mod:`proxy.discovery`)."""
 
-    def __init__(
-        self,
-        addresses: Iterable[str] = (),
-        *,
-        policy: RoutingPolicy | None = None,
-        breaker_threshold: int = 3,
-        breaker_reset_s: float = 5.0,
-    ) -> None:
-        self._breaker_threshold = breaker_threshold
-        self._breaker_reset_s = breaker_reset_s
+    def __init__(self, addresses: Iterable[str] = ()) -> None:
         self._workers: dict[str, WorkerView] = {}
         self._observers: list[Callable[[], None]] = []
         for address in addresses:
             self.add(address)
-        self.policy: RoutingPolicy = policy or LeastOutstanding()
 
     def subscribe(self, observer: Callable[[], None]) -> Callable[[], None]:
         """Call ``observer()`` after every change of the fleet state (agent added or
@@ -249,10 +191,7 @@ class WorkerPool:
 
     def add(self, address: str) -> WorkerView:
         if address not in self._workers:
-            self._workers[address] = WorkerView(
-                address=address,
-                breaker=CircuitBreaker(self._breaker_threshold, self._breaker_reset_s),
-            )
+            self._workers[address] = WorkerView(address=address)
             self._changed()
         return self._workers[address]
 
@@ -306,43 +245,23 @@ class WorkerPool:
         if role is not None:
             worker.role = role
         worker.stored = {m.lower(): level for m, level in (stored or {}).items()}
-        worker.consecutive_failures = 0
         worker.last_heartbeat = now
         self._changed()
 
     def record_failure(self, address: str) -> None:
-        """A heartbeat to ``address`` failed at the transport level."""
-        worker = self._workers.get(address)
-        if worker is None:
-            return
-        worker.consecutive_failures += 1
-        if worker.consecutive_failures >= UNHEALTHY_AFTER_FAILURES:
-            worker.healthy = False
-            worker.state = AgentState.DEGRADED
-            self._changed()
+        """A heartbeat to ``address`` failed (refused, reset, no answer in time): the
+        agent takes nothing new until a heartbeat answers again."""
+        self.record_request_failure(address)
 
     def record_request_failure(self, address: str) -> None:
-        """A request to ``address`` failed because of the agent (transport, crash): it
-        takes nothing new until a heartbeat answers again, and its breaker counts it."""
+        """A call to ``address`` failed because of the agent (transport, crash): it
+        takes nothing new until a heartbeat answers again."""
         worker = self._workers.get(address)
-        if worker is None:
+        if worker is None or (not worker.healthy and worker.state is AgentState.DEGRADED):
             return
         worker.healthy = False
         worker.state = AgentState.DEGRADED
-        worker.breaker.record_failure()
         self._changed()
-
-    def record_request_success(self, address: str) -> None:
-        worker = self._workers.get(address)
-        if worker is not None:
-            worker.breaker.record_success()
-
-    def record_request_neutral(self, address: str) -> None:
-        """A request to ``address`` ended with the request's own fault (INVALID_ARGUMENT,
-        NOT_FOUND, ...) or its client leaving: not the agent's failure, never counted."""
-        worker = self._workers.get(address)
-        if worker is not None:
-            worker.breaker.record_neutral()
 
     def mark_model(self, address: str, model: ModelOnAgent) -> None:
         """What the proxy itself learnt (a LoadModel stream said READY) before the
@@ -385,15 +304,15 @@ class WorkerPool:
             if model in w.models and w.models[model].state in ("loading", "ready", "downloading")
         ]
 
-    def pick(self, model: str, hint: RouteHint | None = None, exclude: Iterable[str] = ()) -> str:
-        """The address of the ``both`` agent that should serve ``model`` whole now
+    def pick(self, model: str, exclude: Iterable[str] = ()) -> str:
+        """The least outstanding ``both`` agent with ``model`` READY, to serve it whole
         (prefill-only and decode-only agents refuse Generate)."""
         candidates = self.candidates(model, exclude, WorkerRole.BOTH)
         if not candidates:
             if any(model in w.known_models for w in self._workers.values()):
                 raise UnavailableError(f"model {model} has no healthy ready replica right now")
             raise NotFoundError(f"The model `{model}` does not exist")
-        return self.policy.choose(candidates, hint or RouteHint()).address
+        return _least_outstanding(candidates).address
 
     def pick_disaggregated(self, model: str, exclude: Iterable[str] = ()) -> tuple[str, str] | None:
         """(prefill agent, decode agent) for ``model`` when it is READY in both a
@@ -416,7 +335,6 @@ class WorkerPool:
         """Count a request as outstanding on ``address`` while it runs."""
         worker = self._workers[address]
         worker.outstanding += 1
-        worker.breaker.on_dispatch()
         try:
             yield
         finally:
@@ -434,3 +352,108 @@ class WorkerPool:
                     min(first, worker.model_first_seen.get(model, first)),
                 )
         return result
+
+
+class Activity:
+    """Requests of each model running on each agent through the proxy, and when each
+    (agent, model) pair was last used (by such a request, or -- as heartbeats report --
+    by one Envoy sent the worker directly): the idle-TTL clock and the eviction order."""
+
+    def __init__(self) -> None:
+        self._running: dict[tuple[str, str], int] = {}
+        self._last_used: dict[tuple[str, str], float] = {}
+
+    @contextmanager
+    def running(self, address: str, model: str) -> Iterator[None]:
+        """Count a request of ``model`` running on ``address`` while it runs."""
+        key = (address, model)
+        self._running[key] = self._running.get(key, 0) + 1
+        self._last_used[key] = time.monotonic()
+        try:
+            yield
+        finally:
+            self._running[key] -= 1
+            self._last_used[key] = time.monotonic()
+
+    def note(self, address: str, model: str) -> None:
+        """``address`` served ``model`` just now (the idle clock starts again)."""
+        self._last_used[(address, model)] = time.monotonic()
+
+    def busy(self, address: str, model: str) -> int:
+        """Requests of ``model`` the proxy has running on ``address``."""
+        return self._running.get((address, model), 0)
+
+    def last_used(self, address: str, model: str, default: float = 0.0) -> float:
+        return self._last_used.get((address, model), default)
+
+    def last_used_or(self, address: str, model: str, now: float) -> float:
+        """When the pair was last used; a pair seen for the first time counts from
+        ``now``."""
+        return self._last_used.setdefault((address, model), now)
+
+    def forget(self, address: str, model: str) -> None:
+        self._last_used.pop((address, model), None)
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """What one heartbeat says."""
+
+    worker_id: str
+    ready_models: tuple[str, ...]
+    known_models: tuple[str, ...]
+    healthy: bool
+    models: tuple[ModelOnAgent, ...] = ()
+    state: AgentState | None = None
+    memory_total: int = 0
+    memory_free: int = 0
+    memory_source: str = ""
+    queue_depth: int = 0
+    role: WorkerRole = WorkerRole.BOTH
+    # What the worker's node storaged holds: model id -> fastest tier.
+    stored: dict[str, CacheLevel] = field(default_factory=dict)
+    # What the worker served itself (its InferenceService), per model, cumulative.
+    served: dict[str, ServedTotals] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    """What a Prefill call returned."""
+
+    first: Step
+    first_token_id: int | None  # None only when ``first`` already ends the generation
+    kv_handle: str  # "" when ``first`` already ends the generation
+    prefill_worker: str  # the address the decode worker fetches the cache from
+
+
+class WorkerConnection(Protocol):
+    """How the proxy talks to one worker."""
+
+    def generate(self, job: Job, deadline_s: float | None) -> AsyncGenerator[Step, None]: ...
+
+    async def prefill(self, job: Job, deadline_s: float | None) -> PrefillResult:
+        """The prompt's first step and where its KV cache is parked."""
+        ...
+
+    def decode(
+        self,
+        job: Job,
+        kv_handle: str,
+        prefill_worker: str,
+        first_token_id: int,
+        deadline_s: float | None,
+    ) -> AsyncGenerator[Step, None]:
+        """The steps after the first, continuing from a parked KV cache."""
+        ...
+
+    async def heartbeat(self, deadline_s: float) -> WorkerStatus: ...
+
+    def load_model(
+        self, model: str, local_path: str, deadline_s: float | None
+    ) -> AsyncIterator[str]:
+        """The model's states ("loading", "ready", ...) as the worker reports them."""
+        ...
+
+    async def unload_model(self, model: str, drain_s: float) -> int: ...
+
+    async def close(self) -> None: ...

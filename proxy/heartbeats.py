@@ -1,0 +1,209 @@
+"""Keeping the fleet state current: discovery, a connection per agent, heartbeats.
+
+Each agent is asked for a heartbeat every ``interval_s`` (default 0.25 s) by a loop of
+its own, with a short deadline (``timeout_s``, default 0.5 s), so that one slow agent
+never delays what the others report. The first failed heartbeat takes the agent out of
+routing (:meth:`proxy.fleet.WorkerPool.record_failure`; Envoy's endpoints follow within
+a push), the next good one brings it back. A worker killed outright refuses the next
+heartbeat: it leaves Envoy's endpoints within one interval plus a push; a hung one
+within an interval plus the deadline.
+
+Discovery (static or Kubernetes, :mod:`proxy.discovery`) is asked on the same interval:
+agents it lists join (a connection and a heartbeat loop each), agents it no longer lists
+leave.
+
+A heartbeat also carries what the worker served itself (the requests Envoy sent it
+directly, see :mod:`proxy.served`): those restart the model's idle clock on that agent
+and go to the registry's usage reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from proxy import metrics
+from proxy.discovery import DiscoverySource
+from proxy.fleet import Activity, WorkerConnection, WorkerPool, WorkerStatus
+from proxy.registry import RegistryCatalogue, UsageReporter
+from proxy.served import ServedLedger
+from runtime.errors import HeliosError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_INTERVAL_S = 0.25
+DEFAULT_HEARTBEAT_TIMEOUT_S = 0.5
+
+
+class Heartbeats:
+    """The agents' connections and the loops that keep :class:`WorkerPool` current."""
+
+    def __init__(
+        self,
+        pool: WorkerPool,
+        connect: Callable[[str], WorkerConnection],
+        *,
+        discovery: DiscoverySource | None = None,
+        activity: Activity | None = None,
+        interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S,
+        timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+        usage: UsageReporter | None = None,
+        registry: RegistryCatalogue | None = None,
+    ) -> None:
+        if interval_s <= 0 or timeout_s <= 0:
+            raise ValueError("heartbeat interval and timeout must be > 0")
+        self.pool = pool
+        self._connect = connect
+        self.connections: dict[str, WorkerConnection] = {a: connect(a) for a in pool.addresses}
+        self._discovery = discovery
+        self.activity = activity or Activity()
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self._usage = usage
+        self._registry = registry
+        self._served = ServedLedger()
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._discovery_task: asyncio.Task[None] | None = None
+
+    # -- one pass -----------------------------------------------------------------
+
+    async def discover(self) -> None:
+        """Add the agents discovery lists now; drop those it no longer lists."""
+        if self._discovery is None:
+            return
+        try:
+            addresses = await self._discovery.addresses()
+        except HeliosError as exc:
+            logger.warning("discovery failed", extra={"error": exc.message})
+            return
+        for address in addresses:
+            if address not in self.connections:
+                self.pool.add(address)
+                self.connections[address] = self._connect(address)
+                logger.info("agent discovered", extra={"worker": address})
+        for address in set(self.connections) - set(addresses):
+            self.pool.remove(address)
+            connection = self.connections.pop(address)
+            self._served.forget(address)
+            loop = self._loops.pop(address, None)
+            if loop is not None:
+                loop.cancel()
+            await connection.close()
+            logger.info("agent gone", extra={"worker": address})
+
+    async def refresh(self) -> None:
+        """Discover, then ask every agent for a heartbeat now."""
+        await self.discover()
+        await asyncio.gather(*(self.beat(a) for a in list(self.connections)))
+        self.export_metrics()
+
+    async def beat(self, address: str) -> None:
+        """One heartbeat of ``address``, recorded in the pool."""
+        connection = self.connections.get(address)
+        if connection is None:
+            return
+        try:
+            status = await connection.heartbeat(deadline_s=self.timeout_s)
+        except HeliosError as exc:
+            if address in self.connections:
+                was_routable = self.pool.view(address).routable
+                self.pool.record_failure(address)
+                if was_routable:
+                    logger.warning(
+                        "heartbeat failed; agent out of routing",
+                        extra={"worker": address, "error": exc.message},
+                    )
+            return
+        if address not in self.connections:
+            return
+        self._note_served(address, status)
+        # Loads the proxy started and a heartbeat does not report yet stay as they are.
+        models = list(status.models)
+        if models or not status.ready_models:
+            reported = {m.model for m in models}
+            agent = self.pool.view(address)
+            models += [
+                m for m in agent.models.values() if m.model not in reported and m.state == "loading"
+            ]
+        self.pool.record_heartbeat(
+            address,
+            worker_id=status.worker_id,
+            ready_models=status.ready_models,
+            known_models=status.known_models,
+            healthy=status.healthy,
+            models=models or None,
+            state=status.state,
+            memory_total=status.memory_total,
+            memory_free=status.memory_free,
+            memory_source=status.memory_source,
+            queue_depth=status.queue_depth,
+            role=status.role,
+            stored=status.stored,
+        )
+
+    def _note_served(self, address: str, status: WorkerStatus) -> None:
+        """Account for what the worker served without the proxy since its last heartbeat
+        (see proxy.served): the model's idle clock and the registry's usage reports."""
+        running = {m.model for m in status.models if m.running}
+        for model, totals in status.served.items():
+            delta = self._served.update(address, model, totals)
+            if model in running or (delta is not None and delta.active):
+                self.activity.note(address, model)
+            if (
+                delta is not None
+                and delta.requests
+                and self._usage is not None
+                and self._registry is not None
+                and model in self._registry.models
+            ):
+                self._usage.record(model, delta.tokens, delta.requests)
+
+    def export_metrics(self) -> None:
+        metrics.STORED_MODELS.clear()  # models leave storage too: no stale series
+        for agent in self.pool.agents():
+            for model, level in agent.stored.items():
+                metrics.STORED_MODELS.labels(agent.address, model, level.value).set(1)
+            source = agent.memory_source or "configured"
+            metrics.WORKER_MEMORY.labels(agent.address, "total", source).set(agent.memory_total)
+            metrics.WORKER_MEMORY.labels(agent.address, "free", source).set(agent.memory_free)
+            metrics.WORKER_UP.labels(agent.address).set(int(agent.routable))
+        for model, (ready, _) in self.pool.models().items():
+            metrics.READY_REPLICAS.labels(model).set(ready)
+
+    # -- the loops ----------------------------------------------------------------
+
+    async def _agent_loop(self, address: str) -> None:
+        while address in self.connections:
+            await self.beat(address)
+            await asyncio.sleep(self.interval_s)
+
+    async def _discovery_loop(self) -> None:
+        while True:
+            await self.discover()
+            for address in self.connections:
+                loop = self._loops.get(address)
+                if loop is None or loop.done():
+                    self._loops[address] = asyncio.create_task(
+                        self._agent_loop(address), name=f"heartbeat {address}"
+                    )
+            self.export_metrics()
+            await asyncio.sleep(self.interval_s)
+
+    def start(self) -> None:
+        """Start the loops (inside the running loop)."""
+        if self._discovery_task is None:
+            self._discovery_task = asyncio.create_task(self._discovery_loop(), name="discovery")
+
+    async def stop(self) -> None:
+        """Stop the loops and close every connection."""
+        tasks = [t for t in (self._discovery_task, *self._loops.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._discovery_task = None
+        self._loops.clear()
+        await asyncio.gather(*(c.close() for c in self.connections.values()))
