@@ -4,11 +4,21 @@ Domain only (no protobuf); :mod:`proxy.xds_server` turns a snapshot into Envoy's
 clusters (CDS), endpoints (EDS) and routes (RDS).
 
 For every model that has at least one *routable* endpoint -- the model READY on an
-agent that is healthy, neither DRAINING nor DEGRADED, and of role ``both`` -- the
+agent that is healthy, neither DRAINING nor DEGRADED, and serves whole requests -- the
 snapshot holds one :class:`ModelRoute`: the model's cluster name, its endpoints (host,
 port, a weight >= 1 from the agent's heartbeat load, a health) and its load-balancing
 policy. A model without a routable endpoint has no route at all: its requests fall
 through to the edge's base routes, which send them to the proxy's cold path.
+
+Who serves whole requests (disaggregated serving): ``both`` agents on their own; and,
+for a model with a *prefill pool* (READY on a routable ``prefill`` agent), its
+``decode`` agents, which run each request's Prefill on that pool themselves (the
+control plane hands them the pool in every heartbeat: worker/disagg.py) -- no proxy
+in the path. ``prefill`` agents are never endpoints. A model with both kinds of
+endpoint is routed to its decode pool only, as the proxy's cold path prefers the
+disaggregated pair: an operator who gave a model prefill and decode pools wants its
+time to first token and its decode rate apart; its ``both`` agents take over the moment
+the P/D pools stop serving (no prefill or no decode agent left), within a push.
 
 Endpoints of an agent that still holds the model READY but is draining are listed as
 DRAINING (Envoy sends them nothing new; its operator sees them), as long as the model
@@ -172,8 +182,9 @@ def endpoint_weight(kv_cache_usage: float, waiting: int) -> int:
 
 
 def _serves(agent: WorkerView, model: str) -> EndpointHealth | None:
-    """The endpoint health of ``agent`` for ``model``, None when it must not be listed."""
-    if agent.role is not WorkerRole.BOTH or not agent.is_ready(model):
+    """The health of ``agent`` for ``model`` whatever its role, None when it must not be
+    listed."""
+    if not agent.is_ready(model):
         return None
     if not agent.healthy or agent.state is AgentState.DEGRADED:
         return None
@@ -189,24 +200,45 @@ def build_snapshot(
     """The snapshot of ``agents``; ``policy_for`` gives a model's policy (a callable, a
     mapping with least request for models it lacks, or None: least request for all).
     Agents whose address is not ``host:port`` are left out (they cannot be dialled)."""
-    endpoints: dict[str, list[Endpoint]] = {}
+    agents = list(agents)
+    prefill_pooled = {
+        model
+        for agent in agents
+        if agent.role is WorkerRole.PREFILL
+        for model in agent.models
+        if _serves(agent, model) is EndpointHealth.HEALTHY
+    }
+    # Per role that serves whole requests: model -> its endpoints.
+    endpoints: dict[WorkerRole, dict[str, list[Endpoint]]] = {
+        WorkerRole.BOTH: {},
+        WorkerRole.DECODE: {},
+    }
     for agent in agents:
+        by_model = endpoints.get(agent.role)
+        if by_model is None:
+            continue
         try:
             host, port = split_address(agent.address)
         except ValueError:
             continue
         for model, held in agent.models.items():
+            if agent.role is WorkerRole.DECODE and model not in prefill_pooled:
+                continue
             health = _serves(agent, model)
             if health is None:
                 continue
             weight = endpoint_weight(held.kv_cache_usage, held.waiting)
-            endpoints.setdefault(model, []).append(
+            by_model.setdefault(model, []).append(
                 Endpoint(agent.address, host, port, weight, health)
             )
     routes = []
-    for model in sorted(endpoints):
-        listed = sorted(endpoints[model], key=lambda e: e.address)
-        if not any(e.health is EndpointHealth.HEALTHY for e in listed):
+    for model in sorted(endpoints[WorkerRole.BOTH].keys() | endpoints[WorkerRole.DECODE].keys()):
+        listed: list[Endpoint] = []
+        for role in (WorkerRole.DECODE, WorkerRole.BOTH):  # the decode pool first
+            listed = sorted(endpoints[role].get(model, ()), key=lambda e: e.address)
+            if any(e.health is EndpointHealth.HEALTHY for e in listed):
+                break
+        else:
             continue
         routes.append(
             ModelRoute(model, cluster_name(model), tuple(listed), _policy(policy_for, model))

@@ -54,7 +54,9 @@ def test_only_ready_models_on_routable_both_agents_get_endpoints() -> None:
     beat(pool, "10.0.0.1:50051", ModelOnAgent("m", "ready"), ModelOnAgent("cold", "loading"))
     beat(pool, "10.0.0.2:50051", ModelOnAgent("m", "ready"), state=AgentState.DRAINING)
     beat(pool, "10.0.0.3:50051", ModelOnAgent("m", "ready"), healthy=False)
-    beat(pool, "10.0.0.4:50051", ModelOnAgent("m", "ready"), role=WorkerRole.PREFILL)
+    # A prefill agent is never an endpoint; a decode agent only for a model that has a
+    # prefill pool (test below).
+    beat(pool, "10.0.0.4:50051", ModelOnAgent("prefill-only", "ready"), role=WorkerRole.PREFILL)
     beat(pool, "10.0.0.5:50051", ModelOnAgent("m", "ready"), role=WorkerRole.DECODE)
     beat(pool, "10.0.0.6:50051", ModelOnAgent("only-draining", "ready"), state=AgentState.DRAINING)
     snapshot = build_snapshot(pool.agents())
@@ -66,6 +68,42 @@ def test_only_ready_models_on_routable_both_agents_get_endpoints() -> None:
         Endpoint("10.0.0.1:50051", "10.0.0.1", 50051, WEIGHT_MAX, EndpointHealth.HEALTHY),
         Endpoint("10.0.0.2:50051", "10.0.0.2", 50051, WEIGHT_MAX, EndpointHealth.DRAINING),
     )
+
+
+def test_a_model_with_prefill_and_decode_pools_is_routed_to_its_decode_agents() -> None:
+    pool = WorkerPool()
+    beat(pool, "10.0.0.1:1", ModelOnAgent("m", "ready"), role=WorkerRole.PREFILL)
+    beat(pool, "10.0.0.2:1", ModelOnAgent("m", "ready"), role=WorkerRole.DECODE)
+    beat(
+        pool,
+        "10.0.0.3:1",
+        ModelOnAgent("m", "ready"),
+        role=WorkerRole.DECODE,
+        state=AgentState.DRAINING,
+    )
+    beat(pool, "10.0.0.4:1", ModelOnAgent("m", "ready"), ModelOnAgent("whole", "ready"))
+    beat(pool, "10.0.0.5:1", ModelOnAgent("no-prefill-pool", "ready"), role=WorkerRole.DECODE)
+
+    def endpoints(model: str) -> list[tuple[str, EndpointHealth]]:
+        route = build_snapshot(pool.agents()).by_model().get(model)
+        return [] if route is None else [(e.address, e.health) for e in route.endpoints]
+
+    # The decode pool only (the both agent stands by); a decode agent of a model without
+    # a prefill pool serves nothing whole.
+    assert endpoints("m") == [
+        ("10.0.0.2:1", EndpointHealth.HEALTHY),
+        ("10.0.0.3:1", EndpointHealth.DRAINING),
+    ]
+    assert endpoints("whole") == [("10.0.0.4:1", EndpointHealth.HEALTHY)]
+    assert endpoints("no-prefill-pool") == []
+    # The prefill pool gone: the both agent takes the model over.
+    pool.record_request_failure("10.0.0.1:1")
+    assert endpoints("m") == [("10.0.0.4:1", EndpointHealth.HEALTHY)]
+    beat(pool, "10.0.0.1:1", ModelOnAgent("m", "ready"), role=WorkerRole.PREFILL)
+    assert endpoints("m")[0] == ("10.0.0.2:1", EndpointHealth.HEALTHY)
+    # No decode agent taking requests (only a draining one left): the both agent again.
+    pool.record_request_failure("10.0.0.2:1")
+    assert endpoints("m") == [("10.0.0.4:1", EndpointHealth.HEALTHY)]
 
 
 def test_a_degraded_agent_leaves_and_the_last_endpoint_takes_the_model_with_it() -> None:
