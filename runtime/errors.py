@@ -8,6 +8,8 @@ must always be raised as one of the client-side errors below, never left to bubb
 
 from __future__ import annotations
 
+import math
+
 import grpc
 
 
@@ -52,9 +54,15 @@ class FailedPreconditionError(HeliosError):
 
 
 class ResourceExhaustedError(HeliosError):
-    """Capacity is used up: memory, queue slots, rate limits."""
+    """Capacity is used up: memory, queue slots, rate limits. ``retry_after``: whole
+    seconds a client should wait before trying again, when known (servicers send it as a
+    ``retry-after`` trailer, which Envoy turns into HTTP's Retry-After)."""
 
     status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = None if retry_after is None else max(1, math.ceil(retry_after))
 
 
 class UnavailableError(HeliosError):

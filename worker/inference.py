@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 # The roles that run whole generations (see worker.servicer's roles): a prefill or decode
 # pool worker serves its half of disaggregated requests only.
 _SERVING_ROLES = frozenset({"both"})
+# The API key's metadata (Envoy passes the client's header on): the request's fairness
+# class in the admission queue (worker/admission.py hashes it, never keeps it).
+AUTHORIZATION_HEADER = "authorization"
 
 
 def generation_request(job: Job) -> GenerationRequest:
@@ -88,17 +91,19 @@ class EngineBackend:
             raise UnavailableError(f"model {model} is {state.value} on this worker, not ready")
 
     async def complete(self, job: Job, call: CallInfo) -> GenerationStep:
-        async with aclosing(self._generate(job, streaming=False)) as chunks:
+        async with aclosing(self._generate(job, call, streaming=False)) as chunks:
             return await collect(chunks)
 
     def stream(self, job: Job, call: CallInfo) -> AsyncGenerator[GenerationChunk, None]:
-        return self._generate(job, streaming=True)
+        return self._generate(job, call, streaming=True)
 
     async def _generate(
-        self, job: Job, *, streaming: bool
+        self, job: Job, call: CallInfo, *, streaming: bool
     ) -> AsyncGenerator[GenerationChunk, None]:
-        """The engine's chunks for ``job``; closing this generator (client gone) closes
-        the engine's stream, which aborts the request in the engine."""
+        """The engine's chunks for ``job``, after its fair turn among the clients queued
+        for the model (ModelManager.serve); closing this generator (client gone) closes
+        the engine's stream, which aborts the request in the engine, or takes it out of
+        the queue before it ever reached the engine."""
         self._check_serving(job.model)
         request = generation_request(job)
         usage = self._usage.of(job.model)
@@ -107,7 +112,12 @@ class EngineBackend:
         first_token_at: float | None = None
         ending = "error"
         try:
-            async with self._models.acquire(job.model, job.request_id) as engine:
+            async with self._models.serve(
+                job.model,
+                job.request_id,
+                authorization=call.header(AUTHORIZATION_HEADER),
+                deadline_s=call.deadline_s,
+            ) as engine:
                 chunks = engine.generate(request)
                 if streaming:
                     chunks = client_stream(engine, chunks)

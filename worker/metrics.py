@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from runtime.metrics import ChildrenByLabel
 
@@ -44,6 +44,29 @@ REQUESTS = Counter(
     "InferenceService requests by how they ended: stop, length (finished), abort (the"
     " client left, or the model was unloaded under it), error.",
     ["model", "finish_reason"],
+)
+
+# The fair admission queue ahead of each model's engine (worker/admission.py), for
+# requests of both contracts (InferenceService and relayed WorkerService.Generate).
+# deploy/'s HPA scales workers on helios_worker_queue_depth (a Pods metric: the sum over
+# a pod's models).
+QUEUE_DEPTH = Gauge(
+    "helios_worker_queue_depth",
+    "Requests waiting for a turn at the model's engine on this worker (admission queue).",
+    ["model"],
+)
+QUEUE_WAIT = Histogram(
+    "helios_worker_queue_wait_seconds",
+    "Time a request waited in the admission queue before its engine took it (0: at once).",
+    ["model"],
+    buckets=(0, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+QUEUE_DROPPED = Counter(
+    "helios_worker_queue_dropped_total",
+    "Requests that never reached the engine: full (refused, the queue or the client's share"
+    " of it was full), cancelled (the client left while queued), deadline (it passed while"
+    " queued).",
+    ["model", "reason"],
 )
 
 

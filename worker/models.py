@@ -21,8 +21,10 @@ from runtime.errors import (
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
+    UnavailableError,
 )
 from runtime.gcheap import freeze_long_lived, thaw_long_lived
+from worker.admission import Admission
 from worker.engine.base import EngineClient, EngineStats
 from worker.storage_client import DownloadProgress
 
@@ -95,11 +97,19 @@ class ModelManager:
     """Holds the engines of one worker, keyed by model id."""
 
     def __init__(
-        self, engine_factory: EngineFactory, *, engine_kind: str, capacity_bytes: int
+        self,
+        engine_factory: EngineFactory,
+        *,
+        engine_kind: str,
+        capacity_bytes: int,
+        admission: Admission | None = None,
     ) -> None:
+        """``admission``: the fair queues ahead of the engines (default limits when
+        None); :meth:`serve` takes its turns."""
         self._engine_factory = engine_factory
         self._engine_kind = engine_kind
         self.capacity_bytes = capacity_bytes
+        self.admission = admission if admission is not None else Admission()
         self._slots: dict[str, _Slot] = {}
         self._lock = asyncio.Lock()
 
@@ -239,6 +249,35 @@ class ModelManager:
             slot.running.discard(request_id)
             if not slot.running:
                 slot.idle.set()
+
+    @asynccontextmanager
+    async def serve(
+        self,
+        name: str,
+        request_id: str,
+        *,
+        authorization: str | None,
+        deadline_s: float | None,
+    ) -> AsyncIterator[EngineClient]:
+        """:meth:`acquire` for a whole generation, after its fair turn in the model's
+        admission queue (worker/admission.py): at most the engine's
+        ``max_running_requests`` are held at once, the others wait there per client
+        (``authorization``: the request's API key metadata) and never reach the engine if
+        their client leaves or their deadline (``deadline_s`` from now) passes first.
+        A model that is not READY here is refused at once, without queueing."""
+        slot = self._slots.get(name)
+        capacity = (
+            slot.engine.max_running_requests
+            if slot is not None and slot.engine is not None and slot.state is ModelLifecycle.READY
+            else None
+        )
+        async with self.admission.admitted(name, capacity, authorization, deadline_s):
+            if capacity is not None and self.lifecycle(name) is not ModelLifecycle.READY:
+                raise UnavailableError(
+                    f"model {name} left this worker while the request waited for its turn"
+                )
+            async with self.acquire(name, request_id) as engine:
+                yield engine
 
     def engine(self, name: str) -> EngineClient:
         """The engine of ``name`` for calls that are not requests (KV export)."""

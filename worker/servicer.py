@@ -11,7 +11,8 @@ import grpc
 from helios.v1 import storage_pb2, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
 
-from runtime.errors import FailedPreconditionError, InvalidArgumentError
+from openai_compat.protocol import call_info, send_retry_after
+from runtime.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from runtime.paths import PathRoots
 from worker.engine.base import (
     ChatMessage,
@@ -20,7 +21,7 @@ from worker.engine.base import (
     GenerationRequest,
     SamplingParams,
 )
-from worker.inference import client_stream
+from worker.inference import AUTHORIZATION_HEADER, client_stream
 from worker.kv_client import KVFetcher
 from worker.kvtransfer import encode_frames
 from worker.memory import memory_report
@@ -156,13 +157,24 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         self._serves("Generate")
         generation = generation_request_from_pb(request)
-        async with self._models.acquire(request.model, generation.request_id) as engine:
-            # aclosing: when the client goes away this generator is cancelled, and the
-            # engine's stream must be closed right then so it stops computing.
-            stream = client_stream(engine, engine.generate(generation))
-            async with aclosing(stream):
-                async for chunk in stream:
-                    yield chunk_to_pb(chunk)
+        call = call_info(context)
+        serving = self._models.serve(
+            request.model,
+            generation.request_id,
+            authorization=call.header(AUTHORIZATION_HEADER),
+            deadline_s=call.deadline_s,
+        )
+        try:
+            async with serving as engine:
+                # aclosing: when the client goes away this generator is cancelled, and the
+                # engine's stream must be closed right then so it stops computing.
+                stream = client_stream(engine, engine.generate(generation))
+                async with aclosing(stream):
+                    async for chunk in stream:
+                        yield chunk_to_pb(chunk)
+        except ResourceExhaustedError as error:  # the model's queue is full
+            send_retry_after(context, error)
+            raise
 
     async def Prefill(
         self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext
@@ -263,7 +275,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 state=_MODEL_STATES[s.state],
                 engine=s.engine,
                 running_requests=s.stats.running_requests,
-                waiting_requests=s.stats.waiting_requests,
+                # The engine's own queue and the worker's admission queue ahead of it.
+                waiting_requests=s.stats.waiting_requests
+                + self._models.admission.queued(s.model),
                 kv_cache_usage=s.stats.kv_cache_usage,
                 prefix_cache_hit_rate=s.stats.prefix_cache_hit_rate,
                 generated_tokens_total=s.stats.generated_tokens_total,
@@ -298,7 +312,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             memory_total_bytes=memory.total_bytes,
             memory_free_bytes=memory.free_bytes,
             memory_source=memory.source,
-            queue_depth=sum(s.stats.waiting_requests for s in statuses),
+            queue_depth=sum(m.waiting_requests for m in models),
             role=_ROLE_PB[self._role],
             stored_models=[
                 pb.StoredModel(model=model, tier=_STORE_TIERS[tier])

@@ -171,6 +171,11 @@ class EngineClient(ABC):
     # comes instead of coalescing it again (runtime.streams.coalesce, one more task hop
     # per chunk).
     merges_backlog: bool = False
+    # How many requests the engine runs at once (the reference engine's max_concurrency,
+    # vLLM's max_num_seqs); the worker's fair admission queue (worker/admission.py) holds
+    # the rest, so the engine's own first-come-first-served queue stays empty. None: no
+    # limit known, requests go straight in.
+    max_running_requests: int | None = None
     # The memory the engine was sized to use (weights, KV cache, activations, overhead),
     # when known; the worker charges it against its capacity instead of the weights'
     # bytes alone.
