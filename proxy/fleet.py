@@ -45,6 +45,7 @@ from openai_compat.backend import Step
 from openai_compat.params import Job
 from proxy.served import ServedTotals
 from runtime.errors import NotFoundError, UnavailableError
+from worker_api.disagg import PrefillPeer, PrefillResult
 
 
 class AgentState(enum.StrEnum):
@@ -325,6 +326,28 @@ class WorkerPool:
             return None
         return _least_outstanding(prefill).address, _least_outstanding(decode).address
 
+    def prefill_pools(self, address: str) -> dict[str, list[PrefillPeer]] | None:
+        """What the heartbeat to ``address`` hands it when it is a decode-role agent: for
+        each model it holds, the prefill agents with the model READY that take requests
+        now, with their load for it (a model with none is left out). None for an agent
+        of another role (or one not heard from yet): its heartbeat carries no pools."""
+        worker = self._workers.get(address)
+        if worker is None or worker.role is not WorkerRole.DECODE:
+            return None
+        pools: dict[str, list[PrefillPeer]] = {}
+        for model in worker.models:
+            peers = []
+            for agent in self.candidates(model, role=WorkerRole.PREFILL):
+                if agent.state is AgentState.DRAINING:
+                    continue
+                held = agent.models[model]
+                peers.append(
+                    PrefillPeer(agent.address, held.running, held.waiting, held.kv_cache_usage)
+                )
+            if peers:
+                pools[model] = sorted(peers, key=lambda p: p.address)
+        return pools
+
     def pick_role(self, model: str, role: WorkerRole, exclude: Iterable[str] = ()) -> str | None:
         """The least outstanding agent of ``role`` with ``model`` READY, or None."""
         candidates = self.candidates(model, exclude, role)
@@ -416,16 +439,6 @@ class WorkerStatus:
     served: dict[str, ServedTotals] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class PrefillResult:
-    """What a Prefill call returned."""
-
-    first: Step
-    first_token_id: int | None  # None only when ``first`` already ends the generation
-    kv_handle: str  # "" when ``first`` already ends the generation
-    prefill_worker: str  # the address the decode worker fetches the cache from
-
-
 class WorkerConnection(Protocol):
     """How the proxy talks to one worker."""
 
@@ -446,7 +459,12 @@ class WorkerConnection(Protocol):
         """The steps after the first, continuing from a parked KV cache."""
         ...
 
-    async def heartbeat(self, deadline_s: float) -> WorkerStatus: ...
+    async def heartbeat(
+        self, deadline_s: float, prefill_pools: Mapping[str, Sequence[PrefillPeer]] | None = None
+    ) -> WorkerStatus:
+        """The worker's state; ``prefill_pools`` (a decode-role worker's, see
+        :meth:`WorkerPool.prefill_pools`) goes with the call, None sends none."""
+        ...
 
     def load_model(
         self, model: str, local_path: str, deadline_s: float | None

@@ -105,7 +105,9 @@ class Heartbeats:
         if connection is None:
             return
         try:
-            status = await connection.heartbeat(deadline_s=self.timeout_s)
+            status = await connection.heartbeat(
+                deadline_s=self.timeout_s, prefill_pools=self.pool.prefill_pools(address)
+            )
         except HeliosError as exc:
             if address in self.connections:
                 was_routable = self.pool.view(address).routable

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 
 import grpc
 from helios.v1 import estimator_pb2, estimator_pb2_grpc, storage_pb2, worker_pb2_grpc
@@ -15,7 +15,6 @@ from proxy.fleet import (
     AgentState,
     CacheLevel,
     ModelOnAgent,
-    PrefillResult,
     WorkerRole,
     WorkerStatus,
 )
@@ -23,6 +22,8 @@ from proxy.served import ServedTotals
 from proxy.worker_errors import relay_error
 from runtime.channels import create_channel
 from runtime.errors import HeliosError, UnavailableError, error_from_status
+from worker_api.disagg import PrefillPeer, PrefillResult
+from worker_api.wire import job_to_pb, prefill_pools_to_pb, prefill_result_from_pb, step_from_pb
 
 _MODEL_STATES = {
     pb.MODEL_STATE_DOWNLOADING: "downloading",
@@ -53,35 +54,6 @@ _CACHE_LEVELS = {
     storage_pb2.CACHE_TIER_SSD: CacheLevel.NVME,
 }
 
-_FINISH_REASONS = {
-    pb.FINISH_REASON_STOP: "stop",
-    pb.FINISH_REASON_LENGTH: "length",
-}
-
-
-def job_to_pb(job: Job) -> pb.GenerateRequest:
-    s = job.sampling
-    request = pb.GenerateRequest(
-        request_id=job.request_id,
-        model=job.model,
-        sampling=pb.SamplingParams(
-            max_tokens=s.max_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            seed=s.seed,
-            stop=s.stop,
-            ignore_eos=s.ignore_eos,
-        ),
-    )
-    if job.messages is not None:
-        request.chat.messages.extend(
-            pb.PromptMessage(role=role, content=content) for role, content in job.messages
-        )
-    else:
-        request.prompt = job.prompt or ""
-    return request
-
 
 def _relay_error(
     address: str, error: grpc.aio.AioRpcError, deadline_at: float | None
@@ -97,17 +69,6 @@ def _deadline_at(deadline_s: float | None) -> float | None:
     return None if deadline_s is None else time.monotonic() + deadline_s
 
 
-def _step(response: pb.GenerateResponse, address: str) -> Step:
-    if response.finish_reason == pb.FINISH_REASON_ABORT:
-        raise UnavailableError(f"worker {address} aborted the generation")
-    return Step(
-        text=response.text,
-        prompt_tokens=response.prompt_tokens,
-        completion_tokens=response.completion_tokens,
-        finish_reason=_FINISH_REASONS.get(response.finish_reason),
-    )
-
-
 class GrpcWorkerConnection:
     """Talks to one worker's WorkerService."""
 
@@ -121,7 +82,7 @@ class GrpcWorkerConnection:
         call = self._stub.Generate(job_to_pb(job), timeout=deadline_s)
         try:
             async for response in call:
-                yield _step(response, self.address)
+                yield step_from_pb(response, self.address)
         except grpc.aio.AioRpcError as error:
             raise _relay_error(self.address, error, deadline_at) from error
         finally:
@@ -136,15 +97,7 @@ class GrpcWorkerConnection:
             )
         except grpc.aio.AioRpcError as error:
             raise _relay_error(self.address, error, deadline_at) from error
-        first = _step(response.first, self.address)
-        return PrefillResult(
-            first=first,
-            first_token_id=response.first.token_ids[0] if response.first.token_ids else None,
-            kv_handle=response.kv_cache_handle,
-            # A worker without --advertise-address leaves it empty: it is then reached
-            # where the proxy reaches it.
-            prefill_worker=response.prefill_worker or self.address,
-        )
+        return prefill_result_from_pb(response, self.address)
 
     async def decode(
         self,
@@ -166,15 +119,20 @@ class GrpcWorkerConnection:
         )
         try:
             async for response in call:
-                yield _step(response.step, self.address)
+                yield step_from_pb(response.step, self.address)
         except grpc.aio.AioRpcError as error:
             raise _relay_error(self.address, error, deadline_at) from error
         finally:
             call.cancel()  # closed early: the decode worker aborts its engine request
 
-    async def heartbeat(self, deadline_s: float) -> WorkerStatus:
+    async def heartbeat(
+        self, deadline_s: float, prefill_pools: Mapping[str, Sequence[PrefillPeer]] | None = None
+    ) -> WorkerStatus:
+        request = pb.HeartbeatRequest()
+        if prefill_pools is not None:
+            request.prefill_pools.CopyFrom(prefill_pools_to_pb(prefill_pools))
         try:
-            response = await self._stub.Heartbeat(pb.HeartbeatRequest(), timeout=deadline_s)
+            response = await self._stub.Heartbeat(request, timeout=deadline_s)
         except grpc.aio.AioRpcError as error:
             # The proxy's own deadline: a heartbeat that misses it is the worker's failure.
             raise _relay_error(self.address, error, None) from error

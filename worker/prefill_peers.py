@@ -15,19 +15,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
-from dataclasses import dataclass
+
+from worker_api.disagg import PrefillPeer
 
 DEFAULT_FAILURE_COOLDOWN_S = 5.0
-
-
-@dataclass(frozen=True)
-class PeerLoad:
-    """One prefill worker of a model's pool, with its load at its last heartbeat."""
-
-    address: str
-    running: int = 0
-    waiting: int = 0
-    kv_cache_usage: float = 0.0
 
 
 class PrefillPeers:
@@ -42,18 +33,18 @@ class PrefillPeers:
     ) -> None:
         self._failure_cooldown_s = failure_cooldown_s
         self._clock = clock
-        self._pools: dict[str, tuple[PeerLoad, ...]] = {}
+        self._pools: dict[str, tuple[PrefillPeer, ...]] = {}
         self._outstanding: dict[str, int] = {}
         self._failed_at: dict[str, float] = {}
 
-    def update(self, pools: Mapping[str, Sequence[PeerLoad]]) -> None:
+    def update(self, pools: Mapping[str, Sequence[PrefillPeer]]) -> None:
         """The control plane's current pools (model -> its prefill workers); a model
         missing from ``pools`` has none now."""
         self._pools = {model: tuple(peers) for model, peers in pools.items() if peers}
         now = self._clock()
         self._failed_at = {a: t for a, t in self._failed_at.items() if self._cooling(a, now)}
 
-    def pool(self, model: str) -> tuple[PeerLoad, ...]:
+    def pool(self, model: str) -> tuple[PrefillPeer, ...]:
         """``model``'s prefill workers as last listed (empty: it has no prefill pool)."""
         return self._pools.get(model, ())
 

@@ -76,6 +76,17 @@ class PrefillResult:
     prefill_worker: str  # the address the decode worker fetches the cache from
 
 
+@dataclass(frozen=True)
+class PrefillPeer:
+    """One prefill worker of a model's prefill pool, with its load for that model at its
+    last heartbeat (what the control plane hands a decode worker)."""
+
+    address: str
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+
+
 class DisaggregationFailed(UnavailableError):
     """A disaggregated attempt failed; ``exclude`` names the workers that failed it
     (the driver was told of those that failed themselves), for a retry to avoid."""

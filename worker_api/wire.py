@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from helios.v1 import worker_pb2 as pb
 
 from openai_compat.backend import Step
 from openai_compat.params import Job
 from runtime.errors import UnavailableError
-from worker_api.disagg import PrefillResult
+from worker_api.disagg import PrefillPeer, PrefillResult
 
 _FINISH_REASONS = {
     pb.FINISH_REASON_STOP: "stop",
@@ -65,3 +67,37 @@ def prefill_result_from_pb(response: pb.PrefillResponse, address: str) -> Prefil
         # where the caller reached it.
         prefill_worker=response.prefill_worker or address,
     )
+
+
+def prefill_pools_to_pb(pools: Mapping[str, Sequence[PrefillPeer]]) -> pb.PrefillPools:
+    """HeartbeatRequest.prefill_pools for ``pools`` (model -> its prefill workers)."""
+    return pb.PrefillPools(
+        pools=[
+            pb.PrefillPool(
+                model=model,
+                endpoints=[
+                    pb.PrefillEndpoint(
+                        address=p.address,
+                        running_requests=p.running,
+                        waiting_requests=p.waiting,
+                        kv_cache_usage=p.kv_cache_usage,
+                    )
+                    for p in peers
+                ],
+            )
+            for model, peers in sorted(pools.items())
+            if peers
+        ]
+    )
+
+
+def prefill_pools_from_pb(pools: pb.PrefillPools) -> dict[str, list[PrefillPeer]]:
+    """The pools a heartbeat handed over (endpoints without an address left out)."""
+    return {
+        pool.model: [
+            PrefillPeer(e.address, e.running_requests, e.waiting_requests, e.kv_cache_usage)
+            for e in pool.endpoints
+            if e.address
+        ]
+        for pool in pools.pools
+    }
