@@ -26,7 +26,7 @@ from worker.engine.base import (
 from worker.inference import EngineBackend
 from worker.metrics import UsageLedger
 from worker.models import ModelManager
-from worker.server import register_services
+from worker.server import decode_side, register_services
 from worker.servicer import WorkerServicer
 
 
@@ -55,10 +55,19 @@ async def serve_worker_inference(
     models: ModelManager, *, worker_id: str = "w-test", role: str = "both"
 ) -> RunningServer:
     """A worker's two contracts over ``models`` on 127.0.0.1, port 0, as the worker
-    process serves them: WorkerService and InferenceService, sharing one usage ledger."""
+    process serves them: WorkerService and InferenceService, sharing one usage ledger (a
+    decode-role worker serves whole requests with the prefill pools heartbeats hand it)."""
     usage = UsageLedger()
-    worker = WorkerServicer(models, worker_id=worker_id, role=role, usage=usage)
-    inference = InferenceServicer(EngineBackend(models, usage, role=role))
+    peers, kv_fetcher, split = decode_side(models)
+    worker = WorkerServicer(
+        models,
+        worker_id=worker_id,
+        role=role,
+        usage=usage,
+        kv_fetcher=kv_fetcher,
+        prefill_peers=peers,
+    )
+    inference = InferenceServicer(EngineBackend(models, usage, role=role, split=split))
     settings = ServerSettings(service="worker", metrics_port=-1)
     return await start_server(settings, register_services(worker, inference))
 

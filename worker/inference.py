@@ -6,6 +6,10 @@ another worker, before any response header, on UNAVAILABLE. So a model that is h
 cannot serve now (downloading, loading, draining, failed) answers UNAVAILABLE, and one
 this worker does not have at all NOT_FOUND. A client's mistake is INVALID_ARGUMENT, from
 openai_compat's validation or from the engine (a prompt longer than the context).
+
+A ``both`` worker runs whole generations on its engine. A decode-role worker serves a
+model whose prefill pool it knows (worker.disagg.PrefillElsewhere: Prefill on a peer,
+Decode here) and answers UNAVAILABLE for one without; a prefill-role worker serves none.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from typing import Protocol
 
 from openai_compat.backend import CallInfo, GenerationStep, ModelEntry, collect
 from openai_compat.params import Job
@@ -34,12 +39,27 @@ from worker.models import ModelLifecycle, ModelManager
 
 logger = logging.getLogger(__name__)
 
-# The roles that run whole generations (see worker.servicer's roles): a prefill or decode
-# pool worker serves its half of disaggregated requests only.
-_SERVING_ROLES = frozenset({"both"})
+# The role that runs whole generations on its own engine (see worker.servicer's roles);
+# a decode-role worker serves them with a prefill pool's help (SplitServing), a
+# prefill-role worker not at all.
+_WHOLE_ROLE = "both"
+_DECODE_ROLE = "decode"
 # The API key's metadata (Envoy passes the client's header on): the request's fairness
 # class in the admission queue (worker/admission.py hashes it, never keeps it).
 AUTHORIZATION_HEADER = "authorization"
+
+
+class SplitServing(Protocol):
+    """Whole requests from a prefill worker elsewhere and this worker's decode
+    (worker.disagg.PrefillElsewhere)."""
+
+    def check(self, model: str) -> None:
+        """Raise UnavailableError unless ``model`` can be served so now."""
+        ...
+
+    def steps(self, job: Job, deadline_s: float | None) -> AsyncGenerator[GenerationStep, None]:
+        """``job``'s steps; closing the stream stops both phases."""
+        ...
 
 
 def generation_request(job: Job) -> GenerationRequest:
@@ -74,13 +94,24 @@ class EngineBackend:
     """Serves OpenAI jobs from the engines of a :class:`ModelManager`, counting each
     model's use in a :class:`UsageLedger` (metrics and heartbeat counters)."""
 
-    def __init__(self, models: ModelManager, usage: UsageLedger, *, role: str = "both") -> None:
+    def __init__(
+        self,
+        models: ModelManager,
+        usage: UsageLedger,
+        *,
+        role: str = "both",
+        split: SplitServing | None = None,
+    ) -> None:
+        """``split``: how a decode-role worker serves whole requests (None: it does not)."""
         self._models = models
         self._usage = usage
         self._role = role
+        self._split = split if role == _DECODE_ROLE else None
 
-    def _check_serving(self, model: str) -> None:
-        if self._role not in _SERVING_ROLES:
+    def _check_serving(self, model: str) -> SplitServing | None:
+        """Raise unless ``model`` can be served here now; the split serving to use, or
+        None for this worker's engine alone."""
+        if self._role != _WHOLE_ROLE and self._split is None:
             raise UnavailableError(
                 f"this worker has role {self._role}: it serves no whole generations"
             )
@@ -89,59 +120,75 @@ class EngineBackend:
             raise NotFoundError(f"model {model} is not served by this worker")
         if state is not ModelLifecycle.READY:
             raise UnavailableError(f"model {model} is {state.value} on this worker, not ready")
+        if self._split is not None:
+            self._split.check(model)
+        return self._split
 
     async def complete(self, job: Job, call: CallInfo) -> GenerationStep:
         async with aclosing(self._generate(job, call, streaming=False)) as chunks:
             return await collect(chunks)
 
-    def stream(self, job: Job, call: CallInfo) -> AsyncGenerator[GenerationChunk, None]:
+    def stream(self, job: Job, call: CallInfo) -> AsyncGenerator[GenerationStep, None]:
         return self._generate(job, call, streaming=True)
+
+    async def _engine_chunks(
+        self, job: Job, call: CallInfo, *, streaming: bool
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """``job`` generated whole on this worker's engine, after its fair turn among the
+        clients queued for the model (ModelManager.serve); closing this generator
+        (client gone) closes the engine's stream, which aborts the request in the engine,
+        or takes it out of the queue before it ever reached the engine."""
+        request = generation_request(job)
+        async with self._models.serve(
+            job.model,
+            job.request_id,
+            authorization=call.header(AUTHORIZATION_HEADER),
+            deadline_s=call.deadline_s,
+        ) as engine:
+            chunks = engine.generate(request)
+            if streaming:
+                chunks = client_stream(engine, chunks)
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    yield chunk
 
     async def _generate(
         self, job: Job, call: CallInfo, *, streaming: bool
-    ) -> AsyncGenerator[GenerationChunk, None]:
-        """The engine's chunks for ``job``, after its fair turn among the clients queued
-        for the model (ModelManager.serve); closing this generator (client gone) closes
-        the engine's stream, which aborts the request in the engine, or takes it out of
-        the queue before it ever reached the engine."""
-        self._check_serving(job.model)
-        request = generation_request(job)
+    ) -> AsyncGenerator[GenerationStep, None]:
+        """``job``'s steps, counted in the usage ledger: from the engine here, or from a
+        split run (Prefill on a peer, Decode here). Closing this generator (client gone)
+        stops them."""
+        split = self._check_serving(job.model)
         usage = self._usage.of(job.model)
         arrived = time.monotonic()
         usage.arrived()
         first_token_at: float | None = None
         ending = "error"
         try:
-            async with self._models.serve(
-                job.model,
-                job.request_id,
-                authorization=call.header(AUTHORIZATION_HEADER),
-                deadline_s=call.deadline_s,
-            ) as engine:
-                chunks = engine.generate(request)
-                if streaming:
-                    chunks = client_stream(engine, chunks)
-                async with aclosing(chunks):
-                    async for chunk in chunks:
-                        if first_token_at is None and chunk.completion_tokens:
-                            first_token_at = time.monotonic()
-                            usage.first_token(first_token_at - arrived)
-                        if chunk.finish_reason is not None:
-                            if chunk.finish_reason is FinishReason.ABORT:
-                                ending = FinishReason.ABORT
-                                raise UnavailableError(
-                                    f"model {job.model}: the generation was aborted on this"
-                                    " worker (the model is being unloaded)"
-                                )
-                            ending = chunk.finish_reason
-                            usage.finished(
-                                chunk.prompt_tokens,
-                                chunk.completion_tokens,
-                                None
-                                if first_token_at is None
-                                else time.monotonic() - first_token_at,
+            steps = (
+                self._engine_chunks(job, call, streaming=streaming)
+                if split is None
+                else split.steps(job, call.deadline_s)
+            )
+            async with aclosing(steps) as chunks:
+                async for chunk in chunks:
+                    if first_token_at is None and chunk.completion_tokens:
+                        first_token_at = time.monotonic()
+                        usage.first_token(first_token_at - arrived)
+                    if chunk.finish_reason is not None:
+                        if chunk.finish_reason is FinishReason.ABORT:
+                            ending = FinishReason.ABORT
+                            raise UnavailableError(
+                                f"model {job.model}: the generation was aborted on this"
+                                " worker (the model is being unloaded)"
                             )
-                        yield chunk
+                        ending = chunk.finish_reason
+                        usage.finished(
+                            chunk.prompt_tokens,
+                            chunk.completion_tokens,
+                            None if first_token_at is None else time.monotonic() - first_token_at,
+                        )
+                    yield chunk
         except (asyncio.CancelledError, GeneratorExit):
             # The client left: aclosing above has closed the engine's stream, which
             # stops the request there. A client that hangs up right after the last

@@ -18,14 +18,19 @@ from openai_compat.servicer import InferenceServicer
 from runtime.config import ConfigError, add_server_arguments, env_default, settings_from_args
 from runtime.paths import PathRoots, split_roots
 from runtime.server import Cleanup, Register, run
+from worker.admission import Admission, QueueLimits
+from worker.disagg import PrefillElsewhere
 from worker.engine.base import EngineClient
 from worker.engine.vllm_engine import VllmConfig
 from worker.engine_sizing import VllmSizer
 from worker.estimator_client import EstimatorClient
 from worker.inference import EngineBackend
+from worker.kv_client import KVFetcher
 from worker.memory import nvml_memory
 from worker.metrics import UsageLedger
 from worker.models import EngineFactory, ModelManager
+from worker.peer_client import PrefillClient
+from worker.prefill_peers import PrefillPeers
 from worker.servicer import ROLES, WorkerServicer
 from worker.storage_client import StorageClient
 
@@ -42,6 +47,16 @@ def parse_model_spec(spec: str) -> tuple[str, Path]:
     if not sep or not name or not path:
         raise ConfigError("model", f"expected NAME=PATH, got {spec!r}")
     return name, Path(path)
+
+
+def decode_side(models: ModelManager) -> tuple[PrefillPeers, KVFetcher, PrefillElsewhere]:
+    """What a decode-role worker needs to serve whole requests itself: its prefill pools
+    (for its WorkerServicer's heartbeats to fill), the KV fetcher (shared with Decode) and
+    the split serving (for its EngineBackend). Built for every role: only a decode-role
+    worker's backend uses them."""
+    peers = PrefillPeers()
+    kv = KVFetcher()
+    return peers, kv, PrefillElsewhere(models, peers, PrefillClient(), kv)
 
 
 def register_services(worker: WorkerServicer, inference: InferenceServicer) -> Register:
@@ -242,7 +257,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-concurrency",
         type=int,
         default=int(env_default("worker", "max_concurrency", "4")),
-        help="requests computed at once per model; more wait in the engine's queue",
+        help="requests computed at once per model (reference engine); more wait their turn"
+        " in the worker's fair queue (vLLM: --max-num-seqs)",
+    )
+    parser.add_argument(
+        "--max-queued-per-client",
+        type=int,
+        default=int(env_default("worker", "max_queued_per_client", str(QueueLimits.per_client))),
+        help="requests one client (API key; keyless requests are one client) may have waiting"
+        " per model for a turn at the engine; more are refused with 429 / RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
+        "--max-queued",
+        type=int,
+        default=int(env_default("worker", "max_queued", str(QueueLimits.total))),
+        help="requests of all clients that may wait per model for a turn at the engine",
     )
     parser.add_argument(
         "--advertise-address",
@@ -281,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def queue_limits_from_args(args: argparse.Namespace) -> QueueLimits:
+    """The admission queue's bounds (worker/admission.py) from the parsed flags."""
+    for key in ("max_queued_per_client", "max_queued"):
+        if getattr(args, key) < 1:
+            raise ConfigError(key, "must be >= 1")
+    return QueueLimits(per_client=args.max_queued_per_client, total=args.max_queued)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args, "worker")
@@ -302,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ConfigError("kv_shared_path", f"required for a vllm worker with --role {args.role}")
 
     vllm_config = vllm_config_from_args(args)
+    admission = Admission(queue_limits_from_args(args))
 
     async def build() -> tuple[Register, Cleanup]:
         manager: ModelManager
@@ -317,22 +355,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             factory = after_preimport(transformers_engine_factory(args.max_concurrency))
         manager = ModelManager(
-            factory, engine_kind=args.engine, capacity_bytes=args.memory_capacity_bytes
+            factory,
+            engine_kind=args.engine,
+            capacity_bytes=args.memory_capacity_bytes,
+            admission=admission,
         )
         for name, path in models:
             async for step in manager.load(name, path):
                 logger.info(step.message, extra={"model": name, "state": step.state.value})
         usage = UsageLedger()
+        peers, kv_fetcher, split = decode_side(manager)
         servicer = WorkerServicer(
             manager,
             worker_id=args.worker_id,
             advertise_address=args.advertise_address,
+            kv_fetcher=kv_fetcher,
             storage=StorageClient(args.storaged) if args.storaged else None,
             role=args.role,
             usage=usage,
             local_roots=local_roots,
+            prefill_peers=peers,
         )
-        inference = InferenceServicer(EngineBackend(manager, usage, role=args.role))
+        inference = InferenceServicer(EngineBackend(manager, usage, role=args.role, split=split))
         return register_services(servicer, inference), manager.shutdown
 
     run(settings, build)

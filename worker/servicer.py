@@ -14,6 +14,7 @@ from helios.v1 import worker_pb2 as pb
 from openai_compat.protocol import call_info, send_retry_after
 from runtime.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from runtime.paths import PathRoots
+from worker.disagg import decode_prefilled
 from worker.engine.base import (
     ChatMessage,
     FinishReason,
@@ -27,7 +28,9 @@ from worker.kvtransfer import encode_frames
 from worker.memory import memory_report
 from worker.metrics import UsageLedger
 from worker.models import ModelLifecycle, ModelManager
+from worker.prefill_peers import PrefillPeers
 from worker.storage_client import StorageClient, StoredModels
+from worker_api.wire import prefill_pools_from_pb
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +132,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         role: str = "both",
         usage: UsageLedger | None = None,
         local_roots: PathRoots | None = None,
+        prefill_peers: PrefillPeers | None = None,
     ) -> None:
-        """``local_roots``: where LoadModel's local_path may point (none by default)."""
+        """``local_roots``: where LoadModel's local_path may point (none by default);
+        ``prefill_peers``: a decode worker's prefill pools, which heartbeats update."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         self._role = role
@@ -143,6 +148,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._kv_fetcher = kv_fetcher or KVFetcher()
         self._storage = storage
         self._stored = StoredModels(storage.cached_models) if storage is not None else None
+        self._prefill_peers = prefill_peers
 
     def _serves(self, rpc: str) -> None:
         """Refuse ``rpc`` when this worker's role does not serve it."""
@@ -198,20 +204,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             raise InvalidArgumentError("kv_cache_handle: must not be empty")
         if not request.prefill_worker:
             raise InvalidArgumentError("prefill_worker: must not be empty")
-        async with self._models.acquire(request.request.model, generation.request_id) as engine:
-            if not engine.supports_disaggregation:
-                raise FailedPreconditionError(engine.disaggregation_unsupported_reason)
-            kv = (
-                []
-                if engine.kv_via_connector
-                else await self._kv_fetcher.fetch(
-                    request.prefill_worker, request.request.model, request.kv_cache_handle
-                )
-            )
-            stream = client_stream(engine, engine.decode(generation, request.first_token_id, kv))
-            async with aclosing(stream):
-                async for chunk in stream:
-                    yield pb.DecodeResponse(step=chunk_to_pb(chunk))
+        stream = decode_prefilled(
+            self._models,
+            self._kv_fetcher,
+            request.request.model,
+            generation,
+            kv_handle=request.kv_cache_handle,
+            prefill_worker=request.prefill_worker,
+            first_token_id=request.first_token_id,
+        )
+        async with aclosing(stream):
+            async for chunk in stream:
+                yield pb.DecodeResponse(step=chunk_to_pb(chunk))
 
     async def TransferKVCache(
         self, request: pb.TransferKVCacheRequest, context: grpc.aio.ServicerContext
@@ -267,6 +271,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> pb.HeartbeatResponse:
+        if self._prefill_peers is not None and request.HasField("prefill_pools"):
+            self._prefill_peers.update(prefill_pools_from_pb(request.prefill_pools))
         statuses = self._models.statuses()
         dead = set(await self._models.check_health())
         models = [
@@ -276,8 +282,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 engine=s.engine,
                 running_requests=s.stats.running_requests,
                 # The engine's own queue and the worker's admission queue ahead of it.
-                waiting_requests=s.stats.waiting_requests
-                + self._models.admission.queued(s.model),
+                waiting_requests=s.stats.waiting_requests + self._models.admission.queued(s.model),
                 kv_cache_usage=s.stats.kv_cache_usage,
                 prefix_cache_hit_rate=s.stats.prefix_cache_hit_rate,
                 generated_tokens_total=s.stats.generated_tokens_total,
