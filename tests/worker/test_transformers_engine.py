@@ -248,6 +248,7 @@ async def test_abort_ends_stream_with_abort(engine: TransformersEngine) -> None:
 @pytest.mark.asyncio
 async def test_concurrency_limit_and_abort_while_waiting(tiny_model_dir: Path) -> None:
     eng = await TransformersEngine.load(tiny_model_dir, DEFAULT_MODEL_NAME, max_concurrency=1)
+    assert eng.max_running_requests == 1  # the worker's admission queue holds the rest
     try:
         first = eng.generate(chat("first", max_tokens=50, temperature=0.0))
         await anext(first)  # "first" now holds the only slot

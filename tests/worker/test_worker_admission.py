@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import REGISTRY
 
+from runtime.config import ConfigError
 from runtime.errors import DeadlineExceededError, ResourceExhaustedError
 from worker.admission import ANONYMOUS, Admission, QueueLimits, client_class
+from worker.engine.vllm_engine import VllmConfig, _max_num_seqs
+from worker.server import build_parser, queue_limits_from_args
 
 
 def key(name: str) -> str:
@@ -246,3 +250,21 @@ async def test_no_capacity_known_admits_at_once(admission: Admission) -> None:
     async with once, twice:
         assert admission.queued("m-unbounded") == 0
     assert admission.queue("m-unbounded") is None
+
+
+def test_vllm_states_the_sequences_it_batches_as_its_capacity() -> None:
+    settled = SimpleNamespace(
+        vllm_config=SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=48))
+    )
+    assert _max_num_seqs(settled, VllmConfig(max_num_seqs=8)) == 48  # what vLLM settled on
+    assert _max_num_seqs(SimpleNamespace(), VllmConfig(max_num_seqs=8)) == 8
+    assert _max_num_seqs(SimpleNamespace(), VllmConfig()) is None
+
+
+def test_queue_limits_from_the_worker_flags() -> None:
+    default = queue_limits_from_args(build_parser().parse_args([]))
+    assert default == QueueLimits()
+    args = build_parser().parse_args(["--max-queued-per-client", "3", "--max-queued", "9"])
+    assert queue_limits_from_args(args) == QueueLimits(per_client=3, total=9)
+    with pytest.raises(ConfigError, match="max_queued"):
+        queue_limits_from_args(build_parser().parse_args(["--max-queued", "0"]))

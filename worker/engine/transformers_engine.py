@@ -148,6 +148,7 @@ class TransformersEngine(EngineClient):
         self._tokenizer: PreTrainedTokenizerBase | None = tokenizer
         self._model_name = model_name
         self._max_concurrency = max_concurrency
+        self.max_running_requests = max_concurrency
         self._device = next(model.parameters()).device
 
         config = model.config

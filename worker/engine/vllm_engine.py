@@ -254,6 +254,7 @@ class VllmEngine(EngineClient):
         engine.__init__(llm, tokenizer, model_name, max_len, config.kv_role)  # type: ignore[misc]
         engine._stats = stats
         engine.memory_bytes = config.planned_bytes
+        engine.max_running_requests = _max_num_seqs(llm, config)
         logger.info(
             "vllm engine started",
             extra={
@@ -575,6 +576,15 @@ def _sampling_params(s: SamplingParams) -> Any:
         )
     except (VLLMClientError, ValueError) as exc:  # e.g. a temperature above vLLM's 2
         raise InvalidArgumentError(f"vLLM rejected the sampling parameters: {exc}") from exc
+
+
+def _max_num_seqs(llm: Any, config: VllmConfig) -> int | None:
+    """The sequences vLLM batches at once (what its scheduler settled on, else what was
+    asked for): the worker's admission queue lets no more than that into vLLM, whose own
+    waiting queue is first come, first served."""
+    scheduler = getattr(getattr(llm, "vllm_config", None), "scheduler_config", None)
+    seqs = getattr(scheduler, "max_num_seqs", None) or config.max_num_seqs
+    return int(seqs) if seqs else None
 
 
 def _start_sync(model_dir: Path, config: VllmConfig, stat_logger: Any) -> tuple[Any, Any]:
