@@ -33,6 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.limits import (
+    CONTROL_BODY_BYTES,
+    EDGE_MAX_HEADER_KB,
+    ESTIMATOR_BODY_BYTES,
+    INFERENCE_BODY_BYTES,
+)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO_ROOT / "proto"
 LUA_FILTER_PATH = REPO_ROOT / "envoy" / "helios_edge.lua"
@@ -56,12 +63,19 @@ CLIENT_HEADER = "x-helios-client"
 # How long a stream may stay silent (no bytes either way) before Envoy resets it. There is
 # no overall route timeout: a generation may legitimately run for many minutes.
 STREAM_IDLE_TIMEOUT_S = 300
-# The most a request body (a prompt) may hold: the Lua filter buffers POST bodies.
-MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# The most a request body (a prompt) may hold: the Lua filter buffers POST bodies of chat
+# and completions within the connection's buffer limit. Every route's own body limit comes
+# from the buffer filter (413 above it; see _body_limit): chat and completions
+# INFERENCE_BODY_BYTES, the estimator ESTIMATOR_BODY_BYTES (never more than chat), the
+# admin API CONTROL_BODY_BYTES (runtime/limits.py holds the numbers; the servers' gRPC
+# limits are twice these, so nothing the edge admits is refused upstream as 429).
+MAX_REQUEST_BYTES = INFERENCE_BODY_BYTES
 # Envoy warns at start-up when nothing caps the downstream connections.
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
 
 LUA_FILTER_NAME = "envoy.filters.http.lua"
+BUFFER_FILTER_NAME = "envoy.filters.http.buffer"
+ESTIMATE_REST_PREFIX = "/v1/estimate/"
 RATE_LIMIT_FILTER_NAME = "envoy.filters.http.local_ratelimit"
 # The descriptor key under which a request's API key is rate limited.
 RATE_LIMIT_DESCRIPTOR = "api_key"
@@ -109,6 +123,7 @@ PUBLIC_SERVICES: tuple[str, ...] = (
 INFERENCE_SERVICES: tuple[str, ...] = ("helios.v1.InferenceService", "helios.v1.EstimatorService")
 ADMIN_SERVICES: tuple[str, ...] = ("helios.v1.AdminService",)
 REGISTRY_SERVICE = "helios.v1.RegistryService"
+ESTIMATOR_SERVICE = "helios.v1.EstimatorService"
 # AdminService's health call is public (load balancers and probes call it without a key).
 HEALTH_METHOD = "GetHealth"
 HEALTH_REST_PATH = "/v1/health"
@@ -382,6 +397,49 @@ def _inference_auth(access: EdgeAccess) -> dict[str, Any]:
     return _auth_allows([client for _, client in access.clients()])
 
 
+_HEADERS_TOO_LARGE = json.dumps(
+    {
+        "error": {
+            "message": f"the request headers are too large: at most {EDGE_MAX_HEADER_KB} KiB"
+            " together",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "INVALID_ARGUMENT",
+        }
+    },
+    separators=(",", ":"),
+)
+_BUFFER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
+
+
+def _body_limit(max_bytes: int) -> dict[str, Any]:
+    """Per-route config of the buffer filter: this route's requests carry at most
+    ``max_bytes`` of body (413 Payload Too Large, OpenAI-shaped by the Lua filter)."""
+    return {
+        BUFFER_FILTER_NAME: {
+            "@type": _BUFFER_ROUTE_TYPE,
+            "buffer": {"max_request_bytes": max_bytes},
+        }
+    }
+
+
+def _no_body_limit() -> dict[str, Any]:
+    """Health and reflection: not buffered (reflection is a bidirectional stream a client
+    keeps open; buffering would wait for its end)."""
+    return {BUFFER_FILTER_NAME: {"@type": _BUFFER_ROUTE_TYPE, "disabled": True}}
+
+
+def _limited(route: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """``route`` with a body limit added to its per-filter config."""
+    return {
+        **route,
+        "typed_per_filter_config": {
+            **route.get("typed_per_filter_config", {}),
+            **_body_limit(max_bytes),
+        },
+    }
+
+
 def _direct(status: int, body: str) -> dict[str, Any]:
     return {"status": status, "body": {"inline_string": body}}
 
@@ -454,22 +512,33 @@ def edge_virtual_host(
         routes.append(metrics)
         cluster_specs.append((metrics_upstream, False))
     # REST paths as they arrive (the transcoder routes them again once they are gRPC).
+    # Body limits are per route too (the buffer filter reads them from the route a request
+    # matches on arrival): the inference limit is the buffer filter's own default, so the
+    # per-model routes the control plane adds get it.
     routes += [
         {**_grpc_route("", admin_upstream.name), "match": {"path": HEALTH_REST_PATH}}
         | {"typed_per_filter_config": _auth_off()},
-        _admin_route({"prefix": "/v1/admin/"}, _grpc_route("", admin_upstream.name), access),
+        _limited(
+            _admin_route({"prefix": "/v1/admin/"}, _grpc_route("", admin_upstream.name), access),
+            CONTROL_BODY_BYTES,
+        ),
+        {
+            **_grpc_route(ESTIMATE_REST_PREFIX, inference_upstream.name),
+            "typed_per_filter_config": {**inference_auth, **_body_limit(ESTIMATOR_BODY_BYTES)},
+        },
         {**_grpc_route("/v1/", inference_upstream.name), "typed_per_filter_config": inference_auth},
     ]
     # Longest service names first, so no prefix shadows another.
     for service in sorted(grpc_upstreams, key=lambda s: (-len(s), s)):
         upstream = grpc_upstreams[service]
         if service in INFERENCE_SERVICES:
-            routes.append(
-                {
-                    **_grpc_route(f"/{service}/", upstream.name),
-                    "typed_per_filter_config": inference_auth,
-                }
-            )
+            route = {
+                **_grpc_route(f"/{service}/", upstream.name),
+                "typed_per_filter_config": inference_auth,
+            }
+            if service == ESTIMATOR_SERVICE:
+                route = _limited(route, ESTIMATOR_BODY_BYTES)
+            routes.append(route)
         elif service in ADMIN_SERVICES:
             routes.append(
                 {
@@ -479,14 +548,22 @@ def edge_virtual_host(
                 }
             )
             routes.append(
-                _admin_route({"prefix": f"/{service}/"}, _grpc_route("", upstream.name), access)
+                _limited(
+                    _admin_route(
+                        {"prefix": f"/{service}/"}, _grpc_route("", upstream.name), access
+                    ),
+                    CONTROL_BODY_BYTES,
+                )
             )
         elif service == REGISTRY_SERVICE:
             routes += [
                 {
                     **_grpc_route("", upstream.name),
                     "match": {"path": f"/{service}/{method}"},
-                    "typed_per_filter_config": inference_auth,
+                    "typed_per_filter_config": {
+                        **inference_auth,
+                        **_body_limit(CONTROL_BODY_BYTES),
+                    },
                 }
                 for method in REGISTRY_CATALOGUE_METHODS
             ]
@@ -494,7 +571,7 @@ def edge_virtual_host(
             routes.append(
                 {
                     **_grpc_route(f"/{service}/", upstream.name),
-                    "typed_per_filter_config": _auth_off(),
+                    "typed_per_filter_config": {**_auth_off(), **_no_body_limit()},
                 }
             )
         else:
@@ -505,7 +582,7 @@ def edge_virtual_host(
             routes.append(
                 {
                     **_grpc_route(f"/{service}/", default_grpc_upstream.name),
-                    "typed_per_filter_config": _auth_off(),
+                    "typed_per_filter_config": {**_auth_off(), **_no_body_limit()},
                 }
             )
     # Anything else: not found, for everyone (no 401 that would tell a path exists).
@@ -645,6 +722,15 @@ def render_envoy_config(
                 "default_source_code": {"inline_string": load_lua_filter(sse_done=sse_done)},
             },
         },
+        # After Lua (whose response side then gives its 413 OpenAI's error shape), before
+        # the transcoder (which would otherwise stream any size of JSON into one message).
+        {
+            "name": BUFFER_FILTER_NAME,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                "max_request_bytes": INFERENCE_BODY_BYTES,
+            },
+        },
         {
             "name": TRANSCODER_FILTER_NAME,
             "typed_config": {
@@ -692,6 +778,28 @@ def render_envoy_config(
         "use_remote_address": True,
         "stream_idle_timeout": _duration(STREAM_IDLE_TIMEOUT_S),
         "request_timeout": "0s",
+        # 431 above this (all request headers together): below grpc's metadata limit on the
+        # servers, which answered a 30 KB header RESOURCE_EXHAUSTED, i.e. 429.
+        "max_request_headers_kb": EDGE_MAX_HEADER_KB,
+        # The 431 comes from the codec, before any filter (Lua) runs: OpenAI's shape here.
+        "local_reply_config": {
+            "mappers": [
+                {
+                    "filter": {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": "EQ",
+                                "value": {"default_value": 431, "runtime_key": "helios.431"},
+                            }
+                        }
+                    },
+                    "body_format_override": {
+                        "text_format_source": {"inline_string": _HEADERS_TOO_LARGE},
+                        "content_type": "application/json",
+                    },
+                }
+            ]
+        },
         "http2_protocol_options": {"max_concurrent_streams": 1024},
         "access_log": [
             {

@@ -4,7 +4,9 @@
 --   * drops any client-sent `x-helios-edge` and `x-helios-client` header (the latter is the
 --     api_key_auth filter's word on who the caller is; a client never sets it);
 --   * on REST requests (path under /v1/, not gRPC) sets `x-helios-edge: rest`, so the proxy
---     reports a failure after a stream began as a final `data: {"error": {...}}` event;
+--     reports a failure after a stream began as a final `data: {"error": {...}}` event,
+--     and drops `grpc-timeout` (a gRPC header: on a REST call Envoy's router would take it
+--     as the route's timeout and answer 504);
 --   * on POST /v1/chat/completions and POST /v1/completions buffers the JSON body and, when
 --     its top-level `stream` member is `true`, rewrites :path to the `:stream` method path
 --     (the OpenAI SDK posts streamed requests to the same path as unary ones); sets
@@ -14,7 +16,9 @@
 --     REST client's own `x-helios-model` is dropped; native gRPC clients set it themselves.
 -- Response path (REST requests only):
 --   * status >= 400: rewrites the body into OpenAI's error shape
---     {"error": {"message", "type", "param", "code"}} (code: the gRPC status name or null);
+--     {"error": {"message", "type", "param", "code"}} (code: the gRPC status name or null),
+--     with internal addresses (ip:port) and server paths in the message replaced;
+--   * HEAD: no body, whatever the status;
 --   * text/event-stream: passes the chunks through unbuffered and appends `data: [DONE]`
 --     after the stream's last event (see README.md).
 --
@@ -83,6 +87,7 @@ local ENVOY_REFUSALS = {
     16, "a valid API key is required: Authorization: Bearer <key>"},
   ["Client is forbidden."] = {7, "this API key may not call this API"},
   ["local_rate_limited"] = {8, "rate limit exceeded for this API key; retry after Retry-After seconds"},
+  ["Payload Too Large"] = {3, "the request body is larger than this endpoint accepts"},
 }
 
 -- Scans the top level of a JSON object without decoding it. Returns a table mapping each
@@ -196,6 +201,23 @@ local function trim(s)
   return (s:gsub("^%s+", ""):gsub("%s+$", ""))
 end
 
+-- Replaces what an error must not show a client: internal addresses (ipv4:port,
+-- [ipv6]:port, grpc's "ipv4:" peer names) and absolute paths under the usual server
+-- roots (the state directory, models, the home directory).
+local SERVER_ROOTS = {"tmp", "home", "root", "var", "etc", "usr", "opt", "srv", "proc", "sys",
+  "run", "mnt", "data", "work", "private", "Users", "nix"}
+
+local function scrub(s)
+  s = s:gsub("ipv[46]:[%w%.%%%[%]:]+", "an internal address")
+  s = s:gsub("%[[%x:]+%]:%d+", "an internal address")
+  s = s:gsub("%d+%.%d+%.%d+%.%d+:%d+", "an internal address")
+  s = s:gsub("localhost:%d+", "an internal address")
+  for _, root in ipairs(SERVER_ROOTS) do
+    s = s:gsub("/" .. root .. "/[^%s\\\"',;:]*", "a server path")
+  end
+  return s
+end
+
 local function error_type(status)
   if status == 401 then
     return "authentication_error"
@@ -226,12 +248,17 @@ local function prefix_hash(text)
   return bit.tohex(hash, 8)
 end
 
--- The model id from the body's raw `model` value: a plain JSON string without escapes.
+-- The model id from the body's raw `model` value: a plain JSON string without escapes,
+-- in printable ASCII (a header value; gRPC servers refuse metadata that is not UTF-8, with
+-- an ERROR record each time).
 local function model_of(raw)
   if raw == nil or #raw < 3 or #raw > MAX_MODEL_HEADER + 2 then
     return nil
   end
   local id = raw:match('^"([^"\\%c]+)"$')
+  if id == nil or id:find("[\128-\255 ]") then
+    return nil
+  end
   return id
 end
 
@@ -244,8 +271,12 @@ function envoy_on_request(handle)
     return
   end
   headers:remove(MODEL_HEADER)
+  headers:remove("grpc-timeout")
   headers:add(EDGE_HEADER, "rest")
   handle:streamInfo():dynamicMetadata():set(METADATA_NS, "rest", true)
+  if headers:get(":method") == "HEAD" then
+    handle:streamInfo():dynamicMetadata():set(METADATA_NS, "head", true)
+  end
 
   local base, query = path:match("^([^?]*)(.*)$")
   local stream_path = STREAM_PATHS[base]
@@ -314,7 +345,10 @@ local function rewrite_error(handle, status)
     if grpc_message ~= nil and grpc_message ~= "" then
       message = json_string(percent_decode(grpc_message))
     elseif fields == nil and trim(text) ~= "" then
-      message = json_string(trim(text))
+      -- Envoy's and the transcoder's own text, which may quote the request's bytes (a JSON
+      -- parse error shows where): at most 300 bytes of it, non-ASCII bytes as "?", so the
+      -- answer stays valid UTF-8 JSON whatever the client sent.
+      message = json_string((trim(text):sub(1, 300):gsub("[\128-\255]", "?")))
     else
       message = json_string(REASONS[status] or ("HTTP " .. status))
     end
@@ -331,7 +365,7 @@ local function rewrite_error(handle, status)
     headers:replace("retry-after", "1")
   end
 
-  local out = '{"error":{"message":' .. message .. ',"type":"' .. error_type(status)
+  local out = '{"error":{"message":' .. scrub(message) .. ',"type":"' .. error_type(status)
     .. '","param":null,"code":' .. code .. "}}"
   body:setBytes(out)
   headers:replace("content-type", "application/json")
@@ -398,6 +432,14 @@ function envoy_on_response(handle)
   end
   local headers = handle:headers()
   local status = tonumber(headers:get(":status") or "") or 0
+  if meta["head"] == true then
+    local body = handle:body(true)
+    if body ~= nil and body:length() > 0 then
+      body:setBytes("")
+    end
+    handle:headers():replace("content-length", "0")
+    return
+  end
   if status >= 400 then
     rewrite_error(handle, status)
     return

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from estimator.cache import TtlCache
 from runtime.errors import HeliosError, InvalidArgumentError, NotFoundError, UnavailableError
+from runtime.limits import quote
 
 __all__ = [
     "DEFAULT_RESOLVE_TTL_SECONDS",
@@ -163,12 +164,13 @@ class ModelResolver:
             return await asyncio.to_thread(_read_config_file, local / "config.json", model_id)
         if registry_error is not None:
             raise UnavailableError(
-                f"model {model_id!r}: the registry could not be asked ({registry_error.message})"
+                f"model {quote(model_id)}: the registry could not be asked"
+                f" ({registry_error.message})"
                 " and it is no local model directory"
             )
         where = ["the registry" if self.registry is not None else "", "the model roots"]
         raise NotFoundError(
-            f"model {model_id!r} not found in {' or '.join(w for w in where if w)}"
+            f"model {quote(model_id)} not found in {' or '.join(w for w in where if w)}"
             + ("" if self.registry is not None else " (no registry is configured)")
             + "; import it into the registry, or give the config inline"
         )
@@ -195,9 +197,14 @@ class ModelResolver:
         given = Path(model_id).expanduser()
         candidates = [given] if given.is_absolute() else [root / given for root in self.roots]
         for candidate in candidates:
-            path = candidate.resolve()
-            if not any(path == root or root in path.parents for root in self.roots):
+            try:
+                path = candidate.resolve()
+                if not any(path == root or root in path.parents for root in self.roots):
+                    continue
+                if (path / "config.json").is_file():
+                    return path
+            except (OSError, RuntimeError, ValueError):
+                # A name too long for the filesystem, a symlink loop, an embedded NUL:
+                # no such model here (the client's input, not the estimator's failure).
                 continue
-            if (path / "config.json").is_file():
-                return path
         return None

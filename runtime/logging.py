@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import logging
 import sys
+import time
 from typing import Any, TextIO
 
 __all__ = ["ConsoleFormatter", "JsonFormatter", "configure_logging"]
@@ -111,4 +112,37 @@ def configure_logging(
     root.setLevel(numeric)
     # Python's "last resort" warnings and warnings.warn() should land in the same stream.
     logging.captureWarnings(True)
+    grpc_logger = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, ClientInputFilter) for f in grpc_logger.filters):
+        grpc_logger.addFilter(ClientInputFilter())
     return handler
+
+
+class ClientInputFilter(logging.Filter):
+    """grpc logs an ERROR with a traceback for every request whose metadata is not UTF-8
+    ("Invalid encoding on b'...'"): a client's bytes, not a failure of the server, and one
+    record per request lets any client fill the logs. Such records become one WARNING per
+    minute (without the traceback), saying how many were not logged."""
+
+    INTERVAL_S = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = -self.INTERVAL_S
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Invalid encoding on"):
+            return True
+        now = time.monotonic()
+        if now - self._last < self.INTERVAL_S:
+            self._suppressed += 1
+            return False
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "request metadata that is not UTF-8 (a client's input) was ignored"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        record.not_logged_since_last = self._suppressed
+        self._last, self._suppressed = now, 0
+        return True

@@ -89,6 +89,7 @@ def test_routes_and_clusters(descriptor: Path) -> None:
         # REST paths as they arrive (for which filters run), then the gRPC paths.
         ("/v1/health", "proxy"),
         ("/v1/admin/", "proxy"),
+        ("/v1/estimate/", "proxy"),  # the estimator's own body limit
         ("/v1/", "proxy"),
         ("/helios.v1.EstimatorService/", "estimator"),
         ("/helios.v1.InferenceService/", "proxy"),
@@ -113,11 +114,12 @@ def test_routes_and_clusters(descriptor: Path) -> None:
     filters = [f["name"] for f in hcm(config)["http_filters"]]
     assert filters == [
         "envoy.filters.http.lua",
+        "envoy.filters.http.buffer",  # per-route body limits (413)
         "envoy.filters.http.grpc_json_transcoder",
         API_KEY_FILTER_NAME,
         "envoy.filters.http.router",
     ]
-    transcoder = hcm(config)["http_filters"][1]["typed_config"]
+    transcoder = hcm(config)["http_filters"][2]["typed_config"]
     assert transcoder["services"] == list(TRANSCODED_SERVICES)
     assert transcoder["print_options"]["stream_sse_style_delimited"] is True
     assert transcoder["convert_grpc_status"] is True
@@ -155,7 +157,9 @@ def test_internal_services_are_never_routed(descriptor: Path) -> None:
 def test_roles_and_keys(descriptor: Path) -> None:
     access = EdgeAccess(inference_keys=("inf-a", "inf-b"), admin_keys=("adm",))
     config = render(descriptor, grpc_upstreams=EVERY_SERVICE, access=access)
-    auth = hcm(config)["http_filters"][2]["typed_config"]
+    auth = next(
+        f["typed_config"] for f in hcm(config)["http_filters"] if f["name"] == API_KEY_FILTER_NAME
+    )
     assert {c["key"]: c["client"] for c in auth["credentials"]} == {
         "inf-a": "inference-0",
         "inf-b": "inference-1",
@@ -213,6 +217,7 @@ def test_without_metrics_upstream(descriptor: Path) -> None:
     assert [r["match"].get("prefix") or r["match"]["path"] for r in routes] == [
         "/v1/health",
         "/v1/admin/",
+        "/v1/estimate/",
         "/v1/",
         "/grpc.health.v1.Health/",
         "/grpc.reflection.v1alpha.ServerReflection/",

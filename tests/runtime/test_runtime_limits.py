@@ -262,3 +262,25 @@ def test_quote_is_bounded() -> None:
     quoted = limits.quote("x" * 10_000)
     assert len(quoted) < 120
     assert "10000 characters" in quoted
+
+
+def test_grpc_invalid_encoding_records_are_rate_limited() -> None:
+    """grpc logs an ERROR with a traceback per request with non-UTF-8 metadata; the
+    runtime turns them into one WARNING a minute."""
+    import io
+    import json
+
+    from runtime.logging import configure_logging
+
+    stream = io.StringIO()
+    configure_logging("limits", "INFO", "json", stream=stream)
+    grpc_log = logging.getLogger("grpc._cython.cygrpc")
+    try:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+    except UnicodeDecodeError:
+        for _ in range(50):
+            grpc_log.exception("Invalid encoding on %s", b"caf\xe9")
+    grpc_log.error("something else")
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [r["level"] for r in records] == ["WARNING", "ERROR"]
+    assert "exc_info" not in records[0]
