@@ -6,7 +6,8 @@
 --   * on REST requests (path under /v1/, not gRPC) sets `x-helios-edge: rest`, so the proxy
 --     reports a failure after a stream began as a final `data: {"error": {...}}` event,
 --     and drops `grpc-timeout` (a gRPC header: on a REST call Envoy's router would take it
---     as the route's timeout and answer 504);
+--     as the route's timeout and answer 504) and `te` (the gRPC servers refuse any value
+--     but "trailers");
 --   * on POST /v1/chat/completions and POST /v1/completions buffers the JSON body and, when
 --     its top-level `stream` member is `true`, rewrites :path to the `:stream` method path
 --     (the OpenAI SDK posts streamed requests to the same path as unary ones); sets
@@ -272,6 +273,7 @@ function envoy_on_request(handle)
   end
   headers:remove(MODEL_HEADER)
   headers:remove("grpc-timeout")
+  headers:remove("te") -- gRPC's own ("trailers"); anything else a gRPC server refuses (500)
   headers:add(EDGE_HEADER, "rest")
   handle:streamInfo():dynamicMetadata():set(METADATA_NS, "rest", true)
   if headers:get(":method") == "HEAD" then

@@ -415,6 +415,7 @@ def test_zz_mesh_survives(mesh: FuzzMesh, client: httpx.Client) -> None:
     )
     assert reply.status_code == 200, reply.text
     assert reply.json()["usage"]["completion_tokens"] >= 1
+    print(f"fuzz inputs sent: {dict(mesh.sent)}")
     if {"chat", "completions", "estimator", "path-parameters", "admin", "any", "grpc"} <= _ran:
         total = mesh.sent["rest"] + mesh.sent["grpc"]
         assert total >= MIN_INPUTS, dict(mesh.sent)
