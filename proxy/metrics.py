@@ -85,7 +85,7 @@ WORKER_MEMORY = Gauge(
 )
 WORKER_UP = Gauge(
     "helios_proxy_worker_routable",
-    "1 when the proxy routes new requests to the worker (healthy, circuit not open).",
+    "1 when the proxy routes new requests to the worker (its last heartbeat succeeded).",
     ["worker"],
 )
 STORED_MODELS = Gauge(

@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15helios/v1/admin.proto\x12\thelios.v1\x1a\x1cgoogle/api/annotations.proto\"L\n\x13PreloadModelRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12\x1a\n\x08replicas\x18\x02 \x01(\x05R\x08replicas\"0\n\x14PreloadModelResponse\x12\x18\n\x07workers\x18\x01 \x03(\tR\x07workers\"\x17\n\x15GetMemoryStatsRequest\"\xe8\x02\n\x0cWorkerMemory\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1f\n\x0btotal_bytes\x18\x02 \x01(\x03R\ntotalBytes\x12\x1d\n\nfree_bytes\x18\x03 \x01(\x03R\tfreeBytes\x12\x16\n\x06models\x18\x04 \x03(\tR\x06models\x12\x18\n\x07\x61\x64\x64ress\x18\x05 \x01(\tR\x07\x61\x64\x64ress\x12\x14\n\x05state\x18\x06 \x01(\tR\x05state\x12\x18\n\x07healthy\x18\x07 \x01(\x08R\x07healthy\x12\x18\n\x07\x63ircuit\x18\x08 \x01(\tR\x07\x63ircuit\x12 \n\x0boutstanding\x18\t \x01(\x05R\x0boutstanding\x12#\n\rmemory_source\x18\n \x01(\tR\x0cmemorySource\x12\x38\n\x0cmodel_states\x18\x0b \x03(\x0b\x32\x15.helios.v1.AgentModelR\x0bmodelStates\"\xf8\x01\n\nAgentModel\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n\x05state\x18\x02 \x01(\tR\x05state\x12\x1f\n\x0b\x63\x61\x63he_level\x18\x03 \x01(\tR\ncacheLevel\x12)\n\x10running_requests\x18\x04 \x01(\x05R\x0frunningRequests\x12)\n\x10waiting_requests\x18\x05 \x01(\x05R\x0fwaitingRequests\x12$\n\x0ekv_cache_usage\x18\x06 \x01(\x02R\x0ckvCacheUsage\x12!\n\x0cmemory_bytes\x18\x07 \x01(\x03R\x0bmemoryBytes\"K\n\x16GetMemoryStatsResponse\x12\x31\n\x07workers\x18\x01 \x03(\x0b\x32\x17.helios.v1.WorkerMemoryR\x07workers\"m\n\x11ScaleModelRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12\x1a\n\x08replicas\x18\x02 \x01(\x05R\x08replicas\x12!\n\x0cmax_replicas\x18\x03 \x01(\x05R\x0bmaxReplicas\"J\n\x12ScaleModelResponse\x12\x1a\n\x08replicas\x18\x01 \x01(\x05R\x08replicas\x12\x18\n\x07workers\x18\x02 \x03(\tR\x07workers\".\n\x11\x45victModelRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\".\n\x12\x45victModelResponse\x12\x18\n\x07workers\x18\x01 \x03(\tR\x07workers\"\x12\n\x10GetHealthRequest\"\xe3\x01\n\x11GetHealthResponse\x12\x16\n\x06status\x18\x01 \x01(\tR\x06status\x12\'\n\x0fmemory_pressure\x18\x02 \x01(\x02R\x0ememoryPressure\x12\'\n\x0fhealthy_workers\x18\x03 \x01(\x05R\x0ehealthyWorkers\x12#\n\rtotal_workers\x18\x04 \x01(\x05R\x0ctotalWorkers\x12?\n\x0c\x64\x65pendencies\x18\x05 \x03(\x0b\x32\x1b.helios.v1.DependencyHealthR\x0c\x64\x65pendencies\"P\n\x10\x44\x65pendencyHealth\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n\x05state\x18\x03 \x01(\tR\x05state2\xa9\x04\n\x0c\x41\x64minService\x12m\n\x0cPreloadModel\x12\x1e.helios.v1.PreloadModelRequest\x1a\x1f.helios.v1.PreloadModelResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/admin/preload:\x01*\x12u\n\x0eGetMemoryStats\x12 .helios.v1.GetMemoryStatsRequest\x1a!.helios.v1.GetMemoryStatsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/admin/memory-stats\x12\x65\n\nScaleModel\x12\x1c.helios.v1.ScaleModelRequest\x1a\x1d.helios.v1.ScaleModelResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/admin/scale:\x01*\x12p\n\nEvictModel\x12\x1c.helios.v1.EvictModelRequest\x1a\x1d.helios.v1.EvictModelResponse\"%\x82\xd3\xe4\x93\x02\x1f*\x1d/v1/admin/evict/{model_id=**}\x12Z\n\tGetHealth\x12\x1b.helios.v1.GetHealthRequest\x1a\x1c.helios.v1.GetHealthResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/healthb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15helios/v1/admin.proto\x12\thelios.v1\x1a\x1cgoogle/api/annotations.proto\"L\n\x13PreloadModelRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12\x1a\n\x08replicas\x18\x02 \x01(\x05R\x08replicas\"0\n\x14PreloadModelResponse\x12\x18\n\x07workers\x18\x01 \x03(\tR\x07workers\"\x17\n\x15GetMemoryStatsRequest\"\xec\x02\n\x0cWorkerMemory\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1f\n\x0btotal_bytes\x18\x02 \x01(\x03R\ntotalBytes\x12\x1d\n\nfree_bytes\x18\x03 \x01(\x03R\tfreeBytes\x12\x16\n\x06models\x18\x04 \x03(\tR\x06models\x12\x18\n\x07\x61\x64\x64ress\x18\x05 \x01(\tR\x07\x61\x64\x64ress\x12\x14\n\x05state\x18\x06 \x01(\tR\x05state\x12\x18\n\x07healthy\x18\x07 \x01(\x08R\x07healthy\x12\x1c\n\x07\x63ircuit\x18\x08 \x01(\tB\x02\x18\x01R\x07\x63ircuit\x12 \n\x0boutstanding\x18\t \x01(\x05R\x0boutstanding\x12#\n\rmemory_source\x18\n \x01(\tR\x0cmemorySource\x12\x38\n\x0cmodel_states\x18\x0b \x03(\x0b\x32\x15.helios.v1.AgentModelR\x0bmodelStates\"\xf8\x01\n\nAgentModel\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n\x05state\x18\x02 \x01(\tR\x05state\x12\x1f\n\x0b\x63\x61\x63he_level\x18\x03 \x01(\tR\ncacheLevel\x12)\n\x10running_requests\x18\x04 \x01(\x05R\x0frunningRequests\x12)\n\x10waiting_requests\x18\x05 \x01(\x05R\x0fwaitingRequests\x12$\n\x0ekv_cache_usage\x18\x06 \x01(\x02R\x0ckvCacheUsage\x12!\n\x0cmemory_bytes\x18\x07 \x01(\x03R\x0bmemoryBytes\"K\n\x16GetMemoryStatsResponse\x12\x31\n\x07workers\x18\x01 \x03(\x0b\x32\x17.helios.v1.WorkerMemoryR\x07workers\"m\n\x11ScaleModelRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12\x1a\n\x08replicas\x18\x02 \x01(\x05R\x08replicas\x12!\n\x0cmax_replicas\x18\x03 \x01(\x05R\x0bmaxReplicas\"J\n\x12ScaleModelResponse\x12\x1a\n\x08replicas\x18\x01 \x01(\x05R\x08replicas\x12\x18\n\x07workers\x18\x02 \x03(\tR\x07workers\".\n\x11\x45victModelRequest\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\".\n\x12\x45victModelResponse\x12\x18\n\x07workers\x18\x01 \x03(\tR\x07workers\"\x12\n\x10GetHealthRequest\"\xe3\x01\n\x11GetHealthResponse\x12\x16\n\x06status\x18\x01 \x01(\tR\x06status\x12\'\n\x0fmemory_pressure\x18\x02 \x01(\x02R\x0ememoryPressure\x12\'\n\x0fhealthy_workers\x18\x03 \x01(\x05R\x0ehealthyWorkers\x12#\n\rtotal_workers\x18\x04 \x01(\x05R\x0ctotalWorkers\x12?\n\x0c\x64\x65pendencies\x18\x05 \x03(\x0b\x32\x1b.helios.v1.DependencyHealthR\x0c\x64\x65pendencies\"P\n\x10\x44\x65pendencyHealth\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n\x05state\x18\x03 \x01(\tR\x05state2\xa9\x04\n\x0c\x41\x64minService\x12m\n\x0cPreloadModel\x12\x1e.helios.v1.PreloadModelRequest\x1a\x1f.helios.v1.PreloadModelResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/admin/preload:\x01*\x12u\n\x0eGetMemoryStats\x12 .helios.v1.GetMemoryStatsRequest\x1a!.helios.v1.GetMemoryStatsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/admin/memory-stats\x12\x65\n\nScaleModel\x12\x1c.helios.v1.ScaleModelRequest\x1a\x1d.helios.v1.ScaleModelResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/admin/scale:\x01*\x12p\n\nEvictModel\x12\x1c.helios.v1.EvictModelRequest\x1a\x1d.helios.v1.EvictModelResponse\"%\x82\xd3\xe4\x93\x02\x1f*\x1d/v1/admin/evict/{model_id=**}\x12Z\n\tGetHealth\x12\x1b.helios.v1.GetHealthRequest\x1a\x1c.helios.v1.GetHealthResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/healthb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'helios.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_WORKERMEMORY'].fields_by_name['circuit']._loaded_options = None
+  _globals['_WORKERMEMORY'].fields_by_name['circuit']._serialized_options = b'\030\001'
   _globals['_ADMINSERVICE'].methods_by_name['PreloadModel']._loaded_options = None
   _globals['_ADMINSERVICE'].methods_by_name['PreloadModel']._serialized_options = b'\202\323\344\223\002\026\"\021/v1/admin/preload:\001*'
   _globals['_ADMINSERVICE'].methods_by_name['GetMemoryStats']._loaded_options = None
@@ -49,25 +51,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMEMORYSTATSREQUEST']._serialized_start=194
   _globals['_GETMEMORYSTATSREQUEST']._serialized_end=217
   _globals['_WORKERMEMORY']._serialized_start=220
-  _globals['_WORKERMEMORY']._serialized_end=580
-  _globals['_AGENTMODEL']._serialized_start=583
-  _globals['_AGENTMODEL']._serialized_end=831
-  _globals['_GETMEMORYSTATSRESPONSE']._serialized_start=833
-  _globals['_GETMEMORYSTATSRESPONSE']._serialized_end=908
-  _globals['_SCALEMODELREQUEST']._serialized_start=910
-  _globals['_SCALEMODELREQUEST']._serialized_end=1019
-  _globals['_SCALEMODELRESPONSE']._serialized_start=1021
-  _globals['_SCALEMODELRESPONSE']._serialized_end=1095
-  _globals['_EVICTMODELREQUEST']._serialized_start=1097
-  _globals['_EVICTMODELREQUEST']._serialized_end=1143
-  _globals['_EVICTMODELRESPONSE']._serialized_start=1145
-  _globals['_EVICTMODELRESPONSE']._serialized_end=1191
-  _globals['_GETHEALTHREQUEST']._serialized_start=1193
-  _globals['_GETHEALTHREQUEST']._serialized_end=1211
-  _globals['_GETHEALTHRESPONSE']._serialized_start=1214
-  _globals['_GETHEALTHRESPONSE']._serialized_end=1441
-  _globals['_DEPENDENCYHEALTH']._serialized_start=1443
-  _globals['_DEPENDENCYHEALTH']._serialized_end=1523
-  _globals['_ADMINSERVICE']._serialized_start=1526
-  _globals['_ADMINSERVICE']._serialized_end=2079
+  _globals['_WORKERMEMORY']._serialized_end=584
+  _globals['_AGENTMODEL']._serialized_start=587
+  _globals['_AGENTMODEL']._serialized_end=835
+  _globals['_GETMEMORYSTATSRESPONSE']._serialized_start=837
+  _globals['_GETMEMORYSTATSRESPONSE']._serialized_end=912
+  _globals['_SCALEMODELREQUEST']._serialized_start=914
+  _globals['_SCALEMODELREQUEST']._serialized_end=1023
+  _globals['_SCALEMODELRESPONSE']._serialized_start=1025
+  _globals['_SCALEMODELRESPONSE']._serialized_end=1099
+  _globals['_EVICTMODELREQUEST']._serialized_start=1101
+  _globals['_EVICTMODELREQUEST']._serialized_end=1147
+  _globals['_EVICTMODELRESPONSE']._serialized_start=1149
+  _globals['_EVICTMODELRESPONSE']._serialized_end=1195
+  _globals['_GETHEALTHREQUEST']._serialized_start=1197
+  _globals['_GETHEALTHREQUEST']._serialized_end=1215
+  _globals['_GETHEALTHRESPONSE']._serialized_start=1218
+  _globals['_GETHEALTHRESPONSE']._serialized_end=1445
+  _globals['_DEPENDENCYHEALTH']._serialized_start=1447
+  _globals['_DEPENDENCYHEALTH']._serialized_end=1527
+  _globals['_ADMINSERVICE']._serialized_start=1530
+  _globals['_ADMINSERVICE']._serialized_end=2083
 # @@protoc_insertion_point(module_scope)
