@@ -267,6 +267,13 @@ function envoy_on_request(handle)
   local headers = handle:headers()
   headers:remove(EDGE_HEADER)
   headers:remove(CLIENT_HEADER)
+  -- gRPC's `te` is "trailers" and nothing else: a gRPC server's HPACK parser refuses any
+  -- other value, and the refusal failed the next requests on Envoy's shared upstream
+  -- connection too (found by the fuzz suite, native gRPC with a `te` of its own).
+  local te = headers:get("te")
+  if te ~= nil and te ~= "trailers" then
+    headers:replace("te", "trailers")
+  end
   local path = headers:get(":path") or ""
   if path:sub(1, 4) ~= "/v1/" or is_grpc(headers) then
     return

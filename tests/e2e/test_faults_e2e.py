@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -28,13 +27,12 @@ import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helios.v1 import registry_pb2, registry_pb2_grpc
+from mesh_harness import helios_up
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-UP_TIMEOUT = 240.0
 RESTART_TIMEOUT = 60.0
 WORKER_RECOVERY_S = 10.0  # issue 16: the mesh serves again within 10 s of a worker kill
 MESSAGES = [{"role": "user", "content": "Say something."}]
@@ -177,50 +175,10 @@ def dependency_state(health: dict[str, Any] | None, name: str) -> str | None:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultMesh]:
     root = tmp_path_factory.mktemp("faults")
-    ready = root / "up.json"
-    output = root / "up.out"
-    env = {**os.environ, "HELIOS_HOME": str(root / "home"), "PYTHONUNBUFFERED": "1"}
     model_dir = build_tiny_model(root / "home" / "models" / DEFAULT_MODEL_NAME)
-    with output.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cli.main",
-                "up",
-                "--port",
-                "0",
-                "--workers",
-                "2",
-                "--ready-file",
-                str(ready),
-                "--state-dir",
-                str(root / "state"),
-                "--model",
-                f"{DEFAULT_MODEL_NAME}={model_dir}",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + UP_TIMEOUT
-    while not ready.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"helios up did not come up:\n{output.read_text(errors='replace')}")
-        time.sleep(0.1)
-    mesh = FaultMesh(process, ready, output)
-    try:
-        yield mesh
-    finally:
-        process.send_signal(signal.SIGINT)  # Ctrl-C: everything stops cleanly
-        try:
-            code = process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-        assert code == 0, output.read_text(errors="replace")
+    # Ctrl-C at the end: everything stops cleanly (helios_up checks the exit code).
+    with helios_up(root, DEFAULT_MODEL_NAME, model_dir, "--workers", "2") as up:
+        yield FaultMesh(up.process, root / "up.json", up.output)
 
 
 def kill(mesh: FaultMesh, name: str) -> tuple[int, float]:

@@ -9,11 +9,6 @@ certificate (the certificates `helios up --tls` wrote to <state-dir>/certs).
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,14 +19,12 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mesh_harness import helios_up
 
 from cli.certs import write_certs
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 
 pytestmark = pytest.mark.e2e
-
-REPO = Path(__file__).resolve().parents[2]
-UP_TIMEOUT = 240.0
 
 
 @dataclass
@@ -47,52 +40,10 @@ class TlsMesh:
 @pytest.fixture(scope="module")
 def tls_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsMesh]:
     root = tmp_path_factory.mktemp("tls-mesh")
-    ready = root / "up.json"
-    output = root / "up.out"
-    state = root / "state"
-    env = {**os.environ, "HELIOS_HOME": str(root / "home"), "PYTHONUNBUFFERED": "1"}
     model_dir = build_tiny_model(root / "home" / "models" / DEFAULT_MODEL_NAME)
-    with output.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cli.main",
-                "up",
-                "--tls",
-                "--port",
-                "0",
-                "--ready-file",
-                str(ready),
-                "--state-dir",
-                str(state),
-                "--model",
-                f"{DEFAULT_MODEL_NAME}={model_dir}",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + UP_TIMEOUT
-        while not ready.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"helios up --tls did not come up:\n{output.read_text('utf-8', 'replace')}"
-                )
-            time.sleep(0.1)
-        info = json.loads(ready.read_text())
+    with helios_up(root, DEFAULT_MODEL_NAME, model_dir, "--tls") as up:
         # cli/up.py: --tls writes `helios certs` output to <state-dir>/certs.
-        yield TlsMesh(info, state / "certs", root)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            code = process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    assert code == 0, output.read_text(errors="replace")
+        yield TlsMesh(up.info, root / "state" / "certs", root)
 
 
 def _credentials(ca: Path, cert: Path, key: Path) -> grpc.ChannelCredentials:

@@ -22,7 +22,7 @@ import grpc
 import httpx
 import psutil
 import pytest
-from conftest import FuzzMesh
+from fuzz_mesh import FuzzMesh
 from helios.v1 import admin_pb2, estimator_pb2, inference_pb2, registry_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import httpx
 import pytest
-from conftest import FuzzMesh
+from fuzz_mesh import FuzzMesh
 from helios.v1 import storage_pb2
 from strategies import MODEL
 
