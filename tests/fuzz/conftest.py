@@ -5,7 +5,6 @@ service's process (RSS), its log (ERROR records), and counters of the inputs sen
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from e2e.mesh_harness import helios_up
