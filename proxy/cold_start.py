@@ -138,6 +138,10 @@ class ColdStarts:
         self.load_timeout_s = load_timeout_s
         self.drain_s = drain_s
         self._loads: dict[str, asyncio.Task[str]] = {}
+        # Every LoadModel in flight, whoever started it (a cold request, the warm pools'
+        # min replicas or scale-up, an admin preload or scale, prefetch): model ->
+        # address -> whether it ended READY.
+        self._loading_on: dict[str, dict[str, asyncio.Future[bool]]] = {}
         self._needs: dict[str, MemoryNeed] = {}
 
     def knows(self, model: str) -> bool:
@@ -147,7 +151,22 @@ class ColdStarts:
 
     def loading(self, model: str) -> bool:
         task = self._loads.get(model)
-        return task is not None and not task.done()
+        return (task is not None and not task.done()) or bool(self._loading_on.get(model))
+
+    async def load_in_flight(self, model: str) -> str | None:
+        """Wait for the loads of ``model`` in flight (any caller's); the agent of the
+        first that ends READY, or None when there are none (left) or all failed."""
+        while True:
+            pending = self._loading_on.get(model)
+            if not pending:
+                return None
+            by_future = {future: address for address, future in pending.items()}
+            # asyncio.wait never cancels what it waits for.
+            await asyncio.wait(list(by_future), return_when=asyncio.FIRST_COMPLETED)
+            for future, address in by_future.items():
+                if future.done() and future.result():
+                    return address
+            # The failed ones have left _loading_on: wait for the rest.
 
     def has_pool(self, model: str) -> bool:
         """Whether ``model``'s workers are a pool of their own (scaled, not loaded)."""
@@ -176,7 +195,7 @@ class ColdStarts:
         task = self._loads.get(model)
         if task is None or task.done():
             metrics.COLD_STARTS.labels(model).inc()
-            task = asyncio.create_task(self.load(model, set()), name=f"load {model}")
+            task = asyncio.create_task(self._join_or_load(model), name=f"load {model}")
             self._loads[model] = task
         limit = self.load_timeout_s if deadline_s is None else min(deadline_s, self.load_timeout_s)
         try:
@@ -185,6 +204,15 @@ class ColdStarts:
             raise DeadlineExceededError(
                 f"model {model} was not ready within {limit:.1f}s; it is still loading"
             ) from None
+
+    async def _join_or_load(self, model: str) -> str:
+        """A cold request's load: the one in flight, when the warm pools or an admin
+        call started one (a second copy elsewhere is not what anyone asked for), else a
+        new one."""
+        address = await self.load_in_flight(model)
+        if address is not None:
+            return address
+        return await self.load(model, set())
 
     async def ensure_pool(self, model: str, deadline_s: float | None) -> None:
         """Wait (at most the deadline) until ``model``'s own pool has a READY replica,
@@ -266,6 +294,15 @@ class ColdStarts:
         while True:
             choice = best_fit(self.pool.placeable_agents(), model, need.bytes, exclude=tried)
             if isinstance(choice, NoFit):
+                # Agents loading the model are no place for another copy, but a load in
+                # flight there serves this caller too: a cold request that came while
+                # the warm pools (or an admin scale) were loading the model used to be
+                # refused "no worker is available" with every agent busy loading it.
+                if self.loading_elsewhere(model):
+                    address = await self.load_in_flight(model)
+                    if address is not None:
+                        return address
+                    continue
                 if await self._evict_for(model, need.bytes, tried):
                     continue
                 metrics.SHED.labels("no_capacity").inc()
@@ -284,8 +321,15 @@ class ColdStarts:
                 self.pool.record_request_failure(choice.address)
                 tried.add(choice.address)
 
+    def loading_elsewhere(self, model: str) -> bool:
+        """Whether a LoadModel of ``model`` is in flight (any caller's)."""
+        return bool(self._loading_on.get(model))
+
     async def load_on(self, address: str, spec: ModelSpec, need: MemoryNeed) -> None:
         agent = self.pool.view(address)
+        flights = self._loading_on.setdefault(spec.name, {})
+        flight: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        flights[address] = flight
         agent.reserved += need.bytes
         self.pool.mark_model(address, ModelOnAgent(spec.name, "loading", memory_bytes=need.bytes))
         started = time.monotonic()
@@ -321,6 +365,11 @@ class ColdStarts:
             metrics.MODEL_LOADS.labels(spec.name, address, outcome).inc()
             if outcome != "ready":
                 self.pool.forget_model(address, spec.name)
+            if flights.get(address) is flight:
+                del flights[address]
+            if not flights and self._loading_on.get(spec.name) is flights:
+                del self._loading_on[spec.name]
+            flight.set_result(outcome == "ready")
 
     def _idle_models(self, address: str, now: float) -> list[tuple[str, int, float]]:
         """Models on ``address`` with no request running that may go: (model, bytes,

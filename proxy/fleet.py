@@ -112,6 +112,10 @@ class WorkerView:
     model_first_seen: dict[str, float] = field(default_factory=dict)
     # What the node's storaged holds: lower-cased model id -> its fastest tier.
     stored: dict[str, CacheLevel] = field(default_factory=dict)
+    # Counts what the proxy itself learnt of this agent's models (a load or unload it
+    # made: mark_model, forget_model). A heartbeat sent before such a change and answered
+    # after it says what was true before: see proxy.heartbeats.
+    local_changes: int = 0
 
     def cache_level(self, model: str) -> CacheLevel:
         """Where ``model``'s weights are on this agent: GPU when it is loaded (or being
@@ -271,6 +275,7 @@ class WorkerPool:
         if worker is None:
             return
         worker.models[model.model] = model
+        worker.local_changes += 1
         worker.model_first_seen.setdefault(model.model, time.time())
         if model.state == "ready" and worker.healthy:
             worker.state = AgentState.READY
@@ -279,6 +284,7 @@ class WorkerPool:
     def forget_model(self, address: str, model: str) -> None:
         worker = self._workers.get(address)
         if worker is not None and worker.models.pop(model, None) is not None:
+            worker.local_changes += 1
             self._changed()
 
     def candidates(

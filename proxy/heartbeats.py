@@ -104,6 +104,7 @@ class Heartbeats:
         connection = self.connections.get(address)
         if connection is None:
             return
+        changes = self.pool.view(address).local_changes
         try:
             status = await connection.heartbeat(
                 deadline_s=self.timeout_s, prefill_pools=self.pool.prefill_pools(address)
@@ -121,11 +122,31 @@ class Heartbeats:
         if address not in self.connections:
             return
         self._note_served(address, status)
+        agent = self.pool.view(address)
+        if agent.local_changes != changes:
+            # The proxy loaded or unloaded a model here while this heartbeat was on its
+            # way: its models (and free memory) are from before. Recorded as they were,
+            # they would list a model just unloaded as READY again, and Envoy would send
+            # it requests the worker no longer serves. The proxy's own view stands until
+            # the next heartbeat (an unload asks for one at once).
+            self.pool.record_heartbeat(
+                address,
+                worker_id=status.worker_id,
+                healthy=status.healthy,
+                models=list(agent.models.values()),
+                state=status.state,
+                memory_total=status.memory_total,
+                memory_free=agent.memory_free,
+                memory_source=status.memory_source,
+                queue_depth=status.queue_depth,
+                role=status.role,
+                stored=status.stored,
+            )
+            return
         # Loads the proxy started and a heartbeat does not report yet stay as they are.
         models = list(status.models)
         if models or not status.ready_models:
             reported = {m.model for m in models}
-            agent = self.pool.view(address)
             models += [
                 m for m in agent.models.values() if m.model not in reported and m.state == "loading"
             ]

@@ -37,6 +37,7 @@ from proxy.warm_pools import DEFAULT_RECONCILE_INTERVAL_S
 from proxy.worker_client import GrpcEstimatorClient, GrpcWorkerConnection
 from proxy.xds_server import (
     DEFAULT_MAX_REQUESTS_PER_MODEL,
+    DEFAULT_SYNC_GRACE_S,
     UpstreamTls,
     XdsServer,
     XdsSettings,
@@ -456,7 +457,12 @@ async def build_service(
     admin = AdminServicer(plane.warm, dependencies)
     # The edge Envoy's control plane: every model's workers, pushed on each fleet change.
     policy = lb_policy_for(args.routing_policy, session_header=args.session_header)
-    xds = XdsServer(plane.pool, xds_settings(args), policy_for=lambda model: policy)
+    xds = XdsServer(
+        plane.pool,
+        xds_settings(args),
+        policy_for=lambda model: policy,
+        sync_grace_s=DEFAULT_SYNC_GRACE_S,
+    )
     xds.start()
 
     def register(server: grpc.aio.Server) -> list[str]:

@@ -108,6 +108,9 @@ DEFAULT_MAX_REQUESTS_PER_MODEL = 1024
 DEBOUNCE_S = 0.01
 # How long a resolved worker host name is used before it is resolved again.
 RESOLVE_TTL_S = 30.0
+# A (re)started control plane answers Envoy only once every agent it knows has answered
+# a heartbeat, or this long after it started, whichever comes first (see XdsServer).
+DEFAULT_SYNC_GRACE_S = 5.0
 
 _HEALTH = {
     EndpointHealth.HEALTHY: health_check_pb2.HEALTHY,
@@ -581,7 +584,15 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         *,
         policy_for: Callable[[str], LbPolicy] | None = None,
         debounce_s: float = DEBOUNCE_S,
+        sync_grace_s: float = 0.0,
     ) -> None:
+        """``sync_grace_s`` > 0: streams get no response until every agent of the pool
+        has answered a heartbeat, or for that long after :meth:`start`. A proxy restarted
+        with Envoy running: Envoy keeps the routes it has until its stream gets a
+        response, and those are right, while the new proxy's first view may lack an
+        agent whose first heartbeat failed (slow under load); served, it would withdraw
+        every model that agent holds, and their requests would reach the cold path,
+        which loads a second copy elsewhere."""
         self._pool = pool
         self._settings = settings or XdsSettings()
         self._policy_for = policy_for
@@ -595,6 +606,9 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         # When the last push to streams happened (for tests and metrics).
         self.pushed_at = 0.0
         self.pushes = 0
+        self._sync_grace_s = sync_grace_s
+        self.synced = sync_grace_s <= 0
+        self._sync_timer: asyncio.TimerHandle | None = None
 
     @property
     def snapshot(self) -> XdsSnapshot:
@@ -613,6 +627,10 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         """Observe the pool (call inside the running loop) and build the first snapshot."""
         if self._unsubscribe is None:
             self._unsubscribe = self._pool.subscribe(self.notify)
+        if not self.synced and self._sync_timer is None:
+            self._sync_timer = asyncio.get_running_loop().call_later(
+                self._sync_grace_s, self._sync, "grace over"
+            )
         self.rebuild()
 
     async def stop(self) -> None:
@@ -622,6 +640,9 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
+        if self._sync_timer is not None:
+            self._sync_timer.cancel()
+            self._sync_timer = None
         tasks = list(self._resolving.values())
         for task in tasks:
             task.cancel()
@@ -640,7 +661,10 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def rebuild(self) -> bool:
         """Build the snapshot now; push it to every stream when it changed. Returns
         whether it changed."""
-        snapshot = self._resolve(build_snapshot(self._pool.agents(), self._policy_for))
+        agents = self._pool.agents()
+        if not self.synced and all(a.last_heartbeat > 0 for a in agents):
+            self._sync("every agent heard from")
+        snapshot = self._resolve(build_snapshot(agents, self._policy_for))
         if snapshot == self._resources.snapshot:
             return False
         self._resources = Resources.build(snapshot, self._settings, self._resources)
@@ -649,6 +673,21 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         for wake in self._streams.values():
             wake.set()
         return True
+
+    def _sync(self, reason: str) -> None:
+        """From now on streams are answered (those waiting at once)."""
+        if self.synced:
+            return
+        self.synced = True
+        if self._sync_timer is not None:
+            self._sync_timer.cancel()
+            self._sync_timer = None
+        logger.info(
+            "xds: serving the fleet",
+            extra={"reason": reason, "agents": len(self._pool.agents())},
+        )
+        for wake in self._streams.values():
+            wake.set()
 
     # ----------------------------------------------------------------- host names
 
@@ -726,6 +765,8 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     stream.on_request(requests.popleft())
                 if ended:
                     break
+                if not self.synced:
+                    continue  # Envoy keeps what it has meanwhile (see __init__)
                 for response in stream.responses(self._resources):
                     yield response
             await reader  # re-raises what ended the read, if anything did

@@ -3,9 +3,14 @@ this worker's own engines, with no hop in between. Domain only (no protobuf).
 
 Envoy sends a request here only when the model is READY on this worker, and retries
 another worker, before any response header, on UNAVAILABLE. So a model that is here but
-cannot serve now (downloading, loading, draining, failed) answers UNAVAILABLE, and one
-this worker does not have at all NOT_FOUND. A client's mistake is INVALID_ARGUMENT, from
-openai_compat's validation or from the engine (a prompt longer than the context).
+cannot serve now (downloading, loading, draining, failed) answers UNAVAILABLE, and so does
+one this worker does not have at all: the edge routes a model here only because the
+control plane listed this worker for it, so "not here" means a route that lags the fleet
+(a replica just unloaded or moved, an Envoy that has not heard the push yet, e.g. while
+it reconnects to a restarted proxy) and another replica may well have it. NOT_FOUND
+would reach the client as a 404 that no retry ever gets past. A client's mistake is
+INVALID_ARGUMENT, from openai_compat's validation or from the engine (a prompt longer
+than the context).
 
 A ``both`` worker runs whole generations on its engine. A decode-role worker serves a
 model whose prefill pool it knows (worker.disagg.PrefillElsewhere: Prefill on a peer,
@@ -23,7 +28,7 @@ from typing import Protocol
 
 from openai_compat.backend import CallInfo, GenerationStep, ModelEntry, collect
 from openai_compat.params import Job
-from runtime.errors import HeliosError, NotFoundError, UnavailableError
+from runtime.errors import HeliosError, UnavailableError
 from runtime.streams import coalesce
 from worker.engine.base import (
     ChatMessage,
@@ -117,7 +122,9 @@ class EngineBackend:
             )
         state = self._models.lifecycle(model)
         if state is None:
-            raise NotFoundError(f"model {model} is not served by this worker")
+            # Retryable: see the module's docstring (a stale route, not an unknown model:
+            # an unknown model has no route and reaches the proxy, which says NOT_FOUND).
+            raise UnavailableError(f"model {model} is not served by this worker")
         if state is not ModelLifecycle.READY:
             raise UnavailableError(f"model {model} is {state.value} on this worker, not ready")
         if self._split is not None:
