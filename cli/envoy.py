@@ -867,7 +867,21 @@ def render_envoy_config(
             "ads_config": {
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": xds_upstream.name}}],
+                # Reconnect to a restarted control plane within a second (Envoy's default
+                # backoff grows to 30 s and kept the old routes that long).
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {
+                            "cluster_name": xds_upstream.name,
+                            "retry_policy": {
+                                "retry_back_off": {
+                                    "base_interval": "0.25s",
+                                    "max_interval": "1s",
+                                }
+                            },
+                        }
+                    }
+                ],
                 "set_node_on_first_message_only": True,
             },
             "cds_config": _ADS_SOURCE,

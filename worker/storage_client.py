@@ -116,7 +116,10 @@ class StoredModels:
         fetch: Callable[[float], Awaitable[Iterable[tuple[str, str]]]],
         *,
         ttl_s: float = 1.5,
-        timeout_s: float = 0.5,
+        # Well under the proxy's heartbeat deadline (0.5 s): a slow or restarting storaged
+        # must not make every worker of a node miss its heartbeat at once (then the proxy
+        # takes them all out of routing: seen in the soak after a storaged restart).
+        timeout_s: float = 0.2,
         stale_after_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
