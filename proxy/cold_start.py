@@ -415,7 +415,7 @@ class ColdStarts:
         candidates = [
             a
             for a in self.pool.placeable_agents()
-            if a.routable and a.address not in exclude and model not in a.models
+            if a.routable and a.address not in exclude and not a.holds(model)
         ]
         idle_by_agent = {a.address: self._idle_models(a.address, now) for a in candidates}
         order = await self._registry_order(

@@ -117,12 +117,18 @@ class WorkerView:
     # after it says what was true before: see proxy.heartbeats.
     local_changes: int = 0
 
+    def holds(self, model: str) -> bool:
+        """Whether ``model`` is on this agent in any state but failed. A failed load (say,
+        storaged was down) leaves the agent free to load it again: placement must not pass
+        it over for good (that was a permanent 503 after a storaged restart)."""
+        held = self.models.get(model)
+        return held is not None and held.state != "failed"
+
     def cache_level(self, model: str) -> CacheLevel:
         """Where ``model``'s weights are on this agent: GPU when it is loaded (or being
         loaded), else the fastest tier its storaged holds them in, else REMOTE. Model ids
         compare case-insensitively (storaged reports the registry's lower-case ids)."""
-        held = self.models.get(model)
-        if held is not None and held.state != "failed":
+        if self.holds(model):
             return CacheLevel.GPU
         return self.stored.get(model.lower(), CacheLevel.REMOTE)
 

@@ -54,7 +54,7 @@ def best_fit(
     :meth:`WorkerView.cache_level`, from its heartbeat), then the least free memory left
     over, then the address (deterministic)."""
     skip = set(exclude)
-    usable = [a for a in agents if a.routable and a.address not in skip and model not in a.models]
+    usable = [a for a in agents if a.routable and a.address not in skip and not a.holds(model)]
     fitting = [a for a in usable if need_bytes <= a.placeable_free]
     if not fitting:
         return NoFit(

@@ -104,6 +104,17 @@ def test_tiers_of_unroutable_agents_and_holders_do_not_matter() -> None:
     assert chosen(pool, 100) == "b"
 
 
+def test_an_agent_whose_load_failed_can_be_chosen_again() -> None:
+    """A load that failed (storaged was down) leaves the model 'failed' on the agent; once
+    the cause is gone the agent must be placeable again, else a cold start is a permanent
+    503 'no worker is available' (seen in the fault suite after a storaged restart)."""
+    pool = pool_with({"a": 500}, {})
+    pool.view("a").models["org/m"] = ModelOnAgent("org/m", "failed", error="storaged down")
+    assert chosen(pool, 100) == "a"
+    pool.view("a").models["org/m"] = ModelOnAgent("org/m", "loading")
+    assert isinstance(best_fit(pool.agents(), "org/m", 100), NoFit)
+
+
 def test_cache_level_comes_from_the_heartbeat_case_insensitively() -> None:
     pool = pool_with({"a": 500}, {"a": {"Org/M": CacheLevel.NVME}})
     agent = pool.view("a")
