@@ -285,7 +285,7 @@ class StoredModel(_message.Message):
     def __init__(self, model: _Optional[str] = ..., tier: _Optional[_Union[_storage_pb2.CacheTier, str]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("worker_id", "state", "models", "memory_total_bytes", "memory_free_bytes", "queue_depth", "memory_source", "role", "stored_models")
+    __slots__ = ("worker_id", "state", "models", "memory_total_bytes", "memory_free_bytes", "queue_depth", "memory_source", "role", "stored_models", "key_tokens")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +295,7 @@ class HeartbeatResponse(_message.Message):
     MEMORY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     STORED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    KEY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     state: WorkerState
     models: _containers.RepeatedCompositeFieldContainer[LoadedModel]
@@ -304,4 +305,13 @@ class HeartbeatResponse(_message.Message):
     memory_source: str
     role: WorkerRole
     stored_models: _containers.RepeatedCompositeFieldContainer[StoredModel]
-    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., memory_source: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ..., stored_models: _Optional[_Iterable[_Union[StoredModel, _Mapping]]] = ...) -> None: ...
+    key_tokens: _containers.RepeatedCompositeFieldContainer[KeyTokens]
+    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., memory_source: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ..., stored_models: _Optional[_Iterable[_Union[StoredModel, _Mapping]]] = ..., key_tokens: _Optional[_Iterable[_Union[KeyTokens, _Mapping]]] = ...) -> None: ...
+
+class KeyTokens(_message.Message):
+    __slots__ = ("key_fingerprint", "tokens_total")
+    KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    key_fingerprint: str
+    tokens_total: int
+    def __init__(self, key_fingerprint: _Optional[str] = ..., tokens_total: _Optional[int] = ...) -> None: ...
