@@ -58,10 +58,20 @@ class InferenceServiceStub:
                 request_serializer=helios_dot_v1_dot_inference__pb2.StreamCompletionRequest.SerializeToString,
                 response_deserializer=helios_dot_v1_dot_inference__pb2.StreamCompletionResponse.FromString,
                 _registered_method=True)
+        self.CreateEmbedding = channel.unary_unary(
+                '/helios.v1.InferenceService/CreateEmbedding',
+                request_serializer=helios_dot_v1_dot_inference__pb2.CreateEmbeddingRequest.SerializeToString,
+                response_deserializer=helios_dot_v1_dot_inference__pb2.CreateEmbeddingResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/helios.v1.InferenceService/ListModels',
                 request_serializer=helios_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=helios_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/helios.v1.InferenceService/GetModel',
+                request_serializer=helios_dot_v1_dot_inference__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=helios_dot_v1_dot_inference__pb2.GetModelResponse.FromString,
                 _registered_method=True)
 
 
@@ -101,8 +111,24 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEmbedding(self, request, context):
+        """CreateEmbedding embeds one or more inputs with an embedding model (OpenAI's
+        /v1/embeddings). A chat model named here is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """ListModels lists the models Helios can serve.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModel(self, request, context):
+        """GetModel describes one model (OpenAI's GET /v1/models/{id}); the id may hold
+        slashes (org/name). An unknown id is NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,10 +157,20 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     request_deserializer=helios_dot_v1_dot_inference__pb2.StreamCompletionRequest.FromString,
                     response_serializer=helios_dot_v1_dot_inference__pb2.StreamCompletionResponse.SerializeToString,
             ),
+            'CreateEmbedding': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEmbedding,
+                    request_deserializer=helios_dot_v1_dot_inference__pb2.CreateEmbeddingRequest.FromString,
+                    response_serializer=helios_dot_v1_dot_inference__pb2.CreateEmbeddingResponse.SerializeToString,
+            ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=helios_dot_v1_dot_inference__pb2.ListModelsRequest.FromString,
                     response_serializer=helios_dot_v1_dot_inference__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=helios_dot_v1_dot_inference__pb2.GetModelRequest.FromString,
+                    response_serializer=helios_dot_v1_dot_inference__pb2.GetModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +296,33 @@ class InferenceService:
             _registered_method=True)
 
     @staticmethod
+    def CreateEmbedding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/helios.v1.InferenceService/CreateEmbedding',
+            helios_dot_v1_dot_inference__pb2.CreateEmbeddingRequest.SerializeToString,
+            helios_dot_v1_dot_inference__pb2.CreateEmbeddingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListModels(request,
             target,
             options=(),
@@ -276,6 +339,33 @@ class InferenceService:
             '/helios.v1.InferenceService/ListModels',
             helios_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
             helios_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/helios.v1.InferenceService/GetModel',
+            helios_dot_v1_dot_inference__pb2.GetModelRequest.SerializeToString,
+            helios_dot_v1_dot_inference__pb2.GetModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
