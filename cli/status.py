@@ -73,7 +73,7 @@ def render(
                 m.ready_replicas,
                 m.min_replicas,
                 m.max_replicas,
-                _mib(m.memory_bytes) if m.memory_bytes else "-",
+                _mib(int(m.memory_bytes)) if m.memory_bytes else "-",
                 m.memory_source or "-",
             ]
             for m in models.data
