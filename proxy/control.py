@@ -77,6 +77,7 @@ class ControlPlane:
             timeout_s=heartbeat_timeout_s,
             usage=usage,
             registry=registry,
+            api_keys=api_keys,
         )
         cold = ColdStarts(
             pool,

@@ -449,6 +449,8 @@ class WorkerStatus:
     stored: dict[str, CacheLevel] = field(default_factory=dict)
     # What the worker served itself (its InferenceService), per model, cumulative.
     served: dict[str, ServedTotals] = field(default_factory=dict)
+    # Tokens it served itself per API key (by fingerprint), cumulative.
+    key_tokens: dict[str, int] = field(default_factory=dict)
 
 
 class WorkerConnection(Protocol):

@@ -27,8 +27,9 @@ from collections.abc import Callable
 from proxy import metrics
 from proxy.discovery import DiscoverySource
 from proxy.fleet import Activity, WorkerConnection, WorkerPool, WorkerStatus
+from proxy.limits import ApiKeys
 from proxy.registry import RegistryCatalogue, UsageReporter
-from proxy.served import ServedLedger
+from proxy.served import KeyTokensLedger, ServedLedger
 from runtime.errors import HeliosError
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,10 @@ class Heartbeats:
         timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
         usage: UsageReporter | None = None,
         registry: RegistryCatalogue | None = None,
+        api_keys: ApiKeys | None = None,
     ) -> None:
+        """``api_keys``: charged with the tokens each worker served per key (the
+        tokens-per-minute limits of the requests Envoy sends straight to workers)."""
         if interval_s <= 0 or timeout_s <= 0:
             raise ValueError("heartbeat interval and timeout must be > 0")
         self.pool = pool
@@ -64,6 +68,8 @@ class Heartbeats:
         self._usage = usage
         self._registry = registry
         self._served = ServedLedger()
+        self._api_keys = api_keys
+        self._key_tokens = KeyTokensLedger()
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._discovery_task: asyncio.Task[None] | None = None
 
@@ -87,6 +93,7 @@ class Heartbeats:
             self.pool.remove(address)
             connection = self.connections.pop(address)
             self._served.forget(address)
+            self._key_tokens.forget(address)
             loop = self._loops.pop(address, None)
             if loop is not None:
                 loop.cancel()
@@ -182,6 +189,9 @@ class Heartbeats:
                 and model in self._registry.models
             ):
                 self._usage.record(model, delta.tokens, delta.requests)
+        if self._api_keys is not None:
+            for fingerprint, tokens in self._key_tokens.update(address, status.key_tokens).items():
+                self._api_keys.charge_reported(fingerprint, tokens)
 
     def export_metrics(self) -> None:
         metrics.STORED_MODELS.clear()  # models leave storage too: no stale series

@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 
 from runtime.errors import HeliosError, ResourceExhaustedError
+from worker_api.keys import bearer_token, key_fingerprint
 
 
 class UnauthenticatedError(HeliosError):
@@ -118,6 +119,8 @@ class ApiKeys:
 
     def __init__(self, keys: Iterable[KeyLimits] = ()) -> None:
         self._keys = {k.key: _KeyState(k) for k in keys}
+        # Workers report the tokens they served per key by fingerprint (heartbeats).
+        self._by_fingerprint = {key_fingerprint(key): key for key in self._keys}
 
     @property
     def enabled(self) -> bool:
@@ -129,10 +132,10 @@ class ApiKeys:
             return ""
         if not authorization:
             raise UnauthenticatedError("an API key is required: authorization: Bearer <key>")
-        scheme, _, key = authorization.partition(" ")
-        if scheme.lower() != "bearer" or key.strip() not in self._keys:
+        key = bearer_token(authorization)
+        if key is None or key not in self._keys:
             raise UnauthenticatedError("invalid API key")
-        state = self._keys[key.strip()]
+        state = self._keys[key]
         now = time.monotonic()
         if state.tokens is not None:
             wait = state.tokens.wait_for(1, now)
@@ -143,13 +146,31 @@ class ApiKeys:
             if wait > 0:
                 raise ShedError("request rate limit exceeded for this API key", wait)
             state.requests.take(1, now)
-        return key.strip()
+        return key
 
     def charge(self, key: str, tokens: int) -> None:
         """A request of ``key`` used ``tokens`` tokens."""
         state = self._keys.get(key)
         if state is not None and state.tokens is not None:
             state.tokens.take(tokens)
+
+    def charge_reported(self, fingerprint: str, tokens: int) -> None:
+        """A worker served ``tokens`` tokens to the key with ``fingerprint`` (requests
+        Envoy sent it straight; unknown fingerprints are other callers' and ignored)."""
+        key = self._by_fingerprint.get(fingerprint)
+        if key is not None:
+            self.charge(key, tokens)
+
+    def exhausted(self, now: float | None = None) -> frozenset[str]:
+        """The keys whose tokens-per-minute budget is spent now: the control plane routes
+        their requests to the proxy (which answers 429 with Retry-After) until it
+        refills."""
+        now = time.monotonic() if now is None else now
+        return frozenset(
+            key
+            for key, state in self._keys.items()
+            if state.tokens is not None and state.tokens.wait_for(1, now) > 0
+        )
 
 
 class Admission:

@@ -66,3 +66,31 @@ class ServedLedger:
         """Drop a worker that left the fleet."""
         for key in [k for k in self._last if k[0] == address]:
             del self._last[key]
+
+
+class KeyTokensLedger:
+    """The last per-key token counters each worker reported (cumulative, by key
+    fingerprint), turned into what each key spent between two heartbeats. The first
+    report of a worker is a baseline, and a counter that went backwards (the worker
+    restarted) counts from zero, as for :class:`ServedLedger`."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, dict[str, int]] = {}
+
+    def update(self, address: str, totals: dict[str, int]) -> dict[str, int]:
+        """Fingerprint -> tokens ``address`` served since its previous report."""
+        before = self._last.get(address)
+        self._last[address] = dict(totals)
+        if before is None:
+            return {}
+        spent = {}
+        for fingerprint, total in totals.items():
+            previous = before.get(fingerprint, 0)
+            delta = total - previous if total >= previous else total
+            if delta > 0:
+                spent[fingerprint] = delta
+        return spent
+
+    def forget(self, address: str) -> None:
+        """Drop a worker that left the fleet."""
+        self._last.pop(address, None)

@@ -462,6 +462,7 @@ async def build_service(
         xds_settings(args),
         policy_for=lambda model: policy,
         sync_grace_s=DEFAULT_SYNC_GRACE_S,
+        throttled_keys=plane.serving.api_keys.exhausted,
     )
     xds.start()
 

@@ -177,6 +177,7 @@ class GrpcWorkerConnection:
                 )
                 for m in response.models
             },
+            key_tokens={k.key_fingerprint: k.tokens_total for k in response.key_tokens},
         )
 
     async def load_model(

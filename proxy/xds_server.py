@@ -58,6 +58,7 @@ from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
 
 from proxy.fleet import WorkerPool
+from proxy.key_budget_routes import budget_routes
 from proxy.xds_snapshot import (
     EndpointHealth,
     LbKind,
@@ -344,7 +345,10 @@ def build_route_configuration(
     model_routes: Iterable[route_components_pb2.Route],
     base_routes: Sequence[route_components_pb2.Route],
     base_host: route_components_pb2.VirtualHost | None = None,
+    first_routes: Sequence[route_components_pb2.Route] = (),
 ) -> route_pb2.RouteConfiguration:
+    """``first_routes`` (keys over budget) before the model routes, the base routes
+    after them."""
     config = route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME)
     host = config.virtual_hosts.add()
     if base_host is not None:  # its settings; its routes come after the model routes
@@ -353,6 +357,7 @@ def build_route_configuration(
     host.name = VIRTUAL_HOST_NAME
     host.ClearField("domains")
     host.domains.append("*")
+    host.routes.extend(first_routes)
     host.routes.extend(model_routes)
     host.routes.extend(base_routes)
     return config
@@ -367,6 +372,8 @@ class Resources:
     clusters: Mapping[str, Message]
     assignments: Mapping[str, Message]
     routes: Mapping[str, route_components_pb2.Route]
+    # Routes of the keys over their tokens-per-minute budget, in front of all others.
+    budget_routes: tuple[route_components_pb2.Route, ...] = ()
 
     @classmethod
     def build(
@@ -391,7 +398,8 @@ class Resources:
                 assignments[r.cluster] = previous.assignments[r.cluster]
             else:
                 assignments[r.cluster] = build_assignment(r)
-        return cls(snapshot, clusters, assignments, routes)
+        throttled = budget_routes(snapshot.throttled_keys, settings.base_routes, INFERENCE_PREFIX)
+        return cls(snapshot, clusters, assignments, routes, throttled)
 
 
 def _digest(resources: Mapping[str, Message]) -> str:
@@ -554,6 +562,7 @@ class XdsStream:
             (resources.routes[name] for name in ready),
             self._settings.base_routes,
             self._settings.base_host,
+            resources.budget_routes,
         )
         return _filtered({ROUTE_CONFIG_NAME: config}, state.names), frozenset(ready)
 
@@ -585,6 +594,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         policy_for: Callable[[str], LbPolicy] | None = None,
         debounce_s: float = DEBOUNCE_S,
         sync_grace_s: float = 0.0,
+        throttled_keys: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         """``sync_grace_s`` > 0: streams get no response until every agent of the pool
         has answered a heartbeat, or for that long after :meth:`start`. A proxy restarted
@@ -596,6 +606,9 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._pool = pool
         self._settings = settings or XdsSettings()
         self._policy_for = policy_for
+        # The API keys over their tokens-per-minute budget (proxy.limits.ApiKeys):
+        # asked on every rebuild, which every heartbeat brings.
+        self._throttled_keys = throttled_keys
         self._debounce_s = debounce_s
         self._streams: dict[XdsStream, asyncio.Event] = {}
         self._resources = Resources.build(XdsSnapshot(), self._settings)
@@ -665,6 +678,9 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if not self.synced and all(a.last_heartbeat > 0 for a in agents):
             self._sync("every agent heard from")
         snapshot = self._resolve(build_snapshot(agents, self._policy_for))
+        if self._throttled_keys is not None:
+            throttled = tuple(sorted(self._throttled_keys()))
+            snapshot = dataclasses.replace(snapshot, throttled_keys=throttled)
         if snapshot == self._resources.snapshot:
             return False
         self._resources = Resources.build(snapshot, self._settings, self._resources)

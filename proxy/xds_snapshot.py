@@ -150,6 +150,8 @@ class XdsSnapshot:
     """Every model with a routable endpoint, by model id."""
 
     routes: tuple[ModelRoute, ...] = ()
+    # API keys whose tokens-per-minute budget is spent (proxy.key_budget_routes).
+    throttled_keys: tuple[str, ...] = ()
 
     def by_cluster(self) -> dict[str, ModelRoute]:
         return {r.cluster: r for r in self.routes}

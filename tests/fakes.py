@@ -24,6 +24,7 @@ from worker.engine.base import (
     GenerationRequest,
 )
 from worker.inference import EngineBackend
+from worker.key_usage import KeyUsageLedger
 from worker.metrics import UsageLedger
 from worker.models import ModelManager
 from worker.server import decode_side, register_services
@@ -58,6 +59,7 @@ async def serve_worker_inference(
     process serves them: WorkerService and InferenceService, sharing one usage ledger (a
     decode-role worker serves whole requests with the prefill pools heartbeats hand it)."""
     usage = UsageLedger()
+    key_usage = KeyUsageLedger()
     peers, kv_fetcher, split = decode_side(models)
     worker = WorkerServicer(
         models,
@@ -66,8 +68,11 @@ async def serve_worker_inference(
         usage=usage,
         kv_fetcher=kv_fetcher,
         prefill_peers=peers,
+        key_usage=key_usage,
     )
-    inference = InferenceServicer(EngineBackend(models, usage, role=role, split=split))
+    inference = InferenceServicer(
+        EngineBackend(models, usage, role=role, split=split, key_usage=key_usage)
+    )
     settings = ServerSettings(service="worker", metrics_port=-1)
     return await start_server(settings, register_services(worker, inference))
 

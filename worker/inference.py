@@ -39,6 +39,7 @@ from worker.engine.base import (
     SamplingParams,
     merge_chunks,
 )
+from worker.key_usage import KeyUsageLedger
 from worker.metrics import UsageLedger
 from worker.models import ModelLifecycle, ModelManager
 
@@ -106,10 +107,13 @@ class EngineBackend:
         *,
         role: str = "both",
         split: SplitServing | None = None,
+        key_usage: KeyUsageLedger | None = None,
     ) -> None:
-        """``split``: how a decode-role worker serves whole requests (None: it does not)."""
+        """``split``: how a decode-role worker serves whole requests (None: it does not);
+        ``key_usage``: where each API key's tokens are counted (heartbeats report them)."""
         self._models = models
         self._usage = usage
+        self.key_usage = key_usage or KeyUsageLedger()
         self._role = role
         self._split = split if role == _DECODE_ROLE else None
 
@@ -171,6 +175,7 @@ class EngineBackend:
         usage.arrived()
         first_token_at: float | None = None
         ending = "error"
+        tokens = 0  # the prompt and completion tokens so far, charged to the key at the end
         try:
             steps = (
                 self._engine_chunks(job, call, streaming=streaming)
@@ -179,6 +184,7 @@ class EngineBackend:
             )
             async with aclosing(steps) as chunks:
                 async for chunk in chunks:
+                    tokens = chunk.prompt_tokens + chunk.completion_tokens
                     if first_token_at is None and chunk.completion_tokens:
                         first_token_at = time.monotonic()
                         usage.first_token(first_token_at - arrived)
@@ -211,6 +217,8 @@ class EngineBackend:
             raise
         finally:
             usage.ended(ending)
+            # Whatever the ending: an aborted generation used its tokens too.
+            self.key_usage.charge(call.header(AUTHORIZATION_HEADER), tokens)
 
     async def list_models(self) -> list[ModelEntry]:
         """The models READY on this worker (those Envoy routes here)."""

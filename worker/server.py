@@ -25,6 +25,7 @@ from worker.engine.vllm_engine import VllmConfig
 from worker.engine_sizing import VllmSizer
 from worker.estimator_client import EstimatorClient
 from worker.inference import EngineBackend
+from worker.key_usage import KeyUsageLedger
 from worker.kv_client import KVFetcher
 from worker.memory import nvml_memory
 from worker.metrics import UsageLedger
@@ -364,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             async for step in manager.load(name, path):
                 logger.info(step.message, extra={"model": name, "state": step.state.value})
         usage = UsageLedger()
+        key_usage = KeyUsageLedger()
         peers, kv_fetcher, split = decode_side(manager)
         servicer = WorkerServicer(
             manager,
@@ -375,8 +377,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             usage=usage,
             local_roots=local_roots,
             prefill_peers=peers,
+            key_usage=key_usage,
         )
-        inference = InferenceServicer(EngineBackend(manager, usage, role=args.role, split=split))
+        inference = InferenceServicer(
+            EngineBackend(manager, usage, role=args.role, split=split, key_usage=key_usage)
+        )
         return register_services(servicer, inference), manager.shutdown
 
     run(settings, build)

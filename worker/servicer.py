@@ -23,6 +23,7 @@ from worker.engine.base import (
     SamplingParams,
 )
 from worker.inference import AUTHORIZATION_HEADER, client_stream
+from worker.key_usage import KeyUsageLedger
 from worker.kv_client import KVFetcher
 from worker.kvtransfer import encode_frames
 from worker.memory import memory_report
@@ -133,9 +134,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         usage: UsageLedger | None = None,
         local_roots: PathRoots | None = None,
         prefill_peers: PrefillPeers | None = None,
+        key_usage: KeyUsageLedger | None = None,
     ) -> None:
         """``local_roots``: where LoadModel's local_path may point (none by default);
-        ``prefill_peers``: a decode worker's prefill pools, which heartbeats update."""
+        ``prefill_peers``: a decode worker's prefill pools, which heartbeats update;
+        ``key_usage``: the tokens the InferenceService served per API key (heartbeats
+        report them)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         self._role = role
@@ -143,6 +147,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._models = models
         # What this worker's InferenceService served, per model, for heartbeats.
         self._usage = usage if usage is not None else UsageLedger()
+        self._key_usage = key_usage if key_usage is not None else KeyUsageLedger()
         self._worker_id = worker_id
         self._advertise_address = advertise_address
         self._kv_fetcher = kv_fetcher or KVFetcher()
@@ -322,5 +327,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             stored_models=[
                 pb.StoredModel(model=model, tier=_STORE_TIERS[tier])
                 for model, tier in sorted(stored.items())
+            ],
+            key_tokens=[
+                pb.KeyTokens(key_fingerprint=fingerprint, tokens_total=tokens)
+                for fingerprint, tokens in sorted(self._key_usage.totals().items())
             ],
         )
