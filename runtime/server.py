@@ -29,7 +29,6 @@ import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection
 
 from runtime.channels import MAX_MESSAGE_BYTES, set_default_client_tls
 from runtime.config import ServerSettings
@@ -42,6 +41,7 @@ from runtime.limits import (
 )
 from runtime.logging import configure_logging
 from runtime.metrics import MetricsServer, serve_metrics
+from runtime.reflection import enable_reflection
 from runtime.tls import channel_credentials, server_credentials
 from runtime.tracing import configure_tracing
 
@@ -52,6 +52,7 @@ __all__ = [
     "Register",
     "RunningServer",
     "run",
+    "server_health",
     "start_server",
 ]
 
@@ -167,9 +168,12 @@ class _HandlerRecorder:
     the proxy: a completion request), and each method's own limit applies below that.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, health: health_aio.HealthServicer) -> None:
         self._calls: list[tuple[str, tuple[Any, ...]]] = []
         self.services: list[str] = []
+        # The server's health servicer, for register() to report more statuses on (see
+        # server_health).
+        self.health = health
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._calls.append(("add_generic_rpc_handlers", (handlers,)))
@@ -187,6 +191,16 @@ class _HandlerRecorder:
     def replay(self, server: grpc.aio.Server) -> None:
         for name, args in self._calls:
             getattr(server, name)(*args)
+
+
+def server_health(server: grpc.aio.Server) -> health_aio.HealthServicer:
+    """The health servicer :func:`start_server` serves: call it from ``register(server)``
+    to report statuses of more service names than the ones registered (e.g. the proxy
+    tells the front door how each service of the mesh is doing)."""
+    health = getattr(server, "health", None)
+    if not isinstance(health, health_aio.HealthServicer):
+        raise TypeError("server_health() works on the server start_server hands register()")
+    return health
 
 
 def _receive_options(services: Sequence[str]) -> list[tuple[str, int | str]]:
@@ -270,7 +284,8 @@ async def start_server(
     # A stale file from a previous run would hand a launcher dead ports.
     _remove_ready_file(settings.ready_file)
 
-    recorder = _HandlerRecorder()
+    health = health_aio.HealthServicer()
+    recorder = _HandlerRecorder(health)
     names = register(cast("grpc.aio.Server", recorder))
     if isinstance(names, str):  # a bare "pkg.Svc" would be iterated letter by letter
         raise TypeError("register() must return a sequence of service names, not a str")
@@ -284,15 +299,14 @@ async def start_server(
     )
     recorder.replay(server)
 
-    health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     # "" is the whole-server status (what `grpc_health_probe` asks without -service).
     for name in (*service_names, ""):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    advertised = dict.fromkeys(  # ordered and de-duplicated
-        (*service_names, *reflection_extra, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
+    # Reflection v1 and v1alpha (runtime/reflection.py), which list themselves.
+    enable_reflection(
+        dict.fromkeys((*service_names, *reflection_extra, HEALTH_SERVICE_NAME)), server
     )
-    reflection.enable_server_reflection(tuple(advertised), server)
 
     port = _bind(server, settings)
     metrics_server: MetricsServer | None = None
