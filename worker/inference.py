@@ -163,6 +163,23 @@ class EngineBackend:
                 async for chunk in chunks:
                     yield chunk
 
+    async def _split_steps(
+        self, job: Job, call: CallInfo, split: SplitServing
+    ) -> AsyncGenerator[GenerationStep, None]:
+        """``job`` split (Prefill on a peer, Decode here) after its fair turn in the
+        model's admission queue, as a whole generation here gets: the decode runs on this
+        worker's engine, so its clients share it by the same rules."""
+        deadline_at = None if call.deadline_s is None else time.monotonic() + call.deadline_s
+        async with self._models.turn(
+            job.model,
+            authorization=call.header(AUTHORIZATION_HEADER),
+            deadline_s=call.deadline_s,
+        ):
+            remaining = None if deadline_at is None else max(0.0, deadline_at - time.monotonic())
+            async with aclosing(split.steps(job, remaining)) as steps:
+                async for step in steps:
+                    yield step
+
     async def _generate(
         self, job: Job, call: CallInfo, *, streaming: bool
     ) -> AsyncGenerator[GenerationStep, None]:
@@ -180,7 +197,7 @@ class EngineBackend:
             steps = (
                 self._engine_chunks(job, call, streaming=streaming)
                 if split is None
-                else split.steps(job, call.deadline_s)
+                else self._split_steps(job, call, split)
             )
             async with aclosing(steps) as chunks:
                 async for chunk in chunks:

@@ -259,12 +259,22 @@ class ModelManager:
         authorization: str | None,
         deadline_s: float | None,
     ) -> AsyncIterator[EngineClient]:
-        """:meth:`acquire` for a whole generation, after its fair turn in the model's
-        admission queue (worker/admission.py): at most the engine's
-        ``max_running_requests`` are held at once, the others wait there per client
-        (``authorization``: the request's API key metadata) and never reach the engine if
-        their client leaves or their deadline (``deadline_s`` from now) passes first.
-        A model that is not READY here is refused at once, without queueing."""
+        """:meth:`acquire` for a whole generation, after its fair turn (:meth:`turn`)."""
+        async with (
+            self.turn(name, authorization=authorization, deadline_s=deadline_s),
+            self.acquire(name, request_id) as engine,
+        ):
+            yield engine
+
+    @asynccontextmanager
+    async def turn(
+        self, name: str, *, authorization: str | None, deadline_s: float | None
+    ) -> AsyncIterator[None]:
+        """A request's fair turn in the model's admission queue (worker/admission.py): at
+        most the engine's ``max_running_requests`` hold one at once, the others wait there
+        per client (``authorization``: the request's API key metadata) and never reach the
+        engine if their client leaves or their deadline (``deadline_s`` from now) passes
+        first. A model that is not READY here is refused at once, without queueing."""
         slot = self._slots.get(name)
         capacity = (
             slot.engine.max_running_requests
@@ -276,8 +286,7 @@ class ModelManager:
                 raise UnavailableError(
                     f"model {name} left this worker while the request waited for its turn"
                 )
-            async with self.acquire(name, request_id) as engine:
-                yield engine
+            yield
 
     def engine(self, name: str) -> EngineClient:
         """The engine of ``name`` for calls that are not requests (KV export)."""

@@ -309,3 +309,22 @@ def test_peers_pick_the_least_outstanding_and_pass_over_recent_failures() -> Non
     assert peers.pick(MODEL) == "b:1"
     peers.update({})
     assert peers.pool(MODEL) == () and peers.pick(MODEL) is None
+
+
+async def test_decode_side_requests_take_their_turn_in_the_admission_queue(
+    start: StartWorker,
+) -> None:
+    """A decode worker's engine runs at most its capacity (2 here) of split requests at
+    once, like whole ones: the others wait in the model's fair queue."""
+    prefill, decode = await start("prefill"), await start("decode")
+    await decode.hand_prefill_pool(wpb.PrefillEndpoint(address=prefill.address))
+    request = ipb.CreateChatCompletionRequest(params=chat(160, ignore_eos=True))
+    calls = [decode.inference.CreateChatCompletion(request, timeout=120) for _ in range(4)]
+    queued_seen = 0
+    pending = [asyncio.ensure_future(call) for call in calls]
+    while not all(p.done() for p in pending):
+        queued_seen = max(queued_seen, decode.manager.admission.queued(MODEL))
+        await asyncio.sleep(0.005)
+    answers = [p.result() for p in pending]
+    assert queued_seen >= 1
+    assert all(a.usage.completion_tokens == 160 for a in answers)
