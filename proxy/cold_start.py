@@ -179,11 +179,13 @@ class ColdStarts:
             return self.pool.pick(model)
         except (UnavailableError, NotFoundError):
             if self.has_pool(model):
-                await self.ensure_pool(model, deadline_s)
+                with metrics.QUEUED_REQUESTS.labels(model).track_inprogress():
+                    await self.ensure_pool(model, deadline_s)
                 return self.pool.pick(model)
             if model not in self.catalogue and await self.adopt(model) is None:
                 raise
-        address = await self.ensure_loaded(model, deadline_s)
+        with metrics.QUEUED_REQUESTS.labels(model).track_inprogress():
+            address = await self.ensure_loaded(model, deadline_s)
         try:
             return self.pool.pick(model)
         except HeliosError:

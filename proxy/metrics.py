@@ -43,6 +43,14 @@ COLD_STARTS = Counter(
     "Loads the proxy started because a request found its model READY nowhere.",
     ["model"],
 )
+# deploy/'s worker HPAs scale on it (an External metric per model, through
+# prometheus-adapter): requests piling up here mean the model's replicas are too few.
+QUEUED_REQUESTS = Gauge(
+    "helios_proxy_queued_requests",
+    "Requests at the proxy waiting for a READY replica of their model (its cold start or"
+    " its pool's scale-up from zero in flight).",
+    ["model"],
+)
 COLD_START_SECONDS = Histogram(
     "helios_proxy_cold_start_seconds",
     "Duration of a model load started by the proxy (LoadModel until READY).",

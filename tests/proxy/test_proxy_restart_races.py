@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 
 import pytest
+from prometheus_client import REGISTRY
 from test_xds_protocol import FakeEnvoy, clusters
 from xds_envoy import ready
 
@@ -191,6 +192,11 @@ async def test_the_sync_grace_bounds_the_wait_for_an_agent_that_never_answers() 
         await running.stop(None)
 
 
+def queued() -> float:
+    """helios_proxy_queued_requests of MODEL: requests waiting for a READY replica."""
+    return REGISTRY.get_sample_value("helios_proxy_queued_requests", {"model": MODEL}) or 0.0
+
+
 def _cold(pool: WorkerPool, workers: Mapping[str, FakeWorker]) -> ColdStarts:
     spec = ModelSpec(MODEL, None, min_replicas=1, total_bytes=GIB)
     return ColdStarts(pool, dict(workers), [spec], MemoryEstimator(), load_timeout_s=5)
@@ -213,12 +219,15 @@ async def test_a_cold_request_joins_the_warm_pools_load_instead_of_no_worker() -
     cold = _cold(pool, workers)
     preload = asyncio.create_task(cold.load(MODEL, set()))  # what WarmPools.reconcile does
     await workers[A].load_started.wait()
+    before = queued()
     request = asyncio.create_task(cold.replica(MODEL, deadline_s=5))
     await asyncio.sleep(0.05)
     assert not request.done()  # waiting for the load, not refused
+    assert queued() == before + 1  # what deploy/'s worker HPAs scale on
     workers[A].finish_load.set()
     assert await request == A
     assert await preload == A
+    assert queued() == before
 
 
 async def test_a_cold_request_does_not_load_a_second_copy_while_one_loads() -> None:
