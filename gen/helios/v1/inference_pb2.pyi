@@ -580,12 +580,6 @@ class GetModelRequest(_message.Message):
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
-class GetModelResponse(_message.Message):
-    __slots__ = ("model",)
-    MODEL_FIELD_NUMBER: _ClassVar[int]
-    model: Model
-    def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
-
 class ListModelsResponse(_message.Message):
     __slots__ = ("object", "data")
     OBJECT_FIELD_NUMBER: _ClassVar[int]

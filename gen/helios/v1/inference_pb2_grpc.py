@@ -71,7 +71,7 @@ class InferenceServiceStub:
         self.GetModel = channel.unary_unary(
                 '/helios.v1.InferenceService/GetModel',
                 request_serializer=helios_dot_v1_dot_inference__pb2.GetModelRequest.SerializeToString,
-                response_deserializer=helios_dot_v1_dot_inference__pb2.GetModelResponse.FromString,
+                response_deserializer=helios_dot_v1_dot_inference__pb2.Model.FromString,
                 _registered_method=True)
 
 
@@ -129,6 +129,12 @@ class InferenceServiceServicer:
     def GetModel(self, request, context):
         """GetModel describes one model (OpenAI's GET /v1/models/{id}); the id may hold
         slashes (org/name). An unknown id is NOT_FOUND.
+
+        It answers the Model itself, not a GetModelResponse wrapping it: OpenAI's REST body
+        is the bare model object, and Envoy's JSON transcoder cannot unwrap a message field
+        (`response_body` works only for google.api.HttpBody fields; Envoy refuses to start).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,7 +176,7 @@ def add_InferenceServiceServicer_to_server(servicer, server):
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
                     request_deserializer=helios_dot_v1_dot_inference__pb2.GetModelRequest.FromString,
-                    response_serializer=helios_dot_v1_dot_inference__pb2.GetModelResponse.SerializeToString,
+                    response_serializer=helios_dot_v1_dot_inference__pb2.Model.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -365,7 +371,7 @@ class InferenceService:
             target,
             '/helios.v1.InferenceService/GetModel',
             helios_dot_v1_dot_inference__pb2.GetModelRequest.SerializeToString,
-            helios_dot_v1_dot_inference__pb2.GetModelResponse.FromString,
+            helios_dot_v1_dot_inference__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,
