@@ -9,8 +9,10 @@ from helios.v1 import admin_pb2_grpc
 
 from proxy.dependencies import DependencyMonitor, mesh_health
 from proxy.fleet import WorkerPool, WorkerView
+from proxy.status import MeshStatus
+from proxy.status_probe import StatusReporter
 from proxy.warm_pools import WarmPools
-from runtime.errors import InvalidArgumentError
+from runtime.errors import InvalidArgumentError, UnavailableError
 
 
 def _model_id(value: str) -> str:
@@ -39,10 +41,16 @@ def memory_pressure(pool: WorkerPool) -> float:
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Preload, scale, evict; memory and health of every agent."""
 
-    def __init__(self, control: WarmPools, dependencies: DependencyMonitor | None = None):
+    def __init__(
+        self,
+        control: WarmPools,
+        dependencies: DependencyMonitor | None = None,
+        status: StatusReporter | None = None,
+    ):
         self._control = control
         self._pool = control.pool
         self._dependencies = dependencies
+        self._status = status
 
     async def PreloadModel(
         self, request: pb.PreloadModelRequest, context: grpc.aio.ServicerContext
@@ -111,3 +119,62 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 for d in health.dependencies
             ],
         )
+
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStatusResponse:
+        if self._status is None:
+            raise UnavailableError("this proxy keeps no status")
+        return status_to_pb(await self._status.status())
+
+
+def status_to_pb(status: MeshStatus) -> pb.GetStatusResponse:
+    return pb.GetStatusResponse(
+        status=status.status,
+        version=status.version,
+        models=[
+            pb.ModelStatus(
+                model=m.model,
+                state=m.state,
+                phase=m.phase,
+                ready_replicas=m.ready_replicas,
+                running_requests=m.running,
+                waiting_requests=m.waiting,
+                tokens_per_second=m.tokens_per_second,
+                time_to_first_token_seconds=m.time_to_first_token_s,
+            )
+            for m in status.models
+        ],
+        workers=[
+            pb.WorkerSummary(
+                worker_id=w.worker_id,
+                state=w.state,
+                healthy=w.healthy,
+                memory_total_bytes=w.memory_total,
+                memory_free_bytes=w.memory_free,
+                running_requests=w.running,
+                waiting_requests=w.waiting,
+                kv_cache_usage=w.kv_cache_usage,
+                models=list(w.models),
+            )
+            for w in status.workers
+        ],
+        tiers=[
+            pb.StorageTierStatus(
+                tier=t.tier,
+                used_bytes=t.used_bytes,
+                capacity_bytes=t.capacity_bytes,
+                files=t.files,
+                hits=t.hits,
+            )
+            for t in status.tiers
+        ],
+        tokens_per_second=status.tokens_per_second,
+        time_to_first_token_seconds=status.time_to_first_token_s,
+        requests_total=status.requests_total,
+        errors=[
+            pb.RecentError(unix_ms=e.unix_ms, source=e.source, message=e.message)
+            for e in status.errors
+        ],
+        unix_ms=status.unix_ms,
+    )

@@ -132,3 +132,97 @@ class DependencyHealth(_message.Message):
     kind: str
     state: str
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStatusResponse(_message.Message):
+    __slots__ = ("status", "version", "models", "workers", "tiers", "tokens_per_second", "time_to_first_token_seconds", "requests_total", "errors", "unix_ms")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FIRST_TOKEN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    version: str
+    models: _containers.RepeatedCompositeFieldContainer[ModelStatus]
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerSummary]
+    tiers: _containers.RepeatedCompositeFieldContainer[StorageTierStatus]
+    tokens_per_second: float
+    time_to_first_token_seconds: float
+    requests_total: int
+    errors: _containers.RepeatedCompositeFieldContainer[RecentError]
+    unix_ms: int
+    def __init__(self, status: _Optional[str] = ..., version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerSummary, _Mapping]]] = ..., tiers: _Optional[_Iterable[_Union[StorageTierStatus, _Mapping]]] = ..., tokens_per_second: _Optional[float] = ..., time_to_first_token_seconds: _Optional[float] = ..., requests_total: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[RecentError, _Mapping]]] = ..., unix_ms: _Optional[int] = ...) -> None: ...
+
+class ModelStatus(_message.Message):
+    __slots__ = ("model", "state", "phase", "ready_replicas", "running_requests", "waiting_requests", "tokens_per_second", "time_to_first_token_seconds")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    READY_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FIRST_TOKEN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    state: str
+    phase: str
+    ready_replicas: int
+    running_requests: int
+    waiting_requests: int
+    tokens_per_second: float
+    time_to_first_token_seconds: float
+    def __init__(self, model: _Optional[str] = ..., state: _Optional[str] = ..., phase: _Optional[str] = ..., ready_replicas: _Optional[int] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., time_to_first_token_seconds: _Optional[float] = ...) -> None: ...
+
+class WorkerSummary(_message.Message):
+    __slots__ = ("worker_id", "state", "healthy", "memory_total_bytes", "memory_free_bytes", "running_requests", "waiting_requests", "kv_cache_usage", "models")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    state: str
+    healthy: bool
+    memory_total_bytes: int
+    memory_free_bytes: int
+    running_requests: int
+    waiting_requests: int
+    kv_cache_usage: float
+    models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[str] = ..., healthy: _Optional[bool] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StorageTierStatus(_message.Message):
+    __slots__ = ("tier", "used_bytes", "capacity_bytes", "files", "hits")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    used_bytes: int
+    capacity_bytes: int
+    files: int
+    hits: int
+    def __init__(self, tier: _Optional[str] = ..., used_bytes: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., files: _Optional[int] = ..., hits: _Optional[int] = ...) -> None: ...
+
+class RecentError(_message.Message):
+    __slots__ = ("unix_ms", "source", "message")
+    UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    unix_ms: int
+    source: str
+    message: str
+    def __init__(self, unix_ms: _Optional[int] = ..., source: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...

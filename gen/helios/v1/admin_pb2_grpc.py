@@ -60,6 +60,11 @@ class AdminServiceStub:
                 request_serializer=helios_dot_v1_dot_admin__pb2.GetHealthRequest.SerializeToString,
                 response_deserializer=helios_dot_v1_dot_admin__pb2.GetHealthResponse.FromString,
                 _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/helios.v1.AdminService/GetStatus',
+                request_serializer=helios_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=helios_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -101,6 +106,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatus(self, request, context):
+        """GetStatus is what the status page at the front door's / shows: models (warm, cold,
+        loading and its phase), workers (memory, load, KV cache use), storage tiers, tokens
+        per second, time to first token and recent errors. Inference role at the front door:
+        ids, states and figures only, never an address, a path or a key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +143,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetHealth,
                     request_deserializer=helios_dot_v1_dot_admin__pb2.GetHealthRequest.FromString,
                     response_serializer=helios_dot_v1_dot_admin__pb2.GetHealthResponse.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=helios_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
+                    response_serializer=helios_dot_v1_dot_admin__pb2.GetStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +286,33 @@ class AdminService:
             '/helios.v1.AdminService/GetHealth',
             helios_dot_v1_dot_admin__pb2.GetHealthRequest.SerializeToString,
             helios_dot_v1_dot_admin__pb2.GetHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/helios.v1.AdminService/GetStatus',
+            helios_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
+            helios_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
