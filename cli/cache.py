@@ -11,6 +11,8 @@ import grpc
 from helios.v1 import storage_pb2 as pb
 from helios.v1 import storage_pb2_grpc
 
+from cli.keys import bearer, read_admin_key
+from cli.mesh import add_address_argument, find_front_door
 from storaged.tiers import format_bytes
 
 _TIER_NAMES = {
@@ -76,17 +78,29 @@ def render(stats: Any) -> str:
     )
 
 
-async def _fetch(target: str, deadline_s: float) -> Any:
+async def _fetch(target: str, deadline_s: float, admin_key: str | None) -> Any:
     async with grpc.aio.insecure_channel(target) as channel:
         stub = storage_pb2_grpc.StorageServiceStub(channel)
-        return await stub.GetStats(pb.GetStatsRequest(), timeout=deadline_s)
+        return await stub.GetStats(
+            pb.GetStatsRequest(), timeout=deadline_s, metadata=bearer(admin_key)
+        )
 
 
 def cache_command(args: argparse.Namespace) -> int:
+    """storaged's figures: straight from ``--storaged``, else through the mesh's front
+    door (cli/mesh.py finds it; GetStats is admin-only there: the admin key goes along)."""
+    if args.storaged:
+        target, where = args.storaged, f"storaged at {args.storaged}"
+    else:
+        front_door = find_front_door(args.address)
+        if front_door is None:
+            print("helios cache: no running mesh found (--address, or --storaged HOST:PORT)")
+            return 1
+        target, where = front_door.address, f"the mesh at {front_door.address}"
     try:
-        stats = asyncio.run(_fetch(args.storaged, args.timeout))
+        stats = asyncio.run(_fetch(target, args.timeout, args.admin_key or read_admin_key()))
     except grpc.aio.AioRpcError as exc:
-        print(f"storaged at {args.storaged}: {exc.code().name}: {exc.details()}")
+        print(f"helios cache: {where}: {exc.code().name}: {exc.details()}")
         return 1
     print(render(stats))
     return 0
@@ -96,7 +110,15 @@ def add_cache_command(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "cache", help="show storaged's tiers and cached models"
     )
-    parser.add_argument("--storaged", default="localhost:50055", help="storaged address")
+    parser.add_argument(
+        "--storaged", default="", help="a storaged's own address (default: the mesh's)"
+    )
+    add_address_argument(parser)
+    parser.add_argument(
+        "--admin-key",
+        default=None,
+        help="the mesh's admin key (default: $HELIOS_ADMIN_KEY, else $HELIOS_HOME/admin-key)",
+    )
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.set_defaults(handler=cache_command)
     return parser

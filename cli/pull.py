@@ -2,10 +2,18 @@
 
 ``helios pull ./dir --as org/name`` imports a local HF-layout directory;
 ``helios pull org/name[@revision]`` imports from the Hugging Face Hub ($HF_ENDPOINT,
-$HF_TOKEN). With ``--registry HOST:PORT`` a directory's files are read here and uploaded
-(UploadModel: the registry never reads a path a client names) and a Hub import runs in
-the registry (ImportModel); otherwise the registry under ``--data-dir`` is opened
-in-process.
+$HF_TOKEN). Where the import goes:
+
+* the running mesh (found as cli/mesh.py says: ``--address``, ``$HELIOS_ADDRESS``, the
+  local mesh of ``$HELIOS_HOME``, ``$HELIOS_PORT``): through its front door with the
+  admin key (registry writes are admin-only there). A directory's files are read here and
+  uploaded (UploadModel: the registry never reads a path a client names); a Hub import
+  runs in the registry (ImportModel). The running registry serves the model at once
+  (``/v1/models`` lists it).
+* ``--registry HOST:PORT``: the same, straight to a registry's own port.
+* no mesh runs, or ``--data-dir``: the registry's files are opened in-process (the
+  embedded registry), and the command says so. Never while a mesh runs on them: that
+  registry would not know of the import until it restarts.
 """
 
 from __future__ import annotations
@@ -19,6 +27,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from cli.keys import bearer, read_admin_key
+from cli.mesh import add_address_argument, find_front_door
 from registry.core import ImportProgress
 from registry.upload import MAX_UPLOAD_CHUNK as UPLOAD_CHUNK
 
@@ -37,7 +49,19 @@ def add_pull_command(subparsers: Any) -> argparse.ArgumentParser:
     pull.add_argument("--allow", action="append", default=[], help="glob of files to keep")
     pull.add_argument("--deny", action="append", default=[], help="glob of files to drop")
     pull.add_argument("--registry", default="", help="address of a running registry")
-    pull.add_argument("--data-dir", type=Path, default=default_data_dir())
+    add_address_argument(pull)
+    pull.add_argument(
+        "--admin-key",
+        default=None,
+        help="the mesh's admin key (default: $HELIOS_ADMIN_KEY, else $HELIOS_HOME/admin-key)",
+    )
+    pull.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"import in-process into this registry directory (default when no mesh runs:"
+        f" {default_data_dir()})",
+    )
     pull.add_argument("--hf-endpoint", default=os.environ.get("HF_ENDPOINT", ""))
     pull.add_argument("--no-progress", action="store_true", help="no progress bars")
     pull.set_defaults(handler=pull_command)
@@ -65,13 +89,18 @@ async def _embedded(args: argparse.Namespace, source: str) -> AsyncIterator[Impo
         registry.close()
 
 
-async def _remote(args: argparse.Namespace, source: str) -> AsyncIterator[ImportProgress]:
+Metadata = tuple[tuple[str, str], ...]
+
+
+async def _remote(
+    args: argparse.Namespace, source: str, address: str, metadata: Metadata
+) -> AsyncIterator[ImportProgress]:
     from helios.v1 import registry_pb2 as pb
     from helios.v1 import registry_pb2_grpc
 
     from runtime.channels import create_channel
 
-    async with create_channel(args.registry) as channel:
+    async with create_channel(address) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         request = pb.ImportModelRequest(
             source=source,
@@ -79,7 +108,7 @@ async def _remote(args: argparse.Namespace, source: str) -> AsyncIterator[Import
             allow_patterns=args.allow,
             deny_patterns=args.deny,
         )
-        async for r in stub.ImportModel(request):
+        async for r in stub.ImportModel(request, metadata=metadata):
             yield ImportProgress(
                 file=r.file,
                 file_bytes_done=r.file_bytes_done,
@@ -103,10 +132,15 @@ def _hash_file(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-async def _upload(args: argparse.Namespace, directory: Path) -> AsyncIterator[ImportProgress]:
+async def _upload(
+    args: argparse.Namespace, directory: Path, address: str, metadata: Metadata
+) -> AsyncIterator[ImportProgress]:
     """Send the directory's files to the registry (UploadModel): it reads nothing of this
     machine's filesystem itself. The files are hashed first (the header declares every
-    file's size and SHA-256), then streamed; progress counts the bytes sent."""
+    file's size and SHA-256), then written message by message; progress counts the bytes
+    sent. When the registry ends the call early (it refuses the upload), the call's own
+    status is the answer: with a request iterator grpc.aio reported a write after the end
+    as INTERNAL 'Internal error from Core' instead."""
     from helios.v1 import registry_pb2 as pb
     from helios.v1 import registry_pb2_grpc
 
@@ -120,30 +154,27 @@ async def _upload(args: argparse.Namespace, directory: Path) -> AsyncIterator[Im
         declared.append((rel, path, size, sha256))
         yield ImportProgress(file=f"hashing {rel}", files_done=index, files_total=len(files))
     total = sum(size for _, _, size, _ in declared)
-    progress: asyncio.Queue[ImportProgress] = asyncio.Queue()
-
-    async def requests() -> AsyncIterator[pb.UploadModelRequest]:
-        yield pb.UploadModelRequest(
-            header=pb.UploadModelHeader(
-                model_id=args.model_id,
-                files=[
-                    pb.UploadModelFile(path=rel, size_bytes=size, sha256=sha256)
-                    for rel, _, size, sha256 in declared
-                ],
-            )
-        )
-        sent = 0
-        for index, (rel, path, size, _) in enumerate(declared):
-            with path.open("rb") as f:
-                offset = 0
-                while data := await asyncio.to_thread(f.read, UPLOAD_CHUNK):
-                    yield pb.UploadModelRequest(
-                        chunk=pb.UploadModelChunk(path=rel, offset=offset, data=data)
-                    )
-                    offset += len(data)
-                    sent += len(data)
-                    progress.put_nowait(
-                        ImportProgress(
+    header = pb.UploadModelHeader(
+        model_id=args.model_id,
+        files=[
+            pb.UploadModelFile(path=rel, size_bytes=size, sha256=sha256)
+            for rel, _, size, sha256 in declared
+        ],
+    )
+    async with create_channel(address) as channel:
+        call = registry_pb2_grpc.RegistryServiceStub(channel).UploadModel(metadata=metadata)
+        try:
+            await call.write(pb.UploadModelRequest(header=header))
+            sent = 0
+            for index, (rel, path, size, _) in enumerate(declared):
+                with path.open("rb") as f:
+                    offset = 0
+                    while data := await asyncio.to_thread(f.read, UPLOAD_CHUNK):
+                        chunk = pb.UploadModelChunk(path=rel, offset=offset, data=data)
+                        await call.write(pb.UploadModelRequest(chunk=chunk))
+                        offset += len(data)
+                        sent += len(data)
+                        yield ImportProgress(
                             file=rel,
                             file_bytes_done=offset,
                             file_bytes_total=size,
@@ -152,22 +183,12 @@ async def _upload(args: argparse.Namespace, directory: Path) -> AsyncIterator[Im
                             files_done=index + (offset >= size),
                             files_total=len(declared),
                         )
-                    )
-
-    async with create_channel(args.registry) as channel:
-        stub = registry_pb2_grpc.RegistryServiceStub(channel)
-        call = asyncio.ensure_future(stub.UploadModel(requests()))
-        try:
-            while not call.done():
-                getter = asyncio.ensure_future(progress.get())
-                await asyncio.wait({getter, call}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
-                    getter.cancel()
-            reply = call.result()
-        finally:
-            call.cancel()
+            await call.done_writing()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            # The call ended before the last write: `await call` raises its status.
+            if not call.done():
+                raise
+        reply = await call
     yield ImportProgress(
         bytes_done=total,
         bytes_total=total,
@@ -178,17 +199,39 @@ async def _upload(args: argparse.Namespace, directory: Path) -> AsyncIterator[Im
     )
 
 
+def _target(args: argparse.Namespace, source: str) -> AsyncIterator[ImportProgress]:
+    """Where the import goes (see the module docstring); says so when in-process."""
+    from registry.server import default_data_dir
+
+    if args.registry:
+        address, metadata = args.registry, bearer(args.admin_key or read_admin_key())
+    elif args.data_dir is not None:
+        return _embedded(args, source)
+    else:
+        front_door = find_front_door(args.address)
+        if front_door is None:
+            args.data_dir = default_data_dir()
+            print(
+                f"helios pull: no running mesh found; importing into the registry at"
+                f" {args.data_dir} in-process (the next `helios up` serves it)",
+                file=sys.stderr,
+            )
+            return _embedded(args, source)
+        print(
+            f"helios pull: through the mesh at {front_door.address} ({front_door.found_by})",
+            file=sys.stderr,
+        )
+        address, metadata = front_door.address, bearer(args.admin_key or read_admin_key())
+    if source.startswith("hf://"):  # the registry fetches from the Hub itself
+        return _remote(args, source, address, metadata)
+    return _upload(args, Path(source), address, metadata)
+
+
 async def _pull(args: argparse.Namespace) -> tuple[str, str] | None:
     from tqdm import tqdm
 
     source = source_of(args.source)
-    stream: AsyncIterator[ImportProgress]
-    if not args.registry:
-        stream = _embedded(args, source)
-    elif source.startswith("hf://"):
-        stream = _remote(args, source)  # the registry fetches from the Hub itself
-    else:
-        stream = _upload(args, Path(source))
+    stream = _target(args, source)
     disable = args.no_progress
     overall = tqdm(desc="total", unit="B", unit_scale=True, disable=disable, position=0)
     current = tqdm(desc="", unit="B", unit_scale=True, disable=disable, position=1, leave=False)

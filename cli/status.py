@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +11,7 @@ import grpc
 from helios.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 from cli.keys import bearer, read_admin_key
+from cli.mesh import add_address_argument, find_front_door
 
 DEFAULT_ADDRESS = "127.0.0.1:8080"
 
@@ -106,10 +106,14 @@ async def fetch_status(address: str, deadline_s: float, admin_key: str | None = 
 
 
 def status_command(args: argparse.Namespace) -> int:
+    front_door = find_front_door(args.address)
+    address = front_door.address if front_door is not None else DEFAULT_ADDRESS
     try:
-        print(asyncio.run(fetch_status(args.address, args.timeout, args.admin_key)))
+        print(asyncio.run(fetch_status(address, args.timeout, args.admin_key)))
     except grpc.aio.AioRpcError as error:
-        print(f"helios status: {args.address}: {error.code().name}: {error.details()}")
+        print(f"helios status: {address}: {error.code().name}: {error.details()}")
+        if front_door is None:
+            print("helios status: no running mesh found (see helios status --help: --address)")
         return 1
     return 0
 
@@ -124,11 +128,7 @@ def add_status_command(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="the mesh's admin key (default: $HELIOS_ADMIN_KEY, else $HELIOS_HOME/admin-key)",
     )
-    p.add_argument(
-        "--address",
-        default=os.environ.get("HELIOS_ADDRESS", DEFAULT_ADDRESS),
-        help="gRPC address of the mesh's front door (Envoy) or the proxy (env HELIOS_ADDRESS)",
-    )
+    add_address_argument(p)
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(handler=status_command)
     return p
