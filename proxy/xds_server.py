@@ -294,8 +294,11 @@ def build_assignment(route: ModelRoute) -> endpoint_pb2.ClusterLoadAssignment:
     """The model's endpoints (``route.endpoints``' hosts must be IP addresses). Built
     field by field: this runs for every load change."""
     message = endpoint_pb2.ClusterLoadAssignment(cluster_name=route.cluster)
-    locality = message.endpoints.add()
+    levels: dict[int, endpoint_pb2.LocalityLbEndpoints] = {}
     for e in route.endpoints:
+        locality = levels.get(e.priority)
+        if locality is None:
+            locality = levels[e.priority] = message.endpoints.add(priority=e.priority)
         lb = locality.lb_endpoints.add()
         lb.endpoint.address.socket_address.address = e.host
         lb.endpoint.address.socket_address.port_value = e.port

@@ -30,6 +30,7 @@ control plane pushes only when a new snapshot differs from the last one.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import math
@@ -133,6 +134,9 @@ class Endpoint:
     port: int
     weight: int
     health: EndpointHealth = EndpointHealth.HEALTHY
+    # Envoy's priority level: 0 first; Envoy moves traffic to 1 as level 0 loses
+    # healthy hosts (the `both` workers standing by for a model's decode pool).
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -235,17 +239,30 @@ def build_snapshot(
             )
     routes = []
     for model in sorted(endpoints[WorkerRole.BOTH].keys() | endpoints[WorkerRole.DECODE].keys()):
-        listed: list[Endpoint] = []
-        for role in (WorkerRole.DECODE, WorkerRole.BOTH):  # the decode pool first
-            listed = sorted(endpoints[role].get(model, ()), key=lambda e: e.address)
-            if any(e.health is EndpointHealth.HEALTHY for e in listed):
-                break
-        else:
+        listed = _prioritised(
+            sorted(endpoints[WorkerRole.DECODE].get(model, ()), key=lambda e: e.address),
+            sorted(endpoints[WorkerRole.BOTH].get(model, ()), key=lambda e: e.address),
+        )
+        if not listed:
             continue
         routes.append(
             ModelRoute(model, cluster_name(model), tuple(listed), _policy(policy_for, model))
         )
     return XdsSnapshot(tuple(routes))
+
+
+def _healthy(endpoints: Iterable[Endpoint]) -> bool:
+    return any(e.health is EndpointHealth.HEALTHY for e in endpoints)
+
+
+def _prioritised(decode: list[Endpoint], both: list[Endpoint]) -> list[Endpoint]:
+    """A model's endpoints by priority: its decode pool first and the ``both`` workers
+    standing by at priority 1 (Envoy fails over to them the moment decode workers are
+    ejected, before the control plane hears of it); without a decode worker taking
+    requests, the ``both`` workers alone. Empty when neither has a healthy endpoint."""
+    if _healthy(decode):
+        return decode + [dataclasses.replace(e, priority=1) for e in both]
+    return both if _healthy(both) else []
 
 
 def _policy(

@@ -84,16 +84,20 @@ def test_a_model_with_prefill_and_decode_pools_is_routed_to_its_decode_agents() 
     beat(pool, "10.0.0.4:1", ModelOnAgent("m", "ready"), ModelOnAgent("whole", "ready"))
     beat(pool, "10.0.0.5:1", ModelOnAgent("no-prefill-pool", "ready"), role=WorkerRole.DECODE)
 
-    def endpoints(model: str) -> list[tuple[str, EndpointHealth]]:
+    def endpoints(model: str, priority: int = 0) -> list[tuple[str, EndpointHealth]]:
         route = build_snapshot(pool.agents()).by_model().get(model)
-        return [] if route is None else [(e.address, e.health) for e in route.endpoints]
+        listed = [] if route is None else route.endpoints
+        return [(e.address, e.health) for e in listed if e.priority == priority]
 
-    # The decode pool only (the both agent stands by); a decode agent of a model without
-    # a prefill pool serves nothing whole.
+    # The decode pool first, the both agent standing by at priority 1 (Envoy fails over
+    # to it as decode agents are ejected); a decode agent of a model without a prefill
+    # pool serves nothing whole.
     assert endpoints("m") == [
         ("10.0.0.2:1", EndpointHealth.HEALTHY),
         ("10.0.0.3:1", EndpointHealth.DRAINING),
     ]
+    assert endpoints("m", priority=1) == [("10.0.0.4:1", EndpointHealth.HEALTHY)]
+    assert endpoints("whole", priority=1) == []
     assert endpoints("whole") == [("10.0.0.4:1", EndpointHealth.HEALTHY)]
     assert endpoints("no-prefill-pool") == []
     # The prefill pool gone: the both agent takes the model over.
