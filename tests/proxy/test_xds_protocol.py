@@ -19,7 +19,7 @@ from google.rpc import status_pb2
 from xds_envoy import ready, start_xds
 
 from proxy.fleet import WorkerPool
-from proxy.server import build_parser, xds_settings
+from proxy.server import build_parser, check_ranges, xds_settings
 from proxy.xds_server import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -325,3 +325,22 @@ def test_flags_and_base_routes(tmp_path: Path) -> None:
     routes.write_text(json.dumps([{"match": {"prefix": "/"}, "rout": {}}]))
     with pytest.raises(ValueError, match="route 0"):
         load_base_routes(routes)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "field"),
+    [
+        ("--idle-ttl", "-1", "idle_ttl"),
+        ("--drain-timeout", "-1", "drain_timeout"),
+        ("--load-timeout", "0", "load_timeout"),
+        ("--usage-interval", "0", "usage_interval"),
+        ("--heartbeat-timeout", "nan", "heartbeat_timeout"),
+        ("--prefetch", "-1", "prefetch"),
+    ],
+)
+def test_a_bad_number_is_reported_under_its_own_flag(flag: str, value: str, field: str) -> None:
+    args = build_parser().parse_args([flag, value])
+    with pytest.raises(ConfigError) as raised:
+        check_ranges(args)
+    assert raised.value.field == field
+    check_ranges(build_parser().parse_args([]))  # the defaults are in range
