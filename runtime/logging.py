@@ -2,7 +2,10 @@
 
 ``json`` (the default) writes one JSON object per line so log shippers need no parsing
 rules; ``console`` is for a human at a terminal. Either way the service name is on every
-line, because ``helios up`` interleaves the output of several services.
+line, because ``helios up`` interleaves the output of several services. A line logged
+while a trace is current (an RPC's span, or the caller's trace context passed on) carries
+its ``trace_id`` and ``span_id`` (W3C hex, as a tracing backend shows them), so a log
+line leads to its trace and back.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import logging
 import sys
 import time
 from typing import Any, TextIO
+
+from opentelemetry import trace
 
 __all__ = ["ConsoleFormatter", "JsonFormatter", "configure_logging"]
 
@@ -29,6 +34,17 @@ _HANDLER_MARK = "_helios_handler"
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {
         k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")
+    }
+
+
+def _trace_ids() -> dict[str, str]:
+    """The current trace's ids (``trace_id``, ``span_id``), or none outside a trace."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {
+        "trace_id": trace.format_trace_id(context.trace_id),
+        "span_id": trace.format_span_id(context.span_id),
     }
 
 
@@ -51,6 +67,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "service": self.service,
             "msg": record.getMessage(),
+            **_trace_ids(),
         }
         for key, value in _extras(record).items():
             # Never let an extra overwrite the fixed keys a log pipeline relies on.

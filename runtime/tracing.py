@@ -6,7 +6,13 @@ send them: spans nobody reads cost about an eighth of a proxy hop's CPU. Until t
 process passes on the trace context it was given (a caller's ``traceparent``), so a
 trace crosses hops that do not export.
 The OTLP exporter package is optional; without it we warn and keep going rather than
-refuse to start.
+refuse to start. Where spans go, over which protocol and how many are sampled follow the
+standard ``OTEL_*`` variables (runtime/otel_config.py), ``--otlp-endpoint`` first.
+
+Export never holds up a request: a finished span is appended to the batch processor's
+bounded queue (a deque: no lock wait, no I/O) and a thread of its own sends the batches.
+With the collector down that thread retries and, once the queue is full, spans are
+dropped; the SDK would log a warning for every dropped span, here once a minute.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from contextvars import Token
 from typing import Any, cast
 
@@ -23,43 +30,129 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
 from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from runtime.otel_config import (
+    GRPC,
+    HTTP_PROTOBUF,
+    TraceExport,
+    sampler_from_env,
+    trace_export_from_env,
+)
 
 __all__ = ["RpcSpan", "TracedChannel", "configure_tracing"]
 
 log = logging.getLogger(__name__)
 
+# A resource attribute on every Helios process's spans: which service (proxy, worker...)
+# made them, whatever service.name the environment chose.
+HELIOS_SERVICE = "helios.service"
+
 _lock = threading.Lock()
 _provider: _Provider | None = None  # the process-wide provider, once configured
 
 
-def _otlp_exporter(endpoint: str) -> SpanExporter | None:
+_EXPORTER_MODULES = {
+    GRPC: "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    HTTP_PROTOBUF: "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+}
+
+
+def _otlp_exporter(export: TraceExport | str) -> SpanExporter | None:
+    """The OTLP exporter for ``export`` (a bare string: an OTLP/gRPC endpoint); None,
+    with a warning, when its package is not installed."""
+    if isinstance(export, str):
+        export = TraceExport(export)
+    endpoint = export.endpoint
     try:
-        module = importlib.import_module("opentelemetry.exporter.otlp.proto.grpc.trace_exporter")
-    except ImportError:
+        module = importlib.import_module(_EXPORTER_MODULES[export.protocol])
+    except ImportError as exc:
+        # Not installed, or broken: xds-protos' stale copy of opentelemetry/proto over
+        # opentelemetry-proto's (Makefile: `make setup` reinstalls the latter).
         log.warning(
-            "OTLP endpoint %s given but opentelemetry-exporter-otlp is not installed; "
-            "spans will not be exported",
+            "OTLP endpoint %s given but the OTLP exporter is not installed or cannot be "
+            "imported (%s); spans will not be exported",
             endpoint,
+            exc,
             extra={"otlp_endpoint": endpoint},
         )
         return None
+    if export.protocol == HTTP_PROTOBUF:
+        http_exporter: SpanExporter = module.OTLPSpanExporter(endpoint=endpoint)
+        return http_exporter
     # Plain-text to the collector unless it is explicitly https (matches create_channel).
-    insecure = not endpoint.startswith("https://")
-    exporter: SpanExporter = module.OTLPSpanExporter(endpoint=endpoint, insecure=insecure)
+    exporter: SpanExporter = module.OTLPSpanExporter(endpoint=endpoint, insecure=export.insecure)
     return exporter
+
+
+class _DroppedSpanFilter(logging.Filter):
+    """The batch processor warns once per span it drops (queue full: the collector is down
+    or slow); on the token path that is a log line per span. One line a minute instead,
+    saying how many were not logged."""
+
+    INTERVAL_S = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = -self.INTERVAL_S
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Queue full"):
+            return True
+        now = time.monotonic()
+        if now - self._last < self.INTERVAL_S:
+            self._suppressed += 1
+            return False
+        record.msg = "span export queue full (collector down or slow): dropping spans"
+        record.args = None
+        record.not_logged_since_last = self._suppressed
+        self._last, self._suppressed = now, 0
+        return True
+
+
+# At shutdown, how long the spans still queued get to reach the collector. The SDK waits
+# up to 30 s, retrying a collector that is down, and would hold up a stopping service.
+SHUTDOWN_EXPORT_S = 3.0
+
+
+class _BatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's batch processor with :data:`SHUTDOWN_EXPORT_S` to flush at shutdown."""
+
+    def shutdown(self) -> None:
+        # The SDK's shutdown() takes no timeout; its inner BatchProcessor's does.
+        inner = getattr(self, "_batch_processor", None)
+        if inner is None:
+            super().shutdown()
+            return
+        inner.shutdown(timeout_millis=int(SHUTDOWN_EXPORT_S * 1000))
+
+
+def _quiet_dropped_spans() -> None:
+    sdk_log = logging.getLogger("opentelemetry.sdk._shared_internal")
+    if not any(isinstance(f, _DroppedSpanFilter) for f in sdk_log.filters):
+        sdk_log.addFilter(_DroppedSpanFilter())
 
 
 class _RecordWhenExported(Sampler):
     """Records every span once a span processor is registered, none before: a span
     nobody will export is still created (ids, context propagation) but not recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, sampler: Sampler | None = None) -> None:
         self.exporting = False
+        # What decides once exporting (OTEL_TRACES_SAMPLER; default: the parent's decision,
+        # else sample).
+        self._sampler = sampler if sampler is not None else ParentBased(ALWAYS_ON)
 
     def should_sample(
         self,
@@ -72,22 +165,21 @@ class _RecordWhenExported(Sampler):
         trace_state: Any = None,
     ) -> SamplingResult:
         if self.exporting:
-            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
+            return self._sampler.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
         return SamplingResult(Decision.DROP, None, trace_state)
 
     def get_description(self) -> str:
-        return "RecordWhenExported"
+        return f"RecordWhenExported{{{self._sampler.get_description()}}}"
 
 
 class _Provider(TracerProvider):
     """A TracerProvider that starts recording when its first span processor arrives."""
 
-    def __init__(self, service: str) -> None:
-        self._sampler_switch = _RecordWhenExported()
-        super().__init__(
-            sampler=self._sampler_switch,
-            resource=Resource.create({SERVICE_NAME: f"helios-{service}"}),
-        )
+    def __init__(self, service: str, sampler: Sampler | None = None) -> None:
+        self._sampler_switch = _RecordWhenExported(sampler)
+        super().__init__(sampler=self._sampler_switch, resource=_resource(service))
 
     @property
     def recording(self) -> bool:
@@ -98,6 +190,16 @@ class _Provider(TracerProvider):
         self._sampler_switch.exporting = True
 
 
+def _resource(service: str) -> Resource:
+    """``service.name`` is ``helios-<service>`` unless OTEL_SERVICE_NAME or
+    OTEL_RESOURCE_ATTRIBUTES name it; ``helios.service`` always says which service it is.
+    OTEL_RESOURCE_ATTRIBUTES' other attributes are merged by Resource.create."""
+    attributes: dict[str, str] = {HELIOS_SERVICE: service}
+    if SERVICE_NAME not in OTELResourceDetector().detect().attributes:
+        attributes[SERVICE_NAME] = f"helios-{service}"
+    return Resource.create(attributes)
+
+
 def _recording() -> bool:
     """Whether this process records spans. When it does not, RPCs make no spans at all
     (not even non-recording ones) and only pass on a trace context they were given."""
@@ -105,8 +207,12 @@ def _recording() -> bool:
     return provider is not None and provider.recording
 
 
-def configure_tracing(service: str, otlp_endpoint: str | None = None) -> TracerProvider:
-    """Install the process-wide TracerProvider (``service.name = helios-<service>``).
+def configure_tracing(
+    service: str, otlp_endpoint: str | None = None, *, environ: Mapping[str, str] | None = None
+) -> TracerProvider:
+    """Install the process-wide TracerProvider (``service.name = helios-<service>``),
+    exporting to ``otlp_endpoint`` or where the OTEL_* variables in ``environ`` (default
+    ``os.environ``) say (see runtime/otel_config.py).
 
     OpenTelemetry allows setting the global provider once per process, so later calls
     return the first provider unchanged (and say so at debug level).
@@ -116,13 +222,18 @@ def configure_tracing(service: str, otlp_endpoint: str | None = None) -> TracerP
         if _provider is not None:
             log.debug("tracing already configured; ignoring configure_tracing(%r)", service)
             return _provider
-        provider = _Provider(service)
-        if otlp_endpoint:
-            exporter = _otlp_exporter(otlp_endpoint)
+        export = trace_export_from_env(otlp_endpoint, environ)
+        provider = _Provider(service, sampler_from_env(environ))
+        if export.endpoint:
+            exporter = _otlp_exporter(export)
             if exporter is not None:
-                provider.add_span_processor(BatchSpanProcessor(exporter))
+                _quiet_dropped_spans()
+                provider.add_span_processor(_BatchSpanProcessor(exporter))
                 log.info(
-                    "exporting traces to %s", otlp_endpoint, extra={"otlp_endpoint": otlp_endpoint}
+                    "exporting traces to %s (%s)",
+                    export.endpoint,
+                    export.protocol,
+                    extra={"otlp_endpoint": export.endpoint, "otlp_protocol": export.protocol},
                 )
         trace.set_tracer_provider(provider)
         _provider = provider

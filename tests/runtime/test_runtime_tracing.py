@@ -97,10 +97,16 @@ def test_spans_are_recorded_only_once_something_exports_them() -> None:
 
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    after = tracer.start_span("after", context=trace.set_span_in_context(before))
+    # Now recorded: a caller's sampled trace is continued...
+    sampled = propagate.extract({"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"})
+    after = tracer.start_span("after", context=sampled)
     assert after.is_recording()
-    assert after.get_span_context().trace_id == before.get_span_context().trace_id
+    assert after.get_span_context().trace_id == int("ab" * 16, 16)
     after.end()
+    # ... and an unsampled one is not (parent-based sampling, OpenTelemetry's default).
+    assert not tracer.start_span(
+        "unsampled", context=trace.set_span_in_context(before)
+    ).is_recording()
     assert [s.name for s in exporter.get_finished_spans()] == ["after"]
 
 
