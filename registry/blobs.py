@@ -19,8 +19,8 @@ from typing import Protocol
 
 import grpc
 
-from registry.ids import check_sha256
 from runtime.errors import HeliosError, NotFoundError
+from runtime.model_ids import check_sha256
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from prometheus_client import Counter
 
 from registry.blobs import BlobStoreError, IntegrityError, iter_file
-from registry.ids import check_sha256
 from runtime.config import ConfigError
 from runtime.errors import NotFoundError
+from runtime.model_ids import check_sha256
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient

@@ -36,15 +36,6 @@ from registry.blobs import (
     hash_stream,
 )
 from registry.hub import HubClient, select_files
-from registry.ids import (
-    canonical_model_id,
-    check_alias,
-    check_file_path,
-    check_sha256,
-    check_version_id,
-    is_version_prefix,
-    parse_reference,
-)
 from registry.metadata import BlobRow, MetadataStore, VersionRow
 from registry.upload import (
     DEFAULT_MAX_UPLOAD_BYTES,
@@ -60,6 +51,15 @@ from runtime.errors import (
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
+)
+from runtime.model_ids import (
+    canonical_model_id,
+    check_alias,
+    check_file_path,
+    check_sha256,
+    check_version_id,
+    is_version_prefix,
+    parse_reference,
 )
 from runtime.paths import PathRoots, bounded
 

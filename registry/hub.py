@@ -16,8 +16,8 @@ from pathlib import Path
 
 import grpc
 
-from registry.ids import check_file_path, check_hub_revision
 from runtime.errors import HeliosError, NotFoundError, UnavailableError
+from runtime.model_ids import check_file_path, check_hub_revision
 
 __all__ = ["HubClient", "HubFile", "HubPermissionError", "HubSnapshot", "select_files"]
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from registry.ids import canonical_model_id, check_file_path, check_sha256
 from runtime.errors import InvalidArgumentError, ResourceExhaustedError
+from runtime.model_ids import canonical_model_id, check_file_path, check_sha256
 from runtime.paths import bounded
 
 __all__ = [

@@ -34,13 +34,13 @@ from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 
-from registry.ids import canonical_model_id
 from runtime.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
 )
+from runtime.model_ids import canonical_model_id
 from storaged.download import ChunkedDownloader, RateMeter, fsync_dir
 from storaged.manifest import (
     FileEntry,

@@ -12,14 +12,14 @@ from registry_testlib import CHUNK, write_model
 
 from registry.blobs import IntegrityError, LocalBlobStore, hash_file
 from registry.core import ImportProgress, Registry
-from registry.ids import (
+from registry.metadata import MIGRATIONS, MetadataStore
+from registry.usage import UsageTracker
+from runtime.errors import InvalidArgumentError, NotFoundError
+from runtime.model_ids import (
     canonical_model_id,
     check_file_path,
     parse_reference,
 )
-from registry.metadata import MIGRATIONS, MetadataStore
-from registry.usage import UsageTracker
-from runtime.errors import InvalidArgumentError, NotFoundError
 
 
 def open_registry(data_dir: Path) -> Registry:

@@ -4,7 +4,7 @@
   ReadBlob) over blobs in a temp dir, for the faults the real registry cannot be made
   to show (a manifest whose chunk hashes lie, byte counts per call). It follows
   proto/helios/v1/registry.proto as registry/servicer.py implements it: canonical
-  model ids (registry.ids), ``total_bytes`` on ResolveModel and GetManifest, an alias
+  model ids (runtime.model_ids), ``total_bytes`` on ResolveModel and GetManifest, an alias
   or empty version (latest) accepted by GetManifest, ``size_bytes`` on the first
   ReadBlob message, ``length=0`` read to the end, a range past the end rejected.
   Its version ids are the labels the tests give (``v1``), where the real registry
@@ -28,9 +28,9 @@ import grpc
 from helios.v1 import registry_pb2 as rpb
 from helios.v1 import registry_pb2_grpc
 
-from registry.ids import parse_reference
 from runtime.config import ServerSettings
 from runtime.errors import InvalidArgumentError
+from runtime.model_ids import parse_reference
 from runtime.server import RunningServer, start_server
 
 

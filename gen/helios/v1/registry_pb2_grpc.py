@@ -28,7 +28,7 @@ if _version_not_supported:
 class RegistryServiceStub:
     """RegistryService holds model metadata, immutable versions (manifests of content-addressed
     files), aliases, usage statistics and the blobs themselves. Model ids are canonical
-    "org/name" (lower case; see registry/ids.py for the rules).
+    "org/name" (lower case; see runtime/model_ids.py for the rules).
     """
 
     def __init__(self, channel):
@@ -107,7 +107,7 @@ class RegistryServiceStub:
 class RegistryServiceServicer:
     """RegistryService holds model metadata, immutable versions (manifests of content-addressed
     files), aliases, usage statistics and the blobs themselves. Model ids are canonical
-    "org/name" (lower case; see registry/ids.py for the rules).
+    "org/name" (lower case; see runtime/model_ids.py for the rules).
     """
 
     def ResolveModel(self, request, context):
@@ -287,7 +287,7 @@ def add_RegistryServiceServicer_to_server(servicer, server):
 class RegistryService:
     """RegistryService holds model metadata, immutable versions (manifests of content-addressed
     files), aliases, usage statistics and the blobs themselves. Model ids are canonical
-    "org/name" (lower case; see registry/ids.py for the rules).
+    "org/name" (lower case; see runtime/model_ids.py for the rules).
     """
 
     @staticmethod
