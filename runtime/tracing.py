@@ -21,7 +21,8 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import Token
 from typing import Any, cast
 
@@ -41,6 +42,7 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from runtime.otel_config import (
     GRPC,
@@ -50,7 +52,7 @@ from runtime.otel_config import (
     trace_export_from_env,
 )
 
-__all__ = ["RpcSpan", "TracedChannel", "configure_tracing"]
+__all__ = ["RpcSpan", "TracedChannel", "annotate", "configure_tracing", "phase"]
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +309,25 @@ class RpcSpan:
         if code != "OK":
             self._span.set_status(Status(StatusCode.ERROR, code))
         self._span.end()
+
+
+def annotate(attributes: Mapping[str, AttributeValue]) -> None:
+    """Put ``attributes`` on the current span (an RPC's server span) when it records;
+    nothing otherwise (no span, or nothing exported)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(attributes)
+
+
+@contextmanager
+def phase(name: str, attributes: Mapping[str, AttributeValue] | None = None) -> Iterator[None]:
+    """A child span of the current one around a step of its work (a cold start's wait,
+    a download...), made only when the current span records."""
+    if not trace.get_current_span().is_recording():
+        yield
+        return
+    with _tracer.start_as_current_span(name, attributes=attributes):
+        yield
 
 
 class _TracedMultiCallable:

@@ -9,6 +9,7 @@ from helios.v1 import storage_pb2 as pb
 from helios.v1 import storage_pb2_grpc
 
 from runtime.errors import InvalidArgumentError
+from runtime.tracing import annotate
 from storaged.cache import ModelCache, Progress
 from storaged.manifest import validate_sha256
 from storaged.tiers import Tier
@@ -43,7 +44,17 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     async def EnsureModel(
         self, request: pb.EnsureModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EnsureModelResponse]:
+        copied = False  # whether any file had to be fetched or copied (not a cache hit)
         async for p in self.cache.ensure(request.model_id, request.version):
+            if p.local_dir:
+                annotate(
+                    {
+                        "helios.model": request.model_id,
+                        "helios.storage.tier": p.tier.name.lower(),
+                        "helios.storage.cache_hit": not copied,
+                    }
+                )
+            copied = True
             yield _progress_to_pb(p)
 
     async def Prefetch(

@@ -144,3 +144,20 @@ def test_a_process_that_records_nothing_passes_on_the_context_it_was_given(
     span.exit(token)
     assert inner.metadata[-1] == (("x-mine", "2"),)
     assert trace.get_current_span().get_span_context().is_valid is False
+
+
+def test_annotate_and_phase_only_on_a_recording_span(spans: InMemorySpanExporter) -> None:
+    spans.clear()
+    tracing.annotate({"ignored": 1})  # no current span: nothing, no error
+    with tracing.phase("orphan"):
+        pass
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("rpc") as rpc:
+        tracing.annotate({"gen_ai.request.model": "org/m"})
+        with tracing.phase("cold_start", {"helios.model": "org/m"}):
+            pass
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    assert set(finished) == {"rpc", "cold_start"}
+    assert dict(finished["rpc"].attributes or {}) == {"gen_ai.request.model": "org/m"}
+    child = finished["cold_start"]
+    assert child.parent is not None and child.parent.span_id == rpc.get_span_context().span_id
