@@ -35,14 +35,14 @@ from proxy.registry_client import GrpcRegistryClient
 from proxy.servicer import InferenceServicer
 from proxy.warm_pools import DEFAULT_RECONCILE_INTERVAL_S
 from proxy.worker_client import GrpcEstimatorClient, GrpcWorkerConnection
-from proxy.xds_server import (
+from proxy.xds_resources import (
     DEFAULT_MAX_REQUESTS_PER_MODEL,
     DEFAULT_SYNC_GRACE_S,
     UpstreamTls,
-    XdsServer,
     XdsSettings,
     load_edge_virtual_host,
 )
+from proxy.xds_server import XdsServer
 from proxy.xds_snapshot import DEFAULT_SESSION_HEADER, ROUTING_POLICIES, lb_policy_for
 from runtime.config import ConfigError, add_server_arguments, env_default, settings_from_args
 from runtime.server import Cleanup, Register, run

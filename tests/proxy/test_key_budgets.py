@@ -13,13 +13,8 @@ from proxy.fleet import WorkerPool
 from proxy.key_budget_routes import budget_routes
 from proxy.limits import ApiKeys, KeyLimits
 from proxy.served import KeyTokensLedger
-from proxy.xds_server import (
-    INFERENCE_PREFIX,
-    Resources,
-    XdsServer,
-    XdsSettings,
-    build_route_configuration,
-)
+from proxy.xds_resources import INFERENCE_PREFIX, Resources, XdsSettings, build_route_configuration
+from proxy.xds_server import XdsServer
 from proxy.xds_snapshot import XdsSnapshot
 from worker.key_usage import KeyUsageLedger
 from worker_api.keys import bearer_token, key_fingerprint

@@ -19,7 +19,8 @@ from proxy.cold_start import ColdStarts, ModelSpec
 from proxy.estimate import MemoryEstimator
 from proxy.fleet import AgentState, ModelOnAgent, WorkerPool, WorkerStatus
 from proxy.heartbeats import Heartbeats
-from proxy.xds_server import CLUSTER_TYPE, XdsServer, XdsSettings
+from proxy.xds_resources import CLUSTER_TYPE, XdsSettings
+from proxy.xds_server import XdsServer
 from proxy.xds_snapshot import build_snapshot, cluster_name
 from runtime.config import ServerSettings
 from runtime.errors import UnavailableError

@@ -26,7 +26,7 @@ from xds_envoy import (
 )
 
 from proxy.fleet import AgentState, ModelOnAgent, WorkerPool
-from proxy.xds_server import XdsSettings, load_base_routes
+from proxy.xds_resources import XdsSettings, load_base_routes
 from proxy.xds_snapshot import (
     LEAST_REQUEST,
     PREFIX_HASH_HEADER,

@@ -27,7 +27,8 @@ from proxy.control import ControlPlane
 from proxy.fleet import WorkerPool
 from proxy.servicer import InferenceServicer
 from proxy.worker_client import GrpcWorkerConnection
-from proxy.xds_server import MODEL_HEADER, XdsServer, XdsSettings, load_base_routes
+from proxy.xds_resources import MODEL_HEADER, XdsSettings, load_base_routes
+from proxy.xds_server import XdsServer
 from runtime.config import ServerSettings
 from runtime.server import RunningServer, start_server
 

@@ -20,15 +20,15 @@ from xds_envoy import ready, start_xds
 
 from proxy.fleet import WorkerPool
 from proxy.server import build_parser, check_ranges, xds_settings
-from proxy.xds_server import (
+from proxy.xds_resources import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
     ROUTE_CONFIG_NAME,
     ROUTE_TYPE,
-    XdsServer,
     XdsSettings,
     load_base_routes,
 )
+from proxy.xds_server import XdsServer
 from proxy.xds_snapshot import cluster_name
 from runtime.config import ConfigError
 from runtime.server import RunningServer

@@ -24,7 +24,8 @@ from helios.v1 import inference_pb2, inference_pb2_grpc
 
 from cli.envoy import EnvoyProcess, _http_get
 from proxy.fleet import AgentState, ModelOnAgent, WorkerPool, WorkerRole
-from proxy.xds_server import MODEL_HEADER, XdsServer, XdsSettings
+from proxy.xds_resources import MODEL_HEADER, XdsSettings
+from proxy.xds_server import XdsServer
 from proxy.xds_snapshot import LbPolicy
 from runtime.config import ServerSettings
 from runtime.server import RunningServer, start_server

@@ -1,0 +1,383 @@
+"""What the control plane tells Envoy, as xDS resources: one cluster (CDS), endpoint
+assignment (EDS) and route (RDS) per model of a :class:`proxy.xds_snapshot.XdsSnapshot`,
+the route configuration around them (keys over their token budget first, the edge's base
+routes last), and the settings they share. Pure builders (no I/O); the ADS protocol that
+serves them is :mod:`proxy.xds_server`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2
+from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from proxy.key_budget_routes import budget_routes
+from proxy.xds_snapshot import (
+    EndpointHealth,
+    LbKind,
+    ModelRoute,
+    XdsSnapshot,
+)
+
+logger = logging.getLogger(__name__)
+
+# The types' modules are imported for their descriptors: ParseDict resolves "@type" in
+# the default pool.
+_ANY_TYPES = (
+    http_protocol_options_pb2,
+    tls_pb2,
+    previous_hosts_pb2,
+    route_components_pb2,
+    api_key_auth_pb2,  # the edge's per-route API-key roles (its virtual host)
+    buffer_pb2,  # the edge's per-route request size limits
+)
+
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+# The order in which a pass sends them (additions: clusters, then their endpoints, then
+# the routes naming them).
+SERVED_TYPES = (CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE)
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+ROUTE_CONFIG_NAME = "helios"
+VIRTUAL_HOST_NAME = "helios"
+# The header carrying the model id (set by the edge's Lua filter from a REST body; a
+# native gRPC client sends it as metadata).
+MODEL_HEADER = "x-helios-model"
+INFERENCE_PREFIX = "/helios.v1.InferenceService/"
+# Retried on another host, only ever before response headers reach the client (Envoy's
+# rule): a gRPC UNAVAILABLE answer (x-envoy-retry-grpc-on's name), a refused connection
+# or HTTP/2 stream, a reset (x-envoy-retry-on's names). Envoy 1.40 accepts unknown names
+# here silently: tests/proxy/test_xds_envoy.py checks connect-failure and unavailable by
+# their effect.
+RETRY_ON = "unavailable,connect-failure,refused-stream,reset"
+NUM_RETRIES = 2
+HOST_SELECTION_RETRY_MAX_ATTEMPTS = 3
+CONNECT_TIMEOUT_S = 5
+DEFAULT_MAX_REQUESTS_PER_MODEL = 1024
+# A burst of fleet changes (one heartbeat round touches every agent) makes one push.
+DEBOUNCE_S = 0.01
+# How long a resolved worker host name is used before it is resolved again.
+RESOLVE_TTL_S = 30.0
+# A (re)started control plane answers Envoy only once every agent it knows has answered
+# a heartbeat, or this long after it started, whichever comes first (see XdsServer).
+DEFAULT_SYNC_GRACE_S = 5.0
+
+_HEALTH = {
+    EndpointHealth.HEALTHY: health_check_pb2.HEALTHY,
+    EndpointHealth.DRAINING: health_check_pb2.DRAINING,
+}
+_LB = {
+    LbKind.LEAST_REQUEST: "LEAST_REQUEST",
+    LbKind.RING_HASH: "RING_HASH",
+    LbKind.MAGLEV: "MAGLEV",
+}
+
+
+@dataclass(frozen=True)
+class UpstreamTls:
+    """Mutual TLS from Envoy to the workers: Envoy's client cert/key and the CA (the
+    same shape as cli/envoy.py's static clusters use)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    sni: str = "localhost"
+
+
+@dataclass(frozen=True)
+class XdsSettings:
+    """What every model cluster and the route configuration share."""
+
+    max_requests_per_model: int = DEFAULT_MAX_REQUESTS_PER_MODEL
+    upstream_tls: UpstreamTls | None = None
+    base_routes: tuple[route_components_pb2.Route, ...] = ()
+    # What the edge sets on its whole virtual host (the OpenAI API's API-key role, the
+    # per-key rate limits): every model route inherits it. Its routes are base_routes.
+    base_host: route_components_pb2.VirtualHost | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_requests_per_model < 1:
+            raise ValueError("max_requests_per_model must be >= 1")
+
+
+def load_base_routes(path: Path) -> tuple[route_components_pb2.Route, ...]:
+    """The base routes: a JSON list of envoy.config.route.v3.Route in proto3 JSON form.
+    ValueError (with the file and index) when it is not one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of routes")
+    routes = []
+    for index, item in enumerate(data):
+        route = route_components_pb2.Route()
+        try:
+            json_format.ParseDict(item, route)
+        except json_format.ParseError as exc:
+            raise ValueError(f"{path}: route {index}: {exc}") from None
+        routes.append(route)
+    return tuple(routes)
+
+
+def load_edge_virtual_host(
+    path: Path,
+) -> tuple[tuple[route_components_pb2.Route, ...], route_components_pb2.VirtualHost | None]:
+    """The edge's virtual host as cli/envoy.py writes it (``write_edge_routes``): its
+    routes (the base routes) and the host itself (per-filter config, rate limits). A JSON
+    list is read as routes alone (see :func:`load_base_routes`). ValueError when it is
+    neither."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if isinstance(data, list):
+        return load_base_routes(path), None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a virtual host (JSON object) or a list of routes")
+    host = route_components_pb2.VirtualHost()
+    try:
+        json_format.ParseDict(data, host)
+    except json_format.ParseError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return tuple(host.routes), host
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def _parse(data: dict[str, Any], message: Message) -> Message:
+    return json_format.ParseDict(data, message)
+
+
+def _tls_socket(tls: UpstreamTls) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/"
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": tls.sni,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": str(Path(tls.cert).resolve())},
+                        "private_key": {"filename": str(Path(tls.key).resolve())},
+                    }
+                ],
+                "validation_context": {"trusted_ca": {"filename": str(Path(tls.ca).resolve())}},
+            },
+        },
+    }
+
+
+def build_cluster(route: ModelRoute, settings: XdsSettings) -> cluster_pb2.Cluster:
+    """The model's cluster (its endpoints come by EDS over the same ADS stream)."""
+    policy = route.policy
+    common: dict[str, Any] = {
+        # No panic mode: with every endpoint ejected or draining, fail fast (503) rather
+        # than send to all of them anyway.
+        "healthy_panic_threshold": {"value": 0},
+        # Health and weight changes apply at once, not merged over a second.
+        "update_merge_window": "0s",
+    }
+    if policy.hash_balance_factor:
+        common["consistent_hashing_lb_config"] = {"hash_balance_factor": policy.hash_balance_factor}
+    cluster: dict[str, Any] = {
+        "name": route.cluster,
+        "type": "EDS",
+        "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}},
+        "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
+        "lb_policy": _LB[policy.kind],
+        "common_lb_config": common,
+        # Envoy ejects a worker only for failures of the connection itself (refused,
+        # reset, timed out). A gRPC status a worker answers is not judged here: a client's
+        # own short deadline comes back as 504 and must never count against a worker
+        # (issue 16); a worker whose engine is dead fails its heartbeat's health check and
+        # the control plane takes it out of EDS, while retries route around it meanwhile.
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 3,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "enforcing_consecutive_5xx": 0,
+            "enforcing_consecutive_gateway_failure": 0,
+            "enforcing_success_rate": 0,
+            "enforcing_local_origin_success_rate": 0,
+            "interval": "1s",
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 100,
+        },
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "max_requests": settings.max_requests_per_model,
+                    "max_pending_requests": settings.max_requests_per_model,
+                    # Retries in flight at once: as many as requests. Envoy's default
+                    # (3) let a worker that died with 100 requests queued before their
+                    # first token fail 97 of them; retries are bounded per request
+                    # (NUM_RETRIES, before response headers only) instead.
+                    "max_retries": settings.max_requests_per_model,
+                }
+            ]
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "30s", "timeout": "10s"}
+                    }
+                },
+            }
+        },
+    }
+    if settings.upstream_tls is not None:
+        cluster["transport_socket"] = _tls_socket(settings.upstream_tls)
+    message = cluster_pb2.Cluster()
+    _parse(cluster, message)
+    return message
+
+
+def build_assignment(route: ModelRoute) -> endpoint_pb2.ClusterLoadAssignment:
+    """The model's endpoints (``route.endpoints``' hosts must be IP addresses). Built
+    field by field: this runs for every load change."""
+    message = endpoint_pb2.ClusterLoadAssignment(cluster_name=route.cluster)
+    levels: dict[int, endpoint_pb2.LocalityLbEndpoints] = {}
+    for e in route.endpoints:
+        locality = levels.get(e.priority)
+        if locality is None:
+            locality = levels[e.priority] = message.endpoints.add(priority=e.priority)
+        lb = locality.lb_endpoints.add()
+        lb.endpoint.address.socket_address.address = e.host
+        lb.endpoint.address.socket_address.port_value = e.port
+        lb.endpoint.hostname = e.address
+        lb.health_status = _HEALTH[e.health]
+        lb.load_balancing_weight.value = e.weight
+    return message
+
+
+def build_model_route(route: ModelRoute) -> route_components_pb2.Route:
+    """InferenceService calls for this model (by header) -> its cluster."""
+    action: dict[str, Any] = {
+        "cluster": route.cluster,
+        # No overall limit (generations are long); the listener's stream idle timeout applies.
+        "timeout": "0s",
+        "retry_policy": {
+            "retry_on": RETRY_ON,
+            "num_retries": NUM_RETRIES,
+            "retry_host_predicate": [
+                {
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/"
+                        "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                    },
+                }
+            ],
+            "host_selection_retry_max_attempts": HOST_SELECTION_RETRY_MAX_ATTEMPTS,
+        },
+    }
+    if route.policy.hash_header:
+        action["hash_policy"] = [{"header": {"header_name": route.policy.hash_header}}]
+    data = {
+        "name": route.cluster,
+        "match": {
+            "prefix": INFERENCE_PREFIX,
+            "headers": [{"name": MODEL_HEADER, "string_match": {"exact": route.model}}],
+        },
+        "route": action,
+    }
+    message = route_components_pb2.Route()
+    _parse(data, message)
+    return message
+
+
+def build_route_configuration(
+    model_routes: Iterable[route_components_pb2.Route],
+    base_routes: Sequence[route_components_pb2.Route],
+    base_host: route_components_pb2.VirtualHost | None = None,
+    first_routes: Sequence[route_components_pb2.Route] = (),
+) -> route_pb2.RouteConfiguration:
+    """``first_routes`` (keys over budget) before the model routes, the base routes
+    after them."""
+    config = route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME)
+    host = config.virtual_hosts.add()
+    if base_host is not None:  # its settings; its routes come after the model routes
+        host.CopyFrom(base_host)
+        del host.routes[:]
+    host.name = VIRTUAL_HOST_NAME
+    host.ClearField("domains")
+    host.domains.append("*")
+    host.routes.extend(first_routes)
+    host.routes.extend(model_routes)
+    host.routes.extend(base_routes)
+    return config
+
+
+@dataclass(frozen=True)
+class Resources:
+    """One snapshot's resources, by name: clusters and assignments by cluster name,
+    model routes by the cluster they name."""
+
+    snapshot: XdsSnapshot
+    clusters: Mapping[str, Message]
+    assignments: Mapping[str, Message]
+    routes: Mapping[str, route_components_pb2.Route]
+    # Routes of the keys over their tokens-per-minute budget, in front of all others.
+    budget_routes: tuple[route_components_pb2.Route, ...] = ()
+
+    @classmethod
+    def build(
+        cls, snapshot: XdsSnapshot, settings: XdsSettings, previous: Resources | None = None
+    ) -> Resources:
+        """``snapshot``'s resources, reusing ``previous``' messages for what did not
+        change (a cluster and its route depend on the model and policy only; the
+        endpoints on the endpoints only)."""
+        before = previous.snapshot.by_cluster() if previous is not None else {}
+        clusters: dict[str, Message] = {}
+        assignments: dict[str, Message] = {}
+        routes: dict[str, route_components_pb2.Route] = {}
+        for r in snapshot.routes:
+            old = before.get(r.cluster)
+            if previous is not None and old is not None and old.policy == r.policy:
+                clusters[r.cluster] = previous.clusters[r.cluster]
+                routes[r.cluster] = previous.routes[r.cluster]
+            else:
+                clusters[r.cluster] = build_cluster(r, settings)
+                routes[r.cluster] = build_model_route(r)
+            if previous is not None and old is not None and old.endpoints == r.endpoints:
+                assignments[r.cluster] = previous.assignments[r.cluster]
+            else:
+                assignments[r.cluster] = build_assignment(r)
+        throttled = budget_routes(snapshot.throttled_keys, settings.base_routes, INFERENCE_PREFIX)
+        return cls(snapshot, clusters, assignments, routes, throttled)
+
+
+def resource_digest(resources: Mapping[str, Message]) -> str:
+    """The version of a response: a digest of its resources (same content, same version)."""
+    h = hashlib.sha256()
+    for name in sorted(resources):
+        h.update(name.encode())
+        h.update(b"\0")
+        h.update(resources[name].SerializeToString(deterministic=True))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
