@@ -201,8 +201,11 @@ async def test_relayed_generate_takes_its_turn_in_the_same_queue(worker: Worker)
 
     holders = [worker.chat(f"hold{i}", "key-a") for i in range(CAPACITY)]
     await until(lambda: len(engine.started) == CAPACITY, "the engine full")
-    relayed = [generate(f"g{i}") for i in range(PER_CLIENT + 1)]  # no key: anonymous
-    await until(lambda: worker.queued() == PER_CLIENT, "the relayed requests queued")
+    relayed = []
+    for i in range(PER_CLIENT):  # one at a time: concurrent calls may arrive in any order
+        relayed.append(generate(f"g{i}"))  # no key: anonymous
+        await until(lambda i=i: worker.queued() == i + 1, f"g{i} queued")  # type: ignore[misc]
+    relayed.append(generate(f"g{PER_CLIENT}"))  # one more than the client's share
     with_trailers = relayed[-1]
     try:
         [r async for r in with_trailers]
