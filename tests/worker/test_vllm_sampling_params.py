@@ -65,3 +65,17 @@ def test_what_vllm_cannot_take_is_invalid_argument(sampling: SamplingParams, mat
 def test_extremes_vllm_can_take() -> None:
     params = _sampling_params(SamplingParams(temperature=2.0, top_p=1e-9, top_k=2**31 - 1))
     assert (params.temperature, params.top_p, params.top_k) == (2.0, 1e-9, 2**31 - 1)
+
+
+def test_structured_outputs_map_onto_vllms() -> None:
+    from openai_compat.structured import Guide, GuideKind
+    from worker.engine.vllm_engine import structured_outputs
+
+    assert _sampling_params(SamplingParams()).structured_outputs is None
+    schema = Guide.json_schema({"type": "object"})
+    params = _sampling_params(SamplingParams(guide=schema)).structured_outputs
+    assert params.json == schema.spec and params.disable_any_whitespace
+    assert structured_outputs(Guide(GuideKind.JSON_OBJECT)).json_object is True
+    assert structured_outputs(Guide(GuideKind.REGEX, "[a-z]+")).regex == "[a-z]+"
+    assert structured_outputs(Guide(GuideKind.CHOICE, choices=("a", "b"))).choice == ["a", "b"]
+    assert structured_outputs(Guide(GuideKind.GRAMMAR, 'root ::= "x"')).grammar == 'root ::= "x"'
