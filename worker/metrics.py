@@ -39,6 +39,27 @@ PROMPT_TOKENS = Counter(
     "Prompt tokens of finished InferenceService requests.",
     ["model"],
 )
+# vLLM's request_prompt_tokens / request_generation_tokens buckets (1-2-5 steps).
+_TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+REQUEST_PROMPT_TOKENS = Histogram(
+    "helios_worker_request_prompt_tokens",
+    "Prompt tokens per finished InferenceService request (vllm:request_prompt_tokens).",
+    ["model"],
+    buckets=_TOKEN_BUCKETS,
+)
+REQUEST_GENERATION_TOKENS = Histogram(
+    "helios_worker_request_generation_tokens",
+    "Generated tokens per finished InferenceService request (vllm:request_generation_tokens).",
+    ["model"],
+    buckets=_TOKEN_BUCKETS,
+)
+E2E_REQUEST_LATENCY = Histogram(
+    "helios_worker_e2e_request_latency_seconds",
+    "Time from a finished InferenceService request's arrival at the worker to its last"
+    " token (vllm:e2e_request_latency_seconds).",
+    ["model"],
+    buckets=(0.05, 0.1, 0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240),
+)
 REQUESTS = Counter(
     "helios_worker_requests_total",
     "InferenceService requests by how they ended: stop, length (finished), abort (the"
@@ -80,14 +101,19 @@ class ModelUsage:
 
     __slots__ = (
         "completion_tokens_total",
+        "e2e_latency",
+        "first_tokens_total",
         "generated_tokens",
         "last_request_unix_ms",
         "prompt_tokens",
         "prompt_tokens_total",
+        "request_generation_tokens",
+        "request_prompt_tokens",
         "requests",
         "requests_total",
         "time_per_output_token",
         "time_to_first_token",
+        "time_to_first_token_seconds_total",
     )
 
     def __init__(self, model: str) -> None:
@@ -95,6 +121,9 @@ class ModelUsage:
         self.time_per_output_token = TIME_PER_OUTPUT_TOKEN.labels(model)
         self.generated_tokens = GENERATED_TOKENS.labels(model)
         self.prompt_tokens = PROMPT_TOKENS.labels(model)
+        self.request_prompt_tokens = REQUEST_PROMPT_TOKENS.labels(model)
+        self.request_generation_tokens = REQUEST_GENERATION_TOKENS.labels(model)
+        self.e2e_latency = E2E_REQUEST_LATENCY.labels(model)
         self.requests = ChildrenByLabel(REQUESTS, model)  # by finish reason
         # Finished requests (stop or length) and their tokens, since the worker started.
         self.requests_total = 0
@@ -102,23 +131,38 @@ class ModelUsage:
         self.completion_tokens_total = 0
         # When a request last arrived or ended (0: never).
         self.last_request_unix_ms = 0
+        # Requests that produced a first token and the sum of their times to it (the
+        # status page's mean time to first token, through the heartbeat).
+        self.first_tokens_total = 0
+        self.time_to_first_token_seconds_total = 0.0
 
     def arrived(self) -> None:
         self.last_request_unix_ms = _now_unix_ms()
 
     def first_token(self, seconds: float) -> None:
         self.time_to_first_token.observe(seconds)
+        self.first_tokens_total += 1
+        self.time_to_first_token_seconds_total += seconds
 
     def finished(
-        self, prompt_tokens: int, completion_tokens: int, decode_seconds: float | None
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        decode_seconds: float | None,
+        e2e_seconds: float | None = None,
     ) -> None:
         """A request ended with stop or length; ``decode_seconds`` is the time from its
-        first token to its last (None when it produced none)."""
+        first token to its last (None when it produced none), ``e2e_seconds`` from its
+        arrival to its end (None: not measured)."""
         self.requests_total += 1
         self.prompt_tokens_total += prompt_tokens
         self.completion_tokens_total += completion_tokens
         self.generated_tokens.inc(completion_tokens)
         self.prompt_tokens.inc(prompt_tokens)
+        self.request_prompt_tokens.observe(prompt_tokens)
+        self.request_generation_tokens.observe(completion_tokens)
+        if e2e_seconds is not None:
+            self.e2e_latency.observe(e2e_seconds)
         if decode_seconds is not None and completion_tokens > 1:
             self.time_per_output_token.observe(decode_seconds / (completion_tokens - 1))
 
