@@ -20,9 +20,9 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
+from cli.model_dirs import move_into_place
 from runtime.config import helios_home
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def ensure_smollm2_model(home: Path | None = None) -> Path:
             f.write(_BUILD_FORMAT + "\n")
             f.flush()
             os.fsync(f.fileno())
-        _move_into_place(tmp_dir, out_dir)
+        move_into_place(tmp_dir, out_dir, _is_complete)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     logger.info(
@@ -125,24 +125,3 @@ def _convert(source: Path, tmp_dir: Path) -> None:
     config_json = json.loads((tmp_dir / "config.json").read_text())
     if config_json.get("model_type") != "llama":
         raise RuntimeError(f"unexpected model type {config_json.get('model_type')!r}")
-
-
-def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
-    """Rename into place; a complete build by a concurrent builder wins, anything else
-    there (a partial or stale directory) is moved aside first."""
-    for _ in range(3):
-        try:
-            os.rename(tmp_dir, out_dir)
-            return
-        except OSError:
-            if not out_dir.exists():
-                raise
-        if _is_complete(out_dir):
-            return
-        trash = out_dir.parent / f".{out_dir.name}.stale-{uuid.uuid4().hex}"
-        try:
-            os.rename(out_dir, trash)
-        except FileNotFoundError:
-            continue
-        shutil.rmtree(trash, ignore_errors=True)
-    raise OSError(f"could not move the built model into {out_dir}")

@@ -12,6 +12,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
+from openai_compat.logprobs import TokenLogprob
 from openai_compat.params import Job
 from runtime.errors import UnavailableError
 
@@ -34,6 +36,12 @@ class GenerationStep(Protocol):
     @property
     def finish_reason(self) -> str | None: ...
 
+    @property
+    def logprobs(self) -> Sequence[TokenLogprob]:
+        """The log probabilities of the step's tokens (echoed prompt tokens first), when
+        the job asked for them; empty otherwise."""
+        ...
+
 
 @dataclass(frozen=True)
 class Step:
@@ -43,6 +51,7 @@ class Step:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None  # "stop" | "length" on the last step
+    logprobs: Sequence[TokenLogprob] = ()
 
 
 def merge_steps(steps: Sequence[Step]) -> Step:
@@ -54,6 +63,7 @@ def merge_steps(steps: Sequence[Step]) -> Step:
         last.prompt_tokens,
         last.completion_tokens,
         last.finish_reason,
+        tuple(lp for s in steps for lp in s.logprobs),
     )
 
 
@@ -61,13 +71,21 @@ async def collect(steps: AsyncIterator[GenerationStep]) -> Step:
     """A whole generation as one step: every step's text, the last one's counts and
     finish reason. A stream that ends unfinished is the generator's failure."""
     parts: list[str] = []
+    logprobs: list[TokenLogprob] = []
     last: GenerationStep | None = None
     async for step in steps:
         parts.append(step.text)
+        logprobs.extend(step.logprobs)
         last = step
     if last is None or last.finish_reason is None:
         raise UnavailableError("the generation ended without finishing")
-    return Step("".join(parts), last.prompt_tokens, last.completion_tokens, last.finish_reason)
+    return Step(
+        "".join(parts),
+        last.prompt_tokens,
+        last.completion_tokens,
+        last.finish_reason,
+        tuple(logprobs),
+    )
 
 
 @dataclass(frozen=True)
@@ -112,6 +130,11 @@ class InferenceBackend(Protocol):
     def stream(self, job: Job, call: CallInfo) -> AsyncGenerator[GenerationStep, None]:
         """``job``'s steps as they come. Closing the iterator (client gone) stops the
         generation."""
+        ...
+
+    async def embed(self, job: EmbeddingJob, call: CallInfo) -> EmbeddingResult:
+        """The embeddings of ``job``'s inputs (a model that does not embed:
+        InvalidArgumentError)."""
         ...
 
     async def list_models(self) -> list[ModelEntry]:

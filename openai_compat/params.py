@@ -12,13 +12,17 @@ checks the text against its own context length before it tokenizes (worker/engin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from openai_compat.prompts import Prompt, completion_prompts
+from openai_compat.structured import Guide
+from openai_compat.tools import ToolPlan, TurnTools
 from runtime.errors import InvalidArgumentError
 from runtime.limits import MAX_ID_BYTES, MAX_MESSAGES, MAX_PROMPT_BYTES, MAX_STOP_BYTES
 
@@ -26,11 +30,21 @@ MAX_STOP_SEQUENCES = 4
 DEFAULT_CHAT_MAX_TOKENS = 256
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+# Choices of one request: n per prompt, and all prompts' together.
+MAX_N = 16
+MAX_CHOICES = 64
+# Alternatives per token position (vLLM's default max_logprobs).
+MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS_ENTRIES = 300
+MAX_LOGIT_BIAS = 100.0
+MAX_REPETITION_PENALTY = 10.0
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """Validated sampling parameters."""
+    """Validated sampling parameters. ``logprobs``: how many most likely alternatives to
+    report per token (None: no log probabilities); ``echo``: the prompt comes first in the
+    output (completions)."""
 
     max_tokens: int
     temperature: float
@@ -39,11 +53,23 @@ class Sampling:
     seed: int | None
     stop: tuple[str, ...]
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_tokens: int = 0
+    logprobs: int | None = None
+    echo: bool = False
+    # Structured outputs: the constraint the engine enforces while sampling (None: none).
+    guide: Guide | None = None
 
 
 @dataclass(frozen=True)
 class Job:
-    """One validated generation, ready for a worker."""
+    """One validated generation (one choice), ready for a worker. Exactly one of
+    ``prompt``, ``prompt_token_ids`` and ``messages`` is set. ``index`` is the choice's
+    position in the answer; ``counts_prompt`` is true for the first choice of each prompt
+    (usage counts a prompt's tokens once, however many choices it has)."""
 
     request_id: str
     model: str
@@ -52,12 +78,37 @@ class Job:
     prompt: str | None = None
     messages: tuple[tuple[str, str], ...] | None = None
     include_usage: bool = False
+    prompt_token_ids: tuple[int, ...] | None = None
+    index: int = 0
+    counts_prompt: bool = True
+    # Tool calling (chat): the tools and tool choice (None: no tools in play), and each
+    # message's tool fields (empty when no message has any).
+    tools: ToolPlan | None = None
+    turn_tools: tuple[TurnTools, ...] = ()
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated chat or completions request: its id (the answer's), and one job per
+    choice, in index order."""
+
+    request_id: str
+    model: str
+    created: int
+    include_usage: bool
+    jobs: tuple[Job, ...]
+
+    @property
+    def logprobs(self) -> bool:
+        """Whether the answer carries log probabilities."""
+        return self.jobs[0].sampling.logprobs is not None
 
 
 @dataclass(frozen=True)
 class CommonParams:
     """The parameters chat and completion requests share, as the client sent them
-    (None where absent)."""
+    (None where absent). ``logprobs``: the alternatives per token asked for (chat's
+    top_logprobs once logprobs is true, completions' logprobs), None for none."""
 
     model: str
     max_tokens: int | None
@@ -71,6 +122,10 @@ class CommonParams:
     frequency_penalty: float | None
     include_usage: bool
     ignore_eos: bool = False
+    repetition_penalty: float | None = None
+    logit_bias: Mapping[str, float] = field(default_factory=dict)
+    min_tokens: int | None = None
+    logprobs: int | None = None
 
 
 def _stop_sequences(stop: Any) -> tuple[str, ...]:
@@ -113,16 +168,52 @@ def _check_range(name: str, value: float, low: float, high: float, *, low_open: 
         raise InvalidArgumentError(f"{name}: must be in {bracket}{low:g}, {high:g}], got {value:g}")
 
 
+def _logit_bias(bias: Mapping[str, float]) -> tuple[tuple[int, float], ...]:
+    """OpenAI's {"token id": bias} as (id, bias) pairs; whether each id is in the
+    model's vocabulary is the engine's check."""
+    if len(bias) > MAX_LOGIT_BIAS_ENTRIES:
+        raise InvalidArgumentError(
+            f"logit_bias: at most {MAX_LOGIT_BIAS_ENTRIES} entries, got {len(bias)}"
+        )
+    pairs = []
+    for key, value in bias.items():
+        if not (key.isascii() and key.isdigit() and len(key) <= 10 and int(key) < 2**31):
+            raise InvalidArgumentError("logit_bias: keys must be token ids (non-negative integers)")
+        _check_range("logit_bias", value, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS, low_open=False)
+        pairs.append((int(key), float(value)))
+    return tuple(sorted(pairs))
+
+
+def _penalties(params: CommonParams) -> tuple[float, float, float]:
+    """presence, frequency and repetition penalties, validated (defaults: 0, 0, 1)."""
+    presence = params.presence_penalty or 0.0
+    frequency = params.frequency_penalty or 0.0
+    _check_range("presence_penalty", presence, -2.0, 2.0, low_open=False)
+    _check_range("frequency_penalty", frequency, -2.0, 2.0, low_open=False)
+    repetition = 1.0 if params.repetition_penalty is None else params.repetition_penalty
+    _check_range("repetition_penalty", repetition, 0.0, MAX_REPETITION_PENALTY, low_open=True)
+    return presence, frequency, repetition
+
+
+def choices_per_prompt(n: int | None, prompts: int = 1) -> int:
+    """The validated n (1 when absent), with the choices of all prompts capped."""
+    count = 1 if n is None else n
+    if not 1 <= count <= MAX_N:
+        raise InvalidArgumentError(f"n: must be in [1, {MAX_N}], got {count}")
+    if count * prompts > MAX_CHOICES:
+        raise InvalidArgumentError(
+            f"n: {count} choices for each of {prompts} prompts is more than {MAX_CHOICES}"
+        )
+    return count
+
+
 def sampling_from(params: CommonParams, default_max_tokens: int) -> Sampling:
     """Validate the shared parameters and fill OpenAI's defaults."""
-    if params.n is not None and params.n != 1:
-        raise InvalidArgumentError("n: only 1 is supported")
-    for name, penalty in (
-        ("presence_penalty", params.presence_penalty),
-        ("frequency_penalty", params.frequency_penalty),
-    ):
-        if penalty:
-            raise InvalidArgumentError(f"{name}: only 0 is supported")
+    presence, frequency, repetition = _penalties(params)
+    if params.logprobs is not None and not 0 <= params.logprobs <= MAX_LOGPROBS:
+        raise InvalidArgumentError(
+            f"logprobs: at most {MAX_LOGPROBS} alternatives per token, got {params.logprobs}"
+        )
     max_tokens = default_max_tokens if params.max_tokens is None else params.max_tokens
     if max_tokens < 1:
         raise InvalidArgumentError(f"max_tokens: must be >= 1, got {max_tokens}")
@@ -133,6 +224,9 @@ def sampling_from(params: CommonParams, default_max_tokens: int) -> Sampling:
     top_k = 0 if params.top_k is None else params.top_k
     if top_k < 0:
         raise InvalidArgumentError(f"top_k: must be >= 0, got {top_k}")
+    min_tokens = params.min_tokens or 0
+    if not 0 <= min_tokens <= max_tokens:
+        raise InvalidArgumentError(f"min_tokens: must be in [0, max_tokens], got {min_tokens}")
     return Sampling(
         max_tokens=max_tokens,
         temperature=temperature,
@@ -141,7 +235,38 @@ def sampling_from(params: CommonParams, default_max_tokens: int) -> Sampling:
         seed=params.seed,
         stop=_stop_sequences(params.stop),
         ignore_eos=params.ignore_eos,
+        presence_penalty=presence,
+        frequency_penalty=frequency,
+        repetition_penalty=repetition,
+        logit_bias=_logit_bias(params.logit_bias),
+        min_tokens=min_tokens,
+        logprobs=params.logprobs,
     )
+
+
+def _choice(job: Job, index: int, choice: int, n: int, request_id: str) -> Job:
+    """``job`` as choice ``index`` (its ``choice``-th of n for its prompt): its own
+    request id for the engine, and seed + choice so that the choices differ but stay
+    reproducible (vLLM's parallel sampling seeds its children the same way)."""
+    seed = job.sampling.seed
+    return dataclasses.replace(
+        job,
+        request_id=request_id if index == 0 and n == 1 else f"{request_id}-{index}",
+        sampling=dataclasses.replace(job.sampling, seed=None if seed is None else seed + choice),
+        index=index,
+        counts_prompt=choice == 0,
+    )
+
+
+def _request(request_id: str, bases: Sequence[Job], n: int) -> Request:
+    """The request whose choices are ``n`` of each of ``bases`` (one per prompt)."""
+    first = bases[0]
+    jobs = tuple(
+        _choice(base, p * n + c, c, n * len(bases), request_id)
+        for p, base in enumerate(bases)
+        for c in range(n)
+    )
+    return Request(request_id, first.model, first.created, first.include_usage, jobs)
 
 
 def _check_model(model: str) -> None:
@@ -172,12 +297,13 @@ def _message_text(index: int, content: Any) -> str:
     raise InvalidArgumentError(f"messages[{index}].content: must be a string or a list of parts")
 
 
-def chat_job(
+def chat_request(
     params: CommonParams, messages: Sequence[tuple[str, Any]], *, now: float | None = None
-) -> Job:
+) -> Request:
     """Validate a chat completion request. ``messages`` are (role, content) pairs with
     content as decoded JSON (a string, a list of parts, or None)."""
     _check_model(params.model)
+    n = choices_per_prompt(params.n)
     if not messages:
         raise InvalidArgumentError("messages: at least one message is required")
     if len(messages) > MAX_MESSAGES:
@@ -196,35 +322,46 @@ def chat_job(
         _check_text_size("messages", size)
         # Chat templates know "system"; OpenAI's newer "developer" role means the same.
         turns.append(("system" if role == "developer" else role, text))
-    return Job(
-        request_id=f"chatcmpl-{uuid.uuid4().hex}",
+    job = Job(
+        request_id="",
         model=params.model,
         sampling=sampling_from(params, DEFAULT_CHAT_MAX_TOKENS),
         created=int(now if now is not None else time.time()),
         messages=tuple(turns),
         include_usage=params.include_usage,
     )
+    return _request(f"chatcmpl-{uuid.uuid4().hex}", [job], n)
 
 
-def completion_job(
-    params: CommonParams, prompt: Any, *, echo: bool = False, now: float | None = None
-) -> Job:
+def completion_request(
+    params: CommonParams,
+    prompt: Any,
+    *,
+    echo: bool = False,
+    best_of: int | None = None,
+    now: float | None = None,
+) -> Request:
     """Validate a (legacy) completion request; ``prompt`` is decoded JSON."""
     _check_model(params.model)
-    if echo:
-        raise InvalidArgumentError("echo: only false is supported")
-    if isinstance(prompt, list):
-        if len(prompt) != 1 or not isinstance(prompt[0], str):
-            raise InvalidArgumentError("prompt: only a single string prompt is supported")
-        prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt:
-        raise InvalidArgumentError("prompt: must be a non-empty string")
-    _check_text_size("prompt", _utf8_len(prompt))
-    return Job(
-        request_id=f"cmpl-{uuid.uuid4().hex}",
-        model=params.model,
-        sampling=sampling_from(params, DEFAULT_COMPLETION_MAX_TOKENS),
-        created=int(now if now is not None else time.time()),
-        prompt=prompt,
-        include_usage=params.include_usage,
-    )
+    prompts: tuple[Prompt, ...] = completion_prompts(prompt)
+    n = choices_per_prompt(params.n, len(prompts))
+    if best_of is not None and best_of != n:
+        raise InvalidArgumentError(
+            f"best_of: must equal n ({n}): no engine here generates extra sequences to"
+            f" rank, got {best_of}"
+        )
+    sampling = dataclasses.replace(sampling_from(params, DEFAULT_COMPLETION_MAX_TOKENS), echo=echo)
+    created = int(now if now is not None else time.time())
+    bases = [
+        Job(
+            request_id="",
+            model=params.model,
+            sampling=sampling,
+            created=created,
+            prompt=p if isinstance(p, str) else None,
+            prompt_token_ids=None if isinstance(p, str) else p,
+            include_usage=params.include_usage,
+        )
+        for p in prompts
+    ]
+    return _request(f"cmpl-{uuid.uuid4().hex}", bases, n)

@@ -17,32 +17,40 @@ import grpc
 from helios.v1 import inference_pb2 as pb
 from helios.v1 import inference_pb2_grpc
 
+from openai_compat.answers import chat_choice, chat_chunk_choice, completion_choice
 from openai_compat.backend import CallInfo, GenerationStep, InferenceBackend
-from openai_compat.params import Job
+from openai_compat.choices import Usage, complete_all, stream_all, usage_of
+from openai_compat.embedding_protocol import EmbeddingsServicer
+from openai_compat.logprobs import text_length
+from openai_compat.params import Request
 from openai_compat.protocol import (
     call_info,
-    chat_job_from_pb,
-    completion_job_from_pb,
+    chat_request_from_pb,
+    completion_request_from_pb,
     error_detail,
     is_rest,
     model_to_pb,
     send_retry_after,
     usage_to_pb,
 )
-from runtime.errors import HeliosError
+from openai_compat.tool_protocol import ChatToolDeltas, chat_choice_with_tools
+from runtime.errors import HeliosError, NotFoundError
+from runtime.limits import MAX_ID_BYTES
 
 logger = logging.getLogger(__name__)
 
 
-class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceServicer):
     """OpenAI-compatible completions from ``backend``."""
 
     def __init__(self, backend: InferenceBackend) -> None:
         self.backend = backend
 
-    async def _complete(self, job: Job, context: grpc.aio.ServicerContext) -> GenerationStep:
+    async def _complete(
+        self, request: Request, context: grpc.aio.ServicerContext
+    ) -> list[GenerationStep]:
         try:
-            return await self.backend.complete(job, call_info(context))
+            return await complete_all(self.backend, request, call_info(context))
         except HeliosError as error:
             send_retry_after(context, error)
             raise
@@ -50,117 +58,149 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def CreateChatCompletion(
         self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateChatCompletionResponse:
-        job = chat_job_from_pb(request.params)
-        result = await self._complete(job, context)
+        asked = chat_request_from_pb(request.params)
+        results = await self._complete(asked, context)
         return pb.CreateChatCompletionResponse(
-            id=job.request_id,
+            id=asked.request_id,
             object="chat.completion",
-            created=job.created,
-            model=job.model,
+            created=asked.created,
+            model=asked.model,
             choices=[
-                pb.ChatCompletionChoice(
-                    index=0,
-                    message=pb.AssistantMessage(role="assistant", content=result.text),
-                    finish_reason=result.finish_reason,
+                chat_choice_with_tools(
+                    job,
+                    chat_choice(
+                        job.index,
+                        result.text,
+                        result.finish_reason,
+                        result.logprobs if asked.logprobs else None,
+                    ),
                 )
+                for job, result in zip(asked.jobs, results, strict=True)
             ],
-            usage=usage_to_pb(result),
+            usage=usage_to_pb(usage_of(asked.jobs, results)),
         )
 
     async def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
-        job = chat_job_from_pb(request.params)
+        asked = chat_request_from_pb(request.params)
 
         def chunk(**fields: Any) -> pb.StreamChatCompletionResponse:
             return pb.StreamChatCompletionResponse(
-                id=job.request_id,
+                id=asked.request_id,
                 object="chat.completion.chunk",
-                created=job.created,
-                model=job.model,
+                created=asked.created,
+                model=asked.model,
                 **fields,
             )
 
-        first = True
-        async for step in self._relay(job, context):
-            if isinstance(step, pb.ErrorDetail):
-                yield chunk(error=step)
+        started: set[int] = set()
+        tool_deltas = ChatToolDeltas(asked)
+        async for item in self._relay(asked, context):
+            if isinstance(item, pb.ErrorDetail):
+                yield chunk(error=item)
                 return
-            delta = pb.ChatCompletionDelta(content=step.text)
-            if first:
-                delta.role = "assistant"
-            choice = pb.ChatCompletionChunkChoice(index=0, delta=delta)
-            if step.finish_reason is not None:
-                choice.finish_reason = step.finish_reason
-            yield chunk(choices=[choice])
-            first = False
-            if step.finish_reason is not None and job.include_usage:
-                yield chunk(usage=usage_to_pb(step))
+            if isinstance(item, Usage):
+                yield chunk(usage=usage_to_pb(item))
+                continue
+            index, step = item
+            choice = chat_chunk_choice(
+                index,
+                step.text,
+                step.finish_reason,
+                step.logprobs if asked.logprobs else None,
+                first=index not in started,
+            )
+            started.add(index)
+            yield chunk(choices=[tool_deltas.rewrite(choice)])
 
     async def CreateCompletion(
         self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateCompletionResponse:
-        job = completion_job_from_pb(request.params)
-        result = await self._complete(job, context)
+        asked = completion_request_from_pb(request.params)
+        results = await self._complete(asked, context)
         return pb.CreateCompletionResponse(
-            id=job.request_id,
+            id=asked.request_id,
             object="text_completion",
-            created=job.created,
-            model=job.model,
+            created=asked.created,
+            model=asked.model,
             choices=[
-                pb.CompletionChoice(index=0, text=result.text, finish_reason=result.finish_reason)
+                completion_choice(
+                    job.index,
+                    result.text,
+                    result.finish_reason,
+                    result.logprobs if asked.logprobs else None,
+                )
+                for job, result in zip(asked.jobs, results, strict=True)
             ],
-            usage=usage_to_pb(result),
+            usage=usage_to_pb(usage_of(asked.jobs, results)),
         )
 
     async def StreamCompletion(
         self, request: pb.StreamCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompletionResponse]:
-        job = completion_job_from_pb(request.params)
+        asked = completion_request_from_pb(request.params)
 
         def chunk(**fields: Any) -> pb.StreamCompletionResponse:
             return pb.StreamCompletionResponse(
-                id=job.request_id,
+                id=asked.request_id,
                 object="text_completion",
-                created=job.created,
-                model=job.model,
+                created=asked.created,
+                model=asked.model,
                 **fields,
             )
 
-        async for step in self._relay(job, context):
-            if isinstance(step, pb.ErrorDetail):
-                yield chunk(error=step)
+        # Each choice's text so far, in characters: where its next token's text_offset is.
+        offsets: dict[int, int] = {}
+        async for item in self._relay(asked, context):
+            if isinstance(item, pb.ErrorDetail):
+                yield chunk(error=item)
                 return
-            choice = pb.CompletionChoice(index=0, text=step.text)
-            if step.finish_reason is not None:
-                choice.finish_reason = step.finish_reason
+            if isinstance(item, Usage):
+                yield chunk(usage=usage_to_pb(item))
+                continue
+            index, step = item
+            offset = offsets.get(index, 0)
+            offsets[index] = offset + text_length(step.logprobs)
+            choice = completion_choice(
+                index,
+                step.text,
+                step.finish_reason,
+                step.logprobs if asked.logprobs else None,
+                offset,
+            )
             yield chunk(choices=[choice])
-            if step.finish_reason is not None and job.include_usage:
-                yield chunk(usage=usage_to_pb(step))
 
     async def _relay(
-        self, job: Job, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[GenerationStep | pb.ErrorDetail]:
-        """The backend's steps (empty intermediate steps dropped), then, for REST clients
-        whose stream already started, a failure as an error detail instead of a status."""
+        self, asked: Request, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tuple[int, GenerationStep] | Usage | pb.ErrorDetail]:
+        """Every choice's steps with its index (empty intermediate steps dropped), the
+        usage once every choice finished if the client asked for it; then, for REST
+        clients whose stream already started, a failure as an error detail instead of a
+        status."""
         sent = False
         call: CallInfo = call_info(context)
+        lasts: dict[int, GenerationStep] = {}
         try:
-            # aclosing: a client gone closes the backend's stream now (its generation
-            # stops), not whenever the garbage collector finalises it.
-            async with aclosing(self.backend.stream(job, call)) as steps:
-                async for step in steps:
-                    if not step.text and step.finish_reason is None:
+            # aclosing: a client gone closes the backend's streams now (their generations
+            # stop), not whenever the garbage collector finalises them.
+            async with aclosing(stream_all(self.backend, asked, call)) as steps:
+                async for index, step in steps:
+                    if not step.text and not step.logprobs and step.finish_reason is None:
                         continue
-                    yield step
+                    yield index, step
                     sent = True
+                    if step.finish_reason is not None:
+                        lasts[index] = step
+            if asked.include_usage:
+                yield usage_of(asked.jobs, [lasts[job.index] for job in asked.jobs])
         except HeliosError as error:
             send_retry_after(context, error)
             if not (sent and is_rest(call)):
                 raise
             logger.warning(
                 "stream failed after it started",
-                extra={"request_id": job.request_id, "error": error.message},
+                extra={"request_id": asked.request_id, "error": error.message},
             )
             yield error_detail(error)
 
@@ -169,3 +209,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> pb.ListModelsResponse:
         models = await self.backend.list_models()
         return pb.ListModelsResponse(object="list", data=[model_to_pb(m) for m in models])
+
+    async def GetModel(
+        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Model:
+        for model in await self.backend.list_models():
+            if model.id == request.id:
+                return model_to_pb(model)
+        raise NotFoundError(f"model: {request.id[:MAX_ID_BYTES]!r} does not exist")

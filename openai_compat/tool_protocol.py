@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from google.protobuf import json_format
 from google.protobuf.message import Message
 from helios.v1 import inference_pb2 as pb
 
+from openai_compat.json_values import message_json
 from openai_compat.params import Job, Request
 from openai_compat.structured import GuideFields, guide_from
 from openai_compat.tool_parser import ParsedDelta, ToolStreamParser, finish_reason, parse_whole
@@ -34,9 +34,7 @@ def _json(message: Message, name: str) -> Any:
     """A message-typed field as plain JSON (None when absent or null)."""
     if not message.HasField(name):
         return None
-    return plain_json(
-        json_format.MessageToDict(getattr(message, name), preserving_proto_field_name=True)
-    )
+    return plain_json(message_json(name, getattr(message, name), proto_names=True))
 
 
 def _guide_fields(params: pb.ChatCompletionParams) -> GuideFields:
@@ -54,7 +52,7 @@ def _turn_tools(params: pb.ChatCompletionParams) -> tuple[TurnTools, ...]:
     turns = []
     for index, message in enumerate(params.messages):
         calls = [
-            json_format.MessageToDict(c, preserving_proto_field_name=True)
+            message_json(f"messages[{index}].tool_calls", c, proto_names=True)
             for c in message.tool_calls
         ]
         turns.append(TurnTools(message_tool_calls(index, calls), message.tool_call_id))
@@ -67,7 +65,7 @@ def with_chat_tools(request: Request, params: pb.ChatCompletionParams) -> Reques
     table, openai_compat.fields.)"""
     tool_choice = _json(params, "tool_choice")
     parallel = params.parallel_tool_calls if params.HasField("parallel_tool_calls") else None
-    tools = [_tool_json(t) for t in params.tools]
+    tools = [_tool_json(index, t) for index, t in enumerate(params.tools)]
     plan = tool_plan(tools, tool_choice, parallel)
     guide = combined_guide(plan, guide_from(_guide_fields(params)))
     turns = _turn_tools(params)
@@ -85,10 +83,8 @@ def with_chat_tools(request: Request, params: pb.ChatCompletionParams) -> Reques
     return dataclasses.replace(request, jobs=jobs)
 
 
-def _tool_json(tool: pb.Tool) -> dict[str, Any]:
-    value: dict[str, Any] = plain_json(
-        json_format.MessageToDict(tool, preserving_proto_field_name=True)
-    )
+def _tool_json(index: int, tool: pb.Tool) -> dict[str, Any]:
+    value: dict[str, Any] = plain_json(message_json(f"tools[{index}]", tool, proto_names=True))
     return value
 
 

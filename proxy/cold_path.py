@@ -35,6 +35,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from openai_compat.backend import Step, collect, merge_steps
+from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
 from openai_compat.params import Job
 from proxy import metrics
 from proxy.cold_start import ColdStarts
@@ -83,7 +84,7 @@ class ColdPath:
         self.admission = admission or Admission(0)
         self.usage = usage  # finished requests go to the registry, batched in the background
 
-    def _admit(self, job: Job, authorization: str | None) -> str:
+    def _admit(self, job: Job | EmbeddingJob, authorization: str | None) -> str:
         """The request's API key, once it may start (else ShedError / UNAUTHENTICATED)."""
         try:
             key = self.api_keys.admit(authorization)
@@ -160,14 +161,16 @@ class ColdPath:
                 outcome = "cancelled"
             raise
         finally:
-            self.admission.leave(job.model)
-            if model_metrics is not None:
-                model_metrics.requests(outcome).inc()
-            else:  # never routed (unknown model, no capacity, deadline): see UNKNOWN_MODEL
-                known = self.cold.knows(job.model)
-                metrics.REQUESTS.labels(
-                    job.model if known else metrics.UNKNOWN_MODEL, outcome
-                ).inc()
+            self._ended(job.model, model_metrics, outcome)
+
+    def _ended(self, model: str, model_metrics: metrics.ModelMetrics | None, outcome: str) -> None:
+        """A request admitted by :meth:`_admit` ended with ``outcome``."""
+        self.admission.leave(model)
+        if model_metrics is not None:
+            model_metrics.requests(outcome).inc()
+        else:  # never routed (unknown model, no capacity, deadline): see UNKNOWN_MODEL
+            known = self.cold.knows(model)
+            metrics.REQUESTS.labels(model if known else metrics.UNKNOWN_MODEL, outcome).inc()
 
     @contextlib.asynccontextmanager
     async def _steps(
@@ -184,6 +187,51 @@ class ColdPath:
             worker_steps = self._connections[address].generate(job, remaining)
             async with aclosing(coalesce(worker_steps, merge_steps)) as steps:
                 yield steps
+
+    async def embed(
+        self, job: EmbeddingJob, request: RequestContext | None = None
+    ) -> EmbeddingResult:
+        """The embeddings of ``job`` from a worker that has the model (loading it first
+        when it is READY nowhere), relayed once like a generation."""
+        request = request or RequestContext()
+        key = self._admit(job, request.authorization)
+        arrived = time.monotonic()
+        outcome = "error"
+        model_metrics: metrics.ModelMetrics | None = None
+        try:
+            address = await self.cold.replica(job.model, request.deadline_s)
+            model_metrics = metrics.for_model(job.model)
+            model_metrics.queue_time.observe(time.monotonic() - arrived)
+            remaining = (
+                None
+                if request.deadline_s is None
+                else request.deadline_s - (time.monotonic() - arrived)
+            )
+            with self.pool.lease(address), self.cold.activity.running(address, job.model):
+                try:
+                    result = await self._connections[address].embed(job, remaining)
+                except UnavailableError as exc:
+                    self.pool.record_request_failure(address)
+                    logger.warning(
+                        "worker failed a request",
+                        extra={
+                            "request_id": job.request_id,
+                            "worker": address,
+                            "error": exc.message,
+                        },
+                    )
+                    raise
+            outcome = "finished"
+            model_metrics.prompt_tokens.inc(result.prompt_tokens)
+            self.api_keys.charge(key, result.prompt_tokens)
+            if self.usage is not None and self.cold.registry_model(job.model):
+                self.usage.record(job.model, result.prompt_tokens)
+            return result
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._ended(job.model, model_metrics, outcome)
 
     async def complete(self, job: Job, request: RequestContext | None = None) -> Step:
         """Run the job to its end; one step with the whole text."""

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from openai_compat.backend import Step
+from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
 from openai_compat.params import Job
 from proxy.served import ServedTotals
 from runtime.errors import NotFoundError, UnavailableError
@@ -460,6 +461,10 @@ class WorkerConnection(Protocol):
 
     async def prefill(self, job: Job, deadline_s: float | None) -> PrefillResult:
         """The prompt's first step and where its KV cache is parked."""
+        ...
+
+    async def embed(self, job: EmbeddingJob, deadline_s: float | None) -> EmbeddingResult:
+        """The embeddings of ``job`` from the worker's InferenceService."""
         ...
 
     def decode(

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncGenerator
 
 from openai_compat.backend import CallInfo, ModelEntry, Step
+from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
 from openai_compat.params import Job
 from openai_compat.servicer import InferenceServicer as OpenAIServicer
 from proxy.cold_path import ColdPath, RequestContext
@@ -31,6 +32,9 @@ class ColdPathBackend:
 
     def stream(self, job: Job, call: CallInfo) -> AsyncGenerator[Step, None]:
         return self._path.stream(job, self._request(call))
+
+    async def embed(self, job: EmbeddingJob, call: CallInfo) -> EmbeddingResult:
+        return await self._path.embed(job, self._request(call))
 
     async def list_models(self) -> list[ModelEntry]:
         """Every model the proxy can serve: on agents, in the catalogue, in the registry."""

@@ -6,10 +6,19 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 
 import grpc
-from helios.v1 import estimator_pb2, estimator_pb2_grpc, storage_pb2, worker_pb2_grpc
+from helios.v1 import (
+    estimator_pb2,
+    estimator_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    storage_pb2,
+    worker_pb2_grpc,
+)
 from helios.v1 import worker_pb2 as pb
 
 from openai_compat.backend import Step
+from openai_compat.embedding_protocol import embedding_job_to_pb, embedding_result_from_pb
+from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
 from openai_compat.params import Job
 from proxy.fleet import (
     AgentState,
@@ -76,6 +85,8 @@ class GrpcWorkerConnection:
         self.address = address
         self._channel = create_channel(address)
         self._stub = worker_pb2_grpc.WorkerServiceStub(self._channel)
+        # The worker's OpenAI front (a cold embeddings request is relayed to it as is).
+        self._inference = inference_pb2_grpc.InferenceServiceStub(self._channel)
 
     async def generate(self, job: Job, deadline_s: float | None) -> AsyncGenerator[Step, None]:
         deadline_at = _deadline_at(deadline_s)
@@ -88,6 +99,16 @@ class GrpcWorkerConnection:
         finally:
             # Closed early (client gone, error): cancel the RPC so the worker stops.
             call.cancel()
+
+    async def embed(self, job: EmbeddingJob, deadline_s: float | None) -> EmbeddingResult:
+        deadline_at = _deadline_at(deadline_s)
+        # base64: the float32 values exactly, in a quarter of the bytes of numbers.
+        request = inference_pb2.CreateEmbeddingRequest(params=embedding_job_to_pb(job, "base64"))
+        try:
+            response = await self._inference.CreateEmbedding(request, timeout=deadline_s)
+        except grpc.aio.AioRpcError as error:
+            raise _relay_error(self.address, error, deadline_at) from error
+        return embedding_result_from_pb(response)
 
     async def prefill(self, job: Job, deadline_s: float | None) -> PrefillResult:
         deadline_at = _deadline_at(deadline_s)

@@ -24,6 +24,7 @@ __all__ = [
     "CONTROL_BODY_BYTES",
     "CONTROL_REQUEST_BYTES",
     "EDGE_MAX_HEADER_KB",
+    "EMBEDDINGS_BODY_BYTES",
     "ESTIMATOR_BODY_BYTES",
     "ESTIMATOR_REQUEST_BYTES",
     "HEARTBEAT_REQUEST_BYTES",
@@ -86,6 +87,7 @@ _INFERENCE_METHODS = (
     "/helios.v1.InferenceService/StreamChatCompletion",
     "/helios.v1.InferenceService/CreateCompletion",
     "/helios.v1.InferenceService/StreamCompletion",
+    "/helios.v1.InferenceService/CreateEmbedding",
     # Relayed generations carry the same prompt.
     "/helios.v1.WorkerService/Generate",
     "/helios.v1.WorkerService/Prefill",
@@ -111,6 +113,9 @@ _SERVICE_LIMITS: dict[str, int] = {
 # REST bodies per route. The estimator is allowed no more than chat.
 INFERENCE_BODY_BYTES = 8 * MIB
 ESTIMATOR_BODY_BYTES = 4 * MIB
+# Embeddings: a list of token ids grows ~5.5x into protobuf (each JSON number "1," is an
+# 11-byte Value), so 2 MiB of JSON stays below INFERENCE_REQUEST_BYTES whatever it holds.
+EMBEDDINGS_BODY_BYTES = 2 * MIB
 CONTROL_BODY_BYTES = 64 * KIB
 # All of a request's headers together: 431 above. Below grpc's metadata soft limit with
 # room for what Envoy adds, so no client header reaches a server as RESOURCE_EXHAUSTED.

@@ -27,9 +27,12 @@ from contextlib import aclosing
 from typing import Protocol
 
 from openai_compat.backend import CallInfo, GenerationStep, ModelEntry, collect
+from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
 from openai_compat.params import Job
+from openai_compat.tools import TurnTools
 from runtime.errors import HeliosError, UnavailableError
 from runtime.streams import coalesce
+from worker.embeddings import embed_on_engine
 from worker.engine.base import (
     ChatMessage,
     EngineClient,
@@ -39,6 +42,7 @@ from worker.engine.base import (
     SamplingParams,
     merge_chunks,
 )
+from worker.generation_spans import GenerationSpans
 from worker.key_usage import KeyUsageLedger
 from worker.metrics import UsageLedger
 from worker.models import ModelLifecycle, ModelManager
@@ -80,10 +84,25 @@ def generation_request(job: Job) -> GenerationRequest:
         seed=s.seed,
         stop=s.stop,
         ignore_eos=s.ignore_eos,
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        repetition_penalty=s.repetition_penalty,
+        logit_bias=s.logit_bias,
+        min_tokens=s.min_tokens,
+        logprobs=s.logprobs,
+        echo=s.echo,
+        guide=s.guide,
     )
     if job.messages is not None:
-        messages = tuple(ChatMessage(role, content) for role, content in job.messages)
-        return GenerationRequest(job.request_id, sampling, messages=messages)
+        turns = job.turn_tools or (TurnTools(),) * len(job.messages)
+        messages = tuple(
+            ChatMessage(role, content, turn.tool_calls, turn.tool_call_id)
+            for (role, content), turn in zip(job.messages, turns, strict=True)
+        )
+        tools_json = job.tools.tools_json() if job.tools is not None else ""
+        return GenerationRequest(job.request_id, sampling, messages=messages, tools_json=tools_json)
+    if job.prompt_token_ids is not None:
+        return GenerationRequest(job.request_id, sampling, prompt_token_ids=job.prompt_token_ids)
     return GenerationRequest(job.request_id, sampling, prompt=job.prompt or "")
 
 
@@ -143,7 +162,7 @@ class EngineBackend:
         return self._generate(job, call, streaming=True)
 
     async def _engine_chunks(
-        self, job: Job, call: CallInfo, *, streaming: bool
+        self, job: Job, call: CallInfo, *, streaming: bool, spans: GenerationSpans
     ) -> AsyncGenerator[GenerationChunk, None]:
         """``job`` generated whole on this worker's engine, after its fair turn among the
         clients queued for the model (ModelManager.serve); closing this generator
@@ -156,6 +175,7 @@ class EngineBackend:
             authorization=call.header(AUTHORIZATION_HEADER),
             deadline_s=call.deadline_s,
         ) as engine:
+            spans.admitted()
             chunks = engine.generate(request)
             if streaming:
                 chunks = client_stream(engine, chunks)
@@ -190,17 +210,19 @@ class EngineBackend:
         usage = self._usage.of(job.model)
         arrived = time.monotonic()
         usage.arrived()
+        spans = GenerationSpans.for_job(job, streaming=streaming)
         first_token_at: float | None = None
         ending = "error"
         tokens = 0  # the prompt and completion tokens so far, charged to the key at the end
         try:
             steps = (
-                self._engine_chunks(job, call, streaming=streaming)
+                self._engine_chunks(job, call, streaming=streaming, spans=spans)
                 if split is None
                 else self._split_steps(job, call, split)
             )
             async with aclosing(steps) as chunks:
                 async for chunk in chunks:
+                    spans.chunk(chunk)
                     tokens = chunk.prompt_tokens + chunk.completion_tokens
                     if first_token_at is None and chunk.completion_tokens:
                         first_token_at = time.monotonic()
@@ -217,6 +239,7 @@ class EngineBackend:
                             chunk.prompt_tokens,
                             chunk.completion_tokens,
                             None if first_token_at is None else time.monotonic() - first_token_at,
+                            time.monotonic() - arrived,
                         )
                     yield chunk
         except (asyncio.CancelledError, GeneratorExit):
@@ -233,9 +256,21 @@ class EngineBackend:
                 raise UnavailableError(f"model {job.model}: {error.message}") from error
             raise
         finally:
+            spans.end(ending)
             usage.ended(ending)
             # Whatever the ending: an aborted generation used its tokens too.
             self.key_usage.charge(call.header(AUTHORIZATION_HEADER), tokens)
+
+    async def embed(self, job: EmbeddingJob, call: CallInfo) -> EmbeddingResult:
+        """``job`` on this worker's embedding engine (worker.embeddings)."""
+        self._check_serving(job.model)
+        return await embed_on_engine(
+            self._models,
+            self._usage.of(job.model),
+            job,
+            authorization=call.header(AUTHORIZATION_HEADER),
+            deadline_s=call.deadline_s,
+        )
 
     async def list_models(self) -> list[ModelEntry]:
         """The models READY on this worker (those Envoy routes here)."""

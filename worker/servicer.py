@@ -31,7 +31,8 @@ from worker.metrics import UsageLedger
 from worker.models import ModelLifecycle, ModelManager
 from worker.prefill_peers import PrefillPeers
 from worker.storage_client import StorageClient, StoredModels
-from worker_api.wire import prefill_pools_from_pb
+from worker_api.tool_wire import guide_from_pb, turn_tools_from_pb
+from worker_api.wire import logprobs_to_pb, prefill_pools_from_pb
 
 logger = logging.getLogger(__name__)
 
@@ -97,15 +98,37 @@ def generation_request_from_pb(request: pb.GenerateRequest) -> GenerationRequest
         seed=s.seed if s.HasField("seed") else None,
         stop=tuple(s.stop),
         ignore_eos=s.ignore_eos,
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
+        logit_bias=tuple(sorted(s.logit_bias.items())),
+        min_tokens=s.min_tokens,
+        logprobs=s.logprobs if s.HasField("logprobs") else None,
+        echo=s.echo,
+        guide=guide_from_pb(s),
     )
     kind = request.WhichOneof("input")
     if kind == "prompt":
         return GenerationRequest(request.request_id, sampling, prompt=request.prompt)
+    if kind == "prompt_tokens":
+        if not request.prompt_tokens.token_ids:
+            raise InvalidArgumentError("prompt_tokens.token_ids: must not be empty")
+        return GenerationRequest(
+            request.request_id,
+            sampling,
+            prompt_token_ids=tuple(request.prompt_tokens.token_ids),
+        )
     if kind == "chat":
         if not request.chat.messages:
             raise InvalidArgumentError("chat.messages: must not be empty")
-        messages = tuple(ChatMessage(m.role, m.content) for m in request.chat.messages)
-        return GenerationRequest(request.request_id, sampling, messages=messages)
+        turns = turn_tools_from_pb(request.chat.messages)
+        messages = tuple(
+            ChatMessage(m.role, m.content, t.tool_calls, t.tool_call_id)
+            for m, t in zip(request.chat.messages, turns, strict=True)
+        )
+        return GenerationRequest(
+            request.request_id, sampling, messages=messages, tools_json=request.chat.tools_json
+        )
     raise InvalidArgumentError("input: one of prompt or chat is required")
 
 
@@ -116,6 +139,7 @@ def chunk_to_pb(chunk: GenerationChunk) -> pb.GenerateResponse:
         prompt_tokens=chunk.prompt_tokens,
         completion_tokens=chunk.completion_tokens,
         finish_reason=_FINISH_REASONS[chunk.finish_reason],
+        logprobs=logprobs_to_pb(chunk.logprobs),
     )
 
 
@@ -303,6 +327,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 entry.prompt_tokens_total = served.prompt_tokens_total
                 entry.completion_tokens_total = served.completion_tokens_total
                 entry.last_request_unix_ms = served.last_request_unix_ms
+                entry.first_tokens_total = served.first_tokens_total
+                entry.time_to_first_token_seconds_total = served.time_to_first_token_seconds_total
         if dead:
             state = pb.WORKER_STATE_DEGRADED
         elif any(s.state is ModelLifecycle.LOADING for s in statuses):

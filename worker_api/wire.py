@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from helios.v1 import worker_pb2 as pb
 
 from openai_compat.backend import Step
+from openai_compat.logprobs import TokenLogprob
 from openai_compat.params import Job
 from runtime.errors import UnavailableError
 from worker_api.disagg import PrefillPeer, PrefillResult
+from worker_api.tool_wire import chat_to_pb, guide_to_pb
 
 _FINISH_REASONS = {
     pb.FINISH_REASON_STOP: "stop",
@@ -32,15 +34,47 @@ def job_to_pb(job: Job) -> pb.GenerateRequest:
             seed=s.seed,
             stop=s.stop,
             ignore_eos=s.ignore_eos,
+            presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty,
+            repetition_penalty=s.repetition_penalty,
+            logit_bias=dict(s.logit_bias),
+            min_tokens=s.min_tokens,
+            logprobs=s.logprobs,
+            echo=s.echo,
+            guide=guide_to_pb(s.guide),
         ),
     )
     if job.messages is not None:
-        request.chat.messages.extend(
-            pb.PromptMessage(role=role, content=content) for role, content in job.messages
-        )
+        chat_to_pb(job, request.chat)
+    elif job.prompt_token_ids is not None:
+        request.prompt_tokens.token_ids.extend(job.prompt_token_ids)
     else:
         request.prompt = job.prompt or ""
     return request
+
+
+def logprobs_to_pb(logprobs: Iterable[TokenLogprob]) -> list[pb.TokenLogprob]:
+    """GenerateResponse.logprobs for an engine's token log probabilities."""
+    return [
+        pb.TokenLogprob(
+            token=lp.token,
+            logprob=lp.logprob,
+            top=[pb.TokenAlternative(token=t, logprob=v) for t, v in lp.top],
+        )
+        for lp in logprobs
+    ]
+
+
+def logprobs_from_pb(logprobs: Iterable[pb.TokenLogprob]) -> tuple[TokenLogprob, ...]:
+    """The token log probabilities a worker sent."""
+    return tuple(
+        TokenLogprob(
+            token=lp.token,
+            logprob=lp.logprob if lp.HasField("logprob") else None,
+            top=tuple((a.token, a.logprob) for a in lp.top),
+        )
+        for lp in logprobs
+    )
 
 
 def step_from_pb(response: pb.GenerateResponse, address: str) -> Step:
@@ -53,6 +87,7 @@ def step_from_pb(response: pb.GenerateResponse, address: str) -> Step:
         prompt_tokens=response.prompt_tokens,
         completion_tokens=response.completion_tokens,
         finish_reason=_FINISH_REASONS.get(response.finish_reason),
+        logprobs=logprobs_from_pb(response.logprobs),
     )
 
 

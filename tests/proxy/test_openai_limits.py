@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from openai_compat.params import CommonParams, chat_job, completion_job
+from openai_compat.params import CommonParams, chat_request, completion_request
 from runtime.errors import InvalidArgumentError
 from runtime.limits import MAX_ID_BYTES, MAX_MESSAGES, MAX_PROMPT_BYTES, MAX_STOP_BYTES
 
@@ -35,41 +35,45 @@ def _rejected(call: object, *args: object, **kwargs: object) -> str:
 
 
 def test_model_id_length() -> None:
-    chat_job(dataclasses.replace(BASE, model="m" * MAX_ID_BYTES), [("user", "hi")])
-    message = _rejected(chat_job, dataclasses.replace(BASE, model="m" * 100_000), [("user", "x")])
+    chat_request(dataclasses.replace(BASE, model="m" * MAX_ID_BYTES), [("user", "hi")])
+    message = _rejected(
+        chat_request, dataclasses.replace(BASE, model="m" * 100_000), [("user", "x")]
+    )
     assert message.startswith("model: at most 256 bytes")
     # Bytes, not characters.
-    assert _rejected(completion_job, dataclasses.replace(BASE, model="é" * 200), "hi").startswith(
-        "model:"
-    )
+    assert _rejected(
+        completion_request, dataclasses.replace(BASE, model="é" * 200), "hi"
+    ).startswith("model:")
 
 
 def test_prompt_bytes() -> None:
-    completion_job(BASE, "a" * MAX_PROMPT_BYTES)
-    assert _rejected(completion_job, BASE, "a" * (MAX_PROMPT_BYTES + 1)).startswith("prompt:")
+    completion_request(BASE, "a" * MAX_PROMPT_BYTES)
+    assert _rejected(completion_request, BASE, "a" * (MAX_PROMPT_BYTES + 1)).startswith("prompt:")
     # Multi-byte characters count as their UTF-8 bytes.
-    assert _rejected(completion_job, BASE, "€" * (MAX_PROMPT_BYTES // 3 + 1)).startswith("prompt:")
-    assert _rejected(completion_job, BASE, ["a" * (MAX_PROMPT_BYTES + 1)]).startswith("prompt:")
+    assert _rejected(completion_request, BASE, "€" * (MAX_PROMPT_BYTES // 3 + 1)).startswith(
+        "prompt:"
+    )
+    assert _rejected(completion_request, BASE, ["a" * (MAX_PROMPT_BYTES + 1)]).startswith("prompt:")
 
 
 def test_messages_bytes_together() -> None:
     half = "a" * (MAX_PROMPT_BYTES // 2 + 1)
-    message = _rejected(chat_job, BASE, [("user", half), ("assistant", half)])
+    message = _rejected(chat_request, BASE, [("user", half), ("assistant", half)])
     assert message.startswith("messages: at most")
     parts = [{"type": "text", "text": half}, {"type": "text", "text": half}]
-    assert _rejected(chat_job, BASE, [("user", parts)]).startswith("messages:")
+    assert _rejected(chat_request, BASE, [("user", parts)]).startswith("messages:")
 
 
 def test_message_count() -> None:
-    chat_job(BASE, [("user", "x")] * MAX_MESSAGES)
-    assert _rejected(chat_job, BASE, [("user", "x")] * (MAX_MESSAGES + 1)).startswith(
+    chat_request(BASE, [("user", "x")] * MAX_MESSAGES)
+    assert _rejected(chat_request, BASE, [("user", "x")] * (MAX_MESSAGES + 1)).startswith(
         "messages: at most"
     )
 
 
 def test_stop_sequence_length() -> None:
-    chat_job(dataclasses.replace(BASE, stop=["s" * MAX_STOP_BYTES]), [("user", "x")])
+    chat_request(dataclasses.replace(BASE, stop=["s" * MAX_STOP_BYTES]), [("user", "x")])
     message = _rejected(
-        chat_job, dataclasses.replace(BASE, stop=["s" * 1_000_000]), [("user", "x")]
+        chat_request, dataclasses.replace(BASE, stop=["s" * 1_000_000]), [("user", "x")]
     )
     assert message.startswith("stop:")

@@ -11,8 +11,8 @@ from openai_compat.params import (
     DEFAULT_CHAT_MAX_TOKENS,
     DEFAULT_COMPLETION_MAX_TOKENS,
     CommonParams,
-    chat_job,
-    completion_job,
+    chat_request,
+    completion_request,
 )
 from runtime.errors import InvalidArgumentError
 
@@ -36,34 +36,64 @@ def params(**changes: Any) -> CommonParams:
 
 
 def test_chat_defaults() -> None:
-    job = chat_job(BASE, [("user", "hi")], now=1700000000.5)
+    request = chat_request(BASE, [("user", "hi")], now=1700000000.5)
+    (job,) = request.jobs
     assert job.sampling.max_tokens == DEFAULT_CHAT_MAX_TOKENS
     assert (job.sampling.temperature, job.sampling.top_p, job.sampling.top_k) == (1.0, 1.0, 0)
-    assert job.created == 1700000000
-    assert job.request_id.startswith("chatcmpl-")
+    assert job.created == request.created == 1700000000
+    assert request.request_id.startswith("chatcmpl-") and job.request_id == request.request_id
     assert job.messages == (("user", "hi"),)
+    assert not request.logprobs
 
 
 def test_completion_defaults_to_16_tokens() -> None:
-    job = completion_job(BASE, "Once upon")
+    request = completion_request(BASE, "Once upon")
+    (job,) = request.jobs
     assert job.sampling.max_tokens == DEFAULT_COMPLETION_MAX_TOKENS
-    assert job.prompt == "Once upon" and job.request_id.startswith("cmpl-")
+    assert job.prompt == "Once upon" and request.request_id.startswith("cmpl-")
+
+
+def test_n_choices_get_their_own_ids_and_seeds() -> None:
+    request = chat_request(params(n=3, seed=7), [("user", "q")])
+    assert [job.index for job in request.jobs] == [0, 1, 2]
+    assert [job.sampling.seed for job in request.jobs] == [7, 8, 9]
+    assert [job.request_id for job in request.jobs] == [
+        f"{request.request_id}-{i}" for i in range(3)
+    ]
+    # usage counts the prompt once, however many choices it has
+    assert [job.counts_prompt for job in request.jobs] == [True, False, False]
+
+
+def test_completion_prompts_as_strings_and_token_ids() -> None:
+    request = completion_request(params(n=2), ["a", [5, 6]])
+    assert [(job.prompt, job.prompt_token_ids) for job in request.jobs] == [
+        ("a", None),
+        ("a", None),
+        (None, (5, 6)),
+        (None, (5, 6)),
+    ]
+    assert [job.counts_prompt for job in request.jobs] == [True, False, True, False]
+    assert completion_request(BASE, [1, 2, 3]).jobs[0].prompt_token_ids == (1, 2, 3)
+    assert completion_request(BASE, "x", echo=True).jobs[0].sampling.echo
 
 
 def test_content_parts_and_developer_role() -> None:
-    job = chat_job(
+    (job,) = chat_request(
         BASE,
         [
             ("developer", "be brief"),
             ("user", [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]),
         ],
-    )
+    ).jobs
     assert job.messages == (("system", "be brief"), ("user", "ab"))
 
 
 def test_stop_string_or_list() -> None:
-    assert chat_job(params(stop="x"), [("user", "q")]).sampling.stop == ("x",)
-    assert chat_job(params(stop=["x", "y"]), [("user", "q")]).sampling.stop == ("x", "y")
+    assert chat_request(params(stop="x"), [("user", "q")]).jobs[0].sampling.stop == ("x",)
+    assert chat_request(params(stop=["x", "y"]), [("user", "q")]).jobs[0].sampling.stop == (
+        "x",
+        "y",
+    )
 
 
 @pytest.mark.parametrize(
@@ -79,8 +109,15 @@ def test_stop_string_or_list() -> None:
         ({"temperature": float("nan")}, [("user", "q")], "temperature"),
         ({"top_p": 0.0}, [("user", "q")], "top_p"),
         ({"top_k": -1}, [("user", "q")], "top_k"),
-        ({"n": 2}, [("user", "q")], "n"),
-        ({"presence_penalty": 0.5}, [("user", "q")], "presence_penalty"),
+        ({"n": 0}, [("user", "q")], "n"),
+        ({"n": 10_000}, [("user", "q")], "n"),
+        ({"presence_penalty": 2.5}, [("user", "q")], "presence_penalty"),
+        ({"frequency_penalty": -3.0}, [("user", "q")], "frequency_penalty"),
+        ({"repetition_penalty": 0.0}, [("user", "q")], "repetition_penalty"),
+        ({"logit_bias": {"x": 1.0}}, [("user", "q")], "logit_bias"),
+        ({"logit_bias": {"5": 500.0}}, [("user", "q")], "logit_bias"),
+        ({"min_tokens": 20, "max_tokens": 10}, [("user", "q")], "min_tokens"),
+        ({"logprobs": 1000}, [("user", "q")], "logprobs"),
         ({"stop": ["a", "b", "c", "d", "e"]}, [("user", "q")], "stop"),
         ({"stop": [""]}, [("user", "q")], "stop"),
         ({"stop": 3}, [("user", "q")], "stop"),
@@ -90,16 +127,17 @@ def test_chat_rejections_name_the_field(
     changes: dict[str, Any], messages: list[tuple[str, Any]], field: str
 ) -> None:
     with pytest.raises(InvalidArgumentError) as info:
-        chat_job(params(**changes), messages)
+        chat_request(params(**changes), messages)
     assert info.value.message.startswith(field)
 
 
-@pytest.mark.parametrize("prompt", [None, "", 3, ["a", "b"], [1]])
+@pytest.mark.parametrize("prompt", [None, "", 3, [], ["a", ""], [-1], [[1], 2.5], [True]])
 def test_completion_prompt_rejections(prompt: Any) -> None:
     with pytest.raises(InvalidArgumentError, match=r"^prompt"):
-        completion_job(BASE, prompt)
+        completion_request(BASE, prompt)
 
 
-def test_completion_echo_unsupported() -> None:
-    with pytest.raises(InvalidArgumentError, match=r"^echo"):
-        completion_job(BASE, "x", echo=True)
+def test_best_of_other_than_n_is_refused() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"^best_of"):
+        completion_request(params(n=2), "x", best_of=3)
+    assert len(completion_request(params(n=2), "x", best_of=2).jobs) == 2

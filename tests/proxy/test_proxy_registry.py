@@ -16,7 +16,7 @@ from fakes import fake_worker, serve
 from helios.v1 import inference_pb2 as inference_pb
 from helios.v1 import inference_pb2_grpc, registry_pb2_grpc
 
-from openai_compat.protocol import chat_job_from_pb
+from openai_compat.protocol import chat_request_from_pb
 from proxy.cold_path import RequestContext
 from proxy.cold_start import ColdStarts
 from proxy.control import ControlPlane
@@ -206,7 +206,7 @@ async def test_usage_of_requests_workers_served_directly_is_reported_once(env: E
                         inference_pb.CreateChatCompletionRequest(params=params)
                     )
             relayed = await plane.serving.complete(
-                chat_job_from_pb(params), RequestContext(deadline_s=10)
+                chat_request_from_pb(params).jobs[0], RequestContext(deadline_s=10)
             )
             tokens = relayed.prompt_tokens + relayed.completion_tokens
             assert usage.pending == {"org/alpha": (1, tokens)}  # the relayed one

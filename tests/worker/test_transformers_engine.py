@@ -294,7 +294,7 @@ async def test_concurrency_limit_and_abort_while_waiting(tiny_model_dir: Path) -
 @pytest.mark.parametrize(
     ("request_", "match"),
     [
-        (GenerationRequest("x", SamplingParams()), "exactly one of prompt and messages"),
+        (GenerationRequest("x", SamplingParams()), "exactly one of prompt, prompt_token_ids and"),
         (GenerationRequest("x", SamplingParams(), prompt="a", messages=MESSAGES), "exactly one"),
         (GenerationRequest("x", SamplingParams(), messages=()), "messages must not be empty"),
         (chat(max_tokens=0), "max_tokens"),

@@ -163,7 +163,8 @@ async def test_completion_streamed_and_not(worker: Worker) -> None:
     [
         (chat(temperature=3.0), "temperature"),
         (chat(max_tokens=0), "max_tokens"),
-        (chat(n=2), "n"),
+        (chat(n=0), "n"),
+        (chat(presence_penalty=3.0), "presence_penalty"),
         (chat(top_p=0.0), "top_p"),
         (pb.ChatCompletionParams(model=MODEL), "messages"),
     ],

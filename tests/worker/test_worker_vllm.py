@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from fakes import serve_worker
 from google.protobuf import struct_pb2
 from helios.v1 import inference_pb2, inference_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
+from prometheus_client.parser import text_string_to_metric_families
 
 from cli.processes import ServiceProcess
 from cli.tinymodel import build_tiny_model
@@ -257,6 +259,39 @@ async def test_streaming_abort_and_stats(mesh: Mesh) -> None:
     while (await heartbeat_model(mesh)).prefix_cache_hit_rate <= 0:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.2)
+
+
+async def engine_metrics(mesh: Mesh) -> dict[str, float]:
+    """The worker process's helios_worker_* samples of MODEL from its /metrics."""
+    url = f"http://127.0.0.1:{mesh.worker_process.metrics_port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+        if s.name.startswith("helios_worker_") and s.labels.get("model") == MODEL
+    }
+
+
+async def test_engine_metrics_come_from_vllm_stats(mesh: Mesh) -> None:
+    # vLLM's scheduler stats as the worker's vllm-named metrics: a prompt sent twice
+    # hits the prefix cache the second time (queries and hits count prompt tokens).
+    prompt = "Metrics are read from the engine, not counted per call. " * 12
+    for i in range(2):
+        _ = [r async for r in mesh.worker.Generate(gen(f"metrics-{i}", 2, prompt=prompt))]
+    deadline = time.monotonic() + 30
+    while True:
+        found = await engine_metrics(mesh)
+        if found.get("helios_worker_prefix_cache_hits_total", 0) > 0:
+            break
+        assert time.monotonic() < deadline, found
+        await asyncio.sleep(0.3)
+    hits = found["helios_worker_prefix_cache_hits_total"]
+    assert found["helios_worker_prefix_cache_queries_total"] >= hits
+    assert found["helios_worker_num_requests_running"] >= 0
+    assert found["helios_worker_num_requests_waiting"] >= 0
+    assert 0 <= found["helios_worker_kv_cache_usage_perc"] <= 1
+    assert found["helios_worker_num_preemptions_total"] >= 0
 
 
 async def test_concurrent_requests_are_batched_and_correct(mesh: Mesh) -> None:

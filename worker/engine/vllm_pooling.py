@@ -1,0 +1,229 @@
+"""vLLM's pooling runner as the worker's engine for embedding models.
+
+The mapping: the engine is vLLM's AsyncLLM built with ``runner="pooling"`` (vLLM then
+applies the model's own pooling: sentence-transformers' Pooling and Normalize modules,
+read from the directory); each input is one ``AsyncLLM.encode`` request with
+``PoolingParams(task="embed", dimensions=...)`` (a text as ``{"prompt": text}``, token
+ids as ``{"prompt_token_ids": ids}``), all of a request's inputs at once so that vLLM
+batches them; the vector is the finished output's ``outputs.data``, the tokens its
+``prompt_token_ids``. ``dimensions`` is checked here first with the reference engine's
+rules (worker.engine.pooling, the same as vLLM's), so both engines refuse alike; anything
+vLLM still refuses (an input longer than max_model_len) is the request's mistake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import FailedPreconditionError, HeliosError, InvalidArgumentError, NotFoundError
+from worker.engine.base import (
+    EmbeddingOutput,
+    EmbeddingRequest,
+    EngineClient,
+    EngineDeadError,
+    EngineError,
+    EngineStats,
+    EngineTask,
+    GenerationChunk,
+    GenerationRequest,
+)
+from worker.engine.embedding_engine import embedding_refusal
+from worker.engine.pooling import PoolingConfig, checked_dimensions, pooling_config
+from worker.engine.prompt_bounds import longest_token_bytes
+from worker.engine.vllm_engine import VllmConfig, vllm_available
+
+__all__ = ["VllmEmbeddingEngine", "engine_kwargs", "pooling_params", "vector_of"]
+
+logger = logging.getLogger(__name__)
+
+
+def engine_kwargs(model_dir: Path, config: VllmConfig) -> dict[str, Any]:
+    """AsyncEngineArgs for an embedding model: the pooling runner, the worker's knobs that
+    apply to it (no KV-cache sizing, prefix caching or KV connector: nothing is decoded)."""
+    kwargs: dict[str, Any] = {
+        "model": str(model_dir),
+        "tokenizer": str(model_dir),
+        "runner": "pooling",
+        "dtype": config.dtype,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "seed": config.seed,
+        "disable_log_stats": True,
+        "enable_log_requests": False,
+    }
+    for key in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "quantization"):
+        value = getattr(config, key)
+        if value is not None:
+            kwargs[key] = value
+    if config.gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+    return kwargs
+
+
+def pooling_params(dimensions: int | None) -> Any:
+    """vLLM's PoolingParams for one input of an embeddings request."""
+    from vllm import PoolingParams
+
+    return PoolingParams(task="embed", dimensions=dimensions)
+
+
+def prompt_of(item: str | tuple[int, ...]) -> dict[str, Any]:
+    """One input as vLLM's prompt: text it tokenizes itself, or token ids as given."""
+    if isinstance(item, str):
+        return {"prompt": item}
+    return {"prompt_token_ids": list(item)}
+
+
+def vector_of(output: Any) -> tuple[list[float], int]:
+    """A finished PoolingRequestOutput's vector and prompt token count."""
+    error = getattr(output, "error", None)
+    if error is not None:
+        raise EngineError(f"vLLM failed to embed an input: {error}")
+    data = output.outputs.data
+    if data.ndim != 1:
+        raise EngineError(f"vLLM gave a {data.ndim}-dimensional embedding, not a vector")
+    vector: list[float] = data.float().tolist()
+    return vector, len(output.prompt_token_ids)
+
+
+class VllmEmbeddingEngine(EngineClient):
+    """Embeds with vLLM's pooling runner. Create it with :meth:`load`."""
+
+    task = EngineTask.EMBED
+
+    def __init__(
+        self, llm: Any, tokenizer: Any, model_name: str, pooling: PoolingConfig, dimensions: int
+    ) -> None:
+        self._llm: Any = llm
+        self._model_name = model_name
+        self._pooling = pooling
+        self.dimensions = dimensions
+        self.max_tokens = int(llm.model_config.max_model_len)
+        self._token_bytes = longest_token_bytes(tokenizer)
+        self._active: set[str] = set()
+        self._shut_down = False
+
+    @classmethod
+    async def load(
+        cls, model_dir: Path, model_name: str, config: VllmConfig
+    ) -> VllmEmbeddingEngine:
+        reason = vllm_available()
+        if reason is not None:
+            raise FailedPreconditionError(f"the vLLM engine is not installed here ({reason})")
+        if not (Path(model_dir) / "config.json").is_file():
+            raise NotFoundError(f"model directory {model_dir} has no config.json")
+        try:
+            pooling = await asyncio.to_thread(pooling_config, model_dir)
+            llm, tokenizer = await asyncio.to_thread(_start_sync, model_dir, config)
+        except HeliosError:
+            raise
+        except Exception as exc:
+            raise FailedPreconditionError(
+                f"vLLM cannot load embedding model {model_name!r} from {model_dir}:"
+                f" {type(exc).__name__}: {exc}"
+            ) from exc
+        dimensions = int(llm.model_config.get_hidden_size())
+        logger.info("vllm pooling engine started", extra={"model": model_name})
+        return cls(llm, tokenizer, model_name, pooling, dimensions)
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingOutput:
+        if self._shut_down:
+            raise EngineDeadError(f"engine for {self._model_name} was shut down")
+        cut = checked_dimensions(
+            self._model_name, request.dimensions, self.dimensions, self._pooling
+        )
+        limit = self.max_tokens * self._token_bytes
+        for index, item in enumerate(request.inputs):
+            if isinstance(item, str) and len(item) > limit:
+                field = "input" if len(request.inputs) == 1 else f"input[{index}]"
+                raise InvalidArgumentError(
+                    f"{field}: too long for model {self._model_name}, which reads at most"
+                    f" {self.max_tokens} tokens"
+                )
+        params = pooling_params(cut)
+        # One vLLM request per input, all at once (vLLM batches them); one failing or the
+        # client leaving stops the others.
+        tasks = [
+            asyncio.ensure_future(self._one(f"{request.request_id}-{i}", prompt_of(item), params))
+            for i, item in enumerate(request.inputs)
+        ]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return EmbeddingOutput([v for v, _ in results], sum(n for _, n in results))
+
+    async def _one(
+        self, request_id: str, prompt: dict[str, Any], params: Any
+    ) -> tuple[list[float], int]:
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmDead
+
+        self._active.add(request_id)
+        try:
+            final = None
+            async for output in self._llm.encode(prompt, params, request_id):
+                final = output
+            if final is None or not final.finished:
+                raise EngineError(f"vLLM ended embedding request {request_id} unfinished")
+            return vector_of(final)
+        except asyncio.CancelledError:
+            await self._llm.abort([request_id])  # what vLLM still computes for it
+            raise
+        except VllmDead as exc:
+            raise EngineDeadError(f"vLLM engine for {self._model_name} died") from exc
+        except ValueError as exc:  # VLLMValidationError: too long, bad dimensions, ...
+            raise InvalidArgumentError(f"vLLM rejected the input: {exc}") from exc
+        finally:
+            self._active.discard(request_id)
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        raise embedding_refusal(self._model_name)
+        yield  # an async generator, like every engine's generate
+
+    async def abort(self, request_id: str) -> None:
+        prefix = f"{request_id}-"
+        running = [rid for rid in self._active if rid.startswith(prefix)]
+        if running:
+            await self._llm.abort(running)
+
+    async def check_health(self) -> None:
+        if self._shut_down:
+            raise EngineDeadError(f"engine for {self._model_name} was shut down")
+        try:
+            await self._llm.check_health()
+        except Exception as exc:
+            raise EngineDeadError(f"vLLM engine for {self._model_name} is dead: {exc}") from exc
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running_requests=len(self._active), waiting_requests=0)
+
+    def count_tokens(self, request: GenerationRequest) -> int:
+        raise embedding_refusal(self._model_name)
+
+    async def shutdown(self) -> None:
+        if self._shut_down:
+            return
+        self._shut_down = True
+        llm, self._llm = self._llm, None
+        await asyncio.to_thread(llm.shutdown)
+
+
+def _start_sync(model_dir: Path, config: VllmConfig) -> tuple[Any, Any]:
+    """The AsyncLLM (pooling runner) and the tokenizer (blocking: runs in a thread)."""
+    from transformers import AutoTokenizer
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(model_dir, config)))
+    return llm, tokenizer
