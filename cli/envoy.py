@@ -33,9 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cli.envoy_tracing import COLLECTOR_CLUSTER, EdgeTracing
+from cli.front_door import front_door_routes
 from runtime.limits import (
     CONTROL_BODY_BYTES,
     EDGE_MAX_HEADER_KB,
+    EMBEDDINGS_BODY_BYTES,
     ESTIMATOR_BODY_BYTES,
     INFERENCE_BODY_BYTES,
 )
@@ -76,6 +79,8 @@ MAX_DOWNSTREAM_CONNECTIONS = 50_000
 LUA_FILTER_NAME = "envoy.filters.http.lua"
 BUFFER_FILTER_NAME = "envoy.filters.http.buffer"
 ESTIMATE_REST_PREFIX = "/v1/estimate/"
+# Embeddings have a body limit of their own (runtime.limits.EMBEDDINGS_BODY_BYTES).
+EMBEDDINGS_REST_PATH = "/v1/embeddings"
 RATE_LIMIT_FILTER_NAME = "envoy.filters.http.local_ratelimit"
 # The descriptor key under which a request's API key is rate limited.
 RATE_LIMIT_DESCRIPTOR = "api_key"
@@ -86,12 +91,14 @@ LISTENER_NAME = "helios_edge"
 ROUTE_CONFIG_NAME = "helios"
 _ADS_SOURCE = {"ads": {}, "resource_api_version": "V3"}
 _ADMIN_REQUEST_TIMEOUT_S = 2.0
+# The trust store for an https OTLP collector (Debian's and Ubuntu's path).
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 _ACCESS_LOG_FORMAT = (
     '[%START_TIME%] "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)% '
     '%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
     "%RESPONSE_CODE% grpc=%GRPC_STATUS_NUMBER% %RESPONSE_FLAGS% in=%BYTES_RECEIVED% "
-    "out=%BYTES_SENT% %DURATION%ms -> %UPSTREAM_CLUSTER%\n"
+    "out=%BYTES_SENT% %DURATION%ms -> %UPSTREAM_CLUSTER% trace=%TRACE_ID%\n"
 )
 
 
@@ -134,6 +141,14 @@ REGISTRY_CATALOGUE_METHODS: tuple[str, ...] = (
     "GetConfig",
     "ListModels",
 )
+# The registry's writes a person makes with `helios pull` (admin role): an upload streams
+# the files (never buffered: the registry checks them against the sizes its header
+# declares), an import names a Hub repository or a directory under the registry's roots.
+REGISTRY_ADMIN_METHODS: tuple[str, ...] = ("UploadModel", "ImportModel")
+_STREAMED_UPLOADS: tuple[str, ...] = ("UploadModel",)
+# storaged's figures for `helios cache` (admin role: they name server paths).
+STORAGE_SERVICE = "helios.v1.StorageService"
+STORAGE_ADMIN_METHODS: tuple[str, ...] = ("GetStats",)
 
 
 @dataclass(frozen=True)
@@ -335,6 +350,26 @@ def _cluster(upstream: Upstream, *, http2: bool, tls: UpstreamTls | None = None)
     return cluster
 
 
+def _collector_cluster(tracing: EdgeTracing) -> dict[str, Any]:
+    """The OTLP collector's cluster (HTTP/2 for gRPC); TLS with the system's trust store
+    when its endpoint is https (never the mesh's own client certificate)."""
+    upstream = Upstream(COLLECTOR_CLUSTER, tracing.host, tracing.port)
+    cluster = _cluster(upstream, http2=tracing.speaks_grpc)
+    if tracing.tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": tracing.host,
+                "common_tls_context": {
+                    "validation_context": {"trusted_ca": {"filename": SYSTEM_CA_BUNDLE}}
+                },
+            },
+        }
+    return cluster
+
+
 def _collect_clusters(
     upstreams: Sequence[tuple[Upstream, bool]], tls: UpstreamTls | None = None
 ) -> list[dict[str, Any]]:
@@ -462,6 +497,17 @@ def _admin_route(
     }
 
 
+def _admin_method_route(
+    service: str, method: str, upstream: Upstream, access: EdgeAccess
+) -> dict[str, Any]:
+    """One method of an otherwise internal service, for admin keys only."""
+    route = _admin_route({"path": f"/{service}/{method}"}, _grpc_route("", upstream.name), access)
+    if method in _STREAMED_UPLOADS:
+        route["typed_per_filter_config"].update(_no_body_limit())
+        return route
+    return _limited(route, CONTROL_BODY_BYTES)
+
+
 def edge_virtual_host(
     *,
     grpc_upstreams: Mapping[str, Upstream],
@@ -492,25 +538,29 @@ def edge_virtual_host(
     inference_upstream = grpc_upstreams.get(INFERENCE_SERVICES[0], default_grpc_upstream)
     routes: list[dict[str, Any]] = []
     cluster_specs: list[tuple[Upstream, bool]] = [(default_grpc_upstream, True)]
+    # The transcoder must leave plain HTTP routes alone.
+    plain_http = {TRANSCODER_FILTER_NAME: {"@type": _FILTER_CONFIG_TYPE, "disabled": True}}
+
+    def metrics_route(path: str) -> dict[str, Any]:
+        assert metrics_upstream is not None
+        action = {"route": {"cluster": metrics_upstream.name, "timeout": "30s"}}
+        action["route"]["prefix_rewrite"] = "/metrics"
+        route = _admin_route({"path": path}, action, access)
+        route["typed_per_filter_config"].update(plain_http)
+        return route
+
     if metrics_upstream is not None:
-        metrics = _admin_route(
-            {"path": "/v1/metrics"},
-            {
-                "route": {
-                    "cluster": metrics_upstream.name,
-                    "prefix_rewrite": "/metrics",
-                    "timeout": "30s",
-                }
-            },
-            access,
-        )
-        # The transcoder must leave this plain HTTP route alone.
-        metrics["typed_per_filter_config"][TRANSCODER_FILTER_NAME] = {
-            "@type": _FILTER_CONFIG_TYPE,
-            "disabled": True,
-        }
-        routes.append(metrics)
+        routes.append(metrics_route("/v1/metrics"))
         cluster_specs.append((metrics_upstream, False))
+    # /, /version, /health, /v1/status, /metrics (cli/front_door.py says who may call).
+    routes += front_door_routes(
+        admin_service=ADMIN_SERVICES[0],
+        admin_cluster=admin_upstream.name,
+        public=_auth_off(),
+        plain_http=plain_http,
+        inference_auth=inference_auth,
+        metrics_route=metrics_route if metrics_upstream is not None else None,
+    )
     # REST paths as they arrive (the transcoder routes them again once they are gRPC).
     # Body limits are per route too (the buffer filter reads them from the route a request
     # matches on arrival): the inference limit is the buffer filter's own default, so the
@@ -525,6 +575,11 @@ def edge_virtual_host(
         {
             **_grpc_route(ESTIMATE_REST_PREFIX, inference_upstream.name),
             "typed_per_filter_config": {**inference_auth, **_body_limit(ESTIMATOR_BODY_BYTES)},
+        },
+        {
+            **_grpc_route("", inference_upstream.name),
+            "match": {"path": EMBEDDINGS_REST_PATH},
+            "typed_per_filter_config": {**inference_auth, **_body_limit(EMBEDDINGS_BODY_BYTES)},
         },
         {**_grpc_route("/v1/", inference_upstream.name), "typed_per_filter_config": inference_auth},
     ]
@@ -566,6 +621,15 @@ def edge_virtual_host(
                     },
                 }
                 for method in REGISTRY_CATALOGUE_METHODS
+            ]
+            routes += [
+                _admin_method_route(service, method, upstream, access)
+                for method in REGISTRY_ADMIN_METHODS
+            ]
+        elif service == STORAGE_SERVICE:
+            routes += [
+                _admin_method_route(service, method, upstream, access)
+                for method in STORAGE_ADMIN_METHODS
             ]
         elif service in PUBLIC_SERVICES:
             routes.append(
@@ -689,6 +753,7 @@ def render_envoy_config(
     upstream_tls: UpstreamTls | None = None,
     access: EdgeAccess | None = None,
     xds_upstream: Upstream | None = None,
+    tracing: EdgeTracing | None = None,
 ) -> str:
     """Render Envoy's bootstrap (JSON, which is also YAML) for the Helios edge.
 
@@ -704,7 +769,9 @@ def render_envoy_config(
     (RDS ``helios``: one route per warm model, then the virtual host rendered here, which
     the control plane is given as its base, see :func:`write_edge_routes`) and so do the
     per-model clusters (CDS/EDS); without it the routes are static and every request goes
-    to the upstream of its service.
+    to the upstream of its service. ``tracing``: Envoy's span of each request goes to this
+    OTLP collector (cli/envoy_tracing.py) and its trace context on to the upstream; the
+    access log names each request's trace id either way (``-`` when untraced).
     """
     access = access or EdgeAccess()
     virtual_host, cluster_specs = edge_virtual_host(
@@ -822,6 +889,7 @@ def render_envoy_config(
             else {"route_config": {"name": ROUTE_CONFIG_NAME, "virtual_hosts": [virtual_host]}}
         ),
         "http_filters": http_filters,
+        **({"tracing": tracing.http_tracing()} if tracing is not None else {}),
     }
 
     bootstrap = {
@@ -859,7 +927,8 @@ def render_envoy_config(
             ],
             "clusters": _collect_clusters(
                 [*cluster_specs, *([(xds_upstream, True)] if xds_upstream else [])], upstream_tls
-            ),
+            )
+            + ([_collector_cluster(tracing)] if tracing is not None else []),
         },
     }
     if xds_upstream is not None:
@@ -1041,6 +1110,9 @@ class EnvoyProcess:
             "--disable-hot-restart",
             "--concurrency",
             str(concurrency or min(os.cpu_count() or 1, 4)),
+            # The access log (with each request's trace id) within a second, not Envoy's 10 s.
+            "--file-flush-interval-msec",
+            "1000",
         ]
         process = await asyncio.to_thread(_spawn, cmd, log_path)
         envoy = cls(

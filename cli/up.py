@@ -35,6 +35,7 @@ from helios.v1 import (
     inference_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
+    storage_pb2,
 )
 
 from cli.envoy import (
@@ -47,7 +48,10 @@ from cli.envoy import (
     render_envoy_config,
     write_edge_routes,
 )
+from cli.envoy_tracing import EdgeTracing, edge_tracing
 from cli.keys import admin_key_path, bearer, ensure_admin_key
+from cli.mesh import remove_mesh_file, write_mesh_file
+from cli.minilm import add_embedding_argument, default_embedding_model
 from cli.processes import Restart, ServiceProcess, ServiceStartError, Supervised, supervise
 from cli.smollm2 import MODEL_NAME as SMOLLM2_NAME
 from cli.smollm2 import SmolLM2Unavailable, ensure_smollm2_model
@@ -55,6 +59,7 @@ from cli.tinymodel import DEFAULT_MODEL_NAME as TINY_MODEL_NAME
 from cli.tinymodel import ensure_default_model as ensure_tiny_model
 from runtime.channels import create_channel, set_default_client_tls
 from runtime.config import helios_home
+from runtime.otel_config import trace_export_from_env
 from runtime.tls import channel_credentials
 
 logger = logging.getLogger("helios.up")
@@ -81,6 +86,9 @@ class MeshOptions:
     # is open) and the admin key (cli/keys.py: never none).
     api_keys: tuple[str, ...] = ()
     admin_key: str = ""
+    # Envoy's span export (the services read theirs from the environment, which
+    # --otlp-endpoint sets for them): None, nothing exported.
+    tracing: EdgeTracing | None = None
 
 
 def _grpc_name(module: Any, service: str) -> str:
@@ -94,6 +102,7 @@ ADMIN_SERVICE = _grpc_name(admin_pb2, "AdminService")
 _EDGE_SERVICES = (
     ("estimator", _grpc_name(estimator_pb2, "EstimatorService")),
     ("registry", _grpc_name(registry_pb2, "RegistryService")),
+    ("storaged", _grpc_name(storage_pb2, "StorageService")),
 )
 
 
@@ -336,6 +345,7 @@ class Mesh:
             "descriptor_path": descriptor,
             "upstream_tls": gateway_tls,
             "xds_upstream": upstream["proxy"],
+            "tracing": self.options.tracing,
             **self._edge(upstream, metrics if metrics_port else None),
         }
         self.envoy = await self.start_envoy(self.options.port)
@@ -490,6 +500,7 @@ async def run_mesh(options: MeshOptions) -> int:
         summary = mesh.summary()
         if options.ready_file is not None:
             _write_json_atomically(options.ready_file, summary)
+        write_mesh_file(summary)  # how `helios` commands find this mesh (cli/mesh.py)
         print(
             f"Helios is up ({mesh.startup_seconds:.1f}s).\n"
             f"  OpenAI REST base URL: {summary['rest_url']}\n"
@@ -515,6 +526,7 @@ async def run_mesh(options: MeshOptions) -> int:
             print(restart.describe(), flush=True)
             if options.ready_file is not None:  # new pids (and Envoy's admin port)
                 _write_json_atomically(options.ready_file, mesh.summary())
+            write_mesh_file(mesh.summary())
 
         mesh.supervise(restarted)
         await stop.wait()
@@ -524,12 +536,14 @@ async def run_mesh(options: MeshOptions) -> int:
         print(f"Helios failed to start: {exc}", flush=True)
         return 1
     finally:
+        remove_mesh_file(str(options.state_dir))
         await mesh.stop()
         if options.ready_file is not None:
             options.ready_file.unlink(missing_ok=True)
 
 
 def add_up_arguments(parser: argparse.ArgumentParser) -> None:
+    add_embedding_argument(parser)
     parser.add_argument(
         "--tls",
         action="store_true",
@@ -580,6 +594,14 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="write the mesh's addresses here (JSON) once up",
     )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=os.environ.get("HELIOS_OTLP_ENDPOINT") or None,
+        metavar="URL",
+        help="send every service's and Envoy's spans to this OTLP collector (host:port or URL;"
+        " protocol from OTEL_EXPORTER_OTLP_PROTOCOL, default grpc). Default: $HELIOS_OTLP_ENDPOINT,"
+        " else the standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT",
+    )
 
 
 def up_command(args: argparse.Namespace) -> int:
@@ -595,6 +617,9 @@ def up_command(args: argparse.Namespace) -> int:
         models.append((name, Path(path).resolve()))
     if not models:
         models.append(_default_model())
+    embedding = default_embedding_model(models, args.embedding_model)
+    if embedding is not None:
+        models.append(embedding)
     try:
         edge_access(tuple(args.api_key), args.admin_key or "placeholder-admin-key")
     except ValueError as exc:
@@ -611,8 +636,20 @@ def up_command(args: argparse.Namespace) -> int:
         tls_dir=_prepare_tls(state_dir.resolve()) if args.tls else None,
         api_keys=tuple(args.api_key),
         admin_key=args.admin_key or ensure_admin_key(),
+        tracing=_edge_tracing(args.otlp_endpoint),
     )
     return asyncio.run(run_mesh(options))
+
+
+def _edge_tracing(otlp_endpoint: str | None) -> EdgeTracing | None:
+    """Envoy's export for the mesh's collector; ``otlp_endpoint`` is also handed to every
+    service (they inherit this process's environment; it wins over OTEL_* there too)."""
+    if otlp_endpoint:
+        os.environ["HELIOS_OTLP_ENDPOINT"] = otlp_endpoint
+    try:
+        return edge_tracing(trace_export_from_env(otlp_endpoint))
+    except ValueError as exc:
+        raise SystemExit(f"--otlp-endpoint: {exc}") from None
 
 
 # --- TLS (issue 8)

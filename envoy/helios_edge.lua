@@ -8,8 +8,9 @@
 --     and drops `grpc-timeout` (a gRPC header: on a REST call Envoy's router would take it
 --     as the route's timeout and answer 504) and `te` (the gRPC servers refuse any value
 --     but "trailers");
---   * on POST /v1/chat/completions and POST /v1/completions buffers the JSON body and, when
---     its top-level `stream` member is `true`, rewrites :path to the `:stream` method path
+--   * on POST /v1/chat/completions, /v1/completions and /v1/embeddings buffers the JSON
+--     body and, when its top-level `stream` member is `true` (chat and completions; an
+--     embeddings request never streams), rewrites :path to the `:stream` method path
 --     (the OpenAI SDK posts streamed requests to the same path as unary ones); sets
 --     `x-helios-model` to the body's top-level `model` (the control plane's per-model routes
 --     match on it: a warm model goes straight to a worker) and `x-helios-prefix-hash` to a
@@ -39,6 +40,10 @@ local METADATA_NS = "helios.edge"
 local STREAM_PATHS = {
   ["/v1/chat/completions"] = "/v1/chat/completions:stream",
   ["/v1/completions"] = "/v1/completions:stream",
+}
+-- POST bodies whose `model` routes the request but that never stream (no `:stream` method).
+local UNARY_MODEL_PATHS = {
+  ["/v1/embeddings"] = true,
 }
 
 local GRPC_CODE_NAMES = {
@@ -289,7 +294,8 @@ function envoy_on_request(handle)
 
   local base, query = path:match("^([^?]*)(.*)$")
   local stream_path = STREAM_PATHS[base]
-  if stream_path == nil or headers:get(":method") ~= "POST" then
+  local routed = stream_path ~= nil or UNARY_MODEL_PATHS[base]
+  if not routed or headers:get(":method") ~= "POST" then
     return
   end
   local body = handle:body()
@@ -305,11 +311,12 @@ function envoy_on_request(handle)
   local model = model_of(fields["model"])
   if model ~= nil then
     headers:replace(MODEL_HEADER, model)
-    headers:replace(PREFIX_HASH_HEADER, prefix_hash(fields["messages"] or fields["prompt"] or ""))
+    local prompt = fields["messages"] or fields["prompt"] or fields["input"] or ""
+    headers:replace(PREFIX_HASH_HEADER, prefix_hash(prompt))
     handle:clearRouteCache()
   end
   -- Protobuf's JSON parser also reads the string "true" as a bool.
-  if fields["stream"] == "true" or fields["stream"] == '"true"' then
+  if stream_path ~= nil and (fields["stream"] == "true" or fields["stream"] == '"true"') then
     headers:replace(":path", stream_path .. query)
     handle:clearRouteCache()
     local options = top_level_fields(fields["stream_options"] or "")

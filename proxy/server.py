@@ -4,8 +4,10 @@ InferenceService (what Envoy has no warm route for) and AdminService."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -32,7 +34,10 @@ from proxy.heartbeats import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_HEARTBEAT_TIM
 from proxy.limits import Admission, ApiKeys, KeyLimits, load_key_file, parse_key_spec
 from proxy.registry import DEFAULT_USAGE_INTERVAL_S, RegistryCatalogue, UsageReporter
 from proxy.registry_client import GrpcRegistryClient
+from proxy.service_health import ServiceHealthMirror
 from proxy.servicer import InferenceServicer
+from proxy.status import RecentErrors
+from proxy.status_probe import StatusReporter
 from proxy.warm_pools import DEFAULT_RECONCILE_INTERVAL_S
 from proxy.worker_client import GrpcEstimatorClient, GrpcWorkerConnection
 from proxy.xds_resources import (
@@ -45,11 +50,13 @@ from proxy.xds_resources import (
 from proxy.xds_server import XdsServer
 from proxy.xds_snapshot import DEFAULT_SESSION_HEADER, ROUTING_POLICIES, lb_policy_for
 from runtime.config import ConfigError, add_server_arguments, env_default, settings_from_args
-from runtime.server import Cleanup, Register, run
+from runtime.server import Cleanup, Register, run, server_health
 
 # Where a pod finds its own namespace (the service account's mount).
 POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DISCOVERY_MODES = ("static", "kubernetes")
+# The status page lists the registry's models as listed at most this long ago.
+KNOWN_MODELS_MAX_AGE_S = 5.0
 
 INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
 ADMIN = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
@@ -466,7 +473,22 @@ async def build_service(
     }
     dependencies = DependencyMonitor(watches)
     dependencies.start()
-    admin = AdminServicer(plane.warm, dependencies)
+    status = StatusReporter(
+        plane.pool,
+        lambda: _known_models(plane),
+        dependencies=dependencies,
+        storaged=args.storaged or "",
+        errors=_recent_errors(),
+    )
+    admin = AdminServicer(plane.warm, dependencies, status)
+    # Health per service name at the front door (grpc.health.v1 Check/Watch of any
+    # helios.v1 service): from the same watches and the heartbeats.
+    service_health = ServiceHealthMirror(
+        {"registry": MESH_SERVICES[2], "estimator": MESH_SERVICES[1], "storaged": MESH_SERVICES[3]},
+        MESH_SERVICES[0],
+        plane.pool,
+        dependencies,
+    )
     # The edge Envoy's control plane: every model's workers, pushed on each fleet change.
     policy = lb_policy_for(args.routing_policy, session_header=args.session_header)
     xds = XdsServer(
@@ -481,9 +503,12 @@ async def build_service(
     def register(server: grpc.aio.Server) -> list[str]:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+        service_health.attach(server_health(server))
         return [INFERENCE.full_name, ADMIN.full_name, xds.register(server)]
 
     async def cleanup() -> None:
+        await service_health.stop()
+        await status.close()
         await dependencies.stop()
         for watch in watches.values():
             await watch.close()
@@ -493,6 +518,24 @@ async def build_service(
             await close()
 
     return register, cleanup
+
+
+def _recent_errors() -> RecentErrors:
+    """The status page's recent errors: this process's WARNING and ERROR records."""
+    handler = RecentErrors()
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+async def _known_models(plane: ControlPlane) -> list[str]:
+    """The models the proxy may serve beside what the workers hold: its catalogue and
+    the registry's (listed again when the last listing is a few seconds old)."""
+    registry = plane.cold.registry
+    held: Mapping[str, object] = {}
+    if registry is not None:
+        stale = time.monotonic() - registry.listed_at > KNOWN_MODELS_MAX_AGE_S
+        held = await registry.refresh() if stale else registry.models
+    return sorted({*plane.cold.catalogue, *held})
 
 
 def build_control_plane(

@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -67,6 +67,10 @@ from proxy.xds_snapshot import (
 )
 
 logger = logging.getLogger(__name__)
+
+# ads_pb2_grpc does not import ads.proto's own module: without it the service is not in
+# the descriptor pool, and reflection lists ADS but cannot describe it.
+_ADS_DESCRIPTOR = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"]
 
 
 # --------------------------------------------------------------------------- streams

@@ -22,8 +22,9 @@ import time
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
+from openai_compat.backend import GenerationStep
 from openai_compat.params import Job
-from worker.engine.base import FinishReason, GenerationChunk
+from worker.engine.base import FinishReason
 
 __all__ = ["GenerationSpans", "set_worker_id"]
 
@@ -82,7 +83,7 @@ class GenerationSpans:
         self._admitted_ns = time.time_ns()
         self._phase("queue", self._started_ns, self._admitted_ns)
 
-    def chunk(self, chunk: GenerationChunk) -> None:
+    def chunk(self, chunk: GenerationStep) -> None:
         """A chunk of the engine's stream: the first token ends prefill, the last one
         gives the usage."""
         if self._span is None:

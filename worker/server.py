@@ -21,9 +21,12 @@ from runtime.server import Cleanup, Register, run
 from worker.admission import Admission, QueueLimits
 from worker.disagg import PrefillElsewhere
 from worker.engine.base import EngineClient
+from worker.engine.pooling import is_embedding_model
 from worker.engine.vllm_engine import VllmConfig
+from worker.engine_metrics import EngineMetricsRefresher
 from worker.engine_sizing import VllmSizer
 from worker.estimator_client import EstimatorClient
+from worker.generation_spans import set_worker_id
 from worker.inference import EngineBackend
 from worker.key_usage import KeyUsageLedger
 from worker.kv_client import KVFetcher
@@ -76,6 +79,12 @@ def transformers_engine_factory(max_concurrency: int) -> EngineFactory:
     """The CPU reference engine; imported lazily so that torch loads only when used."""
 
     async def build(name: str, path: Path) -> EngineClient:
+        if await asyncio.to_thread(is_embedding_model, path):
+            from worker.engine.embedding_engine import TransformersEmbeddingEngine
+
+            return await TransformersEmbeddingEngine.load(
+                path, name, max_concurrency=max_concurrency
+            )
         from worker.engine.transformers_engine import TransformersEngine
 
         return await TransformersEngine.load(path, name, max_concurrency=max_concurrency)
@@ -88,7 +97,7 @@ def preimport_transformers_engine() -> None:
     small CPU (the load itself of a small model: ~0.2 s). Run in a thread once the worker
     is up, so that its first LoadModel (a cold start, or a restarted worker taking over a
     dead one's model) does not pay them."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     import worker.engine.transformers_engine  # noqa: F401
 
@@ -98,6 +107,10 @@ def vllm_engine_factory(config: VllmConfig, sizer: VllmSizer | None = None) -> E
     sizer, the limits left unset come from the memory estimate."""
 
     async def build(name: str, path: Path) -> EngineClient:
+        if await asyncio.to_thread(is_embedding_model, path):  # vLLM's pooling runner
+            from worker.engine.vllm_pooling import VllmEmbeddingEngine
+
+            return await VllmEmbeddingEngine.load(path, name, config)
         from worker.engine.vllm_engine import VllmEngine
 
         sized = config if sizer is None else await sizer.size(name, path, config)
@@ -382,8 +395,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         inference = InferenceServicer(
             EngineBackend(manager, usage, role=args.role, split=split, key_usage=key_usage)
         )
-        return register_services(servicer, inference), manager.shutdown
+        engine_metrics = EngineMetricsRefresher(manager).start()
 
+        async def cleanup() -> None:
+            await engine_metrics.stop()
+            await manager.shutdown()
+
+        return register_services(servicer, inference), cleanup
+
+    set_worker_id(args.worker_id)  # on every generation's span
     run(settings, build)
 
 

@@ -68,6 +68,8 @@ def helios_up(
     }
     command = [sys.executable, "-m", "cli.main", "up", "--port", "0", "--ready-file", str(ready)]
     command += ["--state-dir", str(root / "state"), "--model", f"{model_name}={model_dir}"]
+    # No embedding model unless a test asks for it (`--embedding-model` in ``args`` wins).
+    command.append("--no-embedding-model")
     with output.open("wb") as out:
         process = subprocess.Popen(
             [*command, *args], cwd=REPO, env=environ, stdout=out, stderr=subprocess.STDOUT

@@ -13,7 +13,9 @@ from google.protobuf import descriptor_pb2
 
 from cli.envoy import (
     API_KEY_FILTER_NAME,
+    REGISTRY_ADMIN_METHODS,
     REGISTRY_CATALOGUE_METHODS,
+    STORAGE_ADMIN_METHODS,
     TRANSCODED_SERVICES,
     TRANSCODER_FILTER_NAME,
     EdgeAccess,
@@ -86,10 +88,18 @@ def test_routes_and_clusters(descriptor: Path) -> None:
         for r in routes[1:]
     ]
     assert prefixes == [
+        # The front door's conventional paths (cli/front_door.py).
+        ("/", None),  # the status page
+        ("/version", None),
+        ("/health", "proxy"),
+        ("/helios.v1.AdminService/GetStatus", "proxy"),
+        ("/v1/status", "proxy"),
+        ("/metrics", "metrics"),
         # REST paths as they arrive (for which filters run), then the gRPC paths.
         ("/v1/health", "proxy"),
         ("/v1/admin/", "proxy"),
         ("/v1/estimate/", "proxy"),  # the estimator's own body limit
+        ("/v1/embeddings", "proxy"),  # the embeddings' own body limit
         ("/v1/", "proxy"),
         ("/helios.v1.EstimatorService/", "estimator"),
         ("/helios.v1.InferenceService/", "proxy"),
@@ -99,7 +109,8 @@ def test_routes_and_clusters(descriptor: Path) -> None:
         ("/", None),  # everything else: 404
     ]
     assert routes[-1]["direct_response"]["status"] == 404
-    assert all(r["route"]["timeout"] == "0s" for r in routes[1:-1])
+    assert all(r["route"]["timeout"] == "0s" for r in routes[7:-1])
+    assert [r["direct_response"]["status"] for r in routes[1:3]] == [200, 200]
 
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     assert set(clusters) == {"proxy", "estimator", "metrics"}
@@ -148,10 +159,21 @@ def test_internal_services_are_never_routed(descriptor: Path) -> None:
         access=EdgeAccess(inference_keys=("inf",), admin_keys=("adm",)),
     )
     routes = _routes_by_path(config)
-    assert not any("WorkerService" in path or "StorageService" in path for path in routes)
+    assert not any("WorkerService" in path for path in routes)
     registry = sorted(path for path in routes if "RegistryService" in path)
-    assert registry == sorted(f"/helios.v1.RegistryService/{m}" for m in REGISTRY_CATALOGUE_METHODS)
-    assert "internal" not in {c["name"] for c in config["static_resources"]["clusters"]}
+    assert registry == sorted(
+        f"/helios.v1.RegistryService/{m}"
+        for m in REGISTRY_CATALOGUE_METHODS + REGISTRY_ADMIN_METHODS
+    )
+    storage = sorted(path for path in routes if "StorageService" in path)
+    assert storage == [f"/helios.v1.StorageService/{m}" for m in STORAGE_ADMIN_METHODS]
+    # The writes and storaged's figures (which name server paths) are the admin role's.
+    for path in [f"/helios.v1.RegistryService/{m}" for m in REGISTRY_ADMIN_METHODS] + storage:
+        auth = routes[path]["typed_per_filter_config"][API_KEY_FILTER_NAME]
+        assert auth["allowed_clients"] == ["admin-0"], path
+    catalogue = routes[f"/helios.v1.RegistryService/{REGISTRY_CATALOGUE_METHODS[0]}"]
+    catalogue_auth = catalogue["typed_per_filter_config"][API_KEY_FILTER_NAME]
+    assert catalogue_auth["allowed_clients"] == ["inference-0", "admin-0"]
 
 
 def test_roles_and_keys(descriptor: Path) -> None:
@@ -215,9 +237,16 @@ def test_without_metrics_upstream(descriptor: Path) -> None:
     config = render(descriptor, metrics_upstream=None, grpc_upstreams={})
     routes = hcm(config)["route_config"]["virtual_hosts"][0]["routes"]
     assert [r["match"].get("prefix") or r["match"]["path"] for r in routes] == [
+        # The front door (cli/front_door.py); no /metrics without a metrics upstream.
+        "/",
+        "/version",
+        "/health",
+        "/helios.v1.AdminService/GetStatus",
+        "/v1/status",
         "/v1/health",
         "/v1/admin/",
         "/v1/estimate/",
+        "/v1/embeddings",
         "/v1/",
         "/grpc.health.v1.Health/",
         "/grpc.reflection.v1alpha.ServerReflection/",

@@ -205,9 +205,7 @@ def test_admin_api_needs_the_admin_key(edge: Edge) -> None:
     assert rest(edge, "GET", "/v1/metrics", ADMIN_KEY)[0] == 200
 
 
-@pytest.mark.parametrize(
-    "call", ["worker-load", "storage-stat", "registry-import", "registry-read-blob"]
-)
+@pytest.mark.parametrize("call", ["worker-load", "storage-stat", "registry-read-blob"])
 @pytest.mark.parametrize("key", [None, INFERENCE_KEY, ADMIN_KEY])
 def test_internal_services_are_not_on_the_front_door(
     edge: Edge, call: str, key: str | None
@@ -216,6 +214,21 @@ def test_internal_services_are_not_on_the_front_door(
     code, details = grpc_code(edge, call, key)
     assert code == grpc.StatusCode.UNIMPLEMENTED
     assert "no such path" in details  # Envoy's answer, not an upstream's
+
+
+def test_registry_import_is_for_the_admin_key_only(edge: Edge) -> None:
+    """`helios pull` through a running mesh imports with the admin key; nobody else may
+    (the registry itself reads only under its configured roots)."""
+    calls_before = len(edge.fake.calls)
+    assert grpc_code(edge, "registry-import", None)[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert grpc_code(edge, "registry-import", "wrong")[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert grpc_code(edge, "registry-import", INFERENCE_KEY)[0] == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert len(edge.fake.calls) == calls_before  # nothing reached the upstream
+    code, details = grpc_code(edge, "registry-import", ADMIN_KEY)
+    # Routed: the fake serves no RegistryService, so the upstream says UNIMPLEMENTED.
+    assert code == grpc.StatusCode.UNIMPLEMENTED and "no such path" not in details
 
 
 def test_registry_catalogue_reads_are_public_with_a_key(edge: Edge) -> None:
