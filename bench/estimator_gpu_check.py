@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from estimator.architecture import parse_architecture
+from estimator.config_json import parse_architecture
 from estimator.memory import EstimateParams, estimate_memory
 from worker.memory import nvml_memory
 

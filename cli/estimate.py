@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from estimator.architecture import parse_architecture
+from estimator.config_json import parse_architecture
 from estimator.memory import MODES, OPTIMIZERS, Estimate, EstimateParams, estimate_memory
 from estimator.models import parse_config_bytes
 from estimator.planning import recommend

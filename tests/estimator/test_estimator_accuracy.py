@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from estimator.architecture import EXACT, GENERIC, parse_architecture
+from estimator.architecture import EXACT, GENERIC
+from estimator.config_json import parse_architecture
 from estimator.memory import EstimateParams, estimate_memory
 from estimator.precision import weight_bytes
 

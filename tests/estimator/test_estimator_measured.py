@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from estimator.architecture import parse_architecture
+from estimator.config_json import parse_architecture
 from estimator.memory import EstimateParams, estimate_memory
 from estimator.models import config_from_dir
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from estimator.architecture import parse_architecture
 from estimator.cache import TtlCache
+from estimator.config_json import parse_architecture
 from estimator.gpus import CATALOG, CUDA_CONTEXT_BYTES, find_gpu
 from estimator.kvcache import BLOCK_SIZE, kv_cache_bytes, kv_capacity
 from estimator.memory import EstimateParams, estimate_memory, lora_parameter_count
