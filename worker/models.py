@@ -26,6 +26,7 @@ from runtime.errors import (
 from runtime.gcheap import freeze_long_lived, thaw_long_lived
 from worker.admission import Admission
 from worker.engine.base import EngineClient, EngineStats
+from worker.load_phases import LoadTimeline
 from worker.storage_client import DownloadProgress
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class ModelStatus:
     size_bytes: int
     error: str = ""
     loaded_at: float = 0.0  # unix time it became READY (0: not yet)
+    # Seconds of its last load by phase (worker/load_phases.py); empty until it has one.
+    load_phases: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,6 +82,7 @@ class _Slot:
     size_bytes: int = 0
     error: str = ""
     loaded_at: float = 0.0
+    load_phases: dict[str, float] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -127,12 +131,16 @@ class ModelManager:
         )
         return self.capacity_bytes - others
 
-    async def load(self, name: str, path: Path) -> AsyncIterator[LoadProgress]:
+    async def load(
+        self, name: str, path: Path, timeline: LoadTimeline | None = None
+    ) -> AsyncIterator[LoadProgress]:
         """Load model ``name`` from ``path``, yielding progress until READY.
 
         A failed load leaves the worker serving its other models; the model is listed
-        as FAILED with the reason until it is loaded again.
+        as FAILED with the reason until it is loaded again. ``timeline``: the load's
+        phases so far (the fetch, when :meth:`load_from_store` made the files local).
         """
+        timeline = timeline or LoadTimeline(name)
         if not name:
             raise InvalidArgumentError("model: must not be empty")
         # Filesystem checks go to a thread: a slow disk must not stall other streams.
@@ -163,19 +171,28 @@ class ModelManager:
         except HeliosError as exc:
             slot.state, slot.error = ModelLifecycle.FAILED, exc.message
             logger.warning("model load failed", extra={"model": name, "error": exc.message})
+            timeline.add("engine_start", time.monotonic() - started)
+            timeline.finish("failed")
             raise
         except Exception as exc:
             slot.state, slot.error = ModelLifecycle.FAILED, f"{type(exc).__name__}: {exc}"
             logger.exception("model load failed", extra={"model": name})
+            timeline.add("engine_start", time.monotonic() - started)
+            timeline.finish("failed")
             raise FailedPreconditionError(f"loading model {name} failed: {slot.error}") from exc
+        timeline.add_engine(time.monotonic() - started, engine.load_phases)
         slot.engine, slot.engine_kind = engine, self._engine_kind
         if engine.memory_bytes is not None:
             slot.size_bytes = max(slot.size_bytes, engine.memory_bytes)
         slot.state, slot.loaded_at = ModelLifecycle.READY, time.time()
+        slot.load_phases = dict(timeline.phases)
         freeze_long_lived()  # the model's objects live until it is unloaded
-        seconds = time.monotonic() - started
+        seconds = timeline.total_seconds
         logger.info("model ready", extra={"model": name, "load_seconds": round(seconds, 3)})
-        yield LoadProgress(name, ModelLifecycle.READY, 1.0, f"ready in {seconds:.2f}s")
+        timeline.finish("ready")
+        yield LoadProgress(
+            name, ModelLifecycle.READY, 1.0, f"ready in {seconds:.2f}s ({timeline.describe()})"
+        )
 
     async def load_from_store(
         self, name: str, version: str, ensure: EnsureModel
@@ -191,7 +208,9 @@ class ModelManager:
         if current is not None and current.state is not ModelLifecycle.FAILED:
             raise FailedPreconditionError(f"model {name} is already {current.state.value}")
         local_dir = ""
+        timeline = LoadTimeline(name)
         yield LoadProgress(name, ModelLifecycle.DOWNLOADING, 0.0, f"fetching {name}")
+        fetch_started = time.monotonic()
         async for step in ensure(name, version):
             if step.local_dir:
                 local_dir = step.local_dir
@@ -201,9 +220,10 @@ class ModelManager:
                 step.fraction,
                 f"{step.bytes_done} of {step.bytes_total} bytes",
             )
+        timeline.add("fetch", time.monotonic() - fetch_started)
         if not local_dir:
             raise FailedPreconditionError(f"the model store never made {name} local")
-        async for progress in self.load(name, Path(local_dir)):
+        async for progress in self.load(name, Path(local_dir), timeline):
             yield progress
 
     async def unload(self, name: str, drain_timeout: float) -> int:
@@ -308,6 +328,7 @@ class ModelManager:
                     size_bytes=slot.size_bytes,
                     error=slot.error,
                     loaded_at=slot.loaded_at,
+                    load_phases=dict(slot.load_phases),
                 )
             )
         return result

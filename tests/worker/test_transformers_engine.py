@@ -72,6 +72,12 @@ def text_of(chunks: list[GenerationChunk]) -> str:
 
 
 @pytest.mark.asyncio
+async def test_load_reports_its_weights_phase(engine: TransformersEngine) -> None:
+    # Reading the tokenizer and weights is the reference engine's whole start (issue 14).
+    assert set(engine.load_phases) == {"weights"}
+    assert engine.load_phases["weights"] > 0
+
+
 async def test_greedy_is_deterministic_and_varied(engine: TransformersEngine) -> None:
     first = await collect(engine, chat(max_tokens=20, temperature=0.0))
     second = await collect(engine, chat(max_tokens=20, temperature=0.0))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from openai_compat.logprobs import TokenLogprob
@@ -249,6 +250,10 @@ class EngineClient(ABC):
     # when known; the worker charges it against its capacity instead of the weights'
     # bytes alone.
     memory_bytes: int | None = None
+    # Seconds of the engine's start by phase, as far as the engine can see them
+    # (worker/load_phases.py: weights, kv_cache, compile); the worker calls the rest of
+    # the start engine_start. Set once by the engine's loader.
+    load_phases: Mapping[str, float] = MappingProxyType({})
 
     # What the model does; an embedding engine refuses generations and a generating one
     # refuses embeddings (both as the request's mistake: INVALID_ARGUMENT).

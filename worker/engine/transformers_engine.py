@@ -253,6 +253,7 @@ class TransformersEngine(EngineClient):
             raise NotFoundError(
                 f"model directory {model_dir} has no config.json (not a Hugging Face model)"
             )
+        started = time.monotonic()
         try:
             model, tokenizer = await asyncio.to_thread(_load_sync, model_dir, torch_dtype)
         except HeliosError:
@@ -267,7 +268,11 @@ class TransformersEngine(EngineClient):
             "model loaded",
             extra={"model": model_name, "model_dir": str(model_dir), "dtype": str(model.dtype)},
         )
-        return cls(model, tokenizer, model_name, max_concurrency=max_concurrency)
+        engine = cls(model, tokenizer, model_name, max_concurrency=max_concurrency)
+        # The tokenizer's and the weights' reading; no KV pool (caches grow per request)
+        # and no compilation (eager PyTorch).
+        engine.load_phases = {"weights": time.monotonic() - started}
+        return engine
 
     # ---------------------------------------------------------------- interface
 
