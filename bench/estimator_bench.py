@@ -137,7 +137,7 @@ async def _bench(port: int, rounds: int, batch: int) -> list[tuple[str, str]]:
 
 
 def _domain_rate(n: int) -> tuple[str, str]:
-    from estimator.memory import EstimateParams
+    from estimator.estimate_params import EstimateParams
     from estimator.models import inline_config
     from estimator.service import MemoryEstimator
 

@@ -28,7 +28,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from estimator.config_json import parse_architecture
-from estimator.memory import EstimateParams, estimate_memory
+from estimator.estimate_params import EstimateParams
+from estimator.memory import estimate_memory
 from worker.memory import nvml_memory
 
 MIB = 1024**2

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from estimator.config_json import parse_architecture
-from estimator.memory import MODES, OPTIMIZERS, Estimate, EstimateParams, estimate_memory
+from estimator.estimate_params import MODES, OPTIMIZERS, EstimateParams
+from estimator.memory import Estimate, estimate_memory
 from estimator.models import parse_config_bytes
 from estimator.planning import recommend
 from runtime.errors import HeliosError, InvalidArgumentError, NotFoundError

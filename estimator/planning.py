@@ -12,9 +12,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from estimator.architecture import Architecture
+from estimator.estimate_params import EstimateParams, validate_params
 from estimator.gpus import CATALOG, Gpu
 from estimator.kvcache import kv_heads_per_gpu
-from estimator.memory import EstimateParams, estimate_memory, validate_params
+from estimator.memory import estimate_memory
 from estimator.precision import DTYPES, dtype_bits
 from runtime.errors import InvalidArgumentError
 

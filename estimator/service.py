@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from estimator.architecture import Architecture
 from estimator.cache import TtlCache
 from estimator.config_json import parse_architecture
-from estimator.memory import Estimate, EstimateParams, estimate_memory
+from estimator.estimate_params import EstimateParams
+from estimator.memory import Estimate, estimate_memory
 from estimator.models import ConfigSource
 from estimator.planning import Recommendations, Suggestion, compatibility, optimize, recommend
 

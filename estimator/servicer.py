@@ -11,8 +11,9 @@ from helios.v1 import estimator_pb2 as pb
 from helios.v1 import estimator_pb2_grpc
 
 from estimator.cache import TtlCache
+from estimator.estimate_params import EstimateParams
 from estimator.gpus import CATALOG, find_gpu
-from estimator.memory import Estimate, EstimateParams, MemoryParts
+from estimator.memory import Estimate, MemoryParts
 from estimator.models import ConfigSource, ModelResolver
 from estimator.planning import Recommendation, Recommendations, Suggestion
 from estimator.service import MemoryEstimator

@@ -16,7 +16,8 @@ import pytest
 
 from estimator.architecture import EXACT, GENERIC
 from estimator.config_json import parse_architecture
-from estimator.memory import EstimateParams, estimate_memory
+from estimator.estimate_params import EstimateParams
+from estimator.memory import estimate_memory
 from estimator.precision import weight_bytes
 
 CONFIGS = Path(__file__).parent / "configs"

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from estimator.config_json import parse_architecture
-from estimator.memory import EstimateParams, estimate_memory
+from estimator.estimate_params import EstimateParams
+from estimator.memory import estimate_memory
 from estimator.models import config_from_dir
 
 torch = pytest.importorskip("torch")

@@ -11,9 +11,10 @@ import pytest
 
 from estimator.cache import TtlCache
 from estimator.config_json import parse_architecture
+from estimator.estimate_params import EstimateParams
 from estimator.gpus import CATALOG, CUDA_CONTEXT_BYTES, find_gpu
 from estimator.kvcache import BLOCK_SIZE, kv_cache_bytes, kv_capacity
-from estimator.memory import EstimateParams, estimate_memory, lora_parameter_count
+from estimator.memory import estimate_memory, lora_parameter_count
 from estimator.models import inline_config
 from estimator.planning import optimize, recommend
 from estimator.precision import weight_bytes
