@@ -15,10 +15,17 @@ import grpc
 from helios.v1 import inference_pb2, inference_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 from openai_compat.servicer import InferenceServicer
-from runtime.config import ConfigError, add_server_arguments, env_default, settings_from_args
+from runtime.config import (
+    ConfigError,
+    add_server_arguments,
+    env_default,
+    helios_home,
+    settings_from_args,
+)
 from runtime.paths import PathRoots, split_roots
 from runtime.server import Cleanup, Register, run
 from worker.admission import Admission, QueueLimits
+from worker.compile_mode import COMPILE_CHOICES, persistent_vllm_cache, resolve_compile_mode
 from worker.disagg import PrefillElsewhere
 from worker.engine.base import EngineClient
 from worker.engine.pooling import is_embedding_model
@@ -202,6 +209,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="vLLM quantization method (awq, gptq, fp8, ...); default: none / the model's",
     )
     group.add_argument(
+        "--compile",
+        choices=COMPILE_CHOICES,
+        default=env_default("worker", "compile", "auto"),
+        help="vLLM's torch.compile: full (compiled, cached under $HELIOS_HOME across starts),"
+        " eager (no compilation: the fastest start), auto (full on a GPU, eager on a CPU)",
+    )
+    group.add_argument(
         "--tensor-parallel-size",
         type=int,
         default=int(env_default("worker", "tensor_parallel_size", "1")),
@@ -233,6 +247,7 @@ def vllm_config_from_args(args: argparse.Namespace) -> VllmConfig:
         tensor_parallel_size=args.tensor_parallel_size,
         kv_role=args.role if args.kv_shared_path else None,
         kv_shared_path=args.kv_shared_path,
+        compile=resolve_compile_mode(args.compile, has_gpu=nvml_memory() is not None),
     )
 
 
@@ -353,6 +368,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ConfigError("kv_shared_path", f"required for a vllm worker with --role {args.role}")
 
     vllm_config = vllm_config_from_args(args)
+    if args.engine == "vllm":
+        cache = persistent_vllm_cache(helios_home())
+        logger.info(
+            "vllm compile settings", extra={"compile": vllm_config.compile, "cache": str(cache)}
+        )
     admission = Admission(queue_limits_from_args(args))
 
     async def build() -> tuple[Register, Cleanup]:

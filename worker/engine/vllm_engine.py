@@ -92,6 +92,10 @@ def vllm_available() -> str | None:
     return None
 
 
+# What VllmConfig.compile may be (the worker's --compile also takes "auto").
+COMPILE_MODES = ("eager", "full")
+
+
 @dataclass(frozen=True)
 class VllmConfig:
     """The engine knobs a worker exposes (None: vLLM's own default)."""
@@ -116,9 +120,17 @@ class VllmConfig:
     # records what the engine's memory adds up to (planned_bytes).
     kv_cache_memory_bytes: int | None = None
     planned_bytes: int | None = None
+    # "full": vLLM's torch.compile (and CUDA graphs on a GPU), its compile cache reused
+    # across starts; "eager": no compilation (enforce_eager), the fastest start.
+    # worker.compile_mode resolves the worker's --compile auto to one of these.
+    compile: str = "full"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.compile not in COMPILE_MODES:
+            raise InvalidArgumentError(
+                f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}"
+            )
         if self.kv_role is not None and self.kv_role not in _KV_ROLES:
             raise InvalidArgumentError(
                 f"kv_role must be one of {sorted(_KV_ROLES)}, got {self.kv_role!r}"
@@ -642,6 +654,17 @@ def _start_sync(model_dir: Path, config: VllmConfig, stat_logger: Any) -> tuple[
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{config.cpu_kvcache_space_gib:g}"
         else:  # the variable takes whole GiB only (vLLM int()s it)
             kv_cache_bytes = int(config.cpu_kvcache_space_gib * 1024**3)
+    kwargs = engine_kwargs(model_dir, config, kv_cache_bytes)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    args = AsyncEngineArgs(**kwargs)
+    llm = AsyncLLM.from_engine_args(args, stat_loggers=[stat_logger])
+    return llm, tokenizer
+
+
+def engine_kwargs(
+    model_dir: Path, config: VllmConfig, kv_cache_bytes: int | None
+) -> dict[str, Any]:
+    """AsyncEngineArgs' keywords for ``config`` (creates the KV connector's directory)."""
     kwargs: dict[str, Any] = {
         "model": str(model_dir),
         "tokenizer": str(model_dir),
@@ -651,6 +674,7 @@ def _start_sync(model_dir: Path, config: VllmConfig, stat_logger: Any) -> tuple[
         "seed": config.seed,
         "disable_log_stats": True,  # our stat logger still runs; vLLM's own do not
         "enable_log_requests": False,
+        "enforce_eager": config.compile == "eager",
     }
     for key in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "quantization"):
         value = getattr(config, key)
@@ -671,7 +695,4 @@ def _start_sync(model_dir: Path, config: VllmConfig, stat_logger: Any) -> tuple[
             kv_connector_extra_config={"shared_storage_path": str(config.kv_shared_path)},
         )
     kwargs.update(config.extra)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    args = AsyncEngineArgs(**kwargs)
-    llm = AsyncLLM.from_engine_args(args, stat_loggers=[stat_logger])
-    return llm, tokenizer
+    return kwargs
