@@ -1,4 +1,4 @@
-"""What Helios does with every field of OpenAI's chat and completions requests.
+"""What Helios does with every field of OpenAI's chat, completions and embeddings requests.
 
 The one definition behind three things: the catch-all that refuses a field (400 naming it)
 before anything is generated, the README's table (``python -m openai_compat.fields``
@@ -146,6 +146,16 @@ COMPLETION_FIELDS: tuple[FieldRule, ...] = (
     FieldRule("suffix", R, "no insertion (as in vLLM)", "x"),
 )
 
+# /v1/embeddings has no field to refuse: its message declares only these (Envoy's
+# transcoder drops the rest, as vLLM ignores them).
+EMBEDDING_FIELDS: tuple[FieldRule, ...] = (
+    FieldRule("model", S, "the model id", "MODEL"),
+    FieldRule("input", S, "a string, strings, token ids, lists of token ids", "hello"),
+    FieldRule("encoding_format", S, "float or base64", "base64"),
+    FieldRule("dimensions", S, "fewer dimensions (truncated, normalised again)", 8),
+    FieldRule("user", IG, "an opaque end-user id", "u-1"),
+)
+
 # The fields of a chat message (messages[i]).
 MESSAGE_FIELDS: frozenset[str] = frozenset(
     {"role", "content", "name", "tool_calls", "tool_call_id"}
@@ -154,6 +164,13 @@ MESSAGE_FIELDS: frozenset[str] = frozenset(
 ENDPOINTS: Mapping[str, tuple[FieldRule, ...]] = {
     "chat": CHAT_FIELDS,
     "completions": COMPLETION_FIELDS,
+    "embeddings": EMBEDDING_FIELDS,
+}
+# Each endpoint's column in the README's table.
+_COLUMNS = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
 }
 
 
@@ -179,17 +196,16 @@ def check_message_fields(index: int, present: Iterable[str]) -> None:
 def markdown_table() -> str:
     """The README's table of request fields (one row per field and endpoint)."""
     lines = [
-        "| Field | /v1/chat/completions | /v1/completions | Notes |",
-        "|---|---|---|---|",
+        "| Field | " + " | ".join(_COLUMNS.values()) + " | Notes |",
+        "|---|" + "---|" * len(_COLUMNS) + "---|",
     ]
-    chat = {r.name: r for r in CHAT_FIELDS}
-    completions = {r.name: r for r in COMPLETION_FIELDS}
-    names = list(chat) + [n for n in completions if n not in chat]
+    tables = {endpoint: {r.name: r for r in rules} for endpoint, rules in ENDPOINTS.items()}
+    names = dict.fromkeys(name for table in tables.values() for name in table)
     for name in names:
-        rules = [r for r in (chat.get(name), completions.get(name)) if r is not None]
-        cells = [r.support.value if r else "-" for r in (chat.get(name), completions.get(name))]
-        notes = "; ".join(dict.fromkeys(r.note for r in rules))
-        lines.append(f"| `{name}` | {cells[0]} | {cells[1]} | {notes} |")
+        found = [tables[endpoint].get(name) for endpoint in _COLUMNS]
+        cells = [r.support.value if r else "-" for r in found]
+        notes = "; ".join(dict.fromkeys(r.note for r in found if r is not None))
+        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {notes} |")
     return "\n".join(lines) + "\n"
 
 
