@@ -7,40 +7,35 @@ Per tier directory::
                                            versions sharing a file hold it once)
     tmp/                                   partial downloads and their journals
 
-Placement: a version goes to the fastest tier that admits it. Admission is
-frequency-aware: when a fast tier must evict to make room, the newcomer's (decayed)
-request frequency must be at least that of what it would displace, otherwise it
-goes to a slower tier. Eviction picks the highest ``age x size-weight / frequency``
-(LRU with aging, weighted by size), never a pinned model's file nor one in use, and
-demotes the file to the next slower tier (if it fits there) before deleting it.
+:class:`ModelCache` makes versions local (``ensure``: resolve, place, fill from faster
+tiers, peers or the remote, link), and serves pin, evict, stat and blob reads. Which tier
+a version goes to and what is evicted for it is :mod:`storaged.tier_placement`; the
+records it keeps are :mod:`storaged.cache_records`, persisted by :mod:`storaged.cache_state`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import os
 import shutil
 import time
-import urllib.parse
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-from prometheus_client import Counter, Gauge
 
 from runtime.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
-    ResourceExhaustedError,
 )
 from runtime.model_ids import canonical_model_id
+from storaged.cache_metrics import CAPACITY, DOWNLOADED, HITS, MISSES, RATE, USED
+from storaged.cache_records import BlobInfo, CachedVersion, TierState, decayed
+from storaged.cache_state import copy_file, load_state, save_state, scan_tier
 from storaged.download import ChunkedDownloader, RateMeter, fsync_dir
 from storaged.manifest import (
     FileEntry,
@@ -49,66 +44,14 @@ from storaged.manifest import (
     is_version_prefix,
     safe_version,
 )
+from storaged.tier_placement import TierPlacement
 from storaged.tiers import Tier, TierConfig
 
-__all__ = ["BlobInfo", "CachedVersion", "ModelCache", "Progress", "TierState"]
+__all__ = ["ModelCache", "Progress"]
 
 logger = logging.getLogger(__name__)
 
-HITS = Counter("helios_storaged_file_hits_total", "Files found in a local tier", ["tier"])
-MISSES = Counter("helios_storaged_file_misses_total", "Files fetched from peers or remote")
-EVICTIONS = Counter("helios_storaged_evictions_total", "Files evicted from a tier", ["tier"])
-DEMOTIONS = Counter("helios_storaged_demotions_total", "Files moved to a slower tier", ["tier"])
-DOWNLOADED = Counter("helios_storaged_downloaded_bytes_total", "Bytes fetched")
-USED = Gauge("helios_storaged_tier_used_bytes", "Bytes held per tier", ["tier"])
-CAPACITY = Gauge("helios_storaged_tier_capacity_bytes", "Capacity per tier", ["tier"])
-RATE = Gauge("helios_storaged_download_bytes_per_second", "Rate of the latest download")
-
-HALF_LIFE_S = 3600.0  # request frequency halves every hour without use (aging)
 PIECE = 1 << 20
-
-
-@dataclass
-class BlobInfo:
-    sha256: str
-    size: int
-    last_access: float
-    freq: float = 0.0
-
-
-@dataclass
-class TierState:
-    config: TierConfig
-    blobs: dict[str, BlobInfo] = field(default_factory=dict)
-    reserved: int = 0
-    hits: int = 0
-    evictions: int = 0
-    demotions: int = 0
-
-    @property
-    def used(self) -> int:
-        return sum(b.size for b in self.blobs.values())
-
-    @property
-    def free(self) -> int:
-        return self.config.capacity_bytes - self.used - self.reserved
-
-    def blob_path(self, sha: str) -> Path:
-        return self.config.path / "blobs" / sha
-
-
-@dataclass
-class CachedVersion:
-    model_id: str
-    version: str
-    files: tuple[FileEntry, ...]
-    tier: Tier | None  # where its directory of links is; None: not complete anywhere
-    last_access: float
-    freq: float = 0.0
-
-    @property
-    def size(self) -> int:
-        return sum(f.size for f in self.files)
 
 
 @dataclass(frozen=True)
@@ -120,28 +63,6 @@ class Progress:
     tier: Tier
     bytes_per_second: float
     local_dir: str = ""  # set on the last one
-
-
-def _decayed(freq: float, since: float, now: float) -> float:
-    return freq * 0.5 ** (max(0.0, now - since) / HALF_LIFE_S)
-
-
-def _quote(model_id: str) -> str:
-    return urllib.parse.quote(model_id, safe="")
-
-
-def _copy_file(src: Path, dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 8 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(dest.parent)
 
 
 class ModelCache:
@@ -172,78 +93,34 @@ class ModelCache:
         self._version_locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._busy: dict[str, int] = defaultdict(int)  # sha -> ensures using it now
         self._background: set[asyncio.Task[None]] = set()
+        self._placer = TierPlacement(self.tiers, self.versions, self._protected)
         self._open()
 
     # ------------------------------------------------------------------ state
     def _open(self) -> None:
         now = time.time()
         for t in self.tiers:
-            for sub in ("blobs", "versions", "tmp"):
-                (t.config.path / sub).mkdir(parents=True, exist_ok=True)
-            for p in (t.config.path / "blobs").iterdir():
-                if p.is_file() and len(p.name) == 64:
-                    st = p.stat()
-                    t.blobs[p.name] = BlobInfo(p.name, st.st_size, st.st_atime or now)
-                else:  # a stray temp file from a crash
-                    p.unlink(missing_ok=True)
-            for p in (t.config.path / "versions").glob("*/.tmp-*"):
-                shutil.rmtree(p, ignore_errors=True)
+            scan_tier(t, now)
             CAPACITY.labels(t.config.tier.name.lower()).set(t.config.capacity_bytes)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        path = self.state_dir / "state.json"
-        if path.exists():
-            try:
-                doc = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                logger.warning("state file unreadable, starting empty", extra={"path": str(path)})
-                doc = {}
-            self.pins = set(doc.get("pins", []))
-            for v in doc.get("versions", []):
-                files = tuple(
-                    FileEntry(
-                        f["path"], f["size"], f["sha256"], f["chunk_size"], tuple(f["chunk_sha256"])
-                    )
-                    for f in v["files"]
-                )
-                tier = Tier(v["tier"]) if v.get("tier") else None
-                cv = CachedVersion(
-                    v["model_id"], v["version"], files, tier, v["last_access"], v.get("freq", 0)
-                )
-                # Trust the disk, not the record: the directory and every blob must exist.
-                if tier is not None and not self._complete_in(cv, tier):
-                    cv.tier = None
-                self.versions[(cv.model_id, cv.version)] = cv
+        pins, versions = load_state(self.state_dir / "state.json")
+        self.pins = pins
+        for cv in versions:
+            # Trust the disk, not the record: the directory and every blob must exist.
+            if cv.tier is not None and not self._complete_in(cv, cv.tier):
+                cv.tier = None
+            self.versions[(cv.model_id, cv.version)] = cv
         self._update_gauges()
 
     def _save(self) -> None:
-        doc = {
-            "pins": sorted(self.pins),
-            "versions": [
-                {
-                    "model_id": v.model_id,
-                    "version": v.version,
-                    "tier": int(v.tier) if v.tier else None,
-                    "last_access": v.last_access,
-                    "freq": v.freq,
-                    "files": [asdict(f) for f in v.files],
-                }
-                for v in self.versions.values()
-            ],
-        }
-        path = self.state_dir / "state.json"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        save_state(self.state_dir / "state.json", self.pins, self.versions.values())
 
     def _update_gauges(self) -> None:
         for t in self.tiers:
             USED.labels(t.config.tier.name.lower()).set(t.used)
 
     def version_dir(self, tier: Tier, model_id: str, version: str) -> Path:
-        return self._by_tier[tier].config.path / "versions" / _quote(model_id) / version
+        return self._by_tier[tier].version_dir(model_id, version)
 
     def _complete_in(self, v: CachedVersion, tier: Tier) -> bool:
         t = self._by_tier.get(tier)
@@ -253,107 +130,13 @@ class ModelCache:
             and all(f.sha256 in t.blobs for f in v.files)
         )
 
-    # ---------------------------------------------------------------- placement
-    def _victim_score(self, b: BlobInfo, now: float) -> float:
-        age = max(1.0, now - b.last_access)
-        weight = 1.0 + math.log2(1.0 + b.size / (1 << 20))
-        return age * weight / (1.0 + _decayed(b.freq, b.last_access, now))
-
     def _protected(self) -> set[str]:
+        """Blobs eviction must not touch: in use by an ensure, or a pinned model's."""
         shas = set(self._busy)
         for v in self.versions.values():
             if v.model_id in self.pins:
                 shas.update(f.sha256 for f in v.files)
         return shas
-
-    def _plan_room(
-        self, t: TierState, need: int, keep: set[str], now: float
-    ) -> list[BlobInfo] | None:
-        """The blobs to evict from ``t`` so that ``need`` bytes fit; None if impossible."""
-        if need > t.config.capacity_bytes:
-            return None
-        shortfall = need - t.free
-        if shortfall <= 0:
-            return []
-        protected = self._protected() | keep
-        candidates = sorted(
-            (b for b in t.blobs.values() if b.sha256 not in protected),
-            key=lambda b: self._victim_score(b, now),
-            reverse=True,
-        )
-        victims, freed = [], 0
-        for b in candidates:
-            if freed >= shortfall:
-                break
-            victims.append(b)
-            freed += b.size
-        return victims if freed >= shortfall else None
-
-    def _slower(self, tier: Tier) -> TierState | None:
-        later = [t for t in self.tiers if t.config.tier > tier]
-        return later[0] if later else None
-
-    async def _evict(self, t: TierState, b: BlobInfo, *, demote: bool = True) -> int:
-        """Remove ``b`` from ``t`` (demoting it first when a slower tier can take it).
-        Returns the bytes freed in ``t``."""
-        tier = t.config.tier
-        # Version directories in this tier that link the blob are no longer complete here.
-        # (Any directory there: a stale one's hard links would keep the bytes alive.)
-        for v in self.versions.values():
-            if any(f.sha256 == b.sha256 for f in v.files):
-                shutil.rmtree(self.version_dir(tier, v.model_id, v.version), ignore_errors=True)
-                if v.tier == tier:
-                    v.tier = None
-        src = t.blob_path(b.sha256)
-        lower = self._slower(tier) if demote else None
-        if lower is not None and b.sha256 not in lower.blobs:
-            victims = self._plan_room(lower, b.size, {b.sha256}, time.time())
-            if victims is not None:
-                for victim in victims:
-                    await self._evict(lower, victim)
-                await asyncio.to_thread(_copy_file, src, lower.blob_path(b.sha256))
-                lower.blobs[b.sha256] = BlobInfo(b.sha256, b.size, b.last_access, b.freq)
-                t.demotions += 1
-                DEMOTIONS.labels(tier.name.lower()).inc()
-        src.unlink(missing_ok=True)
-        del t.blobs[b.sha256]
-        t.evictions += 1
-        EVICTIONS.labels(tier.name.lower()).inc()
-        logger.info(
-            "evicted",
-            extra={"tier": tier.name.lower(), "sha256": b.sha256, "size": b.size},
-        )
-        return b.size
-
-    async def _place(
-        self, v: CachedVersion, now: float, faster_than: Tier | None = None
-    ) -> tuple[TierState, int] | None:
-        """Pick the tier for ``v``, make room, reserve: (tier, reserved bytes). With
-        ``faster_than``, only faster tiers are tried and None means "stay where it is"."""
-        keep = {f.sha256 for f in v.files}
-        score = _decayed(v.freq, v.last_access, now)
-        candidates = [t for t in self.tiers if faster_than is None or t.config.tier < faster_than]
-        for t in candidates:
-            unique = {f.sha256: f for f in v.files}.values()
-            need = sum(f.size for f in unique if f.sha256 not in t.blobs)
-            victims = self._plan_room(t, need, keep, now)
-            if victims is None:
-                continue
-            last = t is self.tiers[-1]
-            if victims and not last and v.model_id not in self.pins:
-                theirs = max(_decayed(b.freq, b.last_access, now) for b in victims)
-                if score <= theirs:
-                    continue  # frequency-aware admission: not hotter than what it would displace
-            for b in victims:
-                await self._evict(t, b)
-            t.reserved += need
-            return t, need
-        if faster_than is not None:
-            return None
-        raise ResourceExhaustedError(
-            f"{v.model_id}@{v.version} ({v.size} bytes) fits in no tier: "
-            + ", ".join(f"{t.config.tier.name.lower()} free {t.free}" for t in self.tiers)
-        )
 
     # ---------------------------------------------------------------- ensure
     async def ensure(self, model_id: str, version: str = "") -> AsyncIterator[Progress]:
@@ -381,7 +164,7 @@ class ModelCache:
         if v is None:
             v = CachedVersion(manifest.model_id, manifest.version, manifest.files, None, now)
             self.versions[key] = v
-        v.freq = _decayed(v.freq, v.last_access, now) + 1
+        v.freq = decayed(v.freq, v.last_access, now) + 1
         v.last_access = now
         total = manifest.total_bytes
         for f in v.files:
@@ -391,7 +174,9 @@ class ModelCache:
             if v.tier is not None and self._complete_in(v, v.tier):
                 # Already local: promote to a faster tier if it is now hot enough.
                 async with self._placement:
-                    placed = await self._place(v, now, faster_than=v.tier)
+                    placed = await self._placer.place(
+                        v, now, pinned=v.model_id in self.pins, faster_than=v.tier
+                    )
                 if placed is None:
                     t = self._by_tier[v.tier]
                     for f in v.files:
@@ -404,7 +189,7 @@ class ModelCache:
                     return
             if placed is None:
                 async with self._placement:
-                    placed = await self._place(v, now)
+                    placed = await self._placer.place(v, now, pinned=v.model_id in self.pins)
             assert placed is not None
             t, reserved = placed
             try:
@@ -428,7 +213,7 @@ class ModelCache:
     def _touch(self, t: TierState, sha: str, now: float) -> None:
         b = t.blobs.get(sha)
         if b is not None:
-            b.freq = _decayed(b.freq, b.last_access, now) + 1
+            b.freq = decayed(b.freq, b.last_access, now) + 1
             b.last_access = now
 
     async def _fill(self, v: CachedVersion, t: TierState) -> AsyncIterator[Progress]:
@@ -449,7 +234,7 @@ class ModelCache:
                         local.hits += 1
                         HITS.labels(local.config.tier.name.lower()).inc()
                         await asyncio.to_thread(
-                            _copy_file, local.blob_path(f.sha256), t.blob_path(f.sha256)
+                            copy_file, local.blob_path(f.sha256), t.blob_path(f.sha256)
                         )
                     else:
                         self.misses += 1
@@ -602,7 +387,7 @@ class ModelCache:
                     for t in self.tiers:
                         b = t.blobs.get(f.sha256)
                         if b is not None:
-                            freed += await self._evict(t, b, demote=False)
+                            freed += await self._placer.evict(t, b, demote=False)
             self._save()
             self._update_gauges()
         return freed

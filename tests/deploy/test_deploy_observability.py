@@ -39,7 +39,7 @@ import proxy.metrics
 import registry.cloud
 import registry.core
 import runtime.metrics
-import storaged.cache
+import storaged.cache_metrics
 import worker.disagg
 import worker.engine_metrics
 import worker.metrics
@@ -52,7 +52,7 @@ _METRIC_MODULES = (
     registry.cloud,
     registry.core,
     runtime.metrics,
-    storaged.cache,
+    storaged.cache_metrics,
     worker.disagg,
     worker.engine_metrics,
     worker.metrics,
