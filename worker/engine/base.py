@@ -10,6 +10,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -93,6 +94,23 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class AdapterRef:
+    """A LoRA adapter (peft's layout: adapter_config.json and the weights) to run one
+    request with, on the engine's model as its base. ``adapter_id`` and ``version`` name
+    it (an engine loads each :attr:`key` once and keeps it for the requests after);
+    ``path`` is the local directory of its files."""
+
+    adapter_id: str
+    path: Path
+    version: str = ""
+
+    @property
+    def key(self) -> str:
+        """What the engine keys the loaded adapter by: a new version is a new adapter."""
+        return f"{self.adapter_id}@{self.version}" if self.version else self.adapter_id
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One generation. Exactly one of ``prompt`` (raw completion), ``prompt_token_ids``
     (a raw completion given as tokens) and ``messages`` (chat, rendered with the model's
@@ -105,6 +123,9 @@ class GenerationRequest:
     prompt_token_ids: tuple[int, ...] | None = None
     # The JSON text of OpenAI's tools list, which the chat template renders ("" none).
     tools_json: str = ""
+    # The LoRA adapter to apply to the model (None: the model alone); only engines with
+    # ``supports_adapters`` take one.
+    adapter: AdapterRef | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +275,15 @@ class EngineClient(ABC):
     # (worker/load_phases.py: weights, kv_cache, compile); the worker calls the rest of
     # the start engine_start. Set once by the engine's loader.
     load_phases: Mapping[str, float] = MappingProxyType({})
+
+    # Whether generate() takes requests with an ``adapter`` (LoRA), several adapters per
+    # model; adapter_ids() then names those loaded now (heartbeats report them, and the
+    # control plane routes an adapter's requests to the workers that hold it first).
+    supports_adapters: bool = False
+
+    def adapter_ids(self) -> tuple[str, ...]:
+        """The ids of the adapters loaded now (none for an engine without adapters)."""
+        return ()
 
     # What the model does; an embedding engine refuses generations and a generating one
     # refuses embeddings (both as the request's mistake: INVALID_ARGUMENT).

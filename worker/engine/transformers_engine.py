@@ -37,6 +37,7 @@ from runtime.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from worker.engine.adapters import LoraAdapters
 from worker.engine.base import (
     EngineClient,
     EngineDeadError,
@@ -108,6 +109,8 @@ class _RequestState:
     inflight: concurrent.futures.Future[_StepOutput] | None = None
     # Tokens held in this request's KV cache, for the kv_cache_usage estimate.
     cache_tokens: int = 0
+    # peft's name of the LoRA adapter its steps run with (None: the model alone).
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,7 @@ class TransformersEngine(EngineClient):
     the model was loaded on). Create it with :meth:`load`."""
 
     supports_disaggregation = True
+    supports_adapters = True
 
     def __init__(
         self,
@@ -218,6 +222,7 @@ class TransformersEngine(EngineClient):
         self._dead_reason: str | None = None
         self._parked: dict[str, _Parked] = {}
         self._kv_ttl_s = kv_ttl_s
+        self._adapters = LoraAdapters(model, model_name)
 
     # ------------------------------------------------------------------ loading
 
@@ -280,6 +285,9 @@ class TransformersEngine(EngineClient):
     def model_name(self) -> str:
         return self._model_name
 
+    def adapter_ids(self) -> tuple[str, ...]:
+        return self._adapters.ids()
+
     def stats(self) -> EngineStats:
         # No fixed KV pool here (each request grows its own cache), so usage is the
         # tokens held in live caches over the most the engine would ever hold at once.
@@ -329,6 +337,7 @@ class TransformersEngine(EngineClient):
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._tokenize_executor.shutdown(wait=False, cancel_futures=True)
         self._parked.clear()
+        self._adapters.shutdown()
         self._model = None
         self._tokenizer = None
         gc.collect()
@@ -417,7 +426,9 @@ class TransformersEngine(EngineClient):
         if request.request_id in self._requests:
             raise AlreadyExistsError(f"request {request.request_id!r} is already running")
 
-        state = _RequestState(request.request_id)
+        # Loaded (once) before the request queues for a slot; released in the finally.
+        adapter = await self._adapters.acquire(request.adapter)
+        state = _RequestState(request.request_id, adapter=adapter)
         self._requests[request.request_id] = state
         self._waiting += 1
         waiting = True
@@ -577,6 +588,7 @@ class TransformersEngine(EngineClient):
             if holds_slot:
                 self._release_slot_after(state.inflight)
             state.cache_tokens = 0
+            self._adapters.release(request.adapter)
             self._requests.pop(request.request_id, None)
 
     # ---------------------------------------------------------------- internals
@@ -773,6 +785,8 @@ class TransformersEngine(EngineClient):
         if model is None or tokenizer is None:
             raise EngineDeadError(f"engine for {self._model_name} is shut down")
         fut = self._executor.submit(
+            self._adapters.run,
+            state.adapter,
             _forward_sample_decode,
             model,
             tokenizer,

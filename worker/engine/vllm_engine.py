@@ -60,6 +60,7 @@ from worker.engine.base import (
 )
 from worker.engine.chat_render import template_inputs
 from worker.engine.prompt_bounds import check_prompt_fits, longest_token_bytes
+from worker.engine.vllm_lora import LoraRequests, VllmLora
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -125,6 +126,8 @@ class VllmConfig:
     # worker.compile_mode resolves the worker's --compile auto to one of these.
     compile: str = "full"
     extra: dict[str, Any] = field(default_factory=dict)
+    # LoRA adapters (worker/engine/vllm_lora.py); off unless max_loras > 0.
+    lora: VllmLora = field(default_factory=VllmLora)
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
@@ -241,6 +244,7 @@ class VllmEngine(EngineClient):
         self._generated_tokens_total = 0
         self._aborted_requests_total = 0
         self._shut_down = False
+        self._loras = LoraRequests(VllmLora(), model_name)
 
     @classmethod
     async def load(cls, model_dir: Path, model_name: str, config: VllmConfig) -> VllmEngine:
@@ -283,6 +287,8 @@ class VllmEngine(EngineClient):
         engine._stats = stats
         engine.memory_bytes = config.planned_bytes
         engine.max_running_requests = _max_num_seqs(llm, config)
+        engine._loras = LoraRequests(config.lora, model_name)
+        engine.supports_adapters = config.lora.enabled
         logger.info(
             "vllm engine started",
             extra={
@@ -299,6 +305,9 @@ class VllmEngine(EngineClient):
     @property
     def model_name(self) -> str:
         return self._model_name
+
+    def adapter_ids(self) -> tuple[str, ...]:
+        return self._loras.ids()
 
     def stats(self) -> EngineStats:
         return EngineStats(
@@ -474,7 +483,10 @@ class VllmEngine(EngineClient):
         finished = False
         try:
             stream = self._llm.generate(
-                {"prompt_token_ids": prompt_ids}, params, request.request_id
+                {"prompt_token_ids": prompt_ids},
+                params,
+                request.request_id,
+                lora_request=self._loras.request(request.adapter),
             )
             async for out in stream:
                 o = out.outputs[0]
@@ -694,5 +706,6 @@ def engine_kwargs(
             kv_role=cast("Any", _KV_ROLES[config.kv_role]),
             kv_connector_extra_config={"shared_storage_path": str(config.kv_shared_path)},
         )
+    kwargs.update(config.lora.engine_args())
     kwargs.update(config.extra)
     return kwargs
