@@ -4,7 +4,8 @@
   metadata, which :func:`runtime.channels.create_channel` sends).
 - Metrics: started / handled (by final status) / in flight / handling time.
 - Errors: servicers raise :class:`runtime.errors.HeliosError` subclasses, turned into
-  ``context.abort(status_code, message)`` here (the message cut to
+  their gRPC status, message and ``retry-after`` trailer here, by
+  :func:`runtime.grpc_errors.abort` (the message cut to
   :data:`runtime.limits.MAX_ERROR_MESSAGE_CHARS`). Anything else is a bug: it is logged with
   its traceback and the client gets INTERNAL with a generic message, so internals (paths,
   SQL, stack frames) never leak over the wire.
@@ -33,6 +34,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from runtime import grpc_errors
 from runtime._handlers import Behavior, call_unary, iterate_result, rewrap, split_method
 from runtime.errors import HeliosError, InvalidArgumentError
 from runtime.limits import MAX_ERROR_MESSAGE_CHARS, request_limit
@@ -147,14 +149,11 @@ async def _map_error(exc: Exception, context: grpc.aio.ServicerContext, method: 
     """Abort the RPC for ``exc``. Always raises (whatever context.abort raises)."""
     if isinstance(exc, HeliosError):
         message = _bounded(exc.message)
-        log.debug(
-            "%s -> %s: %s",
-            method,
-            exc.status_code.name,
-            message,
-            extra={"grpc_method": method, "grpc_code": exc.status_code.name},
-        )
-        await context.abort(exc.status_code, message)
+        extra = {"grpc_method": method, "grpc_code": exc.code.name}
+        if exc.reason is not None:
+            extra["reason"] = exc.reason
+        log.debug("%s -> %s: %s", method, exc.code.name, message, extra=extra)
+        await grpc_errors.abort(context, exc, message)
     else:
         log.error(
             "unhandled %s in %s",

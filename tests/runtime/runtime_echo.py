@@ -4,11 +4,13 @@ Requests are bytes. ``Echo`` (unary) and ``Stream`` (server-streaming) read comm
 from the request so one servicer can exercise every path:
 
 * ``Echo``: ``raise:<ErrorClass>:<msg>`` raises that runtime.errors class,
+  ``retry:<seconds>:<msg>`` raises ResourceExhaustedError with that retry_after_s,
   ``notfound:<msg>`` raises NotFoundError, ``invalid:<msg>`` raises
   InvalidArgumentError, ``boom`` raises RuntimeError, ``abort`` calls context.abort
   itself, ``sleep:<s>`` sleeps first, anything else is echoed.
 * ``Stream``: ``<n>[:<delay>[:<error>]]`` yields ``0``..``n-1`` with ``delay`` seconds
-  before each, then raises ``error`` (``notfound`` or ``boom``) if given.
+  before each, then raises ``error`` (``notfound``, ``retry`` (3.5 s) or ``boom``) if
+  given.
 * ``Collect`` (client-streaming) joins its requests with ``,``; ``Chat``
   (bidirectional) echoes each request; either raises NotFoundError on ``notfound``.
 """
@@ -22,7 +24,7 @@ import grpc
 import grpc.aio
 
 from runtime import errors
-from runtime.errors import InvalidArgumentError, NotFoundError
+from runtime.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 
 SERVICE = "test.v1.Echo"
 
@@ -31,6 +33,9 @@ async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     if request.startswith(b"raise:"):
         _, name, message = request.decode().split(":", 2)
         raise getattr(errors, name)(message)
+    if request.startswith(b"retry:"):
+        _, seconds, message = request.decode().split(":", 2)
+        raise ResourceExhaustedError(message, retry_after_s=float(seconds))
     if request.startswith(b"notfound:"):
         raise NotFoundError(request.split(b":", 1)[1].decode())
     if request.startswith(b"invalid:"):
@@ -55,6 +60,8 @@ async def stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIter
         yield str(i).encode()
     if error == "notfound":
         raise NotFoundError("gone mid-stream")
+    if error == "retry":
+        raise ResourceExhaustedError("full mid-stream", retry_after_s=3.5)
     if error == "boom":
         raise RuntimeError("secret mid-stream detail")
 

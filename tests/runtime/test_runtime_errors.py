@@ -11,6 +11,7 @@ import pytest
 from runtime_echo import SERVICE
 
 from runtime import errors
+from runtime.grpc_errors import RETRY_AFTER_METADATA, grpc_status
 from runtime.interceptors import INTERNAL_MESSAGE
 
 
@@ -53,8 +54,30 @@ async def test_every_helios_error_maps_to_its_status_code(
     channel: grpc.aio.Channel, cls: type[errors.HeliosError]
 ) -> None:
     err = await _unary_error(channel, f"raise:{cls.__name__}:why it failed".encode())
-    assert err.code() == cls.status_code
+    assert err.code() == grpc_status(cls.code)
     assert err.details() == "why it failed"
+    assert dict(err.trailing_metadata() or ()).get(RETRY_AFTER_METADATA) is None
+
+
+@pytest.mark.parametrize(("retry_after_s", "header"), [("0.2", "1"), ("2.5", "3"), ("7", "7")])
+async def test_retry_after_is_sent_as_a_trailer_in_whole_seconds(
+    channel: grpc.aio.Channel, retry_after_s: str, header: str
+) -> None:
+    err = await _unary_error(channel, f"retry:{retry_after_s}:queue full".encode())
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.details() == "queue full"
+    assert dict(err.trailing_metadata() or ())[RETRY_AFTER_METADATA] == header
+
+
+async def test_retry_after_is_sent_mid_stream(channel: grpc.aio.Channel) -> None:
+    call = channel.unary_stream(f"/{SERVICE}/Stream")(b"2:0:retry", timeout=5)
+    got = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for msg in call:
+            got.append(msg)
+    assert got == [b"0", b"1"]
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert dict(err.value.trailing_metadata() or ())[RETRY_AFTER_METADATA] == "4"
 
 
 async def test_helios_error_mid_stream(channel: grpc.aio.Channel) -> None:
