@@ -120,8 +120,8 @@ class ModelEntry:
 
 class InferenceBackend(Protocol):
     """Generates for :class:`openai_compat.servicer.InferenceServicer`. Errors are the
-    domain's (runtime.errors); one carrying ``retry_after`` (seconds) is sent with a
-    ``retry-after`` trailer."""
+    domain's (runtime.errors); one carrying ``retry_after_s`` is answered with a
+    ``retry-after`` trailer (by the runtime interceptor)."""
 
     async def complete(self, job: Job, call: CallInfo) -> GenerationStep:
         """Run ``job`` to its end: one step with the whole text."""

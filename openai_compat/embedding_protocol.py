@@ -18,8 +18,7 @@ from openai_compat.embeddings import (
     encode_base64,
 )
 from openai_compat.json_values import message_json
-from openai_compat.protocol import call_info, send_retry_after
-from runtime.errors import HeliosError
+from openai_compat.protocol import call_info
 
 
 def embedding_job_from_pb(params: pb.EmbeddingParams) -> EmbeddingJob:
@@ -84,9 +83,5 @@ class EmbeddingsServicer:
         self, request: pb.CreateEmbeddingRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateEmbeddingResponse:
         job = embedding_job_from_pb(request.params)
-        try:
-            result = await self.backend.embed(job, call_info(context))
-        except HeliosError as error:
-            send_retry_after(context, error)
-            raise
+        result = await self.backend.embed(job, call_info(context))
         return embedding_response(job, result)

@@ -15,19 +15,20 @@ from openai_compat.fields import check_fields, check_message_fields
 from openai_compat.json_values import message_json
 from openai_compat.params import CommonParams, Request, chat_request, completion_request
 from openai_compat.tool_protocol import with_chat_tools
-from runtime.errors import HeliosError, InvalidArgumentError
+from runtime.errors import ErrorCode, HeliosError, InvalidArgumentError
 
 # Envoy's Lua filter sets this on every transcoded REST request. Over HTTP/1.1 a gRPC
 # status sent after the first chunk is lost, so REST streams report late failures as a
 # final chunk carrying `error` instead.
 EDGE_HEADER = "x-helios-edge"
-RETRY_AFTER_HEADER = "retry-after"
 
+# OpenAI's error ``type`` per domain code (anything else is a server_error); the
+# ``code`` is the ErrorCode's name, which is also the gRPC status's name.
 _ERROR_TYPES = {
-    grpc.StatusCode.INVALID_ARGUMENT: "invalid_request_error",
-    grpc.StatusCode.NOT_FOUND: "invalid_request_error",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "rate_limit_error",
-    grpc.StatusCode.UNAVAILABLE: "service_unavailable",
+    ErrorCode.INVALID_ARGUMENT: "invalid_request_error",
+    ErrorCode.NOT_FOUND: "invalid_request_error",
+    ErrorCode.RESOURCE_EXHAUSTED: "rate_limit_error",
+    ErrorCode.UNAVAILABLE: "service_unavailable",
 }
 
 
@@ -131,8 +132,8 @@ def error_detail(error: HeliosError) -> pb.ErrorDetail:
     """OpenAI's error object for a domain error (what a REST stream's last chunk carries)."""
     return pb.ErrorDetail(
         message=error.message,
-        type=_ERROR_TYPES.get(error.status_code, "server_error"),
-        code=error.status_code.name,
+        type=_ERROR_TYPES.get(error.code, "server_error"),
+        code=error.code.name,
     )
 
 
@@ -160,11 +161,3 @@ def call_info(context: grpc.aio.ServicerContext) -> CallInfo:
 def is_rest(call: CallInfo) -> bool:
     """Whether the request came through Envoy's REST transcoding (the edge marks it)."""
     return call.header(EDGE_HEADER) == "rest"
-
-
-def send_retry_after(context: grpc.aio.ServicerContext, error: HeliosError) -> None:
-    """Tell the client when to come back, for errors that know (load shedding, rate
-    limits): Envoy turns the trailer into HTTP's Retry-After."""
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        context.set_trailing_metadata(((RETRY_AFTER_HEADER, str(retry_after)),))

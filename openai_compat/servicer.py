@@ -30,7 +30,6 @@ from openai_compat.protocol import (
     error_detail,
     is_rest,
     model_to_pb,
-    send_retry_after,
     usage_to_pb,
 )
 from openai_compat.tool_protocol import ChatToolDeltas, chat_choice_with_tools
@@ -49,11 +48,7 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
     async def _complete(
         self, request: Request, context: grpc.aio.ServicerContext
     ) -> list[GenerationStep]:
-        try:
-            return await complete_all(self.backend, request, call_info(context))
-        except HeliosError as error:
-            send_retry_after(context, error)
-            raise
+        return await complete_all(self.backend, request, call_info(context))
 
     async def CreateChatCompletion(
         self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
@@ -195,7 +190,7 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
             if asked.include_usage:
                 yield usage_of(asked.jobs, [lasts[job.index] for job in asked.jobs])
         except HeliosError as error:
-            send_retry_after(context, error)
+            # Raised, the runtime interceptor answers it (status, retry-after trailer).
             if not (sent and is_rest(call)):
                 raise
             logger.warning(

@@ -121,7 +121,7 @@ class ModelQueue:
 
     def _refuse(self, message: str) -> ResourceExhaustedError:
         self._dropped("full").inc()
-        return ResourceExhaustedError(message, retry_after=self.limits.retry_after_s)
+        return ResourceExhaustedError(message, retry_after_s=self.limits.retry_after_s)
 
     async def _wait_turn(self, client: str, deadline_s: float | None) -> None:
         if self.queued >= self.limits.total:

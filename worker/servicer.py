@@ -11,8 +11,8 @@ import grpc
 from helios.v1 import storage_pb2, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
 
-from openai_compat.protocol import call_info, send_retry_after
-from runtime.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
+from openai_compat.protocol import call_info
+from runtime.errors import FailedPreconditionError, InvalidArgumentError
 from runtime.paths import PathRoots
 from worker.disagg import decode_prefilled
 from worker.engine.base import (
@@ -199,17 +199,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             authorization=call.header(AUTHORIZATION_HEADER),
             deadline_s=call.deadline_s,
         )
-        try:
-            async with serving as engine:
-                # aclosing: when the client goes away this generator is cancelled, and the
-                # engine's stream must be closed right then so it stops computing.
-                stream = client_stream(engine, engine.generate(generation))
-                async with aclosing(stream):
-                    async for chunk in stream:
-                        yield chunk_to_pb(chunk)
-        except ResourceExhaustedError as error:  # the model's queue is full
-            send_retry_after(context, error)
-            raise
+        # A full queue raises ResourceExhaustedError with retry_after_s: the runtime
+        # interceptor sends it as the retry-after trailer.
+        async with serving as engine:
+            # aclosing: when the client goes away this generator is cancelled, and the
+            # engine's stream must be closed right then so it stops computing.
+            stream = client_stream(engine, engine.generate(generation))
+            async with aclosing(stream):
+                async for chunk in stream:
+                    yield chunk_to_pb(chunk)
 
     async def Prefill(
         self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from runtime.config import ConfigError
 from runtime.errors import DeadlineExceededError, ResourceExhaustedError
+from runtime.grpc_errors import RETRY_AFTER_METADATA, retry_after_metadata
 from worker.admission import ANONYMOUS, Admission, QueueLimits, client_class
 from worker.engine.vllm_engine import VllmConfig, _max_num_seqs
 from worker.server import build_parser, queue_limits_from_args
@@ -139,7 +140,9 @@ async def test_each_client_and_the_whole_queue_are_bounded() -> None:
         async with admission.admitted(model, 1, key("a"), None):
             pytest.fail("admitted past the client's bound")
     assert "this client has 3 requests queued" in refused.value.message
-    assert refused.value.retry_after == 3  # whole seconds, rounded up
+    assert refused.value.retry_after_s == 2.5
+    # whole seconds on the wire, rounded up
+    assert retry_after_metadata(refused.value) == ((RETRY_AFTER_METADATA, "3"),)
     # Another client still gets in line, up to the total.
     await engine.send("b0", key("b"))
     await engine.send("c0", key("c"))

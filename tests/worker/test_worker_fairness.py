@@ -17,7 +17,7 @@ from helios.v1 import inference_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as worker_pb
 from prometheus_client import REGISTRY
 
-from openai_compat.protocol import RETRY_AFTER_HEADER
+from runtime.grpc_errors import RETRY_AFTER_METADATA
 from worker.admission import Admission, QueueLimits
 from worker.engine.base import EngineClient, GenerationChunk, GenerationRequest
 from worker.models import ModelManager
@@ -132,7 +132,7 @@ async def test_a_flood_does_not_starve_a_light_client(worker: Worker) -> None:
         call = flood[name]
         assert await outcome(call) == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "the most one client may queue" in (await call.details() or "")
-        assert (RETRY_AFTER_HEADER, "1") in tuple(await call.trailing_metadata() or ())
+        assert (RETRY_AFTER_METADATA, "1") in tuple(await call.trailing_metadata() or ())
 
     light = {f"b{i}": worker.chat(f"b{i}", "key-b") for i in range(3)}
     await until(lambda: worker.queued() == PER_CLIENT + 3, "B's three requests queued")
@@ -211,7 +211,7 @@ async def test_relayed_generate_takes_its_turn_in_the_same_queue(worker: Worker)
         [r async for r in with_trailers]
     except grpc.aio.AioRpcError as error:
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert (RETRY_AFTER_HEADER, "1") in tuple(error.trailing_metadata() or ())
+        assert (RETRY_AFTER_METADATA, "1") in tuple(error.trailing_metadata() or ())
     else:
         raise AssertionError("the ninth anonymous request was queued")
     for name in list(engine.unfinished()):
