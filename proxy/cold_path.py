@@ -90,7 +90,7 @@ class ColdPath:
             key = self.api_keys.admit(authorization)
             self.admission.enter(job.model)
         except ShedError as exc:
-            metrics.SHED.labels("rate_limit" if "rate limit" in exc.message else "queue_full").inc()
+            metrics.SHED.labels(exc.reason).inc()
             raise
         except HeliosError:
             metrics.SHED.labels("unauthenticated").inc()

@@ -308,7 +308,7 @@ class ColdStarts:
                 if await self._evict_for(model, need.bytes, tried):
                     continue
                 metrics.SHED.labels("no_capacity").inc()
-                raise UnavailableError(choice.reason(model))
+                raise UnavailableError(choice.reason(model), reason="no_capacity")
             try:
                 await self.load_on(choice.address, spec, need)
                 return choice.address

@@ -14,30 +14,32 @@ place a model is UNAVAILABLE (HTTP 503) instead, so clients can tell "slow down"
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
-from runtime.errors import HeliosError, ResourceExhaustedError
+from runtime.errors import ErrorCode, HeliosError, ResourceExhaustedError
 from worker_api.keys import bearer_token, key_fingerprint
 
 
 class UnauthenticatedError(HeliosError):
     """No API key, or one the proxy does not know."""
 
-    status_code = grpc.StatusCode.UNAUTHENTICATED
+    code = ErrorCode.UNAUTHENTICATED
+
+
+# ShedError reasons (the helios_proxy_shed_total label).
+RATE_LIMIT = "rate_limit"
+QUEUE_FULL = "queue_full"
 
 
 class ShedError(ResourceExhaustedError):
-    """Rate limited or shed; ``retry_after`` is the seconds a client should wait."""
+    """Rate limited (``reason`` RATE_LIMIT) or shed at a full queue (QUEUE_FULL);
+    ``retry_after_s`` is the seconds a client should wait."""
 
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, math.ceil(retry_after))
+    def __init__(self, message: str, *, reason: str, retry_after_s: float) -> None:
+        super().__init__(message, reason=reason, retry_after_s=retry_after_s)
 
 
 @dataclass
@@ -140,11 +142,19 @@ class ApiKeys:
         if state.tokens is not None:
             wait = state.tokens.wait_for(1, now)
             if wait > 0:
-                raise ShedError("token rate limit exceeded for this API key", wait)
+                raise ShedError(
+                    "token rate limit exceeded for this API key",
+                    reason=RATE_LIMIT,
+                    retry_after_s=wait,
+                )
         if state.requests is not None:
             wait = state.requests.wait_for(1, now)
             if wait > 0:
-                raise ShedError("request rate limit exceeded for this API key", wait)
+                raise ShedError(
+                    "request rate limit exceeded for this API key",
+                    reason=RATE_LIMIT,
+                    retry_after_s=wait,
+                )
             state.requests.take(1, now)
         return key
 
@@ -189,7 +199,8 @@ class Admission:
             raise ShedError(
                 f"model {model} has {current} requests in flight, the most this proxy"
                 " queues; retry later",
-                self.retry_after_s,
+                reason=QUEUE_FULL,
+                retry_after_s=self.retry_after_s,
             )
         self.inflight[model] = current + 1
 

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import grpc
-
-from runtime.errors import HeliosError, NotFoundError
+from runtime.errors import ErrorCode, HeliosError, NotFoundError
 from runtime.model_ids import check_sha256
 
 __all__ = [
@@ -41,13 +39,13 @@ ProgressFn = Callable[[int], None]
 class IntegrityError(HeliosError):
     """Bytes do not match the hash they are supposed to have."""
 
-    status_code = grpc.StatusCode.DATA_LOSS
+    code = ErrorCode.DATA_LOSS
 
 
 class BlobStoreError(HeliosError):
     """The blob store failed (network, disk); retrying may succeed."""
 
-    status_code = grpc.StatusCode.UNAVAILABLE
+    code = ErrorCode.UNAVAILABLE
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
-from runtime.errors import HeliosError, NotFoundError, UnavailableError
+from runtime.errors import ErrorCode, HeliosError, NotFoundError, UnavailableError
 from runtime.model_ids import check_file_path, check_hub_revision
 
 __all__ = ["HubClient", "HubFile", "HubPermissionError", "HubSnapshot", "select_files"]
@@ -25,7 +23,7 @@ __all__ = ["HubClient", "HubFile", "HubPermissionError", "HubSnapshot", "select_
 class HubPermissionError(HeliosError):
     """The Hub refused the token (401/403, gated repo)."""
 
-    status_code = grpc.StatusCode.PERMISSION_DENIED
+    code = ErrorCode.PERMISSION_DENIED
 
 
 @dataclass(frozen=True)

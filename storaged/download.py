@@ -21,9 +21,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import grpc
-
-from runtime.errors import HeliosError, NotFoundError, ResourceExhaustedError, UnavailableError
+from runtime.errors import (
+    ErrorCode,
+    HeliosError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from storaged.manifest import BlobSource, FileEntry
 
 __all__ = ["ChunkedDownloader", "IntegrityError", "fsync_dir"]
@@ -34,7 +38,7 @@ logger = logging.getLogger(__name__)
 class IntegrityError(HeliosError):
     """The bytes a source served do not match the manifest's hashes."""
 
-    status_code = grpc.StatusCode.DATA_LOSS
+    code = ErrorCode.DATA_LOSS
 
 
 def fsync_dir(path: Path) -> None:

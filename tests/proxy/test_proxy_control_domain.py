@@ -8,7 +8,15 @@ import pytest
 
 from proxy.cold_start import parse_model_spec
 from proxy.fleet import ModelOnAgent, WorkerPool
-from proxy.limits import Admission, ApiKeys, ShedError, UnauthenticatedError, parse_key_spec
+from proxy.limits import (
+    QUEUE_FULL,
+    RATE_LIMIT,
+    Admission,
+    ApiKeys,
+    ShedError,
+    UnauthenticatedError,
+    parse_key_spec,
+)
 from proxy.placement import NoFit, best_fit, eviction_plan
 
 
@@ -84,7 +92,8 @@ def test_api_keys_and_request_rate() -> None:
     keys.admit("Bearer k1")
     with pytest.raises(ShedError) as shed:
         keys.admit("Bearer k1")
-    assert shed.value.retry_after >= 1
+    assert shed.value.reason == RATE_LIMIT
+    assert shed.value.retry_after_s is not None and shed.value.retry_after_s > 0
     for _ in range(10):
         keys.admit("Bearer k2")  # unlimited
     assert ApiKeys().admit(None) == ""  # no keys configured: open
@@ -108,8 +117,9 @@ def test_admission_sheds_beyond_the_queue() -> None:
     admission = Admission(2)
     admission.enter("m")
     admission.enter("m")
-    with pytest.raises(ShedError, match="2 requests in flight"):
+    with pytest.raises(ShedError, match="2 requests in flight") as shed:
         admission.enter("m")
+    assert shed.value.reason == QUEUE_FULL
     admission.enter("other")
     admission.leave("m")
     admission.enter("m")

@@ -36,7 +36,7 @@ from registry.core import Registry
 from registry.server import build_parser, make_blob_store
 from registry.servicer import RegistryServicer
 from runtime.config import ConfigError, ServerSettings
-from runtime.errors import NotFoundError
+from runtime.errors import ErrorCode, NotFoundError
 from runtime.paths import PathRoots
 from runtime.server import start_server
 
@@ -317,7 +317,7 @@ def test_remote_blobs_wrong_hash_is_rejected_and_nothing_visible(
     wrong = sha(data + b"!")
     with pytest.raises(IntegrityError) as err:
         harness.store.put_file(wrong, source)
-    assert err.value.status_code == grpc.StatusCode.DATA_LOSS
+    assert err.value.code is ErrorCode.DATA_LOSS
     assert wrong in str(err.value)
     assert not harness.store.exists(wrong) and not harness.store.exists(sha(data))
     assert stored(harness) == []
@@ -342,7 +342,7 @@ def test_remote_blobs_failure_mid_upload_leaves_nothing(
     monkeypatch.setattr(sys.modules[type(harness.store).__module__], "iter_file", failing)
     with pytest.raises(BlobStoreError) as err:
         harness.store.put_file(name, source)
-    assert err.value.status_code == grpc.StatusCode.UNAVAILABLE
+    assert err.value.code is ErrorCode.UNAVAILABLE
     assert "went away" in str(err.value)
     assert sum(sent) == harness.fail_at < len(data)  # it failed halfway, not before starting
     assert not harness.store.exists(name)
