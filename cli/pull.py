@@ -263,7 +263,7 @@ def pull_command(args: argparse.Namespace) -> int:
     try:
         version = asyncio.run(_pull(args))
     except HeliosError as exc:
-        print(f"helios pull: {exc.status_code.name}: {exc.message}", file=sys.stderr)
+        print(f"helios pull: {exc.code.name}: {exc.message}", file=sys.stderr)
         return 1
     except Exception as exc:
         import grpc

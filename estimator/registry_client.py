@@ -7,13 +7,14 @@ from helios.v1 import registry_pb2 as pb
 from helios.v1 import registry_pb2_grpc
 
 from runtime.channels import create_channel
-from runtime.errors import HeliosError, error_from_status
+from runtime.errors import HeliosError
+from runtime.grpc_errors import error_from_rpc
 
 __all__ = ["GrpcRegistryConfigs"]
 
 
 def _error(error: grpc.aio.AioRpcError) -> HeliosError:
-    return error_from_status(error.code(), error.details() or error.code().name)
+    return error_from_rpc(error)
 
 
 class GrpcRegistryConfigs:

@@ -66,7 +66,7 @@ class MemoryEstimator:
             except HeliosError as exc:
                 logger.warning(
                     "estimator could not answer; using the weights' bytes",
-                    extra={"model": model, "error": exc.message, "code": exc.status_code.name},
+                    extra={"model": model, "error": exc.message, "code": exc.code.name},
                 )
         if need is None and path is None:
             need = MemoryNeed(manifest_bytes, "manifest")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from proxy import metrics
-from runtime.errors import HeliosError
+from runtime.errors import ErrorCode, HeliosError
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class RegistryCatalogue:
         try:
             found = await self.client.resolve(model)
         except HeliosError as exc:
-            if exc.status_code.name in ("NOT_FOUND", "INVALID_ARGUMENT"):
+            if exc.code in (ErrorCode.NOT_FOUND, ErrorCode.INVALID_ARGUMENT):
                 return None
             metrics.REGISTRY_CALLS.labels("resolve", "failed").inc()
             raise
@@ -139,7 +139,7 @@ class UsageReporter:
                     "usage report failed",
                     extra={"model": model, "requests": requests, "error": exc.message},
                 )
-                if exc.status_code.name in ("INVALID_ARGUMENT", "NOT_FOUND"):
+                if exc.code in (ErrorCode.INVALID_ARGUMENT, ErrorCode.NOT_FOUND):
                     continue  # the registry will never take it
                 self.record(model, tokens, requests)
                 continue

@@ -10,7 +10,8 @@ from helios.v1 import registry_pb2_grpc
 
 from proxy.registry import RegistryModel
 from runtime.channels import create_channel
-from runtime.errors import HeliosError, error_from_status
+from runtime.errors import HeliosError
+from runtime.grpc_errors import error_from_rpc
 
 __all__ = ["GrpcRegistryClient"]
 
@@ -19,7 +20,7 @@ _MAX_PAGES = 1000  # 200k models: a listing that never ends is the registry's bu
 
 
 def _error(error: grpc.aio.AioRpcError) -> HeliosError:
-    return error_from_status(error.code(), error.details() or error.code().name)
+    return error_from_rpc(error)
 
 
 class GrpcRegistryClient:

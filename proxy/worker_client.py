@@ -30,7 +30,8 @@ from proxy.fleet import (
 from proxy.served import ServedTotals
 from proxy.worker_errors import relay_error
 from runtime.channels import create_channel
-from runtime.errors import HeliosError, UnavailableError, error_from_status
+from runtime.errors import HeliosError, UnavailableError
+from runtime.grpc_errors import error_code, error_from_rpc
 from worker_api.disagg import PrefillPeer, PrefillResult
 from worker_api.wire import job_to_pb, prefill_pools_to_pb, prefill_result_from_pb, step_from_pb
 
@@ -70,7 +71,7 @@ def _relay_error(
     """The worker's failures (engine, process, transport) as UnavailableError, named so
     operators can find it: the only errors the proxy retries and counts against the
     worker. The request's own errors keep their status (see proxy.worker_errors)."""
-    return relay_error(address, error.code(), error.details(), deadline_at=deadline_at)
+    return relay_error(address, error_code(error.code()), error.details(), deadline_at=deadline_at)
 
 
 def _deadline_at(deadline_s: float | None) -> float | None:
@@ -250,7 +251,7 @@ class GrpcEstimatorClient:
                 timeout=self._deadline_s,
             )
         except grpc.aio.AioRpcError as error:
-            raise error_from_status(error.code(), error.details() or error.code().name) from error
+            raise error_from_rpc(error) from error
         if response.total_bytes <= 0:
             raise UnavailableError("the estimator answered no total_bytes")
         return int(response.total_bytes)

@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import time
 
-import grpc
-
-from runtime.errors import HeliosError, UnavailableError, error_from_status
+from runtime.errors import ErrorCode, HeliosError, UnavailableError, error_from_code
 
 __all__ = ["WORKER_FAILURE_CODES", "RelayedError", "relay_error"]
 
-# Statuses that mean the worker (its engine, its process or the way to it) failed.
+# Codes that mean the worker (its engine, its process or the way to it) failed.
 WORKER_FAILURE_CODES = frozenset(
     {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.DATA_LOSS,
+        ErrorCode.UNAVAILABLE,
+        ErrorCode.INTERNAL,
+        ErrorCode.UNKNOWN,
+        ErrorCode.DATA_LOSS,
     }
 )
 
@@ -42,39 +40,39 @@ _DEADLINE_SLACK_S = 0.05
 
 
 class RelayedError(HeliosError):
-    """A worker's answer about the request whose status has no domain class of its own
-    (OUT_OF_RANGE, CANCELLED, ABORTED, ...): relayed to the client with that status."""
+    """A worker's answer about the request whose code has no domain class of its own
+    (OUT_OF_RANGE, CANCELLED, ABORTED, ...): relayed to the client with that code."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.status_code = code
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message, code=code)
 
 
 def relay_error(
     address: str,
-    code: grpc.StatusCode,
+    code: ErrorCode,
     details: str | None,
     *,
     deadline_at: float | None = None,
     now: float | None = None,
 ) -> HeliosError:
-    """The domain error for a worker's failed call: UnavailableError when the worker
-    failed (counted against it), else the request's own error with its status.
+    """The domain error for a worker's failed call (``code``: its status as a domain
+    code, :func:`runtime.grpc_errors.error_code`): UnavailableError when the worker
+    failed (counted against it), else the request's own error with its code.
 
     ``deadline_at`` (time.monotonic()) is when the caller's own deadline for the call
     expires, None when it set none: a DEADLINE_EXCEEDED well before it is the worker's.
     """
     message = details or code.name
-    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+    if code is ErrorCode.DEADLINE_EXCEEDED:
         now = time.monotonic() if now is None else now
         if deadline_at is None or now < deadline_at - _DEADLINE_SLACK_S:
             return UnavailableError(f"worker {address} timed out: {message}")
-        return error_from_status(code, message)
+        return error_from_code(code, message)
     if code in WORKER_FAILURE_CODES:
         return UnavailableError(f"worker {address} failed: {message}")
-    error = error_from_status(code, message)
+    error = error_from_code(code, message)
     if isinstance(error, UnavailableError):
-        # error_from_status calls codes it has no class for a dependency failure; from a
-        # worker that answered, they are the request's outcome: keep the status.
+        # error_from_code calls codes it has no class for a dependency failure; from a
+        # worker that answered, they are the request's outcome: keep the code.
         return RelayedError(code, message)
     return error

@@ -12,7 +12,8 @@ import grpc
 from helios.v1 import registry_pb2, registry_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 from runtime.channels import create_channel
-from runtime.errors import FailedPreconditionError, UnavailableError, error_from_status
+from runtime.errors import FailedPreconditionError, UnavailableError
+from runtime.grpc_errors import error_from_status
 from storaged.download import IntegrityError
 from storaged.manifest import FileEntry, Manifest
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
-from runtime.errors import HeliosError, UnavailableError
+from runtime.errors import ErrorCode, HeliosError, UnavailableError
 from worker.engine.base import EmbeddingRequest, FinishReason
 from worker.metrics import ModelUsage
 from worker.models import ModelManager
@@ -43,7 +43,7 @@ async def embed_on_engine(
         ending = FinishReason.ABORT
         raise
     except HeliosError as error:
-        if error.status_code.name == "INTERNAL":
+        if error.code is ErrorCode.INTERNAL:
             raise UnavailableError(f"model {job.model}: {error.message}") from error
         raise
     finally:

@@ -16,7 +16,8 @@ from google.protobuf import json_format, struct_pb2
 from helios.v1 import estimator_pb2, estimator_pb2_grpc
 
 from runtime.channels import create_channel
-from runtime.errors import NotFoundError, error_from_status
+from runtime.errors import NotFoundError
+from runtime.grpc_errors import error_from_status
 from worker.batch_sizing import ModelMemory
 
 # The estimator's precision names for vLLM's --dtype values ("auto": the estimator's own

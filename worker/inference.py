@@ -30,7 +30,7 @@ from openai_compat.backend import CallInfo, GenerationStep, ModelEntry, collect
 from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
 from openai_compat.params import Job
 from openai_compat.tools import TurnTools
-from runtime.errors import HeliosError, UnavailableError
+from runtime.errors import ErrorCode, HeliosError, UnavailableError
 from runtime.streams import coalesce
 from worker.embeddings import embed_on_engine
 from worker.engine.base import (
@@ -250,7 +250,7 @@ class EngineBackend:
                 ending = FinishReason.ABORT
             raise
         except HeliosError as error:
-            if error.status_code.name == "INTERNAL":
+            if error.code is ErrorCode.INTERNAL:
                 # The engine failed, not the request: retryable elsewhere, as when the
                 # proxy relayed it.
                 raise UnavailableError(f"model {job.model}: {error.message}") from error

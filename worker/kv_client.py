@@ -14,20 +14,22 @@ from helios.v1 import worker_pb2_grpc
 
 from runtime.channels import create_channel
 from runtime.errors import (
+    ErrorCode,
     FailedPreconditionError,
     HeliosError,
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
 )
+from runtime.grpc_errors import error_code
 from worker.kvtransfer import KVAssembler, KVFrame, KVLayer
 
 logger = logging.getLogger(__name__)
 
-_STATUS_ERRORS: dict[grpc.StatusCode, type[HeliosError]] = {
-    grpc.StatusCode.NOT_FOUND: NotFoundError,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+_STATUS_ERRORS: dict[ErrorCode, type[HeliosError]] = {
+    ErrorCode.NOT_FOUND: NotFoundError,
+    ErrorCode.INVALID_ARGUMENT: InvalidArgumentError,
+    ErrorCode.FAILED_PRECONDITION: FailedPreconditionError,
 }
 
 
@@ -63,7 +65,7 @@ class KVFetcher:
                 size += len(msg.safetensors)
                 assembler.add(KVFrame(msg.layer, msg.num_layers, msg.token_offset, msg.safetensors))
         except grpc.aio.AioRpcError as exc:
-            error = _STATUS_ERRORS.get(exc.code(), UnavailableError)
+            error = _STATUS_ERRORS.get(error_code(exc.code()), UnavailableError)
             raise error(
                 f"fetching kv cache {handle!r} from prefill worker {address} failed:"
                 f" {exc.code().name}: {exc.details()}"

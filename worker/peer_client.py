@@ -12,7 +12,7 @@ from helios.v1 import worker_pb2_grpc
 
 from openai_compat.params import Job
 from runtime.channels import create_channel
-from runtime.errors import error_from_status
+from runtime.grpc_errors import error_from_status
 from worker_api.disagg import PrefillResult
 from worker_api.wire import job_to_pb, prefill_result_from_pb
 

@@ -16,6 +16,7 @@ from helios.v1 import storage_pb2, storage_pb2_grpc
 
 from runtime.channels import create_channel
 from runtime.errors import (
+    ErrorCode,
     FailedPreconditionError,
     HeliosError,
     InvalidArgumentError,
@@ -23,6 +24,7 @@ from runtime.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from runtime.grpc_errors import error_code
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +37,13 @@ _TIER_NAMES = {
     storage_pb2.CACHE_TIER_REMOTE: "remote",
 }
 
-_STATUS_ERRORS: dict[grpc.StatusCode, type[HeliosError]] = {
-    grpc.StatusCode.NOT_FOUND: NotFoundError,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+# storaged's answers about the request keep their meaning; any other code is storaged
+# failing (UnavailableError).
+_STATUS_ERRORS: dict[ErrorCode, type[HeliosError]] = {
+    ErrorCode.NOT_FOUND: NotFoundError,
+    ErrorCode.INVALID_ARGUMENT: InvalidArgumentError,
+    ErrorCode.FAILED_PRECONDITION: FailedPreconditionError,
+    ErrorCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
 }
 
 
@@ -71,7 +75,7 @@ class StorageClient:
             ):
                 yield DownloadProgress(msg.bytes_done, msg.bytes_total, msg.local_dir)
         except grpc.aio.AioRpcError as exc:
-            error = _STATUS_ERRORS.get(exc.code(), UnavailableError)
+            error = _STATUS_ERRORS.get(error_code(exc.code()), UnavailableError)
             raise error(
                 f"storaged {self.address} EnsureModel({model}@{version or 'latest'}) failed:"
                 f" {exc.code().name}: {exc.details()}"

@@ -34,10 +34,12 @@ from proxy.worker_client import GrpcWorkerConnection
 from proxy.worker_errors import WORKER_FAILURE_CODES, RelayedError, relay_error
 from runtime.errors import (
     DeadlineExceededError,
+    ErrorCode,
     HeliosError,
     InvalidArgumentError,
     UnavailableError,
 )
+from runtime.grpc_errors import error_code, grpc_status
 from runtime.server import RunningServer
 from worker.engine.base import EngineClient, GenerationChunk, GenerationRequest
 from worker.engine.transformers_engine import TransformersEngine
@@ -68,25 +70,25 @@ WORKER_CODES = [Code.UNAVAILABLE, Code.INTERNAL, Code.UNKNOWN, Code.DATA_LOSS]
 
 def test_every_status_code_is_classified() -> None:
     assert set(CLIENT_CODES) | set(WORKER_CODES) | {Code.OK, Code.DEADLINE_EXCEEDED} == set(Code)
-    assert set(WORKER_CODES) == WORKER_FAILURE_CODES
+    assert {error_code(code) for code in WORKER_CODES} == WORKER_FAILURE_CODES
 
 
 @pytest.mark.parametrize("code", CLIENT_CODES)
 def test_the_requests_own_errors_keep_their_status(code: grpc.StatusCode) -> None:
-    error = relay_error("w:1", code, "the detail")
+    error = relay_error("w:1", error_code(code), "the detail")
     assert not isinstance(error, UnavailableError)
-    assert (error.status_code, error.message) == (code, "the detail")
+    assert (grpc_status(error.code), error.message) == (code, "the detail")
 
 
 @pytest.mark.parametrize("code", WORKER_CODES)
 def test_the_workers_failures_are_unavailable_and_name_it(code: grpc.StatusCode) -> None:
-    error = relay_error("w:1", code, None)
+    error = relay_error("w:1", error_code(code), None)
     assert isinstance(error, UnavailableError)
     assert error.message == f"worker w:1 failed: {code.name}"
 
 
 def test_deadline_exceeded_is_the_workers_only_before_the_callers_deadline() -> None:
-    code = Code.DEADLINE_EXCEEDED
+    code = ErrorCode.DEADLINE_EXCEEDED
     # The caller set no deadline, or it is far off: the worker timed out on its own.
     assert isinstance(relay_error("w", code, "x", deadline_at=None), UnavailableError)
     assert isinstance(relay_error("w", code, "x", deadline_at=10.0, now=5.0), UnavailableError)
@@ -97,10 +99,10 @@ def test_deadline_exceeded_is_the_workers_only_before_the_callers_deadline() -> 
 
 
 def test_a_relayed_error_carries_its_status_to_the_interceptor() -> None:
-    error = RelayedError(Code.OUT_OF_RANGE, "offset past the end")
+    error = RelayedError(ErrorCode.OUT_OF_RANGE, "offset past the end")
     assert isinstance(error, HeliosError)
-    assert error.status_code is Code.OUT_OF_RANGE
-    assert HeliosError("x").status_code is Code.INTERNAL  # the class default is untouched
+    assert error.code is ErrorCode.OUT_OF_RANGE
+    assert HeliosError("x").code is ErrorCode.INTERNAL  # the class default is untouched
 
 
 # ----------------------------------------------------------------- over real gRPC
@@ -187,7 +189,7 @@ async def outcome(plane: ControlPlane, j: Job, deadline_s: float = 60) -> str:
     try:
         step = await complete(plane, j, deadline_s)
     except HeliosError as error:
-        return error.status_code.name
+        return error.code.name
     assert step.finish_reason in ("stop", "length")
     return "OK"
 
@@ -244,8 +246,7 @@ class _StatusError(HeliosError):
     """An engine error with any status (for codes with no domain class)."""
 
     def __init__(self, code: grpc.StatusCode) -> None:
-        super().__init__(f"scripted {code.name}")
-        self.status_code = code
+        super().__init__(f"scripted {code.name}", code=error_code(code))
 
 
 class ScriptedEngine(FakeEngine):
