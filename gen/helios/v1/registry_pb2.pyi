@@ -21,12 +21,14 @@ class ResolveModelRequest(_message.Message):
     def __init__(self, reference: _Optional[str] = ...) -> None: ...
 
 class ResolveModelResponse(_message.Message):
-    __slots__ = ("version", "total_bytes")
+    __slots__ = ("version", "total_bytes", "base")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
     version: ModelVersion
     total_bytes: int
-    def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    base: str
+    def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ..., total_bytes: _Optional[int] = ..., base: _Optional[str] = ...) -> None: ...
 
 class GetManifestRequest(_message.Message):
     __slots__ = ("version",)
@@ -81,31 +83,35 @@ class RegistryServiceListModelsRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class RegistryServiceListModelsResponse(_message.Message):
-    __slots__ = ("versions", "next_page_token", "total_bytes")
+    __slots__ = ("versions", "next_page_token", "total_bytes", "bases")
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BASES_FIELD_NUMBER: _ClassVar[int]
     versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
     next_page_token: str
     total_bytes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_bytes: _Optional[_Iterable[int]] = ...) -> None: ...
+    bases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_bytes: _Optional[_Iterable[int]] = ..., bases: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ImportModelRequest(_message.Message):
-    __slots__ = ("source", "model_id", "allow_patterns", "deny_patterns", "set_latest")
+    __slots__ = ("source", "model_id", "allow_patterns", "deny_patterns", "set_latest", "base")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PATTERNS_FIELD_NUMBER: _ClassVar[int]
     DENY_PATTERNS_FIELD_NUMBER: _ClassVar[int]
     SET_LATEST_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
     source: str
     model_id: str
     allow_patterns: _containers.RepeatedScalarFieldContainer[str]
     deny_patterns: _containers.RepeatedScalarFieldContainer[str]
     set_latest: bool
-    def __init__(self, source: _Optional[str] = ..., model_id: _Optional[str] = ..., allow_patterns: _Optional[_Iterable[str]] = ..., deny_patterns: _Optional[_Iterable[str]] = ..., set_latest: _Optional[bool] = ...) -> None: ...
+    base: str
+    def __init__(self, source: _Optional[str] = ..., model_id: _Optional[str] = ..., allow_patterns: _Optional[_Iterable[str]] = ..., deny_patterns: _Optional[_Iterable[str]] = ..., set_latest: _Optional[bool] = ..., base: _Optional[str] = ...) -> None: ...
 
 class ImportModelResponse(_message.Message):
-    __slots__ = ("file", "bytes_done", "bytes_total", "version", "files_done", "files_total", "file_bytes_done", "file_bytes_total", "reused_bytes")
+    __slots__ = ("file", "bytes_done", "bytes_total", "version", "files_done", "files_total", "file_bytes_done", "file_bytes_total", "reused_bytes", "base")
     FILE_FIELD_NUMBER: _ClassVar[int]
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +121,7 @@ class ImportModelResponse(_message.Message):
     FILE_BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     FILE_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     REUSED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
     file: str
     bytes_done: int
     bytes_total: int
@@ -124,7 +131,8 @@ class ImportModelResponse(_message.Message):
     file_bytes_done: int
     file_bytes_total: int
     reused_bytes: int
-    def __init__(self, file: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., version: _Optional[_Union[ModelVersion, _Mapping]] = ..., files_done: _Optional[int] = ..., files_total: _Optional[int] = ..., file_bytes_done: _Optional[int] = ..., file_bytes_total: _Optional[int] = ..., reused_bytes: _Optional[int] = ...) -> None: ...
+    base: str
+    def __init__(self, file: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., version: _Optional[_Union[ModelVersion, _Mapping]] = ..., files_done: _Optional[int] = ..., files_total: _Optional[int] = ..., file_bytes_done: _Optional[int] = ..., file_bytes_total: _Optional[int] = ..., reused_bytes: _Optional[int] = ..., base: _Optional[str] = ...) -> None: ...
 
 class UploadModelRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -135,14 +143,16 @@ class UploadModelRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadModelHeader, _Mapping]] = ..., chunk: _Optional[_Union[UploadModelChunk, _Mapping]] = ...) -> None: ...
 
 class UploadModelHeader(_message.Message):
-    __slots__ = ("model_id", "set_latest", "files")
+    __slots__ = ("model_id", "set_latest", "files", "base")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     SET_LATEST_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     set_latest: bool
     files: _containers.RepeatedCompositeFieldContainer[UploadModelFile]
-    def __init__(self, model_id: _Optional[str] = ..., set_latest: _Optional[bool] = ..., files: _Optional[_Iterable[_Union[UploadModelFile, _Mapping]]] = ...) -> None: ...
+    base: str
+    def __init__(self, model_id: _Optional[str] = ..., set_latest: _Optional[bool] = ..., files: _Optional[_Iterable[_Union[UploadModelFile, _Mapping]]] = ..., base: _Optional[str] = ...) -> None: ...
 
 class UploadModelFile(_message.Message):
     __slots__ = ("path", "size_bytes", "sha256")
@@ -165,14 +175,16 @@ class UploadModelChunk(_message.Message):
     def __init__(self, path: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadModelResponse(_message.Message):
-    __slots__ = ("version", "total_bytes", "reused_bytes")
+    __slots__ = ("version", "total_bytes", "reused_bytes", "base")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     REUSED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
     version: ModelVersion
     total_bytes: int
     reused_bytes: int
-    def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ..., total_bytes: _Optional[int] = ..., reused_bytes: _Optional[int] = ...) -> None: ...
+    base: str
+    def __init__(self, version: _Optional[_Union[ModelVersion, _Mapping]] = ..., total_bytes: _Optional[int] = ..., reused_bytes: _Optional[int] = ..., base: _Optional[str] = ...) -> None: ...
 
 class SetAliasRequest(_message.Message):
     __slots__ = ("alias", "version")

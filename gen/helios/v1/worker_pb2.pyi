@@ -305,10 +305,28 @@ class UnloadModelResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., aborted_requests: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("prefill_pools",)
+    __slots__ = ("prefill_pools", "adapters")
     PREFILL_POOLS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     prefill_pools: PrefillPools
-    def __init__(self, prefill_pools: _Optional[_Union[PrefillPools, _Mapping]] = ...) -> None: ...
+    adapters: AdapterTable
+    def __init__(self, prefill_pools: _Optional[_Union[PrefillPools, _Mapping]] = ..., adapters: _Optional[_Union[AdapterTable, _Mapping]] = ...) -> None: ...
+
+class AdapterTable(_message.Message):
+    __slots__ = ("adapters",)
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    adapters: _containers.RepeatedCompositeFieldContainer[AdapterSpec]
+    def __init__(self, adapters: _Optional[_Iterable[_Union[AdapterSpec, _Mapping]]] = ...) -> None: ...
+
+class AdapterSpec(_message.Message):
+    __slots__ = ("adapter", "base", "version")
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    adapter: str
+    base: str
+    version: str
+    def __init__(self, adapter: _Optional[str] = ..., base: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class PrefillPools(_message.Message):
     __slots__ = ("pools",)
@@ -337,7 +355,7 @@ class PrefillEndpoint(_message.Message):
     def __init__(self, address: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ...) -> None: ...
 
 class LoadedModel(_message.Message):
-    __slots__ = ("model", "state", "engine", "running_requests", "waiting_requests", "kv_cache_usage", "prefix_cache_hit_rate", "generated_tokens_total", "aborted_requests_total", "error", "requests_total", "prompt_tokens_total", "completion_tokens_total", "last_request_unix_ms", "first_tokens_total", "time_to_first_token_seconds_total")
+    __slots__ = ("model", "state", "engine", "running_requests", "waiting_requests", "kv_cache_usage", "prefix_cache_hit_rate", "generated_tokens_total", "aborted_requests_total", "error", "requests_total", "prompt_tokens_total", "completion_tokens_total", "last_request_unix_ms", "first_tokens_total", "time_to_first_token_seconds_total", "adapters")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
@@ -354,6 +372,7 @@ class LoadedModel(_message.Message):
     LAST_REQUEST_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     FIRST_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     TIME_TO_FIRST_TOKEN_SECONDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     model: str
     state: ModelState
     engine: str
@@ -370,7 +389,8 @@ class LoadedModel(_message.Message):
     last_request_unix_ms: int
     first_tokens_total: int
     time_to_first_token_seconds_total: float
-    def __init__(self, model: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., engine: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_hit_rate: _Optional[float] = ..., generated_tokens_total: _Optional[int] = ..., aborted_requests_total: _Optional[int] = ..., error: _Optional[str] = ..., requests_total: _Optional[int] = ..., prompt_tokens_total: _Optional[int] = ..., completion_tokens_total: _Optional[int] = ..., last_request_unix_ms: _Optional[int] = ..., first_tokens_total: _Optional[int] = ..., time_to_first_token_seconds_total: _Optional[float] = ...) -> None: ...
+    adapters: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., engine: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_hit_rate: _Optional[float] = ..., generated_tokens_total: _Optional[int] = ..., aborted_requests_total: _Optional[int] = ..., error: _Optional[str] = ..., requests_total: _Optional[int] = ..., prompt_tokens_total: _Optional[int] = ..., completion_tokens_total: _Optional[int] = ..., last_request_unix_ms: _Optional[int] = ..., first_tokens_total: _Optional[int] = ..., time_to_first_token_seconds_total: _Optional[float] = ..., adapters: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StoredModel(_message.Message):
     __slots__ = ("model", "tier")
