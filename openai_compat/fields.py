@@ -152,7 +152,13 @@ EMBEDDING_FIELDS: tuple[FieldRule, ...] = (
     FieldRule("model", S, "the model id", "MODEL"),
     FieldRule("input", S, "a string, strings, token ids, lists of token ids", "hello"),
     FieldRule("encoding_format", S, "float or base64", "base64"),
-    FieldRule("dimensions", S, "fewer dimensions (truncated, normalised again)", 8),
+    FieldRule(
+        "dimensions",
+        S,
+        "fewer dimensions (truncated, normalised again) where the model allows it"
+        " (a Matryoshka model); else 400",
+        8,
+    ),
     FieldRule("user", IG, "an opaque end-user id", "u-1"),
 )
 

@@ -202,3 +202,28 @@ async def test_native_grpc_and_the_proxys_cold_path(mesh: Mesh, models: tuple[st
         got = [v.number_value for v in after.embedding.list_value.values]
         want = [v.number_value for v in before.embedding.list_value.values]
         assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_langchain_and_litellm_embeddings(mesh: Mesh, models: tuple[str, str]) -> None:
+    """The clients users bring: langchain-openai's OpenAIEmbeddings and litellm."""
+    _, embedder = models
+    embeddings = pytest.importorskip("langchain_openai").OpenAIEmbeddings(
+        model=embedder,
+        base_url=mesh.rest_url,
+        api_key="unused",
+        check_embedding_ctx_length=False,  # no tiktoken lookup of a model it cannot know
+        max_retries=0,
+    )
+    vectors = embeddings.embed_documents(SENTENCES)
+    assert [len(v) for v in vectors] == [384] * 3
+    assert _cosine(vectors[0], vectors[1]) > 0.6 > 0.2 > _cosine(vectors[0], vectors[2])
+    query = embeddings.embed_query(SENTENCES[0])
+    assert query == pytest.approx(vectors[0], abs=1e-5)
+
+    litellm = pytest.importorskip("litellm")
+    response = litellm.embedding(
+        model=f"openai/{embedder}", api_base=mesh.rest_url, api_key="unused", input=SENTENCES
+    )
+    again = [item["embedding"] for item in response.data]
+    assert [len(v) for v in again] == [384] * 3
+    assert again[1] == pytest.approx(vectors[1], abs=1e-5)
