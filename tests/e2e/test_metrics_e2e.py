@@ -1,7 +1,7 @@
 """Every metric deploy/ names (alerts, prometheus-adapter rules, the Grafana dashboard,
-the HPAs: tests/deploy_refs.py) is exported by a live mesh. `helios up`'s model is
-evicted so that a chat completion goes the proxy's cold path (a cold start), a streamed
-one follows, then each process's Prometheus endpoint (the metrics ports `helios up
+the HPAs: tests/deploy_refs.py) is exported by a live mesh. A chat completion and a
+streamed one go through Envoy, warm and again after an eviction (a cold start through
+the proxy), then each process's Prometheus endpoint (the metrics ports `helios up
 --ready-file` reports) is scraped. tests/deploy checks the same names offline against
 the metric definitions; this checks that the processes deploy/ scrapes export them, with
 samples wherever this traffic makes some."""
@@ -9,6 +9,7 @@ samples wherever this traffic makes some."""
 from __future__ import annotations
 
 import shutil
+import time
 import urllib.request
 
 import openai
@@ -17,12 +18,16 @@ from deploy_refs import exposed_names, referenced_metrics
 from mesh_harness import Mesh
 from prometheus_client.parser import text_string_to_metric_families
 
+from worker.engine_metrics import REFRESH_SECONDS
+
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed"),
 ]
 
 MESSAGES = [{"role": "user", "content": "Tell me about the sun."}]
+# Engine metric refreshes a scrape waits at most for the reloaded model's gauges.
+SETTLE_REFRESHES = 10
 
 # Labelled counters of events a healthy mesh without memory pressure never has: their
 # families are on the page (HELP and TYPE) but no series until the first event.
@@ -57,24 +62,15 @@ def owns(process: str, metric: str) -> bool:
     return metric.startswith((f"helios_{kind}_", "helios_grpc_"))
 
 
-def evict_then_chat(mesh: Mesh) -> None:
-    """Through Envoy: evict the model, a chat completion (the proxy's cold path, a cold
-    start), then a streamed one. The model is warm again afterwards, as other tests of
-    the session's mesh expect."""
-    request = urllib.request.Request(
-        f"{mesh.rest_url}/admin/evict/{mesh.model}", method="DELETE", headers=mesh.admin_headers()
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status == 200
-    client = openai.OpenAI(base_url=mesh.rest_url, api_key="unused", max_retries=0, timeout=60)
+def chat_and_stream(client: openai.OpenAI, model: str) -> None:
     reply = client.chat.completions.create(
-        model=mesh.model,
+        model=model,
         messages=MESSAGES,  # type: ignore[arg-type]
         max_tokens=8,
     )
     assert reply.choices[0].message.content is not None
     stream = client.chat.completions.create(
-        model=mesh.model,
+        model=model,
         messages=MESSAGES,  # type: ignore[arg-type]
         max_tokens=8,
         stream=True,
@@ -82,15 +78,46 @@ def evict_then_chat(mesh: Mesh) -> None:
     assert any(chunk.choices and chunk.choices[0].delta.content for chunk in stream)
 
 
+def send_traffic(mesh: Mesh) -> None:
+    """Through Envoy: a chat completion and a streamed one on the warm model (Envoy to
+    the worker's InferenceService, which helios_worker_* count), then the same after an
+    eviction (the first goes the proxy's cold path: a cold start, helios_proxy_*). The
+    model is warm again afterwards, as other tests of the session's mesh expect."""
+    client = openai.OpenAI(base_url=mesh.rest_url, api_key="unused", max_retries=0, timeout=60)
+    chat_and_stream(client, mesh.model)
+    request = urllib.request.Request(
+        f"{mesh.rest_url}/admin/evict/{mesh.model}", method="DELETE", headers=mesh.admin_headers()
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+    chat_and_stream(client, mesh.model)
+
+
+def unsampled(pages: dict[str, Page], referenced: dict[str, str]) -> dict[str, str]:
+    """The referenced metrics (but the event-only ones) without a series on any page."""
+    return {
+        metric: where
+        for metric, where in referenced.items()
+        if metric not in EVENT_ONLY and not any(metric in page.sampled for page in pages.values())
+    }
+
+
 def test_every_metric_deploy_names_is_exported(mesh: Mesh) -> None:
-    evict_then_chat(mesh)
+    send_traffic(mesh)
     services = mesh.info["services"]
     assert {"proxy", "storaged", "registry", "estimator", "worker-0"} <= set(services)
     assert all(service["metrics_port"] for service in services.values()), services
-    pages = {name: scrape(service["metrics_port"]) for name, service in services.items()}
     referenced = referenced_metrics()
     assert len(referenced) > 30
     assert set(referenced) >= EVENT_ONLY  # else the exemption above is stale
+    # The worker's engine gauges are set every REFRESH_SECONDS from the engine, and
+    # dropped while its model is unloaded: the reloaded model's come back within one.
+    deadline = time.monotonic() + SETTLE_REFRESHES * REFRESH_SECONDS
+    while True:
+        pages = {name: scrape(service["metrics_port"]) for name, service in services.items()}
+        if not unsampled(pages, referenced) or time.monotonic() > deadline:
+            break
+        time.sleep(REFRESH_SECONDS / 4)
 
     exporters = {
         metric: sorted(name for name, page in pages.items() if metric in page.names)
@@ -106,9 +133,5 @@ def test_every_metric_deploy_names_is_exported(mesh: Mesh) -> None:
     }
     assert not misplaced, f"exported only by processes it does not belong to: {misplaced}"
 
-    unsampled = {
-        metric: referenced[metric]
-        for metric in set(referenced) - EVENT_ONLY
-        if not any(metric in page.sampled for page in pages.values())
-    }
-    assert not unsampled, f"exported without a single series after a cold start: {unsampled}"
+    without_series = unsampled(pages, referenced)
+    assert not without_series, f"exported without a single series after traffic: {without_series}"
