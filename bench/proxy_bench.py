@@ -44,16 +44,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil
 from helios.v1 import inference_pb2, inference_pb2_grpc
 
-from cli.envoy import (
+from cli.envoy import EnvoyProcess
+from cli.processes import ServiceProcess
+from edge import (
     EdgeAccess,
-    EnvoyProcess,
     Upstream,
     build_descriptor_set,
     edge_virtual_host,
     render_envoy_config,
     write_edge_routes,
 )
-from cli.processes import ServiceProcess
 
 MODEL = "zero"
 RELAY_TOKENS = 2000

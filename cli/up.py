@@ -38,17 +38,7 @@ from helios.v1 import (
     storage_pb2,
 )
 
-from cli.envoy import (
-    EdgeAccess,
-    EnvoyProcess,
-    Upstream,
-    UpstreamTls,
-    build_descriptor_set,
-    edge_virtual_host,
-    render_envoy_config,
-    write_edge_routes,
-)
-from cli.envoy_tracing import EdgeTracing, edge_tracing
+from cli.envoy import EnvoyProcess
 from cli.keys import admin_key_path, bearer, ensure_admin_key
 from cli.mesh import remove_mesh_file, write_mesh_file
 from cli.minilm import add_embedding_argument, default_embedding_model
@@ -57,6 +47,17 @@ from cli.smollm2 import MODEL_NAME as SMOLLM2_NAME
 from cli.smollm2 import SmolLM2Unavailable, ensure_smollm2_model
 from cli.tinymodel import DEFAULT_MODEL_NAME as TINY_MODEL_NAME
 from cli.tinymodel import ensure_default_model as ensure_tiny_model
+from edge import (
+    EdgeAccess,
+    EdgeTracing,
+    Upstream,
+    UpstreamTls,
+    build_descriptor_set,
+    edge_tracing,
+    edge_virtual_host,
+    render_envoy_config,
+    write_edge_routes,
+)
 from runtime.channels import create_channel, set_default_client_tls
 from runtime.config import helios_home
 from runtime.otel_config import trace_export_from_env
@@ -98,7 +99,7 @@ def _grpc_name(module: Any, service: str) -> str:
 INFERENCE_SERVICE = _grpc_name(inference_pb2, "InferenceService")
 ADMIN_SERVICE = _grpc_name(admin_pb2, "AdminService")
 # Services with a process of their own that the front door routes (for what their role
-# allows: the registry's catalogue reads only; cli/envoy.py says which).
+# allows: the registry's catalogue reads only; edge/access.py says which).
 _EDGE_SERVICES = (
     ("estimator", _grpc_name(estimator_pb2, "EstimatorService")),
     ("registry", _grpc_name(registry_pb2, "RegistryService")),
@@ -199,7 +200,7 @@ class Mesh:
                     )
 
     def _edge(self, upstream: dict[str, Upstream], metrics: Upstream | None) -> dict[str, Any]:
-        """The front door's routing (cli/envoy.py edge_virtual_host's arguments) over the
+        """The front door's routing (edge.edge_virtual_host's arguments) over the
         services that run: which service goes where, and the keys."""
         routes = {
             INFERENCE_SERVICE: upstream["proxy"],

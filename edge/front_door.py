@@ -1,9 +1,9 @@
-"""The front door's conventional paths (routes of cli/envoy.py's virtual host).
+"""The front door's conventional paths (routes of edge/routes.py's virtual host).
 
 ========================  ==========  ==================================================
 path                      role        what answers
 ========================  ==========  ==================================================
-``GET /``                 public      the status page (envoy/status_page.html: one
+``GET /``                 public      the status page (edge/status_page.html: one
                                       self-contained HTML+JS page, no external resource;
                                       Envoy serves it, its data comes from /v1/status)
 ``GET /v1/status``        inference   AdminService.GetStatus (the proxy): models, workers,
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-STATUS_PAGE_PATH = Path(__file__).resolve().parent.parent / "envoy" / "status_page.html"
+STATUS_PAGE_PATH = Path(__file__).resolve().with_name("status_page.html")
 # Envoy refuses a route configuration whose direct response body is larger than the
 # route configuration's max_direct_response_body_size_bytes, 4096 by default.
 MAX_DIRECT_BODY_BYTES = 4096

@@ -24,15 +24,15 @@
 --   * text/event-stream: passes the chunks through unbuffered and appends `data: [DONE]`
 --     after the stream's last event (see README.md).
 --
--- cli/envoy.py inlines this file into the bootstrap; it may rewrite the next line.
-local APPEND_DONE = true
+-- edge/lua.py inlines this file into the bootstrap; each quoted @NAME@ is Python's NAME.
+local APPEND_DONE = "@APPEND_DONE@"
 
-local EDGE_HEADER = "x-helios-edge"
-local CLIENT_HEADER = "x-helios-client"
-local MODEL_HEADER = "x-helios-model"
-local PREFIX_HASH_HEADER = "x-helios-prefix-hash"
+local EDGE_HEADER = "@EDGE_HEADER@"
+local CLIENT_HEADER = "@CLIENT_HEADER@"
+local MODEL_HEADER = "@MODEL_HEADER@"
+local PREFIX_HASH_HEADER = "@PREFIX_HASH_HEADER@"
 -- Model ids longer than this are not routed by header (the proxy answers them).
-local MAX_MODEL_HEADER = 256
+local MAX_MODEL_HEADER = "@MAX_ID_BYTES@"
 -- The prompt bytes (raw JSON text of `messages` or `prompt`) the prefix hash covers.
 local PREFIX_HASH_BYTES = 256
 local METADATA_NS = "helios.edge"
@@ -43,7 +43,7 @@ local STREAM_PATHS = {
 }
 -- POST bodies whose `model` routes the request but that never stream (no `:stream` method).
 local UNARY_MODEL_PATHS = {
-  ["/v1/embeddings"] = true,
+  ["@EMBEDDINGS_PATH@"] = true,
 }
 
 local GRPC_CODE_NAMES = {

@@ -14,15 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from runtime.edge_names import MODEL_HEADER
 from runtime.otel_config import GRPC, HTTP_PROTOBUF, TraceExport
 
 __all__ = ["COLLECTOR_CLUSTER", "ENVOY_SERVICE_NAME", "EdgeTracing", "edge_tracing"]
 
 COLLECTOR_CLUSTER = "otlp_collector"
 ENVOY_SERVICE_NAME = "helios-envoy"
-# The model a request is for (cli/envoy.py MODEL_HEADER: the Lua filter sets it from a
-# REST body), tagged on Envoy's span under the GenAI semantic conventions' name.
-_MODEL_TAG = ("gen_ai.request.model", "x-helios-model")
+# The model a request is for (MODEL_HEADER: the Lua filter sets it from a REST body),
+# tagged on Envoy's span under the GenAI semantic conventions' name.
+_MODEL_TAG = ("gen_ai.request.model", MODEL_HEADER)
 # How long Envoy waits for the collector per export (it drops spans rather than queue).
 _EXPORT_TIMEOUT = "1s"
 _DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -34,6 +34,7 @@ from proxy.xds_snapshot import (
     ModelRoute,
     XdsSnapshot,
 )
+from runtime.edge_names import MODEL_HEADER, ROUTE_CONFIG_NAME, VIRTUAL_HOST_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +57,6 @@ ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 SERVED_TYPES = (CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE)
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
-ROUTE_CONFIG_NAME = "helios"
-VIRTUAL_HOST_NAME = "helios"
-# The header carrying the model id (set by the edge's Lua filter from a REST body; a
-# native gRPC client sends it as metadata).
-MODEL_HEADER = "x-helios-model"
 INFERENCE_PREFIX = "/helios.v1.InferenceService/"
 # Retried on another host, only ever before response headers reach the client (Envoy's
 # rule): a gRPC UNAVAILABLE answer (x-envoy-retry-grpc-on's name), a refused connection
@@ -94,7 +90,7 @@ _LB = {
 @dataclass(frozen=True)
 class UpstreamTls:
     """Mutual TLS from Envoy to the workers: Envoy's client cert/key and the CA (the
-    same shape as cli/envoy.py's static clusters use)."""
+    same shape as edge/clusters.py's static clusters use)."""
 
     cert: Path
     key: Path
@@ -141,7 +137,7 @@ def load_base_routes(path: Path) -> tuple[route_components_pb2.Route, ...]:
 def load_edge_virtual_host(
     path: Path,
 ) -> tuple[tuple[route_components_pb2.Route, ...], route_components_pb2.VirtualHost | None]:
-    """The edge's virtual host as cli/envoy.py writes it (``write_edge_routes``): its
+    """The edge's virtual host as edge/routes.py writes it (``write_edge_routes``): its
     routes (the base routes) and the host itself (per-filter config, rate limits). A JSON
     list is read as routes alone (see :func:`load_base_routes`). ValueError when it is
     neither."""

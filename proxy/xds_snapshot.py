@@ -39,12 +39,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from proxy.fleet import AgentState, WorkerRole, WorkerView
+from runtime.edge_names import PREFIX_HASH_HEADER
 
 CLUSTER_PREFIX = "helios-model-"
 # The sanitised model id part of a cluster name is cut to this many characters.
 CLUSTER_MODEL_CHARS = 40
-# The header the edge fills with a hash of the prompt's prefix (prefix-aware routing).
-PREFIX_HASH_HEADER = "x-helios-prefix-hash"
 # Bounded load for prefix-aware hashing: no endpoint takes more than 150% of the mean
 # load (Envoy's hash_balance_factor, in percent); the rest spill over to the next host
 # on the ring.

@@ -1,4 +1,4 @@
-"""Render the Kubernetes gateway's Envoy config from cli/envoy.py (the same code as
+"""Render the Kubernetes gateway's Envoy config with the edge package (the same code as
 `helios up`), with Kubernetes Service DNS names as upstreams: the bootstrap (its routes
 and per-model clusters come from the proxy's ADS), the descriptor set, and the edge's
 virtual host that the proxy serves as its base routes (--edge-routes).
@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "gen"))
 
-from cli.envoy import (  # noqa: E402
+from edge import (  # noqa: E402
     EdgeAccess,
     Upstream,
     build_descriptor_set,

@@ -32,15 +32,10 @@ from helios.v1 import (
     storage_pb2_grpc,
 )
 
-from cli.envoy import (
-    EdgeAccess,
-    EnvoyProcess,
-    Upstream,
-    build_descriptor_set,
-    render_envoy_config,
-)
+from cli.envoy import EnvoyProcess
 from cli.processes import ServiceProcess
 from cli.tinymodel import build_tiny_model
+from edge import EdgeAccess, Upstream, build_descriptor_set, render_envoy_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 

@@ -14,7 +14,8 @@ import openai
 import pytest
 from envoy_fakes import ADMIN_KEY, BackgroundLoop, Edge, start_fake_server, start_metrics_server
 
-from cli.envoy import EdgeAccess, EnvoyProcess, Upstream, build_descriptor_set, render_envoy_config
+from cli.envoy import EnvoyProcess
+from edge import EdgeAccess, Upstream, build_descriptor_set, render_envoy_config
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,10 @@ import pytest
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from cli.envoy import (
-    API_KEY_FILTER_NAME,
-    REGISTRY_ADMIN_METHODS,
-    REGISTRY_CATALOGUE_METHODS,
-    STORAGE_ADMIN_METHODS,
-    TRANSCODED_SERVICES,
-    TRANSCODER_FILTER_NAME,
-    EdgeAccess,
-    Upstream,
-    find_envoy_binary,
-    render_envoy_config,
-)
+from cli.envoy import find_envoy_binary
+from edge import EdgeAccess, Upstream, render_envoy_config
+from edge.access import REGISTRY_ADMIN_METHODS, REGISTRY_CATALOGUE_METHODS, STORAGE_ADMIN_METHODS
+from edge.names import API_KEY_FILTER_NAME, TRANSCODED_SERVICES, TRANSCODER_FILTER_NAME
 
 PROXY = Upstream("proxy", "127.0.0.1", 50051)
 
@@ -88,7 +80,7 @@ def test_routes_and_clusters(descriptor: Path) -> None:
         for r in routes[1:]
     ]
     assert prefixes == [
-        # The front door's conventional paths (cli/front_door.py).
+        # The front door's conventional paths (edge/front_door.py).
         ("/", None),  # the status page
         ("/version", None),
         ("/health", "proxy"),
@@ -237,7 +229,7 @@ def test_without_metrics_upstream(descriptor: Path) -> None:
     config = render(descriptor, metrics_upstream=None, grpc_upstreams={})
     routes = hcm(config)["route_config"]["virtual_hosts"][0]["routes"]
     assert [r["match"].get("prefix") or r["match"]["path"] for r in routes] == [
-        # The front door (cli/front_door.py); no /metrics without a metrics upstream.
+        # The front door (edge/front_door.py); no /metrics without a metrics upstream.
         "/",
         "/version",
         "/health",

@@ -27,7 +27,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from helios.v1 import inference_pb2, inference_pb2_grpc
 
-from cli.envoy import EnvoyProcess, Upstream, render_envoy_config
+from cli.envoy import EnvoyProcess
+from edge import Upstream, render_envoy_config
 
 MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
 

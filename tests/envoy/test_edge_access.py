@@ -34,7 +34,8 @@ from helios.v1 import (
     worker_pb2_grpc,
 )
 
-from cli.envoy import EdgeAccess, EnvoyProcess, Upstream, render_envoy_config
+from cli.envoy import EnvoyProcess
+from edge import EdgeAccess, Upstream, render_envoy_config
 
 INFERENCE_KEY = "inference-secret"
 ADMIN_KEY = "admin-secret"

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from cli.envoy import Upstream, find_envoy_binary, render_envoy_config
-from cli.envoy_tracing import COLLECTOR_CLUSTER, EdgeTracing, edge_tracing
+from cli.envoy import find_envoy_binary
+from edge import Upstream, render_envoy_config
+from edge.tracing import COLLECTOR_CLUSTER, EdgeTracing, edge_tracing
 from runtime.otel_config import TraceExport
 
 PROXY = Upstream("proxy", "127.0.0.1", 50051)
