@@ -1,6 +1,6 @@
 """The mesh's admin key: what `helios up` gives Envoy and what the CLI sends.
 
-The front door never opens the admin API without an admin key (cli/envoy.py EdgeAccess).
+The front door never opens the admin API without an admin key (edge/access.py EdgeAccess).
 `helios up` takes one from ``--admin-key`` or ``HELIOS_ADMIN_KEY``; otherwise it uses the
 key in ``$HELIOS_HOME/admin-key``, making a random one there the first time (mode 0600,
 written to a temporary file and renamed), so `helios status` on the same machine finds it

@@ -1,5 +1,5 @@
 """How large a request may be, per RPC and per field: one table for every Helios server and
-for the edge (cli/envoy.py sizes Envoy's per-route body limits from the same numbers).
+for the edge (edge/routes.py sizes Envoy's per-route body limits from the same numbers).
 
 Three layers, each below the next, so a request is refused by the cheapest check that can:
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Render every Kustomize overlay under deploy/overlays and validate it offline:
-#   1. deploy/base/envoy is what tools/render_k8s_envoy.py renders from cli/envoy.py now;
+#   1. deploy/base/envoy is what tools/render_k8s_envoy.py renders from edge/ now;
 #   2. core objects: kubernetes-validate --strict against Kubernetes $K8S_VERSION
 #      (schemas ship inside the pip package: no network);
 #   3. custom resources (Istio, Prometheus Operator): deploy/schemas/validate_crds.py.
