@@ -1,6 +1,7 @@
 """Services talk only through gRPC contracts: no service package imports another (shared
 code lives in runtime/, openai_compat/, worker_api/, zerocopy/). cli/ composes them and
-may import any."""
+may import any. edge/ (Envoy's configuration, for cli/ and tools/) builds on shared code
+only: it imports no service and no cli, and no service or shared package imports it."""
 
 from __future__ import annotations
 
@@ -30,4 +31,16 @@ def test_no_service_imports_another_and_shared_code_imports_no_service() -> None
         for path in sorted((REPO / package).rglob("*.py")):
             for name in sorted(_imported_packages(path) & forbidden):
                 crossings.append(f"{path.relative_to(REPO)} imports {name}")
+    assert crossings == []
+
+
+def test_the_edge_imports_no_service_and_nothing_below_it_imports_the_edge() -> None:
+    crossings = []
+    for path in sorted((REPO / "edge").rglob("*.py")):
+        for name in sorted(_imported_packages(path) & {*SERVICES, "cli"}):
+            crossings.append(f"{path.relative_to(REPO)} imports {name}")
+    for package in (*SERVICES, *SHARED):
+        for path in sorted((REPO / package).rglob("*.py")):
+            if "edge" in _imported_packages(path):
+                crossings.append(f"{path.relative_to(REPO)} imports edge")
     assert crossings == []

