@@ -32,6 +32,7 @@ from openai_compat.params import Job
 from openai_compat.tools import TurnTools
 from runtime.errors import ErrorCode, HeliosError, UnavailableError
 from runtime.streams import coalesce
+from worker.adapters import Target, with_adapter
 from worker.embeddings import embed_on_engine
 from worker.engine.base import (
     ChatMessage,
@@ -162,21 +163,21 @@ class EngineBackend:
         return self._generate(job, call, streaming=True)
 
     async def _engine_chunks(
-        self, job: Job, call: CallInfo, *, streaming: bool, spans: GenerationSpans
+        self, job: Job, call: CallInfo, target: Target, *, streaming: bool, spans: GenerationSpans
     ) -> AsyncGenerator[GenerationChunk, None]:
         """``job`` generated whole on this worker's engine, after its fair turn among the
         clients queued for the model (ModelManager.serve); closing this generator
         (client gone) closes the engine's stream, which aborts the request in the engine,
         or takes it out of the queue before it ever reached the engine."""
-        request = generation_request(job)
+        adapter = await self._models.adapters.ref(target.adapter)
         async with self._models.serve(
-            job.model,
+            target.model,
             job.request_id,
             authorization=call.header(AUTHORIZATION_HEADER),
             deadline_s=call.deadline_s,
         ) as engine:
             spans.admitted()
-            chunks = engine.generate(request)
+            chunks = engine.generate(with_adapter(engine, generation_request(job), adapter))
             if streaming:
                 chunks = client_stream(engine, chunks)
             async with aclosing(chunks):
@@ -206,8 +207,15 @@ class EngineBackend:
         """``job``'s steps, counted in the usage ledger: from the engine here, or from a
         split run (Prefill on a peer, Decode here). Closing this generator (client gone)
         stops them."""
-        split = self._check_serving(job.model)
-        usage = self._usage.of(job.model)
+        # A LoRA adapter runs on its base: the base's queue, engine and usage figures (so
+        # the control plane's idle clock sees the base in use).
+        target = self._models.target(job.model)
+        split = self._check_serving(target.model)
+        if target.adapter is not None and split is not None:
+            raise UnavailableError(
+                f"model {job.model}: LoRA adapters run on whole-generation workers only"
+            )
+        usage = self._usage.of(target.model)
         arrived = time.monotonic()
         usage.arrived()
         spans = GenerationSpans.for_job(job, streaming=streaming)
@@ -216,7 +224,7 @@ class EngineBackend:
         tokens = 0  # the prompt and completion tokens so far, charged to the key at the end
         try:
             steps = (
-                self._engine_chunks(job, call, streaming=streaming, spans=spans)
+                self._engine_chunks(job, call, target, streaming=streaming, spans=spans)
                 if split is None
                 else self._split_steps(job, call, split)
             )

@@ -24,6 +24,7 @@ from runtime.errors import (
     UnavailableError,
 )
 from runtime.gcheap import freeze_long_lived, thaw_long_lived
+from worker.adapters import AdapterStore, Target
 from worker.admission import Admission
 from worker.engine.base import EngineClient, EngineStats
 from worker.load_phases import LoadTimeline
@@ -71,6 +72,8 @@ class ModelStatus:
     loaded_at: float = 0.0  # unix time it became READY (0: not yet)
     # Seconds of its last load by phase (worker/load_phases.py); empty until it has one.
     load_phases: dict[str, float] = field(default_factory=dict)
+    # The LoRA adapters loaded on its engine now.
+    adapters: tuple[str, ...] = ()
 
 
 @dataclass
@@ -107,13 +110,16 @@ class ModelManager:
         engine_kind: str,
         capacity_bytes: int,
         admission: Admission | None = None,
+        adapters: AdapterStore | None = None,
     ) -> None:
         """``admission``: the fair queues ahead of the engines (default limits when
-        None); :meth:`serve` takes its turns."""
+        None); :meth:`serve` takes its turns. ``adapters``: the LoRA adapters the models
+        serve (worker.adapters; none fetchable when None)."""
         self._engine_factory = engine_factory
         self._engine_kind = engine_kind
         self.capacity_bytes = capacity_bytes
         self.admission = admission if admission is not None else Admission()
+        self.adapters = adapters if adapters is not None else AdapterStore()
         self._slots: dict[str, _Slot] = {}
         self._lock = asyncio.Lock()
 
@@ -329,9 +335,15 @@ class ModelManager:
                     error=slot.error,
                     loaded_at=slot.loaded_at,
                     load_phases=dict(slot.load_phases),
+                    adapters=slot.engine.adapter_ids() if slot.engine else (),
                 )
             )
         return result
+
+    def target(self, model: str) -> Target:
+        """Where a request for ``model`` runs here: the model itself, or the base of
+        the LoRA adapter it names (worker.adapters)."""
+        return self.adapters.target(model, lambda name: name in self._slots)
 
     def lifecycle(self, name: str) -> ModelLifecycle | None:
         """Where model ``name`` is on this worker; None when this worker does not have it."""

@@ -24,12 +24,14 @@ from runtime.config import (
 )
 from runtime.paths import PathRoots, split_roots
 from runtime.server import Cleanup, Register, run
+from worker.adapters import AdapterStore
 from worker.admission import Admission, QueueLimits
 from worker.compile_mode import COMPILE_CHOICES, persistent_vllm_cache, resolve_compile_mode
 from worker.disagg import PrefillElsewhere
 from worker.engine.base import EngineClient
 from worker.engine.pooling import is_embedding_model
 from worker.engine.vllm_engine import VllmConfig
+from worker.engine.vllm_lora import VllmLora
 from worker.engine_metrics import EngineMetricsRefresher
 from worker.engine_sizing import VllmSizer
 from worker.estimator_client import EstimatorClient
@@ -216,6 +218,19 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         " eager (no compilation: the fastest start), auto (full on a GPU, eager on a CPU)",
     )
     group.add_argument(
+        "--max-loras",
+        type=int,
+        default=int(env_default("worker", "max_loras", "0")),
+        help="LoRA adapters vLLM batches at once (0: LoRA off); the reference engine always"
+        " serves adapters",
+    )
+    group.add_argument(
+        "--max-lora-rank",
+        type=int,
+        default=int(env_default("worker", "max_lora_rank", "16")),
+        help="the largest LoRA rank vLLM serves",
+    )
+    group.add_argument(
         "--tensor-parallel-size",
         type=int,
         default=int(env_default("worker", "tensor_parallel_size", "1")),
@@ -235,6 +250,8 @@ def vllm_config_from_args(args: argparse.Namespace) -> VllmConfig:
         raise ConfigError("cpu_kvcache_space_gib", "must be > 0")
     if args.tensor_parallel_size < 1:
         raise ConfigError("tensor_parallel_size", "must be >= 1")
+    if args.max_loras < 0 or args.max_lora_rank < 1:
+        raise ConfigError("max_loras", "must be >= 0, and max_lora_rank >= 1")
     return VllmConfig(
         dtype=args.dtype,
         max_num_seqs=args.max_num_seqs,
@@ -248,6 +265,7 @@ def vllm_config_from_args(args: argparse.Namespace) -> VllmConfig:
         kv_role=args.role if args.kv_shared_path else None,
         kv_shared_path=args.kv_shared_path,
         compile=resolve_compile_mode(args.compile, has_gpu=nvml_memory() is not None),
+        lora=VllmLora(max_loras=args.max_loras, max_lora_rank=args.max_lora_rank),
     )
 
 
@@ -388,11 +406,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             factory = vllm_engine_factory(vllm_config, sizer)
         else:
             factory = after_preimport(transformers_engine_factory(args.max_concurrency))
+        storage = StorageClient(args.storaged) if args.storaged else None
         manager = ModelManager(
             factory,
             engine_kind=args.engine,
             capacity_bytes=args.memory_capacity_bytes,
             admission=admission,
+            # LoRA adapters' files come through storaged, as models' do.
+            adapters=AdapterStore(storage.ensure_model if storage is not None else None),
         )
         for name, path in models:
             async for step in manager.load(name, path):
@@ -405,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             worker_id=args.worker_id,
             advertise_address=args.advertise_address,
             kv_fetcher=kv_fetcher,
-            storage=StorageClient(args.storaged) if args.storaged else None,
+            storage=storage,
             role=args.role,
             usage=usage,
             local_roots=local_roots,

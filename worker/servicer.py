@@ -14,6 +14,7 @@ from helios.v1 import worker_pb2 as pb
 from openai_compat.protocol import call_info
 from runtime.errors import FailedPreconditionError, InvalidArgumentError
 from runtime.paths import PathRoots
+from worker.adapters import AdapterSpec, with_adapter
 from worker.disagg import decode_prefilled
 from worker.engine.base import (
     ChatMessage,
@@ -193,8 +194,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._serves("Generate")
         generation = generation_request_from_pb(request)
         call = call_info(context)
+        # The model, or a LoRA adapter on its base (worker.adapters).
+        target = self._models.target(request.model)
+        adapter = await self._models.adapters.ref(target.adapter)
         serving = self._models.serve(
-            request.model,
+            target.model,
             generation.request_id,
             authorization=call.header(AUTHORIZATION_HEADER),
             deadline_s=call.deadline_s,
@@ -204,6 +208,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         async with serving as engine:
             # aclosing: when the client goes away this generator is cancelled, and the
             # engine's stream must be closed right then so it stops computing.
+            generation = with_adapter(engine, generation, adapter)
             stream = client_stream(engine, engine.generate(generation))
             async with aclosing(stream):
                 async for chunk in stream:
@@ -300,6 +305,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     ) -> pb.HeartbeatResponse:
         if self._prefill_peers is not None and request.HasField("prefill_pools"):
             self._prefill_peers.update(prefill_pools_from_pb(request.prefill_pools))
+        if request.HasField("adapters"):
+            self._models.adapters.update(
+                AdapterSpec(a.adapter, a.base, a.version) for a in request.adapters.adapters
+            )
         statuses = self._models.statuses()
         dead = set(await self._models.check_health())
         models = [
@@ -315,6 +324,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 generated_tokens_total=s.stats.generated_tokens_total,
                 aborted_requests_total=s.stats.aborted_requests_total,
                 error=s.error,
+                adapters=s.adapters,
             )
             for s in statuses
         ]
