@@ -67,6 +67,8 @@ logger = logging.getLogger("helios.up")
 
 SERVICE_READY_TIMEOUT = 180.0
 MODEL_READY_TIMEOUT = 180.0
+# How often `helios up` asks again while the proxy has yet to hear from any worker.
+WORKER_WAIT_S = 0.25
 STOP_GRACE = 15.0
 # Registry ids are org/name; the models `helios up` serves are recorded under this org.
 REGISTRY_ORG = "helios"
@@ -231,15 +233,23 @@ class Mesh:
         async with create_channel(self.proxy.address) as channel:
             admin = admin_pb2_grpc.AdminServiceStub(channel)
             for model_id in self.imported.values():
-                try:
-                    await admin.ScaleModel(
-                        admin_pb2.ScaleModelRequest(model_id=model_id, replicas=1),
-                        timeout=MODEL_READY_TIMEOUT,
-                    )
-                except grpc.aio.AioRpcError as error:
-                    raise ServiceStartError(
-                        f"could not load {model_id}: {error.code().name}: {error.details()}"
-                    ) from error
+                deadline = time.monotonic() + MODEL_READY_TIMEOUT
+                while True:
+                    try:
+                        await admin.ScaleModel(
+                            admin_pb2.ScaleModelRequest(model_id=model_id, replicas=1),
+                            timeout=max(1.0, deadline - time.monotonic()),
+                        )
+                        break
+                    except grpc.aio.AioRpcError as error:
+                        # The workers are up, but the proxy knows them from their first
+                        # heartbeat: on a loaded machine that can come after this call.
+                        if _no_worker_yet(error) and time.monotonic() < deadline:
+                            await asyncio.sleep(WORKER_WAIT_S)
+                            continue
+                        raise ServiceStartError(
+                            f"could not load {model_id}: {error.code().name}: {error.details()}"
+                        ) from error
 
     async def start(self) -> None:
         started = time.monotonic()
@@ -709,3 +719,10 @@ def _default_model() -> tuple[str, Path]:
     except SmolLM2Unavailable as exc:
         print(f"{exc}; serving the built-in {TINY_MODEL_NAME} instead.", flush=True)
         return TINY_MODEL_NAME, ensure_tiny_model()
+
+
+def _no_worker_yet(error: grpc.aio.AioRpcError) -> bool:
+    """The proxy's answer before any worker's first heartbeat (proxy/placement.py)."""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and "no worker is available" in (
+        error.details() or ""
+    )
