@@ -54,6 +54,7 @@ from edge import (
     render_envoy_config,
     write_edge_routes,
 )
+from runtime.edge_names import MODEL_HEADER
 
 MODEL = "zero"
 RELAY_TOKENS = 2000
@@ -214,7 +215,7 @@ async def run(requests: int, rounds: int) -> None:
             )
             calls = {
                 "direct": inference_call(channels["direct"]),
-                "envoy": inference_call(channels["envoy"], (("x-helios-model", MODEL),)),
+                "envoy": inference_call(channels["envoy"], ((MODEL_HEADER, MODEL),)),
                 "rest": rest_call(rest),
                 "relay": inference_call(channels["relay"]),
             }
