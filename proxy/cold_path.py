@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -38,6 +39,7 @@ from openai_compat.backend import Step, collect, merge_steps
 from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
 from openai_compat.params import Job
 from proxy import metrics
+from proxy.adapters import find_adapter
 from proxy.cold_start import ColdStarts
 from proxy.disagg import DisaggregatedRun, DisaggregationFailed
 from proxy.fleet import WorkerConnection
@@ -113,7 +115,12 @@ class ColdPath:
         outcome = "error"
         model_metrics: metrics.ModelMetrics | None = None  # once the model is routable
         try:
-            pair = self.pool.pick_disaggregated(job.model)
+            # A LoRA adapter runs on its base: the base is placed (loaded when READY
+            # nowhere) and the request relayed as <base>:<adapter> (proxy.adapters).
+            adapter = await find_adapter(job.model, self.cold.registry, self.cold.knows)
+            placed = job.model if adapter is None else adapter.base
+            relayed = job if adapter is None else dataclasses.replace(job, model=adapter.pair)
+            pair = None if adapter is not None else self.pool.pick_disaggregated(placed)
             run: DisaggregatedRun | None = None
             if pair is not None:
                 address = pair[1]  # the decode worker, which streams the rest
@@ -126,12 +133,12 @@ class ColdPath:
                     *pair,
                 )
             else:
-                address = await self.cold.replica(job.model, request.deadline_s)
+                address = await self.cold.replica(placed, request.deadline_s)
             model_metrics = metrics.for_model(job.model)
             model_metrics.queue_time.observe(time.monotonic() - arrived)
             first_token_at: float | None = None
             try:
-                async with self._steps(job, address, run, deadline_at) as steps:
+                async with self._steps(relayed, address, run, deadline_at, placed) as steps:
                     async for step in steps:
                         if first_token_at is None and step.completion_tokens > 0:
                             first_token_at = time.monotonic()
@@ -174,16 +181,22 @@ class ColdPath:
 
     @contextlib.asynccontextmanager
     async def _steps(
-        self, job: Job, address: str, run: DisaggregatedRun | None, deadline_at: float | None
+        self,
+        job: Job,
+        address: str,
+        run: DisaggregatedRun | None,
+        deadline_at: float | None,
+        placed: str,
     ) -> AsyncIterator[AsyncGenerator[Step, None]]:
         """The request's steps, closed (its calls cancelled) when it ends: a
-        disaggregated run, or Generate on ``address`` counted as running there."""
+        disaggregated run, or Generate on ``address`` counted as running there (as a
+        request of ``placed``, the model loaded there: an adapter's base)."""
         if run is not None:
             async with aclosing(coalesce(run.steps(), merge_steps)) as steps:
                 yield steps
             return
         remaining = None if deadline_at is None else deadline_at - time.monotonic()
-        with self.pool.lease(address), self.cold.activity.running(address, job.model):
+        with self.pool.lease(address), self.cold.activity.running(address, placed):
             worker_steps = self._connections[address].generate(job, remaining)
             async with aclosing(coalesce(worker_steps, merge_steps)) as steps:
                 yield steps

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from proxy import metrics
+from proxy.activity import Activity
 from proxy.estimate import MemoryEstimator, MemoryNeed
-from proxy.fleet import Activity, ModelOnAgent, WorkerConnection, WorkerPool
+from proxy.fleet import ModelOnAgent, WorkerConnection, WorkerPool
 from proxy.placement import NoFit, best_fit, eviction_plan
 from proxy.registry import RegistryCatalogue
 from runtime.errors import (
@@ -261,7 +262,7 @@ class ColdStarts:
         if spec is not None or self.registry is None:
             return spec
         found = await self.registry.lookup(model)
-        if found is None:
+        if found is None or found.base:  # a LoRA adapter is served on its base, never loaded
             return None
         spec = self.catalogue.get(model)  # another request may have added it meanwhile
         if spec is None:

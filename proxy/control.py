@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from proxy.activity import Activity
 from proxy.cold_path import ColdPath
 from proxy.cold_start import (
     DEFAULT_DRAIN_S,
@@ -26,7 +27,7 @@ from proxy.cold_start import (
 )
 from proxy.discovery import DiscoverySource
 from proxy.estimate import MemoryEstimator
-from proxy.fleet import Activity, WorkerConnection, WorkerPool
+from proxy.fleet import WorkerConnection, WorkerPool
 from proxy.heartbeats import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_HEARTBEAT_TIMEOUT_S, Heartbeats
 from proxy.limits import Admission, ApiKeys
 from proxy.registry import RegistryCatalogue, UsageReporter

@@ -44,6 +44,7 @@ from typing import Protocol
 from openai_compat.backend import Step
 from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
 from openai_compat.params import Job
+from proxy.adapters import Adapter
 from proxy.served import ServedTotals
 from runtime.errors import NotFoundError, UnavailableError
 from worker_api.disagg import PrefillPeer, PrefillResult
@@ -90,6 +91,8 @@ class ModelOnAgent:
     kv_cache_usage: float = 0.0
     memory_bytes: int = 0
     error: str = ""
+    # The LoRA adapters loaded on it (proxy.adapters).
+    adapters: tuple[str, ...] = ()
 
 
 @dataclass
@@ -117,6 +120,9 @@ class WorkerView:
     # made: mark_model, forget_model). A heartbeat sent before such a change and answered
     # after it says what was true before: see proxy.heartbeats.
     local_changes: int = 0
+    # The adapter table its last heartbeat handed it (proxy.adapters): the adapters it
+    # can tell the base of by their id alone.
+    adapter_table: tuple[Adapter, ...] = ()
 
     def holds(self, model: str) -> bool:
         """Whether ``model`` is on this agent in any state but failed. A failed load (say,
@@ -231,9 +237,11 @@ class WorkerPool:
         role: WorkerRole | None = None,
         stored: Mapping[str, CacheLevel] | None = None,
         now: float | None = None,
+        adapters: Sequence[Adapter] = (),
     ) -> None:
         """A heartbeat answered. ``models`` (full detail) wins over the name lists.
-        ``stored`` is what the agent's storaged holds (model -> fastest tier)."""
+        ``stored`` is what the agent's storaged holds (model -> fastest tier);
+        ``adapters`` the adapter table the heartbeat handed it."""
         worker = self._workers[address]
         now = time.time() if now is None else now
         if models is None:
@@ -257,6 +265,7 @@ class WorkerPool:
         if role is not None:
             worker.role = role
         worker.stored = {m.lower(): level for m, level in (stored or {}).items()}
+        worker.adapter_table = tuple(adapters)
         worker.last_heartbeat = now
         self._changed()
 
@@ -390,47 +399,6 @@ class WorkerPool:
         return result
 
 
-class Activity:
-    """Requests of each model running on each agent through the proxy, and when each
-    (agent, model) pair was last used (by such a request, or -- as heartbeats report --
-    by one Envoy sent the worker directly): the idle-TTL clock and the eviction order."""
-
-    def __init__(self) -> None:
-        self._running: dict[tuple[str, str], int] = {}
-        self._last_used: dict[tuple[str, str], float] = {}
-
-    @contextmanager
-    def running(self, address: str, model: str) -> Iterator[None]:
-        """Count a request of ``model`` running on ``address`` while it runs."""
-        key = (address, model)
-        self._running[key] = self._running.get(key, 0) + 1
-        self._last_used[key] = time.monotonic()
-        try:
-            yield
-        finally:
-            self._running[key] -= 1
-            self._last_used[key] = time.monotonic()
-
-    def note(self, address: str, model: str) -> None:
-        """``address`` served ``model`` just now (the idle clock starts again)."""
-        self._last_used[(address, model)] = time.monotonic()
-
-    def busy(self, address: str, model: str) -> int:
-        """Requests of ``model`` the proxy has running on ``address``."""
-        return self._running.get((address, model), 0)
-
-    def last_used(self, address: str, model: str, default: float = 0.0) -> float:
-        return self._last_used.get((address, model), default)
-
-    def last_used_or(self, address: str, model: str, now: float) -> float:
-        """When the pair was last used; a pair seen for the first time counts from
-        ``now``."""
-        return self._last_used.setdefault((address, model), now)
-
-    def forget(self, address: str, model: str) -> None:
-        self._last_used.pop((address, model), None)
-
-
 @dataclass(frozen=True)
 class WorkerStatus:
     """What one heartbeat says."""
@@ -479,10 +447,15 @@ class WorkerConnection(Protocol):
         ...
 
     async def heartbeat(
-        self, deadline_s: float, prefill_pools: Mapping[str, Sequence[PrefillPeer]] | None = None
+        self,
+        deadline_s: float,
+        prefill_pools: Mapping[str, Sequence[PrefillPeer]] | None = None,
+        adapters: Sequence[Adapter] | None = None,
     ) -> WorkerStatus:
         """The worker's state; ``prefill_pools`` (a decode-role worker's, see
-        :meth:`WorkerPool.prefill_pools`) goes with the call, None sends none."""
+        :meth:`WorkerPool.prefill_pools`) and ``adapters`` (its adapter table, see
+        proxy.adapters) go with the call, None sends none. Callers pass ``adapters``
+        only when there is a table (a mesh without adapters sends none)."""
         ...
 
     def load_model(

@@ -25,8 +25,10 @@ import logging
 from collections.abc import Callable
 
 from proxy import metrics
+from proxy.activity import Activity
+from proxy.adapters import Adapter, adapter_table
 from proxy.discovery import DiscoverySource
-from proxy.fleet import Activity, WorkerConnection, WorkerPool, WorkerStatus
+from proxy.fleet import WorkerConnection, WorkerPool, WorkerStatus
 from proxy.limits import ApiKeys
 from proxy.registry import RegistryCatalogue, UsageReporter
 from proxy.served import KeyTokensLedger, ServedLedger
@@ -112,10 +114,15 @@ class Heartbeats:
         if connection is None:
             return
         changes = self.pool.view(address).local_changes
+        pools = self.pool.prefill_pools(address)
+        table = self._adapter_table(address)
         try:
-            status = await connection.heartbeat(
-                deadline_s=self.timeout_s, prefill_pools=self.pool.prefill_pools(address)
-            )
+            if table is None:  # no adapter in the registry: no table to hand over
+                status = await connection.heartbeat(deadline_s=self.timeout_s, prefill_pools=pools)
+            else:
+                status = await connection.heartbeat(
+                    deadline_s=self.timeout_s, prefill_pools=pools, adapters=table
+                )
         except HeliosError as exc:
             if address in self.connections:
                 was_routable = self.pool.view(address).routable
@@ -148,6 +155,7 @@ class Heartbeats:
                 queue_depth=status.queue_depth,
                 role=status.role,
                 stored=status.stored,
+                adapters=table or (),
             )
             return
         # Loads the proxy started and a heartbeat does not report yet stay as they are.
@@ -171,7 +179,15 @@ class Heartbeats:
             queue_depth=status.queue_depth,
             role=status.role,
             stored=status.stored,
+            adapters=table or (),
         )
+
+    def _adapter_table(self, address: str) -> tuple[Adapter, ...] | None:
+        """The adapters of the models ``address`` holds (proxy.adapters), for its
+        heartbeat; None when the registry holds no adapter."""
+        if self._registry is None:
+            return None
+        return adapter_table(self._registry.models, self.pool.view(address).models)
 
     def _note_served(self, address: str, status: WorkerStatus) -> None:
         """Account for what the worker served without the proxy since its last heartbeat

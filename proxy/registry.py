@@ -30,11 +30,14 @@ DEFAULT_MAX_PENDING_MODELS = 10_000
 
 @dataclass(frozen=True)
 class RegistryModel:
-    """One model the registry holds: its latest version and that version's size."""
+    """One model the registry holds: its latest version, that version's size and, for
+    an adapter, its base."""
 
     model_id: str
     version: str
     total_bytes: int
+    # For a LoRA adapter, the registry id of the model it adapts ("" for a model).
+    base: str = ""
 
 
 class RegistryClient(Protocol):

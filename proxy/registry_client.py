@@ -41,10 +41,11 @@ class GrpcRegistryClient:
                     pb.RegistryServiceListModelsRequest(page_size=_PAGE_SIZE, page_token=token),
                     timeout=self._deadline_s,
                 )
-                sizes = list(page.total_bytes)
+                sizes, bases = list(page.total_bytes), list(page.bases)
                 for i, v in enumerate(page.versions):
                     size = sizes[i] if i < len(sizes) else 0
-                    models.append(RegistryModel(v.model_id, v.version, size))
+                    base = bases[i] if i < len(bases) else ""
+                    models.append(RegistryModel(v.model_id, v.version, size, base))
                 token = page.next_page_token
                 if not token:
                     break
@@ -59,7 +60,7 @@ class GrpcRegistryClient:
             )
         except grpc.aio.AioRpcError as error:
             raise _error(error) from error
-        return RegistryModel(r.version.model_id, r.version.version, r.total_bytes)
+        return RegistryModel(r.version.model_id, r.version.version, r.total_bytes, r.base)
 
     async def record_usage(self, model_id: str, requests: int, tokens: int) -> None:
         try:

@@ -20,6 +20,7 @@ from openai_compat.backend import Step
 from openai_compat.embedding_protocol import embedding_job_to_pb, embedding_result_from_pb
 from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
 from openai_compat.params import Job
+from proxy.adapters import Adapter
 from proxy.fleet import (
     AgentState,
     CacheLevel,
@@ -148,11 +149,18 @@ class GrpcWorkerConnection:
             call.cancel()  # closed early: the decode worker aborts its engine request
 
     async def heartbeat(
-        self, deadline_s: float, prefill_pools: Mapping[str, Sequence[PrefillPeer]] | None = None
+        self,
+        deadline_s: float,
+        prefill_pools: Mapping[str, Sequence[PrefillPeer]] | None = None,
+        adapters: Sequence[Adapter] | None = None,
     ) -> WorkerStatus:
         request = pb.HeartbeatRequest()
         if prefill_pools is not None:
             request.prefill_pools.CopyFrom(prefill_pools_to_pb(prefill_pools))
+        if adapters is not None:
+            request.adapters.SetInParent()  # an empty table is a table too
+            for a in adapters:
+                request.adapters.adapters.add(adapter=a.adapter, base=a.base, version=a.version)
         try:
             response = await self._stub.Heartbeat(request, timeout=deadline_s)
         except grpc.aio.AioRpcError as error:
@@ -166,6 +174,7 @@ class GrpcWorkerConnection:
                 waiting=m.waiting_requests,
                 kv_cache_usage=m.kv_cache_usage,
                 error=m.error,
+                adapters=tuple(m.adapters),
             )
             for m in response.models
         )

@@ -24,6 +24,10 @@ Endpoints of an agent that still holds the model READY but is draining are liste
 DRAINING (Envoy sends them nothing new; its operator sees them), as long as the model
 has a routable endpoint somewhere. Unreachable (DEGRADED) agents are left out.
 
+A LoRA adapter (proxy.adapters) has a route under each of its names (its id and
+``<base>:<adapter>``): the ``both`` agents with its base READY that know it from their
+adapter table, the ones holding it already at a higher weight.
+
 Two snapshots compare equal exactly when Envoy would be told the same thing: the
 control plane pushes only when a new snapshot differs from the last one.
 """
@@ -38,6 +42,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from proxy.adapters import NON_HOLDER_WEIGHT_DIVISOR, Adapter
 from proxy.fleet import AgentState, WorkerRole, WorkerView
 from runtime.edge_names import PREFIX_HASH_HEADER
 
@@ -247,7 +252,40 @@ def build_snapshot(
         routes.append(
             ModelRoute(model, cluster_name(model), tuple(listed), _policy(policy_for, model))
         )
+    taken = {r.model for r in routes}
+    for adapter, listed in sorted(_adapter_endpoints(agents).items()):
+        if not _healthy(listed):
+            continue
+        policy = _policy(policy_for, adapter.base)  # the base's: it serves the requests
+        for name in adapter.names:
+            if name not in taken:
+                routes.append(ModelRoute(name, cluster_name(name), tuple(listed), policy))
     return XdsSnapshot(tuple(routes))
+
+
+def _adapter_endpoints(agents: Iterable[WorkerView]) -> dict[Adapter, list[Endpoint]]:
+    """Each LoRA adapter's endpoints (proxy.adapters): the ``both`` agents with its base
+    READY whose adapter table names it, those that hold it already weighing more."""
+    endpoints: dict[Adapter, list[Endpoint]] = {}
+    for agent in sorted(agents, key=lambda a: a.address):
+        if agent.role is not WorkerRole.BOTH or not agent.adapter_table:
+            continue
+        try:
+            host, port = split_address(agent.address)
+        except ValueError:
+            continue
+        for adapter in agent.adapter_table:
+            health = _serves(agent, adapter.base)
+            if health is None:
+                continue
+            base = agent.models[adapter.base]
+            weight = endpoint_weight(base.kv_cache_usage, base.waiting)
+            if adapter.adapter not in base.adapters:
+                weight = max(1, weight // NON_HOLDER_WEIGHT_DIVISOR)
+            endpoints.setdefault(adapter, []).append(
+                Endpoint(agent.address, host, port, weight, health)
+            )
+    return endpoints
 
 
 def _healthy(endpoints: Iterable[Endpoint]) -> bool:
