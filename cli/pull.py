@@ -31,7 +31,7 @@ import grpc
 
 from cli.keys import bearer, read_admin_key
 from cli.mesh import add_address_argument, find_front_door
-from registry.core import ImportProgress
+from registry.import_progress import ImportProgress
 from registry.upload import MAX_UPLOAD_CHUNK as UPLOAD_CHUNK
 
 __all__ = ["add_pull_command", "pull_command"]
@@ -144,7 +144,7 @@ async def _upload(
     from helios.v1 import registry_pb2 as pb
     from helios.v1 import registry_pb2_grpc
 
-    from registry.core import list_directory
+    from registry.local_files import list_directory
     from runtime.channels import create_channel
 
     files = await asyncio.to_thread(list_directory, directory, args.allow, args.deny)

@@ -12,9 +12,10 @@ guarantees:
   discarded by the service after a week or by the next commit to that name). Nothing
   half-written is ever visible under a blob's key.
 * **Verified on read.** Reads are ranged GETs streamed in pieces; the registry checks each
-  chunk against the manifest's per-chunk hashes (``Registry._read_verified``), and a read of
-  a whole blob is also checked against its name here. Later ranges are pinned to the first
-  response's ETag, so an object replaced mid-read fails instead of mixing two versions.
+  chunk against the manifest's per-chunk hashes (``registry.verified_reads.read_verified``),
+  and a read of a whole blob is also checked against its name here. Later ranges are
+  pinned to the first response's ETag, so an object replaced mid-read fails instead of
+  mixing two versions.
 * **Dedup.** A blob that exists is not uploaded again (``put_file`` returns False).
 
 Backends block; the registry calls them from worker threads. Credentials come from each

@@ -6,37 +6,33 @@ loop only moves progress messages and answers lookups from in-memory caches.
 Atomicity: a version becomes visible in one SQLite transaction after all of its blobs are
 stored and verified, so a half-imported version is never listed. Blobs stored by an
 import that failed stay in the blob store (unreferenced), which makes a re-import resume:
-it finds them and stores nothing twice. While an import runs, ``import_refs`` rows keep
-the blobs it already stored safe from garbage collection.
+it finds them and stores nothing twice. Storing and committing is
+:mod:`registry.version_writer`; verified reads are :mod:`registry.verified_reads`; import
+progress is :mod:`registry.import_progress`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
-import logging
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import Counter
-
+from registry import verified_reads
 from registry.blobs import (
     DEFAULT_CHUNK_SIZE,
     BlobStore,
     FileDigest,
-    IntegrityError,
-    hash_file,
     hash_stream,
 )
 from registry.hub import HubClient, select_files
-from registry.metadata import BlobRow, MetadataStore, VersionRow
+from registry.import_progress import ImportProgress, ProgressReporter, stream_progress
+from registry.local_files import list_directory
+from registry.metadata import MetadataStore, VersionRow
 from registry.upload import (
     DEFAULT_MAX_UPLOAD_BYTES,
     UploadChunk,
@@ -46,6 +42,7 @@ from registry.upload import (
     check_header,
 )
 from registry.usage import EvictionCandidate, Prediction, UsageTracker
+from registry.version_writer import FaultHook, VersionWriter
 from runtime.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -55,29 +52,16 @@ from runtime.errors import (
 from runtime.model_ids import (
     canonical_model_id,
     check_alias,
-    check_file_path,
-    check_sha256,
     check_version_id,
     is_version_prefix,
     parse_reference,
 )
 from runtime.paths import PathRoots, bounded
 
-logger = logging.getLogger(__name__)
+__all__ = ["Manifest", "ManifestEntry", "Registry"]
 
-__all__ = ["ImportProgress", "Manifest", "ManifestEntry", "Registry", "list_directory"]
-
-IMPORT_BYTES = Counter(
-    "helios_registry_import_bytes",
-    "Bytes imported, by whether they were stored or reused",
-    ["kind"],
-)
-IMPORTS = Counter("helios_registry_imports", "Imports finished, by result", ["result"])
-BLOB_READ_BYTES = Counter("helios_registry_blob_read_bytes", "Blob bytes served (verified)")
-MAX_READ_MESSAGE = 1024 * 1024
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-_SKIP_DIRS = {".git", ".cache", ".huggingface"}
 UPLOAD_SOURCE = "upload"  # a version's source when a client streamed its files
 
 
@@ -97,47 +81,6 @@ class Manifest:
     source: str
     total_bytes: int
     files: tuple[ManifestEntry, ...]
-
-
-@dataclass(frozen=True)
-class ImportProgress:
-    """One progress report; ``version`` is set on the last one, once it is visible."""
-
-    file: str = ""
-    file_bytes_done: int = 0
-    file_bytes_total: int = 0
-    bytes_done: int = 0
-    bytes_total: int = 0
-    files_done: int = 0
-    files_total: int = 0
-    reused_bytes: int = 0
-    version: tuple[str, str] | None = None
-
-
-FaultHook = Callable[[str], None]
-
-
-def version_for_manifest(files: Sequence[tuple[str, str]]) -> str:
-    """A directory import's version id: its manifest's content hash (40 hex digits)."""
-    canonical = json.dumps(sorted(files), separators=(",", ":")).encode()
-    return hashlib.sha256(canonical).hexdigest()[:40]
-
-
-class _Reporter:
-    """Thread -> event loop progress channel."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[ImportProgress]):
-        self.loop = loop
-        self.queue = queue
-        self.state = ImportProgress()
-        self.last = 0.0
-
-    def update(self, force: bool = False, **changes: object) -> None:
-        self.state = replace(self.state, **changes)  # type: ignore[arg-type]
-        now = time.monotonic()
-        if force or now - self.last >= 0.05:
-            self.last = now
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, self.state)
 
 
 class Registry:
@@ -167,7 +110,7 @@ class Registry:
         self.hub = hub
         self.usage = UsageTracker(clock)
         self.fault_hook: FaultHook | None = None  # tests: raise to simulate a crash
-        self._gc_lock = threading.Lock()
+        self._writer = VersionWriter(meta, blobs, chunk_size, on_committed=self._reload)
         self._versions: dict[str, dict[str, VersionRow]] = {}
         self._aliases: dict[tuple[str, str], str] = {}
         self._configs: dict[tuple[str, str], str] = {}
@@ -340,24 +283,20 @@ class Registry:
             raise InvalidArgumentError(f"source {bounded(str(directory))!r}: not a directory")
         directory = await asyncio.to_thread(directory.resolve)
 
-        def work(report: _Reporter) -> tuple[str, str]:
-            files = self._list_directory(directory, allow, deny)
-            return self._import_files(
+        def work(report: ProgressReporter) -> tuple[str, str]:
+            files = list_directory(directory, allow, deny)
+            return self._writer.write(
                 model,
                 str(directory),
                 [(rel, path, path.stat().st_size, None) for rel, path in files],
                 None,
                 set_latest,
                 report,
+                fault_hook=self.fault_hook,
             )
 
-        async for progress in self._run(work):
+        async for progress in stream_progress(work):
             yield progress
-
-    def _list_directory(
-        self, directory: Path, allow: Sequence[str], deny: Sequence[str]
-    ) -> list[tuple[str, Path]]:
-        return list_directory(directory, allow, deny)
 
     async def import_hub(
         self,
@@ -376,7 +315,7 @@ class Registry:
         repo_name = repo[len("models/") :] if repo.startswith("models/") else repo
         model = canonical_model_id(model_id) if model_id else repo_id
 
-        def work(report: _Reporter) -> tuple[str, str]:
+        def work(report: ProgressReporter) -> tuple[str, str]:
             snapshot = hub.snapshot(repo_name, revision)
             paths = select_files([f.path for f in snapshot.files], allow, deny)
             if not paths:
@@ -391,7 +330,7 @@ class Registry:
             def fetch(rel: str) -> Path:
                 return hub.download(repo_name, snapshot.commit, rel, staging)
 
-            result = self._import_files(
+            result = self._writer.write(
                 model,
                 f"hf://{repo_name}@{snapshot.commit}",
                 entries,
@@ -399,145 +338,13 @@ class Registry:
                 set_latest,
                 report,
                 version=snapshot.commit,
+                fault_hook=self.fault_hook,
             )
             shutil.rmtree(staging, ignore_errors=True)
             return result
 
-        async for progress in self._run(work):
+        async for progress in stream_progress(work):
             yield progress
-
-    def _import_files(
-        self,
-        model_id: str,
-        source: str,
-        entries: Sequence[tuple[str, Path, int, str | None]],
-        fetch: Callable[[str], Path] | None,
-        set_latest: bool,
-        report: _Reporter,
-        version: str | None = None,
-    ) -> tuple[str, str]:
-        """Store every file's blob, then commit the version (one transaction)."""
-        import_id = uuid.uuid4().hex
-        total = sum(size for _, _, size, _ in entries)
-        report.update(force=True, bytes_total=total, files_total=len(entries))
-        done = 0
-        reused = 0
-        files: list[tuple[str, str]] = []
-        config_json: str | None = None
-        log_extra = {"model": model_id, "source": source, "import_id": import_id}
-        logger.info("import started", extra={**log_extra, "files": len(entries), "bytes": total})
-        try:
-            for index, (rel, path, size, expected_sha) in enumerate(entries):
-                if self.fault_hook is not None:
-                    self.fault_hook(rel)
-                report.update(force=True, file=rel, file_bytes_done=0, file_bytes_total=size)
-                known = self.meta.get_blob(expected_sha) if expected_sha else None
-                if known is not None and known.size == size and self.blobs.exists(known.sha256):
-                    # The Hub told us the hash, and we hold those bytes: skip the download.
-                    blob = known
-                    with self._gc_lock:
-                        self.meta.add_import_ref(import_id, blob)
-                    new = False
-                else:
-                    if fetch is not None:
-                        path = fetch(rel)
-                    base = done
-
-                    def progress(n: int, base: int = base) -> None:
-                        nonlocal done
-                        done += n
-                        report.update(file_bytes_done=done - base, bytes_done=done)
-
-                    digest = hash_file(path, self.chunk_size, progress)
-                    done = base  # recounted below, once the blob is stored
-                    if expected_sha is not None and digest.sha256 != expected_sha:
-                        raise IntegrityError(
-                            f"{rel}: bytes hash to {digest.sha256}, the source says {expected_sha}"
-                        )
-                    blob = BlobRow(
-                        digest.sha256, digest.size, digest.chunk_size, digest.chunk_sha256
-                    )
-                    with self._gc_lock:
-                        new = self.blobs.put_file(digest.sha256, path)
-                        existing = self.meta.get_blob(digest.sha256)
-                        if existing is not None:
-                            blob = existing
-                        self.meta.add_import_ref(import_id, blob)
-                    size = digest.size
-                if rel == "config.json":
-                    config_json = self._read_config(blob)
-                done += size
-                if not new:
-                    reused += size
-                IMPORT_BYTES.labels("reused" if not new else "stored").inc(size)
-                files.append((rel, blob.sha256))
-                report.update(
-                    force=True,
-                    file=rel,
-                    file_bytes_done=size,
-                    file_bytes_total=size,
-                    bytes_done=done,
-                    files_done=index + 1,
-                    reused_bytes=reused,
-                )
-            version_id = version or version_for_manifest(files)
-            self.meta.commit_version(
-                model_id, version_id, source, files, config_json, set_latest, import_id
-            )
-        except BaseException:
-            IMPORTS.labels("failed").inc()
-            with contextlib.suppress(Exception):
-                self.meta.drop_import_refs(import_id)
-            raise
-        IMPORTS.labels("ok").inc()
-        self._reload()
-        logger.info(
-            "import finished",
-            extra={**log_extra, "version": version_id, "bytes": done, "reused_bytes": reused},
-        )
-        report.update(force=True, bytes_done=done, version=(model_id, version_id))
-        return model_id, version_id
-
-    def _read_config(self, blob: BlobRow) -> str:
-        data = b"".join(self._read_verified(blob, 0, blob.size))
-        try:
-            text = data.decode()
-            if not isinstance(json.loads(text), dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            raise InvalidArgumentError(f"config.json: not a JSON object ({exc})") from exc
-        return text
-
-    async def _run(
-        self, work: Callable[[_Reporter], tuple[str, str]]
-    ) -> AsyncIterator[ImportProgress]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[ImportProgress] = asyncio.Queue()
-        reporter = _Reporter(loop, queue)
-        task = asyncio.ensure_future(asyncio.to_thread(work, reporter))
-        last: ImportProgress | None = None
-        try:
-            while True:
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    last = getter.result()
-                    if last.version is None:
-                        yield last
-                    continue
-                getter.cancel()
-                while not queue.empty():
-                    last = queue.get_nowait()
-                    if last.version is None:
-                        yield last
-                task.result()  # raises the import's error
-                if last is not None and last.version is not None:
-                    yield last
-                return
-        finally:
-            if not task.done():
-                # The caller went away; the thread finishes (or fails) on its own.
-                task.add_done_callback(lambda t: t.exception())
 
     async def upload(
         self, header: UploadHeader, chunks: AsyncIterator[UploadChunk]
@@ -565,28 +372,29 @@ class Registry:
             entries = await asyncio.to_thread(staging.finish)
             received = staging
 
-            def work(report: _Reporter) -> tuple[str, str]:
+            def work(report: ProgressReporter) -> tuple[str, str]:
                 try:
-                    return self._import_files(
+                    return self._writer.write(
                         model,
                         UPLOAD_SOURCE,
                         entries,
                         None,
                         header.set_latest,
                         report,
+                        fault_hook=self.fault_hook,
                     )
                 except BaseException:
                     # Unlike a directory import, a failed upload cannot be resumed: free
                     # what it stored (its bytes are nowhere else), so failures fill no disk.
                     with contextlib.suppress(Exception):
-                        self._collect({sha for _, _, _, sha in entries})
+                        self._writer.collect({sha for _, _, _, sha in entries})
                     raise
                 finally:
                     received.discard()
 
             handed_over = True  # from here the import's thread removes the staging files
             last: ImportProgress | None = None
-            async for progress in self._run(work):
+            async for progress in stream_progress(work):
                 last = progress
         finally:
             self._upload_reserved -= total
@@ -619,79 +427,25 @@ class Registry:
             shas = self.meta.delete_version(model, version.lower())
             if shas is None:
                 raise NotFoundError(f"model {model}@{version}: not in the registry")
-            return self._collect(set(shas))
+            return self._writer.collect(set(shas))
 
         freed = await asyncio.to_thread(work)
         await asyncio.to_thread(self._reload)
         return freed
 
-    def _collect(self, shas: set[str] | None = None) -> int:
-        """Free unreferenced blobs (among ``shas``, or all). Blocking."""
-        freed = 0
-        with self._gc_lock:
-            candidates = self.meta.unreferenced_blobs()
-            for blob in candidates:
-                if shas is not None and blob.sha256 not in shas:
-                    continue
-                if self.meta.forget_blob_if_unreferenced(blob.sha256):
-                    self.blobs.delete(blob.sha256)
-                    freed += blob.size
-        return freed
-
     async def collect_garbage(self) -> int:
         """Free every unreferenced blob (e.g. those of abandoned imports)."""
-        return await asyncio.to_thread(self._collect, None)
+        return await asyncio.to_thread(self._writer.collect, None)
 
     # blobs -------------------------------------------------------------------------
-
-    def _read_verified(self, blob: BlobRow, offset: int, length: int) -> list[bytes]:
-        """Blocking: the verified bytes [offset, offset+length) of ``blob``."""
-        if length == 0:
-            return []
-        first = offset // blob.chunk_size
-        last = (offset + length - 1) // blob.chunk_size
-        start = first * blob.chunk_size
-        end = min(blob.size, (last + 1) * blob.chunk_size)
-        data = b"".join(self.blobs.read(blob.sha256, start, end - start))
-        if len(data) != end - start:
-            raise IntegrityError(f"blob {blob.sha256}: stored copy is truncated")
-        for index in range(first, last + 1):
-            lo = (index - first) * blob.chunk_size
-            piece = data[lo : lo + blob.chunk_size]
-            if hashlib.sha256(piece).hexdigest() != blob.chunk_sha256[index]:
-                raise IntegrityError(f"blob {blob.sha256}: chunk {index} does not match its hash")
-        view = data[offset - start : offset - start + length]
-        return [view[i : i + MAX_READ_MESSAGE] for i in range(0, len(view), MAX_READ_MESSAGE)]
 
     async def read_blob(
         self, sha256: str, offset: int = 0, length: int = 0
     ) -> AsyncIterator[tuple[int, int, bytes]]:
         """(offset, blob size, bytes) pieces of ``[offset, offset+length)`` (0: to the
         end), each chunk verified against the manifest's hashes before it is sent."""
-        sha = check_sha256(sha256.lower())
-        if offset < 0 or length < 0:
-            raise InvalidArgumentError("offset and length: must be >= 0")
-        blob = await asyncio.to_thread(self.meta.get_blob, sha)
-        if blob is None:
-            raise NotFoundError(f"blob {sha}: not in the registry")
-        if offset > blob.size:
-            raise InvalidArgumentError(f"offset {offset}: past the blob's end ({blob.size})")
-        end = blob.size if length == 0 else min(blob.size, offset + length)
-        position = offset
-        if position == end:
-            yield position, blob.size, b""
-            return
-        # One chunk-aligned window at a time (a few chunks, bounded memory).
-        window = max(blob.chunk_size, (4 * MAX_READ_MESSAGE // blob.chunk_size) * blob.chunk_size)
-        while position < end:
-            window_end = min(end, (position // blob.chunk_size) * blob.chunk_size + window)
-            pieces = await asyncio.to_thread(
-                self._read_verified, blob, position, window_end - position
-            )
-            for piece in pieces:
-                BLOB_READ_BYTES.inc(len(piece))
-                yield position, blob.size, piece
-                position += len(piece)
+        async for piece in verified_reads.read_blob(self.meta, self.blobs, sha256, offset, length):
+            yield piece
 
     # usage -------------------------------------------------------------------------
 
@@ -732,33 +486,6 @@ class Registry:
             latest = self._lookup(model_id, "latest")
             sized.append((model_id, latest.total_bytes if latest else 0))
         return self.usage.eviction_order(sized, self._policies, bytes_needed)
-
-
-def list_directory(
-    directory: Path, allow: Sequence[str] = (), deny: Sequence[str] = ()
-) -> list[tuple[str, Path]]:
-    """The files of a model directory to import: (relative path, resolved path), sorted.
-    A file that is a link to anything outside the directory is refused. Blocking."""
-    root = directory.resolve()
-    found: dict[str, Path] = {}
-    for path in sorted(root.rglob("*")):
-        rel_parts = path.relative_to(root).parts
-        if any(part in _SKIP_DIRS for part in rel_parts):
-            continue
-        if path.is_dir():
-            continue
-        rel = "/".join(rel_parts)
-        check_file_path(rel)
-        real = path.resolve()
-        if not real.is_relative_to(root):
-            raise InvalidArgumentError(f"file {rel}: a link pointing outside the directory")
-        if not real.is_file():
-            continue
-        found[rel] = real
-    kept = select_files(sorted(found), allow, deny)
-    if not kept:
-        raise InvalidArgumentError(f"source {bounded(str(directory))!r}: no files to import")
-    return [(rel, found[rel]) for rel in kept]
 
 
 def digest_bytes(data: bytes, chunk_size: int) -> FileDigest:

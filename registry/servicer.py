@@ -8,7 +8,8 @@ import grpc
 from helios.v1 import registry_pb2 as pb
 from helios.v1 import registry_pb2_grpc
 
-from registry.core import ImportProgress, Registry
+from registry.core import Registry
+from registry.import_progress import ImportProgress
 from registry.upload import UploadChunk, UploadFile, UploadHeader
 from runtime.errors import InvalidArgumentError
 from runtime.paths import PathRoots

@@ -37,7 +37,8 @@ from prometheus_client import REGISTRY
 # Every module that defines Prometheus metrics, so that REGISTRY holds them all.
 import proxy.metrics
 import registry.cloud
-import registry.core
+import registry.verified_reads
+import registry.version_writer
 import runtime.metrics
 import storaged.cache_metrics
 import worker.disagg
@@ -50,7 +51,8 @@ from validate_crds import CORE_GROUPS, group_of
 _METRIC_MODULES = (
     proxy.metrics,
     registry.cloud,
-    registry.core,
+    registry.verified_reads,
+    registry.version_writer,
     runtime.metrics,
     storaged.cache_metrics,
     worker.disagg,

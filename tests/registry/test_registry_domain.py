@@ -11,7 +11,8 @@ import pytest
 from registry_testlib import CHUNK, write_model
 
 from registry.blobs import IntegrityError, LocalBlobStore, hash_file
-from registry.core import ImportProgress, Registry
+from registry.core import Registry
+from registry.import_progress import ImportProgress
 from registry.metadata import MIGRATIONS, MetadataStore
 from registry.usage import UsageTracker
 from runtime.errors import InvalidArgumentError, NotFoundError

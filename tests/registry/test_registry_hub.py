@@ -11,8 +11,9 @@ import pytest
 from fake_hub import FakeHub, Fault
 from registry_testlib import CHUNK
 
-from registry.core import ImportProgress, Registry
+from registry.core import Registry
 from registry.hub import HubClient, HubPermissionError
+from registry.import_progress import ImportProgress
 from runtime.errors import HeliosError, NotFoundError, UnavailableError
 
 CONFIG = json.dumps({"model_type": "llama", "hidden_size": 64}).encode()
