@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
+from prometheus_client import REGISTRY
 
-from proxy.cold_start import parse_model_spec
+from openai_compat.params import Job
+from proxy.cold_path import ColdPath
+from proxy.cold_start import ColdStarts, parse_model_spec
 from proxy.fleet import ModelOnAgent, WorkerPool
 from proxy.limits import (
     QUEUE_FULL,
@@ -126,6 +131,40 @@ def test_admission_sheds_beyond_the_queue() -> None:
     # A model with nothing in flight is forgotten (its name came from a client).
     admission.leave("other")
     assert "other" not in admission.inflight
+
+
+def _shed(reason: str) -> float:
+    return REGISTRY.get_sample_value("helios_proxy_shed_total", {"reason": reason}) or 0.0
+
+
+def test_the_shed_metric_counts_by_reason_not_by_message() -> None:
+    # A model named "rate limit": its queue_full message says "rate limit", which
+    # reading the message would have counted as a rate limit.
+    model = "rate limit"
+    serving = ColdPath(
+        cast(ColdStarts, SimpleNamespace(pool=None)),
+        {},
+        api_keys=ApiKeys([parse_key_spec("k:1")]),
+        admission=Admission(1),
+    )
+    job = cast(Job, SimpleNamespace(model=model))
+    before = {r: _shed(r) for r in (RATE_LIMIT, QUEUE_FULL, "unauthenticated")}
+    assert serving._admit(job, "Bearer k") == "k"
+    with pytest.raises(ShedError, match="rate limit"):  # the key's one request a minute
+        serving._admit(job, "Bearer k")
+    serving.api_keys = ApiKeys()
+    with pytest.raises(ShedError, match="rate limit") as shed:  # "rate limit" is in flight
+        serving._admit(job, None)
+    assert shed.value.reason == QUEUE_FULL
+    serving.api_keys = ApiKeys([parse_key_spec("k")])
+    with pytest.raises(UnauthenticatedError):
+        serving._admit(job, None)
+    after = {r: _shed(r) for r in before}
+    assert {r: after[r] - before[r] for r in before} == {
+        RATE_LIMIT: 1,
+        QUEUE_FULL: 1,
+        "unauthenticated": 1,
+    }
 
 
 def test_model_spec_flag() -> None:
