@@ -12,10 +12,12 @@ from pathlib import Path
 import grpc
 from helios.v1 import registry_pb2, registry_pb2_grpc
 
+from registry.azure_store import AzureBlobStore
 from registry.blobs import DEFAULT_CHUNK_SIZE, BlobStore, LocalBlobStore
-from registry.cloud import DEFAULT_PART_SIZE, AzureBlobStore, S3BlobStore
+from registry.cloud import DEFAULT_PART_SIZE
 from registry.core import Registry
 from registry.hub import HubClient
+from registry.s3_store import S3BlobStore
 from registry.servicer import RegistryServicer
 from registry.upload import DEFAULT_MAX_UPLOAD_BYTES
 from runtime.config import (

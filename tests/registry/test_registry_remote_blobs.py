@@ -30,9 +30,11 @@ from helios.v1 import registry_pb2 as pb
 from helios.v1 import registry_pb2_grpc
 from registry_testlib import CHUNK, write_model
 
+from registry.azure_store import AzureBlobStore
 from registry.blobs import BlobStore, BlobStoreError, IntegrityError, LocalBlobStore
-from registry.cloud import S3_MIN_PART_SIZE, AzureBlobStore, S3BlobStore, blob_key
+from registry.cloud import S3_MIN_PART_SIZE, blob_key
 from registry.core import Registry
+from registry.s3_store import S3BlobStore
 from registry.server import build_parser, make_blob_store
 from registry.servicer import RegistryServicer
 from runtime.config import ConfigError, ServerSettings
