@@ -6,7 +6,11 @@ device (gpu_memory_utilization), on a CPU a fixed KV space (VLLM_CPU_KVCACHE_SPA
 by default), and it refuses to start when one sequence of the model's full context does
 not fit in that KV cache. So, for each knob the operator left unset:
 
-- KV cache: the budget left after the weights, the activations and the runtime overhead.
+- KV cache: what the planned batch needs (``planned_seqs`` sequences: one of the whole
+  max_model_len, the others of PLANNING_SEQ_TOKENS), within the budget left after the
+  weights, the activations and the runtime overhead -- so that allocating it takes
+  seconds, not the whole capacity's tens of seconds, and other models keep room. Without a
+  plan (``planned_seqs`` None), the whole budget left.
 - max_model_len: the model's context, shortened to what the KV cache can hold (a 128k
   context model on a small budget still starts, serving shorter sequences).
 - max_num_seqs: as many sequences of PLANNING_SEQ_TOKENS (or of max_model_len, if
@@ -31,6 +35,9 @@ PLANNING_SEQ_TOKENS = 1024
 # one block aside (its null block). Tokens are planned in 128-token blocks, one fewer
 # than fit, so that what we promise is what vLLM finds.
 KV_BLOCK_TOKENS = 128
+# The batch planned on a CPU: a few cores saturate long before vLLM's 256 sequences, and
+# the worker's fair admission queue holds the rest (worker/admission.py).
+CPU_PLANNED_SEQS = 32
 
 
 @dataclass(frozen=True)
@@ -63,8 +70,11 @@ def derive_limits(
     kv_cache_bytes: int | None = None,
     max_model_len: int | None = None,
     max_num_seqs: int | None = None,
+    planned_seqs: int | None = None,
 ) -> EngineLimits:
     """Limits for ``model`` within ``budget_bytes``; a knob given is kept as given.
+    ``planned_seqs``: size the KV cache to that many sequences (``max_num_seqs`` wins)
+    instead of the whole budget.
 
     Raises ResourceExhaustedError when the budget cannot hold the model with a KV cache
     of at least one block, or cannot hold one sequence of a given ``max_model_len``.
@@ -73,6 +83,10 @@ def derive_limits(
         raise ValueError(f"kv_bytes_per_token must be > 0, got {memory.kv_bytes_per_token}")
     fixed = memory.weights_bytes + memory.activation_bytes + memory.overhead_bytes
     kv = kv_cache_bytes if kv_cache_bytes is not None else budget_bytes - fixed
+    if kv_cache_bytes is None and (planned_seqs is not None or max_num_seqs is not None):
+        seqs = max_num_seqs if max_num_seqs is not None else planned_seqs
+        assert seqs is not None
+        kv = min(kv, _kv_bytes_needed(memory, max_model_len, seqs))
     blocks = max(0, kv) // (memory.kv_bytes_per_token * KV_BLOCK_TOKENS)
     kv_tokens = (blocks - 1) * KV_BLOCK_TOKENS
     if kv_tokens < KV_BLOCK_TOKENS:
@@ -92,7 +106,8 @@ def derive_limits(
         )
     if max_num_seqs is None:
         planned = min(max_model_len, PLANNING_SEQ_TOKENS)
-        max_num_seqs = max(1, min(MAX_NUM_SEQS_CAP, kv_tokens // planned))
+        cap = MAX_NUM_SEQS_CAP if planned_seqs is None else planned_seqs
+        max_num_seqs = max(1, min(cap, kv_tokens // planned))
     return EngineLimits(
         kv_cache_bytes=kv,
         kv_cache_tokens=kv_tokens,
@@ -100,3 +115,13 @@ def derive_limits(
         max_num_seqs=max_num_seqs,
         footprint_bytes=fixed + kv,
     )
+
+
+def _kv_bytes_needed(memory: ModelMemory, max_model_len: int | None, seqs: int) -> int:
+    """The KV cache for ``seqs`` sequences: one of the whole context (vLLM refuses to
+    start without room for it), the others of a typical length; whole blocks, plus the
+    one vLLM keeps aside."""
+    context = max_model_len if max_model_len is not None else memory.context_tokens
+    tokens = context + max(0, seqs - 1) * min(context, PLANNING_SEQ_TOKENS)
+    blocks = -(-tokens // KV_BLOCK_TOKENS) + 1
+    return blocks * KV_BLOCK_TOKENS * memory.kv_bytes_per_token

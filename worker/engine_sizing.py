@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Protocol
 
 from runtime.errors import HeliosError
-from worker.batch_sizing import EngineLimits, ModelMemory, derive_limits
+from worker.batch_sizing import (
+    CPU_PLANNED_SEQS,
+    EngineLimits,
+    ModelMemory,
+    derive_limits,
+)
 from worker.engine.vllm_engine import VllmConfig
 
 logger = logging.getLogger(__name__)
@@ -68,6 +73,11 @@ class VllmSizer:
             kv_cache_bytes=kv_given,
             max_model_len=config.max_model_len,
             max_num_seqs=config.max_num_seqs,
+            # On a CPU, sized to the planned batch, not the whole budget (issue 14: a 7 GiB
+            # KV cache took 25 s to allocate and left no room for a second model). A
+            # GPU's is filled, as vLLM does: allocating it is quick and more KV cache
+            # means more prefix-cache hits.
+            planned_seqs=CPU_PLANNED_SEQS if gpu_free is None else None,
         )
         _log_limits(model, budget, memory, limits)
         changes: dict[str, object] = {

@@ -16,6 +16,7 @@ from helios.v1 import estimator_pb2_grpc
 from estimator.servicer import EstimatorServicer
 from runtime.errors import ResourceExhaustedError
 from worker.batch_sizing import (
+    CPU_PLANNED_SEQS,
     KV_BLOCK_TOKENS,
     MAX_NUM_SEQS_CAP,
     PLANNING_SEQ_TOKENS,
@@ -89,6 +90,20 @@ def test_knobs_the_operator_set_are_kept() -> None:
         3,
     )
     assert limits.footprint_bytes == 150 * MIB + 64 * MIB
+
+
+def test_a_planned_batch_sizes_the_kv_cache_to_its_need() -> None:
+    # One sequence of the whole 32k context, 31 of the planning length: far below 64 GiB.
+    limits = derive_limits("m", MEMORY, 64 * GIB, planned_seqs=32)
+    needed = 32768 + 31 * PLANNING_SEQ_TOKENS
+    assert needed <= limits.kv_cache_tokens < needed + 2 * KV_BLOCK_TOKENS
+    assert limits.kv_cache_bytes == (limits.kv_cache_tokens + KV_BLOCK_TOKENS) * 1024
+    assert limits.max_model_len == 32768 and limits.max_num_seqs == 32
+    assert limits.footprint_bytes == 150 * MIB + limits.kv_cache_bytes
+    # The operator's max_num_seqs is the plan; a small budget still caps the cache.
+    assert derive_limits("m", MEMORY, 64 * GIB, max_num_seqs=4).kv_cache_tokens < 32768 + 4096
+    small = derive_limits("m", MEMORY, 150 * MIB + 40000 * 1024, planned_seqs=32)
+    assert small.kv_cache_bytes == 40000 * 1024
 
 
 def test_a_model_that_does_not_fit_is_refused_with_the_figures() -> None:
@@ -168,6 +183,15 @@ async def test_a_vllm_config_is_sized_to_the_workers_budget(
     )
     assert sized.kv_cache_memory_bytes is None and sized.cpu_kvcache_space_gib == 1
     assert sized.max_num_seqs == 7 and sized.max_model_len == 2048
+    # A roomy CPU budget: the KV cache the planned batch needs, not the whole 4 GiB.
+    roomy = await VllmSizer(estimator, budget=lambda model: 4 * GIB, gpu_free=lambda: None).size(
+        "tiny", model_dir, VllmConfig(dtype="float32")
+    )
+    assert roomy.max_num_seqs == CPU_PLANNED_SEQS and roomy.max_model_len == 2048
+    needed = (2048 + (CPU_PLANNED_SEQS - 1) * 1024) * TINY_KV_BYTES_PER_TOKEN
+    assert roomy.kv_cache_memory_bytes is not None
+    assert needed <= roomy.kv_cache_memory_bytes <= needed + 2 * 128 * TINY_KV_BYTES_PER_TOKEN
+    assert roomy.planned_bytes is not None and roomy.planned_bytes < GIB
 
 
 async def test_on_a_gpu_the_budget_is_the_free_device_memory(
