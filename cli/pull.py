@@ -1,6 +1,8 @@
 """``helios pull``: import a model into the registry, with progress bars.
 
-``helios pull ./dir --as org/name`` imports a local HF-layout directory;
+``helios pull ./dir --as org/name`` imports a local HF-layout directory (a directory with
+a peft adapter_config.json is a LoRA adapter: ``--base org/name`` names its base model,
+else the one its base_model_name_or_path names; registry/adapters.py);
 ``helios pull org/name[@revision]`` imports from the Hugging Face Hub ($HF_ENDPOINT,
 $HF_TOKEN). Where the import goes:
 
@@ -46,6 +48,12 @@ def add_pull_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     pull.add_argument("source", help="./dir (with --as) or org/name[@revision] on the Hub")
     pull.add_argument("--as", dest="model_id", default="", help="model id to import as")
+    pull.add_argument(
+        "--base",
+        default="",
+        help="a LoRA adapter's base model (registry id); default: the model its"
+        " adapter_config.json names, when the registry holds it",
+    )
     pull.add_argument("--allow", action="append", default=[], help="glob of files to keep")
     pull.add_argument("--deny", action="append", default=[], help="glob of files to drop")
     pull.add_argument("--registry", default="", help="address of a running registry")
@@ -83,7 +91,9 @@ async def _embedded(args: argparse.Namespace, source: str) -> AsyncIterator[Impo
         Registry.open, args.data_dir, hub=HubClient(args.hf_endpoint or None)
     )
     try:
-        async for progress in registry.import_source(source, args.model_id, args.allow, args.deny):
+        async for progress in registry.import_source(
+            source, args.model_id, args.allow, args.deny, base=args.base
+        ):
             yield progress
     finally:
         registry.close()
@@ -107,6 +117,7 @@ async def _remote(
             model_id=args.model_id,
             allow_patterns=args.allow,
             deny_patterns=args.deny,
+            base=args.base,
         )
         async for r in stub.ImportModel(request, metadata=metadata):
             yield ImportProgress(
@@ -156,6 +167,7 @@ async def _upload(
     total = sum(size for _, _, size, _ in declared)
     header = pb.UploadModelHeader(
         model_id=args.model_id,
+        base=args.base,
         files=[
             pb.UploadModelFile(path=rel, size_bytes=size, sha256=sha256)
             for rel, _, size, sha256 in declared

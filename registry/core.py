@@ -244,12 +244,14 @@ class Registry:
         set_latest: bool = True,
         *,
         roots: PathRoots | None = None,
+        base: str = "",
     ) -> AsyncIterator[ImportProgress]:
         """Import ``hf://org/name[@revision]`` or a local directory path.
 
         ``roots``: where a directory may be (a network caller's import is confined to the
         registry's ``--import-root`` directories, checked before the path is touched);
-        None only for a local caller (``helios pull`` without ``--registry``).
+        None only for a local caller (``helios pull`` without ``--registry``). ``base``:
+        a LoRA adapter's base model (registry/adapters.py: else its adapter_config's).
         """
         if not source:
             raise InvalidArgumentError("source: must not be empty")
@@ -257,7 +259,7 @@ class Registry:
             raise InvalidArgumentError("source: must not contain NUL")
         if source.startswith("hf://"):
             repo, _, revision = source[len("hf://") :].partition("@")
-            gen = self.import_hub(repo, revision or "main", model_id, allow, deny, set_latest)
+            gen = self.import_hub(repo, revision or "main", model_id, allow, deny, set_latest, base)
         else:
             directory = Path(source)
             if roots is not None:
@@ -266,7 +268,7 @@ class Registry:
                 )
             if not model_id:
                 raise InvalidArgumentError("model_id: required when importing a directory")
-            gen = self.import_directory(directory, model_id, allow, deny, set_latest)
+            gen = self.import_directory(directory, model_id, allow, deny, set_latest, base)
         async for progress in gen:
             yield progress
 
@@ -277,6 +279,7 @@ class Registry:
         allow: Sequence[str] = (),
         deny: Sequence[str] = (),
         set_latest: bool = True,
+        base: str = "",
     ) -> AsyncIterator[ImportProgress]:
         model = canonical_model_id(model_id)
         if not await asyncio.to_thread(directory.is_dir):
@@ -293,6 +296,7 @@ class Registry:
                 set_latest,
                 report,
                 fault_hook=self.fault_hook,
+                base=base,
             )
 
         async for progress in stream_progress(work):
@@ -306,6 +310,7 @@ class Registry:
         allow: Sequence[str] = (),
         deny: Sequence[str] = (),
         set_latest: bool = True,
+        base: str = "",
     ) -> AsyncIterator[ImportProgress]:
         hub = self.hub
         if hub is None:
@@ -339,6 +344,7 @@ class Registry:
                 report,
                 version=snapshot.commit,
                 fault_hook=self.fault_hook,
+                base=base,
             )
             shutil.rmtree(staging, ignore_errors=True)
             return result
@@ -382,6 +388,7 @@ class Registry:
                         header.set_latest,
                         report,
                         fault_hook=self.fault_hook,
+                        base=header.base,
                     )
                 except BaseException:
                     # Unlike a directory import, a failed upload cannot be resumed: free

@@ -84,6 +84,10 @@ MIGRATIONS: tuple[str, ...] = (
         pinned INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 4: a LoRA adapter's version names its base model (registry/adapters.py).
+    """
+    ALTER TABLE versions ADD COLUMN base TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 
@@ -109,6 +113,7 @@ class VersionRow:
     total_bytes: int
     config_json: str | None
     created_at: float
+    base: str = ""  # a LoRA adapter's base model ("" for a model)
 
 
 class MetadataStore:
@@ -215,9 +220,10 @@ class MetadataStore:
         config_json: str | None,
         set_latest: bool,
         import_id: str,
+        base: str = "",
     ) -> bool:
         """Make a version visible, atomically; False when it existed already (the
-        existing one is kept: versions are immutable)."""
+        existing one is kept: versions are immutable). ``base``: an adapter's."""
         now = time.time()
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO models VALUES (?, ?)", (model_id, now))
@@ -231,8 +237,9 @@ class MetadataStore:
                         db.execute("SELECT size FROM blobs WHERE sha256 = ?", (sha,)).fetchone()[0]
                     )
                 db.execute(
-                    "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?)",
-                    (model_id, version, source, total, config_json, now),
+                    "INSERT INTO versions (model_id, version, source, total_bytes, config_json,"
+                    " created_at, base) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (model_id, version, source, total, config_json, now, base),
                 )
                 db.executemany(
                     "INSERT INTO version_files VALUES (?, ?, ?, ?)",
@@ -245,6 +252,12 @@ class MetadataStore:
                 )
             db.execute("DELETE FROM import_refs WHERE import_id = ?", (import_id,))
             return not exists
+
+    def model_bases(self) -> dict[str, str]:
+        """Every model id -> its newest version's base ("" for a model)."""
+        with self._lock:
+            rows = self._db.execute("SELECT model_id, base FROM versions ORDER BY created_at")
+            return {r["model_id"]: r["base"] for r in rows.fetchall()}
 
     def versions(self, model_id: str | None = None) -> list[VersionRow]:
         with self._lock:
@@ -368,4 +381,5 @@ def _version(row: sqlite3.Row) -> VersionRow:
         row["total_bytes"],
         row["config_json"],
         row["created_at"],
+        row["base"],
     )

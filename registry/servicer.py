@@ -61,7 +61,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> pb.ResolveModelResponse:
         row = await self.registry.resolve(request.reference)
         return pb.ResolveModelResponse(
-            version=_version(row.model_id, row.version), total_bytes=row.total_bytes
+            version=_version(row.model_id, row.version), total_bytes=row.total_bytes, base=row.base
         )
 
     async def GetManifest(
@@ -101,6 +101,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             versions=[_version(r.model_id, r.version) for r in rows],
             next_page_token=token,
             total_bytes=[r.total_bytes for r in rows],
+            bases=[r.base for r in rows],
         )
 
     async def ImportModel(
@@ -114,8 +115,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             list(request.deny_patterns),
             set_latest,
             roots=self.import_roots,
+            base=request.base,
         ):
-            yield _progress_to_pb(progress)
+            message = _progress_to_pb(progress)
+            if progress.version is not None:
+                message.base = await self._base_of(*progress.version)
+            yield message
 
     async def UploadModel(
         self,
@@ -131,13 +136,19 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             model_id=h.model_id,
             files=tuple(UploadFile(f.path, f.size_bytes, f.sha256) for f in h.files),
             set_latest=h.set_latest if h.HasField("set_latest") else True,
+            base=h.base,
         )
         result = await self.registry.upload(header, _upload_chunks(requests))
         return pb.UploadModelResponse(
             version=_version(result.model_id, result.version),
             total_bytes=result.total_bytes,
             reused_bytes=result.reused_bytes,
+            base=await self._base_of(result.model_id, result.version),
         )
+
+    async def _base_of(self, model_id: str, version: str) -> str:
+        """The base of an imported version (a LoRA adapter's; "" for a model)."""
+        return (await self.registry.resolve(f"{model_id}@{version}")).base
 
     async def SetAlias(
         self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext

@@ -56,6 +56,7 @@ class UploadHeader:
     model_id: str
     files: tuple[UploadFile, ...]
     set_latest: bool = True
+    base: str = ""  # a LoRA adapter's base model (registry/adapters.py)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from prometheus_client import Counter
 
+from registry.adapters import ADAPTER_CONFIG, adapter_base
 from registry.blobs import BlobStore, IntegrityError, hash_file
 from registry.import_progress import ProgressReporter
 from registry.metadata import BlobRow, MetadataStore
@@ -76,8 +77,10 @@ class VersionWriter:
         report: ProgressReporter,
         version: str | None = None,
         fault_hook: FaultHook | None = None,
+        base: str = "",
     ) -> tuple[str, str]:
-        """Store every file's blob, then commit the version (one transaction)."""
+        """Store every file's blob, then commit the version (one transaction). ``base``:
+        the base the import names, when it is a LoRA adapter (registry/adapters.py)."""
         import_id = uuid.uuid4().hex
         total = sum(size for _, _, size, _ in entries)
         report.update(force=True, bytes_total=total, files_total=len(entries))
@@ -85,6 +88,7 @@ class VersionWriter:
         reused = 0
         files: list[tuple[str, str]] = []
         config_json: str | None = None
+        adapter_json: str | None = None
         log_extra = {"model": model_id, "source": source, "import_id": import_id}
         logger.info("import started", extra={**log_extra, "files": len(entries), "bytes": total})
         try:
@@ -96,6 +100,8 @@ class VersionWriter:
                 blob, new, size = self._store_entry(import_id, entry, fetch, report, done)
                 if rel == "config.json":
                     config_json = self._read_config(blob)
+                elif rel == ADAPTER_CONFIG:
+                    adapter_json = self._read_config(blob, ADAPTER_CONFIG)
                 done += size
                 if not new:
                     reused += size
@@ -111,8 +117,9 @@ class VersionWriter:
                     reused_bytes=reused,
                 )
             version_id = version or version_for_manifest(files)
+            base = adapter_base(adapter_json, base, self.meta.model_bases())
             self.meta.commit_version(
-                model_id, version_id, source, files, config_json, set_latest, import_id
+                model_id, version_id, source, files, config_json, set_latest, import_id, base
             )
         except BaseException:
             IMPORTS.labels("failed").inc()
@@ -167,14 +174,14 @@ class VersionWriter:
             self.meta.add_import_ref(import_id, blob)
         return blob, new, digest.size
 
-    def _read_config(self, blob: BlobRow) -> str:
+    def _read_config(self, blob: BlobRow, name: str = "config.json") -> str:
         data = b"".join(read_verified(self.store, blob, 0, blob.size))
         try:
             text = data.decode()
             if not isinstance(json.loads(text), dict):
                 raise ValueError("not an object")
         except ValueError as exc:
-            raise InvalidArgumentError(f"config.json: not a JSON object ({exc})") from exc
+            raise InvalidArgumentError(f"{name}: not a JSON object ({exc})") from exc
         return text
 
     def collect(self, shas: set[str] | None = None) -> int:
