@@ -29,7 +29,8 @@ from registry.blobs import (
     FileDigest,
     hash_stream,
 )
-from registry.hub import HubClient, select_files
+from registry.hub import HubClient
+from registry.hub_import import stage_hub_snapshot
 from registry.import_progress import ImportProgress, ProgressReporter, stream_progress
 from registry.local_files import list_directory
 from registry.metadata import MetadataStore, VersionRow
@@ -321,32 +322,21 @@ class Registry:
         model = canonical_model_id(model_id) if model_id else repo_id
 
         def work(report: ProgressReporter) -> tuple[str, str]:
-            snapshot = hub.snapshot(repo_name, revision)
-            paths = select_files([f.path for f in snapshot.files], allow, deny)
-            if not paths:
-                raise InvalidArgumentError(f"hf://{repo_name}@{revision}: no files to import")
-            by_path = {f.path: f for f in snapshot.files}
-            staging = self.staging_dir / "hub" / repo_id.replace("/", "--") / snapshot.commit
-            staging.mkdir(parents=True, exist_ok=True)
-            entries: list[tuple[str, Path, int, str | None]] = []
-            for rel in paths:
-                entries.append((rel, staging / rel, by_path[rel].size or 0, by_path[rel].sha256))
-
-            def fetch(rel: str) -> Path:
-                return hub.download(repo_name, snapshot.commit, rel, staging)
-
+            staged = stage_hub_snapshot(
+                hub, repo_name, revision, repo_id, allow, deny, self.staging_dir
+            )
             result = self._writer.write(
                 model,
-                f"hf://{repo_name}@{snapshot.commit}",
-                entries,
-                fetch,
+                staged.source,
+                staged.entries,
+                staged.fetch,
                 set_latest,
                 report,
-                version=snapshot.commit,
+                version=staged.commit,
                 fault_hook=self.fault_hook,
                 base=base,
             )
-            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(staged.directory, ignore_errors=True)
             return result
 
         async for progress in stream_progress(work):
