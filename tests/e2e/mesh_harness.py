@@ -70,6 +70,9 @@ def helios_up(
     command += ["--state-dir", str(root / "state"), "--model", f"{model_name}={model_dir}"]
     # No embedding model unless a test asks for it (`--embedding-model` in ``args`` wins).
     command.append("--no-embedding-model")
+    # The reference engine (starts in seconds) unless a test asks for another (``args``
+    # come later and win); `helios up`'s own default is auto (vLLM where installed).
+    command += ["--engine", "transformers"]
     with output.open("wb") as out:
         process = subprocess.Popen(
             [*command, *args], cwd=REPO, env=environ, stdout=out, stderr=subprocess.STDOUT

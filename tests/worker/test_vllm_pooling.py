@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"vLLM is not impor
 def test_engine_arguments_select_the_pooling_runner() -> None:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    from worker.engine.vllm_pooling import engine_kwargs
+    from worker.engine.vllm_pooling import POOLING_KV_CACHE_BYTES, engine_kwargs
 
     config = VllmConfig(
         dtype="float32",
@@ -38,10 +38,13 @@ def test_engine_arguments_select_the_pooling_runner() -> None:
     assert kwargs["runner"] == "pooling"
     assert (kwargs["model"], kwargs["tokenizer"]) == ("/models/minilm", "/models/minilm")
     assert (kwargs["max_num_seqs"], kwargs["max_model_len"], kwargs["dtype"]) == (8, 256, "float32")
-    # Nothing of decoding: no prefix caching choice, KV connector or KV-cache sizing.
-    assert not {"kv_transfer_config", "kv_cache_memory_bytes", "enable_prefix_caching"} & set(
-        kwargs
-    )
+    # Nothing of decoding: no prefix caching choice or KV connector, a token KV cache
+    # (without one vLLM's CPU backend reserves 92% of the host's memory).
+    assert not {"kv_transfer_config", "enable_prefix_caching"} & set(kwargs)
+    assert kwargs["kv_cache_memory_bytes"] == POOLING_KV_CACHE_BYTES
+    assert kwargs["enforce_eager"] is False  # VllmConfig's compile defaults to full
+    eager = engine_kwargs(Path("/m"), VllmConfig(compile="eager"))
+    assert eager["enforce_eager"] is True
     args = AsyncEngineArgs(**kwargs)  # vLLM takes every one of them
     assert args.runner == "pooling"
 

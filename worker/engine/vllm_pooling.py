@@ -41,9 +41,15 @@ __all__ = ["VllmEmbeddingEngine", "engine_kwargs", "pooling_params", "vector_of"
 logger = logging.getLogger(__name__)
 
 
+# The KV cache an embedding model is given: nothing is decoded, so a token. Giving one at
+# all matters on a CPU: without it vLLM reserves gpu_memory_utilization (0.92) of the
+# host's memory and refuses to start when another engine already holds part of it.
+POOLING_KV_CACHE_BYTES = 64 * 1024**2
+
+
 def engine_kwargs(model_dir: Path, config: VllmConfig) -> dict[str, Any]:
     """AsyncEngineArgs for an embedding model: the pooling runner, the worker's knobs that
-    apply to it (no KV-cache sizing, prefix caching or KV connector: nothing is decoded)."""
+    apply to it (a token KV cache, no prefix caching or KV connector: nothing is decoded)."""
     kwargs: dict[str, Any] = {
         "model": str(model_dir),
         "tokenizer": str(model_dir),
@@ -53,6 +59,8 @@ def engine_kwargs(model_dir: Path, config: VllmConfig) -> dict[str, Any]:
         "seed": config.seed,
         "disable_log_stats": True,
         "enable_log_requests": False,
+        "kv_cache_memory_bytes": POOLING_KV_CACHE_BYTES,
+        "enforce_eager": config.compile == "eager",
     }
     for key in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "quantization"):
         value = getattr(config, key)
