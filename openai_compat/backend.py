@@ -116,6 +116,7 @@ class ModelEntry:
     warm_status: str = ""
     min_replicas: int = 0
     max_replicas: int = 0
+    parent: str = ""  # a LoRA adapter's base model
 
 
 class InferenceBackend(Protocol):

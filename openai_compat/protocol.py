@@ -149,6 +149,7 @@ def model_to_pb(model: ModelEntry) -> pb.Model:
         warm_status=model.warm_status,
         min_replicas=model.min_replicas,
         max_replicas=model.max_replicas,
+        parent=model.parent,
     )
 
 

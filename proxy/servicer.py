@@ -44,8 +44,13 @@ class ColdPathBackend:
         now = time.time()
         entries = []
         for name in sorted({*models, *cold.catalogue, *held}):
-            ready, first_seen = models.get(name, (0, now))
-            need, warm = cold.model_profile(name)
+            # A LoRA adapter runs where its base does: its replicas and warmth are the
+            # base's, its size its own files'.
+            parent = held[name].base if name in held else ""
+            ready, first_seen = models.get(parent or name, (0, now))
+            need, warm = cold.model_profile(parent or name)
+            if parent:
+                need = None
             spec = cold.catalogue.get(name)
             if need is None and name in held:  # not estimated yet: the registry's size
                 need = MemoryNeed(held[name].total_bytes, "manifest")
@@ -59,6 +64,7 @@ class ColdPathBackend:
                     warm_status=warm,
                     min_replicas=spec.min_replicas if spec else 0,
                     max_replicas=spec.max_replicas if spec else 0,
+                    parent=parent,
                 )
             )
         return entries

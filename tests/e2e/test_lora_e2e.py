@@ -92,6 +92,11 @@ def test_an_adapter_pulled_while_the_mesh_runs_changes_the_answer(
         assert time.monotonic() < deadline, "Envoy never routed the adapter to its worker"
         time.sleep(0.2)
     assert complete(api, "test/lora-two") == second
+    # /v1/models lists adapters as vLLM does: with their parent, warm where it is.
+    listed = {m.id: m.to_dict() for m in api.models.list()}
+    assert listed["test/lora-one"]["parent"] == mesh.model
+    assert listed["test/lora-one"]["warm_status"] == "warm"
+    assert not listed[mesh.model].get("parent")
     assert complete(api, mesh.model) == base
 
     chat = api.chat.completions.create(

@@ -20,6 +20,7 @@ from proxy.estimate import MemoryEstimator
 from proxy.fleet import AgentState, ModelOnAgent, WorkerPool, WorkerRole, WorkerStatus
 from proxy.heartbeats import Heartbeats
 from proxy.registry import RegistryCatalogue, RegistryModel
+from proxy.servicer import ColdPathBackend
 from proxy.xds_snapshot import WEIGHT_MAX, build_snapshot, cluster_name
 from runtime.errors import InvalidArgumentError, NotFoundError
 from worker_api.disagg import PrefillPeer
@@ -216,3 +217,8 @@ async def test_a_cold_adapter_request_loads_the_base_and_is_relayed_as_the_pair(
         await path.complete(job("org/other:org/lora"), RequestContext(deadline_s=10))
     # An adapter is never placed as a model of its own (prefetch hints, admin loads).
     assert await cold.adopt("org/lora") is None
+    # /v1/models lists it with its parent, warm where the base is.
+    listed = {m.id: m for m in await ColdPathBackend(path).list_models()}
+    assert (listed["org/lora"].parent, listed["org/lora"].warm_status) == (BASE, "warm")
+    assert listed["org/lora"].memory_bytes == 10  # its own files
+    assert (listed[BASE].parent, listed["org/other-lora"].warm_status) == ("", "cold")

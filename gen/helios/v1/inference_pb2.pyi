@@ -551,7 +551,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("id", "object", "created", "owned_by", "ready_replicas", "memory_bytes", "memory_source", "warm_status", "min_replicas", "max_replicas")
+    __slots__ = ("id", "object", "created", "owned_by", "ready_replicas", "memory_bytes", "memory_source", "warm_status", "min_replicas", "max_replicas", "parent")
     ID_FIELD_NUMBER: _ClassVar[int]
     OBJECT_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
@@ -562,6 +562,7 @@ class Model(_message.Message):
     WARM_STATUS_FIELD_NUMBER: _ClassVar[int]
     MIN_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
     id: str
     object: str
     created: int
@@ -572,7 +573,8 @@ class Model(_message.Message):
     warm_status: str
     min_replicas: int
     max_replicas: int
-    def __init__(self, id: _Optional[str] = ..., object: _Optional[str] = ..., created: _Optional[int] = ..., owned_by: _Optional[str] = ..., ready_replicas: _Optional[int] = ..., memory_bytes: _Optional[float] = ..., memory_source: _Optional[str] = ..., warm_status: _Optional[str] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ...) -> None: ...
+    parent: str
+    def __init__(self, id: _Optional[str] = ..., object: _Optional[str] = ..., created: _Optional[int] = ..., owned_by: _Optional[str] = ..., ready_replicas: _Optional[int] = ..., memory_bytes: _Optional[float] = ..., memory_source: _Optional[str] = ..., warm_status: _Optional[str] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., parent: _Optional[str] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("id",)
