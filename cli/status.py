@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -14,6 +14,9 @@ from cli.keys import bearer, read_admin_key
 from cli.mesh import add_address_argument, find_front_door
 
 DEFAULT_ADDRESS = "127.0.0.1:8080"
+# The order a load goes through its phases (worker/load_phases.py's PHASES; a test keeps
+# the two equal: cli/ does not import the worker).
+LOAD_PHASE_ORDER = ("fetch", "engine_start", "weights", "kv_cache", "compile")
 
 
 def _mib(value: int) -> str:
@@ -31,11 +34,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def describe_load(phases: Mapping[str, float]) -> str:
+    """``fetch 1.10s, engine_start 22.91s`` in load order; ``-`` for none."""
+    order = {name: i for i, name in enumerate(LOAD_PHASE_ORDER)}
+    names = sorted(phases, key=lambda n: (order.get(n, len(order)), n))
+    return ", ".join(f"{n} {phases[n]:.2f}s" for n in names) or "-"
+
+
 def render(
     health: admin_pb2.GetHealthResponse,
     stats: admin_pb2.GetMemoryStatsResponse,
     models: inference_pb2.ListModelsResponse,
+    status: admin_pb2.GetStatusResponse | None = None,
 ) -> str:
+    loads = {m.model: dict(m.load_phase_seconds) for m in status.models} if status else {}
     agents = table(
         [
             "AGENT",
@@ -65,7 +77,7 @@ def render(
         ],
     )
     model_table = table(
-        ["MODEL", "WARM", "READY", "MIN", "MAX", "NEED MiB", "NEED FROM"],
+        ["MODEL", "WARM", "READY", "MIN", "MAX", "NEED MiB", "NEED FROM", "LAST LOAD"],
         [
             [
                 m.id,
@@ -75,6 +87,7 @@ def render(
                 m.max_replicas,
                 _mib(int(m.memory_bytes)) if m.memory_bytes else "-",
                 m.memory_source or "-",
+                describe_load(loads.get(m.id, {})),
             ]
             for m in models.data
         ],
@@ -102,7 +115,15 @@ async def fetch_status(address: str, deadline_s: float, admin_key: str | None = 
                 inference_pb2.ListModelsRequest(), timeout=deadline_s, metadata=metadata
             ),
         )
-    return render(health, stats, models)
+        try:  # the load phases; a proxy built without a status reporter has none
+            status = await admin.GetStatus(
+                admin_pb2.GetStatusRequest(), timeout=deadline_s, metadata=metadata
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            status = None
+    return render(health, stats, models, status)
 
 
 def status_command(args: argparse.Namespace) -> int:

@@ -142,6 +142,7 @@ def status_to_pb(status: MeshStatus) -> pb.GetStatusResponse:
                 waiting_requests=m.waiting,
                 tokens_per_second=m.tokens_per_second,
                 time_to_first_token_seconds=m.time_to_first_token_s,
+                load_phase_seconds=dict(m.load_phases),
             )
             for m in status.models
         ],

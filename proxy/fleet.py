@@ -93,6 +93,8 @@ class ModelOnAgent:
     error: str = ""
     # The LoRA adapters loaded on it (proxy.adapters).
     adapters: tuple[str, ...] = ()
+    # Its last load there, (phase, seconds) in load order (worker/load_phases.py).
+    load_phases: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass

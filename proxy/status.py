@@ -64,6 +64,8 @@ class ModelSummary:
     waiting: int = 0
     tokens_per_second: float = 0.0
     time_to_first_token_s: float = 0.0
+    # Its latest load on a worker serving it, (phase, seconds) (worker/load_phases.py).
+    load_phases: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -246,9 +248,21 @@ def summarize_models(
                 waiting=sum(m.waiting for m in on),
                 tokens_per_second=tokens,
                 time_to_first_token_s=ttft,
+                load_phases=_load_phases(model, held),
             )
         )
     return tuple(summaries)
+
+
+def _load_phases(
+    model: str, held: Sequence[tuple[WorkerView, str]]
+) -> tuple[tuple[str, float], ...]:
+    """``model``'s latest load phases, from a worker serving it first, else any holder."""
+    for agent, _ in sorted(held, key=lambda pair: pair[1] != "ready"):
+        entry = agent.models.get(model)
+        if entry is not None and entry.load_phases:
+            return entry.load_phases
+    return ()
 
 
 def summarize_workers(agents: Iterable[WorkerView]) -> tuple[WorkerFigures, ...]:

@@ -175,6 +175,7 @@ class GrpcWorkerConnection:
                 kv_cache_usage=m.kv_cache_usage,
                 error=m.error,
                 adapters=tuple(m.adapters),
+                load_phases=tuple(m.load_phase_seconds.items()),
             )
             for m in response.models
         )

@@ -325,6 +325,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 aborted_requests_total=s.stats.aborted_requests_total,
                 error=s.error,
                 adapters=s.adapters,
+                load_phase_seconds=s.load_phases,
             )
             for s in statuses
         ]

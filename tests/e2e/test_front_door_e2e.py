@@ -197,6 +197,8 @@ def test_cli_finds_the_running_mesh(mesh: Mesh, tmp_path: Path) -> None:
     status = helios(mesh, "status")
     assert status.returncode == 0, status.stdout
     assert mesh.model in status.stdout and "worker-0" in status.stdout
+    # The served model's last load, by phase (issue 14).
+    assert "LAST LOAD" in status.stdout and "engine_start" in status.stdout
     cache = helios(mesh, "cache")
     assert cache.returncode == 0, cache.stdout
     assert "TIER" in cache.stdout and "ram" in cache.stdout

@@ -373,6 +373,7 @@ async def test_admin_evict_and_health(fleet: Workers, proxies: list[Proxy]) -> N
     for worker in preloaded.workers:
         assert worker in text
     assert text.count("admin:ready") == 2 and "mesh: ok" in text
+    assert "LAST LOAD" in text  # empty here: this proxy keeps no status reporter
     evicted = await proxy.admin.EvictModel(
         admin_pb2.EvictModelRequest(model_id="admin"), timeout=60
     )

@@ -65,9 +65,20 @@ def test_models_are_warm_loading_with_their_phase_or_cold() -> None:
     assert (models["starting"].state, models["starting"].phase) == ("loading", "loading")
     assert models["sick"].state == "cold"  # its only worker takes no requests
     assert models["catalogued"].state == "cold"
+    assert models["warm"].load_phases == () and models["catalogued"].load_phases == ()
     workers = summarize_workers(agents)
     assert [w.worker_id for w in workers] == ["w0", "w1", "w2", "w3"]
     assert workers[0].kv_cache_usage == 0.5 and workers[0].models == ("warm",)
+
+
+def test_a_models_load_phases_come_from_a_worker_serving_it() -> None:
+    loading = ModelOnAgent("m", "loading", load_phases=(("fetch", 9.0),))
+    serving = ModelOnAgent("m", "ready", load_phases=(("fetch", 1.0), ("engine_start", 2.0)))
+    other = ModelOnAgent("n", "ready", load_phases=(("fetch", 7.0),))
+    agents = [agent("10.0.0.1:1", "w0", loading), agent("10.0.0.2:1", "w1", serving, other)]
+    (m, n) = summarize_models(agents, [], {})
+    assert m.load_phases == (("fetch", 1.0), ("engine_start", 2.0))
+    assert n.load_phases == (("fetch", 7.0),)
 
 
 def test_recent_errors_are_scrubbed_and_newest_first() -> None:

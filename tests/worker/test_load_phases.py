@@ -12,9 +12,10 @@ import pytest
 from fakes import FakeEngine
 from prometheus_client import REGISTRY
 
+from cli.status import LOAD_PHASE_ORDER, describe_load
 from runtime.errors import FailedPreconditionError
 from worker.engine.base import EngineClient
-from worker.load_phases import LoadTimeline
+from worker.load_phases import PHASES, LoadTimeline
 from worker.models import ModelLifecycle, ModelManager
 from worker.storage_client import DownloadProgress
 
@@ -94,3 +95,9 @@ async def test_a_failed_load_is_logged_with_its_phases(
     (record,) = [r for r in caplog.records if r.getMessage() == "model load phases"]
     assert record.__dict__["outcome"] == "failed"
     assert "engine_start" in record.__dict__["phases"]
+
+
+def test_helios_status_orders_the_phases_as_the_worker_does() -> None:
+    assert LOAD_PHASE_ORDER == PHASES
+    assert describe_load({"weights": 0.5, "fetch": 1.25}) == "fetch 1.25s, weights 0.50s"
+    assert describe_load({}) == "-"

@@ -159,6 +159,8 @@ async def test_heartbeat_reports_models_and_memory(
     assert [(m.model, m.state, m.engine) for m in beat.models] == [
         ("fake-model", pb.MODEL_STATE_READY, "fake")
     ]
+    # Its load, timed by phase (issue 14): the fake engine reports none of its own.
+    assert set(beat.models[0].load_phase_seconds) == {"engine_start"}
     assert beat.memory_total_bytes == 1500
     assert beat.memory_free_bytes == 500
 

@@ -162,7 +162,14 @@ class GetStatusResponse(_message.Message):
     def __init__(self, status: _Optional[str] = ..., version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerSummary, _Mapping]]] = ..., tiers: _Optional[_Iterable[_Union[StorageTierStatus, _Mapping]]] = ..., tokens_per_second: _Optional[float] = ..., time_to_first_token_seconds: _Optional[float] = ..., requests_total: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[RecentError, _Mapping]]] = ..., unix_ms: _Optional[int] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("model", "state", "phase", "ready_replicas", "running_requests", "waiting_requests", "tokens_per_second", "time_to_first_token_seconds")
+    __slots__ = ("model", "state", "phase", "ready_replicas", "running_requests", "waiting_requests", "tokens_per_second", "time_to_first_token_seconds", "load_phase_seconds")
+    class LoadPhaseSecondsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +178,7 @@ class ModelStatus(_message.Message):
     WAITING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     TIME_TO_FIRST_TOKEN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_PHASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     model: str
     state: str
     phase: str
@@ -179,7 +187,8 @@ class ModelStatus(_message.Message):
     waiting_requests: int
     tokens_per_second: float
     time_to_first_token_seconds: float
-    def __init__(self, model: _Optional[str] = ..., state: _Optional[str] = ..., phase: _Optional[str] = ..., ready_replicas: _Optional[int] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., time_to_first_token_seconds: _Optional[float] = ...) -> None: ...
+    load_phase_seconds: _containers.ScalarMap[str, float]
+    def __init__(self, model: _Optional[str] = ..., state: _Optional[str] = ..., phase: _Optional[str] = ..., ready_replicas: _Optional[int] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., time_to_first_token_seconds: _Optional[float] = ..., load_phase_seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class WorkerSummary(_message.Message):
     __slots__ = ("worker_id", "state", "healthy", "memory_total_bytes", "memory_free_bytes", "running_requests", "waiting_requests", "kv_cache_usage", "models")

@@ -355,7 +355,14 @@ class PrefillEndpoint(_message.Message):
     def __init__(self, address: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ...) -> None: ...
 
 class LoadedModel(_message.Message):
-    __slots__ = ("model", "state", "engine", "running_requests", "waiting_requests", "kv_cache_usage", "prefix_cache_hit_rate", "generated_tokens_total", "aborted_requests_total", "error", "requests_total", "prompt_tokens_total", "completion_tokens_total", "last_request_unix_ms", "first_tokens_total", "time_to_first_token_seconds_total", "adapters")
+    __slots__ = ("model", "state", "engine", "running_requests", "waiting_requests", "kv_cache_usage", "prefix_cache_hit_rate", "generated_tokens_total", "aborted_requests_total", "error", "requests_total", "prompt_tokens_total", "completion_tokens_total", "last_request_unix_ms", "first_tokens_total", "time_to_first_token_seconds_total", "adapters", "load_phase_seconds")
+    class LoadPhaseSecondsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
@@ -373,6 +380,7 @@ class LoadedModel(_message.Message):
     FIRST_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     TIME_TO_FIRST_TOKEN_SECONDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_PHASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     model: str
     state: ModelState
     engine: str
@@ -390,7 +398,8 @@ class LoadedModel(_message.Message):
     first_tokens_total: int
     time_to_first_token_seconds_total: float
     adapters: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., engine: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_hit_rate: _Optional[float] = ..., generated_tokens_total: _Optional[int] = ..., aborted_requests_total: _Optional[int] = ..., error: _Optional[str] = ..., requests_total: _Optional[int] = ..., prompt_tokens_total: _Optional[int] = ..., completion_tokens_total: _Optional[int] = ..., last_request_unix_ms: _Optional[int] = ..., first_tokens_total: _Optional[int] = ..., time_to_first_token_seconds_total: _Optional[float] = ..., adapters: _Optional[_Iterable[str]] = ...) -> None: ...
+    load_phase_seconds: _containers.ScalarMap[str, float]
+    def __init__(self, model: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., engine: _Optional[str] = ..., running_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., prefix_cache_hit_rate: _Optional[float] = ..., generated_tokens_total: _Optional[int] = ..., aborted_requests_total: _Optional[int] = ..., error: _Optional[str] = ..., requests_total: _Optional[int] = ..., prompt_tokens_total: _Optional[int] = ..., completion_tokens_total: _Optional[int] = ..., last_request_unix_ms: _Optional[int] = ..., first_tokens_total: _Optional[int] = ..., time_to_first_token_seconds_total: _Optional[float] = ..., adapters: _Optional[_Iterable[str]] = ..., load_phase_seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class StoredModel(_message.Message):
     __slots__ = ("model", "tier")
