@@ -11,10 +11,10 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from fakes import serve
 from google.protobuf.struct_pb2 import Struct
 from helios.v1 import estimator_pb2 as pb
 from helios.v1 import estimator_pb2_grpc, registry_pb2_grpc
+from support.fakes import serve
 
 from estimator.models import ModelResolver
 from estimator.registry_client import GrpcRegistryConfigs

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from fakes import FakeEngine, serve_worker
+from support.fakes import FakeEngine, serve_worker
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from openai_compat.backend import Step

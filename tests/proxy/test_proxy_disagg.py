@@ -15,10 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from fakes import serve_worker
 from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
 from prometheus_client import REGISTRY
+from support.fakes import serve_worker
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from openai_compat.backend import Step

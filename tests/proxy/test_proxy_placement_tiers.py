@@ -15,7 +15,6 @@ from pathlib import Path
 
 import grpc
 import pytest_asyncio
-from fakes import FakeEngine, serve
 from helios.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -24,6 +23,7 @@ from helios.v1 import (
     worker_pb2_grpc,
 )
 from helios.v1 import storage_pb2 as spb
+from support.fakes import FakeEngine, serve
 
 from proxy.admin import AdminServicer
 from proxy.cold_start import ColdStarts

@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from fakes import fake_worker, serve
 from helios.v1 import inference_pb2 as inference_pb
 from helios.v1 import inference_pb2_grpc, registry_pb2_grpc
+from support.fakes import fake_worker, serve
 
 from openai_compat.protocol import chat_request_from_pb
 from proxy.cold_path import RequestContext

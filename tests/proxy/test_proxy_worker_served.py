@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import grpc
-from fakes import fake_worker
 from helios.v1 import inference_pb2 as pb
 from helios.v1 import inference_pb2_grpc
+from support.fakes import fake_worker
 
 from proxy.cold_start import ModelSpec
 from proxy.control import ControlPlane

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from fakes import serve
 from helios.v1 import inference_pb2, inference_pb2_grpc
+from support.fakes import serve
 
 from cli.envoy import EnvoyProcess, _http_get
 from proxy.fleet import AgentState, ModelOnAgent, WorkerPool, WorkerRole

@@ -21,10 +21,10 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from fakes import serve
 from helios.v1 import registry_pb2 as pb
 from helios.v1 import registry_pb2_grpc
 from registry_testlib import CHUNK, write_model
+from support.fakes import serve
 
 from cli.processes import ServiceProcess
 from registry.core import Registry

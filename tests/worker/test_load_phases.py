@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from fakes import FakeEngine
 from prometheus_client import REGISTRY
+from support.fakes import FakeEngine
 
 from cli.status import LOAD_PHASE_ORDER, describe_load
 from runtime.errors import FailedPreconditionError

@@ -13,11 +13,11 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from fakes import serve_worker_inference
 from helios.v1 import inference_pb2 as ipb
 from helios.v1 import inference_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
 from lora_testlib import make_lora_adapter
+from support.fakes import serve_worker_inference
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from runtime.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError

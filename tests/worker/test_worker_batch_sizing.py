@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from fakes import FakeEngine, serve
 from helios.v1 import estimator_pb2_grpc
+from support.fakes import FakeEngine, serve
 
 from estimator.servicer import EstimatorServicer
 from runtime.errors import ResourceExhaustedError

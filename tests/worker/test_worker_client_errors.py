@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from fakes import serve_worker
 from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
+from support.fakes import serve_worker
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from runtime.server import RunningServer

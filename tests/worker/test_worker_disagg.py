@@ -11,9 +11,9 @@ import grpc
 import pytest
 import pytest_asyncio
 import torch
-from fakes import FakeEngine, serve_worker
 from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
+from support.fakes import FakeEngine, serve_worker
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from runtime.errors import InvalidArgumentError

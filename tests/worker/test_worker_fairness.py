@@ -11,11 +11,11 @@ from pathlib import Path
 
 import grpc
 import pytest_asyncio
-from fakes import FakeEngine, serve_worker_inference
 from helios.v1 import inference_pb2 as pb
 from helios.v1 import inference_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as worker_pb
 from prometheus_client import REGISTRY
+from support.fakes import FakeEngine, serve_worker_inference
 
 from runtime.grpc_errors import RETRY_AFTER_METADATA
 from worker.admission import Admission, QueueLimits

@@ -11,12 +11,12 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from fakes import FakeEngine, serve_worker_inference
 from google.protobuf import struct_pb2
 from helios.v1 import inference_pb2 as pb
 from helios.v1 import inference_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as worker_pb
 from prometheus_client import REGISTRY
+from support.fakes import FakeEngine, serve_worker_inference
 
 from openai_compat.protocol import EDGE_HEADER
 from worker.engine.base import EngineClient

@@ -11,10 +11,10 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from fakes import serve, serve_worker_inference
 from helios.v1 import inference_pb2 as pb
 from helios.v1 import inference_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as worker_pb
+from support.fakes import serve, serve_worker_inference
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from proxy.control import ControlPlane

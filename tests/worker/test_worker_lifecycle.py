@@ -11,9 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from fakes import serve_worker
 from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
+from support.fakes import serve_worker
 
 from cli.tinymodel import build_tiny_model
 from runtime.paths import PathRoots

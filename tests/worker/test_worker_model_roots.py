@@ -16,9 +16,9 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from fakes import FakeEngine, serve_worker
 from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
+from support.fakes import FakeEngine, serve_worker
 
 from cli.processes import ServiceProcess
 from runtime.paths import PathRoots

@@ -15,10 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from fakes import serve_worker_inference
 from helios.v1 import inference_pb2 as ipb
 from helios.v1 import inference_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as wpb
+from support.fakes import serve_worker_inference
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from openai_compat.protocol import EDGE_HEADER

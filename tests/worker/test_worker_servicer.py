@@ -9,9 +9,9 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from fakes import FakeEngine, serve_worker
 from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
+from support.fakes import FakeEngine, serve_worker
 
 from runtime.paths import PathRoots
 from runtime.server import RunningServer

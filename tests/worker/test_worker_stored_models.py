@@ -16,9 +16,9 @@ from pathlib import Path
 
 import grpc
 import pytest_asyncio
-from fakes import FakeEngine, serve_worker
 from helios.v1 import registry_pb2_grpc, storage_pb2, storage_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
+from support.fakes import FakeEngine, serve_worker
 
 from registry.core import Registry
 from registry.servicer import RegistryServicer

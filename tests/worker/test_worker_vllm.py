@@ -19,11 +19,11 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from fakes import serve_worker
 from google.protobuf import struct_pb2
 from helios.v1 import inference_pb2, inference_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
 from prometheus_client.parser import text_string_to_metric_families
+from support.fakes import serve_worker
 
 from cli.processes import ServiceProcess
 from cli.tinymodel import build_tiny_model
