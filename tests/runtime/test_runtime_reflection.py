@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from reflection_client import describe_all, list_services_v1
 from runtime_echo import SERVICE
+from support.reflection_client import describe_all, list_services_v1
 
 from runtime.server import RunningServer
 
