@@ -17,7 +17,8 @@ from typing import Any
 
 import promql_parser
 import pytest
-from deploy_refs import (
+from prometheus_client import REGISTRY
+from support.deploy_refs import (
     DASHBOARD,
     DEPLOY,
     OVERLAYS,
@@ -32,7 +33,6 @@ from deploy_refs import (
     referenced_metrics,
     render,
 )
-from prometheus_client import REGISTRY
 
 # Every module that defines Prometheus metrics, so that REGISTRY holds them all.
 import proxy.metrics

@@ -1,5 +1,5 @@
 """Every metric deploy/ names (alerts, prometheus-adapter rules, the Grafana dashboard,
-the HPAs: tests/deploy_refs.py) is exported by a live mesh. A chat completion and a
+the HPAs: tests/support/deploy_refs.py) is exported by a live mesh. A chat completion and a
 streamed one go through Envoy, warm and again after an eviction (a cold start through
 the proxy), then each process's Prometheus endpoint (the metrics ports `helios up
 --ready-file` reports) is scraped. tests/deploy checks the same names offline against
@@ -14,9 +14,9 @@ import urllib.request
 
 import openai
 import pytest
-from deploy_refs import exposed_names, referenced_metrics
 from mesh_harness import Mesh
 from prometheus_client.parser import text_string_to_metric_families
+from support.deploy_refs import exposed_names, referenced_metrics
 
 from worker.engine_metrics import REFRESH_SECONDS
 

@@ -17,7 +17,7 @@ import promql_parser
 import yaml
 from prometheus_client.metrics_core import Metric
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 MONITORING = DEPLOY / "components" / "monitoring"
 ALERTS = MONITORING / "alerts.yaml"
