@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import torch
-from lora_testlib import make_lora_adapter
+from support.lora_adapters import make_lora_adapter
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from runtime.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError

@@ -16,8 +16,8 @@ import pytest_asyncio
 from helios.v1 import inference_pb2 as ipb
 from helios.v1 import inference_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as pb
-from lora_testlib import make_lora_adapter
 from support.fakes import serve_worker_inference
+from support.lora_adapters import make_lora_adapter
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from runtime.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
