@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from mesh_harness import Mesh, helios_up
+from support.mesh_harness import Mesh, helios_up
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 

@@ -39,7 +39,7 @@ from helios.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
-from mesh_harness import Mesh, helios_up
+from support.mesh_harness import Mesh, helios_up
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from proxy.xds_resources import MODEL_HEADER

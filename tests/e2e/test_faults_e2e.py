@@ -27,7 +27,7 @@ import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helios.v1 import registry_pb2, registry_pb2_grpc
-from mesh_harness import helios_up
+from support.mesh_harness import helios_up
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 

@@ -20,7 +20,7 @@ import grpc
 import pytest
 from browser import chromium_page, find_chromium
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mesh_harness import REPO, Mesh
+from support.mesh_harness import REPO, Mesh
 from support.reflection_client import describe_all, list_services_v1
 
 from cli.tinymodel import build_tiny_model

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from mesh_harness import Mesh, helios_up
+from support.mesh_harness import Mesh, helios_up
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 

@@ -16,8 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import openai
-from mesh_harness import Mesh
 from support.lora_adapters import make_lora_adapter
+from support.mesh_harness import Mesh
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "Once upon a time"

@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from helios.v1 import inference_pb2, inference_pb2_grpc, worker_pb2, worker_pb2_grpc
-from mesh_harness import Mesh
+from support.mesh_harness import Mesh
 from transformers import AutoTokenizer
 
 pytestmark = pytest.mark.e2e

@@ -14,9 +14,9 @@ import urllib.request
 
 import openai
 import pytest
-from mesh_harness import Mesh
 from prometheus_client.parser import text_string_to_metric_families
 from support.deploy_refs import exposed_names, referenced_metrics
+from support.mesh_harness import Mesh
 
 from worker.engine_metrics import REFRESH_SECONDS
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from mesh_harness import Mesh
+from support.mesh_harness import Mesh
 
 from openai_compat.fields import CHAT_FIELDS, COMPLETION_FIELDS, FieldRule, Support
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import openai
 import pytest
-from mesh_harness import Mesh
+from support.mesh_harness import Mesh
 
 QUESTION: Any = [{"role": "user", "content": "Tell me a story"}]
 

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mesh_harness import helios_up
+from support.mesh_harness import helios_up
 
 from cli.certs import write_certs
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model

@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 import openai
 import pytest
-from mesh_harness import Mesh
 from pydantic import BaseModel
+from support.mesh_harness import Mesh
 
 WEATHER: Any = {
     "type": "function",

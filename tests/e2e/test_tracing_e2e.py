@@ -18,9 +18,9 @@ from pathlib import Path
 
 import openai
 import pytest
-from mesh_harness import Mesh, helios_up
 from openai.types.chat import ChatCompletion
 from otlp_receiver import OtlpReceiver, ReceivedSpan
+from support.mesh_harness import Mesh, helios_up
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from e2e.mesh_harness import helios_up
 from fuzz_mesh import FuzzMesh
+from support.mesh_harness import helios_up
 
 from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 
