@@ -62,6 +62,10 @@ def _transcoder_filter(descriptor_path: Path, services: Sequence[str]) -> dict[s
                 "stream_sse_style_delimited": True,
             },
             "convert_grpc_status": True,
+            # Model ids are org/name and clients escape them whole in a path
+            # (openai's models.retrieve sends helios%2Fmodel): bind them decoded, "/"
+            # included. Routing still matches the path as sent.
+            "url_unescape_spec": "ALL_CHARACTERS",
             "request_validation_options": {
                 "reject_unknown_method": True,
                 "reject_unknown_query_parameters": False,

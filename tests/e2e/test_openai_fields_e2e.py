@@ -59,3 +59,19 @@ def test_chat_field(mesh: Mesh, rule: FieldRule) -> None:
 def test_completions_field(mesh: Mesh, rule: FieldRule) -> None:
     body = {"model": mesh.model, "prompt": "Once upon", **_BASE, rule.name: rule.example}
     _check(_post(mesh, "/completions", body), rule)
+
+
+def test_models_retrieve_and_list_with_the_openai_sdk(mesh: Mesh) -> None:
+    """GET /v1/models/{id} (models.retrieve) and /v1/models: OpenAI's shapes, numbers as
+    JSON numbers, ``created`` when the registry first had the model."""
+    openai = pytest.importorskip("openai")
+    api = openai.OpenAI(base_url=mesh.rest_url, api_key="unused", max_retries=0, timeout=60)
+    model = api.models.retrieve(mesh.model)
+    assert (model.id, model.object) == (mesh.model, "model")
+    assert isinstance(model.created, int) and model.created > 1_600_000_000
+    listed = {m.id: m for m in api.models.list()}
+    assert listed[mesh.model].created == model.created
+    with pytest.raises(openai.NotFoundError):
+        api.models.retrieve("nobody/nothing")
+    raw = httpx.get(f"{mesh.rest_url}/models/{mesh.model}", timeout=30).json()
+    assert isinstance(raw["created"], int)

@@ -126,6 +126,7 @@ def test_routes_and_clusters(descriptor: Path) -> None:
     assert transcoder["services"] == list(TRANSCODED_SERVICES)
     assert transcoder["print_options"]["stream_sse_style_delimited"] is True
     assert transcoder["convert_grpc_status"] is True
+    assert transcoder["url_unescape_spec"] == "ALL_CHARACTERS"  # org%2Fname binds as org/name
     assert hcm(config)["codec_type"] == "AUTO"
 
 
