@@ -1,4 +1,5 @@
-"""What a chat template gets: the conversation as dicts and the tools (both engines).
+"""A request's prompt as token ids, the same in both engines (:func:`prompt_token_ids`),
+and what a chat template gets: the conversation as dicts and the tools.
 
 A template that knows tools (it reads ``tools`` and ``tool_calls``: Hermes, Qwen, Llama
 3.1, ...) renders them itself. One that does not (SmolLM2-135M-Instruct's and the tiny
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+from runtime.errors import InvalidArgumentError
 from worker.engine.base import ChatMessage, GenerationRequest
 
 _HERMES_TOOLS_PROMPT = (
@@ -85,3 +87,70 @@ def template_inputs(
     else:
         conversation.insert(0, {"role": "system", "content": prompt})
     return conversation, {}
+
+
+def prompt_token_ids(
+    tokenizer: Any, request: GenerationRequest, *, model_name: str, vocab_size: int
+) -> list[int]:
+    """The token ids of ``request``'s prompt: the chat template applied to its messages,
+    its text tokenised with the tokenizer's own special tokens (bos if it adds one), or
+    its ids as given. Blocking (tokenizing costs in proportion to the text): engines call
+    it off the event loop. The request's mistakes are InvalidArgumentError, ids outside
+    the ``vocab_size`` the model can read included."""
+    inputs = (request.prompt, request.messages, request.prompt_token_ids)
+    if sum(i is not None for i in inputs) != 1:
+        raise InvalidArgumentError(
+            "exactly one of prompt, prompt_token_ids and messages must be set"
+        )
+    if request.prompt_token_ids is not None:
+        ids = list(request.prompt_token_ids)
+    elif request.messages is not None:
+        ids = _render_messages(tokenizer, request, model_name)
+    else:
+        ids = _tokenize(tokenizer, request.prompt or "", model_name)
+    if not ids:
+        raise InvalidArgumentError("prompt must not be empty")
+    # Ids the model has no embedding for (a tokenizer with more added tokens than the
+    # model's vocabulary) would fail the forward step as if the engine were broken.
+    if max(ids) >= vocab_size or min(ids) < 0:
+        bad = next(i for i in ids if not 0 <= i < vocab_size)
+        raise InvalidArgumentError(
+            f"the {'messages' if request.messages is not None else 'prompt'} tokenize to"
+            f" id {bad}, outside the vocabulary of {model_name!r} ({vocab_size} tokens)"
+        )
+    return ids
+
+
+def _render_messages(tokenizer: Any, request: GenerationRequest, model_name: str) -> list[int]:
+    if not request.messages:
+        raise InvalidArgumentError("messages must not be empty")
+    if tokenizer.chat_template is None:
+        raise InvalidArgumentError(
+            f"model {model_name!r} has no chat template; send a prompt instead of messages"
+        )
+    conversation, extra = template_inputs(request, tokenizer.chat_template)
+    try:
+        rendered = tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=True, return_dict=False, **extra
+        )
+    except Exception as exc:
+        # Templates reject conversations they cannot render (raise_exception in the
+        # Jinja source, e.g. roles out of order): that is the caller's input.
+        raise InvalidArgumentError(
+            f"messages cannot be rendered with the chat template of {model_name!r}: {exc}"
+        ) from exc
+    # tokenize=True with return_dict=False returns the flat list of token ids.
+    return [int(i) for i in cast("list[int]", rendered)]
+
+
+def _tokenize(tokenizer: Any, prompt: str, model_name: str) -> list[int]:
+    try:
+        encoded = tokenizer(prompt)["input_ids"]
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # The tokenizer refused this text: the request's fault, not the engine's.
+        raise InvalidArgumentError(
+            f"prompt cannot be tokenized by {model_name!r}: {type(exc).__name__}"
+        ) from exc
+    return [int(i) for i in encoded]

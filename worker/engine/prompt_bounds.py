@@ -10,20 +10,30 @@ below that bound are tokenized and counted exactly as before. (Vocabulary entrie
 measured in UTF-8 bytes of their written form, which is never shorter than the bytes they
 stand for: byte-level BPE writes a byte as one 1- or 2-byte character, SentencePiece's
 byte fallback as ``<0xNN>``.)
+
+Both engines check a request the same way (:class:`PromptLimits`): its sampling values
+and id, this byte bound, then, once tokenized off the event loop, the exact token count.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 from runtime.errors import InvalidArgumentError
-from worker.engine.base import GenerationRequest
+from worker.engine.base import GenerationRequest, SamplingParams
 
 __all__ = [
     "ALWAYS_TOKENIZED_BYTES",
     "FALLBACK_TOKEN_BYTES",
+    "PromptLimits",
     "check_prompt_fits",
     "longest_token_bytes",
+    "validate_sampling",
 ]
 
 # When a tokenizer's vocabulary cannot be listed: generous (no real vocabulary has
@@ -68,3 +78,66 @@ def check_prompt_fits(
             f" {model_name!r} ({context_len} tokens) with max_tokens"
             f" {request.sampling.max_tokens}; shorten the {field} or lower max_tokens"
         )
+
+
+def validate_sampling(sampling: SamplingParams) -> None:
+    """InvalidArgumentError for sampling values that no engine runs."""
+    if sampling.max_tokens < 1:
+        raise InvalidArgumentError(f"max_tokens must be >= 1, got {sampling.max_tokens}")
+    if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
+        raise InvalidArgumentError(
+            f"temperature must be a finite number >= 0, got {sampling.temperature}"
+        )
+    if not (0.0 < sampling.top_p <= 1.0):
+        raise InvalidArgumentError(f"top_p must be in (0, 1], got {sampling.top_p}")
+    if sampling.top_k < 0:
+        raise InvalidArgumentError(f"top_k must be >= 0 (0 disables it), got {sampling.top_k}")
+    if any(not s for s in sampling.stop):
+        raise InvalidArgumentError("stop strings must not be empty")
+
+
+@dataclass(frozen=True)
+class PromptLimits:
+    """What one model's requests are checked against: its context length and its
+    tokenizer's longest vocabulary entry (the byte bound)."""
+
+    model_name: str
+    context_len: int
+    token_bytes: int
+
+    @classmethod
+    def of(cls, tokenizer: Any, model_name: str, context_len: int) -> PromptLimits:
+        return cls(model_name, context_len, longest_token_bytes(tokenizer))
+
+    async def prompt_ids(
+        self,
+        request: GenerationRequest,
+        tokenize: Callable[[GenerationRequest], list[int]],
+        executor: Executor | None = None,
+    ) -> list[int]:
+        """``tokenize(request)`` on ``executor`` (None: the loop's default), for a request
+        whose sampling values, id and bytes pass, and whose tokens then fit the context."""
+        validate_sampling(request.sampling)
+        if not request.request_id:
+            raise InvalidArgumentError("request_id must not be empty")
+        check_prompt_fits(
+            request,
+            context_len=self.context_len,
+            token_bytes=self.token_bytes,
+            model_name=self.model_name,
+        )
+        ids = await asyncio.get_running_loop().run_in_executor(executor, tokenize, request)
+        self.check_length(request, len(ids))
+        return ids
+
+    def check_length(self, request: GenerationRequest, prompt_len: int) -> None:
+        """InvalidArgumentError when ``prompt_len`` tokens and max_tokens exceed the
+        context."""
+        field_name = "messages" if request.messages is not None else "prompt"
+        max_tokens = request.sampling.max_tokens
+        if prompt_len + max_tokens > self.context_len:
+            raise InvalidArgumentError(
+                f"{field_name} has {prompt_len} tokens and max_tokens is {max_tokens}: together"
+                f" they exceed the context length of {self.model_name!r}"
+                f" ({self.context_len} tokens); shorten the {field_name} or lower max_tokens"
+            )

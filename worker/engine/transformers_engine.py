@@ -19,13 +19,12 @@ import concurrent.futures
 import contextlib
 import gc
 import logging
-import math
 import secrets
 import time
 from collections.abc import AsyncGenerator, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -49,7 +48,7 @@ from worker.engine.base import (
     PrefillResult,
     SamplingParams,
 )
-from worker.engine.chat_render import template_inputs
+from worker.engine.chat_render import prompt_token_ids
 from worker.engine.grammar import GrammarCache, GuideMatcher
 from worker.engine.logits import (
     check_logit_bias,
@@ -58,7 +57,7 @@ from worker.engine.logits import (
     prompt_logprobs,
     token_logprob,
 )
-from worker.engine.prompt_bounds import check_prompt_fits, longest_token_bytes
+from worker.engine.prompt_bounds import PromptLimits
 from worker.kvtransfer import KVLayer
 
 if TYPE_CHECKING:
@@ -212,7 +211,7 @@ class TransformersEngine(EngineClient):
         self._tokenize_executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"tokenize-{model_name}"
         )
-        self._token_bytes = longest_token_bytes(tokenizer)
+        self._limits = PromptLimits.of(tokenizer, model_name, self.max_model_len)
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._requests: dict[str, _RequestState] = {}
         self._running = 0
@@ -404,20 +403,10 @@ class TransformersEngine(EngineClient):
         """The body of generate, prefill (``park_into``: stop after the first token and
         park the cache) and decode (``resume``: start after a first token)."""
         self._raise_if_dead()
-        _validate_sampling(request.sampling)
         check_logit_bias(request.sampling, self._vocab_limit)
-        if not request.request_id:
-            raise InvalidArgumentError("request_id must not be empty")
-        check_prompt_fits(
-            request,
-            context_len=self.max_model_len,
-            token_bytes=self._token_bytes,
-            model_name=self._model_name,
+        prompt_ids = await self._limits.prompt_ids(
+            request, self._prompt_ids, self._tokenize_executor
         )
-        prompt_ids = await asyncio.get_running_loop().run_in_executor(
-            self._tokenize_executor, self._prompt_ids, request
-        )
-        self._check_length(request, len(prompt_ids))
         guide = None
         if request.sampling.guide is not None:
             guide = await asyncio.get_running_loop().run_in_executor(
@@ -598,68 +587,12 @@ class TransformersEngine(EngineClient):
             raise EngineDeadError(f"engine for {self._model_name} is dead: {self._dead_reason}")
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        """Token ids of the prompt: the chat template applied to messages, or the raw
-        prompt tokenised with the tokenizer's own special tokens (bos if it adds one)."""
         tokenizer = self._tokenizer
         if tokenizer is None:
             raise EngineDeadError(f"engine for {self._model_name} is shut down")
-        inputs = (request.prompt, request.messages, request.prompt_token_ids)
-        if sum(i is not None for i in inputs) != 1:
-            raise InvalidArgumentError(
-                "exactly one of prompt, prompt_token_ids and messages must be set"
-            )
-        if request.prompt_token_ids is not None:
-            ids = list(request.prompt_token_ids)
-        elif request.messages is not None:
-            if not request.messages:
-                raise InvalidArgumentError("messages must not be empty")
-            if tokenizer.chat_template is None:
-                raise InvalidArgumentError(
-                    f"model {self._model_name!r} has no chat template; send a prompt instead"
-                    " of messages"
-                )
-            conversation, extra = template_inputs(request, tokenizer.chat_template)
-            try:
-                rendered = tokenizer.apply_chat_template(
-                    conversation,
-                    add_generation_prompt=True,
-                    tokenize=True,
-                    return_dict=False,
-                    **extra,
-                )
-            except Exception as exc:
-                # Templates reject conversations they cannot render (raise_exception in
-                # the Jinja source, e.g. roles out of order): that is the caller's input.
-                raise InvalidArgumentError(
-                    f"messages cannot be rendered with the chat template of "
-                    f"{self._model_name!r}: {exc}"
-                ) from exc
-            # tokenize=True with return_dict=False returns the flat list of token ids.
-            ids = [int(i) for i in cast("list[int]", rendered)]
-        else:
-            assert request.prompt is not None
-            try:
-                encoded: list[int] = tokenizer(request.prompt)["input_ids"]
-            except _FATAL_ERRORS:
-                raise
-            except Exception as exc:
-                # The tokenizer refused this text: the request's fault, not the engine's.
-                raise InvalidArgumentError(
-                    f"prompt cannot be tokenized by {self._model_name!r}: {type(exc).__name__}"
-                ) from exc
-            ids = [int(i) for i in encoded]
-        if not ids:
-            raise InvalidArgumentError("prompt must not be empty")
-        # Ids the model has no embedding for (a tokenizer with more added tokens than the
-        # model's vocabulary) would fail the forward step as if the engine were broken.
-        if max(ids) >= self._num_embeddings or min(ids) < 0:
-            bad = next(i for i in ids if not 0 <= i < self._num_embeddings)
-            raise InvalidArgumentError(
-                f"the {'messages' if request.messages is not None else 'prompt'} tokenize to"
-                f" id {bad}, outside the vocabulary of {self._model_name!r}"
-                f" ({self._num_embeddings} tokens)"
-            )
-        return ids
+        return prompt_token_ids(
+            tokenizer, request, model_name=self._model_name, vocab_size=self._num_embeddings
+        )
 
     def _decode_prompt(self, prompt_ids: list[int]) -> str:
         """The text of a prompt given as token ids (special tokens kept, as vLLM echoes)."""
@@ -707,16 +640,6 @@ class TransformersEngine(EngineClient):
                 index,
             )
         return cache
-
-    def _check_length(self, request: GenerationRequest, prompt_len: int) -> None:
-        field_name = "messages" if request.messages is not None else "prompt"
-        max_tokens = request.sampling.max_tokens
-        if prompt_len + max_tokens > self.max_model_len:
-            raise InvalidArgumentError(
-                f"{field_name} has {prompt_len} tokens and max_tokens is {max_tokens}: together"
-                f" they exceed the context length of {self._model_name!r}"
-                f" ({self.max_model_len} tokens); shorten the {field_name} or lower max_tokens"
-            )
 
     async def _acquire_slot(self, state: _RequestState) -> bool:
         """Wait for a concurrency slot; False if the request was aborted while queued."""
@@ -960,21 +883,6 @@ def _sanitize_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------- pure helpers
-
-
-def _validate_sampling(sampling: SamplingParams) -> None:
-    if sampling.max_tokens < 1:
-        raise InvalidArgumentError(f"max_tokens must be >= 1, got {sampling.max_tokens}")
-    if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
-        raise InvalidArgumentError(
-            f"temperature must be a finite number >= 0, got {sampling.temperature}"
-        )
-    if not (0.0 < sampling.top_p <= 1.0):
-        raise InvalidArgumentError(f"top_p must be in (0, 1], got {sampling.top_p}")
-    if sampling.top_k < 0:
-        raise InvalidArgumentError(f"top_k must be >= 0 (0 disables it), got {sampling.top_k}")
-    if any(not s for s in sampling.stop):
-        raise InvalidArgumentError("stop strings must not be empty")
 
 
 def _make_generator(sampling: SamplingParams) -> torch.Generator | None:

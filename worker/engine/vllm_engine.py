@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 from collections.abc import AsyncGenerator, Sequence
@@ -58,8 +57,8 @@ from worker.engine.base import (
     SamplingParams,
     merge_chunks,
 )
-from worker.engine.chat_render import template_inputs
-from worker.engine.prompt_bounds import check_prompt_fits, longest_token_bytes
+from worker.engine.chat_render import prompt_token_ids
+from worker.engine.prompt_bounds import PromptLimits, validate_sampling
 from worker.engine.vllm_lora import LoraRequests, VllmLora
 
 if TYPE_CHECKING:
@@ -238,7 +237,9 @@ class VllmEngine(EngineClient):
         self._tokenizer: PreTrainedTokenizerBase | None = tokenizer
         self._model_name = model_name
         self.max_model_len = max_model_len
-        self._token_bytes = longest_token_bytes(tokenizer)
+        self._limits = PromptLimits.of(tokenizer, model_name, max_model_len)
+        # The model's vocabulary (may exceed the tokenizer's: padded embeddings).
+        self._vocab_size = int(llm.model_config.get_vocab_size())
         self._stats = _Stats()
         self._active: set[str] = set()
         self._generated_tokens_total = 0
@@ -412,7 +413,7 @@ class VllmEngine(EngineClient):
         """
         self._require_role("decode")
         prompt_ids = await self._checked_prompt_ids(request)
-        if not 0 <= first_token < self._vocab_size():
+        if not 0 <= first_token < self._vocab_size:
             raise InvalidArgumentError(f"first_token_id {first_token} is outside the vocabulary")
         if request.sampling.max_tokens < 2:
             return
@@ -422,10 +423,6 @@ class VllmEngine(EngineClient):
             request, [*prompt_ids, first_token], params, prompt_tokens=len(prompt_ids), offset=1
         ):
             yield chunk
-
-    def _vocab_size(self) -> int:
-        """The model's vocabulary (may exceed the tokenizer's: padded embeddings)."""
-        return int(self._llm.model_config.get_vocab_size())
 
     def _require_role(self, phase: str) -> None:
         if self._kv_role is None:
@@ -439,24 +436,7 @@ class VllmEngine(EngineClient):
     async def _checked_prompt_ids(self, request: GenerationRequest) -> list[int]:
         if self._shut_down:
             raise EngineDeadError(f"engine for {self._model_name} is shut down")
-        if not request.request_id:
-            raise InvalidArgumentError("request_id must not be empty")
-        # Refused from its bytes before it is tokenized when it cannot fit (prompt_bounds).
-        check_prompt_fits(
-            request,
-            context_len=self.max_model_len,
-            token_bytes=self._token_bytes,
-            model_name=self._model_name,
-        )
-        prompt_ids = await asyncio.to_thread(self._prompt_ids, request)
-        if len(prompt_ids) + request.sampling.max_tokens > self.max_model_len:
-            field_name = "messages" if request.messages is not None else "prompt"
-            raise InvalidArgumentError(
-                f"{field_name} has {len(prompt_ids)} tokens and max_tokens is"
-                f" {request.sampling.max_tokens}: together they exceed the context length of"
-                f" {self._model_name!r} ({self.max_model_len} tokens)"
-            )
-        return prompt_ids
+        return await self._limits.prompt_ids(request, self._prompt_ids)
 
     async def _stream(
         self,
@@ -544,44 +524,9 @@ class VllmEngine(EngineClient):
         tokenizer = self._tokenizer
         if tokenizer is None:
             raise EngineDeadError(f"engine for {self._model_name} is shut down")
-        if (request.prompt is None) == (request.messages is None):
-            raise InvalidArgumentError("exactly one of prompt and messages must be set")
-        if request.messages is not None:
-            if not request.messages:
-                raise InvalidArgumentError("messages must not be empty")
-            if tokenizer.chat_template is None:
-                raise InvalidArgumentError(
-                    f"model {self._model_name!r} has no chat template; send a prompt instead"
-                )
-            conversation, extra = template_inputs(request, tokenizer.chat_template)
-            try:
-                rendered = tokenizer.apply_chat_template(
-                    conversation,
-                    add_generation_prompt=True,
-                    tokenize=True,
-                    return_dict=False,
-                    **extra,
-                )
-            except Exception as exc:
-                raise InvalidArgumentError(
-                    f"messages cannot be rendered with the chat template of"
-                    f" {self._model_name!r}: {exc}"
-                ) from exc
-            ids = [int(i) for i in cast("list[int]", rendered)]
-        else:
-            assert request.prompt is not None
-            try:
-                encoded = tokenizer(request.prompt)["input_ids"]
-            except MemoryError:
-                raise
-            except Exception as exc:  # the tokenizer refused this text: the request's fault
-                raise InvalidArgumentError(
-                    f"prompt cannot be tokenized by {self._model_name!r}: {type(exc).__name__}"
-                ) from exc
-            ids = [int(i) for i in encoded]
-        if not ids:
-            raise InvalidArgumentError("prompt must not be empty")
-        return ids
+        return prompt_token_ids(
+            tokenizer, request, model_name=self._model_name, vocab_size=self._vocab_size
+        )
 
 
 def _sampling_params(s: SamplingParams) -> Any:
@@ -598,16 +543,7 @@ def _sampling_params(s: SamplingParams) -> Any:
     from vllm.exceptions import VLLMClientError
     from vllm.sampling_params import RequestOutputKind
 
-    if s.max_tokens < 1:
-        raise InvalidArgumentError(f"max_tokens must be >= 1, got {s.max_tokens}")
-    if not 0 <= s.temperature < math.inf:  # NaN fails this too
-        raise InvalidArgumentError(f"temperature must be a finite number >= 0, got {s.temperature}")
-    if not 0 < s.top_p <= 1:
-        raise InvalidArgumentError(f"top_p must be in (0, 1], got {s.top_p}")
-    if s.top_k < 0:
-        raise InvalidArgumentError(f"top_k must be >= 0, got {s.top_k}")
-    if any(not x for x in s.stop):
-        raise InvalidArgumentError("stop strings must not be empty")
+    validate_sampling(s)
     try:
         return VllmSamplingParams(
             n=1,
