@@ -5,7 +5,8 @@ Precedence, highest first: command-line flag, ``HELIOS_<SERVICE>_<FIELD>``,
 shared one so a single environment (one ``helios up`` shell, one pod spec) can give
 every service the same log level while still giving each its own port.
 
-A service adds its own flags to the same parser; this module only owns the ones below.
+A service's own settings are a dataclass that runtime/settings.py binds to the same
+parser (and to the same variables); this module owns the shared ones below.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "ServerSettings",
     "add_server_arguments",
     "env_default",
+    "env_names",
     "settings_from_args",
 ]
 
@@ -109,7 +111,9 @@ class ServerSettings:
         return self.metrics_port != METRICS_DISABLED
 
 
-def _env_names(service: str, field: str) -> tuple[str, str]:
+def env_names(service: str, field: str) -> tuple[str, str]:
+    """``field``'s variables, the service's own first: ``HELIOS_<SERVICE>_<FIELD>``,
+    ``HELIOS_<FIELD>``."""
     svc = service.upper().replace("-", "_")
     fld = field.upper().replace("-", "_")
     return f"HELIOS_{svc}_{fld}", f"HELIOS_{fld}"
@@ -126,84 +130,23 @@ def env_default(service: str, field: str, default: str | None = None) -> str | N
 
     Public so services can give their own flags the same precedence rules.
     """
-    for name in _env_names(service, field):
+    for name in env_names(service, field):
         value = os.environ.get(name)
         if value is not None and value != "":
             return value
     return default
 
 
-def _int_arg(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def _float_arg(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
 def add_server_arguments(parser: argparse.ArgumentParser, service: str) -> None:
     """Add the shared server flags to ``parser``; defaults are read from the environment now.
 
-    Defaults are passed to argparse as strings so argparse runs them through ``type=``
-    exactly like a flag value: a bad ``HELIOS_WORKER_PORT=abc`` fails as ``--port``.
+    The flags are :class:`runtime.settings.ServerFlags`, bound like every service's own
+    settings: a bad ``HELIOS_WORKER_PORT=abc`` fails as ``--port``.
     """
-    group = parser.add_argument_group("server (shared by every Helios service)")
+    # Imported here: runtime.settings builds on this module (ConfigError, env_default).
+    from runtime.settings import ServerFlags, add_arguments
 
-    def add(flag: str, field: str, builtin: str | None, help_: str, **kwargs: Any) -> None:
-        env_a, env_b = _env_names(service, field)
-        shown = "none" if builtin is None else builtin
-        group.add_argument(
-            flag,
-            dest=field,
-            default=env_default(service, field, builtin),
-            help=f"{help_} (env {env_a} or {env_b}; default {shown})",
-            **kwargs,
-        )
-
-    add("--host", "host", "127.0.0.1", "address to bind the gRPC server to")
-    add("--port", "port", "0", "gRPC port; 0 picks a free one", type=_int_arg)
-    add(
-        "--metrics-port",
-        "metrics_port",
-        "0",
-        "Prometheus /metrics port; 0 picks a free one, -1 disables",
-        type=_int_arg,
-    )
-    add("--log-level", "log_level", "INFO", f"one of {', '.join(LOG_LEVELS)}")
-    add("--log-format", "log_format", "json", f"one of {', '.join(LOG_FORMATS)}")
-    add("--event-loop", "event_loop", "uvloop", f"one of {', '.join(EVENT_LOOPS)}")
-    add(
-        "--drain-seconds",
-        "drain_seconds",
-        "10",
-        "on SIGTERM, how long in-flight RPCs get to finish",
-        type=_float_arg,
-    )
-    add(
-        "--ready-file",
-        "ready_file",
-        None,
-        "write {service, grpc_port, metrics_port, pid} JSON here once serving",
-        type=Path,
-    )
-    add("--otlp-endpoint", "otlp_endpoint", None, "OTLP/gRPC collector for traces")
-    # Mutual TLS: all three or none. The same certificate serves and, on outgoing
-    # channels, identifies this service as a client (see runtime/tls.py).
-    add("--tls-cert", "tls_cert", None, "PEM certificate chain; enables mutual TLS", type=Path)
-    add("--tls-key", "tls_key", None, "PEM private key of --tls-cert", type=Path)
-    add(
-        "--tls-ca",
-        "tls_ca",
-        None,
-        "PEM CA that clients' and peers' certificates chain to",
-        type=Path,
-    )
+    add_arguments(parser, ServerFlags, service)
 
 
 def settings_from_args(ns: argparse.Namespace, service: str) -> ServerSettings:
