@@ -2,7 +2,7 @@
 
 ``EnvoyProcess.start`` writes a bootstrap (``edge.render_envoy_config``) to a work
 directory, runs the envoy binary on it and returns once the listener is bound and the
-server live; ``helios up`` (cli/up.py) supervises it.
+server live; ``helios up`` (cli/mesh_services.py) supervises it.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from cli.certs import add_certs_command
 from cli.estimate import add_estimate_command
 from cli.pull import add_pull_command
 from cli.status import add_status_command
-from cli.up import add_up_arguments, up_command
+from cli.up import up_command
+from cli.up_options import add_up_arguments
 
 
 def _model_build_command(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 
 from cli.main import build_parser
-from cli.up import choose_engine
+from cli.up_options import choose_engine
 
 
 def test_auto_is_the_default() -> None:

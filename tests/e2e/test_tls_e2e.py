@@ -42,7 +42,7 @@ def tls_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsMesh]:
     root = tmp_path_factory.mktemp("tls-mesh")
     model_dir = build_tiny_model(root / "home" / "models" / DEFAULT_MODEL_NAME)
     with helios_up(root, DEFAULT_MODEL_NAME, model_dir, "--tls") as up:
-        # cli/up.py: --tls writes `helios certs` output to <state-dir>/certs.
+        # cli/up_options.py: --tls writes `helios certs` output to <state-dir>/certs.
         yield TlsMesh(up.info, root / "state" / "certs", root)
 
 
