@@ -14,8 +14,8 @@ Precedence, highest first (the same for every service and every field): the flag
 field's name unless its setting names another (``--worker`` reads ``..._WORKERS``).
 The environment is read when the parser is built, and its text goes through the
 flag's own conversion, so ``HELIOS_PROXY_PREFETCH=abc`` fails as ``--prefetch`` does.
-A repeatable flag's variable holds a list (``separator``-separated); flags given on the
-command line add to that list.
+A repeatable flag's variable holds a list (``separator``-separated, empty items
+skipped); flags given on the command line add to that list.
 """
 
 from __future__ import annotations
@@ -230,7 +230,8 @@ def from_namespace(cls: type[S], namespace: argparse.Namespace) -> S:
         if not hasattr(namespace, field.name):
             raise ConfigError(field.name, f"missing; was add_arguments() given {cls.__name__}?")
         value = getattr(namespace, field.name)
-        values[field.name] = tuple(value) if kind == "list" else value
+        # An empty item (--worker '') adds nothing, as an empty variable sets nothing.
+        values[field.name] = tuple(v for v in value if v != "") if kind == "list" else value
     return cls(**values)
 
 

@@ -26,14 +26,16 @@ from prometheus_client import REGISTRY
 
 from cli.processes import ServiceProcess
 from cli.status import fetch_status
-from cli.tinymodel import build_tiny_model
+from models.tinymodel import build_tiny_model
 from proxy.admin import AdminServicer
 from proxy.control import ControlPlane
 from proxy.estimate import weights_bytes
-from proxy.server import _catalogue, _keys, build_control_plane, build_parser
+from proxy.server import build_control_plane, build_parser
 from proxy.servicer import InferenceServicer
+from proxy.settings import ProxySettings
 from runtime.config import ServerSettings
 from runtime.server import RunningServer, start_server
+from runtime.settings import from_namespace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -135,8 +137,8 @@ class Proxy:
 
 async def start_proxy(workers: Workers, *flags: str) -> Proxy:
     argv = [f"--worker={a}" for a in workers.addresses()]
-    args = build_parser().parse_args([*argv, *flags])
-    router = build_control_plane(args, _catalogue(args.model), _keys(args))
+    settings = from_namespace(ProxySettings, build_parser().parse_args([*argv, *flags]))
+    router = build_control_plane(settings)
     await router.refresh()
     router.start()
     servicer = InferenceServicer(router.serving)

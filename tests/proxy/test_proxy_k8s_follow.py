@@ -25,10 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_kube_api import FakeKubeApi
 
 from cli.processes import ServiceProcess
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from proxy.server import build_parser, build_service
+from proxy.settings import ProxySettings
 from runtime.config import ServerSettings
 from runtime.server import start_server
+from runtime.settings import from_namespace
 
 NS = "helios"
 MODEL = DEFAULT_MODEL_NAME
@@ -146,18 +148,21 @@ async def test_proxy_follows_cluster_and_scales_pool_to_zero_and_back(
     for worker in workers:
         await publish(api, worker)
 
-    args = build_parser().parse_args(
-        [
-            "--discovery=kubernetes",
-            f"--kubeconfig={kubeconfig}",
-            f"--k8s-namespace={NS}",
-            "--k8s-worker-selector=app.kubernetes.io/component=worker",
-            "--heartbeat-interval=0.2",
-            f"--idle-ttl={IDLE_TTL_S}",
-            "--load-timeout=30",
-        ]
+    settings = from_namespace(
+        ProxySettings,
+        build_parser().parse_args(
+            [
+                "--discovery=kubernetes",
+                f"--kubeconfig={kubeconfig}",
+                f"--k8s-namespace={NS}",
+                "--k8s-worker-selector=app.kubernetes.io/component=worker",
+                "--heartbeat-interval=0.2",
+                f"--idle-ttl={IDLE_TTL_S}",
+                "--load-timeout=30",
+            ]
+        ),
     )
-    register, cleanup = await build_service(args, [], [])
+    register, cleanup = await build_service(settings)
     server = await start_server(ServerSettings(service="proxy", metrics_port=-1), register)
     channel = grpc.aio.insecure_channel(server.address)
     stub = inference_pb2_grpc.InferenceServiceStub(channel)
@@ -233,16 +238,19 @@ async def test_configured_pool_without_deployment_is_a_clear_error(
     """A pool named by --k8s-pool (at zero, so never seen) whose Deployment does not
     exist: FAILED_PRECONDITION naming it, not a hang; an unknown model stays NOT_FOUND."""
     api, kubeconfig = kube
-    args = build_parser().parse_args(
-        [
-            "--discovery=kubernetes",
-            f"--kubeconfig={kubeconfig}",
-            f"--k8s-namespace={NS}",
-            "--k8s-pool=ghost=helios-worker-ghost",
-            "--heartbeat-interval=0.2",
-        ]
+    settings = from_namespace(
+        ProxySettings,
+        build_parser().parse_args(
+            [
+                "--discovery=kubernetes",
+                f"--kubeconfig={kubeconfig}",
+                f"--k8s-namespace={NS}",
+                "--k8s-pool=ghost=helios-worker-ghost",
+                "--heartbeat-interval=0.2",
+            ]
+        ),
     )
-    register, cleanup = await build_service(args, [], [])
+    register, cleanup = await build_service(settings)
     server = await start_server(ServerSettings(service="proxy", metrics_port=-1), register)
     channel = grpc.aio.insecure_channel(server.address)
     stub = inference_pb2_grpc.InferenceServiceStub(channel)

@@ -19,7 +19,8 @@ from google.rpc import status_pb2
 from xds_envoy import ready, start_xds
 
 from proxy.fleet import WorkerPool
-from proxy.server import build_parser, check_ranges, xds_settings
+from proxy.server import build_parser
+from proxy.settings import ProxySettings, api_keys, xds_settings
 from proxy.xds_resources import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -32,6 +33,7 @@ from proxy.xds_server import XdsServer
 from proxy.xds_snapshot import cluster_name
 from runtime.config import ConfigError
 from runtime.server import RunningServer
+from runtime.settings import from_namespace
 
 M1, M2 = cluster_name("m1"), cluster_name("m2")
 QUIET_S = 0.15  # how long "no response" is waited for
@@ -301,46 +303,97 @@ def test_flags_and_base_routes(tmp_path: Path) -> None:
             ]
         )
     )
-    args = build_parser().parse_args(
-        ["--edge-routes", str(routes), "--xds-max-requests-per-model", "9"]
+    settings = xds_settings(
+        proxy_settings(["--edge-routes", str(routes), "--xds-max-requests-per-model", "9"])
     )
-    settings = xds_settings(args)
     assert settings.max_requests_per_model == 9 and settings.upstream_tls is None
     assert [r.route.cluster for r in settings.base_routes] == ["metrics", "proxy"]
-    defaults = xds_settings(build_parser().parse_args([]))
+    defaults = xds_settings(proxy_settings([]))
     assert defaults == XdsSettings()
     tls = xds_settings(
-        build_parser().parse_args(
-            [f"--xds-upstream-tls-{part}={part}" for part in ("cert", "key", "ca")]
-        )
+        proxy_settings([f"--xds-upstream-tls-{part}={part}" for part in ("cert", "key", "ca")])
     ).upstream_tls
     assert tls is not None and (tls.cert.name, tls.key.name, tls.ca.name) == ("cert", "key", "ca")
-    for bad in (
-        ["--xds-upstream-tls-cert", "c"],
-        ["--xds-max-requests-per-model", "0"],
-        ["--edge-routes", str(tmp_path / "missing.json")],
+    for bad, field in (
+        (["--xds-upstream-tls-cert", "c"], "xds_upstream_tls_key"),
+        (["--xds-upstream-tls-cert", "c", "--xds-upstream-tls-key", "k"], "xds_upstream_tls_ca"),
+        (["--xds-max-requests-per-model", "0"], "xds_max_requests_per_model"),
+        (["--edge-routes", str(tmp_path / "missing.json")], "edge_routes"),
     ):
-        with pytest.raises(ConfigError):
-            xds_settings(build_parser().parse_args(bad))
+        with pytest.raises(ConfigError) as raised:
+            xds_settings(proxy_settings(bad))
+        assert raised.value.field == field
     routes.write_text(json.dumps([{"match": {"prefix": "/"}, "rout": {}}]))
     with pytest.raises(ValueError, match="route 0"):
         load_base_routes(routes)
 
 
+def proxy_settings(argv: list[str]) -> ProxySettings:
+    """The proxy's settings from flags, with one static worker unless argv says otherwise."""
+    default = (
+        [] if any(a.startswith(("--worker", "--discovery")) for a in argv) else ["--worker=w:1"]
+    )
+    return from_namespace(ProxySettings, build_parser().parse_args([*default, *argv]))
+
+
 @pytest.mark.parametrize(
-    ("flag", "value", "field"),
+    ("argv", "field"),
     [
-        ("--idle-ttl", "-1", "idle_ttl"),
-        ("--drain-timeout", "-1", "drain_timeout"),
-        ("--load-timeout", "0", "load_timeout"),
-        ("--usage-interval", "0", "usage_interval"),
-        ("--heartbeat-timeout", "nan", "heartbeat_timeout"),
-        ("--prefetch", "-1", "prefetch"),
+        (["--idle-ttl", "-1"], "idle_ttl"),
+        (["--drain-timeout", "-1"], "drain_timeout"),
+        (["--load-timeout", "0"], "load_timeout"),
+        (["--usage-interval", "0"], "usage_interval"),
+        (["--heartbeat-timeout", "nan"], "heartbeat_timeout"),
+        (["--heartbeat-interval", "0"], "heartbeat_interval"),
+        (["--reconcile-interval", "-1"], "reconcile_interval"),
+        (["--k8s-resync", "0"], "k8s_resync"),
+        (["--prefetch", "-1"], "prefetch"),
+        (["--prefetch", "2"], "prefetch"),  # needs --registry
+        (["--target-concurrency", "-1"], "target_concurrency"),
+        (["--max-queued-per-model", "-1"], "max_queued_per_model"),
+        (["--model", "no-path"], "model"),
+        (["--api-key", "k:many"], "api_key"),
+        (["--discovery", "kubernetes", "--k8s-pool", "m"], "k8s_pool"),
+        (["--discovery", "kubernetes", "--worker", "w:1"], "worker"),
+        (["--discovery", "static"], "worker"),
     ],
 )
-def test_a_bad_number_is_reported_under_its_own_flag(flag: str, value: str, field: str) -> None:
-    args = build_parser().parse_args([flag, value])
+def test_a_bad_setting_is_reported_under_its_own_flag(argv: list[str], field: str) -> None:
     with pytest.raises(ConfigError) as raised:
-        check_ranges(args)
+        proxy_settings(argv)
     assert raised.value.field == field
-    check_ranges(build_parser().parse_args([]))  # the defaults are in range
+    proxy_settings([])  # the defaults are good
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field"),
+    [
+        # A drain problem is reported as drain_timeout (it once said idle_ttl).
+        ("HELIOS_PROXY_DRAIN_TIMEOUT", "-1", "drain_timeout"),
+        ("HELIOS_IDLE_TTL", "-5", "idle_ttl"),
+        # argparse checks choices on the command line only; the settings check the rest.
+        ("HELIOS_PROXY_DISCOVERY", "consul", "discovery"),
+        ("HELIOS_ROUTING_POLICY", "random", "routing_policy"),
+    ],
+)
+def test_a_bad_variable_is_reported_under_its_flag(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, field: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as raised:
+        proxy_settings([])
+    assert raised.value.field == field
+
+
+def test_api_keys_from_flags_and_file(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("# ops\nb:10\n\nc::500\n")
+    settings = proxy_settings(["--api-key", "a:1:2", "--api-keys-file", str(keys)])
+    assert [(k.key, k.requests_per_minute, k.tokens_per_minute) for k in api_keys(settings)] == [
+        ("a", 1, 2),
+        ("b", 10, 0),
+        ("c", 0, 500),
+    ]
+    with pytest.raises(ConfigError) as raised:
+        api_keys(proxy_settings(["--api-keys-file", str(tmp_path / "missing")]))
+    assert raised.value.field == "api_keys_file"
