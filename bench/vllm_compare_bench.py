@@ -484,11 +484,11 @@ def main() -> None:
         logs = args.logs or tmp
         logs.mkdir(parents=True, exist_ok=True)
         if args.smollm2:
-            from cli.smollm2 import ensure_smollm2_model
+            from models.smollm2 import ensure_smollm2_model
 
             model_dir = ensure_smollm2_model()
         else:
-            from cli.tinymodel import build_tiny_model
+            from models.tinymodel import build_tiny_model
 
             model_dir = build_tiny_model(tmp / "tiny")
         # This client process imported torch and transformers to build the model: keep

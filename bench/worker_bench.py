@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cli.tinymodel import build_tiny_model
+from models.tinymodel import build_tiny_model
 from worker.engine.base import EngineClient, GenerationRequest, SamplingParams
 
 PROMPTS = [

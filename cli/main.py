@@ -18,7 +18,7 @@ from cli.up_options import add_up_arguments
 
 
 def _model_build_command(args: argparse.Namespace) -> int:
-    from cli.tinymodel import build_tiny_model
+    from models.tinymodel import build_tiny_model
 
     path = build_tiny_model(args.out, seed=args.seed, name=args.name)
     print(path)

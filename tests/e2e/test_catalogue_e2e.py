@@ -34,8 +34,8 @@ from helios.v1 import (
 
 from cli.envoy import EnvoyProcess
 from cli.processes import ServiceProcess
-from cli.tinymodel import build_tiny_model
 from edge import EdgeAccess, Upstream, build_descriptor_set, render_envoy_config
+from models.tinymodel import build_tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 

@@ -41,7 +41,7 @@ from helios.v1 import (
 )
 from support.mesh_harness import Mesh, helios_up
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from proxy.xds_resources import MODEL_HEADER
 from proxy.xds_snapshot import DEFAULT_SESSION_HEADER, cluster_name
 

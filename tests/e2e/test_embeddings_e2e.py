@@ -25,8 +25,8 @@ from google.protobuf import json_format
 from helios.v1 import admin_pb2, admin_pb2_grpc, inference_pb2, inference_pb2_grpc
 from support.mesh_harness import Mesh, helios_up
 
-from cli.minilm import MODEL_NAME as MINILM_NAME
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.minilm import MODEL_NAME as MINILM_NAME
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 
 pytestmark = [
     pytest.mark.e2e,

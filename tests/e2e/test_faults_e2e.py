@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helios.v1 import registry_pb2, registry_pb2_grpc
 from support.mesh_harness import helios_up
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 
 pytestmark = pytest.mark.e2e
 

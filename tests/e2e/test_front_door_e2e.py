@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.mesh_harness import REPO, Mesh
 from support.reflection_client import describe_all, list_services_v1
 
-from cli.tinymodel import build_tiny_model
+from models.tinymodel import build_tiny_model
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ import openai
 import pytest
 from support.mesh_harness import Mesh, helios_up
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 
 pytestmark = pytest.mark.e2e
 

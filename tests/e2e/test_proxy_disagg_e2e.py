@@ -19,7 +19,7 @@ from helios.v1 import inference_pb2, inference_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as wpb
 
 from cli.processes import ServiceProcess
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from proxy.control import ControlPlane
 from proxy.fleet import WorkerPool, WorkerRole
 from proxy.servicer import InferenceServicer

@@ -22,7 +22,7 @@ from openai.types.chat import ChatCompletion
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 from support.mesh_harness import Mesh, helios_up
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 
 CHAT_METHOD = "/helios.v1.InferenceService/CreateChatCompletion"
 STREAM_METHOD = "/helios.v1.InferenceService/StreamChatCompletion"

@@ -63,7 +63,7 @@ def check(config: dict[str, Any], model: Any, dtype: str, batch: int, seq: int) 
 
 
 def test_tiny_model_weights_and_kv_within_5_percent(tmp_path: Path) -> None:
-    from cli.tinymodel import build_tiny_model
+    from models.tinymodel import build_tiny_model
 
     path = build_tiny_model(tmp_path / "tiny")
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()

@@ -10,7 +10,7 @@ import pytest
 from fuzz_mesh import FuzzMesh
 from support.mesh_harness import helios_up
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 
 
 @pytest.fixture(scope="session")

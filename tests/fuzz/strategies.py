@@ -11,7 +11,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from hypothesis import strategies as st
 
-from cli.tinymodel import DEFAULT_MODEL_NAME
+from models.tinymodel import DEFAULT_MODEL_NAME
 
 MODEL = f"helios/{DEFAULT_MODEL_NAME}"
 

@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 from support.fakes import FakeEngine, serve_worker
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from openai_compat.backend import Step
 from openai_compat.params import Job, Sampling
 from proxy.cold_path import RequestContext

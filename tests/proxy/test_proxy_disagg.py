@@ -20,7 +20,7 @@ from helios.v1 import worker_pb2_grpc
 from prometheus_client import REGISTRY
 from support.fakes import serve_worker
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from openai_compat.backend import Step
 from openai_compat.params import Job, Sampling
 from proxy.cold_path import RequestContext

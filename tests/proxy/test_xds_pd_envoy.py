@@ -22,7 +22,7 @@ from xds_envoy import start_envoy, until, write_base_routes
 
 from cli.envoy import EnvoyProcess
 from cli.processes import ServiceProcess
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from proxy.control import ControlPlane
 from proxy.fleet import WorkerPool
 from proxy.servicer import InferenceServicer

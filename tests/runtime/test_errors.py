@@ -51,6 +51,7 @@ PRODUCTION_PACKAGES = (
     "registry",
     "storaged",
     "zerocopy",
+    "models",
     "cli",
 )
 

@@ -2,7 +2,8 @@
 imported in a fresh interpreter where every other extra's packages cannot be imported, as
 in an environment that never installed them, it loads. So the proxy, registry,
 estimator and storaged images carry no torch, transformers or vLLM. The edge package
-(Envoy's configuration) renders a bootstrap with its own extra only."""
+(Envoy's configuration) renders a bootstrap with its own extra only, and the model makers
+(models/) import with the base alone."""
 
 from __future__ import annotations
 
@@ -135,6 +136,29 @@ def test_the_edge_renders_with_only_its_own_extra() -> None:
     assert "grpc_tools" not in hidden
     result = subprocess.run(
         [sys.executable, "-c", _PROBE, "edge", ",".join(sorted(hidden)), _RENDER_EDGE],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_model_makers_import_with_the_base_dependencies_only() -> None:
+    # `helios up` and `helios --help` import them; torch, transformers and gguf load only
+    # while a model is being made.
+    extras = _extras()
+    hidden = {
+        module
+        for name in (*SERVICES, "edge", "cli", "vllm-cpu")
+        for r in extras[name]
+        if not r.startswith("helios[")
+        for module in IMPORT_NAMES[_distribution(r)]
+    }
+    assert {"torch", "transformers", "tokenizers", "safetensors", "gguf"} <= hidden
+    others = "import models.smollm2, models.minilm, models.model_dirs"
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, "models.tinymodel", ",".join(sorted(hidden)), others],
         cwd=REPO,
         capture_output=True,
         text=True,

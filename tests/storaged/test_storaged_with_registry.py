@@ -28,7 +28,7 @@ from helios.v1 import registry_pb2_grpc, storage_pb2_grpc
 from helios.v1 import storage_pb2 as pb
 
 from cli.processes import ServiceProcess
-from cli.tinymodel import build_tiny_model
+from models.tinymodel import build_tiny_model
 from registry.core import Registry
 from registry.servicer import RegistryServicer
 from runtime.config import ServerSettings

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from cli.minilm import COMPLETE_MARKER, MODEL_NAME, ensure_minilm_model
+from models.minilm import COMPLETE_MARKER, MODEL_NAME, ensure_minilm_model
 from runtime.errors import InvalidArgumentError
 from worker.engine.base import EmbeddingRequest, GenerationRequest, SamplingParams
 from worker.engine.embedding_engine import TransformersEmbeddingEngine
@@ -162,7 +162,7 @@ async def test_matryoshka_truncates_and_renormalises(tmp_path: Path) -> None:
 
 
 async def test_a_chat_model_refuses_embeddings(tmp_path: Path) -> None:
-    from cli.tinymodel import build_tiny_model
+    from models.tinymodel import build_tiny_model
 
     engine = await transformers_engine_factory(1)("tiny", build_tiny_model(tmp_path / "tiny"))
     try:

@@ -15,7 +15,7 @@ import pytest_asyncio
 import torch
 from support.lora_adapters import make_lora_adapter
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from runtime.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from worker.engine.adapters import LoraAdapters
 from worker.engine.base import AdapterRef, ChatMessage, GenerationRequest, SamplingParams
@@ -127,7 +127,7 @@ async def test_the_least_recently_used_idle_adapter_makes_room(
 async def test_an_adapter_for_smollm2_changes_its_answer(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    from cli.smollm2 import MODEL_NAME, ensure_smollm2_model
+    from models.smollm2 import MODEL_NAME, ensure_smollm2_model
 
     model_dir = ensure_smollm2_model(tmp_path_factory.mktemp("helios-home"))
     lora = make_lora_adapter(model_dir, tmp_path_factory.mktemp("smol-lora"), rank=8)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from runtime.errors import InvalidArgumentError
 from worker.engine.base import ChatMessage, GenerationRequest, SamplingParams
 from worker.engine.prompt_bounds import (

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from openai_compat.structured import Guide, GuideKind
 from openai_compat.tool_parser import parse_whole
 from openai_compat.tools import ToolCall, tool_plan

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.tinymodel import (
+from models.tinymodel import (
     BOS_TOKEN,
     COMPLETE_MARKER,
     DEFAULT_MODEL_NAME,

@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 import torch
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from runtime.errors import (
     AlreadyExistsError,
     HeliosError,

@@ -19,7 +19,7 @@ from helios.v1 import worker_pb2 as pb
 from support.fakes import serve_worker_inference
 from support.lora_adapters import make_lora_adapter
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from runtime.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from worker.adapters import AdapterSpec, AdapterStore, Target, split_adapter_model
 from worker.models import ModelManager

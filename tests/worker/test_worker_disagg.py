@@ -15,7 +15,7 @@ from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
 from support.fakes import FakeEngine, serve_worker
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from runtime.errors import InvalidArgumentError
 from worker.engine.base import EngineClient
 from worker.engine.transformers_engine import TransformersEngine

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY, Counter
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from worker.engine.base import GenerationRequest, SamplingParams
 from worker.engine_metrics import EngineMetrics, EngineMetricsRefresher, _grow
 from worker.models import ModelManager

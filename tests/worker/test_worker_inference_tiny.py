@@ -16,7 +16,7 @@ from helios.v1 import inference_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as worker_pb
 from support.fakes import serve, serve_worker_inference
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from proxy.control import ControlPlane
 from proxy.fleet import WorkerPool
 from proxy.servicer import InferenceServicer as ProxyInferenceServicer

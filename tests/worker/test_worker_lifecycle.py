@@ -15,7 +15,7 @@ from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
 from support.fakes import serve_worker
 
-from cli.tinymodel import build_tiny_model
+from models.tinymodel import build_tiny_model
 from runtime.paths import PathRoots
 from worker.models import ModelManager
 from worker.server import transformers_engine_factory

@@ -141,7 +141,7 @@ async def test_a_worker_with_no_roots_loads_no_local_path(tmp_path: Path) -> Non
 async def test_worker_process_roots_are_its_model_flags_and_model_root(tmp_path: Path) -> None:
     """``python -m worker.server``: --model directories and --model-root are the roots;
     HELIOS_WORKER_MODEL_ROOTS adds more; anything else is PERMISSION_DENIED."""
-    from cli.tinymodel import build_tiny_model
+    from models.tinymodel import build_tiny_model
 
     served = build_tiny_model(tmp_path / "served")
     extra_root = tmp_path / "extra"

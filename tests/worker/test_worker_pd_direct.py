@@ -20,7 +20,7 @@ from helios.v1 import inference_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as wpb
 from support.fakes import serve_worker_inference
 
-from cli.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
+from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from openai_compat.protocol import EDGE_HEADER
 from runtime.server import RunningServer
 from worker.models import ModelManager

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.fakes import serve_worker
 
 from cli.processes import ServiceProcess
-from cli.tinymodel import build_tiny_model
+from models.tinymodel import build_tiny_model
 from runtime.errors import FailedPreconditionError, InvalidArgumentError
 from worker.batch_sizing import KV_BLOCK_TOKENS
 from worker.engine.base import ChatMessage, FinishReason, GenerationRequest, SamplingParams

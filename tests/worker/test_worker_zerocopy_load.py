@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from cli.tinymodel import build_tiny_model
+from models.tinymodel import build_tiny_model
 from worker.engine.transformers_engine import TransformersEngine
 
 

