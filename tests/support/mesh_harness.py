@@ -1,4 +1,4 @@
-"""What the e2e tests know of a running mesh."""
+"""What the e2e and fuzz tests know of a running mesh (`helios up`, started as a process)."""
 
 from __future__ import annotations
 
