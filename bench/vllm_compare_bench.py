@@ -339,6 +339,8 @@ def bare_vllm(
         "--disable-log-stats",
         "--disable-uvicorn-access-log",
     ]
+    if settings["compile"] == "eager":
+        cmd.append("--enforce-eager")
     process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def healthy() -> bool:
@@ -384,6 +386,7 @@ def helios_mesh(
         "HELIOS_WORKER_MAX_NUM_SEQS": str(settings["max_num_seqs"]),
         "HELIOS_WORKER_CPU_KVCACHE_SPACE_GIB": str(settings["kv_space_gib"]),
         "HELIOS_WORKER_ENABLE_PREFIX_CACHING": "true",
+        "HELIOS_WORKER_COMPILE": settings["compile"],
     }
     process = subprocess.Popen(cmd, cwd=REPO, env=worker_env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -468,6 +471,13 @@ def main() -> None:
     parser.add_argument("--kv-space-gib", type=float, default=1.0)
     parser.add_argument("--max-num-seqs", type=int, default=16)
     parser.add_argument(
+        "--compile",
+        choices=["eager", "full"],
+        default="full",
+        help="both stacks' compile mode (full: vLLM's default torch.compile; eager:"
+        " --enforce-eager, Helios' --compile auto on a CPU); run both to price the modes",
+    )
+    parser.add_argument(
         "--only", choices=["bare", "helios"], default=None, help="run one stack (profiling)"
     )
     parser.add_argument("--logs", type=Path, default=None, help="keep the stacks' logs here")
@@ -476,6 +486,7 @@ def main() -> None:
         "dtype": "float32",
         "max_num_seqs": args.max_num_seqs,
         "kv_space_gib": f"{args.kv_space_gib:g}",
+        "compile": args.compile,
     }
     # The same engine environment for both stacks.
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": settings["kv_space_gib"]}
