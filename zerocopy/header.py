@@ -81,6 +81,27 @@ def parse_header(
     ``prefix`` must hold at least the first ``8 + N`` bytes. Returns the tensors sorted by
     offset and the ``__metadata__`` map. Raises :class:`SafetensorsHeaderError`.
     """
+    doc, data_start = _header_document(prefix, file_size, path)
+    data_size = file_size - data_start
+    metadata: dict[str, str] = {}
+    specs: list[TensorSpec] = []
+    for name, entry in doc.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in entry.items()
+            ):
+                raise SafetensorsHeaderError(path, "__metadata__ must map strings to strings")
+            metadata = dict(entry)
+            continue
+        begin, end, dtype, shape = _tensor_entry(path, name, entry, data_size)
+        specs.append(TensorSpec(name, dtype, shape, data_start + begin, data_start + end))
+    specs.sort(key=lambda s: (s.start, s.end))
+    _check_tiling(path, specs, data_start, file_size)
+    return specs, metadata
+
+
+def _header_document(prefix: bytes, file_size: int, path: str) -> tuple[dict[str, Any], int]:
+    """The header's JSON object and where the data area starts."""
     if file_size < 8 or len(prefix) < 8:
         raise SafetensorsHeaderError(path, f"file is {file_size} bytes, shorter than 8")
     (n,) = struct.unpack("<Q", prefix[:8])
@@ -101,53 +122,47 @@ def parse_header(
         raise SafetensorsHeaderError(path, f"header is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise SafetensorsHeaderError(path, "header is not a JSON object")
-    data_start = 8 + n
-    data_size = file_size - data_start
-    metadata: dict[str, str] = {}
-    specs: list[TensorSpec] = []
-    for name, entry in doc.items():
-        if name == "__metadata__":
-            if not isinstance(entry, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in entry.items()
-            ):
-                raise SafetensorsHeaderError(path, "__metadata__ must map strings to strings")
-            metadata = dict(entry)
-            continue
-        if not isinstance(entry, dict):
-            raise SafetensorsHeaderError(path, f"tensor {name!r}: entry is not an object")
-        dtype = entry.get("dtype")
-        shape = entry.get("shape")
-        offsets = entry.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
-            raise SafetensorsHeaderError(path, f"tensor {name!r}: unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-            raise SafetensorsHeaderError(
-                path, f"tensor {name!r}: shape must be a list of non-negative ints"
-            )
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(_is_int(o) for o in offsets)
-        ):
-            raise SafetensorsHeaderError(
-                path, f"tensor {name!r}: data_offsets must be [begin, end] ints"
-            )
-        begin, end = offsets
-        if not 0 <= begin <= end <= data_size:
-            raise SafetensorsHeaderError(
-                path,
-                f"tensor {name!r}: data_offsets [{begin}, {end}] outside the "
-                f"{data_size}-byte data area",
-            )
-        expected = math.prod(shape) * DTYPE_SIZES[dtype]
-        if expected != end - begin:
-            raise SafetensorsHeaderError(
-                path,
-                f"tensor {name!r}: shape {shape} x {dtype} is {expected} bytes "
-                f"but its span is {end - begin}",
-            )
-        specs.append(TensorSpec(name, dtype, tuple(shape), data_start + begin, data_start + end))
-    specs.sort(key=lambda s: (s.start, s.end))
+    return doc, 8 + n
+
+
+def _tensor_entry(
+    path: str, name: str, entry: Any, data_size: int
+) -> tuple[int, int, str, tuple[int, ...]]:
+    """(begin, end, dtype, shape) of one tensor's header entry, validated."""
+    if not isinstance(entry, dict):
+        raise SafetensorsHeaderError(path, f"tensor {name!r}: entry is not an object")
+    dtype = entry.get("dtype")
+    shape = entry.get("shape")
+    offsets = entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+        raise SafetensorsHeaderError(path, f"tensor {name!r}: unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise SafetensorsHeaderError(
+            path, f"tensor {name!r}: shape must be a list of non-negative ints"
+        )
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+        raise SafetensorsHeaderError(
+            path, f"tensor {name!r}: data_offsets must be [begin, end] ints"
+        )
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_size:
+        raise SafetensorsHeaderError(
+            path,
+            f"tensor {name!r}: data_offsets [{begin}, {end}] outside the "
+            f"{data_size}-byte data area",
+        )
+    expected = math.prod(shape) * DTYPE_SIZES[dtype]
+    if expected != end - begin:
+        raise SafetensorsHeaderError(
+            path,
+            f"tensor {name!r}: shape {shape} x {dtype} is {expected} bytes "
+            f"but its span is {end - begin}",
+        )
+    return begin, end, dtype, tuple(shape)
+
+
+def _check_tiling(path: str, specs: list[TensorSpec], data_start: int, file_size: int) -> None:
+    """The tensors, sorted by offset, cover the data area exactly: no overlap, no hole."""
     cursor = data_start
     for spec in specs:
         if spec.start < cursor:
@@ -161,7 +176,6 @@ def parse_header(
         raise SafetensorsHeaderError(
             path, f"{file_size - cursor} bytes at the end of the data area belong to no tensor"
         )
-    return specs, metadata
 
 
 def read_header(path: str | Path) -> tuple[list[TensorSpec], dict[str, str]]:
