@@ -191,19 +191,20 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
+def _checked(request: Any, request_streaming: bool) -> Any:
+    """The request a servicer gets: a client stream checked message by message; a single
+    rejected message raised here (inside the wrapper, so it is mapped)."""
+    if request_streaming:
+        return _checked_requests(request)
+    if type(request) is _Rejected:
+        raise InvalidArgumentError(request.message)
+    return request
+
+
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     service, name = split_method(method)
     metrics = MethodMetrics(service, name)
     request_streaming = bool(handler.request_streaming)
-
-    def checked(request: Any) -> Any:
-        """The request a servicer gets: a client stream checked message by message; a
-        single rejected message raised here (inside the wrapper, so it is mapped)."""
-        if request_streaming:
-            return _checked_requests(request)
-        if type(request) is _Rejected:
-            raise InvalidArgumentError(request.message)
-        return request
 
     def start(context: grpc.aio.ServicerContext) -> tuple[RpcObservation, RpcSpan]:
         return RpcObservation(metrics), RpcSpan(
@@ -216,7 +217,9 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
             token = span.enter()
             try:
                 try:
-                    response = await call_unary(behavior, checked(request), context)
+                    response = await call_unary(
+                        behavior, _checked(request, request_streaming), context
+                    )
                 except _PASSTHROUGH:
                     raise
                 except Exception as exc:
@@ -239,7 +242,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
             token = span.enter()
             try:
                 try:
-                    result = behavior(checked(request), context)
+                    result = behavior(_checked(request, request_streaming), context)
                     if isinstance(result, AsyncGenerator):
                         # The usual servicer style, re-yielded here directly: one
                         # generator layer less for every message.
