@@ -283,7 +283,37 @@ async def start_server(
     """
     # A stale file from a previous run would hand a launcher dead ports.
     _remove_ready_file(settings.ready_file)
+    server, health, service_names = await _build_server(register, interceptors, reflection_extra)
+    port = _bind(server, settings)
+    metrics_server: MetricsServer | None = None
+    try:
+        await server.start()
+        if settings.metrics_enabled:
+            metrics_server = serve_metrics(settings.metrics_port, settings.host)
+        running = RunningServer(
+            server=server,
+            port=port,
+            metrics_port=metrics_server.port if metrics_server else None,
+            health=health,
+            settings=settings,
+            service_names=service_names,
+            metrics_server=metrics_server,
+        )
+        _announce(running)
+    except BaseException:
+        await server.stop(None)
+        if metrics_server is not None:
+            metrics_server.close()
+        raise
+    return running
 
+
+async def _build_server(
+    register: Register,
+    interceptors: Sequence[grpc.aio.ServerInterceptor],
+    reflection_extra: Sequence[str],
+) -> tuple[grpc.aio.Server, health_aio.HealthServicer, tuple[str, ...]]:
+    """The server with the services ``register`` adds, health and reflection."""
     health = health_aio.HealthServicer()
     recorder = _HandlerRecorder(health)
     names = register(cast("grpc.aio.Server", recorder))
@@ -307,51 +337,35 @@ async def start_server(
     enable_reflection(
         dict.fromkeys((*service_names, *reflection_extra, HEALTH_SERVICE_NAME)), server
     )
+    return server, health, service_names
 
-    port = _bind(server, settings)
-    metrics_server: MetricsServer | None = None
-    try:
-        await server.start()
-        if settings.metrics_enabled:
-            metrics_server = serve_metrics(settings.metrics_port, settings.host)
-        running = RunningServer(
-            server=server,
-            port=port,
-            metrics_port=metrics_server.port if metrics_server else None,
-            health=health,
-            settings=settings,
-            service_names=service_names,
-            metrics_server=metrics_server,
-        )
-        log.info(
-            "serving",
-            extra={
+
+def _announce(running: RunningServer) -> None:
+    """Log that the server is serving, then write its ready file (last: whoever waits on
+    that file may connect the moment it appears)."""
+    settings = running.settings
+    log.info(
+        "serving",
+        extra={
+            "host": settings.host,
+            "grpc_port": running.port,
+            "metrics_port": running.metrics_port,
+            "services": list(running.service_names),
+            # "uvloop" or "asyncio": which loop the servicers run on.
+            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+        },
+    )
+    if settings.ready_file is not None:
+        _write_ready_file(
+            settings.ready_file,
+            {
+                "service": settings.service,
                 "host": settings.host,
-                "grpc_port": port,
+                "grpc_port": running.port,
                 "metrics_port": running.metrics_port,
-                "services": list(service_names),
-                # "uvloop" or "asyncio": which loop the servicers run on.
-                "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+                "pid": os.getpid(),
             },
         )
-        if settings.ready_file is not None:
-            # Last: whoever waits on this file may connect the moment it appears.
-            _write_ready_file(
-                settings.ready_file,
-                {
-                    "service": settings.service,
-                    "host": settings.host,
-                    "grpc_port": port,
-                    "metrics_port": running.metrics_port,
-                    "pid": os.getpid(),
-                },
-            )
-    except BaseException:
-        await server.stop(None)
-        if metrics_server is not None:
-            metrics_server.close()
-        raise
-    return running
 
 
 async def _first_of(*aws: Awaitable[Any]) -> None:
