@@ -9,7 +9,8 @@ import pytest
 
 from runtime.errors import InvalidArgumentError
 from worker.engine.base import SAMPLING_EPS, SamplingParams
-from worker.engine.vllm_engine import _sampling_params, vllm_available
+from worker.engine.vllm_engine import vllm_available
+from worker.engine.vllm_sampling import sampling_params
 
 _MISSING = vllm_available()
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"vLLM is not impor
 @pytest.mark.parametrize("temperature", [0.0, 1e-45, 1.4e-45, 1e-30, SAMPLING_EPS / 2])
 def test_temperatures_below_the_epsilon_are_greedy(temperature: float) -> None:
     # vLLM alone would raise 1e-45 to 0.01 and sample; Helios means greedy.
-    params = _sampling_params(SamplingParams(temperature=temperature, top_p=0.5, top_k=3))
+    params = sampling_params(SamplingParams(temperature=temperature, top_p=0.5, top_k=3))
     assert params.temperature == 0.0
     assert (params.top_p, params.top_k) == (1.0, 0)  # vLLM's greedy form
 
@@ -27,10 +28,10 @@ def test_temperatures_below_the_epsilon_are_greedy(temperature: float) -> None:
 def test_sampling_temperatures_pass_through_above_vllms_floor(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    assert _sampling_params(SamplingParams(temperature=0.7)).temperature == pytest.approx(0.7)
+    assert sampling_params(SamplingParams(temperature=0.7)).temperature == pytest.approx(0.7)
     # Between the epsilon and 0.01 vLLM samples at 0.01 (and would warn each request).
     for temperature in (SAMPLING_EPS, 0.005):
-        assert _sampling_params(SamplingParams(temperature=temperature)).temperature == 0.01
+        assert sampling_params(SamplingParams(temperature=temperature)).temperature == 0.01
     assert "maxed it out" not in caplog.text
 
 
@@ -40,7 +41,7 @@ def test_sampling_temperatures_pass_through_above_vllms_floor(
 )
 def test_seeds_map_onto_64_bits(seed: int | None, want: int | None) -> None:
     # -1 would mean "no seed" to vLLM: a client's -1 stays a fixed seed.
-    assert _sampling_params(SamplingParams(temperature=1.0, seed=seed)).seed == want
+    assert sampling_params(SamplingParams(temperature=1.0, seed=seed)).seed == want
 
 
 @pytest.mark.parametrize(
@@ -59,21 +60,21 @@ def test_seeds_map_onto_64_bits(seed: int | None, want: int | None) -> None:
 )
 def test_what_vllm_cannot_take_is_invalid_argument(sampling: SamplingParams, match: str) -> None:
     with pytest.raises(InvalidArgumentError, match=match):
-        _sampling_params(sampling)
+        sampling_params(sampling)
 
 
 def test_extremes_vllm_can_take() -> None:
-    params = _sampling_params(SamplingParams(temperature=2.0, top_p=1e-9, top_k=2**31 - 1))
+    params = sampling_params(SamplingParams(temperature=2.0, top_p=1e-9, top_k=2**31 - 1))
     assert (params.temperature, params.top_p, params.top_k) == (2.0, 1e-9, 2**31 - 1)
 
 
 def test_structured_outputs_map_onto_vllms() -> None:
     from openai_compat.structured import Guide, GuideKind
-    from worker.engine.vllm_engine import structured_outputs
+    from worker.engine.vllm_sampling import structured_outputs
 
-    assert _sampling_params(SamplingParams()).structured_outputs is None
+    assert sampling_params(SamplingParams()).structured_outputs is None
     schema = Guide.json_schema({"type": "object"})
-    params = _sampling_params(SamplingParams(guide=schema)).structured_outputs
+    params = sampling_params(SamplingParams(guide=schema)).structured_outputs
     assert params.json == schema.spec and params.disable_any_whitespace
     assert structured_outputs(Guide(GuideKind.JSON_OBJECT)).json_object is True
     assert structured_outputs(Guide(GuideKind.REGEX, "[a-z]+")).regex == "[a-z]+"

@@ -1,10 +1,12 @@
 """vLLM as the worker's engine, through its in-process async engine API (AsyncLLM).
 
 vLLM brings continuous batching, the paged KV cache and prefix caching; this module only
-maps Helios' engine contract onto it: prompts are tokenised here with the model's own
-tokenizer (chat template included, exactly as the reference engine does, so both
-engines see the same token ids), generations stream as DELTA outputs, stats come from
-vLLM's own scheduler stats through a stat logger.
+maps Helios' engine contract onto it: prompts are tokenised and checked here by the
+pipeline both engines share (chat_render.py, prompt_bounds.py: the same token ids and
+refusals as the reference engine), sampling maps onto vLLM's (vllm_sampling.py),
+generations stream as DELTA outputs that vLLM detokenizes and stops itself and
+outputs.py assembles into chunks, stats come from vLLM's own scheduler stats through a
+stat logger (vllm_stats.py).
 
 Prefill/decode disaggregation is opt-in (``VllmConfig.kv_role`` + ``kv_shared_path``):
 it uses vLLM's own KV-connector mechanism with the ``ExampleConnector`` (vLLM's
@@ -34,12 +36,11 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from openai_compat.structured import Guide, GuideKind
 from runtime.errors import (
+    AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     ResourceExhaustedError,
@@ -53,27 +54,27 @@ from worker.engine.base import (
     GenerationChunk,
     GenerationRequest,
     PrefillResult,
-    SamplingParams,
     merge_chunks,
 )
 from worker.engine.chat_render import prompt_token_ids
 from worker.engine.loading import load_in_thread, require_model_dir
 from worker.engine.outputs import OutputCounters, RequestOutput, finish_reason
-from worker.engine.prompt_bounds import PromptLimits, validate_sampling
+from worker.engine.prompt_bounds import PromptLimits
+from worker.engine.vllm_config import COMPILE_MODES, KV_ROLES, VllmConfig
 from worker.engine.vllm_lora import LoraRequests, VllmLora
+from worker.engine.vllm_sampling import sampling_params
+from worker.engine.vllm_stats import VllmStats, stat_logger_factory
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from worker.kvtransfer import KVLayer
 
-__all__ = ["VllmConfig", "VllmEngine", "vllm_available"]
+# VllmConfig and COMPILE_MODES live in vllm_config.py; the worker and its sizing import
+# them from here, with the engine.
+__all__ = ["COMPILE_MODES", "VllmConfig", "VllmEngine", "engine_kwargs", "vllm_available"]
 
 logger = logging.getLogger(__name__)
-
-# The smallest temperature vLLM samples with (its _MAX_TEMP): it raises smaller ones
-# to this, logging a warning each time.
-_VLLM_MIN_TEMPERATURE = 1e-2
 
 DISAGGREGATION_REASON = (
     "prefill/decode disaggregation is off for this vLLM engine: it moves the KV cache with"
@@ -89,126 +90,6 @@ def vllm_available() -> str | None:
     except Exception as exc:  # ImportError, or a broken install (torchvision ops)
         return f"{type(exc).__name__}: {exc}"
     return None
-
-
-# What VllmConfig.compile may be (the worker's --compile also takes "auto").
-COMPILE_MODES = ("eager", "full")
-
-
-@dataclass(frozen=True)
-class VllmConfig:
-    """The engine knobs a worker exposes (None: vLLM's own default)."""
-
-    dtype: str = "auto"
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    max_model_len: int | None = None
-    gpu_memory_utilization: float | None = None
-    cpu_kvcache_space_gib: float | None = None
-    enable_prefix_caching: bool = True
-    quantization: str | None = None
-    tensor_parallel_size: int = 1
-    seed: int = 0
-    # Prefill/decode disaggregation through vLLM's shared-storage KV connector (opt-in):
-    # "prefill" saves prompt KV caches under kv_shared_path, "decode" loads them from it,
-    # "both" does either. None: combined mode only.
-    kv_role: str | None = None
-    kv_shared_path: Path | None = None
-    # The KV cache in bytes (vLLM's kv_cache_memory_bytes; on a GPU it overrides
-    # gpu_memory_utilization). Set by the worker's memory-aware sizing, which also
-    # records what the engine's memory adds up to (planned_bytes).
-    kv_cache_memory_bytes: int | None = None
-    planned_bytes: int | None = None
-    # "full": vLLM's torch.compile (and CUDA graphs on a GPU), its compile cache reused
-    # across starts; "eager": no compilation (enforce_eager), the fastest start.
-    # worker.compile_mode resolves the worker's --compile auto to one of these.
-    compile: str = "full"
-    extra: dict[str, Any] = field(default_factory=dict)
-    # LoRA adapters (worker/engine/vllm_lora.py); off unless max_loras > 0.
-    lora: VllmLora = field(default_factory=VllmLora)
-
-    def __post_init__(self) -> None:
-        if self.compile not in COMPILE_MODES:
-            raise InvalidArgumentError(
-                f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}"
-            )
-        if self.kv_role is not None and self.kv_role not in _KV_ROLES:
-            raise InvalidArgumentError(
-                f"kv_role must be one of {sorted(_KV_ROLES)}, got {self.kv_role!r}"
-            )
-        if (self.kv_role is None) != (self.kv_shared_path is None):
-            raise InvalidArgumentError("kv_role and kv_shared_path must be set together")
-
-
-# Helios' role names -> vLLM's KVTransferConfig.kv_role.
-_KV_ROLES = {"prefill": "kv_producer", "decode": "kv_consumer", "both": "kv_both"}
-
-
-class _Stats:
-    """Folds vLLM's per-step scheduler and iteration stats into the figures a heartbeat
-    reports and the worker's engine metrics (worker/engine_metrics.py) export."""
-
-    def __init__(self) -> None:
-        self.running = 0
-        self.waiting = 0
-        self.kv_usage = 0.0
-        # Since the last prefix-cache reset (for the heartbeat's hit rate) ...
-        self.prefix_queries = 0
-        self.prefix_hits = 0
-        # ... and since the engine started (counters: vllm:prefix_cache_queries/hits,
-        # vllm:num_preemptions).
-        self.prefix_queries_total = 0
-        self.prefix_hits_total = 0
-        self.preemptions_total = 0
-
-    def record_iteration(self, iteration_stats: Any) -> None:
-        if iteration_stats is not None:
-            self.preemptions_total += int(iteration_stats.num_preempted_reqs)
-
-    def record(self, scheduler_stats: Any) -> None:
-        if scheduler_stats is None:
-            return
-        self.running = int(scheduler_stats.num_running_reqs)
-        self.waiting = int(scheduler_stats.num_waiting_reqs) + int(
-            getattr(scheduler_stats, "num_skipped_waiting_reqs", 0)
-        )
-        self.kv_usage = float(scheduler_stats.kv_cache_usage)
-        prefix = scheduler_stats.prefix_cache_stats
-        if prefix is not None:
-            if prefix.reset:
-                self.prefix_queries = self.prefix_hits = 0
-            self.prefix_queries += int(prefix.queries)
-            self.prefix_hits += int(prefix.hits)
-            self.prefix_queries_total += int(prefix.queries)
-            self.prefix_hits_total += int(prefix.hits)
-
-    @property
-    def prefix_hit_rate(self) -> float:
-        return self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0
-
-
-def _stat_logger_factory(stats: _Stats) -> Any:
-    """A vLLM StatLoggerBase subclass that feeds ``stats`` (built lazily: vLLM import)."""
-    from vllm.v1.metrics.loggers import StatLoggerBase
-
-    class _HeliosStatLogger(StatLoggerBase):
-        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-            self._stats = stats
-
-        def record(
-            self,
-            scheduler_stats: Any,
-            iteration_stats: Any,
-            mm_cache_stats: Any = None,
-            engine_idx: int = 0,
-        ) -> None:
-            self._stats.record(scheduler_stats)
-            self._stats.record_iteration(iteration_stats)
-
-        def log_engine_initialized(self) -> None:
-            pass
-
-    return _HeliosStatLogger
 
 
 class VllmEngine(EngineClient):
@@ -239,7 +120,7 @@ class VllmEngine(EngineClient):
         self._limits = PromptLimits.of(tokenizer, model_name, max_model_len)
         # The model's vocabulary (may exceed the tokenizer's: padded embeddings).
         self._vocab_size = int(llm.model_config.get_vocab_size())
-        self._stats = _Stats()
+        self._stats = VllmStats()
         self._active: set[str] = set()
         self._counters = OutputCounters()
         self._shut_down = False
@@ -263,12 +144,12 @@ class VllmEngine(EngineClient):
         model_dir = require_model_dir(model_dir)
         started = time.monotonic()
         engine = cls.__new__(cls)
-        stats = _Stats()
+        stats = VllmStats()
         llm, tokenizer = await load_in_thread(
             _start_sync,
             model_dir,
             config,
-            _stat_logger_factory(stats),
+            stat_logger_factory(stats),
             failure=f"vLLM cannot load model {model_name!r} from {model_dir}",
         )
         max_len = int(llm.model_config.max_model_len)
@@ -347,11 +228,9 @@ class VllmEngine(EngineClient):
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """Stream ``request`` from vLLM as deltas; closing the stream aborts it in vLLM."""
         if request.request_id and request.request_id in self._active:
-            from runtime.errors import AlreadyExistsError
-
             raise AlreadyExistsError(f"request {request.request_id!r} is already running")
         prompt_ids = await self._checked_prompt_ids(request)
-        params = _sampling_params(request.sampling)
+        params = sampling_params(request.sampling)
         async for chunk in self._stream(request, prompt_ids, params):
             yield chunk
 
@@ -366,7 +245,7 @@ class VllmEngine(EngineClient):
         """
         self._require_role("prefill")
         prompt_ids = await self._checked_prompt_ids(request)
-        params = _sampling_params(request.sampling)
+        params = sampling_params(request.sampling)
         wanted = params.max_tokens
         params.max_tokens = 1
         chunks = [c async for c in self._stream(request, prompt_ids, params)]
@@ -399,7 +278,7 @@ class VllmEngine(EngineClient):
             raise InvalidArgumentError(f"first_token_id {first_token} is outside the vocabulary")
         if request.sampling.max_tokens < 2:
             return
-        params = _sampling_params(request.sampling)
+        params = sampling_params(request.sampling)
         params.max_tokens = request.sampling.max_tokens - 1
         async for chunk in self._stream(
             request, [*prompt_ids, first_token], params, prompt_tokens=len(prompt_ids), offset=1
@@ -432,8 +311,6 @@ class VllmEngine(EngineClient):
         """vLLM's outputs for ``prompt_ids`` as chunks; ``offset`` tokens were made before
         (decode after a remote prefill), ``prompt_tokens`` is what the client sent."""
         if request.request_id in self._active:
-            from runtime.errors import AlreadyExistsError
-
             raise AlreadyExistsError(f"request {request.request_id!r} is already running")
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError as VllmDead
@@ -486,57 +363,6 @@ class VllmEngine(EngineClient):
         return prompt_token_ids(
             tokenizer, request, model_name=self._model_name, vocab_size=self._vocab_size
         )
-
-
-def _sampling_params(s: SamplingParams) -> Any:
-    """vLLM's SamplingParams for ``s``, or InvalidArgumentError.
-
-    Degenerate values are normalised the way the reference engine reads them: a
-    temperature below SAMPLING_EPS is greedy (0; vLLM itself would raise 1e-45 to 0.01
-    and sample), one between that and 0.01 is 0.01 (what vLLM would make of it, without
-    its warning per request), a seed is taken modulo 2**64 (vLLM reads -1 as "no seed";
-    torch takes the same 64 bits), and anything vLLM still refuses is the request's
-    fault.
-    """
-    from vllm import SamplingParams as VllmSamplingParams
-    from vllm.exceptions import VLLMClientError
-    from vllm.sampling_params import RequestOutputKind
-
-    validate_sampling(s)
-    try:
-        return VllmSamplingParams(
-            n=1,
-            max_tokens=s.max_tokens,
-            temperature=0.0 if s.greedy else max(s.temperature, _VLLM_MIN_TEMPERATURE),
-            top_p=s.top_p,
-            top_k=s.top_k,  # 0 disables, as in Helios
-            seed=None if s.seed is None else s.seed % 2**64,
-            stop=list(s.stop) or None,
-            ignore_eos=s.ignore_eos,
-            skip_special_tokens=True,
-            output_kind=RequestOutputKind.DELTA,
-            structured_outputs=structured_outputs(s.guide),
-        )
-    except (VLLMClientError, ValueError) as exc:  # e.g. a temperature above vLLM's 2
-        raise InvalidArgumentError(f"vLLM rejected the sampling parameters: {exc}") from exc
-
-
-def structured_outputs(guide: Guide | None) -> Any:
-    """vLLM's StructuredOutputsParams for ``guide`` (None: none). JSON without free
-    whitespace, as the reference engine generates it (worker/engine/grammar.py)."""
-    if guide is None:
-        return None
-    from vllm.sampling_params import StructuredOutputsParams
-
-    if guide.kind is GuideKind.JSON_SCHEMA:
-        return StructuredOutputsParams(json=guide.spec, disable_any_whitespace=True)
-    if guide.kind is GuideKind.JSON_OBJECT:
-        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
-    if guide.kind is GuideKind.REGEX:
-        return StructuredOutputsParams(regex=guide.spec)
-    if guide.kind is GuideKind.CHOICE:
-        return StructuredOutputsParams(choice=list(guide.choices))
-    return StructuredOutputsParams(grammar=guide.spec)
 
 
 def _max_num_seqs(llm: Any, config: VllmConfig) -> int | None:
@@ -598,7 +424,7 @@ def engine_kwargs(
         Path(config.kv_shared_path).mkdir(parents=True, exist_ok=True)
         kwargs["kv_transfer_config"] = KVTransferConfig(
             kv_connector="ExampleConnector",
-            kv_role=cast("Any", _KV_ROLES[config.kv_role]),
+            kv_role=cast("Any", KV_ROLES[config.kv_role]),
             kv_connector_extra_config={"shared_storage_path": str(config.kv_shared_path)},
         )
     kwargs.update(config.lora.engine_args())
