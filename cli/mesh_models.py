@@ -65,12 +65,14 @@ async def import_models(
 
 
 async def warm_models(proxy_address: str, model_ids: Collection[str]) -> None:
-    """Ask the proxy to keep one replica of each registry model warm, all at once (a
-    vLLM engine's start is mostly one process's work: two start side by side); it
-    places each (memory-aware) and the worker fetches it through storaged."""
+    """Ask the proxy to keep one replica of each registry model warm, one after the
+    other: the proxy places a model only on a worker that is not loading another (asked
+    at once, the second was refused "0 more workers have room"); it places each
+    (memory-aware) and the worker fetches it through storaged."""
     async with create_channel(proxy_address) as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
-        await asyncio.gather(*(_warm_model(admin, model_id) for model_id in model_ids))
+        for model_id in model_ids:
+            await _warm_model(admin, model_id)
 
 
 async def wait_for_models(front_door: str, wanted: set[str], admin_key: str) -> None:
