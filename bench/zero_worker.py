@@ -13,14 +13,15 @@ from pathlib import Path
 
 from bench.zero_engine import ZeroCostEngine
 from openai_compat.servicer import InferenceServicer
-from runtime.config import settings_from_args
 from runtime.server import Cleanup, Register, run
+from runtime.settings import parse_settings
 from worker.engine.base import EngineClient
 from worker.inference import EngineBackend
 from worker.metrics import UsageLedger
 from worker.models import ModelManager
-from worker.server import build_parser, parse_model_spec, register_services
+from worker.server import build_parser, register_services
 from worker.servicer import WorkerServicer
+from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -30,23 +31,21 @@ async def _build_engine(name: str, path: Path) -> EngineClient:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(args, "worker")
-    models = [parse_model_spec(spec) for spec in args.model]
+    server, settings = parse_settings(build_parser(), WorkerSettings, "worker", argv)
 
     async def build() -> tuple[Register, Cleanup]:
         manager = ModelManager(
-            _build_engine, engine_kind="zero-cost", capacity_bytes=args.memory_capacity_bytes
+            _build_engine, engine_kind="zero-cost", capacity_bytes=settings.memory_capacity_bytes
         )
-        for name, path in models:
+        for name, path in settings.models:
             async for step in manager.load(name, path):
                 logger.info(step.message, extra={"model": name})
         usage = UsageLedger()
-        servicer = WorkerServicer(manager, worker_id=args.worker_id, usage=usage)
-        inference = InferenceServicer(EngineBackend(manager, usage, role=args.role))
+        servicer = WorkerServicer(manager, worker_id=settings.worker_id, usage=usage)
+        inference = InferenceServicer(EngineBackend(manager, usage, role=settings.role))
         return register_services(servicer, inference), manager.shutdown
 
-    run(settings, build)
+    run(server, build)
 
 
 if __name__ == "__main__":

@@ -256,6 +256,8 @@ def _check_field(name: str, value: Any, spec: Setting) -> None:
         if spec.check is not None:
             try:
                 spec.check(item)
+            except ConfigError:
+                raise  # already names its field
             except ValueError as exc:
                 raise ConfigError(name, str(exc)) from None
 

@@ -9,9 +9,11 @@ import pytest
 
 from runtime.config import ConfigError
 from runtime.errors import InvalidArgumentError
+from runtime.settings import from_namespace
 from worker.compile_mode import persistent_vllm_cache, resolve_compile_mode
 from worker.engine.vllm_engine import VllmConfig, engine_kwargs
-from worker.server import build_parser, vllm_config_from_args
+from worker.server import build_parser
+from worker.settings import WorkerSettings, vllm_config
 
 
 def test_auto_compiles_on_a_gpu_and_runs_eager_on_a_cpu() -> None:
@@ -32,11 +34,10 @@ def test_eager_and_full_reach_vllm_as_enforce_eager(tmp_path: Path) -> None:
 
 
 def test_the_flag_defaults_to_auto_and_this_machine_resolves_it() -> None:
-    args = build_parser().parse_args(["--engine", "vllm"])
-    assert args.compile == "auto"
-    assert vllm_config_from_args(args).compile in ("eager", "full")
-    args = build_parser().parse_args(["--engine", "vllm", "--compile", "full"])
-    assert vllm_config_from_args(args).compile == "full"
+    settings = from_namespace(WorkerSettings, build_parser().parse_args(["--engine", "vllm"]))
+    assert settings.compile == "auto"
+    assert vllm_config(settings).compile in ("eager", "full")
+    assert vllm_config(WorkerSettings(engine="vllm", compile="full")).compile == "full"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--compile", "fast"])
 

@@ -14,9 +14,11 @@ from prometheus_client import REGISTRY
 from runtime.config import ConfigError
 from runtime.errors import DeadlineExceededError, ResourceExhaustedError
 from runtime.grpc_errors import RETRY_AFTER_METADATA, retry_after_metadata
+from runtime.settings import from_namespace
 from worker.admission import ANONYMOUS, Admission, QueueLimits, client_class
 from worker.engine.vllm_engine import VllmConfig, _max_num_seqs
-from worker.server import build_parser, queue_limits_from_args
+from worker.server import build_parser
+from worker.settings import WorkerSettings
 
 
 def key(name: str) -> str:
@@ -265,9 +267,12 @@ def test_vllm_states_the_sequences_it_batches_as_its_capacity() -> None:
 
 
 def test_queue_limits_from_the_worker_flags() -> None:
-    default = queue_limits_from_args(build_parser().parse_args([]))
-    assert default == QueueLimits()
-    args = build_parser().parse_args(["--max-queued-per-client", "3", "--max-queued", "9"])
-    assert queue_limits_from_args(args) == QueueLimits(per_client=3, total=9)
-    with pytest.raises(ConfigError, match="max_queued"):
-        queue_limits_from_args(build_parser().parse_args(["--max-queued", "0"]))
+    def limits(argv: list[str]) -> QueueLimits:
+        return from_namespace(WorkerSettings, build_parser().parse_args(argv)).queue_limits
+
+    assert limits([]) == QueueLimits()
+    assert limits(["--max-queued-per-client", "3", "--max-queued", "9"]) == QueueLimits(3, 9)
+    for flag in ("--max-queued", "--max-queued-per-client"):
+        with pytest.raises(ConfigError) as raised:
+            limits([flag, "0"])
+        assert raised.value.field == flag.removeprefix("--").replace("-", "_")
