@@ -41,7 +41,7 @@ __all__ = ["add_pull_command", "pull_command"]
 
 def add_pull_command(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``pull`` to the ``helios`` sub-commands."""
-    from registry.server import default_data_dir
+    from registry.settings import default_data_dir
 
     pull = subparsers.add_parser(
         "pull", help="import a model (local directory or Hub repo) into the registry"
@@ -213,7 +213,7 @@ async def _upload(
 
 def _target(args: argparse.Namespace, source: str) -> AsyncIterator[ImportProgress]:
     """Where the import goes (see the module docstring); says so when in-process."""
-    from registry.server import default_data_dir
+    from registry.settings import default_data_dir
 
     if args.registry:
         address, metadata = args.registry, bearer(args.admin_key or read_admin_key())

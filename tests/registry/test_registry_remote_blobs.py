@@ -4,6 +4,7 @@ free port. Shared behaviour is parametrized over all three backends."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import json
@@ -37,10 +38,12 @@ from registry.core import Registry
 from registry.s3_store import S3BlobStore
 from registry.server import build_parser, make_blob_store
 from registry.servicer import RegistryServicer
+from registry.settings import RegistrySettings
 from runtime.config import ConfigError, ServerSettings
 from runtime.errors import ErrorCode, NotFoundError
 from runtime.paths import PathRoots
 from runtime.server import start_server
+from runtime.settings import from_namespace
 
 REPO = Path(__file__).resolve().parents[2]
 AZURITE = REPO / "node_modules" / ".bin" / "azurite-blob"
@@ -442,6 +445,10 @@ async def test_remote_blobs_import_model_and_read_blob_over_grpc(
 # server flags and backend-specific behaviour ------------------------------------------
 
 
+def registry_settings(parser: argparse.ArgumentParser, argv: list[str]) -> RegistrySettings:
+    return from_namespace(RegistrySettings, parser.parse_args(argv))
+
+
 async def test_remote_blobs_server_flags_build_working_stores(
     s3_endpoint: str,
     azurite_connection_string: str,
@@ -451,7 +458,8 @@ async def test_remote_blobs_server_flags_build_working_stores(
     monkeypatch.setenv("HELIOS_REGISTRY_AZURE_CONTAINER", f"flags-{uuid.uuid4().hex[:8]}")
     monkeypatch.setenv("MY_AZURE_CS", azurite_connection_string)
     parser = build_parser()  # env defaults are read when the parser is built
-    s3_args = parser.parse_args(
+    s3_args = registry_settings(
+        parser,
         [
             "--data-dir",
             str(tmp_path),
@@ -468,9 +476,10 @@ async def test_remote_blobs_server_flags_build_working_stores(
             "--s3-part-size",
             "5MiB",
             "--s3-create-bucket",
-        ]
+        ],
     )
-    azure_args = parser.parse_args(
+    azure_args = registry_settings(
+        parser,
         [
             "--blob-backend",
             "azure",
@@ -479,7 +488,7 @@ async def test_remote_blobs_server_flags_build_working_stores(
             "--azure-create-container",
             "--azure-block-size",
             "64KiB",
-        ]
+        ],
     )
     source = tmp_path / "x.bin"
     source.write_bytes(os.urandom(200_000))
@@ -500,19 +509,24 @@ def test_remote_blobs_missing_bucket_container_or_settings_fail_clearly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     parser = build_parser()
-    args = parser.parse_args(
-        ["--blob-backend", "s3", "--s3-endpoint-url", s3_endpoint, "--s3-bucket", "nope-404"]
+    args = registry_settings(
+        parser,
+        ["--blob-backend", "s3", "--s3-endpoint-url", s3_endpoint, "--s3-bucket", "nope-404"],
     )
     with pytest.raises(BlobStoreError, match="nope-404"):
         make_blob_store(args)
     with pytest.raises(ConfigError, match="s3_bucket"):
-        make_blob_store(parser.parse_args(["--blob-backend", "s3"]))
+        make_blob_store(registry_settings(parser, ["--blob-backend", "s3"]))
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
     with pytest.raises(ConfigError, match="AZURE_STORAGE_CONNECTION_STRING"):
-        make_blob_store(parser.parse_args(["--blob-backend", "azure", "--azure-container", "c"]))
+        make_blob_store(
+            registry_settings(parser, ["--blob-backend", "azure", "--azure-container", "c"])
+        )
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string)
     with pytest.raises(BlobStoreError, match="does not exist"):
-        make_blob_store(parser.parse_args(["--blob-backend", "azure", "--azure-container", "gone"]))
+        make_blob_store(
+            registry_settings(parser, ["--blob-backend", "azure", "--azure-container", "gone"])
+        )
     with pytest.raises(ConfigError, match="prefix"):
         S3BlobStore.connect("b", "a/../b", endpoint_url=s3_endpoint)
 
