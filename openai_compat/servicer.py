@@ -9,11 +9,12 @@ errors whichever served it.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from helios.v1 import inference_pb2 as pb
 from helios.v1 import inference_pb2_grpc
 
@@ -21,8 +22,8 @@ from openai_compat.answers import chat_choice, chat_chunk_choice, completion_cho
 from openai_compat.backend import CallInfo, GenerationStep, InferenceBackend
 from openai_compat.choices import Usage, complete_all, stream_all, usage_of
 from openai_compat.embedding_protocol import EmbeddingsServicer
-from openai_compat.logprobs import text_length
-from openai_compat.params import Request
+from openai_compat.logprobs import TokenLogprob, text_length
+from openai_compat.params import Job, Request
 from openai_compat.protocol import (
     call_info,
     chat_request_from_pb,
@@ -39,64 +40,71 @@ from runtime.limits import MAX_ID_BYTES
 logger = logging.getLogger(__name__)
 
 
+def _head(asked: Request, kind: str) -> dict[str, Any]:
+    """The fields that every answer and every stream chunk of ``asked`` repeats."""
+    return {
+        "id": asked.request_id,
+        "object": kind,
+        "created": asked.created,
+        "model": asked.model,
+    }
+
+
+def _ending(item: Usage | pb.ErrorDetail) -> dict[str, Any]:
+    """A stream chunk's fields for what :meth:`InferenceServicer._relay` yields besides
+    steps: the usage, or the failure (its last item)."""
+    if isinstance(item, pb.ErrorDetail):
+        return {"error": item}
+    return {"usage": usage_to_pb(item)}
+
+
 class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceServicer):
     """OpenAI-compatible completions from ``backend``."""
 
     def __init__(self, backend: InferenceBackend) -> None:
         self.backend = backend
 
-    async def _complete(
-        self, request: Request, context: grpc.aio.ServicerContext
-    ) -> list[GenerationStep]:
-        return await complete_all(self.backend, request, call_info(context))
+    async def _answer(
+        self,
+        asked: Request,
+        context: grpc.aio.ServicerContext,
+        kind: str,
+        choice: Callable[[Job, GenerationStep, Sequence[TokenLogprob] | None], Message],
+    ) -> dict[str, Any]:
+        """A whole answer's fields, chat's or completions': every job's ``choice`` (its
+        logprobs only if asked for) and the usage."""
+        results = await complete_all(self.backend, asked, call_info(context))
+        return _head(asked, kind) | {
+            "choices": [
+                choice(job, result, result.logprobs if asked.logprobs else None)
+                for job, result in zip(asked.jobs, results, strict=True)
+            ],
+            "usage": usage_to_pb(usage_of(asked.jobs, results)),
+        }
 
     async def CreateChatCompletion(
         self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateChatCompletionResponse:
+        def choice(
+            job: Job, result: GenerationStep, logprobs: Sequence[TokenLogprob] | None
+        ) -> pb.ChatCompletionChoice:
+            whole = chat_choice(job.index, result.text, result.finish_reason, logprobs)
+            return chat_choice_with_tools(job, whole)
+
         asked = chat_request_from_pb(request.params)
-        results = await self._complete(asked, context)
-        return pb.CreateChatCompletionResponse(
-            id=asked.request_id,
-            object="chat.completion",
-            created=asked.created,
-            model=asked.model,
-            choices=[
-                chat_choice_with_tools(
-                    job,
-                    chat_choice(
-                        job.index,
-                        result.text,
-                        result.finish_reason,
-                        result.logprobs if asked.logprobs else None,
-                    ),
-                )
-                for job, result in zip(asked.jobs, results, strict=True)
-            ],
-            usage=usage_to_pb(usage_of(asked.jobs, results)),
-        )
+        fields = await self._answer(asked, context, "chat.completion", choice)
+        return pb.CreateChatCompletionResponse(**fields)
 
     async def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
         asked = chat_request_from_pb(request.params)
-
-        def chunk(**fields: Any) -> pb.StreamChatCompletionResponse:
-            return pb.StreamChatCompletionResponse(
-                id=asked.request_id,
-                object="chat.completion.chunk",
-                created=asked.created,
-                model=asked.model,
-                **fields,
-            )
-
+        head = _head(asked, "chat.completion.chunk")
         started: set[int] = set()
         tool_deltas = ChatToolDeltas(asked)
         async for item in self._relay(asked, context):
-            if isinstance(item, pb.ErrorDetail):
-                yield chunk(error=item)
-                return
-            if isinstance(item, Usage):
-                yield chunk(usage=usage_to_pb(item))
+            if not isinstance(item, tuple):
+                yield pb.StreamChatCompletionResponse(**head, **_ending(item))
                 continue
             index, step = item
             choice = chat_chunk_choice(
@@ -107,52 +115,30 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
                 first=index not in started,
             )
             started.add(index)
-            yield chunk(choices=[tool_deltas.rewrite(choice)])
+            yield pb.StreamChatCompletionResponse(**head, choices=[tool_deltas.rewrite(choice)])
 
     async def CreateCompletion(
         self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateCompletionResponse:
+        def choice(
+            job: Job, result: GenerationStep, logprobs: Sequence[TokenLogprob] | None
+        ) -> pb.CompletionChoice:
+            return completion_choice(job.index, result.text, result.finish_reason, logprobs)
+
         asked = completion_request_from_pb(request.params)
-        results = await self._complete(asked, context)
-        return pb.CreateCompletionResponse(
-            id=asked.request_id,
-            object="text_completion",
-            created=asked.created,
-            model=asked.model,
-            choices=[
-                completion_choice(
-                    job.index,
-                    result.text,
-                    result.finish_reason,
-                    result.logprobs if asked.logprobs else None,
-                )
-                for job, result in zip(asked.jobs, results, strict=True)
-            ],
-            usage=usage_to_pb(usage_of(asked.jobs, results)),
-        )
+        fields = await self._answer(asked, context, "text_completion", choice)
+        return pb.CreateCompletionResponse(**fields)
 
     async def StreamCompletion(
         self, request: pb.StreamCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompletionResponse]:
         asked = completion_request_from_pb(request.params)
-
-        def chunk(**fields: Any) -> pb.StreamCompletionResponse:
-            return pb.StreamCompletionResponse(
-                id=asked.request_id,
-                object="text_completion",
-                created=asked.created,
-                model=asked.model,
-                **fields,
-            )
-
+        head = _head(asked, "text_completion")
         # Each choice's text so far, in characters: where its next token's text_offset is.
         offsets: dict[int, int] = {}
         async for item in self._relay(asked, context):
-            if isinstance(item, pb.ErrorDetail):
-                yield chunk(error=item)
-                return
-            if isinstance(item, Usage):
-                yield chunk(usage=usage_to_pb(item))
+            if not isinstance(item, tuple):
+                yield pb.StreamCompletionResponse(**head, **_ending(item))
                 continue
             index, step = item
             offset = offsets.get(index, 0)
@@ -164,7 +150,7 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
                 step.logprobs if asked.logprobs else None,
                 offset,
             )
-            yield chunk(choices=[choice])
+            yield pb.StreamCompletionResponse(**head, choices=[choice])
 
     async def _relay(
         self, asked: Request, context: grpc.aio.ServicerContext
