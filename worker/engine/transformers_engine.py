@@ -7,12 +7,12 @@ does get right is the contract of :class:`~worker.engine.base.EngineClient` that
 engine (vLLM) must also honour: streaming deltas that concatenate to the final text,
 stop strings, seeds, cancellation that stops the work, abort, health and counters.
 
-A request is one :class:`_Request` from admission to its end; generate, prefill and
-decode are the same steps over it (worker/engine/torch_step.py computes one), with the
+A request is one RequestState (request_state.py) from admission to its end; generate,
+prefill and decode are the same steps over it (torch_step.py computes one), with the
 pipeline both engines share around them: the prompt's rendering and bounds
-(chat_render, prompt_bounds), the deltas and stops (detokenizer) and the chunks
-(outputs). Concurrency slots (slots.py) and parked KV caches (kv_parking.py) are this
-engine's own.
+(chat_render.py, prompt_bounds.py) and the chunks (outputs.py). The deltas and stops
+(detokenizer.py), concurrency slots (slots.py) and parked KV caches (kv_parking.py) are
+this engine's own.
 
 Nothing here blocks the event loop: tokenisation, every forward step and the
 detokenisation of each step run in a dedicated thread pool (torch releases the GIL in
@@ -28,7 +28,6 @@ import gc
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,14 +46,15 @@ from worker.engine.base import (
 )
 from worker.engine.chat_render import prompt_token_ids
 from worker.engine.detokenizer import IncrementalText, decode_generated, decode_prompt
-from worker.engine.grammar import GrammarCache, GuideMatcher
+from worker.engine.grammar import GrammarCache
 from worker.engine.hf_loader import eos_ids, load_causal_lm
 from worker.engine.kv_parking import ParkedCaches, rebuild_cache
 from worker.engine.logits import check_logit_bias
 from worker.engine.outputs import OutputCounters, RequestOutput
 from worker.engine.prompt_bounds import PromptLimits
+from worker.engine.request_state import RequestState
 from worker.engine.slots import Slots
-from worker.engine.torch_step import StepInput, StepResult, forward_sample_decode, make_generator
+from worker.engine.torch_step import StepResult, forward_sample_decode, make_generator
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -77,56 +77,6 @@ _FALLBACK_CONTEXT_LEN = 2048
 # before dropping the model (a step cannot be interrupted; one takes milliseconds on
 # small models, seconds for a long prefill on a big one).
 _SHUTDOWN_STEP_GRACE_S = 30.0
-
-
-@dataclass
-class _Request:
-    """One request from admission to its end: its prompt, its generation so far and its
-    output; ``abort``/``shutdown`` reach it through the engine's table."""
-
-    request: GenerationRequest
-    prompt_ids: list[int]
-    out: RequestOutput
-    text: IncrementalText
-    guide: GuideMatcher | None  # structured outputs: masks the logits (None: none)
-    adapter: str | None  # peft's name of the LoRA adapter its steps run with
-    generator: torch.Generator | None  # its own RNG (None: greedy)
-    abort_event: asyncio.Event = field(default_factory=asyncio.Event)
-    holds_slot: bool = False
-    # The forward step currently computing in a thread, if any: a cancelled consumer
-    # leaves it running, and the concurrency slot is released only when it returns.
-    inflight: concurrent.futures.Future[StepResult] | None = None
-    generated: list[int] = field(default_factory=list)
-    past: Any = None  # the KV cache (transformers Cache) once a step ran
-    echo: str = ""  # the prompt's text, sent before the first chunk's (echo)
-
-    def step_input(self, eos_token_ids: frozenset[int]) -> StepInput:
-        # The whole prompt first, then one token at a time.
-        input_ids = self.generated[-1:] if self.past is not None else self.prompt_ids
-        return StepInput(
-            input_ids=input_ids,
-            past=self.past,
-            sampling=self.request.sampling,
-            generator=self.generator,
-            generated=list(self.generated),
-            prompt_ids=self.prompt_ids,
-            eos_ids=eos_token_ids,
-            guide=self.guide,
-        )
-
-    def advance(self, step: StepResult) -> GenerationChunk:
-        """The chunk of the token ``step`` made."""
-        self.past = step.past
-        self.generated.append(step.token)
-        delta, finish = self.text.add(step.token, step.text)
-        chunk = self.out.chunk(self.echo + delta, [step.token], finish, step.logprobs)
-        self.echo = ""
-        return chunk
-
-    @property
-    def cache_tokens(self) -> int:
-        """Tokens held in its KV cache, for the kv_cache_usage estimate."""
-        return 0 if self.past is None else len(self.prompt_ids) + len(self.generated)
 
 
 class TransformersEngine(EngineClient):
@@ -186,7 +136,7 @@ class TransformersEngine(EngineClient):
         )
         self._limits = PromptLimits.of(tokenizer, model_name, self.max_model_len)
         self._slots = Slots(max_concurrency)
-        self._requests: dict[str, _Request] = {}
+        self._requests: dict[str, RequestState] = {}
         self._counters = OutputCounters()
         self._dead_reason: str | None = None
         self._parked = ParkedCaches(kv_ttl_s)
@@ -326,7 +276,7 @@ class TransformersEngine(EngineClient):
     # ---------------------------------------------------------------- pipeline
 
     async def _serve(
-        self, request: GenerationRequest, begin: Callable[[_Request], Awaitable[None]]
+        self, request: GenerationRequest, begin: Callable[[RequestState], Awaitable[None]]
     ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream ``request``'s chunks; ``begin`` prepares its first step once it holds a
         slot (the echo of a generation, the resumed cache of a decode)."""
@@ -346,7 +296,7 @@ class TransformersEngine(EngineClient):
         finally:
             self._close(state)
 
-    async def _open(self, request: GenerationRequest) -> _Request:
+    async def _open(self, request: GenerationRequest) -> RequestState:
         """``request`` checked, tokenized, its adapter loaded and registered (from here on
         abort reaches it)."""
         self._raise_if_dead()
@@ -363,7 +313,7 @@ class TransformersEngine(EngineClient):
             raise AlreadyExistsError(f"request {request.request_id!r} is already running")
         # Loaded (once) before the request queues for a slot; released in _close.
         adapter = await self._adapters.acquire(request.adapter)
-        state = _Request(
+        state = RequestState(
             request,
             prompt_ids,
             RequestOutput(self._counters, prompt_tokens=len(prompt_ids)),
@@ -375,14 +325,14 @@ class TransformersEngine(EngineClient):
         self._requests[request.request_id] = state
         return state
 
-    async def _admit(self, state: _Request) -> bool:
+    async def _admit(self, state: RequestState) -> bool:
         """Wait for a concurrency slot; False if the request was aborted first."""
         state.holds_slot = await self._slots.acquire(state.abort_event)
         if not state.holds_slot:
             self._raise_if_dead()  # the abort was the engine's shutdown or death
         return state.holds_slot
 
-    async def _begin(self, state: _Request) -> None:
+    async def _begin(self, state: RequestState) -> None:
         """Before a generation's first step: the prompt's text, when it is echoed."""
         request = state.request
         if request.sampling.echo:
@@ -391,7 +341,7 @@ class TransformersEngine(EngineClient):
             else:
                 state.echo = await self._decode(decode_prompt, state.prompt_ids)
 
-    async def _resume(self, state: _Request, *, first: int, kv: Sequence[KVLayer]) -> None:
+    async def _resume(self, state: RequestState, *, first: int, kv: Sequence[KVLayer]) -> None:
         """Before a decode's first step: the prefill's first token and the prompt's KV
         cache, as if this engine had made them."""
         if state.request.sampling.max_tokens < 2:
@@ -410,7 +360,7 @@ class TransformersEngine(EngineClient):
         state.text.resume(await self._decode(decode_generated, state.generated))
         state.out.add_earlier(1)
 
-    async def _step(self, state: _Request) -> GenerationChunk:
+    async def _step(self, state: RequestState) -> GenerationChunk:
         """The request's next chunk: its next token's, or its abort's."""
         if state.abort_event.is_set():
             self._raise_if_dead()
@@ -419,7 +369,7 @@ class TransformersEngine(EngineClient):
             return state.out.abort(state.text.flush())
         return state.advance(await self._run_step(state))
 
-    def _close(self, state: _Request) -> None:
+    def _close(self, state: RequestState) -> None:
         if state.holds_slot:
             self._slots.release_after(state.inflight)
         self._adapters.release(state.request.adapter)
@@ -449,7 +399,7 @@ class TransformersEngine(EngineClient):
             self._executor, decode, tokenizer, ids
         )
 
-    async def _run_step(self, state: _Request) -> StepResult:
+    async def _run_step(self, state: RequestState) -> StepResult:
         """One forward pass + sample + detokenise, in the engine's thread pool."""
         model, tokenizer = self._loaded()
         fut = self._executor.submit(
