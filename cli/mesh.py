@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runtime.config import helios_home
+from runtime.files import write_json_atomic
 
 MESH_FILE = "mesh.json"
 ADDRESS_ENV = "HELIOS_ADDRESS"
@@ -95,19 +95,7 @@ def add_address_argument(parser: argparse.ArgumentParser) -> None:
 
 def write_mesh_file(summary: dict[str, Any], path: Path | None = None) -> Path:
     """Write ``summary`` as the local mesh file (temp file + fsync + rename)."""
-    path = path or mesh_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{MESH_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(summary, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_json_atomic(path or mesh_file(), summary, tmp_prefix=f".{MESH_FILE}.")
 
 
 def remove_mesh_file(state_dir: str, path: Path | None = None) -> None:

@@ -10,9 +10,6 @@ its own role too, and roles never rely on the virtual host's default.
 from __future__ import annotations
 
 import functools
-import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +43,7 @@ from edge.names import (
     TRANSCODER_FILTER_NAME,
 )
 from runtime.edge_names import VIRTUAL_HOST_NAME
+from runtime.files import write_json_atomic
 from runtime.limits import CONTROL_BODY_BYTES, EMBEDDINGS_BODY_BYTES, ESTIMATOR_BODY_BYTES
 
 _BUFFER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
@@ -308,16 +306,4 @@ def edge_virtual_host(
 def write_edge_routes(path: Path, virtual_host: Mapping[str, Any]) -> Path:
     """Write the edge's virtual host (:func:`edge_virtual_host`) as the control plane's
     base routes (the proxy's ``--edge-routes``): JSON, temp file + fsync + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(virtual_host, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_json_atomic(Path(path), virtual_host)
