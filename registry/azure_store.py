@@ -26,6 +26,7 @@ from registry.cloud import (
     check_digest,
     normalize_prefix,
     regroup,
+    remote_errors,
     upload_parts,
 )
 from runtime.config import ConfigError
@@ -91,21 +92,16 @@ class AzureBlobStore:
     def key(self, sha256: str) -> str:
         return blob_key(self.prefix, sha256)
 
-    @contextlib.contextmanager
-    def _errors(self, op: str, what: str) -> Iterator[None]:
+    def _errors(self, op: str, what: str) -> contextlib.AbstractContextManager[None]:
         from azure.core.exceptions import AzureError
 
-        try:
-            yield
-        except AzureError as exc:
-            REMOTE_FAILURES.labels(self.name, op).inc()
-            code = getattr(exc, "error_code", None) or type(exc).__name__
-            where = f"{self.container.container_name}/{what}"
-            raise BlobStoreError(f"azure://{where}: {op} failed ({code}): {exc}") from exc
-        except OSError as exc:
-            REMOTE_FAILURES.labels(self.name, op).inc()
-            where = f"{self.container.container_name}/{what}"
-            raise BlobStoreError(f"azure://{where}: {op} failed: {exc}") from exc
+        def code(exc: Exception) -> str | None:
+            if not isinstance(exc, AzureError):
+                return None
+            return getattr(exc, "error_code", None) or type(exc).__name__
+
+        where = f"azure://{self.container.container_name}/{what}"
+        return remote_errors(self.name, op, where, (AzureError,), code)
 
     def check(self, create: bool = False) -> None:
         """Fail fast when the container is missing or unreachable (or create it)."""

@@ -27,6 +27,7 @@ Azure: a connection string, by default ``$AZURE_STORAGE_CONNECTION_STRING``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -34,7 +35,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import Counter
 
-from registry.blobs import IntegrityError
+from registry.blobs import BlobStoreError, IntegrityError
 from runtime.config import ConfigError
 from runtime.model_ids import check_sha256
 
@@ -87,6 +88,27 @@ def blob_key(prefix: str, sha256: str) -> str:
     """The object name of blob ``sha256`` under a normalized ``prefix``."""
     check_sha256(sha256)
     return f"{prefix}blobs/sha256/{sha256[:2]}/{sha256}"
+
+
+@contextlib.contextmanager
+def remote_errors(
+    backend: str,
+    op: str,
+    where: str,
+    failures: tuple[type[Exception], ...],
+    code: Callable[[Exception], str | None],
+) -> Iterator[None]:
+    """An SDK's ``failures`` (and OSError) inside as one :class:`BlobStoreError` naming
+    ``where`` (the store's URL of the object), ``op`` and the service's error ``code``
+    where it has one, counted in REMOTE_FAILURES."""
+    caught: tuple[type[Exception], ...] = (*failures, OSError)
+    try:
+        yield
+    except caught as exc:
+        REMOTE_FAILURES.labels(backend, op).inc()
+        named = code(exc)
+        said = f" ({named})" if named is not None else ""
+        raise BlobStoreError(f"{where}: {op} failed{said}: {exc}") from exc
 
 
 def regroup(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:

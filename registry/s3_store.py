@@ -26,6 +26,7 @@ from registry.cloud import (
     check_digest,
     normalize_prefix,
     regroup,
+    remote_errors,
     upload_parts,
 )
 from runtime.config import ConfigError
@@ -96,19 +97,16 @@ class S3BlobStore:
     def key(self, sha256: str) -> str:
         return blob_key(self.prefix, sha256)
 
-    @contextlib.contextmanager
-    def _errors(self, op: str, what: str) -> Iterator[None]:
+    def _errors(self, op: str, what: str) -> contextlib.AbstractContextManager[None]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
-            yield
-        except ClientError as exc:
-            REMOTE_FAILURES.labels(self.name, op).inc()
-            code = exc.response.get("Error", {}).get("Code", "?")
-            raise BlobStoreError(f"s3://{self.bucket}/{what}: {op} failed ({code}): {exc}") from exc
-        except (BotoCoreError, OSError) as exc:
-            REMOTE_FAILURES.labels(self.name, op).inc()
-            raise BlobStoreError(f"s3://{self.bucket}/{what}: {op} failed: {exc}") from exc
+        def code(exc: Exception) -> str | None:
+            if not isinstance(exc, ClientError):
+                return None
+            return str(exc.response.get("Error", {}).get("Code", "?"))
+
+        where = f"s3://{self.bucket}/{what}"
+        return remote_errors(self.name, op, where, (ClientError, BotoCoreError), code)
 
     def check(self, create: bool = False) -> None:
         """Fail fast when the bucket is missing or unreachable (or create it), and abort
