@@ -135,12 +135,12 @@ def configure_logging(
     return handler
 
 
-class ClientInputFilter(logging.Filter):
-    """grpc logs an ERROR with a traceback for every request whose metadata is not UTF-8
-    ("Invalid encoding on b'...'"): a client's bytes, not a failure of the server, and one
-    record per request lets any client fill the logs. Such records become one WARNING per
-    minute (without the traceback), saying how many were not logged."""
+class RateLimitedFilter(logging.Filter):
+    """Records whose message starts with ``PREFIX`` become one record per ``INTERVAL_S``,
+    rewritten by :meth:`rewrite` and counting (``not_logged_since_last``) how many were
+    dropped since the last; other records pass unchanged."""
 
+    PREFIX = ""
     INTERVAL_S = 60.0
 
     def __init__(self) -> None:
@@ -148,18 +148,33 @@ class ClientInputFilter(logging.Filter):
         self._last = -self.INTERVAL_S
         self._suppressed = 0
 
+    def rewrite(self, record: logging.LogRecord) -> None:
+        """Say ``record`` in the rate-limited record's words (in place)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("Invalid encoding on"):
+        if not str(record.msg).startswith(self.PREFIX):
             return True
         now = time.monotonic()
         if now - self._last < self.INTERVAL_S:
             self._suppressed += 1
             return False
+        self.rewrite(record)
+        record.not_logged_since_last = self._suppressed
+        self._last, self._suppressed = now, 0
+        return True
+
+
+class ClientInputFilter(RateLimitedFilter):
+    """grpc logs an ERROR with a traceback for every request whose metadata is not UTF-8
+    ("Invalid encoding on b'...'"): a client's bytes, not a failure of the server, and one
+    record per request lets any client fill the logs. Such records become one WARNING per
+    minute (without the traceback), saying how many were not logged."""
+
+    PREFIX = "Invalid encoding on"
+
+    def rewrite(self, record: logging.LogRecord) -> None:
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.msg = "request metadata that is not UTF-8 (a client's input) was ignored"
         record.args = None
         record.exc_info = None
         record.exc_text = None
-        record.not_logged_since_last = self._suppressed
-        self._last, self._suppressed = now, 0
-        return True

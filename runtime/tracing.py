@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import Token
@@ -44,6 +43,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from runtime.logging import RateLimitedFilter
 from runtime.otel_config import (
     GRPC,
     HTTP_PROTOBUF,
@@ -97,30 +97,16 @@ def _otlp_exporter(export: TraceExport | str) -> SpanExporter | None:
     return exporter
 
 
-class _DroppedSpanFilter(logging.Filter):
+class _DroppedSpanFilter(RateLimitedFilter):
     """The batch processor warns once per span it drops (queue full: the collector is down
     or slow); on the token path that is a log line per span. One line a minute instead,
     saying how many were not logged."""
 
-    INTERVAL_S = 60.0
+    PREFIX = "Queue full"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._last = -self.INTERVAL_S
-        self._suppressed = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("Queue full"):
-            return True
-        now = time.monotonic()
-        if now - self._last < self.INTERVAL_S:
-            self._suppressed += 1
-            return False
+    def rewrite(self, record: logging.LogRecord) -> None:
         record.msg = "span export queue full (collector down or slow): dropping spans"
         record.args = None
-        record.not_logged_since_last = self._suppressed
-        self._last, self._suppressed = now, 0
-        return True
 
 
 # At shutdown, how long the spans still queued get to reach the collector. The SDK waits
