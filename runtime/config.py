@@ -128,7 +128,8 @@ def env_default(service: str, field: str, default: str | None) -> str | None: ..
 def env_default(service: str, field: str, default: str | None = None) -> str | None:
     """The environment's value for ``field`` (service-specific first), else ``default``.
 
-    Public so services can give their own flags the same precedence rules.
+    Every setting is read through it (runtime/settings.py binds them), so every service
+    and every field share the same precedence.
     """
     for name in env_names(service, field):
         value = os.environ.get(name)

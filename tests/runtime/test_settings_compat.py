@@ -8,7 +8,21 @@ runtime/settings.py) by running this file as a script against that tree::
     git archive 571d988 | tar -x -C /tmp/head
     PYTHONPATH=/tmp/head .venv/bin/python tests/runtime/test_settings_compat.py > golden.json
 
-Deliberate differences are listed in ``CHANGED`` below, each with its reason.
+Deliberate differences in what is captured here are listed in ``CHANGED`` below (none).
+Deliberate differences in what happens after parsing (stricter, and not visible here):
+
+- a variable outside its flag's choices (argparse checks only the command line) is a
+  ConfigError naming the field: ``HELIOS_PROXY_DISCOVERY=consul`` ran static discovery;
+- boolean variables take 1/true/yes/on and 0/false/no/off in any case, anything else is a
+  ConfigError: ``HELIOS_WORKER_ENABLE_PREFIX_CACHING=1`` meant false, ``..._S3_CREATE_BUCKET=TRUE``
+  false;
+- a bad number in a service's own variable fails as its flag does (it was a ValueError
+  traceback while the parser was built); argparse says "expected an integer/a number"
+  for every flag, not "invalid int value";
+- empty items of repeatable flags and list variables are skipped for every service
+  (the estimator's ``a,,b`` added the current directory as a root);
+- the proxy checks ``--k8s-resync`` and ``--k8s-pool`` in static mode too; each
+  cross-field error names a real field (xds_upstream_tls_key, api_key, api_keys_file).
 """
 
 from __future__ import annotations
