@@ -8,12 +8,12 @@ the worker Services' EndpointSlices through ``proxy.k8s``'s watcher.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from runtime.errors import UnavailableError
+from runtime.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from proxy.k8s import MembershipChange, WorkerEndpoint
@@ -84,11 +84,8 @@ class KubernetesDiscovery:
             self._task = asyncio.create_task(self._follow(), name="kubernetes discovery")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _follow(self) -> None:
         while True:

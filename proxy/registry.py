@@ -21,6 +21,7 @@ from typing import Protocol
 
 from proxy import metrics
 from runtime.errors import ErrorCode, HeliosError
+from runtime.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -162,11 +163,8 @@ class UsageReporter:
             self._task = asyncio.create_task(self._loop(), name="usage reporter")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self.pending:
             with contextlib.suppress(HeliosError, TimeoutError):
                 await asyncio.wait_for(self.flush(), timeout=2.0)

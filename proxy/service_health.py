@@ -10,7 +10,6 @@ service the mesh was started without is not set, so its Check answers NOT_FOUND.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 
@@ -18,6 +17,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from proxy.dependencies import UP, DependencyMonitor, Fleet
+from runtime.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,4 @@ class ServiceHealthMirror:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)

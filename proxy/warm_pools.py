@@ -25,7 +25,6 @@ evict) take the same lock as a pass: one change at a time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -34,6 +33,7 @@ from proxy.cold_start import ColdStarts
 from proxy.fleet import WorkerView
 from proxy.placement import NoFit, best_fit
 from runtime.errors import HeliosError, InvalidArgumentError, NotFoundError, UnavailableError
+from runtime.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +77,8 @@ class WarmPools:
             self._task = asyncio.create_task(self._loop(), name="warm pools")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:
