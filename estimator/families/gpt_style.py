@@ -7,22 +7,59 @@ from estimator.families.build import FamilyBuild
 from estimator.families.config_reader import MAX_LAYERS, ConfigReader, divide_exactly
 
 
-def gpt2(c: ConfigReader, model_type: str) -> FamilyBuild:
-    hidden = c.first_int(("n_embd", "hidden_size"))
-    heads = c.first_int(("n_head", "num_attention_heads"))
-    layers = c.first_int(("n_layer", "num_hidden_layers"), maximum=MAX_LAYERS)
-    inner = c.integer("n_inner", 4 * hidden)
-    positions = c.first_int(("n_positions", "max_position_embeddings"), 1024)
+def _multi_head(
+    c: ConfigReader,
+    hidden: int,
+    heads: int,
+    layers: int,
+    *,
+    intermediate: int,
+    max_pos: int | None,
+    tied: bool,
+    names: tuple[str, str] = ("hidden_size", "num_attention_heads"),
+) -> FamilyBuild:
+    """A build with full multi-head attention (as many KV heads as heads) of ``hidden``
+    split exactly into ``heads`` (``names``: their config keys, for the error), no
+    sliding windows, and the vocabulary from the config."""
     b = FamilyBuild(
         vocab=c.integer("vocab_size"),
         hidden=hidden,
         layers=layers,
         heads=heads,
         kv_heads=heads,
-        head_dim=divide_exactly(c, "n_embd", hidden, "n_head", heads),
+        head_dim=divide_exactly(c, names[0], hidden, names[1], heads),
+        intermediate=intermediate,
+        max_pos=max_pos,
+        tied=tied,
+    )
+    b.windows = (None,) * layers
+    return b
+
+
+def _fused_qkv_block(b: FamilyBuild, qkv_out: int, *, attn_bias: bool, mlp_bias: bool) -> None:
+    """The per-layer linears named as gpt_neox, falcon and bloom name them: a fused QKV
+    projection, its output projection, and the MLP's up and down projections."""
+    b.linear("query_key_value", b.hidden, qkv_out, kind="attention", bias=attn_bias)
+    b.linear("dense", b.hidden, b.hidden, kind="attention", bias=attn_bias)
+    b.linear("dense_h_to_4h", b.hidden, b.intermediate, kind="mlp", bias=mlp_bias)
+    b.linear("dense_4h_to_h", b.intermediate, b.hidden, kind="mlp", bias=mlp_bias)
+
+
+def gpt2(c: ConfigReader, model_type: str) -> FamilyBuild:
+    hidden = c.first_int(("n_embd", "hidden_size"))
+    heads = c.first_int(("n_head", "num_attention_heads"))
+    layers = c.first_int(("n_layer", "num_hidden_layers"), maximum=MAX_LAYERS)
+    inner = c.integer("n_inner", 4 * hidden)
+    positions = c.first_int(("n_positions", "max_position_embeddings"), 1024)
+    b = _multi_head(
+        c,
+        hidden,
+        heads,
+        layers,
         intermediate=inner,
         max_pos=positions,
         tied=c.flag("tie_word_embeddings", True),
+        names=("n_embd", "n_head"),
     )
     b.embedding = b.vocab * hidden + positions * hidden
     b.head()
@@ -31,7 +68,6 @@ def gpt2(c: ConfigReader, model_type: str) -> FamilyBuild:
     b.linear("c_fc", hidden, inner, kind="mlp", bias=True)
     b.linear("mlp.c_proj", inner, hidden, kind="mlp", bias=True)
     b.norms(hidden, 2 * layers + 1, with_bias=True)
-    b.windows = (None,) * layers
     return b
 
 
@@ -39,13 +75,11 @@ def gpt_neox(c: ConfigReader, model_type: str) -> FamilyBuild:
     hidden = c.integer("hidden_size")
     heads = c.integer("num_attention_heads")
     layers = c.integer("num_hidden_layers", maximum=MAX_LAYERS)
-    b = FamilyBuild(
-        vocab=c.integer("vocab_size"),
-        hidden=hidden,
-        layers=layers,
-        heads=heads,
-        kv_heads=heads,
-        head_dim=divide_exactly(c, "hidden_size", hidden, "num_attention_heads", heads),
+    b = _multi_head(
+        c,
+        hidden,
+        heads,
+        layers,
         intermediate=c.integer("intermediate_size", 4 * hidden),
         max_pos=c.opt_int("max_position_embeddings"),
         tied=c.flag("tie_word_embeddings", False),
@@ -53,12 +87,8 @@ def gpt_neox(c: ConfigReader, model_type: str) -> FamilyBuild:
     b.embedding = b.vocab * hidden
     b.head()
     bias = c.flag("attention_bias", True)
-    b.linear("query_key_value", hidden, 3 * hidden, kind="attention", bias=bias)
-    b.linear("dense", hidden, hidden, kind="attention", bias=bias)
-    b.linear("dense_h_to_4h", hidden, b.intermediate, kind="mlp", bias=True)
-    b.linear("dense_4h_to_h", b.intermediate, hidden, kind="mlp", bias=True)
+    _fused_qkv_block(b, 3 * hidden, attn_bias=bias, mlp_bias=True)
     b.norms(hidden, 2 * layers + 1, with_bias=True)
-    b.windows = (None,) * layers
     return b
 
 
@@ -69,13 +99,11 @@ def opt(c: ConfigReader, model_type: str) -> FamilyBuild:
     ffn = c.integer("ffn_dim", 4 * hidden)
     positions = c.integer("max_position_embeddings", 2048)
     proj = c.integer("word_embed_proj_dim", hidden)
-    b = FamilyBuild(
-        vocab=c.integer("vocab_size"),
-        hidden=hidden,
-        layers=layers,
-        heads=heads,
-        kv_heads=heads,
-        head_dim=divide_exactly(c, "hidden_size", hidden, "num_attention_heads", heads),
+    b = _multi_head(
+        c,
+        hidden,
+        heads,
+        layers,
         intermediate=ffn,
         max_pos=positions,
         tied=c.flag("tie_word_embeddings", True),
@@ -95,7 +123,6 @@ def opt(c: ConfigReader, model_type: str) -> FamilyBuild:
         b.norms(hidden, 2 * layers, with_bias=True)
     if c.flag("do_layer_norm_before", True) and not c.flag("_remove_final_layer_norm", False):
         b.norms(hidden, 1, with_bias=True)
-    b.windows = (None,) * layers
     return b
 
 
@@ -126,12 +153,7 @@ def falcon(c: ConfigReader, model_type: str) -> FamilyBuild:
     b.embedding = b.vocab * hidden
     b.head()
     bias = c.flag("bias", False)
-    b.linear(
-        "query_key_value", hidden, (heads + 2 * kv_heads) * head_dim, kind="attention", bias=bias
-    )
-    b.linear("dense", hidden, hidden, kind="attention", bias=bias)
-    b.linear("dense_h_to_4h", hidden, b.intermediate, kind="mlp", bias=bias)
-    b.linear("dense_4h_to_h", b.intermediate, hidden, kind="mlp", bias=bias)
+    _fused_qkv_block(b, (heads + 2 * kv_heads) * head_dim, attn_bias=bias, mlp_bias=bias)
     parallel = c.flag("parallel_attn", True)
     ln_parallel = c.opt_int("num_ln_in_parallel_attn", maximum=2)
     if ln_parallel is None and new_arch:
@@ -146,24 +168,19 @@ def bloom(c: ConfigReader, model_type: str) -> FamilyBuild:
     hidden = c.first_int(("hidden_size", "n_embed"))
     heads = c.first_int(("n_head", "num_attention_heads"))
     layers = c.first_int(("n_layer", "num_hidden_layers"), maximum=MAX_LAYERS)
-    b = FamilyBuild(
-        vocab=c.integer("vocab_size"),
-        hidden=hidden,
-        layers=layers,
-        heads=heads,
-        kv_heads=heads,
-        head_dim=divide_exactly(c, "hidden_size", hidden, "n_head", heads),
+    b = _multi_head(
+        c,
+        hidden,
+        heads,
+        layers,
         intermediate=4 * hidden,
         max_pos=None,  # ALiBi: no learned positions, no hard limit
         tied=c.flag("tie_word_embeddings", True),
+        names=("hidden_size", "n_head"),
     )
     b.embedding = b.vocab * hidden
     b.head()
-    b.linear("query_key_value", hidden, 3 * hidden, kind="attention", bias=True)
-    b.linear("dense", hidden, hidden, kind="attention", bias=True)
-    b.linear("dense_h_to_4h", hidden, 4 * hidden, kind="mlp", bias=True)
-    b.linear("dense_4h_to_h", 4 * hidden, hidden, kind="mlp", bias=True)
+    _fused_qkv_block(b, 3 * hidden, attn_bias=True, mlp_bias=True)
     # word_embeddings_layernorm + 2 per layer + ln_f
     b.norms(hidden, 2 * layers + 2, with_bias=True)
-    b.windows = (None,) * layers
     return b
