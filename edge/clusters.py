@@ -10,13 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from edge.tracing import COLLECTOR_CLUSTER, EdgeTracing
+from runtime.envoy_tls import TLS_SOCKET, UPSTREAM_TLS_TYPE, upstream_tls_socket
 
 # The trust store for an https OTLP collector (Debian's and Ubuntu's path).
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-_TLS_SOCKET = "envoy.transport_sockets.tls"
-_UPSTREAM_TLS_TYPE = (
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-)
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
@@ -51,23 +48,7 @@ def _is_ip(host: str) -> bool:
 
 
 def _upstream_tls_socket(tls: UpstreamTls, sni: str) -> dict[str, Any]:
-    return {
-        "name": _TLS_SOCKET,
-        "typed_config": {
-            "@type": _UPSTREAM_TLS_TYPE,
-            "sni": sni,
-            "common_tls_context": {
-                "alpn_protocols": ["h2"],
-                "tls_certificates": [
-                    {
-                        "certificate_chain": {"filename": str(Path(tls.cert).resolve())},
-                        "private_key": {"filename": str(Path(tls.key).resolve())},
-                    }
-                ],
-                "validation_context": {"trusted_ca": {"filename": str(Path(tls.ca).resolve())}},
-            },
-        },
-    }
+    return upstream_tls_socket(tls.cert, tls.key, tls.ca, sni)
 
 
 def _http2_options() -> dict[str, Any]:
@@ -131,9 +112,9 @@ def collector_cluster(tracing: EdgeTracing) -> dict[str, Any]:
     spec = cluster(upstream, http2=tracing.speaks_grpc)
     if tracing.tls:
         spec["transport_socket"] = {
-            "name": _TLS_SOCKET,
+            "name": TLS_SOCKET,
             "typed_config": {
-                "@type": _UPSTREAM_TLS_TYPE,
+                "@type": UPSTREAM_TLS_TYPE,
                 "sni": tracing.host,
                 "common_tls_context": {
                     "validation_context": {"trusted_ca": {"filename": SYSTEM_CA_BUNDLE}}

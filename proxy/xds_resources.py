@@ -35,6 +35,7 @@ from proxy.xds_snapshot import (
     XdsSnapshot,
 )
 from runtime.edge_names import MODEL_HEADER, ROUTE_CONFIG_NAME, VIRTUAL_HOST_NAME
+from runtime.envoy_tls import upstream_tls_socket
 
 logger = logging.getLogger(__name__)
 
@@ -165,24 +166,7 @@ def _parse(data: dict[str, Any], message: Message) -> Message:
 
 
 def _tls_socket(tls: UpstreamTls) -> dict[str, Any]:
-    return {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/"
-            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "sni": tls.sni,
-            "common_tls_context": {
-                "alpn_protocols": ["h2"],
-                "tls_certificates": [
-                    {
-                        "certificate_chain": {"filename": str(Path(tls.cert).resolve())},
-                        "private_key": {"filename": str(Path(tls.key).resolve())},
-                    }
-                ],
-                "validation_context": {"trusted_ca": {"filename": str(Path(tls.ca).resolve())}},
-            },
-        },
-    }
+    return upstream_tls_socket(tls.cert, tls.key, tls.ca, tls.sni)
 
 
 def build_cluster(route: ModelRoute, settings: XdsSettings) -> cluster_pb2.Cluster:
