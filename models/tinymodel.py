@@ -20,11 +20,11 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from models.model_dirs import move_into_place
 from runtime.config import helios_home
 
 if TYPE_CHECKING:
@@ -269,37 +269,10 @@ def build_tiny_model(
         _write_model(tmp_dir, params)
         # The marker goes in last: its presence means every other file is complete.
         (tmp_dir / COMPLETE_MARKER).write_text(digest + "\n")
-        _move_into_place(tmp_dir, out_dir, digest)
+        move_into_place(tmp_dir, out_dir, lambda path: _is_complete(path, digest))
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return out_dir
-
-
-def _move_into_place(tmp_dir: Path, out_dir: Path, digest: str) -> None:
-    """Rename the finished ``tmp_dir`` to ``out_dir``, replacing a stale or partial one."""
-    for _ in range(3):
-        try:
-            os.rename(tmp_dir, out_dir)
-            return
-        except OSError:
-            if not out_dir.exists():
-                raise
-        # Something is there already. A concurrent builder may just have finished the
-        # same model: keep theirs. Otherwise it is stale (other parameters, or a
-        # directory left half-written by hand): move it aside and retry the rename,
-        # so readers only ever see a complete model or none.
-        if _is_complete(out_dir, digest):
-            return
-        trash = out_dir.parent / f".{out_dir.name}.stale-{uuid.uuid4().hex}"
-        try:
-            os.rename(out_dir, trash)
-        except FileNotFoundError:
-            continue  # someone else moved it away meanwhile; just retry
-        if trash.is_dir():
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            trash.unlink(missing_ok=True)
-    raise OSError(f"could not move the built model into {out_dir}")
 
 
 def _write_model(tmp_dir: Path, params: _BuildParams) -> None:
