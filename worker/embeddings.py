@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 
 from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
-from runtime.errors import ErrorCode, HeliosError, UnavailableError
+from runtime.errors import HeliosError
 from worker.engine.base import EmbeddingRequest, FinishReason
 from worker.metrics import ModelUsage
-from worker.models import ModelManager
+from worker.models import ModelManager, raise_engine_failure
 
 
 async def embed_on_engine(
@@ -43,8 +43,6 @@ async def embed_on_engine(
         ending = FinishReason.ABORT
         raise
     except HeliosError as error:
-        if error.code is ErrorCode.INTERNAL:
-            raise UnavailableError(f"model {job.model}: {error.message}") from error
-        raise
+        raise_engine_failure(error, job.model)
     finally:
         usage.ended(ending)

@@ -30,7 +30,7 @@ from openai_compat.backend import CallInfo, GenerationStep, ModelEntry, collect
 from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
 from openai_compat.params import Job
 from openai_compat.tools import TurnTools
-from runtime.errors import ErrorCode, HeliosError, UnavailableError
+from runtime.errors import HeliosError, UnavailableError
 from runtime.streams import coalesce
 from worker.adapters import Target, with_adapter
 from worker.embeddings import embed_on_engine
@@ -46,7 +46,7 @@ from worker.engine.base import (
 from worker.generation_spans import GenerationSpans
 from worker.key_usage import KeyUsageLedger
 from worker.metrics import UsageLedger
-from worker.models import ModelLifecycle, ModelManager
+from worker.models import ModelLifecycle, ModelManager, raise_engine_failure
 
 logger = logging.getLogger(__name__)
 
@@ -258,11 +258,7 @@ class EngineBackend:
                 ending = FinishReason.ABORT
             raise
         except HeliosError as error:
-            if error.code is ErrorCode.INTERNAL:
-                # The engine failed, not the request: retryable elsewhere, as when the
-                # proxy relayed it.
-                raise UnavailableError(f"model {job.model}: {error.message}") from error
-            raise
+            raise_engine_failure(error, job.model)
         finally:
             spans.end(ending)
             usage.ended(ending)
