@@ -63,6 +63,11 @@ class Sampling:
     # Structured outputs: the constraint the engine enforces while sampling (None: none).
     guide: Guide | None = None
 
+    def by_name(self) -> dict[str, Any]:
+        """Every parameter by its name: the engine's SamplingParams and the wire's
+        helios.v1.SamplingParams take the same names."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
 
 @dataclass(frozen=True)
 class Job:

@@ -76,24 +76,7 @@ class SplitServing(Protocol):
 def generation_request(job: Job) -> GenerationRequest:
     """The engine's request for a validated OpenAI job (what WorkerService.Generate
     receives from the proxy for the same job, without the protobuf in between)."""
-    s = job.sampling
-    sampling = SamplingParams(
-        max_tokens=s.max_tokens,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        top_k=s.top_k,
-        seed=s.seed,
-        stop=s.stop,
-        ignore_eos=s.ignore_eos,
-        presence_penalty=s.presence_penalty,
-        frequency_penalty=s.frequency_penalty,
-        repetition_penalty=s.repetition_penalty,
-        logit_bias=s.logit_bias,
-        min_tokens=s.min_tokens,
-        logprobs=s.logprobs,
-        echo=s.echo,
-        guide=s.guide,
-    )
+    sampling = SamplingParams(**job.sampling.by_name())
     if job.messages is not None:
         turns = job.turn_tools or (TurnTools(),) * len(job.messages)
         messages = tuple(

@@ -27,21 +27,7 @@ def job_to_pb(job: Job) -> pb.GenerateRequest:
         request_id=job.request_id,
         model=job.model,
         sampling=pb.SamplingParams(
-            max_tokens=s.max_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            seed=s.seed,
-            stop=s.stop,
-            ignore_eos=s.ignore_eos,
-            presence_penalty=s.presence_penalty,
-            frequency_penalty=s.frequency_penalty,
-            repetition_penalty=s.repetition_penalty,
-            logit_bias=dict(s.logit_bias),
-            min_tokens=s.min_tokens,
-            logprobs=s.logprobs,
-            echo=s.echo,
-            guide=guide_to_pb(s.guide),
+            **s.by_name() | {"logit_bias": dict(s.logit_bias), "guide": guide_to_pb(s.guide)}
         ),
     )
     if job.messages is not None:
