@@ -91,12 +91,7 @@ def config_from_dir(model_id: str) -> ConfigSource:
             " registry service does not exist yet); give a local model directory or the"
             " config inline"
         )
-    try:
-        data = config_file.read_bytes()
-    except OSError as exc:
-        raise NotFoundError(f"model {model_id!r}: cannot read config.json ({exc})") from None
-    config = parse_config_bytes(data, f"{model_id}/config.json")
-    return ConfigSource(key="dir:" + _digest(data), load=lambda: config, name=model_id)
+    return _read_config_file(config_file, model_id)
 
 
 class RegistryConfigs(Protocol):
