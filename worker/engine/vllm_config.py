@@ -64,3 +64,25 @@ class VllmConfig:
 
 # Helios' role names -> vLLM's KVTransferConfig.kv_role.
 KV_ROLES = {"prefill": "kv_producer", "decode": "kv_consumer", "both": "kv_both"}
+
+
+def base_engine_kwargs(model_dir: Path, config: VllmConfig) -> dict[str, Any]:
+    """The AsyncEngineArgs keywords every engine of a worker gets (generating or pooling):
+    the model, dtype, parallelism, seed, compile mode and the batch knobs that are set."""
+    kwargs: dict[str, Any] = {
+        "model": str(model_dir),
+        "tokenizer": str(model_dir),
+        "dtype": config.dtype,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "seed": config.seed,
+        "disable_log_stats": True,  # our stat logger still runs; vLLM's own do not
+        "enable_log_requests": False,
+        "enforce_eager": config.compile == "eager",
+    }
+    for key in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "quantization"):
+        value = getattr(config, key)
+        if value is not None:
+            kwargs[key] = value
+    if config.gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+    return kwargs

@@ -60,7 +60,7 @@ from worker.engine.chat_render import prompt_token_ids
 from worker.engine.loading import load_in_thread, require_model_dir
 from worker.engine.outputs import OutputCounters, RequestOutput, finish_reason
 from worker.engine.prompt_bounds import PromptLimits
-from worker.engine.vllm_config import COMPILE_MODES, KV_ROLES, VllmConfig
+from worker.engine.vllm_config import COMPILE_MODES, KV_ROLES, VllmConfig, base_engine_kwargs
 from worker.engine.vllm_lora import LoraRequests, VllmLora
 from worker.engine.vllm_sampling import sampling_params
 from worker.engine.vllm_stats import VllmStats, stat_logger_factory
@@ -398,23 +398,8 @@ def engine_kwargs(
     model_dir: Path, config: VllmConfig, kv_cache_bytes: int | None
 ) -> dict[str, Any]:
     """AsyncEngineArgs' keywords for ``config`` (creates the KV connector's directory)."""
-    kwargs: dict[str, Any] = {
-        "model": str(model_dir),
-        "tokenizer": str(model_dir),
-        "dtype": config.dtype,
-        "enable_prefix_caching": config.enable_prefix_caching,
-        "tensor_parallel_size": config.tensor_parallel_size,
-        "seed": config.seed,
-        "disable_log_stats": True,  # our stat logger still runs; vLLM's own do not
-        "enable_log_requests": False,
-        "enforce_eager": config.compile == "eager",
-    }
-    for key in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "quantization"):
-        value = getattr(config, key)
-        if value is not None:
-            kwargs[key] = value
-    if config.gpu_memory_utilization is not None:
-        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+    kwargs = base_engine_kwargs(model_dir, config)
+    kwargs["enable_prefix_caching"] = config.enable_prefix_caching
     if kv_cache_bytes is not None:
         kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
     if config.kv_role is not None:

@@ -34,6 +34,7 @@ from worker.engine.base import (
 from worker.engine.embedding_engine import embedding_refusal
 from worker.engine.pooling import PoolingConfig, checked_dimensions, pooling_config
 from worker.engine.prompt_bounds import longest_token_bytes
+from worker.engine.vllm_config import base_engine_kwargs
 from worker.engine.vllm_engine import VllmConfig, vllm_available
 
 __all__ = ["VllmEmbeddingEngine", "engine_kwargs", "pooling_params", "vector_of"]
@@ -50,24 +51,8 @@ POOLING_KV_CACHE_BYTES = 64 * 1024**2
 def engine_kwargs(model_dir: Path, config: VllmConfig) -> dict[str, Any]:
     """AsyncEngineArgs for an embedding model: the pooling runner, the worker's knobs that
     apply to it (a token KV cache, no prefix caching or KV connector: nothing is decoded)."""
-    kwargs: dict[str, Any] = {
-        "model": str(model_dir),
-        "tokenizer": str(model_dir),
-        "runner": "pooling",
-        "dtype": config.dtype,
-        "tensor_parallel_size": config.tensor_parallel_size,
-        "seed": config.seed,
-        "disable_log_stats": True,
-        "enable_log_requests": False,
-        "kv_cache_memory_bytes": POOLING_KV_CACHE_BYTES,
-        "enforce_eager": config.compile == "eager",
-    }
-    for key in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "quantization"):
-        value = getattr(config, key)
-        if value is not None:
-            kwargs[key] = value
-    if config.gpu_memory_utilization is not None:
-        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+    kwargs = base_engine_kwargs(model_dir, config)
+    kwargs.update(runner="pooling", kv_cache_memory_bytes=POOLING_KV_CACHE_BYTES)
     return kwargs
 
 
