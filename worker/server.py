@@ -94,6 +94,17 @@ def preimport_transformers_engine() -> None:
     import worker.engine.transformers_engine  # noqa: F401
 
 
+def preimport_vllm_engine() -> None:
+    """vLLM's imports in the worker's own process (~5 s of a small CPU, paid by the
+    first load otherwise: a cold start or `helios up`'s ready time); its engine-core
+    process imports them again itself."""
+    from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: F401
+    from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
+
+    import worker.engine.vllm_engine
+    import worker.engine.vllm_pooling  # noqa: F401
+
+
 def vllm_engine_factory(config: VllmConfig, sizer: VllmSizer | None = None) -> EngineFactory:
     """vLLM's AsyncLLM (continuous batching, paged KV cache, prefix caching); with a
     sizer, the limits left unset come from the memory estimate."""
@@ -111,11 +122,13 @@ def vllm_engine_factory(config: VllmConfig, sizer: VllmSizer | None = None) -> E
     return build
 
 
-def after_preimport(factory: EngineFactory) -> EngineFactory:
-    """``factory``, whose loads wait for :func:`preimport_transformers_engine` (started now,
-    in a thread): never two threads in transformers' lazy imports at once (that race
-    fails with "cannot import name 'AutoModelForCausalLM'")."""
-    preimport = asyncio.get_running_loop().run_in_executor(None, preimport_transformers_engine)
+def after_preimport(
+    factory: EngineFactory, imports: Callable[[], None] = preimport_transformers_engine
+) -> EngineFactory:
+    """``factory``, whose loads wait for ``imports`` (started now, in a thread): never two
+    threads in transformers' lazy imports at once (that race fails with "cannot import
+    name 'AutoModelForCausalLM'")."""
+    preimport = asyncio.get_running_loop().run_in_executor(None, imports)
     preimport.add_done_callback(_log_preimport_failure)
 
     async def build(name: str, path: Path) -> EngineClient:
@@ -164,7 +177,7 @@ async def engine_factory(settings: WorkerSettings, budget: Callable[[str], int])
             budget=budget,
             gpu_free=lambda: gpu[1] if (gpu := nvml_memory()) is not None else None,
         )
-    return vllm_engine_factory(config, sizer)
+    return after_preimport(vllm_engine_factory(config, sizer), preimport_vllm_engine)
 
 
 async def build_service(settings: WorkerSettings) -> tuple[Register, Cleanup]:
