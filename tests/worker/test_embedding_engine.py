@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from models.minilm import COMPLETE_MARKER, MODEL_NAME, ensure_minilm_model
+from models.minilm import MODEL_NAME, ensure_minilm_model
+from models.model_dirs import COMPLETE_MARKER
 from runtime.errors import InvalidArgumentError
 from worker.engine.base import EmbeddingRequest, GenerationRequest, SamplingParams
 from worker.engine.embedding_engine import TransformersEmbeddingEngine

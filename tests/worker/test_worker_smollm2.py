@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from models.smollm2 import COMPLETE_MARKER, MODEL_NAME, ensure_smollm2_model
+from models.model_dirs import COMPLETE_MARKER
+from models.smollm2 import MODEL_NAME, ensure_smollm2_model
 from worker.engine.base import ChatMessage, GenerationRequest, SamplingParams
 from worker.engine.transformers_engine import TransformersEngine
 
