@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.model_dirs import move_into_place
+# The completion marker holds the hash of the build parameters here.
+from models.model_dirs import COMPLETE_MARKER, move_into_place
 from runtime.config import helios_home
 
 if TYPE_CHECKING:
@@ -50,9 +51,6 @@ DEFAULT_MODEL_NAME = "helios-tiny-chat"
 # Bump when the build recipe changes in a way that changes the produced files, so that
 # directories built by an older recipe are rebuilt instead of being trusted.
 _BUILD_FORMAT_VERSION = 1
-
-# Written last into a finished build; holds the hash of the build parameters.
-COMPLETE_MARKER = ".helios-complete"
 
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|end_of_text|>"
