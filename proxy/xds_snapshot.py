@@ -253,7 +253,10 @@ def build_snapshot(
             ModelRoute(model, cluster_name(model), tuple(listed), _policy(policy_for, model))
         )
     taken = {r.model for r in routes}
-    for adapter, listed in sorted(_adapter_endpoints(agents).items()):
+    adapters = _adapter_endpoints(agents)
+    # Adapter objects do not order: sort by their fields (a deterministic snapshot).
+    for adapter in sorted(adapters, key=lambda a: (a.adapter, a.base, a.version)):
+        listed = adapters[adapter]
         if not _healthy(listed):
             continue
         policy = _policy(policy_for, adapter.base)  # the base's: it serves the requests

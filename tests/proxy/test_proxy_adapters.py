@@ -122,6 +122,21 @@ def test_an_adapter_is_routed_by_both_names_to_workers_with_the_base_holders_fir
     assert len(routes[BASE].endpoints) == 3
 
 
+def test_several_adapters_on_one_base_each_get_their_routes() -> None:
+    """Two adapters of one base (the snapshot once sorted Adapter objects, which do not
+    order: every rebuild raised TypeError and Envoy kept relaying adapters to the proxy)."""
+    second = Adapter("org/lora-b", BASE, "v1")
+    pool = WorkerPool()
+    agent(pool, "10.0.0.1:1", ModelOnAgent(BASE, "ready"), table=[second, LORA])
+    routes = build_snapshot(pool.agents()).by_model()
+    assert set(routes) == {BASE, *LORA.names, *second.names}
+    assert [r.model for r in build_snapshot(pool.agents()).routes] == [
+        BASE,
+        *LORA.names,
+        *second.names,
+    ]
+
+
 def test_an_adapter_whose_base_is_ready_nowhere_has_no_route() -> None:
     pool = WorkerPool()
     agent(pool, "10.0.0.1:1", ModelOnAgent(BASE, "loading"), table=[LORA])
