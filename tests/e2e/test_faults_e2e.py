@@ -97,7 +97,7 @@ class Traffic:
 
     mesh: FaultMesh
     limit: int = 400
-    outcomes: list[tuple[float, str]] = field(default_factory=list)  # (time, "ok" | error)
+    outcomes: list[tuple[float, str]] = field(default_factory=list)  # (sent, "ok" | error)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -111,6 +111,9 @@ class Traffic:
             for _ in range(self.limit):
                 if self._stop.is_set():
                     return
+                # Each outcome is timed by when its request was sent: a request sent
+                # before a kill that completes just after it shows no recovery.
+                sent = time.monotonic()
                 try:
                     reply = client.chat.completions.create(
                         model=model,
@@ -121,7 +124,7 @@ class Traffic:
                     outcome = "ok" if reply.choices else "empty"
                 except openai.APIError as error:
                     outcome = f"{type(error).__name__}: {error}"
-                self.outcomes.append((time.monotonic(), outcome))
+                self.outcomes.append((sent, outcome))
                 time.sleep(0.05)
 
         self._thread = threading.Thread(target=loop, name="traffic", daemon=True)
