@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -94,15 +95,24 @@ def preimport_transformers_engine() -> None:
     import worker.engine.transformers_engine  # noqa: F401
 
 
-def preimport_vllm_engine() -> None:
+def preimport_vllm_engine(fork_server: bool = True) -> None:
     """vLLM's imports in the worker's own process (~5 s of a small CPU, paid by the
-    first load otherwise: a cold start or `helios up`'s ready time); its engine-core
-    process imports them again itself."""
+    first load otherwise: a cold start or `helios up`'s ready time). With ``fork_server``
+    and no GPU, vLLM's engine processes then start from a fork server with these imports
+    done (worker/engine/vllm_processes.py) instead of importing them again each time."""
+    from worker.engine import vllm_processes
+
+    fork_server = fork_server and nvml_memory() is None  # vLLM's CPU platform forces spawn
+    if fork_server:
+        vllm_processes.start_fork_server()  # its own imports run beside the worker's
     from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: F401
     from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
 
     import worker.engine.vllm_engine
     import worker.engine.vllm_pooling  # noqa: F401
+
+    if fork_server and vllm_processes.vllm_runs_on_cpu():
+        vllm_processes.install()
 
 
 def vllm_engine_factory(config: VllmConfig, sizer: VllmSizer | None = None) -> EngineFactory:
@@ -177,7 +187,10 @@ async def engine_factory(settings: WorkerSettings, budget: Callable[[str], int])
             budget=budget,
             gpu_free=lambda: gpu[1] if (gpu := nvml_memory()) is not None else None,
         )
-    return after_preimport(vllm_engine_factory(config, sizer), preimport_vllm_engine)
+    imports = functools.partial(
+        preimport_vllm_engine, fork_server=settings.vllm_processes == "forkserver"
+    )
+    return after_preimport(vllm_engine_factory(config, sizer), imports)
 
 
 async def build_service(settings: WorkerSettings) -> tuple[Register, Cleanup]:

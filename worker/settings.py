@@ -159,6 +159,14 @@ class WorkerSettings(Settings):
         help="vLLM's torch.compile: full (compiled, cached under $HELIOS_HOME across starts),"
         " eager (no compilation: the fastest start), auto (full on a GPU, eager on a CPU)",
     )
+    vllm_processes: str = setting(
+        "forkserver",
+        group=ENGINE,
+        choices=("forkserver", "spawn"),
+        help="how vLLM's CPU build starts its engine processes: forkserver (forked from a"
+        " process that imported vLLM when the worker started: seconds) or spawn (vLLM's"
+        " own: a fresh interpreter per process)",
+    )
     max_loras: int = setting(
         0,
         group=ENGINE,

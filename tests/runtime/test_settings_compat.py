@@ -9,6 +9,8 @@ runtime/settings.py) by running this file as a script against that tree::
     PYTHONPATH=/tmp/head .venv/bin/python tests/runtime/test_settings_compat.py > golden.json
 
 Deliberate differences in what is captured here are listed in ``CHANGED`` below (none).
+Flags added since were added to the file by running the script again, with nothing else
+changing in it: the worker's ``--vllm-processes`` (issue 14).
 Deliberate differences in what happens after parsing (stricter, and not visible here):
 
 - a variable outside its flag's choices (argparse checks only the command line) is a

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 import pytest_asyncio
 from google.protobuf import struct_pb2
@@ -118,6 +119,22 @@ def gen(request_id: str, max_tokens: int, **kind: object) -> pb.GenerateRequest:
 
 
 PROMPTS = ["Once upon a time", "Good software is tested", "Rivers run to the sea, and"]
+
+
+async def test_engine_processes_start_from_the_fork_server(mesh: Mesh) -> None:
+    # --vllm-processes forkserver (the default): the engine core is forked by the
+    # worker's fork server (it imported vLLM once), not spawned by the worker itself,
+    # and its model runner is forked by the engine core (worker/engine/vllm_processes.py).
+    assert mesh.worker_process.process is not None
+    worker = psutil.Process(mesh.worker_process.process.pid)
+    servers = [
+        p for p in worker.children() if "multiprocessing.forkserver" in " ".join(p.cmdline())
+    ]
+    assert len(servers) == 1, [p.cmdline() for p in worker.children()]
+    cores = servers[0].children()  # forked: the server's command line, not a title
+    assert len(cores) == 1, [(p.name(), p.cmdline()) for p in cores]
+    assert cores[0].children(), "the engine core forked no model runner"
+    assert not [p for p in worker.children() if "spawn_main" in " ".join(p.cmdline())]
 
 
 async def test_greedy_equals_reference_engine(mesh: Mesh) -> None:
