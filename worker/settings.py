@@ -159,6 +159,12 @@ class WorkerSettings(Settings):
         help="vLLM's torch.compile: full (compiled, cached under $HELIOS_HOME across starts),"
         " eager (no compilation: the fastest start), auto (full on a GPU, eager on a CPU)",
     )
+    load_format: str = setting(
+        "helios",
+        group=ENGINE,
+        help="how vLLM reads weights: helios (safetensors through Helios' zero-copy mapping)"
+        " or one of vLLM's load formats (auto, safetensors, fastsafetensors, ...)",
+    )
     vllm_processes: str = setting(
         "forkserver",
         group=ENGINE,
@@ -219,5 +225,6 @@ def vllm_config(settings: WorkerSettings) -> VllmConfig:
         kv_role=settings.role if settings.kv_shared_path else None,
         kv_shared_path=settings.kv_shared_path,
         compile=resolve_compile_mode(settings.compile, has_gpu=nvml_memory() is not None),
+        load_format=settings.load_format,
         lora=VllmLora(max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank),
     )

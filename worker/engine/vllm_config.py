@@ -45,6 +45,9 @@ class VllmConfig:
     # across starts; "eager": no compilation (enforce_eager), the fastest start.
     # worker.compile_mode resolves the worker's --compile auto to one of these.
     compile: str = "full"
+    # How vLLM reads the weights: "helios" (worker/engine/vllm_loader.py: safetensors
+    # through the zero-copy mapping) or one of vLLM's own load formats ("auto", ...).
+    load_format: str = "helios"
     extra: dict[str, Any] = field(default_factory=dict)
     # LoRA adapters (worker/engine/vllm_lora.py); off unless max_loras > 0.
     lora: VllmLora = field(default_factory=VllmLora)
@@ -78,6 +81,7 @@ def base_engine_kwargs(model_dir: Path, config: VllmConfig) -> dict[str, Any]:
         "disable_log_stats": True,  # our stat logger still runs; vLLM's own do not
         "enable_log_requests": False,
         "enforce_eager": config.compile == "eager",
+        "load_format": config.load_format,
     }
     for key in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "quantization"):
         value = getattr(config, key)
