@@ -137,6 +137,15 @@ async def test_engine_processes_start_from_the_fork_server(mesh: Mesh) -> None:
     assert not [p for p in worker.children() if "spawn_main" in " ".join(p.cmdline())]
 
 
+async def test_the_load_is_timed_by_phase_inside_vllm(mesh: Mesh) -> None:
+    # worker/engine/vllm_phases.py: weights and KV cache timed in vLLM's model runner.
+    beat = await mesh.worker.Heartbeat(pb.HeartbeatRequest())
+    (model,) = [m for m in beat.models if m.model == MODEL]
+    phases = dict(model.load_phase_seconds)
+    assert phases["weights"] > 0 and phases["kv_cache"] > 0, phases
+    assert "compile" in phases and phases["engine_start"] > 0, phases
+
+
 async def test_greedy_equals_reference_engine(mesh: Mesh) -> None:
     reference = await TransformersEngine.load(mesh.model_dir, MODEL, dtype="float32")
     try:

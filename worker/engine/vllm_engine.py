@@ -62,6 +62,7 @@ from worker.engine.outputs import OutputCounters, RequestOutput, finish_reason
 from worker.engine.prompt_bounds import PromptLimits
 from worker.engine.vllm_config import COMPILE_MODES, KV_ROLES, VllmConfig, base_engine_kwargs
 from worker.engine.vllm_lora import LoraRequests, VllmLora
+from worker.engine.vllm_phases import engine_phases
 from worker.engine.vllm_sampling import sampling_params
 from worker.engine.vllm_stats import VllmStats, stat_logger_factory
 
@@ -155,6 +156,7 @@ class VllmEngine(EngineClient):
         max_len = int(llm.model_config.max_model_len)
         engine.__init__(llm, tokenizer, model_name, max_len, config.kv_role)  # type: ignore[misc]
         engine._stats = stats
+        engine.load_phases = await engine_phases(llm)
         engine.memory_bytes = config.planned_bytes
         engine.max_running_requests = _max_num_seqs(llm, config)
         engine._loras = LoraRequests(config.lora, model_name)

@@ -10,7 +10,7 @@ where they lie. Everything else is vLLM's default loader: which files, the weigh
 tracking that fails a load with missing weights, non-safetensors checkpoints.
 
 Registered in every vLLM process through vLLM's plugin entry point
-(``vllm.general_plugins`` in pyproject.toml calls :func:`register`), so it works whichever
+(worker/engine/vllm_plugin.py calls :func:`register`), so it works whichever
 way vLLM starts its processes.
 """
 

@@ -36,6 +36,7 @@ from worker.engine.pooling import PoolingConfig, checked_dimensions, pooling_con
 from worker.engine.prompt_bounds import longest_token_bytes
 from worker.engine.vllm_config import base_engine_kwargs
 from worker.engine.vllm_engine import VllmConfig, vllm_available
+from worker.engine.vllm_phases import engine_phases
 
 __all__ = ["VllmEmbeddingEngine", "engine_kwargs", "pooling_params", "vector_of"]
 
@@ -120,7 +121,9 @@ class VllmEmbeddingEngine(EngineClient):
             ) from exc
         dimensions = int(llm.model_config.get_hidden_size())
         logger.info("vllm pooling engine started", extra={"model": model_name})
-        return cls(llm, tokenizer, model_name, pooling, dimensions)
+        engine = cls(llm, tokenizer, model_name, pooling, dimensions)
+        engine.load_phases = await engine_phases(llm)
+        return engine
 
     @property
     def model_name(self) -> str:
