@@ -5,9 +5,7 @@ half-written visible, dedup)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -19,11 +17,11 @@ from registry.cloud import (
     DEFAULT_PART_SIZE,
     DEFAULT_READ_SIZE,
     PIECE,
-    REMOTE_BYTES,
     REMOTE_FAILURES,
+    RemoteBlobStore,
     VerifiedReader,
-    blob_key,
     check_digest,
+    empty_range,
     normalize_prefix,
     regroup,
     remote_errors,
@@ -40,7 +38,7 @@ __all__ = ["AzureBlobStore"]
 logger = logging.getLogger(__name__)
 
 
-class AzureBlobStore:
+class AzureBlobStore(RemoteBlobStore):
     """Blobs as Azure block blobs: blocks are staged (each with a transfer MD5) while the
     bytes are hashed, and the block list is committed only when the hash matches. A blob
     exists only once committed, so a failed or rejected upload leaves nothing visible."""
@@ -89,9 +87,6 @@ class AzureBlobStore:
         )
         return cls(client, prefix, **kwargs)
 
-    def key(self, sha256: str) -> str:
-        return blob_key(self.prefix, sha256)
-
     def _errors(self, op: str, what: str) -> contextlib.AbstractContextManager[None]:
         from azure.core.exceptions import AzureError
 
@@ -125,18 +120,12 @@ class AzureBlobStore:
     def put_file(self, sha256: str, source: Path) -> bool:
         return self.put_stream(sha256, iter_file(source))
 
-    def put_stream(self, sha256: str, pieces: Iterable[bytes]) -> bool:
-        """Store the bytes of ``pieces`` as blob ``sha256`` (see :meth:`put_file`)."""
+    def _upload(self, sha256: str, key: str, pieces: Iterable[bytes], digest: Any) -> int | None:
         from azure.core.exceptions import HttpResponseError
         from azure.storage.blob import BlobBlock
 
-        key = self.key(sha256)
-        if self.exists(sha256):
-            return False
         blob = self.container.get_blob_client(key)
         upload = uuid.uuid4().hex  # every block id of every upload has the same length
-        digest = hashlib.sha256()
-        started = time.monotonic()
         sizes: list[int] = []
 
         def send(number: int, part: bytes) -> str:
@@ -169,30 +158,18 @@ class AzureBlobStore:
                     # A concurrent writer of the same bytes committed first, which
                     # discarded our uncommitted blocks: the blob is there all the same.
                     if getattr(exc, "error_code", None) == "InvalidBlockList" and blob.exists():
-                        return False
+                        return None
                     raise
         except BlobStoreError:
             REMOTE_FAILURES.labels(self.name, "upload").inc()
             raise
-        REMOTE_BYTES.labels(self.name, "write").inc(sum(sizes))
-        logger.info(
-            "blob uploaded",
-            extra={
-                "backend": self.name,
-                "sha256": sha256,
-                "bytes": sum(sizes),
-                "seconds": round(time.monotonic() - started, 3),
-            },
-        )
-        return True
+        return sum(sizes)
 
     def read(self, sha256: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
         key = self.key(sha256)
-        if offset < 0 or (length is not None and length < 0):
-            raise ValueError("offset and length must be >= 0")
-        if length == 0:
+        if empty_range(offset, length):
             return iter(())
         blob = self.container.get_blob_client(key)
         try:  # eager: the first ranged GET happens here (NotFoundError now, not later)

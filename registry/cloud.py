@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
@@ -47,13 +49,18 @@ __all__ = [
     "REMOTE_BYTES",
     "REMOTE_FAILURES",
     "S3_MIN_PART_SIZE",
+    "RemoteBlobStore",
     "VerifiedReader",
     "blob_key",
     "check_digest",
+    "empty_range",
     "normalize_prefix",
+    "record_upload",
     "regroup",
     "upload_parts",
 ]
+
+logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 S3_MIN_PART_SIZE = 5 * MiB  # S3's floor for every multipart part but the last
@@ -123,6 +130,29 @@ def regroup(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
         yield bytes(buffer)
 
 
+def empty_range(offset: int, length: int | None) -> bool:
+    """Whether a read of ``length`` bytes at ``offset`` asks for nothing (``length`` 0);
+    ValueError for a negative offset or length."""
+    if offset < 0 or (length is not None and length < 0):
+        raise ValueError("offset and length must be >= 0")
+    return length == 0
+
+
+def record_upload(backend: str, sha256: str, size: int, started: float) -> None:
+    """Count and log an upload of ``size`` bytes that became visible; ``started`` is its
+    ``time.monotonic()`` at the start."""
+    REMOTE_BYTES.labels(backend, "write").inc(size)
+    logger.info(
+        "blob uploaded",
+        extra={
+            "backend": backend,
+            "sha256": sha256,
+            "bytes": size,
+            "seconds": round(time.monotonic() - started, 3),
+        },
+    )
+
+
 def check_digest(backend: str, sha256: str, digest: Any) -> None:
     actual = digest.hexdigest()
     if actual != sha256:
@@ -174,3 +204,37 @@ class VerifiedReader:
             raise IntegrityError(
                 f"blob {self.sha256}: stored copy hashes to {self.digest.hexdigest()}"
             )
+
+
+class RemoteBlobStore:
+    """The steps every remote store takes to write a blob: name it, skip it when it is
+    there (dedup), upload it hashed, then count and log it. A store adds ``exists``,
+    ``_upload``, the reads, and ``put_file`` (kept in the store's module, whose
+    ``iter_file`` the tests replace to fail a source mid-upload)."""
+
+    name: str
+    prefix: str
+
+    def key(self, sha256: str) -> str:
+        return blob_key(self.prefix, sha256)
+
+    def exists(self, sha256: str) -> bool:
+        raise NotImplementedError
+
+    def _upload(self, sha256: str, key: str, pieces: Iterable[bytes], digest: Any) -> int | None:
+        """Upload ``pieces`` under ``key`` while hashing them into ``digest``, made
+        visible only when the digest is ``sha256``: the bytes written, or None when a
+        concurrent writer stored the same blob first."""
+        raise NotImplementedError
+
+    def put_stream(self, sha256: str, pieces: Iterable[bytes]) -> bool:
+        """Store the bytes of ``pieces`` as blob ``sha256`` (see the store's ``put_file``)."""
+        key = self.key(sha256)
+        if self.exists(sha256):
+            return False
+        started = time.monotonic()
+        size = self._upload(sha256, key, pieces, hashlib.sha256())
+        if size is None:
+            return False
+        record_upload(self.name, sha256, size, started)
+        return True

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,12 +16,12 @@ from registry.cloud import (
     DEFAULT_PART_SIZE,
     DEFAULT_READ_SIZE,
     PIECE,
-    REMOTE_BYTES,
     REMOTE_FAILURES,
     S3_MIN_PART_SIZE,
+    RemoteBlobStore,
     VerifiedReader,
-    blob_key,
     check_digest,
+    empty_range,
     normalize_prefix,
     regroup,
     remote_errors,
@@ -37,7 +35,7 @@ __all__ = ["S3BlobStore"]
 logger = logging.getLogger(__name__)
 
 
-class S3BlobStore:
+class S3BlobStore(RemoteBlobStore):
     """Blobs as S3 objects. Small blobs (one part) are hashed in memory and sent with one
     PUT; larger ones go up as a multipart upload that is completed only after the hash
     checks out and aborted otherwise (S3 never shows an incomplete multipart upload)."""
@@ -94,9 +92,6 @@ class S3BlobStore:
         )
         return cls(client, bucket, prefix, **kwargs)
 
-    def key(self, sha256: str) -> str:
-        return blob_key(self.prefix, sha256)
-
     def _errors(self, op: str, what: str) -> contextlib.AbstractContextManager[None]:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -143,13 +138,7 @@ class S3BlobStore:
     def put_file(self, sha256: str, source: Path) -> bool:
         return self.put_stream(sha256, iter_file(source))
 
-    def put_stream(self, sha256: str, pieces: Iterable[bytes]) -> bool:
-        """Store the bytes of ``pieces`` as blob ``sha256`` (see :meth:`put_file`)."""
-        key = self.key(sha256)
-        if self.exists(sha256):
-            return False
-        digest = hashlib.sha256()
-        started = time.monotonic()
+    def _upload(self, sha256: str, key: str, pieces: Iterable[bytes], digest: Any) -> int | None:
         with self._errors("read source", key):
             parts = regroup(pieces, self.part_size)
             first = next(parts, b"")
@@ -159,20 +148,8 @@ class S3BlobStore:
             check_digest(self.name, sha256, digest)
             with self._errors("put_object", key):
                 self.client.put_object(Bucket=self.bucket, Key=key, Body=first)
-            size = len(first)
-        else:
-            size = self._multipart(sha256, key, digest, [first, second], parts)
-        REMOTE_BYTES.labels(self.name, "write").inc(size)
-        logger.info(
-            "blob uploaded",
-            extra={
-                "backend": self.name,
-                "sha256": sha256,
-                "bytes": size,
-                "seconds": round(time.monotonic() - started, 3),
-            },
-        )
-        return True
+            return len(first)
+        return self._multipart(sha256, key, digest, [first, second], parts)
 
     def _multipart(
         self, sha256: str, key: str, digest: Any, head: list[bytes], rest: Iterator[bytes]
@@ -240,9 +217,7 @@ class S3BlobStore:
 
     def read(self, sha256: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         key = self.key(sha256)
-        if offset < 0 or (length is not None and length < 0):
-            raise ValueError("offset and length must be >= 0")
-        if length == 0:
+        if empty_range(offset, length):
             return iter(())
         stop = None if length is None else offset + length
         first = self._get(key, offset, stop, None)  # eager: NotFoundError now, not later
