@@ -4,14 +4,12 @@ mixture-of-experts layers after the first ``first_k_dense_replace`` dense ones."
 from __future__ import annotations
 
 from estimator.architecture import MlaDims, MoeDims
-from estimator.families.build import FamilyBuild
+from estimator.families.build import FamilyBuild, decoder_build, standard_dims
 from estimator.families.config_reader import MAX_EXPERTS, MAX_LAYERS, ConfigReader
 
 
 def deepseek(c: ConfigReader, model_type: str) -> FamilyBuild:
-    hidden = c.integer("hidden_size")
-    heads = c.integer("num_attention_heads")
-    layers = c.integer("num_hidden_layers", maximum=MAX_LAYERS)
+    hidden, heads, layers = standard_dims(c)
     mla = MlaDims(
         kv_lora_rank=c.integer("kv_lora_rank", 512),
         qk_rope_head_dim=c.integer("qk_rope_head_dim", 64),
@@ -19,11 +17,11 @@ def deepseek(c: ConfigReader, model_type: str) -> FamilyBuild:
         v_head_dim=c.integer("v_head_dim", 128),
         q_lora_rank=c.opt_int("q_lora_rank"),
     )
-    b = FamilyBuild(
-        vocab=c.integer("vocab_size"),
-        hidden=hidden,
-        layers=layers,
-        heads=heads,
+    b = decoder_build(
+        c,
+        hidden,
+        heads,
+        layers,
         kv_heads=1,  # the latent is shared by every head
         head_dim=mla.kv_lora_rank + mla.qk_rope_head_dim,
         intermediate=c.integer("intermediate_size"),
@@ -31,12 +29,9 @@ def deepseek(c: ConfigReader, model_type: str) -> FamilyBuild:
         tied=c.flag("tie_word_embeddings", False),
         mla=mla,
     )
-    b.embedding = b.vocab * hidden
-    b.head()
     _latent_attention(b, c, mla)
     _experts(b, c, model_type)
     b.norms(hidden, 2 * layers + 1)
-    b.windows = (None,) * layers
     if model_type == "deepseek_v3":
         b.notes.append(
             "deepseek_v3: the multi-token-prediction layer and the router's"

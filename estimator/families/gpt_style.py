@@ -3,37 +3,8 @@ multi-query attention with a fused or separate QKV, GELU MLPs and LayerNorms wit
 
 from __future__ import annotations
 
-from estimator.families.build import FamilyBuild
+from estimator.families.build import FamilyBuild, decoder_build, standard_dims
 from estimator.families.config_reader import MAX_LAYERS, ConfigReader, divide_exactly
-
-
-def _multi_head(
-    c: ConfigReader,
-    hidden: int,
-    heads: int,
-    layers: int,
-    *,
-    intermediate: int,
-    max_pos: int | None,
-    tied: bool,
-    names: tuple[str, str] = ("hidden_size", "num_attention_heads"),
-) -> FamilyBuild:
-    """A build with full multi-head attention (as many KV heads as heads) of ``hidden``
-    split exactly into ``heads`` (``names``: their config keys, for the error), no
-    sliding windows, and the vocabulary from the config."""
-    b = FamilyBuild(
-        vocab=c.integer("vocab_size"),
-        hidden=hidden,
-        layers=layers,
-        heads=heads,
-        kv_heads=heads,
-        head_dim=divide_exactly(c, names[0], hidden, names[1], heads),
-        intermediate=intermediate,
-        max_pos=max_pos,
-        tied=tied,
-    )
-    b.windows = (None,) * layers
-    return b
 
 
 def _fused_qkv_block(b: FamilyBuild, qkv_out: int, *, attn_bias: bool, mlp_bias: bool) -> None:
@@ -51,7 +22,7 @@ def gpt2(c: ConfigReader, model_type: str) -> FamilyBuild:
     layers = c.first_int(("n_layer", "num_hidden_layers"), maximum=MAX_LAYERS)
     inner = c.integer("n_inner", 4 * hidden)
     positions = c.first_int(("n_positions", "max_position_embeddings"), 1024)
-    b = _multi_head(
+    b = decoder_build(
         c,
         hidden,
         heads,
@@ -61,8 +32,7 @@ def gpt2(c: ConfigReader, model_type: str) -> FamilyBuild:
         tied=c.flag("tie_word_embeddings", True),
         names=("n_embd", "n_head"),
     )
-    b.embedding = b.vocab * hidden + positions * hidden
-    b.head()
+    b.embedding += positions * hidden  # learned positions
     b.linear("c_attn", hidden, 3 * hidden, kind="attention", bias=True)
     b.linear("c_proj", hidden, hidden, kind="attention", bias=True)
     b.linear("c_fc", hidden, inner, kind="mlp", bias=True)
@@ -72,10 +42,8 @@ def gpt2(c: ConfigReader, model_type: str) -> FamilyBuild:
 
 
 def gpt_neox(c: ConfigReader, model_type: str) -> FamilyBuild:
-    hidden = c.integer("hidden_size")
-    heads = c.integer("num_attention_heads")
-    layers = c.integer("num_hidden_layers", maximum=MAX_LAYERS)
-    b = _multi_head(
+    hidden, heads, layers = standard_dims(c)
+    b = decoder_build(
         c,
         hidden,
         heads,
@@ -84,8 +52,6 @@ def gpt_neox(c: ConfigReader, model_type: str) -> FamilyBuild:
         max_pos=c.opt_int("max_position_embeddings"),
         tied=c.flag("tie_word_embeddings", False),
     )
-    b.embedding = b.vocab * hidden
-    b.head()
     bias = c.flag("attention_bias", True)
     _fused_qkv_block(b, 3 * hidden, attn_bias=bias, mlp_bias=True)
     b.norms(hidden, 2 * layers + 1, with_bias=True)
@@ -93,13 +59,11 @@ def gpt_neox(c: ConfigReader, model_type: str) -> FamilyBuild:
 
 
 def opt(c: ConfigReader, model_type: str) -> FamilyBuild:
-    hidden = c.integer("hidden_size")
-    heads = c.integer("num_attention_heads")
-    layers = c.integer("num_hidden_layers", maximum=MAX_LAYERS)
+    hidden, heads, layers = standard_dims(c)
     ffn = c.integer("ffn_dim", 4 * hidden)
     positions = c.integer("max_position_embeddings", 2048)
     proj = c.integer("word_embed_proj_dim", hidden)
-    b = _multi_head(
+    b = decoder_build(
         c,
         hidden,
         heads,
@@ -139,19 +103,17 @@ def falcon(c: ConfigReader, model_type: str) -> FamilyBuild:
         kv_heads = 1
     else:
         kv_heads = heads
-    b = FamilyBuild(
-        vocab=c.integer("vocab_size"),
-        hidden=hidden,
-        layers=layers,
-        heads=heads,
+    b = decoder_build(
+        c,
+        hidden,
+        heads,
+        layers,
         kv_heads=kv_heads,
         head_dim=head_dim,
         intermediate=c.integer("ffn_hidden_size", 4 * hidden),
         max_pos=c.opt_int("max_position_embeddings"),
         tied=c.flag("tie_word_embeddings", True),
     )
-    b.embedding = b.vocab * hidden
-    b.head()
     bias = c.flag("bias", False)
     _fused_qkv_block(b, (heads + 2 * kv_heads) * head_dim, attn_bias=bias, mlp_bias=bias)
     parallel = c.flag("parallel_attn", True)
@@ -160,7 +122,6 @@ def falcon(c: ConfigReader, model_type: str) -> FamilyBuild:
         ln_parallel = 2
     per_layer = 2 if not parallel or ln_parallel == 2 else 1
     b.norms(hidden, per_layer * layers + 1, with_bias=True)
-    b.windows = (None,) * layers
     return b
 
 
@@ -168,7 +129,7 @@ def bloom(c: ConfigReader, model_type: str) -> FamilyBuild:
     hidden = c.first_int(("hidden_size", "n_embed"))
     heads = c.first_int(("n_head", "num_attention_heads"))
     layers = c.first_int(("n_layer", "num_hidden_layers"), maximum=MAX_LAYERS)
-    b = _multi_head(
+    b = decoder_build(
         c,
         hidden,
         heads,
@@ -178,8 +139,6 @@ def bloom(c: ConfigReader, model_type: str) -> FamilyBuild:
         tied=c.flag("tie_word_embeddings", True),
         names=("hidden_size", "n_head"),
     )
-    b.embedding = b.vocab * hidden
-    b.head()
     _fused_qkv_block(b, 3 * hidden, attn_bias=True, mlp_bias=True)
     # word_embeddings_layernorm + 2 per layer + ln_f
     b.norms(hidden, 2 * layers + 2, with_bias=True)

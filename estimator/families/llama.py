@@ -5,7 +5,7 @@ dense or mixture-of-experts feed-forward, RMS norms and per-layer sliding window
 from __future__ import annotations
 
 from estimator.architecture import MoeDims
-from estimator.families.build import FamilyBuild
+from estimator.families.build import FamilyBuild, decoder_build, standard_dims
 from estimator.families.config_reader import (
     MAX_EXPERTS,
     MAX_LAYERS,
@@ -17,19 +17,17 @@ from runtime.errors import InvalidArgumentError
 
 def llama_like(c: ConfigReader, model_type: str) -> FamilyBuild:
     """llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma, gemma2, phi3 and generic."""
-    hidden = c.integer("hidden_size")
-    heads = c.integer("num_attention_heads")
-    layers = c.integer("num_hidden_layers", maximum=MAX_LAYERS)
+    hidden, heads, layers = standard_dims(c)
     kv_heads = c.integer("num_key_value_heads", heads)
     head_dim = c.integer("head_dim", 0, minimum=0) or divide_exactly(
         c, "hidden_size", hidden, "num_attention_heads", heads
     )
     default_tied = model_type in ("gemma", "gemma2")
-    b = FamilyBuild(
-        vocab=c.integer("vocab_size"),
-        hidden=hidden,
-        layers=layers,
-        heads=heads,
+    b = decoder_build(
+        c,
+        hidden,
+        heads,
+        layers,
         kv_heads=kv_heads,
         head_dim=head_dim,
         intermediate=c.integer("intermediate_size", 4 * hidden),
@@ -41,8 +39,6 @@ def llama_like(c: ConfigReader, model_type: str) -> FamilyBuild:
             f"config.num_key_value_heads: {kv_heads} must divide config.num_attention_heads"
             f" ({heads})"
         )
-    b.embedding = b.vocab * hidden
-    b.head()
     _attention(b, c, model_type)
     _feed_forward(b, c, model_type)
     b.norms(hidden, (4 if model_type == "gemma2" else 2) * layers + 1)
