@@ -206,31 +206,20 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     metrics = MethodMetrics(service, name)
     request_streaming = bool(handler.request_streaming)
 
-    def start(context: grpc.aio.ServicerContext) -> tuple[RpcObservation, RpcSpan]:
-        return RpcObservation(metrics), RpcSpan(
-            method, service, name, context.invocation_metadata()
-        )
+    def start(context: grpc.aio.ServicerContext) -> _Recorded:
+        observation = RpcObservation(metrics)  # first: it starts the call's clock
+        span = RpcSpan(method, service, name, context.invocation_metadata())
+        return _Recorded(observation, span, context)
 
     def unary(behavior: Behavior) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            observation, span = start(context)
-            token = span.enter()
-            try:
+            with start(context):
                 try:
-                    response = await call_unary(
-                        behavior, _checked(request, request_streaming), context
-                    )
+                    return await call_unary(behavior, _checked(request, request_streaming), context)
                 except _PASSTHROUGH:
                     raise
                 except Exception as exc:
                     await _map_error(exc, context, method)
-            except BaseException as exc:
-                span.exit(token)
-                _finish(observation, span, final_code(context, exc))
-                raise
-            span.exit(token)
-            _finish(observation, span, final_code(context, None))
-            return response
 
         return wrapper
 
@@ -238,9 +227,9 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         # Must itself be an async generator: errors raised mid-stream surface while we
         # re-yield, after some responses have already been sent.
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            observation, span = start(context)
-            token = span.enter()
-            try:
+            # GeneratorExit reaches the record's exit too: grpc dropped the stream while
+            # it was parked at a yield (client cancelled, server stopped).
+            with start(context):
                 try:
                     result = behavior(_checked(request, request_streaming), context)
                     if isinstance(result, AsyncGenerator):
@@ -263,14 +252,6 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
                     raise
                 except Exception as exc:
                     await _map_error(exc, context, method)
-            except BaseException as exc:
-                # GeneratorExit lands here too: grpc dropped the stream while it was
-                # parked at a yield (client cancelled, server stopped).
-                span.exit(token)
-                _finish(observation, span, final_code(context, exc))
-                raise
-            span.exit(token)
-            _finish(observation, span, final_code(context, None))
 
         return wrapper
 
@@ -282,6 +263,29 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     )
 
 
-def _finish(observation: RpcObservation, span: RpcSpan, code: str) -> None:
-    observation.finish(code)
-    span.finish(code)
+class _Recorded:
+    """One call's metrics and span: ``with record:`` makes the span current inside and,
+    on the way out (returned, raised, cancelled or closed), ends both with the status the
+    client sees. A slotted class, not a generator-based context manager: it runs around
+    every RPC."""
+
+    __slots__ = ("_context", "_observation", "_span", "_token")
+
+    def __init__(
+        self, observation: RpcObservation, span: RpcSpan, context: grpc.aio.ServicerContext
+    ) -> None:
+        self._observation = observation
+        self._span = span
+        self._context = context
+        self._token: object | None = None
+
+    def __enter__(self) -> None:
+        self._token = self._span.enter()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        self._span.exit(self._token)
+        code = final_code(self._context, exc)
+        self._observation.finish(code)
+        self._span.finish(code)
