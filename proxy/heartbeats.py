@@ -28,7 +28,7 @@ from proxy import metrics
 from proxy.activity import Activity
 from proxy.adapters import Adapter, adapter_table
 from proxy.discovery import DiscoverySource
-from proxy.fleet import WorkerConnection, WorkerPool, WorkerStatus
+from proxy.fleet import ModelOnAgent, WorkerConnection, WorkerPool, WorkerStatus, WorkerView
 from proxy.limits import ApiKeys
 from proxy.registry import RegistryCatalogue, UsageReporter
 from proxy.served import KeyTokensLedger, ServedLedger
@@ -137,44 +137,23 @@ class Heartbeats:
             return
         self._note_served(address, status)
         agent = self.pool.view(address)
-        if agent.local_changes != changes:
-            # The proxy loaded or unloaded a model here while this heartbeat was on its
-            # way: its models (and free memory) are from before. Recorded as they were,
-            # they would list a model just unloaded as READY again, and Envoy would send
-            # it requests the worker no longer serves. The proxy's own view stands until
-            # the next heartbeat (an unload asks for one at once).
-            self.pool.record_heartbeat(
-                address,
-                worker_id=status.worker_id,
-                healthy=status.healthy,
-                models=list(agent.models.values()),
-                state=status.state,
-                memory_total=status.memory_total,
-                memory_free=agent.memory_free,
-                memory_source=status.memory_source,
-                queue_depth=status.queue_depth,
-                role=status.role,
-                stored=status.stored,
-                adapters=table or (),
-            )
-            return
-        # Loads the proxy started and a heartbeat does not report yet stay as they are.
-        models = list(status.models)
-        if models or not status.ready_models:
-            reported = {m.model for m in models}
-            models += [
-                m for m in agent.models.values() if m.model not in reported and m.state == "loading"
-            ]
+        # The proxy loaded or unloaded a model here while this heartbeat was on its way:
+        # its models (and free memory) are from before. Recorded as they were, they would
+        # list a model just unloaded as READY again, and Envoy would send it requests the
+        # worker no longer serves. The proxy's own view stands until the next heartbeat
+        # (an unload asks for one at once).
+        stale = agent.local_changes != changes
+        models = list(agent.models.values()) if stale else _reported_models(status, agent)
         self.pool.record_heartbeat(
             address,
             worker_id=status.worker_id,
             ready_models=status.ready_models,
             known_models=status.known_models,
             healthy=status.healthy,
-            models=models or None,
+            models=models,
             state=status.state,
             memory_total=status.memory_total,
-            memory_free=status.memory_free,
+            memory_free=agent.memory_free if stale else status.memory_free,
             memory_source=status.memory_source,
             queue_depth=status.queue_depth,
             role=status.role,
@@ -256,3 +235,15 @@ class Heartbeats:
         self._discovery_task = None
         self._loops.clear()
         await asyncio.gather(*(c.close() for c in self.connections.values()))
+
+
+def _reported_models(status: WorkerStatus, agent: WorkerView) -> list[ModelOnAgent] | None:
+    """The models a fresh heartbeat reports (None: only its name lists), keeping loads
+    the proxy started that it does not report yet."""
+    models = list(status.models)
+    if models or not status.ready_models:
+        reported = {m.model for m in models}
+        models += [
+            m for m in agent.models.values() if m.model not in reported and m.state == "loading"
+        ]
+    return models or None

@@ -107,6 +107,17 @@ def load_key_file(path: Path) -> list[KeyLimits]:
     return specs
 
 
+def _require_room(bucket: TokenBucket | None, now: float, what: str) -> None:
+    """Shed the request when ``bucket`` (None: no such limit) has no room for one more."""
+    if bucket is None:
+        return
+    wait = bucket.wait_for(1, now)
+    if wait > 0:
+        raise ShedError(
+            f"{what} rate limit exceeded for this API key", reason=RATE_LIMIT, retry_after_s=wait
+        )
+
+
 class _KeyState:
     def __init__(self, limits: KeyLimits) -> None:
         self.limits = limits
@@ -139,22 +150,10 @@ class ApiKeys:
             raise UnauthenticatedError("invalid API key")
         state = self._keys[key]
         now = time.monotonic()
-        if state.tokens is not None:
-            wait = state.tokens.wait_for(1, now)
-            if wait > 0:
-                raise ShedError(
-                    "token rate limit exceeded for this API key",
-                    reason=RATE_LIMIT,
-                    retry_after_s=wait,
-                )
+        # Tokens are charged once counted (charge); a request slot is taken now.
+        _require_room(state.tokens, now, "token")
+        _require_room(state.requests, now, "request")
         if state.requests is not None:
-            wait = state.requests.wait_for(1, now)
-            if wait > 0:
-                raise ShedError(
-                    "request rate limit exceeded for this API key",
-                    reason=RATE_LIMIT,
-                    retry_after_s=wait,
-                )
             state.requests.take(1, now)
         return key
 
