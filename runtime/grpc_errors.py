@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import MappingProxyType
 
 import grpc
 import grpc.aio
 
-from runtime.errors import ErrorCode, HeliosError, error_from_code
+from runtime.errors import ErrorCode, HeliosError, UnavailableError, error_from_code
 
 __all__ = [
     "RETRY_AFTER_METADATA",
@@ -30,6 +30,7 @@ __all__ = [
     "error_from_rpc",
     "error_from_status",
     "grpc_status",
+    "relayed_error",
     "retry_after_metadata",
 ]
 
@@ -86,6 +87,18 @@ def error_from_rpc(error: grpc.aio.AioRpcError) -> HeliosError:
     name when the service sent none)."""
     status = error.code()
     return error_from_status(status, error.details() or status.name)
+
+
+def relayed_error(
+    error: grpc.aio.AioRpcError, call: str, kept: Collection[ErrorCode]
+) -> HeliosError:
+    """The domain error for a failed ``call`` (what was asked of whom) to a dependency
+    whose ``kept`` codes are about the request and keep their meaning; any other code is
+    the dependency failing (UNAVAILABLE). The message names the call, status and details."""
+    status = error.code()
+    message = f"{call} failed: {status.name}: {error.details()}"
+    code = error_code(status)
+    return error_from_code(code, message) if code in kept else UnavailableError(message)
 
 
 def retry_after_metadata(error: HeliosError) -> tuple[tuple[str, str], ...]:

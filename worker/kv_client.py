@@ -13,24 +13,17 @@ from helios.v1 import worker_pb2 as pb
 from helios.v1 import worker_pb2_grpc
 
 from runtime.channels import create_channel
-from runtime.errors import (
-    ErrorCode,
-    FailedPreconditionError,
-    HeliosError,
-    InvalidArgumentError,
-    NotFoundError,
-    UnavailableError,
-)
-from runtime.grpc_errors import error_code
+from runtime.errors import ErrorCode
+from runtime.grpc_errors import relayed_error
 from worker.kvtransfer import KVAssembler, KVFrame, KVLayer
 
 logger = logging.getLogger(__name__)
 
-_STATUS_ERRORS: dict[ErrorCode, type[HeliosError]] = {
-    ErrorCode.NOT_FOUND: NotFoundError,
-    ErrorCode.INVALID_ARGUMENT: InvalidArgumentError,
-    ErrorCode.FAILED_PRECONDITION: FailedPreconditionError,
-}
+# The prefill worker's answers about the cache keep their meaning; any other code is the
+# transfer failing (UnavailableError).
+_KEPT_CODES = frozenset(
+    {ErrorCode.NOT_FOUND, ErrorCode.INVALID_ARGUMENT, ErrorCode.FAILED_PRECONDITION}
+)
 
 
 class KVFetcher:
@@ -65,11 +58,8 @@ class KVFetcher:
                 size += len(msg.safetensors)
                 assembler.add(KVFrame(msg.layer, msg.num_layers, msg.token_offset, msg.safetensors))
         except grpc.aio.AioRpcError as exc:
-            error = _STATUS_ERRORS.get(error_code(exc.code()), UnavailableError)
-            raise error(
-                f"fetching kv cache {handle!r} from prefill worker {address} failed:"
-                f" {exc.code().name}: {exc.details()}"
-            ) from exc
+            call = f"fetching kv cache {handle!r} from prefill worker {address}"
+            raise relayed_error(exc, call, _KEPT_CODES) from exc
         layers = assembler.finish()
         logger.info(
             "kv cache fetched",

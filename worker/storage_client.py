@@ -15,16 +15,8 @@ import grpc
 from helios.v1 import storage_pb2, storage_pb2_grpc
 
 from runtime.channels import create_channel
-from runtime.errors import (
-    ErrorCode,
-    FailedPreconditionError,
-    HeliosError,
-    InvalidArgumentError,
-    NotFoundError,
-    ResourceExhaustedError,
-    UnavailableError,
-)
-from runtime.grpc_errors import error_code
+from runtime.errors import ErrorCode, HeliosError, UnavailableError
+from runtime.grpc_errors import relayed_error
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +31,14 @@ _TIER_NAMES = {
 
 # storaged's answers about the request keep their meaning; any other code is storaged
 # failing (UnavailableError).
-_STATUS_ERRORS: dict[ErrorCode, type[HeliosError]] = {
-    ErrorCode.NOT_FOUND: NotFoundError,
-    ErrorCode.INVALID_ARGUMENT: InvalidArgumentError,
-    ErrorCode.FAILED_PRECONDITION: FailedPreconditionError,
-    ErrorCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
-}
+_KEPT_CODES = frozenset(
+    {
+        ErrorCode.NOT_FOUND,
+        ErrorCode.INVALID_ARGUMENT,
+        ErrorCode.FAILED_PRECONDITION,
+        ErrorCode.RESOURCE_EXHAUSTED,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -75,11 +69,8 @@ class StorageClient:
             ):
                 yield DownloadProgress(msg.bytes_done, msg.bytes_total, msg.local_dir)
         except grpc.aio.AioRpcError as exc:
-            error = _STATUS_ERRORS.get(error_code(exc.code()), UnavailableError)
-            raise error(
-                f"storaged {self.address} EnsureModel({model}@{version or 'latest'}) failed:"
-                f" {exc.code().name}: {exc.details()}"
-            ) from exc
+            call = f"storaged {self.address} EnsureModel({model}@{version or 'latest'})"
+            raise relayed_error(exc, call, _KEPT_CODES) from exc
 
     async def cached_models(self, timeout_s: float) -> list[tuple[str, str]]:
         """(model id, tier name) of every version the node holds (GetStats), within
