@@ -16,7 +16,7 @@ from cli.mesh import add_address_argument, find_front_door
 DEFAULT_ADDRESS = "127.0.0.1:8080"
 # The order a load goes through its phases (worker/load_phases.py's PHASES; a test keeps
 # the two equal: cli/ does not import the worker).
-LOAD_PHASE_ORDER = ("fetch", "engine_start", "weights", "kv_cache", "compile")
+LOAD_PHASE_ORDER = ("fetch", "engine_start", "weights", "kv_cache", "compile", "wake")
 
 
 def _mib(value: int) -> str:

@@ -52,6 +52,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LOAD_TIMEOUT_S = 300.0
 DEFAULT_DRAIN_S = 30.0
+# Why an unload asks the worker to keep the model asleep (where its engine can sleep):
+# a model that went idle or whose demand fell is expected back, and waking it takes
+# seconds; one unloaded for another model's memory or by an operator is freed.
+KEEP_ASLEEP_REASONS = frozenset({"idle_ttl", "scale"})
 
 
 class PoolScaler(Protocol):
@@ -444,7 +448,9 @@ class ColdStarts:
         logger.info("unloading model", extra={"model": model, "worker": address, "reason": reason})
         self.pool.mark_model(address, ModelOnAgent(model, "draining"))
         try:
-            await self._connections[address].unload_model(model, self.drain_s)
+            await self._connections[address].unload_model(
+                model, self.drain_s, keep_asleep=reason in KEEP_ASLEEP_REASONS
+            )
         except NotFoundError:
             pass  # already gone
         finally:

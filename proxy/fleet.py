@@ -73,6 +73,8 @@ class WorkerRole(enum.StrEnum):
 class CacheLevel(enum.StrEnum):
     """Where a model's weights are on an agent, fastest first."""
 
+    # Its engine sleeps there (vLLM's sleep mode): a load wakes it in seconds.
+    ASLEEP = "asleep"
     GPU = "gpu"
     RAM = "ram"
     NVME = "nvme"
@@ -127,11 +129,12 @@ class WorkerView:
     adapter_table: tuple[Adapter, ...] = ()
 
     def holds(self, model: str) -> bool:
-        """Whether ``model`` is on this agent in any state but failed. A failed load (say,
-        storaged was down) leaves the agent free to load it again: placement must not pass
-        it over for good (that was a permanent 503 after a storaged restart)."""
+        """Whether ``model`` is on this agent in any state but failed or asleep. A failed
+        load (say, storaged was down) leaves the agent free to load it again: placement
+        must not pass it over for good (that was a permanent 503 after a storaged restart);
+        an asleep one is where a load of it is fastest (it wakes)."""
         held = self.models.get(model)
-        return held is not None and held.state != "failed"
+        return held is not None and held.state not in ("failed", "asleep")
 
     def cache_level(self, model: str) -> CacheLevel:
         """Where ``model``'s weights are on this agent: GPU when it is loaded (or being
@@ -139,6 +142,9 @@ class WorkerView:
         compare case-insensitively (storaged reports the registry's lower-case ids)."""
         if self.holds(model):
             return CacheLevel.GPU
+        held = self.models.get(model)
+        if held is not None and held.state == "asleep":
+            return CacheLevel.ASLEEP
         return self.stored.get(model.lower(), CacheLevel.REMOTE)
 
     @property
@@ -466,6 +472,8 @@ class WorkerConnection(Protocol):
         """The model's states ("loading", "ready", ...) as the worker reports them."""
         ...
 
-    async def unload_model(self, model: str, drain_s: float) -> int: ...
+    async def unload_model(self, model: str, drain_s: float, keep_asleep: bool = False) -> int:
+        """Unload ``model``; ``keep_asleep``: keep it asleep where its engine can sleep."""
+        ...
 
     async def close(self) -> None: ...

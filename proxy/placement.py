@@ -3,9 +3,10 @@
 Domain only. An agent's free memory is what its heartbeat declares (its GPU's figure or
 its configured capacity less loaded weights) less what the proxy has already promised
 to loads in flight. A model is never placed where it does not fit. Among the agents it
-fits, one whose storaged already holds the files in a faster tier (RAM, then NVMe) goes
-before one that would download them, whatever the leftover memory; the tightest fit
-decides between agents of the same tier.
+fits, one where the model sleeps (it wakes in seconds), then one whose storaged already
+holds the files in a faster tier (RAM, then NVMe) goes before one that would download
+them, whatever the leftover memory; the tightest fit decides between agents of the same
+tier.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from dataclasses import dataclass
 from proxy.fleet import CacheLevel, WorkerView
 
 # Prefer agents whose storage already holds the files in a fast tier.
-_TIER_RANK = {CacheLevel.GPU: 0, CacheLevel.RAM: 1, CacheLevel.NVME: 2, CacheLevel.REMOTE: 3}
+_TIER_RANK = {
+    CacheLevel.ASLEEP: 0,
+    CacheLevel.GPU: 0,
+    CacheLevel.RAM: 1,
+    CacheLevel.NVME: 2,
+    CacheLevel.REMOTE: 3,
+}
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ _MODEL_STATES = {
     pb.MODEL_STATE_READY: "ready",
     pb.MODEL_STATE_DRAINING: "draining",
     pb.MODEL_STATE_FAILED: "failed",
+    pb.MODEL_STATE_ASLEEP: "asleep",
 }
 _AGENT_STATES = {
     pb.WORKER_STATE_IDLE: AgentState.IDLE,
@@ -232,10 +233,12 @@ class GrpcWorkerConnection:
         finally:
             call.cancel()
 
-    async def unload_model(self, model: str, drain_s: float) -> int:
+    async def unload_model(self, model: str, drain_s: float, keep_asleep: bool = False) -> int:
         try:
             response = await self._stub.UnloadModel(
-                pb.UnloadModelRequest(model=model, drain_timeout_seconds=drain_s),
+                pb.UnloadModelRequest(
+                    model=model, drain_timeout_seconds=drain_s, keep_asleep=keep_asleep
+                ),
                 timeout=drain_s + 10,
             )
         except grpc.aio.AioRpcError as error:

@@ -3,9 +3,10 @@
 A load on a worker is: ``fetch`` (storaged makes the model local), then the engine's own
 start, which an engine breaks down as far as it can see (``weights``, ``kv_cache``,
 ``compile``); what the engine does not attribute is ``engine_start`` (process start,
-imports, tokenizer). Each finished load gives one log line with every phase, one
-observation per phase in ``helios_worker_model_load_phase_seconds``, and a short text for
-LoadModel's last progress message.
+imports, tokenizer). A model woken from sleep has ``wake`` alone. Each finished load
+gives one log line with every phase, one observation per phase in
+``helios_worker_model_load_phase_seconds``, and a short text for LoadModel's last
+progress message.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from prometheus_client import Histogram
 logger = logging.getLogger(__name__)
 
 # In the order a load goes through them.
-PHASES = ("fetch", "engine_start", "weights", "kv_cache", "compile")
+PHASES = ("fetch", "engine_start", "weights", "kv_cache", "compile", "wake")
 
 LOAD_PHASE_SECONDS = Histogram(
     "helios_worker_model_load_phase_seconds",
     "Seconds each phase of a model load took on this worker (fetch, engine_start, weights,"
-    " kv_cache, compile; an engine reports the phases it can see).",
+    " kv_cache, compile, wake; an engine reports the phases it can see).",
     ["phase"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
 )

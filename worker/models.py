@@ -49,6 +49,9 @@ class ModelLifecycle(enum.StrEnum):
     READY = "ready"
     DRAINING = "draining"
     FAILED = "failed"
+    # Its engine sleeps (vLLM's sleep mode on a GPU): the accelerator memory is free, the
+    # weights wait in host RAM, and the next load of the model wakes it in seconds.
+    ASLEEP = "asleep"
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class _Slot:
     load_phases: dict[str, float] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    asleep_since: float = 0.0  # monotonic time it fell asleep (ASLEEP only)
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -102,6 +106,11 @@ def raise_engine_failure(error: HeliosError, model: str) -> NoReturn:
     if error.code is ErrorCode.INTERNAL:
         raise UnavailableError(f"model {model}: {error.message}") from error
     raise error
+
+
+def _holds_memory(slot: _Slot) -> bool:
+    """Whether ``slot`` counts against the worker's capacity: an engine is up and awake."""
+    return slot.engine is not None and slot.state is not ModelLifecycle.ASLEEP
 
 
 def _weights_size(path: Path) -> int:
@@ -122,10 +131,12 @@ class ModelManager:
         capacity_bytes: int,
         admission: Admission | None = None,
         adapters: AdapterStore | None = None,
+        max_asleep: int = 2,
     ) -> None:
         """``admission``: the fair queues ahead of the engines (default limits when
         None); :meth:`serve` takes its turns. ``adapters``: the LoRA adapters the models
-        serve (worker.adapters; none fetchable when None)."""
+        serve (worker.adapters; none fetchable when None). ``max_asleep``: how many
+        models an unload may keep asleep at once (engines that can sleep only)."""
         self._engine_factory = engine_factory
         self._engine_kind = engine_kind
         self.capacity_bytes = capacity_bytes
@@ -133,10 +144,12 @@ class ModelManager:
         self.adapters = adapters if adapters is not None else AdapterStore()
         self._slots: dict[str, _Slot] = {}
         self._lock = asyncio.Lock()
+        # Models kept asleep at most (their weights wait in host RAM).
+        self.max_asleep = max_asleep
 
     @property
     def used_bytes(self) -> int:
-        return sum(s.size_bytes for s in self._slots.values() if s.engine is not None)
+        return sum(s.size_bytes for s in self._slots.values() if _holds_memory(s))
 
     def budget_for(self, name: str) -> int:
         """Bytes model ``name`` may use: the capacity less every other model loaded or
@@ -144,7 +157,7 @@ class ModelManager:
         others = sum(
             s.size_bytes
             for n, s in self._slots.items()
-            if n != name and (s.engine is not None or s.state is ModelLifecycle.LOADING)
+            if n != name and (_holds_memory(s) or s.state is ModelLifecycle.LOADING)
         )
         return self.capacity_bytes - others
 
@@ -173,14 +186,18 @@ class ModelManager:
                 return
             if current is not None and current.state is ModelLifecycle.LOADING:
                 raise FailedPreconditionError(f"model {name} is already {current.state.value}")
-            free = self.capacity_bytes - self.used_bytes
-            if size > free:
-                raise ResourceExhaustedError(
-                    f"model {name} needs {size} bytes of weights; {free} of"
-                    f" {self.capacity_bytes} bytes are free on this worker"
-                )
-            slot = _Slot(name=name, state=ModelLifecycle.LOADING, size_bytes=size)
-            self._slots[name] = slot
+            waking = current is not None and current.state is ModelLifecycle.ASLEEP
+            if current is not None and waking:
+                self._check_room(name, current.size_bytes)
+                current.state, slot = ModelLifecycle.LOADING, current
+            else:
+                self._check_room(name, size)
+                slot = _Slot(name=name, state=ModelLifecycle.LOADING, size_bytes=size)
+                self._slots[name] = slot
+        if waking:
+            async for progress in self._wake(slot, timeline):
+                yield progress
+            return
         yield LoadProgress(name, ModelLifecycle.LOADING, 0.0, f"loading {path}")
         started = time.monotonic()
         try:
@@ -210,6 +227,61 @@ class ModelManager:
         yield LoadProgress(
             name, ModelLifecycle.READY, 1.0, f"ready in {seconds:.2f}s ({timeline.describe()})"
         )
+
+    def _check_room(self, name: str, size: int) -> None:
+        free = self.capacity_bytes - self.used_bytes
+        if size > free:
+            raise ResourceExhaustedError(
+                f"model {name} needs {size} bytes of weights; {free} of"
+                f" {self.capacity_bytes} bytes are free on this worker"
+            )
+
+    async def _wake(self, slot: _Slot, timeline: LoadTimeline) -> AsyncIterator[LoadProgress]:
+        """Wake ``slot``'s sleeping engine (LOADING until it is READY again); an engine
+        that cannot wake is shut down and the model is FAILED, to be loaded afresh."""
+        yield LoadProgress(slot.name, ModelLifecycle.LOADING, 0.0, "waking the engine")
+        assert slot.engine is not None
+        try:
+            with timeline.phase("wake"):
+                await slot.engine.wake_up()
+        except Exception as exc:
+            logger.exception("model wake failed", extra={"model": slot.name})
+            await self._drop(slot)
+            raise FailedPreconditionError(f"waking model {slot.name} failed: {exc}") from exc
+        slot.state, slot.loaded_at = ModelLifecycle.READY, time.time()
+        slot.load_phases = dict(timeline.phases)
+        logger.info("model woke", extra={"model": slot.name, "phases": timeline.phases})
+        timeline.finish("ready")
+        yield LoadProgress(slot.name, ModelLifecycle.READY, 1.0, f"awake in {timeline.describe()}")
+
+    async def _put_to_sleep(self, slot: _Slot) -> bool:
+        """Put ``slot``'s engine to sleep if it can sleep; False when it cannot (the
+        caller frees it). Keeps at most ``max_asleep`` models asleep: the longest
+        asleep is freed."""
+        if slot.engine is None or not slot.engine.supports_sleep or self.max_asleep < 1:
+            return False
+        try:
+            await slot.engine.sleep()
+        except Exception:
+            logger.exception("model sleep failed: freeing it", extra={"model": slot.name})
+            return False
+        slot.state, slot.asleep_since = ModelLifecycle.ASLEEP, time.monotonic()
+        logger.info("model asleep", extra={"model": slot.name})
+        asleep = sorted(
+            (s for s in self._slots.values() if s.state is ModelLifecycle.ASLEEP),
+            key=lambda s: s.asleep_since,
+        )
+        for oldest in asleep[: max(0, len(asleep) - self.max_asleep)]:
+            await self._drop(oldest)
+        return True
+
+    async def _drop(self, slot: _Slot) -> None:
+        """Free ``slot``'s engine and forget the model."""
+        thaw_long_lived()  # the model's reference cycles must be collectable
+        if slot.engine is not None:
+            await slot.engine.shutdown()
+        self._slots.pop(slot.name, None)
+        freeze_long_lived()
 
     async def load_from_store(
         self, name: str, version: str, ensure: EnsureModel
@@ -243,10 +315,12 @@ class ModelManager:
         async for progress in self.load(name, Path(local_dir), timeline):
             yield progress
 
-    async def unload(self, name: str, drain_timeout: float) -> int:
+    async def unload(self, name: str, drain_timeout: float, keep_asleep: bool = False) -> int:
         """Stop taking requests for ``name``, let running ones finish for up to
-        ``drain_timeout`` seconds, abort the rest, free the engine. Returns how many
-        requests were aborted."""
+        ``drain_timeout`` seconds, abort the rest, free the engine -- or, with
+        ``keep_asleep`` and an engine that can sleep, put it to sleep (ASLEEP: its
+        accelerator memory free, a load wakes it). Returns how many requests were
+        aborted."""
         slot = self._slots.get(name)
         if slot is None:
             raise NotFoundError(f"model {name} is not loaded on this worker")
@@ -262,11 +336,9 @@ class ModelManager:
                     await slot.engine.abort(request_id)
                     aborted += 1
             await slot.idle.wait()
-        thaw_long_lived()  # the model's reference cycles must be collectable
-        if slot.engine is not None:
-            await slot.engine.shutdown()
-        del self._slots[name]
-        freeze_long_lived()
+        if keep_asleep and await self._put_to_sleep(slot):
+            return aborted
+        await self._drop(slot)
         logger.info("model unloaded", extra={"model": name, "aborted": aborted})
         return aborted
 

@@ -50,6 +50,7 @@ _MODEL_STATES = {
     ModelLifecycle.READY: pb.MODEL_STATE_READY,
     ModelLifecycle.DRAINING: pb.MODEL_STATE_DRAINING,
     ModelLifecycle.FAILED: pb.MODEL_STATE_FAILED,
+    ModelLifecycle.ASLEEP: pb.MODEL_STATE_ASLEEP,
 }
 
 _STORE_TIERS = {
@@ -297,7 +298,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         if request.drain_timeout_seconds < 0:
             raise InvalidArgumentError("drain_timeout_seconds: must be >= 0")
         timeout = request.drain_timeout_seconds or DEFAULT_DRAIN_SECONDS
-        aborted = await self._models.unload(request.model, timeout)
+        aborted = await self._models.unload(request.model, timeout, request.keep_asleep)
         return pb.UnloadModelResponse(model=request.model, aborted_requests=aborted)
 
     async def Heartbeat(

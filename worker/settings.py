@@ -211,7 +211,9 @@ class WorkerSettings(Settings):
 
 
 def vllm_config(settings: WorkerSettings) -> VllmConfig:
-    """vLLM's engine configuration; ``--compile auto`` resolves by looking for a GPU."""
+    """vLLM's engine configuration; ``--compile auto`` resolves by looking for a GPU, and
+    sleep mode is on where there is one."""
+    has_gpu = nvml_memory() is not None
     return VllmConfig(
         dtype=settings.dtype,
         max_num_seqs=settings.max_num_seqs,
@@ -224,7 +226,8 @@ def vllm_config(settings: WorkerSettings) -> VllmConfig:
         tensor_parallel_size=settings.tensor_parallel_size,
         kv_role=settings.role if settings.kv_shared_path else None,
         kv_shared_path=settings.kv_shared_path,
-        compile=resolve_compile_mode(settings.compile, has_gpu=nvml_memory() is not None),
+        compile=resolve_compile_mode(settings.compile, has_gpu=has_gpu),
         load_format=settings.load_format,
+        sleep_mode=has_gpu,  # vLLM's sleep mode exists on GPUs only
         lora=VllmLora(max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank),
     )

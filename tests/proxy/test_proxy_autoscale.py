@@ -35,7 +35,7 @@ class RecordingWorker:
         await self.release.wait()  # the test decides when the load completes
         yield "ready"
 
-    async def unload_model(self, model: str, drain_s: float) -> int:
+    async def unload_model(self, model: str, drain_s: float, keep_asleep: bool = False) -> int:
         return 0
 
 

@@ -45,7 +45,7 @@ class RecordingWorker:
         for state in ("downloading", "loading", "ready"):
             yield state
 
-    async def unload_model(self, model: str, drain_s: float) -> int:
+    async def unload_model(self, model: str, drain_s: float, keep_asleep: bool = False) -> int:
         self.unloads.append(model)
         return 0
 

@@ -73,7 +73,7 @@ class FakeWorker:
         self.models.add(model)
         yield "ready"
 
-    async def unload_model(self, model: str, drain_s: float) -> int:
+    async def unload_model(self, model: str, drain_s: float, keep_asleep: bool = False) -> int:
         self.models.discard(model)
         return 0
 

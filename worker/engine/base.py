@@ -276,6 +276,19 @@ class EngineClient(ABC):
     # the start engine_start. Set once by the engine's loader.
     load_phases: Mapping[str, float] = MappingProxyType({})
 
+    # Whether the engine can sleep: free its accelerator memory but keep what makes it
+    # come back in seconds (vLLM's sleep mode, level 1: weights offloaded to host RAM,
+    # the KV cache dropped). The worker then keeps a model it is told to unload asleep.
+    supports_sleep: bool = False
+
+    async def sleep(self) -> None:
+        """Free the accelerator memory; serve nothing until :meth:`wake_up`."""
+        raise FailedPreconditionError(f"the engine of {self.model_name} cannot sleep")
+
+    async def wake_up(self) -> None:
+        """Take the memory back after :meth:`sleep` and serve again."""
+        raise FailedPreconditionError(f"the engine of {self.model_name} cannot sleep")
+
     # Whether generate() takes requests with an ``adapter`` (LoRA), several adapters per
     # model; adapter_ids() then names those loaded now (heartbeats report them, and the
     # control plane routes an adapter's requests to the workers that hold it first).

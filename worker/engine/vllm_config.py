@@ -48,6 +48,9 @@ class VllmConfig:
     # How vLLM reads the weights: "helios" (worker/engine/vllm_loader.py: safetensors
     # through the zero-copy mapping) or one of vLLM's own load formats ("auto", ...).
     load_format: str = "helios"
+    # vLLM's sleep mode (enable_sleep_mode): an unloaded model can be kept asleep, its
+    # weights offloaded to host RAM. GPU builds only (the CPU platform has none).
+    sleep_mode: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     # LoRA adapters (worker/engine/vllm_lora.py); off unless max_loras > 0.
     lora: VllmLora = field(default_factory=VllmLora)
@@ -83,6 +86,8 @@ def base_engine_kwargs(model_dir: Path, config: VllmConfig) -> dict[str, Any]:
         "enforce_eager": config.compile == "eager",
         "load_format": config.load_format,
     }
+    if config.sleep_mode:
+        kwargs["enable_sleep_mode"] = True
     for key in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "quantization"):
         value = getattr(config, key)
         if value is not None:

@@ -161,6 +161,7 @@ class VllmEngine(EngineClient):
         engine.max_running_requests = _max_num_seqs(llm, config)
         engine._loras = LoraRequests(config.lora, model_name)
         engine.supports_adapters = config.lora.enabled
+        engine.supports_sleep = config.sleep_mode
         logger.info(
             "vllm engine started",
             extra={
@@ -193,6 +194,18 @@ class VllmEngine(EngineClient):
             generated_tokens_total=self._counters.generated_tokens,
             aborted_requests_total=self._counters.aborted_requests,
         )
+
+    async def sleep(self) -> None:
+        """vLLM's sleep mode, level 1: weights offloaded to host RAM, KV cache dropped
+        (prefix cache reset by vLLM); the engine process stays up."""
+        if not self.supports_sleep:
+            await super().sleep()
+        await self._llm.sleep(level=1)
+
+    async def wake_up(self) -> None:
+        if not self.supports_sleep:
+            await super().wake_up()
+        await self._llm.wake_up()
 
     async def check_health(self) -> None:
         if self._shut_down:

@@ -23,6 +23,7 @@ class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_STATE_READY: _ClassVar[ModelState]
     MODEL_STATE_DRAINING: _ClassVar[ModelState]
     MODEL_STATE_FAILED: _ClassVar[ModelState]
+    MODEL_STATE_ASLEEP: _ClassVar[ModelState]
 
 class WorkerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -58,6 +59,7 @@ MODEL_STATE_LOADING: ModelState
 MODEL_STATE_READY: ModelState
 MODEL_STATE_DRAINING: ModelState
 MODEL_STATE_FAILED: ModelState
+MODEL_STATE_ASLEEP: ModelState
 WORKER_STATE_UNSPECIFIED: WorkerState
 WORKER_STATE_IDLE: WorkerState
 WORKER_STATE_LOADING: WorkerState
@@ -289,12 +291,14 @@ class LoadModelResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., progress: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
 
 class UnloadModelRequest(_message.Message):
-    __slots__ = ("model", "drain_timeout_seconds")
+    __slots__ = ("model", "drain_timeout_seconds", "keep_asleep")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DRAIN_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ASLEEP_FIELD_NUMBER: _ClassVar[int]
     model: str
     drain_timeout_seconds: float
-    def __init__(self, model: _Optional[str] = ..., drain_timeout_seconds: _Optional[float] = ...) -> None: ...
+    keep_asleep: bool
+    def __init__(self, model: _Optional[str] = ..., drain_timeout_seconds: _Optional[float] = ..., keep_asleep: _Optional[bool] = ...) -> None: ...
 
 class UnloadModelResponse(_message.Message):
     __slots__ = ("model", "aborted_requests")
