@@ -40,24 +40,31 @@ def _read_failed(name: str, exc: grpc.aio.AioRpcError, deadline_s: float) -> Exc
     return error_from_status(exc.code(), f"{name}: {exc.details()}")
 
 
-class RegistryClient:
-    """ManifestSource and BlobSource over helios.v1.RegistryService."""
+class _Source:
+    """A source storaged reads from over gRPC: its name in errors, its channel, the
+    timeout of a call and the slowest rate a range read may go at."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        timeout_s: float = 30.0,
-        min_bytes_per_s: float = MIN_READ_BYTES_PER_S,
-    ) -> None:
-        self.name = f"registry {target}"
+    def __init__(self, name: str, target: str, timeout_s: float, min_bytes_per_s: float) -> None:
+        self.name = name
         self._channel = create_channel(target)
-        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._timeout = timeout_s
         self._min_rate = min_bytes_per_s
 
+    def _read_deadline_s(self, length: int) -> float:
+        return read_deadline_s(length, self._timeout, self._min_rate)
+
     async def close(self) -> None:
         await self._channel.close(None)
+
+
+class RegistryClient(_Source):
+    """ManifestSource and BlobSource over helios.v1.RegistryService."""
+
+    def __init__(
+        self, target: str, *, timeout_s: float = 30.0, min_bytes_per_s: float = MIN_READ_BYTES_PER_S
+    ) -> None:
+        super().__init__(f"registry {target}", target, timeout_s, min_bytes_per_s)
+        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
 
     async def resolve(self, model_id: str, version: str) -> tuple[str, str]:
         """The registry's canonical model id and version id for ``model_id@version``
@@ -107,7 +114,7 @@ class RegistryClient:
         # length=0 means "to the end" to ReadBlob: an empty range is never asked for.
         if length == 0:
             return
-        deadline = read_deadline_s(length, self._timeout, self._min_rate)
+        deadline = self._read_deadline_s(length)
         call = self._stub.ReadBlob(
             registry_pb2.ReadBlobRequest(sha256=sha256, offset=offset, length=length),
             timeout=deadline,
@@ -134,29 +141,19 @@ class RegistryClient:
             call.cancel()
 
 
-class PeerSource:
+class PeerSource(_Source):
     """Another storaged that may hold the blob (ReadChunk)."""
 
     def __init__(
-        self,
-        target: str,
-        *,
-        timeout_s: float = 10.0,
-        min_bytes_per_s: float = MIN_READ_BYTES_PER_S,
+        self, target: str, *, timeout_s: float = 10.0, min_bytes_per_s: float = MIN_READ_BYTES_PER_S
     ) -> None:
-        self.name = f"peer {target}"
-        self._channel = create_channel(target)
+        super().__init__(f"peer {target}", target, timeout_s, min_bytes_per_s)
         self._stub = storage_pb2_grpc.StorageServiceStub(self._channel)
-        self._timeout = timeout_s
-        self._min_rate = min_bytes_per_s
-
-    async def close(self) -> None:
-        await self._channel.close(None)
 
     async def read(self, sha256: str, offset: int, length: int) -> AsyncIterator[bytes]:
         if length == 0:
             return
-        deadline = read_deadline_s(length, self._timeout, self._min_rate)
+        deadline = self._read_deadline_s(length)
         call = self._stub.ReadChunk(
             storage_pb2.ReadChunkRequest(sha256=sha256, offset=offset, length=length),
             timeout=deadline,
