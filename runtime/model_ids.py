@@ -36,16 +36,20 @@ __all__ = [
     "check_alias",
     "check_file_path",
     "check_sha256",
+    "is_sha256",
     "is_version_id",
+    "is_version_prefix",
     "parse_reference",
 ]
 
-_SEGMENT = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,94}[a-z0-9])?$")
-_ALIAS = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_VERSION = re.compile(r"^[0-9a-f]{40}$")
-_VERSION_PREFIX = re.compile(r"^[0-9a-f]{7,40}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_HUB_REVISION = re.compile(r"^[A-Za-z0-9._/-]{1,255}$")
+# Each is used with fullmatch: match with ``^...$`` would take "<id>\n" too (``$`` also
+# matches before a final newline), and such an id would reach paths, URLs and the database.
+_SEGMENT = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,94}[a-z0-9])?")
+_ALIAS = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_VERSION = re.compile(r"[0-9a-f]{40}")
+_VERSION_PREFIX = re.compile(r"[0-9a-f]{7,40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_HUB_REVISION = re.compile(r"[A-Za-z0-9._/-]{1,255}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_PATH = 1024
 
@@ -80,7 +84,7 @@ def canonical_model_id(text: str) -> str:
     if len(parts) != 2:
         raise InvalidArgumentError(f"model id {quote(text)}: expected exactly 'org/name'")
     for part in parts:
-        if not _SEGMENT.match(part) or "--" in part or ".." in part:
+        if not _SEGMENT.fullmatch(part) or "--" in part or ".." in part:
             raise InvalidArgumentError(
                 f"model id {quote(text)}: each of org and name must be 1..96 characters of "
                 "[a-z0-9._-], start and end with a letter or digit, without '--' or '..'"
@@ -91,22 +95,34 @@ def canonical_model_id(text: str) -> str:
 def check_alias(alias: str) -> str:
     """A valid alias name (lower-cased), or INVALID_ARGUMENT."""
     lowered = alias.lower()
-    if not _ALIAS.match(lowered) or ".." in lowered:
+    if not _ALIAS.fullmatch(lowered) or ".." in lowered:
         raise InvalidArgumentError(f"alias {quote(alias)}: expected [a-z0-9][a-z0-9._-]{{0,63}}")
     return lowered
 
 
 def is_version_id(text: str) -> bool:
-    return bool(_VERSION.match(text))
+    return bool(_VERSION.fullmatch(text))
 
 
 def is_version_prefix(text: str) -> bool:
-    return bool(_VERSION_PREFIX.match(text))
+    """7..40 lower-case hex digits: how a version id is abbreviated (as in git)."""
+    return bool(_VERSION_PREFIX.fullmatch(text))
+
+
+def is_sha256(text: str) -> bool:
+    """Whether ``text`` is a SHA-256 digest as Helios writes them: 64 lower-case hex digits."""
+    return bool(_SHA256.fullmatch(text))
 
 
 def check_version_id(text: str) -> str:
     if not is_version_id(text):
         raise InvalidArgumentError(f"version {quote(text)}: expected 40 lower-case hex digits")
+    return text
+
+
+def check_sha256(text: str) -> str:
+    if not is_sha256(text):
+        raise InvalidArgumentError(f"sha256 {quote(text)}: expected 64 lower-case hex digits")
     return text
 
 
@@ -121,14 +137,14 @@ def parse_reference(text: str) -> ModelRef:
     if not rev:
         raise InvalidArgumentError(f"reference {quote(text)}: empty revision after '@'")
     rev = rev.lower()
-    if not (is_version_prefix(rev) or _ALIAS.match(rev)):
+    if not (is_version_prefix(rev) or _ALIAS.fullmatch(rev)):
         raise InvalidArgumentError(f"reference {quote(text)}: revision must be an alias or version")
     return ModelRef(model_id, rev)
 
 
 def check_hub_revision(revision: str) -> str:
     """A Hub revision (branch, tag, commit, ``refs/pr/1``) safe to put in a URL."""
-    if not _HUB_REVISION.match(revision) or ".." in revision or revision.startswith("/"):
+    if not _HUB_REVISION.fullmatch(revision) or ".." in revision or revision.startswith("/"):
         raise InvalidArgumentError(f"revision {quote(revision)}: not a valid Hub revision")
     return revision
 
@@ -151,9 +167,3 @@ def check_file_path(path: str) -> str:
         if segment in ("", ".", ".."):
             raise InvalidArgumentError(f"file path {quote(path)}: empty, '.' or '..' segment")
     return path
-
-
-def check_sha256(text: str) -> str:
-    if not _SHA256.match(text):
-        raise InvalidArgumentError(f"sha256 {quote(text)}: expected 64 lower-case hex digits")
-    return text

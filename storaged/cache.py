@@ -32,7 +32,7 @@ from runtime.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from runtime.model_ids import canonical_model_id
+from runtime.model_ids import canonical_model_id, is_version_prefix
 from storaged.cache_metrics import CAPACITY, DOWNLOADED, HITS, MISSES, RATE, USED
 from storaged.cache_records import BlobInfo, CachedVersion, TierState, decayed
 from storaged.cache_state import copy_file, load_state, save_state, scan_tier
@@ -41,7 +41,6 @@ from storaged.manifest import (
     FileEntry,
     Manifest,
     ManifestSource,
-    is_version_prefix,
     safe_version,
 )
 from storaged.tier_placement import TierPlacement

@@ -7,35 +7,24 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from runtime.model_ids import is_sha256
+
 __all__ = [
     "BlobSource",
     "FileEntry",
     "Manifest",
     "ManifestSource",
-    "is_version_prefix",
     "safe_version",
-    "validate_sha256",
 ]
 
-_SHA = re.compile(r"[0-9a-f]{64}")
 # A version id becomes a directory name: the registry's are 40 hex digits; anything it
 # may answer must at least be one safe path segment.
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_VERSION_PREFIX = re.compile(r"[0-9a-f]{7,40}")
-
-
-def validate_sha256(value: str) -> bool:
-    return bool(_SHA.fullmatch(value))
 
 
 def safe_version(version: str) -> bool:
     """Whether ``version`` can name a directory (no separators, no ``..``)."""
     return bool(_VERSION.fullmatch(version)) and ".." not in version
-
-
-def is_version_prefix(text: str) -> bool:
-    """7..40 lower-case hex digits: how the registry abbreviates a version id (as git)."""
-    return bool(_VERSION_PREFIX.fullmatch(text))
 
 
 @dataclass(frozen=True)
@@ -65,7 +54,7 @@ class FileEntry:
             out.append(f"unsafe path {self.path!r}")
         if self.size < 0:
             out.append(f"{self.path}: negative size")
-        if not validate_sha256(self.sha256):
+        if not is_sha256(self.sha256):
             out.append(f"{self.path}: sha256 is not 64 lowercase hex digits")
         if self.chunk_size > 0 and self.chunk_sha256:
             expected = max(1, -(-self.size // self.chunk_size))
@@ -73,7 +62,7 @@ class FileEntry:
                 out.append(
                     f"{self.path}: {len(self.chunk_sha256)} chunk hashes, expected {expected}"
                 )
-            if not all(validate_sha256(h) for h in self.chunk_sha256):
+            if not all(is_sha256(h) for h in self.chunk_sha256):
                 out.append(f"{self.path}: a chunk hash is not 64 lowercase hex digits")
         return out
 

@@ -9,9 +9,9 @@ from helios.v1 import storage_pb2 as pb
 from helios.v1 import storage_pb2_grpc
 
 from runtime.errors import InvalidArgumentError
+from runtime.model_ids import is_sha256
 from runtime.tracing import annotate
 from storaged.cache import ModelCache, Progress
-from storaged.manifest import validate_sha256
 from storaged.tiers import Tier
 
 _TIERS = {
@@ -113,7 +113,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     async def ReadChunk(
         self, request: pb.ReadChunkRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ReadChunkResponse]:
-        if not validate_sha256(request.sha256):
+        if not is_sha256(request.sha256):
             raise InvalidArgumentError("sha256: must be 64 lowercase hex digits")
         if request.offset < 0 or request.length < 0:
             raise InvalidArgumentError("offset and length must be >= 0")

@@ -18,7 +18,14 @@ from registry.usage import UsageTracker
 from runtime.errors import InvalidArgumentError, NotFoundError
 from runtime.model_ids import (
     canonical_model_id,
+    check_alias,
     check_file_path,
+    check_hub_revision,
+    check_sha256,
+    check_version_id,
+    is_sha256,
+    is_version_id,
+    is_version_prefix,
     parse_reference,
 )
 
@@ -75,6 +82,39 @@ def test_registry_references() -> None:
         parse_reference("org/name@")
     with pytest.raises(InvalidArgumentError):
         parse_reference("org/name@../x")
+
+
+_SHA = "0123456789abcdef" * 4
+_VERSION = _SHA[:40]
+
+
+def test_registry_digests_and_version_ids() -> None:
+    assert is_sha256(_SHA) and check_sha256(_SHA) == _SHA
+    assert is_version_id(_VERSION) and check_version_id(_VERSION) == _VERSION
+    assert is_version_prefix(_VERSION[:7]) and is_version_prefix(_VERSION)
+    assert check_alias("Prod") == "prod" and check_hub_revision("refs/pr/1") == "refs/pr/1"
+    assert parse_reference(f"org/name@{_VERSION}").revision == _VERSION
+    for wrong in (_SHA.upper(), _SHA[:-1], _SHA + "0", _VERSION):
+        assert not is_sha256(wrong)
+    assert not is_version_id(_SHA) and not is_version_prefix(_VERSION[:6])
+
+
+@pytest.mark.parametrize("suffix", ["\n", " ", "\r\n"])
+def test_registry_ids_with_a_trailing_newline_are_refused(suffix: str) -> None:
+    # ``^...$`` with re.match took "<id>\n": ``$`` also matches before a final newline.
+    assert not is_sha256(_SHA + suffix)
+    assert not is_version_id(_VERSION + suffix)
+    assert not is_version_prefix(_VERSION[:7] + suffix)
+    for check, text in (
+        (check_sha256, _SHA),
+        (check_version_id, _VERSION),
+        (check_alias, "prod"),
+        (check_hub_revision, "main"),
+        (parse_reference, "org/name@prod"),
+        (parse_reference, f"org/name@{_VERSION}"),
+    ):
+        with pytest.raises(InvalidArgumentError):
+            check(text + suffix)
 
 
 @pytest.mark.parametrize(
