@@ -19,8 +19,10 @@ def _finite(value: float) -> float:
     return value if math.isfinite(value) else _LOGPROB_FLOOR
 
 
-def chat_logprobs_to_pb(logprobs: Sequence[TokenLogprob]) -> pb.ChatChoiceLogprobs:
-    """A chat choice's ``logprobs`` object ({content: [...]})."""
+def chat_logprobs_to_pb(logprobs: Sequence[TokenLogprob] | None) -> pb.ChatChoiceLogprobs | None:
+    """A chat choice's ``logprobs`` object ({content: [...]}); None when not asked for."""
+    if logprobs is None:
+        return None
     return pb.ChatChoiceLogprobs(
         content=[
             pb.ChatTokenLogprob(
@@ -44,10 +46,12 @@ def _number_or_null(value: float | None) -> struct_pb2.Value:
 
 
 def completion_logprobs_to_pb(
-    logprobs: Sequence[TokenLogprob], text_offset: int
-) -> pb.CompletionLogprobs:
-    """A completion choice's ``logprobs`` object; its first token starts ``text_offset``
-    characters into the choice's text."""
+    logprobs: Sequence[TokenLogprob] | None, text_offset: int
+) -> pb.CompletionLogprobs | None:
+    """A completion choice's ``logprobs`` object (None when not asked for); its first
+    token starts ``text_offset`` characters into the choice's text."""
+    if logprobs is None:
+        return None
     shaped = completion_logprobs(logprobs, text_offset)
     out = pb.CompletionLogprobs(tokens=shaped.tokens, text_offset=shaped.text_offset)
     out.token_logprobs.extend(_number_or_null(v) for v in shaped.token_logprobs)
@@ -61,18 +65,20 @@ def completion_logprobs_to_pb(
     return out
 
 
+# The choices below pass None for what a choice does not have (no finish reason yet, no
+# log probabilities asked for): protobuf leaves such a field unset, as OpenAI's null.
+
+
 def chat_choice(
     index: int, text: str, finish_reason: str | None, logprobs: Sequence[TokenLogprob] | None
 ) -> pb.ChatCompletionChoice:
     """One choice of a whole chat completion (``logprobs`` None: not asked for)."""
-    choice = pb.ChatCompletionChoice(
+    return pb.ChatCompletionChoice(
         index=index,
         message=pb.AssistantMessage(role="assistant", content=text),
         finish_reason=finish_reason,
+        logprobs=chat_logprobs_to_pb(logprobs),
     )
-    if logprobs is not None:
-        choice.logprobs.CopyFrom(chat_logprobs_to_pb(logprobs))
-    return choice
 
 
 def chat_chunk_choice(
@@ -84,15 +90,12 @@ def chat_chunk_choice(
     first: bool,
 ) -> pb.ChatCompletionChunkChoice:
     """One choice's part of a chat stream chunk; the role comes on its first."""
-    delta = pb.ChatCompletionDelta(content=text)
-    if first:
-        delta.role = "assistant"
-    choice = pb.ChatCompletionChunkChoice(index=index, delta=delta)
-    if finish_reason is not None:
-        choice.finish_reason = finish_reason
-    if logprobs is not None:
-        choice.logprobs.CopyFrom(chat_logprobs_to_pb(logprobs))
-    return choice
+    return pb.ChatCompletionChunkChoice(
+        index=index,
+        delta=pb.ChatCompletionDelta(content=text, role="assistant" if first else None),
+        finish_reason=finish_reason,
+        logprobs=chat_logprobs_to_pb(logprobs),
+    )
 
 
 def completion_choice(
@@ -103,9 +106,9 @@ def completion_choice(
     text_offset: int = 0,
 ) -> pb.CompletionChoice:
     """One choice of a completion, whole or a stream chunk's part."""
-    choice = pb.CompletionChoice(index=index, text=text)
-    if finish_reason is not None:
-        choice.finish_reason = finish_reason
-    if logprobs is not None:
-        choice.logprobs.CopyFrom(completion_logprobs_to_pb(logprobs, text_offset))
-    return choice
+    return pb.CompletionChoice(
+        index=index,
+        text=text,
+        finish_reason=finish_reason,
+        logprobs=completion_logprobs_to_pb(logprobs, text_offset),
+    )
