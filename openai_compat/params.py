@@ -40,18 +40,36 @@ MAX_LOGIT_BIAS = 100.0
 MAX_REPETITION_PENALTY = 10.0
 
 
+# A temperature below this is greedy, in every engine (vLLM's _SAMPLING_EPS): dividing
+# logits by a smaller one (1e-45 is a valid float32) overflows and the softmax is NaN.
+SAMPLING_EPS = 1e-5
+
+
 @dataclass(frozen=True)
 class Sampling:
-    """Validated sampling parameters. ``logprobs``: how many most likely alternatives to
-    report per token (None: no log probabilities); ``echo``: the prompt comes first in the
-    output (completions)."""
+    """How to pick tokens: a request's validated sampling parameters, and what the
+    worker's engines sample with (worker.engine.base.SamplingParams is this class).
 
-    max_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int
-    seed: int | None
-    stop: tuple[str, ...]
+    ``top_k == 0`` and ``top_p == 1.0`` disable those filters; ``temperature == 0`` (or
+    below :data:`SAMPLING_EPS`) means greedy. ``seed`` makes sampling reproducible.
+    ``ignore_eos`` keeps generating past end-of-sequence tokens (benchmarks, tests).
+
+    Logits processing, in vLLM's order and meaning: ``logit_bias`` (token id, bias) pairs
+    are added; ``repetition_penalty`` divides positive (multiplies negative) logits of
+    tokens in the prompt or the output; ``frequency_penalty`` (times the count) and
+    ``presence_penalty`` (once) are subtracted for tokens of the output; before
+    ``min_tokens`` tokens, end-of-sequence tokens are masked and stop strings do not end
+    the generation. ``logprobs``: report each token's log probability (of the model's own
+    distribution, before any processing, as vLLM's default) and this many most likely
+    alternatives (None: none). ``echo``: the first chunk starts with the prompt's text
+    (and, with logprobs, the prompt tokens' log probabilities; completions)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -63,9 +81,15 @@ class Sampling:
     # Structured outputs: the constraint the engine enforces while sampling (None: none).
     guide: Guide | None = None
 
+    @property
+    def greedy(self) -> bool:
+        """Whether the most likely token is always picked (temperature below
+        :data:`SAMPLING_EPS`)."""
+        return self.temperature < SAMPLING_EPS
+
     def by_name(self) -> dict[str, Any]:
-        """Every parameter by its name: the engine's SamplingParams and the wire's
-        helios.v1.SamplingParams take the same names."""
+        """Every parameter by its name: the wire's helios.v1.SamplingParams takes the same
+        names (worker_api.wire.job_to_pb)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 

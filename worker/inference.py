@@ -40,7 +40,6 @@ from worker.engine.base import (
     FinishReason,
     GenerationChunk,
     GenerationRequest,
-    SamplingParams,
     merge_chunks,
 )
 from worker.generation_spans import GenerationSpans
@@ -76,7 +75,7 @@ class SplitServing(Protocol):
 def generation_request(job: Job) -> GenerationRequest:
     """The engine's request for a validated OpenAI job (what WorkerService.Generate
     receives from the proxy for the same job, without the protobuf in between)."""
-    sampling = SamplingParams(**job.sampling.by_name())
+    sampling = job.sampling
     if job.messages is not None:
         turns = job.turn_tools or (TurnTools(),) * len(job.messages)
         messages = tuple(

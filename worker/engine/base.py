@@ -15,7 +15,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from openai_compat.logprobs import TokenLogprob
-from openai_compat.structured import Guide
+from openai_compat.params import SAMPLING_EPS as SAMPLING_EPS  # the engines read it here
+from openai_compat.params import Sampling
 from openai_compat.tools import ToolCall
 from runtime.errors import (
     FailedPreconditionError,
@@ -36,50 +37,10 @@ class EngineDeadError(UnavailableError):
     """The engine can no longer serve anything; the worker must report itself unhealthy."""
 
 
-# A temperature below this is greedy, in every engine (vLLM's _SAMPLING_EPS): dividing
-# logits by a smaller one (1e-45 is a valid float32) overflows and the softmax is NaN.
-SAMPLING_EPS = 1e-5
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to pick tokens. ``top_k == 0`` and ``top_p == 1.0`` disable those filters;
-    ``temperature == 0`` (or below :data:`SAMPLING_EPS`) means greedy. ``seed`` makes
-    sampling reproducible. ``ignore_eos`` keeps generating past end-of-sequence tokens
-    (benchmarks, tests).
-
-    Logits processing, in vLLM's order and meaning: ``logit_bias`` (token id, bias) pairs
-    are added; ``repetition_penalty`` divides positive (multiplies negative) logits of
-    tokens in the prompt or the output; ``frequency_penalty`` (times the count) and
-    ``presence_penalty`` (once) are subtracted for tokens of the output; before
-    ``min_tokens`` tokens, end-of-sequence tokens are masked and stop strings do not end
-    the generation. ``logprobs``: report each token's log probability (of the model's own
-    distribution, before any processing, as vLLM's default) and this many most likely
-    alternatives (None: none). ``echo``: the first chunk starts with the prompt's text
-    (and, with logprobs, the prompt tokens' log probabilities)."""
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    min_tokens: int = 0
-    logprobs: int | None = None
-    echo: bool = False
-    # Structured outputs: the output follows this constraint (None: free text).
-    guide: Guide | None = None
-
-    @property
-    def greedy(self) -> bool:
-        """Whether the most likely token is always picked (temperature below
-        :data:`SAMPLING_EPS`)."""
-        return self.temperature < SAMPLING_EPS
+# The engine samples with the request's own validated parameters: one dataclass (its
+# fields are the wire's helios.v1.SamplingParams), so an OpenAI job's sampling reaches the
+# engine as it is (worker.inference.generation_request).
+SamplingParams = Sampling
 
 
 @dataclass(frozen=True)
