@@ -57,6 +57,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 MODEL_NAME = "bench-model"
+# The command line of multiprocessing's fork server, which the processes it forks keep
+# (worker/engine/vllm_processes.py starts vLLM's engine core from one).
+FORK_SERVER = "multiprocessing.forkserver"
 START_LIMIT_S = 400.0
 PROMPTS = [
     "Write a long story about the sun.",
@@ -151,6 +154,13 @@ def _role(proc: psutil.Process) -> str:
         return "gone"
     if "EngineCore" in name or "EngineCore" in cmdline:
         return "engine core"
+    if FORK_SERVER in cmdline:  # the worker's fork server, or an engine core it forked
+        try:
+            parent = proc.parent()
+            forked = parent is not None and FORK_SERVER in " ".join(parent.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return "gone"
+        return "engine core" if forked else "worker"
     for marker, role in (
         ("envoy", "envoy"),
         ("proxy.server", "proxy"),

@@ -98,20 +98,18 @@ def preimport_transformers_engine() -> None:
 def preimport_vllm_engine(fork_server: bool = True) -> None:
     """vLLM's imports in the worker's own process (~5 s of a small CPU, paid by the
     first load otherwise: a cold start or `helios up`'s ready time). With ``fork_server``
-    and no GPU, vLLM's engine processes then start from a fork server with these imports
-    done (worker/engine/vllm_processes.py) instead of importing them again each time."""
-    from worker.engine import vllm_processes
-
-    fork_server = fork_server and nvml_memory() is None  # vLLM's CPU platform forces spawn
-    if fork_server:
-        vllm_processes.start_fork_server()  # its own imports run beside the worker's
+    on vLLM's CPU platform, vLLM's engine processes then start from a fork server with
+    these imports done (worker/engine/vllm_processes.py) instead of importing them again
+    each time (the engine core; its model runner is spawned as vLLM does)."""
     from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: F401
     from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
 
     import worker.engine.vllm_engine
     import worker.engine.vllm_pooling  # noqa: F401
+    from worker.engine import vllm_processes
 
     if fork_server and vllm_processes.vllm_runs_on_cpu():
+        vllm_processes.start_fork_server()
         vllm_processes.install()
 
 

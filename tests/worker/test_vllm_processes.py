@@ -1,7 +1,7 @@
 """vLLM's engine processes through the worker's fork server (worker/engine/vllm_processes.py):
 children run with the environment the worker had when it started them, die with the
-worker, and vLLM's process starts are routed through the server (the engine core) or
-through fork (what the engine core starts). The real engine through it: test_worker_vllm.py
+worker, and vLLM's engine core is started through the server while the engine core
+starts its model runner vLLM's way. The real engine through it: test_worker_vllm.py
 (its worker runs with the default --vllm-processes forkserver)."""
 
 from __future__ import annotations
@@ -71,14 +71,22 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-def test_the_chooser_routes_through_the_server_then_through_fork(
+def test_the_chooser_routes_the_engine_core_through_the_server_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[str] = []
-    chooser = vllm_processes._through_fork_server(lambda: calls.append("vllm"))
+    spawn = multiprocessing.get_context("spawn")
+
+    def vllm_choice() -> multiprocessing.context.SpawnContext:
+        calls.append("vllm")
+        return spawn
+
+    chooser = vllm_processes._through_fork_server(vllm_choice)
     assert chooser() is vllm_processes.FORK_SERVER  # the worker: through the server
     monkeypatch.setattr(vllm_processes, "_forked_from_server", True)
-    assert chooser().get_start_method() == "fork"  # an engine core: its model runner
+    # An engine core starts its model runner vLLM's way: a fresh interpreter, which
+    # loads OpenMP with the variables vLLM sets for it.
+    assert chooser() is spawn
     assert calls == ["vllm", "vllm"]  # vLLM's own checks ran each time
 
 

@@ -123,8 +123,8 @@ PROMPTS = ["Once upon a time", "Good software is tested", "Rivers run to the sea
 
 async def test_engine_processes_start_from_the_fork_server(mesh: Mesh) -> None:
     # --vllm-processes forkserver (the default): the engine core is forked by the
-    # worker's fork server (it imported vLLM once), not spawned by the worker itself,
-    # and its model runner is forked by the engine core (worker/engine/vllm_processes.py).
+    # worker's fork server (it imported vLLM once), not spawned by the worker itself;
+    # it starts its model runner as vLLM does (worker/engine/vllm_processes.py).
     assert mesh.worker_process.process is not None
     worker = psutil.Process(mesh.worker_process.process.pid)
     servers = [
@@ -133,7 +133,7 @@ async def test_engine_processes_start_from_the_fork_server(mesh: Mesh) -> None:
     assert len(servers) == 1, [p.cmdline() for p in worker.children()]
     cores = servers[0].children()  # forked: the server's command line, not a title
     assert len(cores) == 1, [(p.name(), p.cmdline()) for p in cores]
-    assert cores[0].children(), "the engine core forked no model runner"
+    assert cores[0].children(), "the engine core started no model runner"
     assert not [p for p in worker.children() if "spawn_main" in " ".join(p.cmdline())]
 
 

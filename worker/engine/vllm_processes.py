@@ -1,18 +1,20 @@
-"""vLLM's engine processes start from a fork server that has vLLM imported already.
+"""vLLM's engine-core process starts from a fork server that has vLLM imported already.
 
 vLLM's CPU platform starts its engine core with multiprocessing's spawn method, and the
 engine core spawns its model runner the same way: each is a fresh interpreter that imports
 torch and vLLM again, about 6 s apiece on a small CPU, on every load (``helios up``'s ready
 time, and every cold start after an eviction). Here the worker starts multiprocessing's
-fork server when it starts, with vLLM imported in it (its preload), and vLLM's process
-starts go through it:
+fork server when it starts, with vLLM imported in it (its preload), and vLLM's engine core
+is forked from it: a single-threaded process that has only imported modules, so the fork
+is as clean as a spawn (no gRPC threads, no CUDA context).
 
-- the engine core is forked from that server, a single-threaded process that has only
-  imported modules: a fork of it is as clean as a spawn (no gRPC threads, no OpenMP pool,
-  no CUDA context);
-- the engine core forks its model runner (what vLLM itself does on GPUs while CUDA is not
-  initialised in the parent): the OpenMP binding variables vLLM sets just before starting
-  it reach it as they would with spawn, a fork copies the environment as it is then.
+The model runner is still started vLLM's way (spawned by the engine core). OpenMP reads
+its thread count and binding once, when its library loads -- in the fork server, as torch
+is imported -- so a model runner forked from there kept the server's OpenMP set-up
+whatever vLLM set for it: its extra OpenMP thread spun against the engine core, and
+tokens/s at one stream fell to 0.39-0.43x of bare vLLM (bench/vllm_compare_bench.py, tiny
+model; 40 vs 60 tok/s with SmolLM2). A fresh interpreter reads vLLM's variables as it
+loads OpenMP.
 
 A child of the fork server inherits the server's environment, not the worker's: the
 process object carries the worker's environment of the moment it is started (vLLM sets
@@ -22,9 +24,9 @@ worker, one started here watches the worker's sentinel and shuts down (SIGTERM, 
 shutdown) when the worker is gone.
 
 Only for vLLM's CPU platform, where the spawn is forced; elsewhere vLLM's own choice
-stands. Measured (SmolLM2-135M bf16, eager, this 2-core machine): AsyncLLM start 13.7-15.2 s
-with spawn, 2.9-3.0 s from the fork server; tokens/s at concurrency 16 the same
-(449-465 spawn, 408-461 fork server, 3 rounds each of two runs).
+stands. Measured (SmolLM2-135M bf16, eager, this 2-core machine): AsyncLLM start 14.5-14.7 s
+spawned, 9.0 s with the engine core from the fork server, tokens/s at one stream the same
+within this machine's noise (53-61 spawned, 54-58 here).
 """
 
 from __future__ import annotations
@@ -45,14 +47,12 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-# What the fork server imports before it forks anything: what an engine core and its
-# model runner import as they start (vLLM's own imports follow from these).
+# What the fork server imports before it forks anything: what an engine core imports as
+# it starts (vLLM's own imports follow from these).
 PRELOAD = (
     "vllm",
     "vllm.v1.engine.core",
     "vllm.v1.executor.multiproc_executor",
-    "vllm.v1.worker.cpu_worker",
-    "vllm.v1.worker.cpu_model_runner",
     __name__,
 )
 # vLLM's modules that choose a multiprocessing context (each binds the chooser by name).
@@ -65,7 +65,7 @@ MP_CONTEXT_USERS = (
 # How long an engine core whose worker died has to shut down before it is killed.
 ORPHAN_GRACE_SECONDS = 5.0
 
-# True in a process the fork server started (an engine core) and in what it forks.
+# True in a process the fork server started (an engine core).
 _forked_from_server = False
 
 
@@ -83,7 +83,7 @@ class WorkerEnvironmentProcess(multiprocessing.context.ForkServerProcess):
         _forked_from_server = True
         os.environ.clear()
         os.environ.update(self._parent_environment)
-        if "vllm" in sys.modules:  # the server imported it: vLLM's children fork from here
+        if "vllm" in sys.modules:  # the server imported it: an engine core is starting
             install()
         exit_with_parent()
         super().run()
@@ -99,7 +99,7 @@ FORK_SERVER = WorkerEnvironmentContext()
 
 
 def start_fork_server() -> None:
-    """Start the fork server now (its imports run in it, in parallel with the worker's);
+    """Start the fork server now (its imports run in it, in parallel with the worker);
     the first engine start waits for them if they are not done."""
     multiprocessing.forkserver.set_forkserver_preload(list(PRELOAD))
     multiprocessing.forkserver.ensure_running()
@@ -107,8 +107,9 @@ def start_fork_server() -> None:
 
 
 def install() -> None:
-    """Route vLLM's process starts through the fork server (in the worker) or through
-    fork (in what the server started). Idempotent."""
+    """Route the worker's vLLM process starts (engine cores) through the fork server;
+    what the server started (an engine core) starts its model runner vLLM's way.
+    Idempotent."""
     for name in MP_CONTEXT_USERS:
         module = importlib.import_module(name)
         chooser = getattr(module, CONTEXT_CHOOSER)
@@ -118,9 +119,9 @@ def install() -> None:
 
 def _through_fork_server(vllm_choice: Callable[[], Any]) -> Callable[[], Any]:
     def get_mp_context() -> Any:
-        vllm_choice()  # vLLM's own checks and environment set-up still run
+        chosen = vllm_choice()  # vLLM's own checks and environment set-up still run
         if _forked_from_server:
-            return multiprocessing.get_context("fork")
+            return chosen  # the model runner: a fresh interpreter (see the module's doc)
         return FORK_SERVER
 
     get_mp_context.helios_fork_server = True  # type: ignore[attr-defined]
