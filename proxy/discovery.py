@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from runtime.errors import UnavailableError
-from runtime.tasks import cancel_and_wait
+from runtime.tasks import BackgroundTask
 
 if TYPE_CHECKING:
     from proxy.k8s import MembershipChange, WorkerEndpoint
@@ -75,17 +75,15 @@ class KubernetesDiscovery:
         self._watcher = watcher
         self._members: dict[str, WorkerEndpoint] = {}
         self._pools: dict[str, set[str]] = {m: set(d) for m, d in (pools or {}).items()}
-        self._task: asyncio.Task[None] | None = None
+        self._follower = BackgroundTask(self._follow, "kubernetes discovery")
         self.sync_timeout_s = sync_timeout_s
         self.retry_s = retry_s
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._follow(), name="kubernetes discovery")
+        self._follower.start()
 
     async def close(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self._follower.stop()
 
     async def _follow(self) -> None:
         while True:

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from proxy import metrics
 from runtime.errors import ErrorCode, HeliosError
-from runtime.tasks import cancel_and_wait
+from runtime.tasks import BackgroundTask
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class UsageReporter:
         self.max_pending_models = max_pending_models
         self.pending: dict[str, tuple[int, int]] = {}
         self.sent_requests = 0
-        self._task: asyncio.Task[None] | None = None
+        self._reports = BackgroundTask(self._loop, "usage reporter")
         self._wake = asyncio.Event()
 
     def record(self, model: str, tokens: int, requests: int = 1) -> None:
@@ -159,12 +159,10 @@ class UsageReporter:
                 await self.flush()
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="usage reporter")
+        self._reports.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self._reports.stop()
         if self.pending:
             with contextlib.suppress(HeliosError, TimeoutError):
                 await asyncio.wait_for(self.flush(), timeout=2.0)

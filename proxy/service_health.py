@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from proxy.dependencies import UP, DependencyMonitor, Fleet
-from runtime.tasks import cancel_and_wait
+from runtime.tasks import BackgroundTask
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +61,12 @@ class ServiceHealthMirror:
         self._pool = pool
         self._monitor = monitor
         self._health: health_aio.HealthServicer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._mirror = BackgroundTask(self._run, "service health mirror")
 
     def attach(self, health: health_aio.HealthServicer) -> None:
         """Start mirroring onto ``health`` (called from the proxy's register)."""
         self._health = health
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="service health mirror")
+        self._mirror.start()
 
     async def _run(self) -> None:
         reported: dict[str, int] = {}
@@ -82,5 +81,4 @@ class ServiceHealthMirror:
             await asyncio.sleep(REFRESH_INTERVAL_S)
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        await cancel_and_wait(task)
+        await self._mirror.stop()

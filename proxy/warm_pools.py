@@ -33,7 +33,7 @@ from proxy.cold_start import ColdStarts
 from proxy.fleet import WorkerView
 from proxy.placement import NoFit, best_fit
 from runtime.errors import HeliosError, InvalidArgumentError, NotFoundError, UnavailableError
-from runtime.tasks import cancel_and_wait
+from runtime.tasks import BackgroundTask
 
 logger = logging.getLogger(__name__)
 
@@ -69,16 +69,14 @@ class WarmPools:
         self.prefetch = prefetch  # hints asked for per pass; 0: no prefetching
         self.interval_s = interval_s
         self._lock = asyncio.Lock()  # one pass / admin change at a time
-        self._task: asyncio.Task[None] | None = None
+        self._passes = BackgroundTask(self._loop, "warm pools")
 
     def start(self) -> None:
         """Run a pass every ``interval_s`` (inside the running loop)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="warm pools")
+        self._passes.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self._passes.stop()
 
     async def _loop(self) -> None:
         while True:

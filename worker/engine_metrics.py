@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
+from runtime.tasks import BackgroundTask
 from worker.engine.base import EngineStats
 from worker.models import ModelLifecycle, ModelManager
 
@@ -150,11 +151,11 @@ class EngineMetricsRefresher:
     def __init__(self, models: ModelManager, period: float = REFRESH_SECONDS) -> None:
         self.metrics = EngineMetrics(models)
         self._period = period
-        self._task: asyncio.Task[None] | None = None
+        self._refreshes = BackgroundTask(self._run, "engine-metrics")
 
     def start(self) -> EngineMetricsRefresher:
         self.metrics.refresh()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="engine-metrics")
+        self._refreshes.start()
         return self
 
     async def _run(self) -> None:
@@ -168,9 +169,4 @@ class EngineMetricsRefresher:
                 logger.exception("engine metrics refresh failed")
 
     async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        await self._refreshes.stop()
