@@ -100,16 +100,22 @@ def preimport_vllm_engine(fork_server: bool = True) -> None:
     first load otherwise: a cold start or `helios up`'s ready time). With ``fork_server``
     on vLLM's CPU platform, vLLM's engine processes then start from a fork server with
     these imports done (worker/engine/vllm_processes.py) instead of importing them again
-    each time (the engine core; its model runner is spawned as vLLM does)."""
+    each time (the engine core; its model runner is spawned as vLLM does). The CPU build
+    is known before vLLM is imported: the server's imports then run beside these."""
+    from worker.engine import vllm_processes
+
+    started = fork_server and vllm_processes.cpu_build_installed()
+    if started:
+        vllm_processes.start_fork_server()
     from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: F401
     from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
 
     import worker.engine.vllm_engine
     import worker.engine.vllm_pooling  # noqa: F401
-    from worker.engine import vllm_processes
 
     if fork_server and vllm_processes.vllm_runs_on_cpu():
-        vllm_processes.start_fork_server()
+        if not started:  # a CPU platform of another build (from source, say)
+            vllm_processes.start_fork_server()
         vllm_processes.install()
 
 

