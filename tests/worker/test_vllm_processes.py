@@ -1,8 +1,8 @@
 """vLLM's engine processes through the worker's fork server (worker/engine/vllm_processes.py):
 children run with the environment the worker had when it started them, die with the
-worker, and vLLM's engine core is started through the server while the engine core
-starts its model runner vLLM's way. The real engine through it: test_worker_vllm.py
-(its worker runs with the default --vllm-processes forkserver)."""
+worker, and vLLM's process starts in the worker are routed through the server. The real
+engine through it (the engine core from the server, its model runner started vLLM's way):
+test_worker_vllm.py, whose worker runs with the default --vllm-processes forkserver."""
 
 from __future__ import annotations
 
@@ -72,23 +72,11 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-def test_the_chooser_routes_the_engine_core_through_the_server_only(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_chooser_routes_through_the_server_after_vllms_checks() -> None:
     calls: list[str] = []
-    spawn = multiprocessing.get_context("spawn")
-
-    def vllm_choice() -> multiprocessing.context.SpawnContext:
-        calls.append("vllm")
-        return spawn
-
-    chooser = vllm_processes._through_fork_server(vllm_choice)
-    assert chooser() is vllm_processes.FORK_SERVER  # the worker: through the server
-    monkeypatch.setattr(vllm_processes, "_forked_from_server", True)
-    # An engine core starts its model runner vLLM's way: a fresh interpreter, which
-    # loads OpenMP with the variables vLLM sets for it.
-    assert chooser() is spawn
-    assert calls == ["vllm", "vllm"]  # vLLM's own checks ran each time
+    chooser = vllm_processes._through_fork_server(lambda: calls.append("vllm"))
+    assert chooser() is vllm_processes.FORK_SERVER
+    assert calls == ["vllm"]  # vLLM's own checks and environment set-up ran
 
 
 @pytest.mark.skipif(vllm_available() is not None, reason="vLLM is not importable")

