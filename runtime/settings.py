@@ -275,60 +275,33 @@ def _check_bounds(name: str, value: float, spec: Setting) -> None:
         raise ConfigError(name, "must be a number, got nan")
 
 
+def _server_flag(default: Any, help: str) -> Any:
+    """A field of :class:`ServerFlags`: in the shared server group, its help naming its
+    environment variables and default."""
+    return setting(default, help=help, group=SERVER_GROUP, show_env=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerFlags:
     """The flags every server shares, as the binder declares them: parsed into
     :class:`runtime.config.ServerSettings` by :func:`runtime.config.settings_from_args`
     (which validates them), so never instantiated."""
 
-    host: str = setting(
-        "127.0.0.1", help="address to bind the gRPC server to", group=SERVER_GROUP, show_env=True
+    host: str = _server_flag("127.0.0.1", "address to bind the gRPC server to")
+    port: int = _server_flag(0, "gRPC port; 0 picks a free one")
+    metrics_port: int = _server_flag(0, "Prometheus /metrics port; 0 picks a free one, -1 disables")
+    log_level: str = _server_flag("INFO", f"one of {', '.join(LOG_LEVELS)}")
+    log_format: str = _server_flag("json", f"one of {', '.join(LOG_FORMATS)}")
+    event_loop: str = _server_flag("uvloop", f"one of {', '.join(EVENT_LOOPS)}")
+    drain_seconds: float = _server_flag(10.0, "on SIGTERM, how long in-flight RPCs get to finish")
+    ready_file: Path | None = _server_flag(
+        None, "write {service, grpc_port, metrics_port, pid} JSON here once serving"
     )
-    port: int = setting(0, help="gRPC port; 0 picks a free one", group=SERVER_GROUP, show_env=True)
-    metrics_port: int = setting(
-        0,
-        help="Prometheus /metrics port; 0 picks a free one, -1 disables",
-        group=SERVER_GROUP,
-        show_env=True,
-    )
-    log_level: str = setting(
-        "INFO", help=f"one of {', '.join(LOG_LEVELS)}", group=SERVER_GROUP, show_env=True
-    )
-    log_format: str = setting(
-        "json", help=f"one of {', '.join(LOG_FORMATS)}", group=SERVER_GROUP, show_env=True
-    )
-    event_loop: str = setting(
-        "uvloop", help=f"one of {', '.join(EVENT_LOOPS)}", group=SERVER_GROUP, show_env=True
-    )
-    drain_seconds: float = setting(
-        10.0,
-        help="on SIGTERM, how long in-flight RPCs get to finish",
-        group=SERVER_GROUP,
-        show_env=True,
-    )
-    ready_file: Path | None = setting(
-        None,
-        help="write {service, grpc_port, metrics_port, pid} JSON here once serving",
-        group=SERVER_GROUP,
-        show_env=True,
-    )
-    otlp_endpoint: str | None = setting(
-        None, help="OTLP/gRPC collector for traces", group=SERVER_GROUP, show_env=True
-    )
+    otlp_endpoint: str | None = _server_flag(None, "OTLP/gRPC collector for traces")
     # Mutual TLS: all three or none. The same certificate serves and, on outgoing
     # channels, identifies this service as a client (see runtime/tls.py).
-    tls_cert: Path | None = setting(
-        None,
-        help="PEM certificate chain; enables mutual TLS",
-        group=SERVER_GROUP,
-        show_env=True,
-    )
-    tls_key: Path | None = setting(
-        None, help="PEM private key of --tls-cert", group=SERVER_GROUP, show_env=True
-    )
-    tls_ca: Path | None = setting(
-        None,
-        help="PEM CA that clients' and peers' certificates chain to",
-        group=SERVER_GROUP,
-        show_env=True,
+    tls_cert: Path | None = _server_flag(None, "PEM certificate chain; enables mutual TLS")
+    tls_key: Path | None = _server_flag(None, "PEM private key of --tls-cert")
+    tls_ca: Path | None = _server_flag(
+        None, "PEM CA that clients' and peers' certificates chain to"
     )
