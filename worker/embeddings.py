@@ -9,13 +9,11 @@ embeddings refuses it itself (INVALID_ARGUMENT, see EngineClient.embed).
 
 from __future__ import annotations
 
-import asyncio
-
 from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
-from runtime.errors import HeliosError
 from worker.engine.base import EmbeddingRequest, FinishReason
 from worker.metrics import ModelUsage
-from worker.models import ModelManager, raise_engine_failure
+from worker.models import ModelManager
+from worker.request_usage import RequestEnding, counted_request
 
 
 async def embed_on_engine(
@@ -27,9 +25,8 @@ async def embed_on_engine(
     deadline_s: float | None,
 ) -> EmbeddingResult:
     """``job``'s vectors from the engine of ``job.model`` here."""
-    usage.arrived()
-    ending = "error"
-    try:
+    ending = RequestEnding()
+    with counted_request(usage, job.model, ending):
         async with models.serve(
             job.model, job.request_id, authorization=authorization, deadline_s=deadline_s
         ) as engine:
@@ -37,12 +34,5 @@ async def embed_on_engine(
                 EmbeddingRequest(job.request_id, job.inputs, job.dimensions)
             )
         usage.finished(output.prompt_tokens, 0, None)
-        ending = FinishReason.STOP
-        return EmbeddingResult(output.vectors, output.prompt_tokens)
-    except asyncio.CancelledError:
-        ending = FinishReason.ABORT
-        raise
-    except HeliosError as error:
-        raise_engine_failure(error, job.model)
-    finally:
-        usage.ended(ending)
+        ending.reason = FinishReason.STOP
+    return EmbeddingResult(output.vectors, output.prompt_tokens)

@@ -19,7 +19,6 @@ Decode here) and answers UNAVAILABLE for one without; a prefill-role worker serv
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -30,7 +29,7 @@ from openai_compat.backend import CallInfo, GenerationStep, ModelEntry, collect
 from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
 from openai_compat.params import Job
 from openai_compat.tools import TurnTools
-from runtime.errors import HeliosError, UnavailableError
+from runtime.errors import UnavailableError
 from runtime.streams import coalesce
 from worker.adapters import Target, with_adapter
 from worker.embeddings import embed_on_engine
@@ -45,7 +44,8 @@ from worker.engine.base import (
 from worker.generation_spans import GenerationSpans
 from worker.key_usage import KeyUsageLedger
 from worker.metrics import UsageLedger
-from worker.models import ModelLifecycle, ModelManager, raise_engine_failure
+from worker.models import ModelLifecycle, ModelManager
+from worker.request_usage import RequestEnding, counted_request
 
 logger = logging.getLogger(__name__)
 
@@ -199,51 +199,44 @@ class EngineBackend:
             )
         usage = self._usage.of(target.model)
         arrived = time.monotonic()
-        usage.arrived()
         spans = GenerationSpans.for_job(job, streaming=streaming)
         first_token_at: float | None = None
-        ending = "error"
         tokens = 0  # the prompt and completion tokens so far, charged to the key at the end
+        ending = RequestEnding()
         try:
-            steps = (
-                self._engine_chunks(job, call, target, streaming=streaming, spans=spans)
-                if split is None
-                else self._split_steps(job, call, split)
-            )
-            async with aclosing(steps) as chunks:
-                async for chunk in chunks:
-                    spans.chunk(chunk)
-                    tokens = chunk.prompt_tokens + chunk.completion_tokens
-                    if first_token_at is None and chunk.completion_tokens:
-                        first_token_at = time.monotonic()
-                        usage.first_token(first_token_at - arrived)
-                    if chunk.finish_reason is not None:
+            # The client left: aclosing below closes the engine's stream, which stops the
+            # request there, and counted_request ends it as aborted.
+            with counted_request(usage, job.model, ending):
+                steps = (
+                    self._engine_chunks(job, call, target, streaming=streaming, spans=spans)
+                    if split is None
+                    else self._split_steps(job, call, split)
+                )
+                async with aclosing(steps) as chunks:
+                    async for chunk in chunks:
+                        spans.chunk(chunk)
+                        tokens = chunk.prompt_tokens + chunk.completion_tokens
+                        if first_token_at is None and chunk.completion_tokens:
+                            first_token_at = time.monotonic()
+                            usage.first_token(first_token_at - arrived)
                         if chunk.finish_reason is FinishReason.ABORT:
-                            ending = FinishReason.ABORT
+                            ending.reason = FinishReason.ABORT
                             raise UnavailableError(
                                 f"model {job.model}: the generation was aborted on this"
                                 " worker (the model is being unloaded)"
                             )
-                        ending = chunk.finish_reason
-                        usage.finished(
-                            chunk.prompt_tokens,
-                            chunk.completion_tokens,
-                            None if first_token_at is None else time.monotonic() - first_token_at,
-                            time.monotonic() - arrived,
-                        )
-                    yield chunk
-        except (asyncio.CancelledError, GeneratorExit):
-            # The client left: aclosing above has closed the engine's stream, which
-            # stops the request there. A client that hangs up right after the last
-            # chunk still got a finished request.
-            if ending == "error":
-                ending = FinishReason.ABORT
-            raise
-        except HeliosError as error:
-            raise_engine_failure(error, job.model)
+                        if chunk.finish_reason is not None:
+                            ending.reason = chunk.finish_reason
+                            now = time.monotonic()
+                            usage.finished(
+                                chunk.prompt_tokens,
+                                chunk.completion_tokens,
+                                None if first_token_at is None else now - first_token_at,
+                                now - arrived,
+                            )
+                        yield chunk
         finally:
-            spans.end(ending)
-            usage.ended(ending)
+            spans.end(ending.reason)
             # Whatever the ending: an aborted generation used its tokens too.
             self.key_usage.charge(call.header(AUTHORIZATION_HEADER), tokens)
 

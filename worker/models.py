@@ -14,10 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 from runtime.errors import (
-    ErrorCode,
     FailedPreconditionError,
     HeliosError,
     InvalidArgumentError,
@@ -97,15 +95,6 @@ class _Slot:
 
     def __post_init__(self) -> None:
         self.idle.set()
-
-
-def raise_engine_failure(error: HeliosError, model: str) -> NoReturn:
-    """Raise ``error`` from serving ``model`` here, an engine's failure (INTERNAL) as
-    UNAVAILABLE: the engine failed, not the request, so it is retryable elsewhere, as
-    when the proxy relayed it."""
-    if error.code is ErrorCode.INTERNAL:
-        raise UnavailableError(f"model {model}: {error.message}") from error
-    raise error
 
 
 def _holds_memory(slot: _Slot) -> bool:
