@@ -8,12 +8,7 @@ from pathlib import Path
 
 from estimator.models import DEFAULT_RESOLVE_TTL_SECONDS
 from estimator.service import DEFAULT_TTL_SECONDS
-from runtime.settings import Settings, setting
-
-
-def _a_directory(root: Path) -> None:
-    if not root.expanduser().is_dir():
-        raise ValueError(f"{root} is not a directory")
+from runtime.settings import Settings, must_be_directory, setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +33,7 @@ class EstimatorSettings(Settings):
         (),
         env="model_roots",
         metavar="DIR",
-        check=_a_directory,
+        check=must_be_directory,
         help="a directory whose HF-layout model directories may be named as model ids"
         " (repeatable; env HELIOS_ESTIMATOR_MODEL_ROOTS, comma-separated); nothing"
         " outside these roots is read",

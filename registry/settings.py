@@ -14,7 +14,7 @@ from registry.blobs import DEFAULT_CHUNK_SIZE
 from registry.cloud import DEFAULT_PART_SIZE
 from registry.upload import DEFAULT_MAX_UPLOAD_BYTES
 from runtime.config import helios_home
-from runtime.settings import Settings, setting
+from runtime.settings import Settings, must_be_directory, setting
 
 BACKENDS = ("local", "s3", "azure")
 S3 = "s3 blob backend"  # argument groups in --help
@@ -35,11 +35,6 @@ def parse_size(text: str) -> int:
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a byte size: {text!r}") from None
-
-
-def _a_directory(root: Path) -> None:
-    if not root.expanduser().is_dir():
-        raise ValueError(f"{root} is not a directory")
 
 
 def _hf_endpoint() -> str:
@@ -102,7 +97,7 @@ class RegistrySettings(Settings):
         env="import_roots",
         separator=os.pathsep,
         metavar="DIR",
-        check=_a_directory,
+        check=must_be_directory,
         help="a directory ImportModel may import from, with everything below it (repeatable;"
         f" env HELIOS_REGISTRY_IMPORT_ROOTS, {os.pathsep!r}-separated). Default: none, no"
         " server directory is importable over the network (clients use UploadModel)",

@@ -47,6 +47,7 @@ __all__ = [
     "Settings",
     "add_arguments",
     "from_namespace",
+    "must_be_directory",
     "parse_settings",
     "setting",
 ]
@@ -95,6 +96,13 @@ def setting(
     if isinstance(default, list):
         raise TypeError("a repeatable setting's default is a tuple")
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def must_be_directory(root: Path) -> None:
+    """A ``check`` for a path setting that names a directory which must exist (a model
+    root, an import root): ValueError, which names the path, otherwise."""
+    if not root.expanduser().is_dir():
+        raise ValueError(f"{root} is not a directory")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from runtime.config import ConfigError
 from runtime.paths import PathRoots
-from runtime.settings import Settings, setting
+from runtime.settings import Settings, must_be_directory, setting
 from worker.admission import QueueLimits
 from worker.compile_mode import COMPILE_CHOICES, resolve_compile_mode
 from worker.engine.vllm_engine import VllmConfig
@@ -29,11 +29,6 @@ def parse_model_spec(spec: str) -> tuple[str, Path]:
     if not sep or not name or not path:
         raise ConfigError("model", f"expected NAME=PATH, got {spec!r}")
     return name, Path(path)
-
-
-def _a_directory(root: Path) -> None:
-    if not root.expanduser().is_dir():
-        raise ValueError(f"{root} is not a directory")
 
 
 def _default_worker_id() -> str:
@@ -57,7 +52,7 @@ class WorkerSettings(Settings):
         env="model_roots",
         separator=os.pathsep,
         metavar="DIR",
-        check=_a_directory,
+        check=must_be_directory,
         help="a directory LoadModel's local_path may point into (repeatable; env"
         f" HELIOS_WORKER_MODEL_ROOTS, {os.pathsep!r}-separated). Default: none besides the"
         " --model directories; any other local_path is PERMISSION_DENIED",
