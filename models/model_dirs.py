@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -12,6 +13,18 @@ from pathlib import Path
 
 # Written last into a built directory: its presence (with the right stamp) means complete.
 COMPLETE_MARKER = ".helios-complete"
+
+
+def installed_package_file(package: str, name: str) -> Path | None:
+    """The file ``name`` inside the installed package ``package`` (the source a default
+    model is built from), found without importing the package; None when either is
+    missing."""
+    spec = importlib.util.find_spec(package)
+    for location in list(spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / name
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 @dataclass(frozen=True)

