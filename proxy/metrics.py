@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from runtime.metrics import ChildrenByLabel
-
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+from runtime.metrics import REQUEST_LATENCY_BUCKETS, TOKEN_INTERVAL_BUCKETS, ChildrenByLabel
 
 TIME_TO_FIRST_TOKEN = Histogram(
     "helios_proxy_time_to_first_token_seconds",
     "Time from a request's arrival at the proxy to its first generated text.",
     ["model"],
-    buckets=_LATENCY_BUCKETS,
+    buckets=REQUEST_LATENCY_BUCKETS,
 )
 TIME_PER_OUTPUT_TOKEN = Histogram(
     "helios_proxy_time_per_output_token_seconds",
     "Mean time between output tokens after the first, per request.",
     ["model"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+    buckets=TOKEN_INTERVAL_BUCKETS,
 )
 GENERATED_TOKENS = Counter(
     "helios_proxy_generated_tokens_total", "Completion tokens relayed to clients.", ["model"]
@@ -36,7 +34,7 @@ QUEUE_TIME = Histogram(
     "Time from a request's arrival at the proxy to its dispatch to a worker (includes"
     " waiting for a cold load).",
     ["model"],
-    buckets=_LATENCY_BUCKETS,
+    buckets=REQUEST_LATENCY_BUCKETS,
 )
 COLD_STARTS = Counter(
     "helios_proxy_cold_starts_total",
@@ -127,20 +125,20 @@ PREFILL_SECONDS = Histogram(
     "helios_proxy_prefill_seconds",
     "Duration of a disaggregated request's Prefill call (prompt KV cache and first token).",
     ["model"],
-    buckets=_LATENCY_BUCKETS,
+    buckets=REQUEST_LATENCY_BUCKETS,
 )
 KV_HANDOFF_SECONDS = Histogram(
     "helios_proxy_kv_handoff_seconds",
     "From a Decode call to its first step: the KV-cache transfer from the prefill worker"
     " plus one decode step.",
     ["model"],
-    buckets=_LATENCY_BUCKETS,
+    buckets=REQUEST_LATENCY_BUCKETS,
 )
 DECODE_SECONDS = Histogram(
     "helios_proxy_decode_seconds",
     "Duration of a disaggregated request's Decode stream, from the call to its last step.",
     ["model"],
-    buckets=_LATENCY_BUCKETS,
+    buckets=REQUEST_LATENCY_BUCKETS,
 )
 DECODE_RETRIES = Counter(
     "helios_proxy_decode_retries_total",

@@ -25,12 +25,19 @@ __all__ = [
     "GRPC_HANDLING_SECONDS",
     "GRPC_IN_FLIGHT",
     "GRPC_STARTED",
+    "REQUEST_LATENCY_BUCKETS",
+    "TOKEN_INTERVAL_BUCKETS",
     "MetricsServer",
     "RpcObservation",
     "final_code",
     "serve_metrics",
     "start_metrics_server",
 ]
+
+# The buckets of request histograms, shared by the proxy and the worker so that a figure
+# both measure (time to first token, time per output token) compares bucket for bucket.
+REQUEST_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+TOKEN_INTERVAL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
 GRPC_STARTED = Counter(
     "helios_grpc_server_started_total",

@@ -13,21 +13,19 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from runtime.metrics import ChildrenByLabel
-
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+from runtime.metrics import REQUEST_LATENCY_BUCKETS, TOKEN_INTERVAL_BUCKETS, ChildrenByLabel
 
 TIME_TO_FIRST_TOKEN = Histogram(
     "helios_worker_time_to_first_token_seconds",
     "Time from a request's arrival at the worker's InferenceService to its first generated token.",
     ["model"],
-    buckets=_LATENCY_BUCKETS,
+    buckets=REQUEST_LATENCY_BUCKETS,
 )
 TIME_PER_OUTPUT_TOKEN = Histogram(
     "helios_worker_time_per_output_token_seconds",
     "Mean time between output tokens after the first, per request.",
     ["model"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+    buckets=TOKEN_INTERVAL_BUCKETS,
 )
 GENERATED_TOKENS = Counter(
     "helios_worker_generated_tokens_total",
