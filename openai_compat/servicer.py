@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -38,6 +38,9 @@ from runtime.errors import HeliosError, NotFoundError
 from runtime.limits import MAX_ID_BYTES
 
 logger = logging.getLogger(__name__)
+
+_Answer = TypeVar("_Answer", pb.CreateChatCompletionResponse, pb.CreateCompletionResponse)
+_Chunk = TypeVar("_Chunk", pb.StreamChatCompletionResponse, pb.StreamCompletionResponse)
 
 
 def _head(asked: Request, kind: str) -> dict[str, Any]:
@@ -70,17 +73,36 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
         context: grpc.aio.ServicerContext,
         kind: str,
         choice: Callable[[Job, GenerationStep, Sequence[TokenLogprob] | None], Message],
-    ) -> dict[str, Any]:
-        """A whole answer's fields, chat's or completions': every job's ``choice`` (its
-        logprobs only if asked for) and the usage."""
+        response: Callable[..., _Answer],
+    ) -> _Answer:
+        """A whole answer, chat's or completions': every job's ``choice`` (its logprobs
+        only if asked for) and the usage."""
         results = await complete_all(self.backend, asked, call_info(context))
-        return _head(asked, kind) | {
-            "choices": [
+        return response(
+            **_head(asked, kind),
+            choices=[
                 choice(job, result, result.logprobs if asked.logprobs else None)
                 for job, result in zip(asked.jobs, results, strict=True)
             ],
-            "usage": usage_to_pb(usage_of(asked.jobs, results)),
-        }
+            usage=usage_to_pb(usage_of(asked.jobs, results)),
+        )
+
+    async def _chunks(
+        self,
+        asked: Request,
+        context: grpc.aio.ServicerContext,
+        kind: str,
+        choice: Callable[[int, GenerationStep], Message],
+        response: Callable[..., _Chunk],
+    ) -> AsyncIterator[_Chunk]:
+        """A streamed answer, chat's or completions': one chunk per step with the step's
+        ``choice``, then the usage or the failure (see :meth:`_relay`)."""
+        head = _head(asked, kind)
+        async for item in self._relay(asked, context):
+            if isinstance(item, tuple):
+                yield response(**head, choices=[choice(*item)])
+            else:
+                yield response(**head, **_ending(item))
 
     async def CreateChatCompletion(
         self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
@@ -92,30 +114,27 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
             return chat_choice_with_tools(job, whole)
 
         asked = chat_request_from_pb(request.params)
-        fields = await self._answer(asked, context, "chat.completion", choice)
-        return pb.CreateChatCompletionResponse(**fields)
+        return await self._answer(
+            asked, context, "chat.completion", choice, pb.CreateChatCompletionResponse
+        )
 
-    async def StreamChatCompletion(
+    def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
         asked = chat_request_from_pb(request.params)
-        head = _head(asked, "chat.completion.chunk")
         started: set[int] = set()
         tool_deltas = ChatToolDeltas(asked)
-        async for item in self._relay(asked, context):
-            if not isinstance(item, tuple):
-                yield pb.StreamChatCompletionResponse(**head, **_ending(item))
-                continue
-            index, step = item
-            choice = chat_chunk_choice(
-                index,
-                step.text,
-                step.finish_reason,
-                step.logprobs if asked.logprobs else None,
-                first=index not in started,
-            )
+
+        def choice(index: int, step: GenerationStep) -> pb.ChatCompletionChunkChoice:
+            first = index not in started
             started.add(index)
-            yield pb.StreamChatCompletionResponse(**head, choices=[tool_deltas.rewrite(choice)])
+            logprobs = step.logprobs if asked.logprobs else None
+            chunk = chat_chunk_choice(index, step.text, step.finish_reason, logprobs, first=first)
+            return tool_deltas.rewrite(chunk)
+
+        return self._chunks(
+            asked, context, "chat.completion.chunk", choice, pb.StreamChatCompletionResponse
+        )
 
     async def CreateCompletion(
         self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
@@ -126,31 +145,24 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
             return completion_choice(job.index, result.text, result.finish_reason, logprobs)
 
         asked = completion_request_from_pb(request.params)
-        fields = await self._answer(asked, context, "text_completion", choice)
-        return pb.CreateCompletionResponse(**fields)
+        return await self._answer(
+            asked, context, "text_completion", choice, pb.CreateCompletionResponse
+        )
 
-    async def StreamCompletion(
+    def StreamCompletion(
         self, request: pb.StreamCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompletionResponse]:
         asked = completion_request_from_pb(request.params)
-        head = _head(asked, "text_completion")
         # Each choice's text so far, in characters: where its next token's text_offset is.
         offsets: dict[int, int] = {}
-        async for item in self._relay(asked, context):
-            if not isinstance(item, tuple):
-                yield pb.StreamCompletionResponse(**head, **_ending(item))
-                continue
-            index, step = item
+
+        def choice(index: int, step: GenerationStep) -> pb.CompletionChoice:
             offset = offsets.get(index, 0)
             offsets[index] = offset + text_length(step.logprobs)
-            choice = completion_choice(
-                index,
-                step.text,
-                step.finish_reason,
-                step.logprobs if asked.logprobs else None,
-                offset,
-            )
-            yield pb.StreamCompletionResponse(**head, choices=[choice])
+            logprobs = step.logprobs if asked.logprobs else None
+            return completion_choice(index, step.text, step.finish_reason, logprobs, offset)
+
+        return self._chunks(asked, context, "text_completion", choice, pb.StreamCompletionResponse)
 
     async def _relay(
         self, asked: Request, context: grpc.aio.ServicerContext
