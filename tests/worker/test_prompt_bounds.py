@@ -5,6 +5,7 @@ another client's stream for 32 s while the worker's memory grew by 6 GB."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from runtime.errors import InvalidArgumentError
 from worker.engine.base import ChatMessage, GenerationRequest, SamplingParams
 from worker.engine.prompt_bounds import (
     ALWAYS_TOKENIZED_BYTES,
+    PromptLimits,
     check_prompt_fits,
     longest_token_bytes,
 )
@@ -57,6 +59,25 @@ def test_bound_from_bytes_alone() -> None:
     with pytest.raises(InvalidArgumentError) as err:
         check_prompt_fits(chat, context_len=100, token_bytes=500, model_name="m")
     assert err.value.message.startswith("messages has 100000 bytes")
+
+
+async def test_short_prompts_tokenize_on_the_loop_long_ones_on_a_thread() -> None:
+    limits = PromptLimits("m", context_len=10_000, token_bytes=4, inline_bytes=100)
+    threads: list[int] = []
+
+    def tokenize(request: GenerationRequest) -> list[int]:
+        threads.append(threading.get_ident())
+        return [1] * len(request.prompt or "")
+
+    loop_thread = threading.get_ident()
+    assert await limits.prompt_ids(_prompt("a" * 100), tokenize) == [1] * 100
+    assert await limits.prompt_ids(_prompt("é" * 51), tokenize) == [1] * 51  # 102 bytes
+    assert threads[0] == loop_thread
+    assert threads[1] != loop_thread
+    # The default limits never tokenize on the loop; the token count is checked either way.
+    with pytest.raises(InvalidArgumentError, match="exceed the context length"):
+        await PromptLimits("m", 50, 4).prompt_ids(_prompt("a" * 49, max_tokens=2), tokenize)
+    assert threads[2] != loop_thread
 
 
 def test_longest_token_of_the_tiny_model(tiny_model_dir: Path) -> None:

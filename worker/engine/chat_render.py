@@ -95,8 +95,9 @@ def prompt_token_ids(
     """The token ids of ``request``'s prompt: the chat template applied to its messages,
     its text tokenised with the tokenizer's own special tokens (bos if it adds one), or
     its ids as given. Blocking (tokenizing costs in proportion to the text): engines call
-    it off the event loop. The request's mistakes are InvalidArgumentError, ids outside
-    the ``vocab_size`` the model can read included."""
+    it off the event loop, short texts aside (prompt_bounds.PromptLimits). The request's
+    mistakes are InvalidArgumentError, ids outside the ``vocab_size`` the model can read
+    included."""
     inputs = (request.prompt, request.messages, request.prompt_token_ids)
     if sum(i is not None for i in inputs) != 1:
         raise InvalidArgumentError(

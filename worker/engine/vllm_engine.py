@@ -59,7 +59,7 @@ from worker.engine.base import (
 from worker.engine.chat_render import prompt_token_ids
 from worker.engine.loading import load_in_thread, require_model_dir
 from worker.engine.outputs import OutputCounters, RequestOutput, finish_reason
-from worker.engine.prompt_bounds import PromptLimits
+from worker.engine.prompt_bounds import INLINE_TOKENIZE_BYTES, PromptLimits
 from worker.engine.vllm_config import COMPILE_MODES, KV_ROLES, VllmConfig, base_engine_kwargs
 from worker.engine.vllm_lora import LoraRequests, VllmLora
 from worker.engine.vllm_phases import engine_phases
@@ -170,7 +170,11 @@ class VllmEngine(AsyncLlmEngine):
         self._tokenizer: PreTrainedTokenizerBase | None = tokenizer
         self._model_name = model_name
         self.max_model_len = max_model_len
-        self._limits = PromptLimits.of(tokenizer, model_name, max_model_len)
+        # vLLM's engine runs in its own process: tokenizing short prompts here takes
+        # nothing from it, and spares them the thread hop.
+        self._limits = PromptLimits.of(
+            tokenizer, model_name, max_model_len, inline_bytes=INLINE_TOKENIZE_BYTES
+        )
         # The model's vocabulary (may exceed the tokenizer's: padded embeddings).
         self._vocab_size = int(llm.model_config.get_vocab_size())
         self._stats = VllmStats()
