@@ -154,6 +154,9 @@ def _role(proc: psutil.Process) -> str:
         return "gone"
     if "EngineCore" in name or "EngineCore" in cmdline:
         return "engine core"
+    # The engine core's model runner (vLLM names it with setproctitle): the engine too.
+    if name.startswith("VLLM::Worker") or cmdline.startswith("VLLM::Worker"):
+        return "model runner"
     if FORK_SERVER in cmdline:  # the worker's fork server, or an engine core it forked
         try:
             parent = proc.parent()
@@ -450,17 +453,21 @@ def print_table(max_tokens: int, bare: list[LevelResult], helios: list[LevelResu
         print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
+# Roles outside the serving path: the engine's processes and the load generator.
+_NOT_SERVING = ("engine core", "model runner", "client")
+
+
 def print_cpu_table(results: dict[str, list[LevelResult]]) -> None:
     """CPU ms per output token by process role (engine core vs the serving path)."""
     roles = sorted({r for levels in results.values() for x in levels for r in (x.cpu_s or {})})
     roles = [r for r in roles if r not in ("gone", "other")] + ["other"]
-    header = ("stack", "conc", *roles, "serving path (excl. engine, client)")
+    header = ("stack", "conc", *roles, "serving path (excl. engine, runner, client)")
     rows = []
     for stack, levels in results.items():
         for x in levels:
             cpu = x.cpu_s or {}
             per_tok = {r: cpu.get(r, 0.0) * 1000 / max(x.tokens, 1) for r in roles}
-            serving = sum(v for r, v in per_tok.items() if r not in ("engine core", "client"))
+            serving = sum(v for r, v in per_tok.items() if r not in _NOT_SERVING)
             rows.append(
                 (stack, str(x.concurrency), *(f"{per_tok[r]:.3f}" for r in roles), f"{serving:.3f}")
             )
