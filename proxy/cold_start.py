@@ -53,8 +53,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_LOAD_TIMEOUT_S = 300.0
 DEFAULT_DRAIN_S = 30.0
 # Why an unload asks the worker to keep the model asleep (where its engine can sleep):
-# a model that went idle or whose demand fell is expected back, and waking it takes
-# seconds; one unloaded for another model's memory or by an operator is freed.
+# a model that went idle or whose demand fell may come back, and waking it takes seconds;
+# one unloaded for another model's memory or by an operator is freed. With a registry,
+# only a model its usage forecasts back within the hour sleeps (expected_back).
 KEEP_ASLEEP_REASONS = frozenset({"idle_ttl", "scale"})
 
 
@@ -445,11 +446,17 @@ class ColdStarts:
         return True
 
     async def unload(self, address: str, model: str, *, reason: str) -> None:
-        logger.info("unloading model", extra={"model": model, "worker": address, "reason": reason})
+        keep_asleep = reason in KEEP_ASLEEP_REASONS and (
+            self.registry is None or await self.registry.expected_back(model)
+        )
+        logger.info(
+            "unloading model",
+            extra={"model": model, "worker": address, "reason": reason, "asleep": keep_asleep},
+        )
         self.pool.mark_model(address, ModelOnAgent(model, "draining"))
         try:
             await self._connections[address].unload_model(
-                model, self.drain_s, keep_asleep=reason in KEEP_ASLEEP_REASONS
+                model, self.drain_s, keep_asleep=keep_asleep
             )
         except NotFoundError:
             pass  # already gone

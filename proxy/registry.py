@@ -4,6 +4,8 @@
   remembered for when the registry is unreachable) and resolves a requested model id, so
   a request for any registry model can cold-start it (the worker fetches the files
   through storaged: no local path).
+* :meth:`RegistryCatalogue.expected_back` reads the registry's usage forecast: whether a
+  model that goes idle is expected back within the hour (worth keeping asleep).
 * :class:`UsageReporter` batches finished requests (requests and tokens per model) and
   sends them with ``RecordUsage`` from a background task: never on a request's critical
   path; failures are logged and counted, and the batch is kept (bounded) for the next try.
@@ -27,6 +29,20 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_USAGE_INTERVAL_S = 1.0
 DEFAULT_MAX_PENDING_MODELS = 10_000
+# A model whose forecast is at least one request in the coming hour is expected back
+# (the registry's rate is an hour-long moving average: one request adds one per hour).
+EXPECTED_BACK_REQUESTS_PER_HOUR = 1.0
+# How many of the registry's best forecasts are read; a model below them is not expected.
+FORECAST_HINTS = 64
+
+
+@dataclass(frozen=True)
+class PrefetchHint:
+    """One model the registry's usage forecasts demand for."""
+
+    model_id: str
+    size_bytes: int
+    requests_per_hour: float  # the forecast for the coming hour
 
 
 @dataclass(frozen=True)
@@ -50,8 +66,8 @@ class RegistryClient(Protocol):
 
     async def record_usage(self, model_id: str, requests: int, tokens: int) -> None: ...
 
-    async def prefetch_hints(self, limit: int) -> list[tuple[str, int]]:
-        """(model id, size bytes), best first."""
+    async def prefetch_hints(self, limit: int) -> list[PrefetchHint]:
+        """The models with the highest forecast, best first."""
         ...
 
     async def eviction_candidates(self, bytes_needed: int, loaded: Sequence[str]) -> list[str]:
@@ -102,6 +118,22 @@ class RegistryCatalogue:
             return None
         self.models[model] = found
         return found
+
+    async def expected_back(self, model: str) -> bool:
+        """Whether the registry's usage forecasts ``model`` back within the hour. True
+        for a model the registry does not hold or when it cannot be asked: then the
+        caller's own reason decides alone."""
+        if model not in self.models:
+            return True
+        try:
+            hints = await self.client.prefetch_hints(FORECAST_HINTS)
+        except HeliosError as exc:
+            metrics.REGISTRY_CALLS.labels("prefetch", "failed").inc()
+            logger.warning("registry forecast failed", extra={"error": exc.message})
+            return True
+        metrics.REGISTRY_CALLS.labels("prefetch", "ok").inc()
+        rate = next((h.requests_per_hour for h in hints if h.model_id == model), 0.0)
+        return rate >= EXPECTED_BACK_REQUESTS_PER_HOUR
 
 
 class UsageReporter:

@@ -8,7 +8,7 @@ import grpc
 from helios.v1 import registry_pb2 as pb
 from helios.v1 import registry_pb2_grpc
 
-from proxy.registry import RegistryModel
+from proxy.registry import PrefetchHint, RegistryModel
 from runtime.channels import create_channel
 from runtime.errors import HeliosError
 from runtime.grpc_errors import error_from_rpc
@@ -71,14 +71,16 @@ class GrpcRegistryClient:
         except grpc.aio.AioRpcError as error:
             raise _error(error) from error
 
-    async def prefetch_hints(self, limit: int) -> list[tuple[str, int]]:
+    async def prefetch_hints(self, limit: int) -> list[PrefetchHint]:
         try:
             r = await self._stub.GetPrefetchHints(
                 pb.GetPrefetchHintsRequest(limit=limit), timeout=self._deadline_s
             )
         except grpc.aio.AioRpcError as error:
             raise _error(error) from error
-        return [(h.model_id, h.size_bytes) for h in r.hints]
+        return [
+            PrefetchHint(h.model_id, h.size_bytes, h.predicted_requests_per_hour) for h in r.hints
+        ]
 
     async def eviction_candidates(self, bytes_needed: int, loaded: Sequence[str]) -> list[str]:
         try:

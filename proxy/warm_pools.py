@@ -194,7 +194,7 @@ class WarmPools:
             logger.warning("registry prefetch hints failed", extra={"error": exc.message})
             return
         metrics.REGISTRY_CALLS.labels("prefetch", "ok").inc()
-        for model, _ in hints[: self.prefetch]:
+        for model in (hint.model_id for hint in hints[: self.prefetch]):
             if self.pool.holders(model) or self.cold.loading(model):
                 continue
             try:

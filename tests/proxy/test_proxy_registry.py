@@ -128,7 +128,9 @@ async def test_usage_reporter_batches_and_survives_a_dead_registry(env: Env) -> 
     await reporter.flush()
     assert reporter.pending == {} and reporter.sent_requests == 3
     hints = await env.client.prefetch_hints(5)
-    assert [m for m, _ in hints] == ["org/alpha"]
+    assert [h.model_id for h in hints] == ["org/alpha"]
+    # Three requests just now: a forecast of more than one an hour.
+    assert hints[0].size_bytes >= 1_000 and hints[0].requests_per_hour > 1
 
     dead = GrpcRegistryClient("127.0.0.1:1", deadline_s=0.5)
     try:
