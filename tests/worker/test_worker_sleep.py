@@ -18,7 +18,8 @@ from support.fakes import FakeEngine
 from runtime.errors import FailedPreconditionError, ResourceExhaustedError
 from worker.engine.base import EngineClient
 from worker.engine.vllm_config import VllmConfig, base_engine_kwargs
-from worker.engine.vllm_engine import VllmEngine
+from worker.engine.vllm_engine import AsyncLlmEngine, VllmEngine
+from worker.engine.vllm_pooling import VllmEmbeddingEngine
 from worker.models import ModelLifecycle, ModelManager
 from worker.servicer import WorkerServicer
 
@@ -168,8 +169,12 @@ class FakeAsyncLLM:
         self.calls.append(("wake_up", {}))
 
 
-async def test_vllm_sleeps_at_level_one_only_with_sleep_mode() -> None:
-    engine = VllmEngine.__new__(VllmEngine)
+@pytest.mark.parametrize("engine_type", [VllmEngine, VllmEmbeddingEngine])
+async def test_vllm_sleeps_at_level_one_only_with_sleep_mode(
+    engine_type: type[AsyncLlmEngine],
+) -> None:
+    # Both engines on vLLM's AsyncLLM (generating and pooling) sleep the same way.
+    engine = engine_type.__new__(engine_type)
     engine._model_name = "m"
     engine._llm = llm = FakeAsyncLLM()
     with pytest.raises(FailedPreconditionError, match="cannot sleep"):

@@ -115,8 +115,8 @@ def require_vllm() -> None:
 class AsyncLlmEngine(EngineClient):
     """What the worker's two engines on vLLM's AsyncLLM (this module's generating
     VllmEngine, vllm_pooling's VllmEmbeddingEngine) hold and do alike: the AsyncLLM and
-    the model's name, the health check, and handing the AsyncLLM over once to be shut
-    down. Subclasses set ``_llm`` and ``_model_name``."""
+    the model's name, the health check, sleep mode, and handing the AsyncLLM over once to
+    be shut down. Subclasses set ``_llm``, ``_model_name`` and ``supports_sleep``."""
 
     _llm: Any
     _model_name: str
@@ -135,6 +135,19 @@ class AsyncLlmEngine(EngineClient):
             raise EngineDeadError(
                 f"vLLM engine for {self._model_name} is dead: {type(exc).__name__}: {exc}"
             ) from exc
+
+    async def sleep(self) -> None:
+        """vLLM's sleep mode, level 1: weights offloaded to host RAM, KV cache dropped
+        (prefix cache reset by vLLM); the engine process stays up. Only an engine loaded
+        with sleep mode (``supports_sleep``) can."""
+        if not self.supports_sleep:
+            await super().sleep()
+        await self._llm.sleep(level=1)
+
+    async def wake_up(self) -> None:
+        if not self.supports_sleep:
+            await super().wake_up()
+        await self._llm.wake_up()
 
     def _take_llm(self) -> Any | None:
         """The AsyncLLM to shut down, the first time; None once it was shut down."""
@@ -239,18 +252,6 @@ class VllmEngine(AsyncLlmEngine):
             generated_tokens_total=self._counters.generated_tokens,
             aborted_requests_total=self._counters.aborted_requests,
         )
-
-    async def sleep(self) -> None:
-        """vLLM's sleep mode, level 1: weights offloaded to host RAM, KV cache dropped
-        (prefix cache reset by vLLM); the engine process stays up."""
-        if not self.supports_sleep:
-            await super().sleep()
-        await self._llm.sleep(level=1)
-
-    async def wake_up(self) -> None:
-        if not self.supports_sleep:
-            await super().wake_up()
-        await self._llm.wake_up()
 
     def count_tokens(self, request: GenerationRequest) -> int:
         return len(self._prompt_ids(request))

@@ -112,6 +112,7 @@ class VllmEmbeddingEngine(AsyncLlmEngine):
         logger.info("vllm pooling engine started", extra={"model": model_name})
         engine = cls(llm, tokenizer, model_name, pooling, dimensions)
         engine.load_phases = await engine_phases(llm)
+        engine.supports_sleep = config.sleep_mode
         return engine
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingOutput:
