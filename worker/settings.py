@@ -168,6 +168,13 @@ class WorkerSettings(Settings):
         " process that imported vLLM when the worker started: seconds) or spawn (vLLM's"
         " own: a fresh interpreter per process)",
     )
+    serving_cpus: str = setting(
+        "auto",
+        group=ENGINE,
+        choices=("auto", "all"),
+        help="where the worker's own threads run: auto (off the cores vLLM's CPU build binds"
+        " its model runners to, when cores are left) or all",
+    )
     max_loras: int = setting(
         0,
         group=ENGINE,
@@ -224,5 +231,6 @@ def vllm_config(settings: WorkerSettings) -> VllmConfig:
         compile=resolve_compile_mode(settings.compile, has_gpu=has_gpu),
         load_format=settings.load_format,
         sleep_mode=has_gpu,  # vLLM's sleep mode exists on GPUs only
+        keep_off_engine_cpus=settings.serving_cpus == "auto",
         lora=VllmLora(max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank),
     )

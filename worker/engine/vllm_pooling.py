@@ -113,6 +113,8 @@ class VllmEmbeddingEngine(AsyncLlmEngine):
         engine = cls(llm, tokenizer, model_name, pooling, dimensions)
         engine.load_phases = await engine_phases(llm)
         engine.supports_sleep = config.sleep_mode
+        engine._places_threads = config.keep_off_engine_cpus
+        await engine._place_worker_threads()
         return engine
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingOutput:
@@ -188,6 +190,7 @@ class VllmEmbeddingEngine(AsyncLlmEngine):
         llm = self._take_llm()
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
+            await self._place_worker_threads()
 
 
 def _start_sync(model_dir: Path, config: VllmConfig) -> tuple[Any, Any]:

@@ -1,0 +1,95 @@
+"""The worker keeps its threads off the cores vLLM's CPU build binds its model runners to
+(worker/engine/cpu_affinity.py): which cores, found from real processes, and the move of
+every thread of a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from worker.engine.cpu_affinity import RUNNER_TITLE, runner_cpus, serving_cpus
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_serving_cpus_are_the_cores_the_runners_leave() -> None:
+    every = frozenset({0, 1, 2, 3})
+    assert serving_cpus(frozenset({0, 1}), every) == {2, 3}
+    assert serving_cpus(frozenset(), every) == every  # no runner: all cores
+    assert serving_cpus(every, every) == every  # runners everywhere: nothing to keep off
+    assert serving_cpus(frozenset({5}), every) == every - {5}  # a core not ours: ignored
+
+
+@pytest.fixture
+def titled_runner() -> Iterator[psutil.Process]:
+    """A child process named as vLLM names its model runners, bound to one core."""
+    code = (
+        "import ctypes, os, sys, time;"
+        f"ctypes.CDLL(None).prctl(15, {RUNNER_TITLE.encode()!r}, 0, 0, 0);"  # PR_SET_NAME
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+        "sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        yield psutil.Process(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_runner_cores_are_read_from_processes_named_like_vllms_runners(
+    titled_runner: psutil.Process,
+) -> None:
+    first = min(os.sched_getaffinity(0))
+    assert titled_runner.name().startswith(RUNNER_TITLE)
+    assert runner_cpus([titled_runner]) == {first}
+    assert runner_cpus([psutil.Process()]) == frozenset()  # not a runner
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_every_thread_of_the_worker_moves_off_the_runner_cores() -> None:
+    # In a fresh interpreter (the move is process-wide): a thread started before the
+    # runner, one started after the move, and the main thread all end up off its core.
+    script = """
+import json, os, subprocess, sys, threading, time
+from worker.engine.cpu_affinity import RUNNER_TITLE, keep_off_engine_cpus
+early = threading.Event()
+seen = {}
+def park(name):
+    seen[name] = os.sched_getaffinity(0)
+    early.wait()
+    seen[name] = os.sched_getaffinity(0)
+before = threading.Thread(target=park, args=("before",)); before.start()
+code = ("import ctypes, os, time; ctypes.CDLL(None).prctl(15, %r, 0, 0, 0);"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); time.sleep(30)")
+runner = subprocess.Popen([sys.executable, "-c", code % RUNNER_TITLE.encode()])
+import psutil
+child = psutil.Process(runner.pid)
+while not (child.name().startswith(RUNNER_TITLE) and len(child.cpu_affinity()) == 1):
+    time.sleep(0.01)  # until the child is named and bound as a runner
+cores = keep_off_engine_cpus()
+main = os.sched_getaffinity(0)
+after = threading.Thread(target=park, args=("after",)); after.start()
+time.sleep(0.1); early.set(); before.join(); after.join()
+runner.kill(); runner.wait()
+restored = keep_off_engine_cpus()  # no runner left: every core again
+print(json.dumps([sorted(cores), sorted(seen["before"]), sorted(seen["after"]),
+                  sorted(main), sorted(restored)]))
+"""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'gen'}"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    cores, before, after, main, restored = json.loads(out.stdout.strip().splitlines()[-1])
+    every = sorted(os.sched_getaffinity(0))
+    assert (cores, before, after, main) == (every[1:],) * 4, out.stdout
+    assert restored == every
