@@ -108,14 +108,7 @@ async def test_with_a_registry_only_a_model_expected_back_sleeps(
     )
     await cold.unload("w", "org/m", reason="idle_ttl")
     # Memory pressure frees the model without asking for a forecast.
-    pool.record_heartbeat(
-        "w",
-        worker_id="w",
-        healthy=True,
-        models=[ModelOnAgent("org/m", "ready")],
-        memory_total=1000,
-        memory_free=900,
-    )
+    pool.mark_model("w", ModelOnAgent("org/m", "ready"))
     await cold.unload("w", "org/m", reason="pressure")
     assert connection.unloads == [("org/m", keep_asleep), ("org/m", False)]
     assert registry.asked == 1
