@@ -74,10 +74,26 @@ async def test_short_prompts_tokenize_on_the_loop_long_ones_on_a_thread() -> Non
     assert await limits.prompt_ids(_prompt("é" * 51), tokenize) == [1] * 51  # 102 bytes
     assert threads[0] == loop_thread
     assert threads[1] != loop_thread
+    # Short text, but token ids or tools that a client can make as long as it likes: what
+    # tokenizing reads decides, not the text alone.
+    many_ids = GenerationRequest(
+        request_id="r", sampling=SamplingParams(max_tokens=4), prompt_token_ids=(1,) * 26
+    )
+    tools = GenerationRequest(
+        request_id="r",
+        sampling=SamplingParams(max_tokens=4),
+        messages=(ChatMessage("user", "hi"),),
+        tools_json="[" + " " * 100 + "]",
+    )
+    threads.clear()
+    await limits.prompt_ids(many_ids, tokenize)
+    await limits.prompt_ids(tools, tokenize)
+    assert loop_thread not in threads
+    threads.clear()
     # The default limits never tokenize on the loop; the token count is checked either way.
     with pytest.raises(InvalidArgumentError, match="exceed the context length"):
         await PromptLimits("m", 50, 4).prompt_ids(_prompt("a" * 49, max_tokens=2), tokenize)
-    assert threads[2] != loop_thread
+    assert threads[0] != loop_thread
 
 
 def test_longest_token_of_the_tiny_model(tiny_model_dir: Path) -> None:

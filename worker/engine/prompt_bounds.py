@@ -91,6 +91,15 @@ def check_prompt_fits(
     return size
 
 
+def _tokenizing_reads(request: GenerationRequest, text_bytes: int) -> int:
+    """What tokenizing ``request`` goes through, in bytes: its text, the tools its chat
+    template renders, and its token ids (4 bytes apiece: they are copied and checked).
+    The byte bound above counts the text only; deciding where to tokenize counts it all,
+    so that no input a client controls can hold the event loop."""
+    ids = request.prompt_token_ids
+    return text_bytes + len(request.tools_json) + 4 * (len(ids) if ids is not None else 0)
+
+
 def validate_sampling(sampling: SamplingParams) -> None:
     """InvalidArgumentError for sampling values that no engine runs."""
     if sampling.max_tokens < 1:
@@ -130,9 +139,9 @@ class PromptLimits:
         tokenize: Callable[[GenerationRequest], list[int]],
         executor: Executor | None = None,
     ) -> list[int]:
-        """``tokenize(request)`` on ``executor`` (None: the loop's default), or here for a
-        text of at most ``inline_bytes``, for a request whose sampling values, id and
-        bytes pass, and whose tokens then fit the context."""
+        """``tokenize(request)`` on ``executor`` (None: the loop's default), or here when
+        it reads at most ``inline_bytes`` (text, tools and token ids), for a request whose
+        sampling values, id and bytes pass, and whose tokens then fit the context."""
         validate_sampling(request.sampling)
         if not request.request_id:
             raise InvalidArgumentError("request_id must not be empty")
@@ -142,7 +151,7 @@ class PromptLimits:
             token_bytes=self.token_bytes,
             model_name=self.model_name,
         )
-        if size <= self.inline_bytes:
+        if _tokenizing_reads(request, size) <= self.inline_bytes:
             ids = tokenize(request)
         else:
             ids = await asyncio.get_running_loop().run_in_executor(executor, tokenize, request)
