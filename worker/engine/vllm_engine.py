@@ -153,6 +153,19 @@ class AsyncLlmEngine(EngineClient):
             await super().wake_up()
         await self._llm.wake_up()
 
+    async def _started(self, config: VllmConfig) -> None:
+        """What follows a start on ``config``, for either engine: sleep mode as loaded,
+        and the worker's threads off the new model runner's cores."""
+        self.supports_sleep = config.sleep_mode
+        self._places_threads = config.keep_off_engine_cpus
+        await self._place_worker_threads()
+
+    async def _stop(self, llm: Any) -> None:
+        """Stop the engine-core process (where the weights and KV cache live) and wait for
+        it, off the event loop (blocking); then place the worker's threads again."""
+        await asyncio.to_thread(llm.shutdown)
+        await self._place_worker_threads()
+
     async def _place_worker_threads(self) -> None:
         """After this engine's processes started or stopped: the worker's threads off the
         cores of the model runners now running (worker/engine/cpu_affinity.py)."""
@@ -233,9 +246,7 @@ class VllmEngine(AsyncLlmEngine):
         engine.max_running_requests = _max_num_seqs(llm, config)
         engine._loras = LoraRequests(config.lora, model_name)
         engine.supports_adapters = config.lora.enabled
-        engine.supports_sleep = config.sleep_mode
-        engine._places_threads = config.keep_off_engine_cpus
-        await engine._place_worker_threads()
+        await engine._started(config)
         logger.info(
             "vllm engine started",
             extra={
@@ -282,10 +293,7 @@ class VllmEngine(AsyncLlmEngine):
         handler = getattr(llm, "output_handler", None)
         if handler is not None:
             handler.cancel()
-        # Stops the engine-core process (where the weights and KV cache live) and waits
-        # for it; blocking, so off the event loop.
-        await asyncio.to_thread(llm.shutdown)
-        await self._place_worker_threads()
+        await self._stop(llm)
         logger.info("vllm engine shut down", extra={"model": self._model_name})
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:

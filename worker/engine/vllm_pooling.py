@@ -112,9 +112,7 @@ class VllmEmbeddingEngine(AsyncLlmEngine):
         logger.info("vllm pooling engine started", extra={"model": model_name})
         engine = cls(llm, tokenizer, model_name, pooling, dimensions)
         engine.load_phases = await engine_phases(llm)
-        engine.supports_sleep = config.sleep_mode
-        engine._places_threads = config.keep_off_engine_cpus
-        await engine._place_worker_threads()
+        await engine._started(config)
         return engine
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingOutput:
@@ -189,8 +187,7 @@ class VllmEmbeddingEngine(AsyncLlmEngine):
     async def shutdown(self) -> None:
         llm = self._take_llm()
         if llm is not None:
-            await asyncio.to_thread(llm.shutdown)
-            await self._place_worker_threads()
+            await self._stop(llm)
 
 
 def _start_sync(model_dir: Path, config: VllmConfig) -> tuple[Any, Any]:
