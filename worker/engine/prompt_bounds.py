@@ -151,7 +151,7 @@ class PromptLimits:
             token_bytes=self.token_bytes,
             model_name=self.model_name,
         )
-        if _tokenizing_reads(request, size) <= self.inline_bytes:
+        if self.inline_bytes > 0 and _tokenizing_reads(request, size) <= self.inline_bytes:
             ids = tokenize(request)
         else:
             ids = await asyncio.get_running_loop().run_in_executor(executor, tokenize, request)
