@@ -41,11 +41,11 @@ from openai_compat.params import Job
 from proxy import metrics
 from proxy.adapters import find_adapter
 from proxy.cold_start import ColdStarts
-from proxy.disagg import DisaggregatedRun, DisaggregationFailed
+from proxy.disagg import DisaggregatedRun
 from proxy.fleet import WorkerConnection
-from proxy.limits import Admission, ApiKeys, ShedError
+from proxy.limits import Admission, ApiKeys
 from proxy.registry import UsageReporter
-from runtime.errors import HeliosError, UnavailableError
+from runtime.errors import DisaggregationFailed, HeliosError, ShedError, UnavailableError
 from runtime.streams import coalesce
 
 logger = logging.getLogger(__name__)

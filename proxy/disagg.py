@@ -23,9 +23,9 @@ from openai_compat.params import Job
 from proxy import metrics
 from proxy.fleet import WorkerConnection, WorkerPool, WorkerRole
 from worker_api.disagg import DisaggregatedRun as SharedRun
-from worker_api.disagg import DisaggregationFailed, Phase, PrefillResult
+from worker_api.disagg import Phase, PrefillResult
 
-__all__ = ["DisaggregatedRun", "DisaggregationFailed"]
+__all__ = ["DisaggregatedRun"]
 
 # A phase that failed before the client had a decoded token runs again elsewhere at most
 # this many times, after an exponential backoff from this.

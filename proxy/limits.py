@@ -19,27 +19,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.errors import ErrorCode, HeliosError, ResourceExhaustedError
+from runtime.errors import ShedError, UnauthenticatedError
 from worker_api.keys import bearer_token, key_fingerprint
-
-
-class UnauthenticatedError(HeliosError):
-    """No API key, or one the proxy does not know."""
-
-    code = ErrorCode.UNAUTHENTICATED
-
 
 # ShedError reasons (the helios_proxy_shed_total label).
 RATE_LIMIT = "rate_limit"
 QUEUE_FULL = "queue_full"
-
-
-class ShedError(ResourceExhaustedError):
-    """Rate limited (``reason`` RATE_LIMIT) or shed at a full queue (QUEUE_FULL);
-    ``retry_after_s`` is the seconds a client should wait."""
-
-    def __init__(self, message: str, *, reason: str, retry_after_s: float) -> None:
-        super().__init__(message, reason=reason, retry_after_s=retry_after_s)
 
 
 @dataclass

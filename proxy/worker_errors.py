@@ -20,9 +20,15 @@ from __future__ import annotations
 
 import time
 
-from runtime.errors import ErrorCode, HeliosError, UnavailableError, error_from_code
+from runtime.errors import (
+    ErrorCode,
+    HeliosError,
+    RelayedError,
+    UnavailableError,
+    error_from_code,
+)
 
-__all__ = ["WORKER_FAILURE_CODES", "RelayedError", "relay_error"]
+__all__ = ["WORKER_FAILURE_CODES", "relay_error"]
 
 # Codes that mean the worker (its engine, its process or the way to it) failed.
 WORKER_FAILURE_CODES = frozenset(
@@ -37,14 +43,6 @@ WORKER_FAILURE_CODES = frozenset(
 # A DEADLINE_EXCEEDED arriving this close to (or after) the caller's deadline is that
 # deadline expiring (the client's budget), not the worker timing out on its own.
 _DEADLINE_SLACK_S = 0.05
-
-
-class RelayedError(HeliosError):
-    """A worker's answer about the request whose code has no domain class of its own
-    (OUT_OF_RANGE, CANCELLED, ABORTED, ...): relayed to the client with that code."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message, code=code)
 
 
 def relay_error(

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.blobs import BlobStoreError, iter_file
+from registry.blobs import iter_file
 from registry.cloud import (
     DEFAULT_CONCURRENCY,
     DEFAULT_PART_SIZE,
@@ -28,7 +28,7 @@ from registry.cloud import (
     upload_parts,
 )
 from runtime.config import ConfigError
-from runtime.errors import NotFoundError
+from runtime.errors import BlobStoreError, NotFoundError
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient

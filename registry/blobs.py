@@ -17,15 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from runtime.errors import ErrorCode, HeliosError, NotFoundError
+from runtime.errors import BlobStoreError, DataLossError, NotFoundError
 from runtime.model_ids import check_sha256
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "BlobStore",
-    "BlobStoreError",
     "FileDigest",
-    "IntegrityError",
     "LocalBlobStore",
     "hash_file",
 ]
@@ -34,18 +32,6 @@ DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
 _IO_SIZE = 1024 * 1024
 
 ProgressFn = Callable[[int], None]
-
-
-class IntegrityError(HeliosError):
-    """Bytes do not match the hash they are supposed to have."""
-
-    code = ErrorCode.DATA_LOSS
-
-
-class BlobStoreError(HeliosError):
-    """The blob store failed (network, disk); retrying may succeed."""
-
-    code = ErrorCode.UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -118,7 +104,7 @@ class BlobStore(Protocol):
 
     def put_file(self, sha256: str, source: Path) -> bool:
         """Store ``source`` as blob ``sha256``, verifying its bytes hash to ``sha256``
-        (IntegrityError otherwise, nothing stored). False when it was there already."""
+        (DataLossError otherwise, nothing stored). False when it was there already."""
         ...
 
     def read(self, sha256: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
@@ -165,7 +151,7 @@ class LocalBlobStore:
                 out.flush()
                 os.fsync(out.fileno())
             if digest.hexdigest() != sha256:
-                raise IntegrityError(
+                raise DataLossError(
                     f"blob {sha256}: bytes written hash to {digest.hexdigest()}; not stored"
                 )
             final.parent.mkdir(parents=True, exist_ok=True)

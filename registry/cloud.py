@@ -37,8 +37,8 @@ from typing import Any, TypeVar
 
 from prometheus_client import Counter
 
-from registry.blobs import BlobStoreError, IntegrityError
 from runtime.config import ConfigError
+from runtime.errors import BlobStoreError, DataLossError
 from runtime.model_ids import check_sha256
 
 __all__ = [
@@ -157,7 +157,7 @@ def check_digest(backend: str, sha256: str, digest: Any) -> None:
     actual = digest.hexdigest()
     if actual != sha256:
         REMOTE_FAILURES.labels(backend, "verify").inc()
-        raise IntegrityError(f"blob {sha256}: bytes uploaded hash to {actual}; not stored")
+        raise DataLossError(f"blob {sha256}: bytes uploaded hash to {actual}; not stored")
 
 
 def upload_parts(
@@ -201,7 +201,7 @@ class VerifiedReader:
     def finish(self) -> None:
         if self.digest is not None and self.digest.hexdigest() != self.sha256:
             REMOTE_FAILURES.labels(self.backend, "read").inc()
-            raise IntegrityError(
+            raise DataLossError(
                 f"blob {self.sha256}: stored copy hashes to {self.digest.hexdigest()}"
             )
 

@@ -14,16 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import ErrorCode, HeliosError, NotFoundError, UnavailableError
+from runtime.errors import HeliosError, HubPermissionError, NotFoundError, UnavailableError
 from runtime.model_ids import check_file_path, check_hub_revision
 
-__all__ = ["HubClient", "HubFile", "HubPermissionError", "HubSnapshot", "select_files"]
-
-
-class HubPermissionError(HeliosError):
-    """The Hub refused the token (401/403, gated repo)."""
-
-    code = ErrorCode.PERMISSION_DENIED
+__all__ = ["HubClient", "HubFile", "HubSnapshot", "select_files"]
 
 
 @dataclass(frozen=True)

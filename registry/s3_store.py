@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from registry.blobs import BlobStoreError, iter_file
+from registry.blobs import iter_file
 from registry.cloud import (
     DEFAULT_CONCURRENCY,
     DEFAULT_PART_SIZE,
@@ -28,7 +28,7 @@ from registry.cloud import (
     upload_parts,
 )
 from runtime.config import ConfigError
-from runtime.errors import NotFoundError
+from runtime.errors import BlobStoreError, NotFoundError
 
 __all__ = ["S3BlobStore"]
 

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 from prometheus_client import Counter
 
-from registry.blobs import BlobStore, IntegrityError
+from registry.blobs import BlobStore
 from registry.metadata import BlobRow, MetadataStore
-from runtime.errors import InvalidArgumentError, NotFoundError
+from runtime.errors import DataLossError, InvalidArgumentError, NotFoundError
 from runtime.model_ids import check_sha256
 
 __all__ = ["MAX_READ_MESSAGE", "read_blob", "read_verified"]
@@ -30,12 +30,12 @@ def read_verified(store: BlobStore, blob: BlobRow, offset: int, length: int) -> 
     end = min(blob.size, (last + 1) * blob.chunk_size)
     data = b"".join(store.read(blob.sha256, start, end - start))
     if len(data) != end - start:
-        raise IntegrityError(f"blob {blob.sha256}: stored copy is truncated")
+        raise DataLossError(f"blob {blob.sha256}: stored copy is truncated")
     for index in range(first, last + 1):
         lo = (index - first) * blob.chunk_size
         piece = data[lo : lo + blob.chunk_size]
         if hashlib.sha256(piece).hexdigest() != blob.chunk_sha256[index]:
-            raise IntegrityError(f"blob {blob.sha256}: chunk {index} does not match its hash")
+            raise DataLossError(f"blob {blob.sha256}: chunk {index} does not match its hash")
     view = data[offset - start : offset - start + length]
     return [view[i : i + MAX_READ_MESSAGE] for i in range(0, len(view), MAX_READ_MESSAGE)]
 

@@ -21,11 +21,11 @@ from pathlib import Path
 from prometheus_client import Counter
 
 from registry.adapters import ADAPTER_CONFIG, adapter_base
-from registry.blobs import BlobStore, IntegrityError, hash_file
+from registry.blobs import BlobStore, hash_file
 from registry.import_progress import ProgressReporter
 from registry.metadata import BlobRow, MetadataStore
 from registry.verified_reads import read_verified
-from runtime.errors import InvalidArgumentError
+from runtime.errors import DataLossError, InvalidArgumentError
 
 __all__ = ["FaultHook", "ImportEntry", "VersionWriter", "version_for_manifest"]
 
@@ -162,7 +162,7 @@ class VersionWriter:
 
         digest = hash_file(path, self.chunk_size, progress)
         if expected_sha is not None and digest.sha256 != expected_sha:
-            raise IntegrityError(
+            raise DataLossError(
                 f"{rel}: bytes hash to {digest.sha256}, the source says {expected_sha}"
             )
         blob = BlobRow(digest.sha256, digest.size, digest.chunk_size, digest.chunk_sha256)

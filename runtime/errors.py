@@ -5,8 +5,10 @@ Domain code raises these; it says what went wrong in transport-neutral terms (an
 ``retry_after_s`` hint). Turning that into a wire answer is the edges' job:
 :mod:`runtime.grpc_errors` (used by the interceptor in :mod:`runtime.interceptors`) for
 gRPC statuses and trailers, :mod:`openai_compat.protocol` for OpenAI's error objects.
-So this module never imports grpc, and neither does any domain module defining a
-subclass.
+So this module imports neither grpc nor any service package, and every ``HeliosError``
+subclass is defined here, the generic ones and those only one service raises: no error
+class can carry a transport's status. When such an error is raised stays that service's
+decision.
 
 Anything that is not a ``HeliosError`` becomes INTERNAL with a generic message (and is
 logged with its traceback), so a user's mistake must always be raised as one of the
@@ -127,7 +129,71 @@ class UnimplementedError(HeliosError):
     code = ErrorCode.UNIMPLEMENTED
 
 
-# The classes a relayed code becomes (see error_from_code).
+class UnauthenticatedError(HeliosError):
+    """No credentials, or ones nobody knows (the proxy: no API key, or an unknown one)."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class DataLossError(HeliosError):
+    """Content whose hash does not match the one it is supposed to have: a blob's bytes
+    against their name or a manifest's per-chunk hashes (registry), the bytes a source
+    served against the manifest (storaged). Nothing built from them is kept."""
+
+    code = ErrorCode.DATA_LOSS
+
+
+# Errors of one service's domain: raised there, defined here with the rest.
+
+
+class BlobStoreError(UnavailableError):
+    """The registry's blob store failed (network, disk); retrying may succeed."""
+
+
+class HubPermissionError(PermissionDeniedError):
+    """The Hugging Face Hub refused the token (401/403, gated repo)."""
+
+
+class ShedError(ResourceExhaustedError):
+    """The proxy rate limited a request (``reason`` :data:`proxy.limits.RATE_LIMIT`) or
+    shed it at a full queue (:data:`proxy.limits.QUEUE_FULL`); ``retry_after_s`` is the
+    seconds a client should wait."""
+
+    def __init__(self, message: str, *, reason: str, retry_after_s: float) -> None:
+        super().__init__(message, reason=reason, retry_after_s=retry_after_s)
+
+
+class RelayedError(HeliosError):
+    """A worker's answer about the request whose code has no domain class of its own
+    (OUT_OF_RANGE, CANCELLED, ABORTED, ...): relayed to the client with that code
+    (:func:`proxy.worker_errors.relay_error`)."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message, code=code)
+
+
+class EngineError(HeliosError):
+    """A recoverable failure of one request in a worker's engine; the engine keeps
+    serving others."""
+
+
+class EngineDeadError(UnavailableError):
+    """A worker's engine can no longer serve anything; the worker must report itself
+    unhealthy."""
+
+
+class DisaggregationFailed(UnavailableError):
+    """A disaggregated attempt (:class:`worker_api.disagg.DisaggregatedRun`) failed;
+    ``exclude`` names the workers that failed it (the driver was told of those that
+    failed themselves), for a retry to avoid."""
+
+    def __init__(self, message: str, exclude: frozenset[str]) -> None:
+        super().__init__(message)
+        self.exclude = exclude
+
+
+# The classes a relayed code becomes (see error_from_code). DATA_LOSS and UNAUTHENTICATED
+# have classes but no client-side meaning downstream: they relay as UNAVAILABLE.
 _RELAYED_CLASSES: dict[ErrorCode, type[HeliosError]] = {
     cls.code: cls
     for cls in (

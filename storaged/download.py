@@ -22,23 +22,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from runtime.errors import (
-    ErrorCode,
-    HeliosError,
+    DataLossError,
     NotFoundError,
     ResourceExhaustedError,
     UnavailableError,
 )
 from storaged.manifest import BlobSource, FileEntry
 
-__all__ = ["ChunkedDownloader", "IntegrityError", "fsync_dir"]
+__all__ = ["ChunkedDownloader", "fsync_dir"]
 
 logger = logging.getLogger(__name__)
-
-
-class IntegrityError(HeliosError):
-    """The bytes a source served do not match the manifest's hashes."""
-
-    code = ErrorCode.DATA_LOSS
 
 
 def fsync_dir(path: Path) -> None:
@@ -197,7 +190,7 @@ class ChunkedDownloader:
                     await self._fetch_into(entry, fd, offset, length, expected)
             except (NotFoundError, ResourceExhaustedError):
                 raise
-            except (IntegrityError, UnavailableError, OSError, EOFError) as exc:
+            except (DataLossError, UnavailableError, OSError, EOFError) as exc:
                 last = exc
                 logger.warning(
                     "chunk failed, retrying",
@@ -216,8 +209,8 @@ class ChunkedDownloader:
             on_bytes(length)
             return length
         assert last is not None
-        if isinstance(last, IntegrityError):
-            raise IntegrityError(f"{entry.path}: {last.message} (after {self.attempts} attempts)")
+        if isinstance(last, DataLossError):
+            raise DataLossError(f"{entry.path}: {last.message} (after {self.attempts} attempts)")
         raise UnavailableError(
             f"{entry.path}: chunk {index} failed after {self.attempts} attempts: {last}"
         )
@@ -241,7 +234,7 @@ class ChunkedDownloader:
             try:
                 async for piece in source.read(entry.sha256, offset, length):
                     if pos + len(piece) > offset + length:
-                        raise IntegrityError(f"{source.name} sent more bytes than asked")
+                        raise DataLossError(f"{source.name} sent more bytes than asked")
                     h.update(piece)
                     try:
                         await asyncio.to_thread(_pwrite_all, fd, piece, pos)
@@ -262,7 +255,7 @@ class ChunkedDownloader:
                 )
                 continue
             if h.hexdigest() != expected:
-                raise IntegrityError(
+                raise DataLossError(
                     f"bytes [{offset}, {offset + length}) from {source.name} hash to "
                     f"{h.hexdigest()[:12]}…, the manifest says {expected[:12]}…"
                 )

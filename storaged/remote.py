@@ -12,9 +12,8 @@ import grpc
 from helios.v1 import registry_pb2, registry_pb2_grpc, storage_pb2, storage_pb2_grpc
 
 from runtime.channels import create_channel
-from runtime.errors import FailedPreconditionError, UnavailableError
+from runtime.errors import DataLossError, FailedPreconditionError, UnavailableError
 from runtime.grpc_errors import error_from_status
-from storaged.download import IntegrityError
 from storaged.manifest import FileEntry, Manifest
 
 __all__ = ["PeerSource", "RegistryClient", "read_deadline_s"]
@@ -36,7 +35,7 @@ def _read_failed(name: str, exc: grpc.aio.AioRpcError, deadline_s: float) -> Exc
     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return UnavailableError(f"{name}: the range was not read within {deadline_s:.1f}s")
     if exc.code() == grpc.StatusCode.DATA_LOSS:  # its stored copy failed its hashes
-        return IntegrityError(f"{name}: {exc.details()}")
+        return DataLossError(f"{name}: {exc.details()}")
     return error_from_status(exc.code(), f"{name}: {exc.details()}")
 
 
@@ -124,7 +123,7 @@ class RegistryClient(_Source):
         try:
             async for msg in call:
                 if first and msg.size_bytes and offset + length > msg.size_bytes:
-                    raise IntegrityError(
+                    raise DataLossError(
                         f"{self.name}: blob {sha256[:12]}… is {msg.size_bytes} bytes, "
                         f"too short for [{offset}, {offset + length})"
                     )

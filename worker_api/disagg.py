@@ -48,6 +48,7 @@ from typing import Protocol
 from openai_compat.backend import Step
 from openai_compat.params import Job
 from runtime.errors import (
+    DisaggregationFailed,
     FailedPreconditionError,
     HeliosError,
     NotFoundError,
@@ -85,15 +86,6 @@ class PrefillPeer:
     running: int = 0
     waiting: int = 0
     kv_cache_usage: float = 0.0
-
-
-class DisaggregationFailed(UnavailableError):
-    """A disaggregated attempt failed; ``exclude`` names the workers that failed it
-    (the driver was told of those that failed themselves), for a retry to avoid."""
-
-    def __init__(self, message: str, exclude: frozenset[str]) -> None:
-        super().__init__(message)
-        self.exclude = exclude
 
 
 class Workers(Protocol):

@@ -31,12 +31,13 @@ from proxy.cold_path import RequestContext
 from proxy.control import ControlPlane
 from proxy.fleet import AgentState, WorkerPool
 from proxy.worker_client import GrpcWorkerConnection
-from proxy.worker_errors import WORKER_FAILURE_CODES, RelayedError, relay_error
+from proxy.worker_errors import WORKER_FAILURE_CODES, relay_error
 from runtime.errors import (
     DeadlineExceededError,
     ErrorCode,
     HeliosError,
     InvalidArgumentError,
+    RelayedError,
     UnavailableError,
 )
 from runtime.grpc_errors import error_code, grpc_status

@@ -13,16 +13,9 @@ from openai_compat.params import Job
 from proxy.cold_path import ColdPath
 from proxy.cold_start import ColdStarts, parse_model_spec
 from proxy.fleet import ModelOnAgent, WorkerPool
-from proxy.limits import (
-    QUEUE_FULL,
-    RATE_LIMIT,
-    Admission,
-    ApiKeys,
-    ShedError,
-    UnauthenticatedError,
-    parse_key_spec,
-)
+from proxy.limits import QUEUE_FULL, RATE_LIMIT, Admission, ApiKeys, parse_key_spec
 from proxy.placement import NoFit, best_fit, eviction_plan
+from runtime.errors import ShedError, UnauthenticatedError
 
 
 def pool_with(free: dict[str, int], total: int = 100) -> WorkerPool:

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from registry_testlib import CHUNK, write_model
 
-from registry.blobs import IntegrityError, LocalBlobStore, hash_file
+from registry.blobs import LocalBlobStore, hash_file
 from registry.core import Registry
 from registry.import_progress import ImportProgress
 from registry.metadata import MIGRATIONS, MetadataStore
 from registry.usage import UsageTracker
-from runtime.errors import InvalidArgumentError, NotFoundError
+from runtime.errors import DataLossError, InvalidArgumentError, NotFoundError
 from runtime.model_ids import (
     canonical_model_id,
     check_alias,
@@ -144,7 +144,7 @@ def test_registry_local_store_verifies_on_write(tmp_path: Path) -> None:
     src = tmp_path / "f"
     src.write_bytes(b"hello")
     good = hashlib.sha256(b"hello").hexdigest()
-    with pytest.raises(IntegrityError):
+    with pytest.raises(DataLossError):
         store.put_file(hashlib.sha256(b"other").hexdigest(), src)
     assert not store.exists(hashlib.sha256(b"other").hexdigest())
     assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
@@ -319,7 +319,7 @@ async def test_registry_read_blob_ranges_verified(tmp_path: Path) -> None:
     raw = bytearray(blob_path.read_bytes())
     raw[3000] ^= 0xFF
     blob_path.write_bytes(bytes(raw))
-    with pytest.raises(IntegrityError):
+    with pytest.raises(DataLossError):
         _ = [p async for p in registry.read_blob(sha, 2900, 200)]
     ok = b"".join([p async for _, _, p in registry.read_blob(sha, 0, 1024)])
     assert ok == weights[:1024]

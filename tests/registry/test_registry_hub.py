@@ -12,9 +12,9 @@ from fake_hub import FakeHub, Fault
 from registry_testlib import CHUNK
 
 from registry.core import Registry
-from registry.hub import HubClient, HubPermissionError
+from registry.hub import HubClient
 from registry.import_progress import ImportProgress
-from runtime.errors import HeliosError, NotFoundError, UnavailableError
+from runtime.errors import HeliosError, HubPermissionError, NotFoundError, UnavailableError
 
 CONFIG = json.dumps({"model_type": "llama", "hidden_size": 64}).encode()
 

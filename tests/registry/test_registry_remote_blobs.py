@@ -32,7 +32,7 @@ from helios.v1 import registry_pb2_grpc
 from registry_testlib import CHUNK, write_model
 
 from registry.azure_store import AzureBlobStore
-from registry.blobs import BlobStore, BlobStoreError, IntegrityError, LocalBlobStore
+from registry.blobs import BlobStore, LocalBlobStore
 from registry.cloud import S3_MIN_PART_SIZE, blob_key
 from registry.core import Registry
 from registry.s3_store import S3BlobStore
@@ -40,7 +40,7 @@ from registry.server import build_parser, make_blob_store
 from registry.servicer import RegistryServicer
 from registry.settings import RegistrySettings
 from runtime.config import ConfigError, ServerSettings
-from runtime.errors import ErrorCode, NotFoundError
+from runtime.errors import BlobStoreError, DataLossError, ErrorCode, NotFoundError
 from runtime.paths import PathRoots
 from runtime.server import start_server
 from runtime.settings import from_namespace
@@ -320,7 +320,7 @@ def test_remote_blobs_wrong_hash_is_rejected_and_nothing_visible(
     source = tmp_path / "blob.bin"
     source.write_bytes(data)
     wrong = sha(data + b"!")
-    with pytest.raises(IntegrityError) as err:
+    with pytest.raises(DataLossError) as err:
         harness.store.put_file(wrong, source)
     assert err.value.code is ErrorCode.DATA_LOSS
     assert wrong in str(err.value)
@@ -369,15 +369,15 @@ async def test_remote_blobs_corruption_detected_on_read(harness: Harness, tmp_pa
         corrupt = bytearray(weights)
         corrupt[3000] ^= 0xFF
         harness.tamper(name, bytes(corrupt))
-        with pytest.raises(IntegrityError):
+        with pytest.raises(DataLossError):
             _ = [p async for p in registry.read_blob(name)]
-        with pytest.raises(IntegrityError, match="chunk 2"):  # a range: per-chunk hashes
+        with pytest.raises(DataLossError, match="chunk 2"):  # a range: per-chunk hashes
             _ = [p async for p in registry.read_blob(name, 2000, 1500)]
         # chunks before the damage still verify and are served
         head = b"".join([p async for _, _, p in registry.read_blob(name, 0, 2048)])
         assert head == weights[:2048]
         if harness.store.name != "local":  # remote stores also check whole-blob reads
-            with pytest.raises(IntegrityError):
+            with pytest.raises(DataLossError):
                 read_all(harness.store, name)
     finally:
         registry.close()

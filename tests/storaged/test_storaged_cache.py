@@ -12,9 +12,14 @@ import pytest
 import pytest_asyncio
 from storaged_fakes import BlobStore, FakeRegistry, RangeServer, sha, start_registry
 
-from runtime.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
+from runtime.errors import (
+    DataLossError,
+    FailedPreconditionError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
 from storaged.cache import ModelCache, Progress
-from storaged.download import ChunkedDownloader, IntegrityError
+from storaged.download import ChunkedDownloader
 from storaged.remote import RegistryClient
 from storaged.sources import HttpBlobSource
 from storaged.tiers import Tier, TierConfig, parse_size, parse_tier_spec
@@ -169,7 +174,7 @@ async def test_manifest_mismatch_is_never_visible(
     store.lie_about.add(sha(data))
     downloader = ChunkedDownloader([HttpBlobSource(http.base_url)], attempts=2, backoff_s=0.01)
     cache = ModelCache(tiers(tmp_path), client, downloader)
-    with pytest.raises(IntegrityError, match="manifest says"):
+    with pytest.raises(DataLossError, match="manifest says"):
         await ensure(cache, "org/m")
     assert not (tmp_path / "ram/blobs" / sha(data)).exists()
     assert not any((tmp_path / "ram/versions").rglob("w.bin"))
@@ -282,7 +287,7 @@ async def test_registry_answers_that_break_its_contract_are_refused(
         await ensure(cache, "org/m")
     fake.total_bytes_error = 0
     fake.size_bytes_error = -1  # the blob is shorter than the manifest's range
-    with pytest.raises(IntegrityError, match="too short"):
+    with pytest.raises(DataLossError, match="too short"):
         await ensure(cache, "org/m")
     assert not (tmp_path / "ram" / "blobs" / sha(data)).exists()
     fake.size_bytes_error = 0

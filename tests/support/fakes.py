@@ -13,11 +13,10 @@ from helios.v1 import worker_pb2_grpc
 
 from openai_compat.servicer import InferenceServicer
 from runtime.config import ServerSettings
-from runtime.errors import InvalidArgumentError
+from runtime.errors import EngineDeadError, InvalidArgumentError
 from runtime.server import RunningServer, start_server
 from worker.engine.base import (
     EngineClient,
-    EngineDeadError,
     EngineStats,
     FinishReason,
     GenerationChunk,

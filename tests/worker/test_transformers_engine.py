@@ -15,6 +15,8 @@ import torch
 from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 from runtime.errors import (
     AlreadyExistsError,
+    EngineDeadError,
+    EngineError,
     HeliosError,
     InvalidArgumentError,
     NotFoundError,
@@ -23,8 +25,6 @@ from worker.engine import torch_step
 from worker.engine import transformers_engine as te
 from worker.engine.base import (
     ChatMessage,
-    EngineDeadError,
-    EngineError,
     FinishReason,
     GenerationChunk,
     GenerationRequest,

@@ -20,21 +20,11 @@ from openai_compat.params import Sampling
 from openai_compat.tools import ToolCall
 from runtime.errors import (
     FailedPreconditionError,
-    HeliosError,
     InvalidArgumentError,
-    UnavailableError,
 )
 
 if TYPE_CHECKING:
     from worker.kvtransfer import KVLayer
-
-
-class EngineError(HeliosError):
-    """A recoverable failure of one request; the engine keeps serving others."""
-
-
-class EngineDeadError(UnavailableError):
-    """The engine can no longer serve anything; the worker must report itself unhealthy."""
 
 
 # The engine samples with the request's own validated parameters: one dataclass (its
@@ -186,7 +176,7 @@ class EngineClient(ABC):
 
     ``generate`` is an async generator: closing it (client gone, CancelledError or
     GeneratorExit) must stop the work for that request. ``check_health`` raises
-    :class:`EngineDeadError` when the engine cannot serve.
+    :class:`~runtime.errors.EngineDeadError` when the engine cannot serve.
     """
 
     @property

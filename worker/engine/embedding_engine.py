@@ -22,12 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from runtime.errors import FailedPreconditionError, HeliosError, InvalidArgumentError, NotFoundError
+from runtime.errors import (
+    EngineDeadError,
+    FailedPreconditionError,
+    HeliosError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from worker.engine.base import (
     EmbeddingOutput,
     EmbeddingRequest,
     EngineClient,
-    EngineDeadError,
     EngineStats,
     EngineTask,
     GenerationChunk,

@@ -33,12 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from runtime.errors import AlreadyExistsError, InvalidArgumentError
+from runtime.errors import AlreadyExistsError, EngineDeadError, EngineError, InvalidArgumentError
 from worker.engine.adapters import LoraAdapters
 from worker.engine.base import (
     EngineClient,
-    EngineDeadError,
-    EngineError,
     EngineStats,
     GenerationChunk,
     GenerationRequest,

@@ -41,14 +41,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from runtime.errors import (
     AlreadyExistsError,
+    EngineDeadError,
+    EngineError,
     FailedPreconditionError,
     InvalidArgumentError,
     ResourceExhaustedError,
 )
 from worker.engine.base import (
     EngineClient,
-    EngineDeadError,
-    EngineError,
     EngineStats,
     FinishReason,
     GenerationChunk,

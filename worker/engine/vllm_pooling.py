@@ -19,12 +19,10 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import InvalidArgumentError
+from runtime.errors import EngineDeadError, EngineError, InvalidArgumentError
 from worker.engine.base import (
     EmbeddingOutput,
     EmbeddingRequest,
-    EngineDeadError,
-    EngineError,
     EngineStats,
     EngineTask,
     GenerationChunk,
