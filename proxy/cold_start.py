@@ -149,6 +149,9 @@ class ColdStarts:
         # address -> whether it ended READY.
         self._loading_on: dict[str, dict[str, asyncio.Future[bool]]] = {}
         self._needs: dict[str, MemoryNeed] = {}
+        # Waits until the edge routes as the pool says now (XdsServer.edge_synced), set
+        # once the control plane's xDS server exists: an unload waits for it.
+        self.edge_synced: Callable[[], Awaitable[bool]] | None = None
 
     def knows(self, model: str) -> bool:
         """Whether ``model`` is in the catalogue or on any agent (not just a name a
@@ -454,6 +457,12 @@ class ColdStarts:
             extra={"model": model, "worker": address, "reason": reason, "asleep": keep_asleep},
         )
         self.pool.mark_model(address, ModelOnAgent(model, "draining"))
+        if self.edge_synced is not None:
+            # Make before break: Envoy stops sending the model's requests here before
+            # the worker lets it go. A request on a route that still named this worker
+            # after the unload would get UNAVAILABLE and, with no other replica, a 503
+            # rather than the cold path.
+            await self.edge_synced()
         try:
             await self._connections[address].unload_model(
                 model, self.drain_s, keep_asleep=keep_asleep

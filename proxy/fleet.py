@@ -26,6 +26,7 @@ implements it over gRPC); a heartbeat's content is a :class:`WorkerStatus`.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from collections.abc import (
@@ -124,6 +125,10 @@ class WorkerView:
     # made: mark_model, forget_model). A heartbeat sent before such a change and answered
     # after it says what was true before: see proxy.heartbeats.
     local_changes: int = 0
+    # Models the proxy is unloading here (mark_model "draining" until forget_model): a
+    # heartbeat answered before the worker starts its drain still says READY, and must
+    # not route requests to a model on its way out (see proxy.cold_start's unload).
+    unloading: set[str] = field(default_factory=set)
     # The adapter table its last heartbeat handed it (proxy.adapters): the adapters it
     # can tell the base of by their id alone.
     adapter_table: tuple[Adapter, ...] = ()
@@ -259,7 +264,10 @@ class WorkerPool:
                 for m in {*known_models, *ready}
             ]
         worker.worker_id = worker_id
-        worker.models = {m.model: m for m in models}
+        worker.models = {
+            m.model: dataclasses.replace(m, state="draining") if m.model in worker.unloading else m
+            for m in models
+        }
         for model in worker.models:
             worker.model_first_seen.setdefault(model, now)
         worker.healthy = healthy
@@ -294,11 +302,16 @@ class WorkerPool:
 
     def mark_model(self, address: str, model: ModelOnAgent) -> None:
         """What the proxy itself learnt (a LoadModel stream said READY) before the
-        next heartbeat says so."""
+        next heartbeat says so. A model marked draining stays so, whatever heartbeats
+        say, until :meth:`forget_model` (or another mark): the proxy is unloading it."""
         worker = self._workers.get(address)
         if worker is None:
             return
         worker.models[model.model] = model
+        if model.state == "draining":
+            worker.unloading.add(model.model)
+        else:
+            worker.unloading.discard(model.model)
         worker.local_changes += 1
         worker.model_first_seen.setdefault(model.model, time.time())
         if model.state == "ready" and worker.healthy:
@@ -307,7 +320,10 @@ class WorkerPool:
 
     def forget_model(self, address: str, model: str) -> None:
         worker = self._workers.get(address)
-        if worker is not None and worker.models.pop(model, None) is not None:
+        if worker is None:
+            return
+        worker.unloading.discard(model)
+        if worker.models.pop(model, None) is not None:
             worker.local_changes += 1
             self._changed()
 

@@ -135,6 +135,7 @@ async def build_service(settings: ProxySettings) -> tuple[Register, Cleanup]:
         throttled_keys=plane.serving.api_keys.exhausted,
     )
     xds.start()
+    plane.cold.edge_synced = xds.edge_synced
 
     def register(server: grpc.aio.Server) -> list[str]:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)

@@ -71,6 +71,10 @@ CONNECT_TIMEOUT_S = 5
 DEFAULT_MAX_REQUESTS_PER_MODEL = 1024
 # A burst of fleet changes (one heartbeat round touches every agent) makes one push.
 DEBOUNCE_S = 0.01
+# How long taking a model off a worker waits for every Envoy to ACK routes and endpoints
+# without it (XdsServer.edge_synced) before it goes on anyway: one push and its ACKs take
+# milliseconds; an Envoy that NACKs or hangs must not hold an eviction for long.
+EDGE_SYNC_TIMEOUT_S = 2.0
 # How long a resolved worker host name is used before it is resolved again.
 RESOLVE_TTL_S = 30.0
 # A (re)started control plane answers Envoy only once every agent it knows has answered
@@ -352,12 +356,21 @@ class Resources:
         return cls(snapshot, clusters, assignments, routes, throttled)
 
 
-def resource_digest(resources: Mapping[str, Message]) -> str:
-    """The version of a response: a digest of its resources (same content, same version)."""
+def resource_digests(resources: Mapping[str, Message]) -> dict[str, str]:
+    """Each resource's digest by name: same content, same digest."""
+    return {
+        name: hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()[:16]
+        for name, message in resources.items()
+    }
+
+
+def response_version(digests: Mapping[str, str]) -> str:
+    """The version of a response: a digest of its resources' names and digests (same
+    content, same version)."""
     h = hashlib.sha256()
-    for name in sorted(resources):
+    for name in sorted(digests):
         h.update(name.encode())
         h.update(b"\0")
-        h.update(resources[name].SerializeToString(deterministic=True))
+        h.update(digests[name].encode())
         h.update(b"\0")
     return h.hexdigest()[:16]

@@ -23,7 +23,10 @@ wildcard CDS. A fleet change reaches every stream after a short debounce
 (:data:`DEBOUNCE_S`). Ordering, per stream, so that a route never names a cluster Envoy
 lacks: a model's route is served only once Envoy has ACKed both the cluster (CDS) and
 its endpoints (EDS); a cluster is withdrawn only once Envoy has ACKed a route
-configuration without it.
+configuration without it. And so that a route never sends a request to a worker that
+no longer has the model: before a worker unloads a model, :meth:`XdsServer.edge_synced`
+waits until every Envoy has ACKed the fleet without it (a request routed to it meanwhile
+is served: the worker unloads only after that).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from proxy.xds_resources import (
     ADS_SERVICE,
     CLUSTER_TYPE,
     DEBOUNCE_S,
+    EDGE_SYNC_TIMEOUT_S,
     ENDPOINT_TYPE,
     RESOLVE_TTL_S,
     ROUTE_CONFIG_NAME,
@@ -57,7 +61,8 @@ from proxy.xds_resources import (
     Resources,
     XdsSettings,
     build_route_configuration,
-    resource_digest,
+    resource_digests,
+    response_version,
 )
 from proxy.xds_snapshot import (
     EndpointHealth,
@@ -86,9 +91,11 @@ class _TypeState:
     version: str = ""  # of the last response sent
     nonce: str = ""  # of the last response sent
     sent: frozenset[str] = frozenset()  # resource names in it
+    sent_digests: dict[str, str] = field(default_factory=dict)  # by name
     refs: frozenset[str] = frozenset()  # clusters it names (RDS)
     acked_version: str = ""
     acked: frozenset[str] = frozenset()
+    acked_digests: dict[str, str] = field(default_factory=dict)
     acked_refs: frozenset[str] = frozenset()
     nacked_versions: set[str] = field(default_factory=set)
 
@@ -137,6 +144,7 @@ class XdsStream:
             else:
                 state.acked_version = state.version
                 state.acked = state.sent
+                state.acked_digests = state.sent_digests
                 state.acked_refs = state.refs
         names = _names(type_url, request.resource_names)
         if not state.subscribed or names != state.names:
@@ -152,13 +160,15 @@ class XdsStream:
             if state is None or not state.subscribed:
                 continue
             chosen, refs = self._resources(type_url, state, resources)
-            version = resource_digest(chosen)
+            digests = resource_digests(chosen)
+            version = response_version(digests)
             if version == state.version and not state.must_respond:
                 continue
             self._nonce += 1
             state.nonce = str(self._nonce)
             state.version = version
             state.sent = frozenset(chosen)
+            state.sent_digests = digests
             state.refs = refs
             state.must_respond = False
             if type_url == CLUSTER_TYPE:
@@ -182,6 +192,32 @@ class XdsStream:
                 response.resources.append(packed)
             out.append(response)
         return out
+
+    def unsettled(self, resources: Resources) -> list[str]:
+        """The types Envoy subscribed to on this stream whose ACKed state is not what
+        it would be sent for ``resources``: empty when it routes as they say. Clusters
+        and routes must match exactly (a withdrawal takes rounds: the route first, its
+        cluster once that is ACKed); endpoints only for the clusters its ACKed routes
+        name (Envoy does not ACK assignments of a cluster it no longer has, and those
+        route nothing)."""
+        lagging = []
+        routes = self._types.get(ROUTE_TYPE)
+        routed = routes.acked_refs if routes is not None else frozenset()
+        for type_url, state in self._types.items():
+            if not state.subscribed:
+                continue
+            digests = resource_digests(self._resources(type_url, state, resources)[0])
+            if type_url == ENDPOINT_TYPE:
+                settled = all(
+                    state.acked_digests.get(name) == digest
+                    for name, digest in digests.items()
+                    if name in routed
+                )
+            else:
+                settled = digests == state.acked_digests
+            if state.must_respond or not settled:
+                lagging.append(type_url.rpartition(".")[2])
+        return lagging
 
     def _acked(self, type_url: str) -> frozenset[str]:
         state = self._types.get(type_url)
@@ -282,6 +318,8 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._sync_grace_s = sync_grace_s
         self.synced = sync_grace_s <= 0
         self._sync_timer: asyncio.TimerHandle | None = None
+        # Set whenever a stream has taken in requests (ACKs): edge_synced looks again.
+        self._acks = asyncio.Event()
 
     @property
     def snapshot(self) -> XdsSnapshot:
@@ -349,6 +387,35 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         for wake in self._streams.values():
             wake.set()
         return True
+
+    async def edge_synced(self, timeout_s: float = EDGE_SYNC_TIMEOUT_S) -> bool:
+        """Push the fleet's state now, then wait until every Envoy has ACKed it: what
+        a caller changed (a model marked draining on a worker) is how every edge routes
+        (make before break: the worker may unload it then; a request that Envoy had
+        already sent there, or sends before the ACK, is still served). False when that
+        took longer than ``timeout_s`` (an Envoy that NACKs or does not answer), or when
+        streams are not answered yet (a restarted proxy's grace): the caller goes on,
+        and a request on a lagging route gets UNAVAILABLE, which Envoy retries."""
+        self.rebuild()
+        if not self.synced:
+            return False
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._acks.clear()
+            lagging = {
+                s.peer: types for s in self._streams if (types := s.unsettled(self._resources))
+            }
+            if not lagging:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.warning(
+                    "xds: an envoy has not acked the fleet's state; going on",
+                    extra={"lagging": lagging, "timeout_s": timeout_s},
+                )
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._acks.wait(), remaining)
 
     def _sync(self, reason: str) -> None:
         """From now on streams are answered (those waiting at once)."""
@@ -437,8 +504,10 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             while True:
                 await wake.wait()
                 wake.clear()
-                while requests:
-                    stream.on_request(requests.popleft())
+                if requests:
+                    while requests:
+                        stream.on_request(requests.popleft())
+                    self._acks.set()
                 if ended:
                     break
                 if not self.synced:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.discovery import StaticDiscovery
-from proxy.fleet import AgentState, WorkerPool
+from proxy.fleet import AgentState, ModelOnAgent, WorkerPool
 from runtime.errors import NotFoundError, UnavailableError
 
 
@@ -61,6 +61,24 @@ def test_the_first_failed_heartbeat_takes_a_worker_out_until_the_next_good_one()
     beat(pool, "a", ["m"])
     assert changes == [False, True]
     assert pool.pick("m") == "a"
+
+
+def test_a_model_being_unloaded_stays_draining_whatever_heartbeats_say() -> None:
+    """A heartbeat answered before the worker starts the drain still says READY: taken
+    at its word, it would route requests to a model on its way out (issue 13)."""
+    pool = WorkerPool(["a"])
+    beat(pool, "a", ["m"])
+    pool.mark_model("a", ModelOnAgent("m", "draining"))
+    beat(pool, "a", ["m"])
+    assert pool.view("a").models["m"].state == "draining"
+    assert not pool.view("a").is_ready("m")
+    pool.forget_model("a", "m")
+    beat(pool, "a", ["m"])  # loaded again since: READY counts again
+    assert pool.view("a").is_ready("m")
+    pool.mark_model("a", ModelOnAgent("m", "draining"))
+    pool.mark_model("a", ModelOnAgent("m", "loading"))  # a new load there ends the unload
+    beat(pool, "a", ["m"])
+    assert pool.view("a").is_ready("m")
 
 
 def test_models_counts_ready_replicas() -> None:
