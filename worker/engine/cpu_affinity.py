@@ -37,7 +37,8 @@ def runner_cpus(processes: Iterable[psutil.Process]) -> frozenset[int]:
     cores: set[int] = set()
     for process in processes:
         try:
-            if process.name().startswith(RUNNER_TITLE):
+            # A runner that ended but is not reaped yet (a zombie) holds no core.
+            if process.name().startswith(RUNNER_TITLE) and process.status() != psutil.STATUS_ZOMBIE:
                 cores.update(process.cpu_affinity() or ())
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -51,16 +52,26 @@ def serving_cpus(engine: frozenset[int], allowed: frozenset[int] = _ALL_CPUS) ->
     return rest if engine and rest else allowed
 
 
+def place_threads(pid: int, cores: frozenset[int]) -> None:
+    """Bind every thread of process ``pid`` to ``cores`` (an affinity set on the process
+    alone binds its main thread only; threads started later inherit their starter's)."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return  # the process ended
+    for thread in threads:
+        try:
+            os.sched_setaffinity(int(thread), cores)
+        except (ProcessLookupError, PermissionError):
+            continue  # a thread that just ended, or a policy that forbids it
+
+
 def keep_off_engine_cpus() -> frozenset[int]:
     """Move every thread of this process to :func:`serving_cpus` of the model runners
     running now (this process's descendants); returns the set."""
     engine = runner_cpus(psutil.Process().children(recursive=True))
     cores = serving_cpus(engine)
-    for thread in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(thread), cores)
-        except (ProcessLookupError, PermissionError):
-            continue  # a thread that just ended, or a policy that forbids it
+    place_threads(os.getpid(), cores)
     logger.info(
         "worker threads placed",
         extra={"cores": sorted(cores), "engine_cores": sorted(engine)},
