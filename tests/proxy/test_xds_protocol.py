@@ -289,85 +289,85 @@ class RecordingConnection:
         return 0
 
 
-async def test_an_unload_waits_until_envoy_no_longer_routes_there(
+@pytest.fixture
+async def synced_envoy(
     xds: tuple[WorkerPool, XdsServer, RunningServer],
+) -> AsyncIterator[FakeEnvoy]:
+    """A FakeEnvoy that has subscribed to and ACKed everything the fixture's fleet makes."""
+    envoy = FakeEnvoy(xds[2].port)
+    try:
+        rds = await subscribe_all(envoy)
+        await envoy.send(ROUTE_TYPE, (ROUTE_CONFIG_NAME,), ack=rds)
+        await envoy.quiet()
+        yield envoy
+    finally:
+        await envoy.close()
+
+
+async def test_an_unload_waits_until_envoy_no_longer_routes_there(
+    xds: tuple[WorkerPool, XdsServer, RunningServer], synced_envoy: FakeEnvoy
 ) -> None:
     """Make before break: the worker is asked to unload only once Envoy has ACKed
     the route's withdrawal and then its cluster's, so no request reaches a worker
     that lets the model go (with no other replica, that was a 503 where the cold path
     should have answered)."""
-    pool, server, running = xds
+    pool, server, _ = xds
+    envoy = synced_envoy
     connection = RecordingConnection()
     cold = ColdStarts(pool, {"127.0.0.1:1001": connection}, [], MemoryEstimator(None))  # type: ignore[dict-item]
     cold.edge_synced = server.edge_synced
-    envoy = FakeEnvoy(running.port)
-    try:
-        rds = await subscribe_all(envoy)
-        await envoy.send(ROUTE_TYPE, (ROUTE_CONFIG_NAME,), ack=rds)
-        await envoy.quiet()
-        unload = asyncio.create_task(cold.unload("127.0.0.1:1001", "m1", reason="evict"))
-        rds = await envoy.next(ROUTE_TYPE)
-        assert routed(rds) == []
-        await envoy.quiet()
-        assert connection.unloads == []  # Envoy may still route m1 there
-        await envoy.send(ROUTE_TYPE, (ROUTE_CONFIG_NAME,), ack=rds)
-        cds = await envoy.next(CLUSTER_TYPE)
-        assert clusters(cds) == {}
-        assert connection.unloads == []
-        # (The withdrawn cluster's endpoints need no ACK: Envoy sends none for a
-        # cluster it no longer has, and they route nothing.)
-        await envoy.send(CLUSTER_TYPE, ack=cds)
-        await asyncio.wait_for(unload, 1.0)
-        assert connection.unloads == ["m1"]
-        assert not pool.holders("m1")
-    finally:
-        await envoy.close()
+    unload = asyncio.create_task(cold.unload("127.0.0.1:1001", "m1", reason="evict"))
+    rds = await envoy.next(ROUTE_TYPE)
+    assert routed(rds) == []
+    await envoy.quiet()
+    assert connection.unloads == []  # Envoy may still route m1 there
+    await envoy.send(ROUTE_TYPE, (ROUTE_CONFIG_NAME,), ack=rds)
+    cds = await envoy.next(CLUSTER_TYPE)
+    assert clusters(cds) == {}
+    assert connection.unloads == []
+    # (The withdrawn cluster's endpoints need no ACK: Envoy sends none for a cluster it
+    # no longer has, and they route nothing.)
+    await envoy.send(CLUSTER_TYPE, ack=cds)
+    await asyncio.wait_for(unload, 1.0)
+    assert connection.unloads == ["m1"]
+    assert not pool.holders("m1")
 
 
 async def test_edge_sync_waits_for_the_endpoints_of_a_routed_cluster(
-    xds: tuple[WorkerPool, XdsServer, RunningServer],
+    xds: tuple[WorkerPool, XdsServer, RunningServer], synced_envoy: FakeEnvoy
 ) -> None:
     """Two replicas: one leaving changes only the model's endpoints (its route stays),
     and that is what Envoy must have ACKed."""
-    pool, server, running = xds
-    envoy = FakeEnvoy(running.port)
-    try:
-        rds = await subscribe_all(envoy)
-        await envoy.send(ROUTE_TYPE, (ROUTE_CONFIG_NAME,), ack=rds)
-        ready(pool, "127.0.0.1:1002", "m1")
-        eds = await envoy.next(ENDPOINT_TYPE)
-        await envoy.send(ENDPOINT_TYPE, (M1,), ack=eds)
-        await envoy.quiet()
-        pool.mark_model("127.0.0.1:1001", ModelOnAgent("m1", "draining"))
-        synced = asyncio.create_task(server.edge_synced())
-        eds = await envoy.next(ENDPOINT_TYPE)
-        (assignment,) = assignments(eds).values()
-        assert [e.endpoint.hostname for e in assignment.endpoints[0].lb_endpoints] == [
-            "127.0.0.1:1002"
-        ]
-        await envoy.quiet()
-        assert not synced.done()
-        await envoy.send(ENDPOINT_TYPE, (M1,), ack=eds)
-        assert await asyncio.wait_for(synced, 1.0)
-    finally:
-        await envoy.close()
+    pool, server, _ = xds
+    envoy = synced_envoy
+    ready(pool, "127.0.0.1:1002", "m1")
+    eds = await envoy.next(ENDPOINT_TYPE)
+    await envoy.send(ENDPOINT_TYPE, (M1,), ack=eds)
+    await envoy.quiet()
+    pool.mark_model("127.0.0.1:1001", ModelOnAgent("m1", "draining"))
+    synced = asyncio.create_task(server.edge_synced())
+    eds = await envoy.next(ENDPOINT_TYPE)
+    (assignment,) = assignments(eds).values()
+    hosts = [e.endpoint.hostname for e in assignment.endpoints[0].lb_endpoints]
+    assert hosts == ["127.0.0.1:1002"]
+    await envoy.quiet()
+    assert not synced.done()
+    await envoy.send(ENDPOINT_TYPE, (M1,), ack=eds)
+    assert await asyncio.wait_for(synced, 1.0)
 
 
 async def test_edge_sync_gives_up_on_an_envoy_that_does_not_ack(
     xds: tuple[WorkerPool, XdsServer, RunningServer],
 ) -> None:
-    pool, server, running = xds
+    _, server, running = xds
     assert await server.edge_synced(timeout_s=0.2)  # no Envoy connected: nothing to wait for
     envoy = FakeEnvoy(running.port)
     try:
-        rds = await subscribe_all(envoy)
-        await envoy.send(ROUTE_TYPE, (ROUTE_CONFIG_NAME,), ack=rds)
-        await _until(lambda: server.stream_count == 1)
-        assert await server.edge_synced(timeout_s=0.2)  # in sync already
-        pool.mark_model("127.0.0.1:1001", ModelOnAgent("m1", "draining"))
+        await subscribe_all(envoy)  # its route configuration never ACKed
         started = time.monotonic()
-        assert not await server.edge_synced(timeout_s=0.2)  # the new routes are not ACKed
+        assert not await server.edge_synced(timeout_s=0.2)
         assert 0.2 <= time.monotonic() - started < 1.0
+        assert server.stream_count == 1
     finally:
         await envoy.close()
 
