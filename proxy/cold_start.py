@@ -149,8 +149,7 @@ class ColdStarts:
         # address -> whether it ended READY.
         self._loading_on: dict[str, dict[str, asyncio.Future[bool]]] = {}
         self._needs: dict[str, MemoryNeed] = {}
-        # Waits until the edge routes as the pool says now (XdsServer.edge_synced), set
-        # once the control plane's xDS server exists: an unload waits for it.
+        # Until the edge routes as the pool says now (XdsServer.edge_synced; set later).
         self.edge_synced: Callable[[], Awaitable[bool]] | None = None
 
     def knows(self, model: str) -> bool:
@@ -458,10 +457,8 @@ class ColdStarts:
         )
         self.pool.mark_model(address, ModelOnAgent(model, "draining"))
         if self.edge_synced is not None:
-            # Make before break: Envoy stops sending the model's requests here before
-            # the worker lets it go. A request on a route that still named this worker
-            # after the unload would get UNAVAILABLE and, with no other replica, a 503
-            # rather than the cold path.
+            # Make before break: Envoy stops routing the model here before the worker
+            # lets it go (else, with no other replica, a 503 instead of the cold path).
             await self.edge_synced()
         try:
             await self._connections[address].unload_model(
