@@ -24,7 +24,7 @@ from helios.v1 import admin_pb2, estimator_pb2, inference_pb2, registry_pb2, sto
 from cli.envoy import EnvoyProcess
 from cli.keys import admin_key_path
 from cli.mesh_models import import_models, wait_for_models, warm_models
-from cli.placement import ServingPlacement
+from cli.placement import ServingPlacement, placement_wanted
 from cli.processes import Restart, ServiceProcess, ServiceStartError, Supervised, supervise
 from cli.up_options import MeshOptions, edge_access, tokens_per_minute_only
 from edge import (
@@ -345,8 +345,9 @@ class Mesh:
             )
             for child in children
         ]
-        placement = ServingPlacement(lambda: _pids(self.workers), self._non_worker_pids)
-        self._supervisors.append(asyncio.create_task(placement.run(), name="place processes"))
+        if placement_wanted():
+            placement = ServingPlacement(lambda: _pids(self.workers), self._non_worker_pids)
+            self._supervisors.append(asyncio.create_task(placement.run(), name="place processes"))
 
     def _non_worker_pids(self) -> list[int]:
         """Envoy's and every non-worker service's pid, as they are now (restarts)."""

@@ -8,6 +8,9 @@ every :data:`PLACE_INTERVAL_S` it reads the cores the runners under its workers 
 bound to and binds every thread of the other processes to the rest (to all cores again
 when no runner is left, or when the runners take every core). Only what changed is
 written: a process is placed when it is new (started or restarted) or the set moved.
+The workers' own setting decides for the whole mesh: with ``HELIOS_WORKER_SERVING_CPUS``
+(or ``HELIOS_SERVING_CPUS``) ``all``, neither the workers nor `helios up` place anything
+(an operator who sets affinities, cgroups or cpusets themselves).
 
 Measured on this 2-core machine (tiny model, vLLM runner bound to core 0, two meshes
 interleaved): the serving processes kept on core 1 gave +21% / +7% / +20% tokens/s at
@@ -22,6 +25,7 @@ from collections.abc import Callable, Iterable
 
 import psutil
 
+from runtime.config import env_default
 from worker.engine.cpu_affinity import place_threads, runner_cpus, serving_cpus
 
 logger = logging.getLogger("helios.up")
@@ -29,6 +33,12 @@ logger = logging.getLogger("helios.up")
 # How often the runners' cores are read again: an engine starts or stops with a model
 # load or unload, which takes seconds.
 PLACE_INTERVAL_S = 5.0
+
+
+def placement_wanted() -> bool:
+    """Whether the workers place their threads (their ``serving_cpus`` setting, read as
+    they read it), and so `helios up` the other processes."""
+    return env_default("worker", "serving_cpus", "auto") == "auto"
 
 
 class ServingPlacement:

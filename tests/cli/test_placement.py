@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from cli.placement import ServingPlacement
+from cli.placement import ServingPlacement, placement_wanted
 from worker.engine.cpu_affinity import RUNNER_TITLE
 
-pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 
 # A worker: its child is named as vLLM names its model runners and bound to one core.
 WORKER = (
@@ -70,6 +70,7 @@ def runner_up(worker: subprocess.Popen[bytes]) -> bool:
     )
 
 
+@TWO_CORES
 def test_the_other_processes_leave_the_runner_cores_and_come_back(
     processes: tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]],
 ) -> None:
@@ -86,3 +87,13 @@ def test_the_other_processes_leave_the_runner_cores_and_come_back(
     until(lambda: not runner_up(worker))
     assert sorted(placement.place()) == every
     assert threads_cores(other.pid) == [every, every]
+
+
+def test_the_workers_setting_decides_for_the_mesh(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HELIOS_WORKER_SERVING_CPUS", "HELIOS_SERVING_CPUS"):
+        monkeypatch.delenv(name, raising=False)
+    assert placement_wanted()  # auto, the worker's default
+    monkeypatch.setenv("HELIOS_SERVING_CPUS", "all")
+    assert not placement_wanted()
+    monkeypatch.setenv("HELIOS_WORKER_SERVING_CPUS", "auto")  # the worker's own wins
+    assert placement_wanted()
