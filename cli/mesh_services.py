@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from helios.v1 import admin_pb2, estimator_pb2, inference_pb2, registry_pb2, sto
 from cli.envoy import EnvoyProcess
 from cli.keys import admin_key_path
 from cli.mesh_models import import_models, wait_for_models, warm_models
-from cli.placement import ServingPlacement, placement_wanted
 from cli.processes import Restart, ServiceProcess, ServiceStartError, Supervised, supervise
 from cli.up_options import MeshOptions, edge_access, tokens_per_minute_only
 from edge import (
@@ -345,16 +344,6 @@ class Mesh:
             )
             for child in children
         ]
-        if placement_wanted():
-            placement = ServingPlacement(lambda: _pids(self.workers), self._non_worker_pids)
-            self._supervisors.append(asyncio.create_task(placement.run(), name="place processes"))
-
-    def _non_worker_pids(self) -> list[int]:
-        """Envoy's and every non-worker service's pid, as they are now (restarts)."""
-        pids = _pids(s for s in self.services if s not in self.workers)
-        if self.envoy is not None and self.envoy.process.poll() is None:
-            pids.append(self.envoy.pid)
-        return pids
 
     def _rewarm(self) -> None:
         """A restarted proxy knows the registry models' warm replicas no more: ask again
@@ -380,13 +369,6 @@ class Mesh:
         if self.proxy is not None:
             await self.proxy.stop(STOP_GRACE)
         await asyncio.gather(*(s.stop(STOP_GRACE) for s in self.services if s is not self.proxy))
-
-
-def _pids(services: Iterable[ServiceProcess]) -> list[int]:
-    """The pids of those of ``services`` that are running."""
-    return [
-        s.process.pid for s in services if s.process is not None and s.process.returncode is None
-    ]
 
 
 class _SupervisedEnvoy:
