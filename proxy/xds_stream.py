@@ -7,7 +7,7 @@ ACKed route names it)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -39,12 +39,9 @@ class _TypeState:
     must_respond: bool = False
     version: str = ""  # of the last response sent
     nonce: str = ""  # of the last response sent
-    sent: frozenset[str] = frozenset()  # resource names in it
-    sent_digests: dict[str, str] = field(default_factory=dict)  # by name
+    sent_digests: dict[str, str] = field(default_factory=dict)  # its resources' by name
     refs: frozenset[str] = frozenset()  # clusters it names (RDS)
-    acked_version: str = ""
-    acked: frozenset[str] = frozenset()
-    acked_digests: dict[str, str] = field(default_factory=dict)
+    acked_digests: dict[str, str] = field(default_factory=dict)  # of the last ACKed one
     acked_refs: frozenset[str] = frozenset()
     nacked_versions: set[str] = field(default_factory=set)
 
@@ -91,8 +88,6 @@ class XdsStream:
                         },
                     )
             else:
-                state.acked_version = state.version
-                state.acked = state.sent
                 state.acked_digests = state.sent_digests
                 state.acked_refs = state.refs
         names = _names(type_url, request.resource_names)
@@ -116,7 +111,6 @@ class XdsStream:
             self._nonce += 1
             state.nonce = str(self._nonce)
             state.version = version
-            state.sent = frozenset(chosen)
             state.sent_digests = digests
             state.refs = refs
             state.must_respond = False
@@ -168,9 +162,10 @@ class XdsStream:
                 lagging.append(type_url.rpartition(".")[2])
         return lagging
 
-    def _acked(self, type_url: str) -> frozenset[str]:
+    def _acked(self, type_url: str) -> Collection[str]:
+        """The names of the resources of ``type_url`` Envoy last ACKed."""
         state = self._types.get(type_url)
-        return state.acked if state is not None else frozenset()
+        return state.acked_digests.keys() if state is not None else ()
 
     def _routed(self) -> frozenset[str]:
         """Clusters a route sent (ACKed or not yet) may still name."""
