@@ -11,9 +11,10 @@ when there are such cores. Threads the worker starts later inherit the set; the 
 processes themselves (the fork server's children) are left as vLLM set them.
 
 Measured (bench set-up of bench/vllm_compare_bench.py, tiny model, 2 cores, runner bound to
-core 0): two Helios meshes interleaved (4 ABBA rounds), the serving processes of one kept on
-core 1: +21% / +7% / +20% tokens/s at 1 / 4 / 16 streams, and +10% / +10% / +10% with the
-order of the meshes swapped.
+core 0): two Helios meshes interleaved (4 ABBA rounds), the worker kept off core 0 vs not:
+557 vs 558 / 1132 vs 1053 / 2586 vs 2136 tokens/s at 1 / 4 / 16 streams, TTFT p50 at 16
+streams 58.9 vs 68.6 ms. Binding Envoy and the other services of a local mesh the same way
+as well (`helios up`, tried and taken out) showed no gain out of the host's noise.
 """
 
 from __future__ import annotations
