@@ -205,7 +205,6 @@ def render_envoy_config(
     metrics_upstream: Upstream | None,
     transcoded_services: Sequence[str] = TRANSCODED_SERVICES,
     admin_host: str = "127.0.0.1",
-    sse_done: bool = True,
     upstream_tls: UpstreamTls | None = None,
     access: EdgeAccess | None = None,
     xds_upstream: Upstream | None = None,
@@ -216,8 +215,7 @@ def render_envoy_config(
     ``grpc_upstreams`` maps full gRPC service names (``helios.v1.InferenceService``, ...)
     to their upstream; what is routed, and with which key, is :func:`edge_virtual_host`'s.
     ``default_grpc_upstream`` answers health checks and reflection.
-    Port 0 (listener or admin) asks for an ephemeral port. ``sse_done`` makes the Lua filter
-    append ``data: [DONE]`` after a REST stream's last event (see edge/README.md).
+    Port 0 (listener or admin) asks for an ephemeral port.
     ``upstream_tls``: mutual TLS to every gRPC upstream with this client certificate
     (``helios up --tls``); the listener itself stays plain HTTP. ``access``: the keys
     (default: no inference key, so inference is open, and no admin key, so admin is closed).
@@ -240,7 +238,6 @@ def render_envoy_config(
         access=access,
         descriptor_path=descriptor_path,
         transcoded_services=transcoded_services,
-        sse_done=sse_done,
     )
     hcm = http_connection_manager(
         virtual_host, filters, dynamic_routes=xds_upstream is not None, tracing=tracing

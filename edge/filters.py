@@ -24,12 +24,12 @@ from runtime.limits import INFERENCE_BODY_BYTES
 _API_KEY_AUTH_TYPE = "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth"
 
 
-def _lua_filter(sse_done: bool) -> dict[str, Any]:
+def _lua_filter() -> dict[str, Any]:
     return {
         "name": LUA_FILTER_NAME,
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-            "default_source_code": {"inline_string": load_lua_filter(sse_done=sse_done)},
+            "default_source_code": {"inline_string": load_lua_filter()},
         },
     }
 
@@ -143,12 +143,10 @@ def http_filters(
     access: EdgeAccess,
     descriptor_path: Path,
     transcoded_services: Sequence[str],
-    sse_done: bool,
 ) -> list[dict[str, Any]]:
-    """The listener's HTTP filters; ``sse_done``: the Lua filter appends ``data: [DONE]``
-    after a REST stream's last event."""
+    """The listener's HTTP filters."""
     return [
-        _lua_filter(sse_done),
+        _lua_filter(),
         _buffer_filter(),
         _transcoder_filter(descriptor_path, transcoded_services),
         # After the transcoder: REST calls are judged on the gRPC method they became.

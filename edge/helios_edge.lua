@@ -21,12 +21,10 @@
 --     {"error": {"message", "type", "param", "code"}} (code: the gRPC status name or null),
 --     with internal addresses (ip:port) and server paths in the message replaced;
 --   * HEAD: no body, whatever the status;
---   * text/event-stream: passes the chunks through unbuffered and appends `data: [DONE]`
---     after the stream's last event (see README.md).
+--   * text/event-stream: never touched (the upstream's Stream*Events RPCs print the events,
+--     `data: [DONE]` included; see README.md).
 --
 -- edge/lua.py inlines this file into the bootstrap; each quoted @NAME@ is Python's NAME.
-local APPEND_DONE = "@APPEND_DONE@"
-
 local EDGE_HEADER = "@EDGE_HEADER@"
 local CLIENT_HEADER = "@CLIENT_HEADER@"
 local MODEL_HEADER = "@MODEL_HEADER@"
@@ -84,8 +82,6 @@ local REASONS = {
   [503] = "Service Unavailable",
   [504] = "Gateway Timeout",
 }
-
-local DONE_EVENT = "data: [DONE]\n\n"
 
 -- Envoy's local replies by body text: {gRPC code, the message a client sees}.
 local ENVOY_REFUSALS = {
@@ -319,9 +315,6 @@ function envoy_on_request(handle)
   if stream_path ~= nil and (fields["stream"] == "true" or fields["stream"] == '"true"') then
     headers:replace(":path", stream_path .. query)
     handle:clearRouteCache()
-    local options = top_level_fields(fields["stream_options"] or "")
-    local include_usage = options ~= nil and options["include_usage"] == "true"
-    handle:streamInfo():dynamicMetadata():set(METADATA_NS, "include_usage", include_usage)
   end
 end
 
@@ -388,59 +381,6 @@ local function rewrite_error(handle, status)
   headers:replace("content-length", tostring(#out))
 end
 
--- Whether an SSE chunk ends with the stream's last event. Per the contract of
--- helios.v1.Stream*Response: `error` is set only on a final chunk, `usage` only on the last
--- chunk (when include_usage was asked for), and a choice's finish_reason on its last chunk
--- (n is 1, so that is the last chunk unless a usage chunk follows).
-local function ends_with_last_event(text, include_usage)
-  -- Events are "data: <json>\n\n"; JSON text holds no raw newline, so "\n\ndata: " only
-  -- occurs between events.
-  local start = nil
-  if text:sub(1, 6) == "data: " then
-    start = 1
-  end
-  local from = 1
-  while true do
-    local found = text:find("\n\ndata: ", from, true)
-    if found == nil then
-      break
-    end
-    start = found + 2
-    from = found + 2
-  end
-  if start == nil then
-    return false
-  end
-  local event = text:sub(start + 6)
-  local fields = top_level_fields(event)
-  if fields == nil then
-    return false
-  end
-  if fields["error"] ~= nil or fields["usage"] ~= nil then
-    return true
-  end
-  -- Quotes inside JSON strings are escaped, so this cannot match inside generated text.
-  return not include_usage and event:find('"finish_reason":"', 1, true) ~= nil
-end
-
--- Streams the SSE body through chunk by chunk (never buffering it) and appends the
--- `data: [DONE]` terminator that OpenAI clients expect after the last event. The stream
--- ends with gRPC trailers, after which Lua can no longer add data, so the last event is
--- recognised by its content instead; a stream that breaks off gets no [DONE].
-local function append_done(handle, include_usage)
-  local done = false
-  for chunk in handle:bodyChunks() do
-    local length = chunk:length()
-    if not done and length > 0 then
-      local text = chunk:getBytes(0, length)
-      if ends_with_last_event(text, include_usage) then
-        chunk:setBytes(text .. DONE_EVENT)
-        done = true
-      end
-    end
-  end
-end
-
 function envoy_on_response(handle)
   local meta = handle:streamInfo():dynamicMetadata():get(METADATA_NS)
   if meta == nil or meta["rest"] ~= true then
@@ -458,10 +398,5 @@ function envoy_on_response(handle)
   end
   if status >= 400 then
     rewrite_error(handle, status)
-    return
-  end
-  local ct = headers:get("content-type") or ""
-  if APPEND_DONE and ct:sub(1, 17) == "text/event-stream" then
-    append_done(handle, meta["include_usage"] == true)
   end
 end

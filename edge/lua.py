@@ -3,7 +3,7 @@
 The names the Lua shares with Python are not spelled in the Lua: each is a placeholder
 string ``"@NAME@"`` there, replaced here by the Lua literal of its one Python definition
 (openai_compat/protocol.py, runtime/edge_names.py, runtime/limits.py,
-edge/names.py), as is the ``[DONE]`` switch.
+edge/names.py).
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ LuaValue = bool | int | str
 _PLACEHOLDER = re.compile(r'"@([A-Z][A-Z0-9_]*)@"')
 
 
-def lua_values(*, sse_done: bool) -> dict[str, LuaValue]:
+def lua_values() -> dict[str, LuaValue]:
     """Each placeholder of the Lua source and its value."""
     return {
-        "APPEND_DONE": sse_done,
         "EDGE_HEADER": EDGE_HEADER,
         "CLIENT_HEADER": CLIENT_HEADER,
         "MODEL_HEADER": MODEL_HEADER,
@@ -60,7 +59,7 @@ def render_lua(source: str, values: Mapping[str, LuaValue]) -> str:
     return _PLACEHOLDER.sub(lambda match: lua_literal(values[match.group(1)]), source)
 
 
-def load_lua_filter(*, sse_done: bool = True) -> str:
-    """The Lua filter as Envoy runs it, with [DONE] appending on or off."""
+def load_lua_filter() -> str:
+    """The Lua filter as Envoy runs it."""
     source = LUA_FILTER_PATH.read_text(encoding="utf-8")
-    return render_lua(source, lua_values(sse_done=sse_done))
+    return render_lua(source, lua_values())

@@ -9,11 +9,12 @@ errors whichever served it.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from typing import Any, TypeVar
 
 import grpc
+from google.api.httpbody_pb2 import HttpBody
 from google.protobuf.message import Message
 from helios.v1 import inference_pb2 as pb
 from helios.v1 import inference_pb2_grpc
@@ -22,6 +23,7 @@ from openai_compat.answers import chat_choice, chat_chunk_choice, completion_cho
 from openai_compat.backend import CallInfo, GenerationStep, InferenceBackend
 from openai_compat.choices import Usage, complete_all, stream_all, usage_of
 from openai_compat.embedding_protocol import EmbeddingsServicer
+from openai_compat.events import CHAT_TEXT, COMPLETION_TEXT, event_stream
 from openai_compat.logprobs import TokenLogprob, text_length
 from openai_compat.params import Job, Request
 from openai_compat.protocol import (
@@ -94,11 +96,13 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
         kind: str,
         choice: Callable[[int, GenerationStep], Message],
         response: Callable[..., _Chunk],
-    ) -> AsyncIterator[_Chunk]:
+        events: bool = False,
+    ) -> AsyncGenerator[_Chunk, None]:
         """A streamed answer, chat's or completions': one chunk per step with the step's
-        ``choice``, then the usage or the failure (see :meth:`_relay`)."""
+        ``choice``, then the usage or the failure (see :meth:`_relay`; ``events``: the
+        chunks become server-sent events, so a failure after the first is an event)."""
         head = _head(asked, kind)
-        async for item in self._relay(asked, context):
+        async for item in self._relay(asked, context, events):
             if isinstance(item, tuple):
                 yield response(**head, choices=[choice(*item)])
             else:
@@ -121,7 +125,17 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
     def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
-        asked = chat_request_from_pb(request.params)
+        return self._chat_chunks(request.params, context, events=False)
+
+    def StreamChatCompletionEvents(
+        self, request: pb.StreamChatCompletionEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[HttpBody]:
+        return event_stream(self._chat_chunks(request.params, context, events=True), CHAT_TEXT)
+
+    def _chat_chunks(
+        self, params: pb.ChatCompletionParams, context: grpc.aio.ServicerContext, events: bool
+    ) -> AsyncGenerator[pb.StreamChatCompletionResponse, None]:
+        asked = chat_request_from_pb(params)
         started: set[int] = set()
         tool_deltas = ChatToolDeltas(asked)
 
@@ -133,7 +147,12 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
             return tool_deltas.rewrite(chunk)
 
         return self._chunks(
-            asked, context, "chat.completion.chunk", choice, pb.StreamChatCompletionResponse
+            asked,
+            context,
+            "chat.completion.chunk",
+            choice,
+            pb.StreamChatCompletionResponse,
+            events,
         )
 
     async def CreateCompletion(
@@ -152,7 +171,18 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
     def StreamCompletion(
         self, request: pb.StreamCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompletionResponse]:
-        asked = completion_request_from_pb(request.params)
+        return self._completion_chunks(request.params, context, events=False)
+
+    def StreamCompletionEvents(
+        self, request: pb.StreamCompletionEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[HttpBody]:
+        chunks = self._completion_chunks(request.params, context, events=True)
+        return event_stream(chunks, COMPLETION_TEXT)
+
+    def _completion_chunks(
+        self, params: pb.CompletionParams, context: grpc.aio.ServicerContext, events: bool
+    ) -> AsyncGenerator[pb.StreamCompletionResponse, None]:
+        asked = completion_request_from_pb(params)
         # Each choice's text so far, in characters: where its next token's text_offset is.
         offsets: dict[int, int] = {}
 
@@ -162,15 +192,17 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
             logprobs = step.logprobs if asked.logprobs else None
             return completion_choice(index, step.text, step.finish_reason, logprobs, offset)
 
-        return self._chunks(asked, context, "text_completion", choice, pb.StreamCompletionResponse)
+        return self._chunks(
+            asked, context, "text_completion", choice, pb.StreamCompletionResponse, events
+        )
 
     async def _relay(
-        self, asked: Request, context: grpc.aio.ServicerContext
+        self, asked: Request, context: grpc.aio.ServicerContext, events: bool
     ) -> AsyncIterator[tuple[int, GenerationStep] | Usage | pb.ErrorDetail]:
         """Every choice's steps with its index (empty intermediate steps dropped), the
         usage once every choice finished if the client asked for it; then, for REST
-        clients whose stream already started, a failure as an error detail instead of a
-        status."""
+        clients (server-sent events, or the edge's mark) whose stream already started, a
+        failure as an error detail instead of a status."""
         sent = False
         call: CallInfo = call_info(context)
         lasts: dict[int, GenerationStep] = {}
@@ -189,7 +221,7 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
                 yield usage_of(asked.jobs, [lasts[job.index] for job in asked.jobs])
         except HeliosError as error:
             # Raised, the runtime interceptor answers it (status, retry-after trailer).
-            if not (sent and is_rest(call)):
+            if not (sent and (events or is_rest(call))):
                 raise
             logger.warning(
                 "stream failed after it started",

@@ -85,8 +85,10 @@ HEARTBEAT_REQUEST_BYTES = 256 * KIB
 _INFERENCE_METHODS = (
     "/helios.v1.InferenceService/CreateChatCompletion",
     "/helios.v1.InferenceService/StreamChatCompletion",
+    "/helios.v1.InferenceService/StreamChatCompletionEvents",
     "/helios.v1.InferenceService/CreateCompletion",
     "/helios.v1.InferenceService/StreamCompletion",
+    "/helios.v1.InferenceService/StreamCompletionEvents",
     "/helios.v1.InferenceService/CreateEmbedding",
     # Relayed generations carry the same prompt.
     "/helios.v1.WorkerService/Generate",

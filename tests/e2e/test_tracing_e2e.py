@@ -25,7 +25,7 @@ from support.mesh_harness import Mesh, helios_up
 from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
 
 CHAT_METHOD = "/helios.v1.InferenceService/CreateChatCompletion"
-STREAM_METHOD = "/helios.v1.InferenceService/StreamChatCompletion"
+STREAM_METHOD = "/helios.v1.InferenceService/StreamChatCompletionEvents"
 ENVOY, WORKER = "helios-envoy", "helios-worker"
 
 

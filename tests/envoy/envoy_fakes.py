@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+from google.api.httpbody_pb2 import HttpBody
 from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -41,6 +42,7 @@ from helios.v1 import (
 )
 
 from cli.envoy import EnvoyProcess
+from openai_compat.events import CHAT_TEXT, COMPLETION_TEXT, event_stream
 
 MODEL_ID = "fake-model"
 # The admin key the module's edge accepts (tests/envoy/conftest.py).
@@ -157,7 +159,26 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
         self, request: inference_pb2.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.StreamChatCompletionResponse]:
         self._record("StreamChatCompletion", context)
-        params = request.params
+        async for chunk in self._chat_chunks(request.params, context, rest=_is_rest(context)):
+            yield chunk
+
+    async def StreamChatCompletionEvents(
+        self,
+        request: inference_pb2.StreamChatCompletionEventsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[HttpBody]:
+        """The chunks printed by the servers' own printer (openai_compat.events)."""
+        self._record("StreamChatCompletionEvents", context)
+        chunks = self._chat_chunks(request.params, context, rest=True)
+        async for body in event_stream(chunks, CHAT_TEXT):
+            yield body
+
+    async def _chat_chunks(
+        self,
+        params: inference_pb2.ChatCompletionParams,
+        context: grpc.aio.ServicerContext,
+        rest: bool,
+    ) -> AsyncGenerator[inference_pb2.StreamChatCompletionResponse, None]:
         await self._check(params, context)
 
         def chunk(**kwargs: Any) -> inference_pb2.StreamChatCompletionResponse:
@@ -177,7 +198,7 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
             yield chunk(choices=[inference_pb2.ChatCompletionChunkChoice(index=0, delta=delta)])
             await asyncio.sleep(SLOW_PAUSE_S if params.model == "slow-stream" and i == 0 else 0.01)
         if params.model == "fails-midstream":
-            if _is_rest(context):
+            if rest:
                 yield chunk(
                     error=inference_pb2.ErrorDetail(
                         message="worker lost mid-stream", type="server_error", code="UNAVAILABLE"
@@ -216,7 +237,26 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
         self, request: inference_pb2.StreamCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.StreamCompletionResponse]:
         self._record("StreamCompletion", context)
-        params = request.params
+        chunks = self._completion_chunks(request.params, context, rest=_is_rest(context))
+        async for chunk in chunks:
+            yield chunk
+
+    async def StreamCompletionEvents(
+        self,
+        request: inference_pb2.StreamCompletionEventsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[HttpBody]:
+        self._record("StreamCompletionEvents", context)
+        chunks = self._completion_chunks(request.params, context, rest=True)
+        async for body in event_stream(chunks, COMPLETION_TEXT):
+            yield body
+
+    async def _completion_chunks(
+        self,
+        params: inference_pb2.CompletionParams,
+        context: grpc.aio.ServicerContext,
+        rest: bool,
+    ) -> AsyncGenerator[inference_pb2.StreamCompletionResponse, None]:
         await self._check(params, context)
 
         def chunk(**kwargs: Any) -> inference_pb2.StreamCompletionResponse:
@@ -233,7 +273,7 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
             yield chunk(choices=[inference_pb2.CompletionChoice(index=0, text=piece)])
             await asyncio.sleep(0.01)
         if params.model == "fails-midstream":
-            if _is_rest(context):
+            if rest:
                 yield chunk(
                     error=inference_pb2.ErrorDetail(
                         message="worker lost mid-stream", type="server_error", code="UNAVAILABLE"

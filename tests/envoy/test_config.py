@@ -213,19 +213,6 @@ def test_bad_keys_are_rejected(inference: tuple[str, ...], admin: tuple[str, ...
         EdgeAccess(inference_keys=inference, admin_keys=admin)
 
 
-def test_done_terminator_switch(descriptor: Path) -> None:
-    def lua(config: dict[str, Any]) -> str:
-        source: str = hcm(config)["http_filters"][0]["typed_config"]["default_source_code"][
-            "inline_string"
-        ]
-        return source
-
-    assert "local APPEND_DONE = true\n" in lua(render(descriptor))
-    off = lua(render(descriptor, sse_done=False))
-    assert "local APPEND_DONE = false\n" in off
-    assert "local APPEND_DONE = true" not in off
-
-
 def test_without_metrics_upstream(descriptor: Path) -> None:
     config = render(descriptor, metrics_upstream=None, grpc_upstreams={})
     routes = hcm(config)["route_config"]["virtual_hosts"][0]["routes"]

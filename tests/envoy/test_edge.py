@@ -99,7 +99,7 @@ def test_streamed_chat(edge: Edge, client: openai.OpenAI) -> None:
         assert isinstance(chunk.created, int) and chunk.created == CREATED
         assert isinstance(chunk.choices[0].index, int) and chunk.choices[0].index == 0
     method, metadata = last_call(edge)
-    assert method == "StreamChatCompletion"
+    assert method == "StreamChatCompletionEvents"
     assert metadata["x-helios-edge"] == ["rest"]
 
 
@@ -201,11 +201,11 @@ def test_stream_detection_ignores_message_content(
         ),
         (
             b'{\n  "model": "fake-model",\n  "stream"\n  :\t true,\n  "messages": []\n}',
-            "StreamChatCompletion",
+            "StreamChatCompletionEvents",
         ),
         (
             b'{"model":"fake-model","stream":"true","messages":[]}',
-            "StreamChatCompletion",
+            "StreamChatCompletionEvents",
         ),
         (
             b'{"model":"fake-model","stream":null,"messages":[]}',
@@ -213,7 +213,7 @@ def test_stream_detection_ignores_message_content(
         ),
         (
             b'{"messages":[{"role":"user","content":"}{\\\\"}],"stream":true,"model":"fake-model"}',
-            "StreamChatCompletion",
+            "StreamChatCompletionEvents",
         ),
     ],
 )
@@ -222,7 +222,7 @@ def test_stream_detection_raw(edge: Edge, body: bytes, method: str) -> None:
     assert status == 200
     assert last_call(edge)[0] == method
     streamed = headers["content-type"].startswith("text/event-stream")
-    assert streamed == (method == "StreamChatCompletion")
+    assert streamed == (method == "StreamChatCompletionEvents")
 
 
 def test_large_prompt(client: openai.OpenAI) -> None:
@@ -301,7 +301,7 @@ def test_streamed_completion(edge: Edge, client: openai.OpenAI) -> None:
     assert "".join(c.choices[0].text for c in chunks) == "".join(STREAM_PIECES)
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert all(isinstance(c.created, int) for c in chunks)
-    assert last_call(edge)[0] == "StreamCompletion"
+    assert last_call(edge)[0] == "StreamCompletionEvents"
 
 
 def test_models(client: openai.OpenAI) -> None:
@@ -494,8 +494,9 @@ def test_envoy_process_addresses(edge: Edge) -> None:
 # ----------------------------------------------------------------------------- process control
 
 
-def test_without_done_terminator(edge: Edge, tmp_path: Path) -> None:
-    """A second Envoy (sse_done=False) in front of the same fake; then it is stopped."""
+def test_second_envoy_process(edge: Edge, tmp_path: Path) -> None:
+    """A second Envoy in front of the same fake serves a stream whole (ending in
+    ``[DONE]``); then it is stopped."""
     upstream = Upstream("inference", "127.0.0.1", edge.fake_port)
     config = render_envoy_config(
         listen_host="127.0.0.1",
@@ -505,7 +506,6 @@ def test_without_done_terminator(edge: Edge, tmp_path: Path) -> None:
         grpc_upstreams={"helios.v1.InferenceService": upstream},
         default_grpc_upstream=upstream,
         metrics_upstream=None,
-        sse_done=False,
     )
     envoy = edge.run(EnvoyProcess.start(config, tmp_path))
     try:
@@ -515,9 +515,10 @@ def test_without_done_terminator(edge: Edge, tmp_path: Path) -> None:
         request = urllib.request.Request(f"{envoy.base_url}/v1/chat/completions", data=body)
         with urllib.request.urlopen(request, timeout=10) as response:
             events = response.read().decode().split("\n\n")
-        assert len(events) == len(STREAM_PIECES) + 2
-        assert all(e.startswith("data: {") for e in events[:-1])
-        assert json.loads(events[-2][len("data: ") :])["choices"][0]["finish_reason"] == "stop"
+        assert len(events) == len(STREAM_PIECES) + 3
+        assert all(e.startswith("data: {") for e in events[:-2])
+        assert events[-2:] == ["data: [DONE]", ""]
+        assert json.loads(events[-3][len("data: ") :])["choices"][0]["finish_reason"] == "stop"
     finally:
         edge.run(envoy.stop())
     assert envoy.process.returncode is not None

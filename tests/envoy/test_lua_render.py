@@ -21,7 +21,6 @@ def test_the_rendered_filter_spells_each_shared_name_from_python() -> None:
     assert f'local PREFIX_HASH_HEADER = "{PREFIX_HASH_HEADER}"\n' in lua
     assert f"local MAX_MODEL_HEADER = {MAX_ID_BYTES}\n" in lua
     assert f'  ["{EMBEDDINGS_REST_PATH}"] = true,\n' in lua
-    assert "local APPEND_DONE = true\n" in lua
     assert '"@' not in lua
 
 
@@ -33,10 +32,10 @@ def test_the_lua_source_defines_no_shared_value_itself() -> None:
         for line in LUA_FILTER_PATH.read_text(encoding="utf-8").splitlines()
         if not line.lstrip().startswith("--")
     ]
-    for value in lua_values(sse_done=True).values():
+    for value in lua_values().values():
         if isinstance(value, str):
             assert not [line for line in code if value in line], value
-    assert set(re.findall(r'"@([A-Z_]+)@"', "\n".join(code))) == set(lua_values(sse_done=True))
+    assert set(re.findall(r'"@([A-Z_]+)@"', "\n".join(code))) == set(lua_values())
 
 
 def test_placeholders_and_values_must_match() -> None:

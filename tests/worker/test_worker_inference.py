@@ -5,12 +5,14 @@ counters and metrics."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 import pytest_asyncio
+from google.api.httpbody_pb2 import HttpBody
 from google.protobuf import struct_pb2
 from helios.v1 import inference_pb2 as pb
 from helios.v1 import inference_pb2_grpc, worker_pb2_grpc
@@ -18,6 +20,7 @@ from helios.v1 import worker_pb2 as worker_pb
 from prometheus_client import REGISTRY
 from support.fakes import FakeEngine, serve_worker_inference
 
+from openai_compat.events import print_json
 from openai_compat.protocol import EDGE_HEADER
 from worker.engine.base import EngineClient
 from worker.models import ModelManager
@@ -352,3 +355,108 @@ async def test_prefill_pool_worker_sends_whole_generations_elsewhere(
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await running.stop(0)
+
+
+def events_of(bodies: list[HttpBody]) -> list[str]:
+    """The server-sent events of a Stream*Events answer, without their ``data: ``."""
+    assert bodies[0].content_type == "text/event-stream"
+    assert all(not b.content_type for b in bodies[1:])
+    text = b"".join(b.data for b in bodies).decode()
+    assert text.endswith("\n\n")
+    events = text.split("\n\n")[:-1]
+    assert all(e.startswith("data: ") for e in events)
+    return [e[len("data: ") :] for e in events]
+
+
+def without_identity(printed: str) -> dict[str, object]:
+    """A chunk's JSON without what differs between two requests (id, created)."""
+    data: dict[str, object] = json.loads(printed)
+    return {k: v for k, v in data.items() if k not in ("id", "created")}
+
+
+async def test_chat_events_are_the_streamed_chunks_printed_then_done(worker: Worker) -> None:
+    params = chat(max_tokens=6, n=2, stop="delta", include_usage=True)
+    chunks = [
+        c
+        async for c in worker.inference.StreamChatCompletion(
+            pb.StreamChatCompletionRequest(params=params)
+        )
+    ]
+    bodies = [
+        b
+        async for b in worker.inference.StreamChatCompletionEvents(
+            pb.StreamChatCompletionEventsRequest(params=params)
+        )
+    ]
+    events = events_of(bodies)
+    assert events[-1] == "[DONE]"
+    assert [without_identity(e) for e in events[:-1]] == [
+        without_identity(print_json(c)) for c in chunks
+    ]
+    assert len({json.loads(e)["id"] for e in events[:-1]}) == 1
+    assert json.loads(events[-2])["usage"]["completion_tokens"] == 2 * 4
+
+
+async def test_completion_events_are_the_streamed_chunks_printed(worker: Worker) -> None:
+    params = completion(max_tokens=3)
+    chunks = [
+        c
+        async for c in worker.inference.StreamCompletion(pb.StreamCompletionRequest(params=params))
+    ]
+    events = events_of(
+        [
+            b
+            async for b in worker.inference.StreamCompletionEvents(
+                pb.StreamCompletionEventsRequest(params=params)
+            )
+        ]
+    )
+    assert [without_identity(e) for e in events[:-1]] == [
+        without_identity(print_json(c)) for c in chunks
+    ]
+    assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == (
+        "alpha beta gamma "
+    )
+
+
+async def test_a_late_failure_of_events_is_an_error_event_without_the_edge_mark(
+    worker: Worker,
+) -> None:
+    worker.engines[MODEL].fail_after = 2
+    events = events_of(
+        [
+            b
+            async for b in worker.inference.StreamChatCompletionEvents(
+                pb.StreamChatCompletionEventsRequest(params=chat(max_tokens=5))
+            )
+        ]
+    )
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "UNAVAILABLE" and "fake engine died" in error["message"]
+    assert events[-1] == "[DONE]"
+
+
+async def test_bad_events_request_is_a_status_before_any_event(worker: Worker) -> None:
+    call = worker.inference.StreamChatCompletionEvents(
+        pb.StreamChatCompletionEventsRequest(params=chat(temperature=3.0))
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        _ = [b async for b in call]
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_cancelled_events_abort_the_engine_request(worker: Worker) -> None:
+    engine = worker.engines[MODEL]
+    engine.step_delay = 0.05
+    call = worker.inference.StreamCompletionEvents(
+        pb.StreamCompletionEventsRequest(params=completion(max_tokens=100))
+    )
+    await call.read()
+    assert engine.running
+    call.cancel()
+    for _ in range(100):
+        if not engine.running:
+            break
+        await asyncio.sleep(0.01)
+    assert not engine.running
+    assert engine.aborted_total == 1

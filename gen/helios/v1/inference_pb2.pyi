@@ -1,4 +1,5 @@
 from google.api import annotations_pb2 as _annotations_pb2
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -245,6 +246,12 @@ class StreamChatCompletionRequest(_message.Message):
     params: ChatCompletionParams
     def __init__(self, params: _Optional[_Union[ChatCompletionParams, _Mapping]] = ...) -> None: ...
 
+class StreamChatCompletionEventsRequest(_message.Message):
+    __slots__ = ("params",)
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    params: ChatCompletionParams
+    def __init__(self, params: _Optional[_Union[ChatCompletionParams, _Mapping]] = ...) -> None: ...
+
 class AssistantMessage(_message.Message):
     __slots__ = ("role", "content", "tool_calls")
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -433,6 +440,12 @@ class CreateCompletionRequest(_message.Message):
     def __init__(self, params: _Optional[_Union[CompletionParams, _Mapping]] = ...) -> None: ...
 
 class StreamCompletionRequest(_message.Message):
+    __slots__ = ("params",)
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    params: CompletionParams
+    def __init__(self, params: _Optional[_Union[CompletionParams, _Mapping]] = ...) -> None: ...
+
+class StreamCompletionEventsRequest(_message.Message):
     __slots__ = ("params",)
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     params: CompletionParams

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from helios.v1 import inference_pb2 as helios_dot_v1_dot_inference__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -48,6 +49,11 @@ class InferenceServiceStub:
                 request_serializer=helios_dot_v1_dot_inference__pb2.StreamChatCompletionRequest.SerializeToString,
                 response_deserializer=helios_dot_v1_dot_inference__pb2.StreamChatCompletionResponse.FromString,
                 _registered_method=True)
+        self.StreamChatCompletionEvents = channel.unary_stream(
+                '/helios.v1.InferenceService/StreamChatCompletionEvents',
+                request_serializer=helios_dot_v1_dot_inference__pb2.StreamChatCompletionEventsRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.CreateCompletion = channel.unary_unary(
                 '/helios.v1.InferenceService/CreateCompletion',
                 request_serializer=helios_dot_v1_dot_inference__pb2.CreateCompletionRequest.SerializeToString,
@@ -57,6 +63,11 @@ class InferenceServiceStub:
                 '/helios.v1.InferenceService/StreamCompletion',
                 request_serializer=helios_dot_v1_dot_inference__pb2.StreamCompletionRequest.SerializeToString,
                 response_deserializer=helios_dot_v1_dot_inference__pb2.StreamCompletionResponse.FromString,
+                _registered_method=True)
+        self.StreamCompletionEvents = channel.unary_stream(
+                '/helios.v1.InferenceService/StreamCompletionEvents',
+                request_serializer=helios_dot_v1_dot_inference__pb2.StreamCompletionEventsRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.CreateEmbedding = channel.unary_unary(
                 '/helios.v1.InferenceService/CreateEmbedding',
@@ -90,8 +101,23 @@ class InferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamChatCompletion(self, request, context):
-        """StreamChatCompletion streams a chat completion as chunks (`stream` true). Envoy
-        sends OpenAI requests with `"stream": true` here, as server-sent events.
+        """StreamChatCompletion streams a chat completion as chunks (`stream` true), for
+        native gRPC clients. REST clients get the same chunks from StreamChatCompletionEvents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamChatCompletionEvents(self, request, context):
+        """StreamChatCompletionEvents streams a chat completion as OpenAI's server-sent events,
+        ready to send: each message's data is whole `data: <chunk JSON>\n\n` events (the
+        chunks of StreamChatCompletion printed as Envoy's transcoder prints them), a failure
+        after the stream began is a last `data: {"error": ...}` event, and `data: [DONE]\n\n`
+        ends a stream that completed. Envoy sends OpenAI requests with `"stream": true` here
+        and passes the bytes through (no JSON printing per token at the edge); the first
+        message's content_type is text/event-stream.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,7 +131,17 @@ class InferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamCompletion(self, request, context):
-        """StreamCompletion streams a raw-prompt completion as chunks.
+        """StreamCompletion streams a raw-prompt completion as chunks, for native gRPC clients.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamCompletionEvents(self, request, context):
+        """StreamCompletionEvents streams a raw-prompt completion as OpenAI's server-sent
+        events, as StreamChatCompletionEvents does for chat.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +189,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     request_deserializer=helios_dot_v1_dot_inference__pb2.StreamChatCompletionRequest.FromString,
                     response_serializer=helios_dot_v1_dot_inference__pb2.StreamChatCompletionResponse.SerializeToString,
             ),
+            'StreamChatCompletionEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamChatCompletionEvents,
+                    request_deserializer=helios_dot_v1_dot_inference__pb2.StreamChatCompletionEventsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'CreateCompletion': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCompletion,
                     request_deserializer=helios_dot_v1_dot_inference__pb2.CreateCompletionRequest.FromString,
@@ -162,6 +203,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.StreamCompletion,
                     request_deserializer=helios_dot_v1_dot_inference__pb2.StreamCompletionRequest.FromString,
                     response_serializer=helios_dot_v1_dot_inference__pb2.StreamCompletionResponse.SerializeToString,
+            ),
+            'StreamCompletionEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamCompletionEvents,
+                    request_deserializer=helios_dot_v1_dot_inference__pb2.StreamCompletionEventsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'CreateEmbedding': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateEmbedding,
@@ -248,6 +294,33 @@ class InferenceService:
             _registered_method=True)
 
     @staticmethod
+    def StreamChatCompletionEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/helios.v1.InferenceService/StreamChatCompletionEvents',
+            helios_dot_v1_dot_inference__pb2.StreamChatCompletionEventsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateCompletion(request,
             target,
             options=(),
@@ -291,6 +364,33 @@ class InferenceService:
             '/helios.v1.InferenceService/StreamCompletion',
             helios_dot_v1_dot_inference__pb2.StreamCompletionRequest.SerializeToString,
             helios_dot_v1_dot_inference__pb2.StreamCompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamCompletionEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/helios.v1.InferenceService/StreamCompletionEvents',
+            helios_dot_v1_dot_inference__pb2.StreamCompletionEventsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,
