@@ -2,7 +2,8 @@
 
 Same flags, WorkerService and InferenceService as ``python -m worker.server``; models given with
 ``--model NAME=PATH`` are served by :class:`bench.zero_engine.ZeroCostEngine` (PATH must
-be a directory; nothing in it is read but its weight files' sizes).
+be a directory; nothing in it is read but its weight files' sizes). ``--pace-ms``: one
+token per stream every that many milliseconds (default 0: as fast as they are read).
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from worker.settings import WorkerSettings
 logger = logging.getLogger(__name__)
 
 
-async def _build_engine(name: str, path: Path) -> EngineClient:
-    return ZeroCostEngine(name)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    server, settings = parse_settings(build_parser(), WorkerSettings, "worker", argv)
+    parser = build_parser()
+    parser.add_argument("--pace-ms", type=float, default=0.0, help="BENCH ONLY: token pacing")
+    server, settings = parse_settings(parser, WorkerSettings, "worker", argv)
+    pace_s = parser.parse_args(argv).pace_ms / 1e3
+
+    async def _build_engine(name: str, path: Path) -> EngineClient:
+        return ZeroCostEngine(name, pace_s)
 
     async def build() -> tuple[Register, Cleanup]:
         manager = ModelManager(

@@ -1,0 +1,320 @@
+"""Server CPU per streamed token, by transport: what a REST stream's every token costs the
+process that writes it.
+
+The worker's CPU per output token is what separates Helios from bare vLLM's API server on
+a small CPU box (bench/vllm_compare_bench.py's CPU table: the serving processes compete
+with the engine core for the same cores). This splits it: three servers, each its own
+process, stream the same server-sent event, paced as an engine's decode steps release
+tokens (one per stream every ``--pace-ms``), to ``--streams`` concurrent clients in this
+process; the server's CPU seconds (all its threads, psutil) are divided by the events
+received.
+
+- ``grpc floor``: a bare grpc.aio server on uvloop (as Helios' services run) streaming
+  ``google.api.HttpBody`` messages from an async generator: the least a streamed gRPC
+  message costs a Python server, whatever the servicer does.
+- ``worker``: the worker's own ``InferenceService.StreamCompletionEvents``
+  (bench/zero_worker.py, its zero-cost engine paced): the floor plus Helios' layers
+  (interceptor, admission, usage, OpenAI chunks, event printing).
+- ``http/1.1``: a raw asyncio server on uvloop writing the same event as HTTP/1.1 chunked
+  transfer encoding, one write per event: what a process serving SSE itself pays per
+  token (vLLM's API server is uvicorn, which writes this way, plus FastAPI on top).
+
+Rounds alternate between the servers (``--rounds``); the table gives each one's median
+and range. The clock tick of a process's CPU times is 10 ms: use enough tokens.
+
+    .venv/bin/python bench/stream_transport_bench.py [--streams 16] [--tokens 400]
+        [--pace-ms 5] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import cast
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aiohttp
+import grpc
+import psutil
+import uvloop
+from google.api.httpbody_pb2 import HttpBody
+from google.protobuf.struct_pb2 import Value
+from helios.v1 import inference_pb2, inference_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "bench-model"
+# One completions chunk as the worker prints it (same size, same shape).
+EVENT = (
+    b'data: {"id":"cmpl-0123456789abcdef","object":"text_completion","created":1765000000,'
+    b'"model":"bench-model","choices":[{"index":0,"text":"tok ","finish_reason":""}]}\n\n'
+)
+START_LIMIT_S = 60.0
+
+
+# ------------------------------------------------------------------ the servers
+
+
+def serve_grpc_floor(ready: Path, pace_s: float) -> None:
+    """The bare grpc.aio stream: one HttpBody per paced token."""
+
+    async def stream(
+        request: inference_pb2.StreamCompletionEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[HttpBody]:
+        for _ in range(request.params.max_tokens):
+            await asyncio.sleep(pace_s)
+            yield HttpBody(data=EVENT)
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        handler = grpc.unary_stream_rpc_method_handler(
+            stream,
+            request_deserializer=inference_pb2.StreamCompletionEventsRequest.FromString,
+            response_serializer=HttpBody.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "helios.v1.InferenceService", {"StreamCompletionEvents": handler}
+                )
+            ]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        await asyncio.to_thread(ready.write_text, json.dumps({"grpc_port": port}))
+        await server.wait_for_termination()
+
+    uvloop.run(main())
+
+
+class _ChunkedEvents(asyncio.Protocol):
+    """HTTP/1.1 keep-alive: each request (its query names the token count) is answered with
+    that many paced events, chunked."""
+
+    def __init__(self, pace_s: float) -> None:
+        self._pace_s = pace_s
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but write as they do.
+        self._transport = cast("asyncio.Transport", transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\r\n\r\n" in self._buffer:
+            head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
+            tokens = int(head.split(b"tokens=", 1)[1].split(b" ", 1)[0])
+            asyncio.get_running_loop().create_task(self._stream(tokens))
+
+    async def _stream(self, tokens: int) -> None:
+        transport = self._transport
+        assert transport is not None
+        transport.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        for _ in range(tokens):
+            await asyncio.sleep(self._pace_s)
+            transport.write(b"%x\r\n%s\r\n" % (len(EVENT), EVENT))
+        transport.write(b"0\r\n\r\n")
+
+
+def serve_http(ready: Path, pace_s: float) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _ChunkedEvents(pace_s), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        await asyncio.to_thread(ready.write_text, json.dumps({"http_port": port}))
+        await server.serve_forever()
+
+    uvloop.run(main())
+
+
+# ------------------------------------------------------------------ the clients
+
+
+async def grpc_streams(port: int, streams: int, tokens: int) -> int:
+    """``streams`` concurrent StreamCompletionEvents of ``tokens`` tokens; events received."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        request = inference_pb2.StreamCompletionEventsRequest(
+            params=inference_pb2.CompletionParams(
+                model=MODEL, prompt=Value(string_value="hi"), max_tokens=tokens, stream=True
+            )
+        )
+
+        async def one() -> int:
+            received = 0
+            async for body in stub.StreamCompletionEvents(request):
+                received += body.data.count(b"data: {")
+            return received
+
+        return sum(await asyncio.gather(*(one() for _ in range(streams))))
+
+
+async def http_streams(port: int, streams: int, tokens: int) -> int:
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> int:
+            received = 0
+            url = f"http://127.0.0.1:{port}/events?tokens={tokens}"
+            async with session.get(url) as response:
+                async for line in response.content:
+                    received += line.startswith(b"data: {")
+            return received
+
+        return sum(await asyncio.gather(*(one() for _ in range(streams))))
+
+
+# ------------------------------------------------------------------ the run
+
+
+class Server:
+    """One server process and the client that drives it."""
+
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        ready: Path,
+        port_key: str,
+        drive: Callable[[int, int, int], Awaitable[int]],
+    ) -> None:
+        self.name = name
+        self._command = command
+        self._ready = ready
+        self._port_key = port_key
+        self._drive = drive
+        self._process: subprocess.Popen[bytes] | None = None
+        self.us_per_event: list[float] = []
+
+    def start(self, log: Path) -> None:
+        self._process = subprocess.Popen(
+            self._command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("wb")
+        )
+        deadline = time.monotonic() + START_LIMIT_S
+        while not self._ready.exists():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{self.name} did not start: see {log}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(30)
+
+    async def round(self, streams: int, tokens: int) -> None:
+        assert self._process is not None
+        port = int(json.loads(self._ready.read_text())[self._port_key])
+        process = psutil.Process(self._process.pid)
+        before = process.cpu_times()
+        events = await self._drive(port, streams, tokens)
+        after = process.cpu_times()
+        cpu = (after.user + after.system) - (before.user + before.system)
+        self.us_per_event.append(cpu / max(events, 1) * 1e6)
+
+
+def servers(tmp: Path, pace_ms: float) -> list[Server]:
+    me = [sys.executable, str(Path(__file__).resolve())]
+    pace = ["--pace-ms", f"{pace_ms:g}"]
+    model = tmp / "model"
+    model.mkdir()
+    worker_ready = tmp / "worker.json"
+    return [
+        Server(
+            "grpc floor",
+            [*me, "--serve", "grpc", "--ready", str(tmp / "grpc.json"), *pace],
+            tmp / "grpc.json",
+            "grpc_port",
+            grpc_streams,
+        ),
+        Server(
+            "worker (gRPC + Helios)",
+            [
+                sys.executable,
+                "-m",
+                "bench.zero_worker",
+                "--port",
+                "0",
+                "--metrics-port",
+                "0",
+                "--ready-file",
+                str(worker_ready),
+                "--model",
+                f"{MODEL}={model}",
+                *pace,
+            ],
+            worker_ready,
+            "grpc_port",
+            grpc_streams,
+        ),
+        Server(
+            "http/1.1 chunked",
+            [*me, "--serve", "http", "--ready", str(tmp / "http.json"), *pace],
+            tmp / "http.json",
+            "http_port",
+            http_streams,
+        ),
+    ]
+
+
+async def measure(stack: list[Server], streams: int, tokens: int, rounds: int) -> None:
+    for server in stack:  # warm-up: connections, first-call paths
+        await server.round(streams, min(tokens, 50))
+        server.us_per_event.clear()
+    for _ in range(rounds):
+        for server in stack:
+            await server.round(streams, tokens)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=400)
+    parser.add_argument("--pace-ms", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--serve", choices=["grpc", "http"], help=argparse.SUPPRESS)
+    parser.add_argument("--ready", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve is not None:
+        serve: dict[str, Callable[[Path, float], None]] = {
+            "grpc": serve_grpc_floor,
+            "http": serve_http,
+        }
+        serve[args.serve](args.ready, args.pace_ms / 1e3)
+        return
+    with tempfile.TemporaryDirectory(prefix="helios-stream-transport-") as tmp_name:
+        tmp = Path(tmp_name)
+        stack = servers(tmp, args.pace_ms)
+        try:
+            for index, server in enumerate(stack):
+                server.start(tmp / f"server-{index}.log")
+            asyncio.run(measure(stack, args.streams, args.tokens, args.rounds))
+        finally:
+            for server in stack:
+                server.stop()
+    print(
+        f"server CPU per streamed event: {args.streams} streams x {args.tokens} tokens,"
+        f" one per stream every {args.pace_ms:g} ms, {args.rounds} rounds"
+    )
+    print("server                   | us/event median | min    | max")
+    print("-------------------------|-----------------|--------|-------")
+    for server in stack:
+        values = server.us_per_event
+        print(
+            f"{server.name:<24} | {statistics.median(values):15.1f} | {min(values):6.1f}"
+            f" | {max(values):6.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
