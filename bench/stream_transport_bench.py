@@ -20,7 +20,9 @@ received.
   token (vLLM's API server is uvicorn, which writes this way, plus FastAPI on top).
 
 Rounds alternate between the servers (``--rounds``); the table gives each one's median
-and range. The clock tick of a process's CPU times is 10 ms: use enough tokens.
+and range. A last line gives Helios' layers alone: the worker's InferenceService driven in
+this process, no gRPC, its zero-cost engine unpaced (servicer, backend, engine stream,
+event printing), CPU per event. The clock tick of a process's CPU times is 10 ms: use enough tokens.
 
     .venv/bin/python bench/stream_transport_bench.py [--streams 16] [--tokens 400]
         [--pace-ms 5] [--rounds 3]
@@ -175,6 +177,52 @@ async def http_streams(port: int, streams: int, tokens: int) -> int:
         return sum(await asyncio.gather(*(one() for _ in range(streams))))
 
 
+class _NoCallContext:
+    """What the servicer reads of a gRPC call: no deadline, no metadata."""
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+
+async def helios_layers_us(tokens: int, rounds: int) -> float:
+    """Median CPU per event of the worker's StreamCompletionEvents called in this process."""
+    from bench.zero_engine import ZeroCostEngine
+    from openai_compat.servicer import InferenceServicer
+    from worker.engine.base import EngineClient
+    from worker.inference import EngineBackend
+    from worker.metrics import UsageLedger
+    from worker.models import ModelManager
+
+    async def build(name: str, path: Path) -> EngineClient:
+        engine = ZeroCostEngine(name)
+        # As the vLLM engine (it merges its own backlog): no coalescing layer, so every
+        # token is its own event, as in the paced servers above.
+        engine.merges_backlog = True
+        return engine
+
+    with tempfile.TemporaryDirectory(prefix="helios-layers-") as model:
+        manager = ModelManager(build, engine_kind="zero-cost", capacity_bytes=1 << 30)
+        async for _ in manager.load(MODEL, Path(model)):
+            pass
+        servicer = InferenceServicer(EngineBackend(manager, UsageLedger()))
+        params = inference_pb2.CompletionParams(
+            model=MODEL, prompt=Value(string_value="hi"), max_tokens=tokens, stream=True
+        )
+        request = inference_pb2.StreamCompletionEventsRequest(params=params)
+        context = cast("grpc.aio.ServicerContext", _NoCallContext())
+        samples = []
+        for _ in range(rounds + 1):  # the first warms up
+            started, events = time.process_time(), 0
+            async for _ in servicer.StreamCompletionEvents(request, context):
+                events += 1
+            samples.append((time.process_time() - started) / events * 1e6)
+        await manager.shutdown()
+    return statistics.median(samples[1:])
+
+
 # ------------------------------------------------------------------ the run
 
 
@@ -314,6 +362,8 @@ def main() -> None:
             f"{server.name:<24} | {statistics.median(values):15.1f} | {min(values):6.1f}"
             f" | {max(values):6.1f}"
         )
+    layers = asyncio.run(helios_layers_us(max(args.tokens, 2000), args.rounds))
+    print(f"Helios' layers alone, in process, no gRPC: {layers:.1f} us/event")
 
 
 if __name__ == "__main__":
