@@ -19,6 +19,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Any
 
 from google.api.httpbody_pb2 import HttpBody
@@ -31,6 +32,8 @@ DONE_EVENT = b"data: [DONE]\n\n"
 # head holds (ids, a model's name) prints as it.
 _MARKER = "\x01helios-text\x02"
 _PRINTED_MARKER = json.dumps(_MARKER)
+# json.dumps builds a new encoder on every call that passes options: build it once.
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def print_json(message: Message) -> str:
@@ -40,7 +43,7 @@ def print_json(message: Message) -> str:
         preserving_proto_field_name=True,
         always_print_fields_with_no_presence=True,
     )
-    return json.dumps(as_dict, ensure_ascii=False, separators=(",", ":"))
+    return _COMPACT_JSON.encode(as_dict)
 
 
 def event(message: Message) -> bytes:
@@ -65,8 +68,12 @@ def _chat_text_holder(choice: Message) -> Message | None:
 
 def _completion_text_holder(choice: Message) -> Message | None:
     """A completions choice itself when it sets nothing but its index and ``text``."""
-    names = {descriptor.name for descriptor, _ in choice.ListFields()}
-    return choice if "text" in names and names <= {"index", "text"} else None
+    set_fields = choice.ListFields()
+    if not set_fields or len(set_fields) > 2 or set_fields[-1][0].name != "text":
+        return None
+    if len(set_fields) == 2 and set_fields[0][0].name != "index":
+        return None
+    return choice
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,7 @@ class ChunkPrinter:
         if len(choices) != 1:
             return event(chunk)
         holder = self._text.holder(choices[0])
-        if holder is None or not {d.name for d, _ in chunk.ListFields()} <= _HEAD_FIELDS:
+        if holder is None or not all(d.name in _HEAD_FIELDS for d, _ in chunk.ListFields()):
             return event(chunk)
         index: int = choices[0].index
         if index not in self._templates:
@@ -108,7 +115,8 @@ class ChunkPrinter:
             return event(chunk)
         before, after = template
         text: str = getattr(holder, self._text.name)
-        return before + json.dumps(text, ensure_ascii=False).encode() + after
+        # What json.dumps(text, ensure_ascii=False) prints, without building an encoder.
+        return before + encode_basestring(text).encode() + after
 
     def _template(self, chunk: Message, holder: Message) -> tuple[bytes, bytes] | None:
         text = getattr(holder, self._text.name)
