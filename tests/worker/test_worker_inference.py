@@ -247,12 +247,16 @@ async def test_model_draining_here_is_unavailable(worker: Worker, manager: Model
     assert await unload == 0
 
 
-async def test_client_cancel_aborts_the_engine_request(worker: Worker) -> None:
+@pytest.mark.parametrize("events", [False, True], ids=["chunks", "events"])
+async def test_client_cancel_aborts_the_engine_request(worker: Worker, events: bool) -> None:
     engine = worker.engines[MODEL]
     engine.step_delay = 0.05
     aborted = metric("helios_worker_requests_total", model=MODEL, finish_reason="abort")
-    call = worker.inference.StreamCompletion(
-        pb.StreamCompletionRequest(params=completion(max_tokens=100))
+    params = completion(max_tokens=100)
+    call = (
+        worker.inference.StreamCompletionEvents(pb.StreamCompletionEventsRequest(params=params))
+        if events
+        else worker.inference.StreamCompletion(pb.StreamCompletionRequest(params=params))
     )
     await call.read()
     assert engine.running
@@ -443,20 +447,3 @@ async def test_bad_events_request_is_a_status_before_any_event(worker: Worker) -
     with pytest.raises(grpc.aio.AioRpcError) as info:
         _ = [b async for b in call]
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-
-
-async def test_cancelled_events_abort_the_engine_request(worker: Worker) -> None:
-    engine = worker.engines[MODEL]
-    engine.step_delay = 0.05
-    call = worker.inference.StreamCompletionEvents(
-        pb.StreamCompletionEventsRequest(params=completion(max_tokens=100))
-    )
-    await call.read()
-    assert engine.running
-    call.cancel()
-    for _ in range(100):
-        if not engine.running:
-            break
-        await asyncio.sleep(0.01)
-    assert not engine.running
-    assert engine.aborted_total == 1
