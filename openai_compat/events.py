@@ -11,6 +11,8 @@ Printing a message through ``json_format`` costs tens of microseconds; a token's
 printed from a per-choice template instead: the same chunk printed once with a marker in
 place of its text, split around the marker. A chunk takes the template only when the
 fields it sets are exactly those of a text-only chunk, so both ways print the same JSON.
+A service that knows a step is text only hands over a :class:`TextDelta` instead of a
+chunk: once its choice has a template, the chunk is never built at all.
 """
 
 from __future__ import annotations
@@ -91,6 +93,17 @@ COMPLETION_TEXT = TextField("text", _completion_text_holder)
 _HEAD_FIELDS = frozenset({"id", "object", "created", "model", "choices"})
 
 
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A streamed chunk whose single choice ``index`` sets nothing but its ``text``, as
+    the service that streams it knows before building it; ``build`` builds it (the
+    printer calls it only while the choice has no template yet)."""
+
+    index: int
+    text: str
+    build: Callable[[], Message]
+
+
 class ChunkPrinter:
     """Prints one stream's chunks as events: a text-only chunk from its choice's template
     (made on the first such chunk of each choice index), any other through
@@ -100,7 +113,13 @@ class ChunkPrinter:
         self._text = text
         self._templates: dict[int, tuple[bytes, bytes] | None] = {}
 
-    def __call__(self, chunk: Message) -> bytes:
+    def __call__(self, chunk: Message | TextDelta) -> bytes:
+        if isinstance(chunk, TextDelta):
+            template = self._templates.get(chunk.index)
+            if template is None:
+                return self(chunk.build())
+            before, after = template
+            return before + encode_basestring(chunk.text).encode() + after
         choices: Sequence[Any] = getattr(chunk, "choices", ())
         if len(choices) != 1:
             return event(chunk)
@@ -129,7 +148,7 @@ class ChunkPrinter:
 
 
 async def event_stream(
-    chunks: AsyncGenerator[Message, None], text: TextField
+    chunks: AsyncGenerator[Message | TextDelta, None], text: TextField
 ) -> AsyncIterator[HttpBody]:
     """``chunks`` as server-sent events, one HttpBody per chunk (the first names the
     content type), then ``data: [DONE]`` once ``chunks`` ended without raising."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.api.httpbody_pb2 import HttpBody
@@ -23,7 +24,7 @@ from openai_compat.answers import chat_choice, chat_chunk_choice, completion_cho
 from openai_compat.backend import CallInfo, GenerationStep, InferenceBackend
 from openai_compat.choices import Usage, complete_all, stream_all, usage_of
 from openai_compat.embedding_protocol import EmbeddingsServicer
-from openai_compat.events import CHAT_TEXT, COMPLETION_TEXT, event_stream
+from openai_compat.events import CHAT_TEXT, COMPLETION_TEXT, TextDelta, event_stream
 from openai_compat.logprobs import TokenLogprob, text_length
 from openai_compat.params import Job, Request
 from openai_compat.protocol import (
@@ -53,6 +54,16 @@ def _head(asked: Request, kind: str) -> dict[str, Any]:
         "created": asked.created,
         "model": asked.model,
     }
+
+
+def _chunk(
+    response: Callable[..., _Chunk],
+    head: dict[str, Any],
+    choice: Callable[[int, GenerationStep], Message],
+    item: tuple[int, GenerationStep],
+) -> _Chunk:
+    """A stream chunk of one step: the answer's ``head`` and the step's ``choice``."""
+    return response(**head, choices=[choice(*item)])
 
 
 def _ending(item: Usage | pb.ErrorDetail) -> dict[str, Any]:
@@ -96,17 +107,22 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
         kind: str,
         choice: Callable[[int, GenerationStep], Message],
         response: Callable[..., _Chunk],
-        events: bool = False,
-    ) -> AsyncGenerator[_Chunk, None]:
+        text_only: Callable[[int, GenerationStep], bool] | None = None,
+    ) -> AsyncGenerator[_Chunk | TextDelta, None]:
         """A streamed answer, chat's or completions': one chunk per step with the step's
-        ``choice``, then the usage or the failure (see :meth:`_relay`; ``events``: the
-        chunks become server-sent events, so a failure after the first is an event)."""
+        ``choice``, then the usage or the failure (see :meth:`_relay`). With ``text_only``
+        the chunks become server-sent events (a failure after the first is an event), and
+        a step for which it holds goes as a :class:`TextDelta` that builds its chunk only
+        if the printer needs it."""
         head = _head(asked, kind)
-        async for item in self._relay(asked, context, events):
-            if isinstance(item, tuple):
-                yield response(**head, choices=[choice(*item)])
-            else:
+        async for item in self._relay(asked, context, events=text_only is not None):
+            if not isinstance(item, tuple):
                 yield response(**head, **_ending(item))
+            elif text_only is not None and text_only(*item):
+                index, step = item
+                yield TextDelta(index, step.text, partial(_chunk, response, head, choice, item))
+            else:
+                yield _chunk(response, head, choice, item)
 
     async def CreateChatCompletion(
         self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
@@ -125,7 +141,9 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
     def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
-        return self._chat_chunks(request.params, context, events=False)
+        # Without events every item is a chunk (no TextDelta).
+        chunks = self._chat_chunks(request.params, context, events=False)
+        return cast("AsyncIterator[pb.StreamChatCompletionResponse]", chunks)
 
     def StreamChatCompletionEvents(
         self, request: pb.StreamChatCompletionEventsRequest, context: grpc.aio.ServicerContext
@@ -134,7 +152,7 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
 
     def _chat_chunks(
         self, params: pb.ChatCompletionParams, context: grpc.aio.ServicerContext, events: bool
-    ) -> AsyncGenerator[pb.StreamChatCompletionResponse, None]:
+    ) -> AsyncGenerator[pb.StreamChatCompletionResponse | TextDelta, None]:
         asked = chat_request_from_pb(params)
         started: set[int] = set()
         tool_deltas = ChatToolDeltas(asked)
@@ -146,13 +164,24 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
             chunk = chat_chunk_choice(index, step.text, step.finish_reason, logprobs, first=first)
             return tool_deltas.rewrite(chunk)
 
+        def text_only(index: int, step: GenerationStep) -> bool:
+            """Whether ``choice`` would set nothing but the index and delta.content: not
+            the choice's first chunk (the role), not its last, no logprobs, no tools."""
+            return (
+                bool(step.text)
+                and step.finish_reason is None
+                and not asked.logprobs
+                and index in started
+                and not tool_deltas.parses(index)
+            )
+
         return self._chunks(
             asked,
             context,
             "chat.completion.chunk",
             choice,
             pb.StreamChatCompletionResponse,
-            events,
+            text_only if events else None,
         )
 
     async def CreateCompletion(
@@ -171,7 +200,9 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
     def StreamCompletion(
         self, request: pb.StreamCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompletionResponse]:
-        return self._completion_chunks(request.params, context, events=False)
+        # Without events every item is a chunk (no TextDelta).
+        chunks = self._completion_chunks(request.params, context, events=False)
+        return cast("AsyncIterator[pb.StreamCompletionResponse]", chunks)
 
     def StreamCompletionEvents(
         self, request: pb.StreamCompletionEventsRequest, context: grpc.aio.ServicerContext
@@ -181,7 +212,7 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
 
     def _completion_chunks(
         self, params: pb.CompletionParams, context: grpc.aio.ServicerContext, events: bool
-    ) -> AsyncGenerator[pb.StreamCompletionResponse, None]:
+    ) -> AsyncGenerator[pb.StreamCompletionResponse | TextDelta, None]:
         asked = completion_request_from_pb(params)
         # Each choice's text so far, in characters: where its next token's text_offset is.
         offsets: dict[int, int] = {}
@@ -192,8 +223,18 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
             logprobs = step.logprobs if asked.logprobs else None
             return completion_choice(index, step.text, step.finish_reason, logprobs, offset)
 
+        def text_only(index: int, step: GenerationStep) -> bool:
+            """Whether ``choice`` would set nothing but the index and text (the offsets
+            it keeps serve logprobs only, which such a request did not ask for)."""
+            return bool(step.text) and step.finish_reason is None and not asked.logprobs
+
         return self._chunks(
-            asked, context, "text_completion", choice, pb.StreamCompletionResponse, events
+            asked,
+            context,
+            "text_completion",
+            choice,
+            pb.StreamCompletionResponse,
+            text_only if events else None,
         )
 
     async def _relay(

@@ -119,6 +119,10 @@ class ChatToolDeltas:
             job.index: ToolStreamParser(job.tools) for job in request.jobs if job.tools is not None
         }
 
+    def parses(self, index: int) -> bool:
+        """Whether choice ``index``'s text is parsed for tool calls (may be rewritten)."""
+        return index in self._parsers
+
     def rewrite(self, choice: pb.ChatCompletionChunkChoice) -> pb.ChatCompletionChunkChoice:
         """``choice`` (one stream chunk's) with its text parsed: held-back text leaves its
         content, complete calls join its delta.tool_calls, "stop" becomes "tool_calls"."""

@@ -16,6 +16,7 @@ from openai_compat.events import (
     DONE_EVENT,
     EVENT_STREAM_CONTENT_TYPE,
     ChunkPrinter,
+    TextDelta,
     event,
     event_stream,
 )
@@ -67,6 +68,28 @@ def test_text_only_completion_chunks_print_as_the_generic_printer_does() -> None
         for text in TEXTS:
             chunk = completion_chunk(index=index, text=text)
             assert printer(chunk) == event(chunk)
+
+
+@pytest.mark.parametrize("index", [0, 2])
+def test_a_text_delta_prints_as_its_chunk_and_is_built_only_until_a_template(index: int) -> None:
+    printer = ChunkPrinter(CHAT_TEXT)
+    built: list[str] = []
+
+    def delta(text: str) -> TextDelta:
+        def build() -> pb.StreamChatCompletionResponse:
+            built.append(text)
+            return chat_chunk(index=index, delta=pb.ChatCompletionDelta(content=text))
+
+        return TextDelta(index, text, build)
+
+    for text in ["first", *TEXTS[2:]]:
+        chunk = chat_chunk(index=index, delta=pb.ChatCompletionDelta(content=text))
+        assert printer(delta(text)) == event(chunk)
+    # The first made the choice's template; every later one was printed without its chunk.
+    assert built == ["first"]
+    # Another choice has no template yet: its first delta is built.
+    other = TextDelta(index + 1, "x", lambda: chat_chunk(index=index + 1))
+    assert printer(other) == event(chat_chunk(index=index + 1))
 
 
 def test_a_model_id_holding_the_marker_still_prints_right() -> None:

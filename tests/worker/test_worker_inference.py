@@ -401,8 +401,15 @@ async def test_chat_events_are_the_streamed_chunks_printed_then_done(worker: Wor
     assert json.loads(events[-2])["usage"]["completion_tokens"] == 2 * 4
 
 
-async def test_completion_events_are_the_streamed_chunks_printed(worker: Worker) -> None:
-    params = completion(max_tokens=3)
+@pytest.mark.parametrize("logprobs", [0, 2], ids=["text", "logprobs"])
+async def test_completion_events_are_the_streamed_chunks_printed(
+    worker: Worker, logprobs: int
+) -> None:
+    # Text-only steps go to the printer unbuilt (TextDelta) once their choice has a
+    # template; with logprobs every step is a whole chunk. Both print the same events.
+    params = completion(max_tokens=6)
+    if logprobs:
+        params.logprobs = logprobs
     chunks = [
         c
         async for c in worker.inference.StreamCompletion(pb.StreamCompletionRequest(params=params))
@@ -419,7 +426,10 @@ async def test_completion_events_are_the_streamed_chunks_printed(worker: Worker)
         without_identity(print_json(c)) for c in chunks
     ]
     assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == (
-        "alpha beta gamma "
+        "alpha beta gamma delta epsilon zeta "
+    )
+    assert all(
+        bool(json.loads(e)["choices"][0].get("logprobs")) == bool(logprobs) for e in events[:-1]
     )
 
 
