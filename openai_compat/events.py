@@ -53,15 +53,23 @@ def event(message: Message) -> bytes:
     return b"data: " + print_json(message).encode() + b"\n\n"
 
 
-def _chat_text_holder(choice: Message) -> Message | None:
-    """A chat choice's delta when the choice sets nothing but its index and
-    ``delta.content``."""
+def _only_index_and(choice: Message, name: str) -> Any:
+    """The value of ``choice``'s field ``name`` when the choice sets nothing else but its
+    index; None otherwise (ListFields is in field-number order: index comes first)."""
     set_fields = choice.ListFields()
-    if not set_fields or len(set_fields) > 2 or set_fields[-1][0].name != "delta":
+    if not set_fields or len(set_fields) > 2 or set_fields[-1][0].name != name:
         return None
     if len(set_fields) == 2 and set_fields[0][0].name != "index":
         return None
-    delta: Message = set_fields[-1][1]
+    return set_fields[-1][1]
+
+
+def _chat_text_holder(choice: Message) -> Message | None:
+    """A chat choice's delta when the choice sets nothing but its index and
+    ``delta.content``."""
+    delta: Message | None = _only_index_and(choice, "delta")
+    if delta is None:
+        return None
     delta_fields = delta.ListFields()
     if len(delta_fields) != 1 or delta_fields[0][0].name != "content":
         return None
@@ -70,12 +78,7 @@ def _chat_text_holder(choice: Message) -> Message | None:
 
 def _completion_text_holder(choice: Message) -> Message | None:
     """A completions choice itself when it sets nothing but its index and ``text``."""
-    set_fields = choice.ListFields()
-    if not set_fields or len(set_fields) > 2 or set_fields[-1][0].name != "text":
-        return None
-    if len(set_fields) == 2 and set_fields[0][0].name != "index":
-        return None
-    return choice
+    return choice if _only_index_and(choice, "text") is not None else None
 
 
 @dataclass(frozen=True)
