@@ -1,8 +1,10 @@
 """OpenAI's server-sent events, printed by the service that generates the chunks.
 
-REST clients stream through ``InferenceService.Stream*Events``, whose messages are
-``google.api.HttpBody`` pieces that Envoy's transcoder passes through as they are: the
-edge prints no JSON per token and its Lua filter touches no streamed byte. The events are
+REST clients stream through the worker's HTTP port (openai_compat/rest.py: Envoy routes a
+warm model's streams there, one chunk per event) or ``InferenceService.Stream*Events``
+(cold requests through the proxy), whose messages are ``google.api.HttpBody`` pieces that
+Envoy's transcoder passes through as they are: the edge prints no JSON per token and its
+Lua filter touches no streamed byte either way. The events are
 the chunks of ``Stream*Completion`` printed the way the transcoder printed them (proto
 field names, fields without presence always printed, no whitespace), then
 ``data: [DONE]``.
@@ -150,17 +152,27 @@ class ChunkPrinter:
         return (parts[0], parts[1]) if len(parts) == 2 else None
 
 
-async def event_stream(
+async def server_sent_events(
     chunks: AsyncGenerator[Message | TextDelta, None], text: TextField
-) -> AsyncIterator[HttpBody]:
-    """``chunks`` as server-sent events, one HttpBody per chunk (the first names the
-    content type), then ``data: [DONE]`` once ``chunks`` ended without raising."""
+) -> AsyncGenerator[bytes, None]:
+    """``chunks`` as server-sent events, one per chunk, then ``data: [DONE]`` once
+    ``chunks`` ended without raising (what the worker's HTTP port writes as they come)."""
     printer = ChunkPrinter(text)
-    content_type = EVENT_STREAM_CONTENT_TYPE
     # aclosing: a client gone stops the generation behind ``chunks`` now, not whenever
     # the garbage collector finalises it.
     async with aclosing(chunks):
         async for chunk in chunks:
-            yield HttpBody(content_type=content_type, data=printer(chunk))
+            yield printer(chunk)
+    yield DONE_EVENT
+
+
+async def event_stream(
+    chunks: AsyncGenerator[Message | TextDelta, None], text: TextField
+) -> AsyncIterator[HttpBody]:
+    """:func:`server_sent_events` as gRPC messages: one HttpBody per event (the first names the
+    content type)."""
+    content_type = EVENT_STREAM_CONTENT_TYPE
+    async with aclosing(server_sent_events(chunks, text)) as printed:
+        async for data in printed:
+            yield HttpBody(content_type=content_type, data=data)
             content_type = ""
-    yield HttpBody(content_type=content_type, data=DONE_EVENT)

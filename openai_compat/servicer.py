@@ -24,7 +24,13 @@ from openai_compat.answers import chat_choice, chat_chunk_choice, completion_cho
 from openai_compat.backend import CallInfo, GenerationStep, InferenceBackend
 from openai_compat.choices import Usage, complete_all, stream_all, usage_of
 from openai_compat.embedding_protocol import EmbeddingsServicer
-from openai_compat.events import CHAT_TEXT, COMPLETION_TEXT, TextDelta, event_stream
+from openai_compat.events import (
+    CHAT_TEXT,
+    COMPLETION_TEXT,
+    TextDelta,
+    event_stream,
+    server_sent_events,
+)
 from openai_compat.logprobs import TokenLogprob, text_length
 from openai_compat.params import Job, Request
 from openai_compat.protocol import (
@@ -103,7 +109,7 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
     async def _chunks(
         self,
         asked: Request,
-        context: grpc.aio.ServicerContext,
+        call: CallInfo,
         kind: str,
         choice: Callable[[int, GenerationStep], Message],
         response: Callable[..., _Chunk],
@@ -115,7 +121,7 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
         a step for which it holds goes as a :class:`TextDelta` that builds its chunk only
         if the printer needs it."""
         head = _head(asked, kind)
-        async for item in self._relay(asked, context, events=text_only is not None):
+        async for item in self._relay(asked, call, events=text_only is not None):
             if not isinstance(item, tuple):
                 yield response(**head, **_ending(item))
             elif text_only is not None and text_only(*item):
@@ -142,16 +148,24 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
         self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
         # Without events every item is a chunk (no TextDelta).
-        chunks = self._chat_chunks(request.params, context, events=False)
+        chunks = self._chat_chunks(request.params, call_info(context), events=False)
         return cast("AsyncIterator[pb.StreamChatCompletionResponse]", chunks)
 
     def StreamChatCompletionEvents(
         self, request: pb.StreamChatCompletionEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[HttpBody]:
-        return event_stream(self._chat_chunks(request.params, context, events=True), CHAT_TEXT)
+        chunks = self._chat_chunks(request.params, call_info(context), events=True)
+        return event_stream(chunks, CHAT_TEXT)
+
+    def chat_events(
+        self, params: pb.ChatCompletionParams, call: CallInfo
+    ) -> AsyncGenerator[bytes, None]:
+        """A streamed chat completion as server-sent events (the worker's HTTP port):
+        what StreamChatCompletionEvents sends, as bytes."""
+        return server_sent_events(self._chat_chunks(params, call, events=True), CHAT_TEXT)
 
     def _chat_chunks(
-        self, params: pb.ChatCompletionParams, context: grpc.aio.ServicerContext, events: bool
+        self, params: pb.ChatCompletionParams, call: CallInfo, events: bool
     ) -> AsyncGenerator[pb.StreamChatCompletionResponse | TextDelta, None]:
         asked = chat_request_from_pb(params)
         started: set[int] = set()
@@ -177,7 +191,7 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
 
         return self._chunks(
             asked,
-            context,
+            call,
             "chat.completion.chunk",
             choice,
             pb.StreamChatCompletionResponse,
@@ -201,17 +215,25 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
         self, request: pb.StreamCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompletionResponse]:
         # Without events every item is a chunk (no TextDelta).
-        chunks = self._completion_chunks(request.params, context, events=False)
+        chunks = self._completion_chunks(request.params, call_info(context), events=False)
         return cast("AsyncIterator[pb.StreamCompletionResponse]", chunks)
 
     def StreamCompletionEvents(
         self, request: pb.StreamCompletionEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[HttpBody]:
-        chunks = self._completion_chunks(request.params, context, events=True)
+        chunks = self._completion_chunks(request.params, call_info(context), events=True)
         return event_stream(chunks, COMPLETION_TEXT)
 
+    def completion_events(
+        self, params: pb.CompletionParams, call: CallInfo
+    ) -> AsyncGenerator[bytes, None]:
+        """A streamed completion as server-sent events (see :meth:`chat_events`)."""
+        return server_sent_events(
+            self._completion_chunks(params, call, events=True), COMPLETION_TEXT
+        )
+
     def _completion_chunks(
-        self, params: pb.CompletionParams, context: grpc.aio.ServicerContext, events: bool
+        self, params: pb.CompletionParams, call: CallInfo, events: bool
     ) -> AsyncGenerator[pb.StreamCompletionResponse | TextDelta, None]:
         asked = completion_request_from_pb(params)
         # Each choice's text so far, in characters: where its next token's text_offset is.
@@ -230,7 +252,7 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
 
         return self._chunks(
             asked,
-            context,
+            call,
             "text_completion",
             choice,
             pb.StreamCompletionResponse,
@@ -238,14 +260,13 @@ class InferenceServicer(EmbeddingsServicer, inference_pb2_grpc.InferenceServiceS
         )
 
     async def _relay(
-        self, asked: Request, context: grpc.aio.ServicerContext, events: bool
+        self, asked: Request, call: CallInfo, events: bool
     ) -> AsyncIterator[tuple[int, GenerationStep] | Usage | pb.ErrorDetail]:
         """Every choice's steps with its index (empty intermediate steps dropped), the
         usage once every choice finished if the client asked for it; then, for REST
         clients (server-sent events, or the edge's mark) whose stream already started, a
         failure as an error detail instead of a status."""
         sent = False
-        call: CallInfo = call_info(context)
         lasts: dict[int, GenerationStep] = {}
         try:
             # aclosing: a client gone closes the backend's streams now (their generations

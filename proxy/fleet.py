@@ -132,6 +132,8 @@ class WorkerView:
     # The adapter table its last heartbeat handed it (proxy.adapters): the adapters it
     # can tell the base of by their id alone.
     adapter_table: tuple[Adapter, ...] = ()
+    # The port of its OpenAI REST endpoint (its streamed REST requests go there), 0: none.
+    rest_port: int = 0
 
     def holds(self, model: str) -> bool:
         """Whether ``model`` is on this agent in any state but failed or asleep. A failed
@@ -251,10 +253,12 @@ class WorkerPool:
         stored: Mapping[str, CacheLevel] | None = None,
         now: float | None = None,
         adapters: Sequence[Adapter] = (),
+        rest_port: int = 0,
     ) -> None:
         """A heartbeat answered. ``models`` (full detail) wins over the name lists.
         ``stored`` is what the agent's storaged holds (model -> fastest tier);
-        ``adapters`` the adapter table the heartbeat handed it."""
+        ``adapters`` the adapter table the heartbeat handed it; ``rest_port`` the port
+        of its REST endpoint (0: none)."""
         worker = self._workers[address]
         now = time.time() if now is None else now
         if models is None:
@@ -282,6 +286,7 @@ class WorkerPool:
             worker.role = role
         worker.stored = {m.lower(): level for m, level in (stored or {}).items()}
         worker.adapter_table = tuple(adapters)
+        worker.rest_port = rest_port
         worker.last_heartbeat = now
         self._changed()
 
@@ -444,6 +449,8 @@ class WorkerStatus:
     served: dict[str, ServedTotals] = field(default_factory=dict)
     # Tokens it served itself per API key (by fingerprint), cumulative.
     key_tokens: dict[str, int] = field(default_factory=dict)
+    # The port of its OpenAI REST endpoint (same host), 0: none.
+    rest_port: int = 0
 
 
 class WorkerConnection(Protocol):

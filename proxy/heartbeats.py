@@ -159,6 +159,7 @@ class Heartbeats:
             role=status.role,
             stored=status.stored,
             adapters=table or (),
+            rest_port=status.rest_port,
         )
 
     def _adapter_table(self, address: str) -> tuple[Adapter, ...] | None:

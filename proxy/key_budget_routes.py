@@ -25,6 +25,7 @@ def budget_routes(
     keys: Iterable[str],
     base_routes: Sequence[route_components_pb2.Route],
     inference_prefix: str,
+    name_prefix: str = ROUTE_NAME_PREFIX,
 ) -> tuple[route_components_pb2.Route, ...]:
     """One route per key in ``keys``: a copy of the base route of ``inference_prefix``
     (the InferenceService's route to the proxy, with its per-filter config) that matches
@@ -36,7 +37,7 @@ def budget_routes(
     for index, key in enumerate(sorted(keys)):
         route = route_components_pb2.Route()
         route.CopyFrom(template)
-        route.name = f"{ROUTE_NAME_PREFIX}{index}"  # never the key itself
+        route.name = f"{name_prefix}{index}"  # never the key itself
         header = route.match.headers.add()
         header.name = AUTHORIZATION_HEADER
         # "Bearer <key>": the edge's api_key_auth admitted only known keys, and a key has

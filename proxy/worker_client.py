@@ -211,6 +211,7 @@ class GrpcWorkerConnection:
                 for m in response.models
             },
             key_tokens={k.key_fingerprint: k.tokens_total for k in response.key_tokens},
+            rest_port=response.rest_port if 0 < response.rest_port < 65536 else 0,
         )
 
     async def load_model(

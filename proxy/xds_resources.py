@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
+from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
@@ -34,7 +36,13 @@ from proxy.xds_snapshot import (
     ModelRoute,
     XdsSnapshot,
 )
-from runtime.edge_names import MODEL_HEADER, ROUTE_CONFIG_NAME, VIRTUAL_HOST_NAME
+from runtime.edge_names import (
+    MODEL_HEADER,
+    REST_STREAM_PATHS,
+    ROUTE_CONFIG_NAME,
+    TRANSCODER_FILTER_NAME,
+    VIRTUAL_HOST_NAME,
+)
 from runtime.envoy_tls import upstream_tls_socket
 
 logger = logging.getLogger(__name__)
@@ -48,6 +56,7 @@ _ANY_TYPES = (
     route_components_pb2,
     api_key_auth_pb2,  # the edge's per-route API-key roles (its virtual host)
     buffer_pb2,  # the edge's per-route request size limits
+    transcoder_pb2,  # the transcoder off on the REST routes
 )
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -59,12 +68,36 @@ SERVED_TYPES = (CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE)
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 INFERENCE_PREFIX = "/helios.v1.InferenceService/"
+# The base route of the OpenAI REST API (edge/routes.py: transcoded, to the proxy).
+REST_PREFIX = "/v1/"
+# A model's REST cluster (its workers' REST ports) is its gRPC cluster's name + this.
+REST_CLUSTER_SUFFIX = "-rest"
+# What a model's REST route matches (with the model header): the streamed paths as the
+# edge's Lua filter rewrote them (Envoy matches a regex against the path without query).
+REST_PATH_REGEX = "|".join(re.escape(path) for path in REST_STREAM_PATHS)
+REST_BUDGET_ROUTE_PREFIX = "helios-key-budget-rest-"
+# A REST route's per-route transcoder config: one that names no service, which the
+# transcoder reads as "off for this route" (its descriptor is required, and empty). Not
+# the generic FilterConfig{disabled}: Envoy applies that from the route a request matched
+# on arrival, before the edge's Lua filter set the model header and rewrote the path this
+# route matches on; the transcoder reads its own per-route config from the route matched
+# when it runs, after them.
+TRANSCODER_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
+)
 # Retried on another host, only ever before response headers reach the client (Envoy's
 # rule): a gRPC UNAVAILABLE answer (x-envoy-retry-grpc-on's name), a refused connection
 # or HTTP/2 stream, a reset (x-envoy-retry-on's names). Envoy 1.40 accepts unknown names
 # here silently: tests/proxy/test_xds_envoy.py checks connect-failure and unavailable by
 # their effect.
 RETRY_ON = "unavailable,connect-failure,refused-stream,reset"
+# The same on a REST cluster, in HTTP's words: a refused or reset connection, and 503,
+# which is what a worker answers for UNAVAILABLE (openai_compat/rest.py).
+REST_RETRY_ON = "connect-failure,refused-stream,reset,retriable-status-codes"
+REST_RETRIABLE_STATUS = (503,)
+# Envoy closes a pooled connection to a worker's REST port after this long unused (before
+# the worker would: runtime.http_stream.IDLE_TIMEOUT_S is longer).
+REST_IDLE_TIMEOUT_S = 60
 NUM_RETRIES = 2
 HOST_SELECTION_RETRY_MAX_ATTEMPTS = 3
 CONNECT_TIMEOUT_S = 5
@@ -173,8 +206,40 @@ def _tls_socket(tls: UpstreamTls) -> dict[str, Any]:
     return upstream_tls_socket(tls.cert, tls.key, tls.ca, tls.sni)
 
 
-def build_cluster(route: ModelRoute, settings: XdsSettings) -> cluster_pb2.Cluster:
-    """The model's cluster (its endpoints come by EDS over the same ADS stream)."""
+def rest_cluster_name(cluster: str) -> str:
+    """The name of the cluster of a model's REST endpoints, from its gRPC cluster's."""
+    return cluster + REST_CLUSTER_SUFFIX
+
+
+def serves_rest(route: ModelRoute) -> bool:
+    """Whether the model's streamed REST requests have an endpoint to go to: a healthy
+    one with a REST port (else they stay on the transcoded gRPC route)."""
+    return any(e.rest_port and e.health is EndpointHealth.HEALTHY for e in route.endpoints)
+
+
+def _protocol_options(rest: bool) -> dict[str, Any]:
+    """gRPC clusters speak HTTP/2 (one connection, kept alive by pings); REST ones
+    HTTP/1.1 (a pooled connection per stream in flight, closed after an idle while)."""
+    options: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    }
+    if rest:
+        options["explicit_http_config"] = {"http_protocol_options": {}}
+        options["common_http_protocol_options"] = {"idle_timeout": f"{REST_IDLE_TIMEOUT_S}s"}
+    else:
+        options["explicit_http_config"] = {
+            "http2_protocol_options": {
+                "connection_keepalive": {"interval": "30s", "timeout": "10s"}
+            }
+        }
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options}
+
+
+def build_cluster(
+    route: ModelRoute, settings: XdsSettings, *, rest: bool = False
+) -> cluster_pb2.Cluster:
+    """The model's cluster (its endpoints come by EDS over the same ADS stream); with
+    ``rest``, the cluster of its workers' REST ports."""
     policy = route.policy
     common: dict[str, Any] = {
         # No panic mode: with every endpoint ejected or draining, fail fast (503) rather
@@ -186,7 +251,7 @@ def build_cluster(route: ModelRoute, settings: XdsSettings) -> cluster_pb2.Clust
     if policy.hash_balance_factor:
         common["consistent_hashing_lb_config"] = {"hash_balance_factor": policy.hash_balance_factor}
     cluster: dict[str, Any] = {
-        "name": route.cluster,
+        "name": rest_cluster_name(route.cluster) if rest else route.cluster,
         "type": "EDS",
         "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}},
         "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
@@ -219,20 +284,12 @@ def build_cluster(route: ModelRoute, settings: XdsSettings) -> cluster_pb2.Clust
                     # first token fail 97 of them; retries are bounded per request
                     # (NUM_RETRIES, before response headers only) instead.
                     "max_retries": settings.max_requests_per_model,
+                    # HTTP/1.1: a connection per request in flight.
+                    "max_connections": settings.max_requests_per_model,
                 }
             ]
         },
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/"
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {
-                    "http2_protocol_options": {
-                        "connection_keepalive": {"interval": "30s", "timeout": "10s"}
-                    }
-                },
-            }
-        },
+        "typed_extension_protocol_options": _protocol_options(rest),
     }
     if settings.upstream_tls is not None:
         cluster["transport_socket"] = _tls_socket(settings.upstream_tls)
@@ -241,55 +298,74 @@ def build_cluster(route: ModelRoute, settings: XdsSettings) -> cluster_pb2.Clust
     return message
 
 
-def build_assignment(route: ModelRoute) -> endpoint_pb2.ClusterLoadAssignment:
-    """The model's endpoints (``route.endpoints``' hosts must be IP addresses). Built
-    field by field: this runs for every load change."""
-    message = endpoint_pb2.ClusterLoadAssignment(cluster_name=route.cluster)
+def build_assignment(
+    route: ModelRoute, *, rest: bool = False
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """The model's endpoints (``route.endpoints``' hosts must be IP addresses); with
+    ``rest``, those with a REST port, on it. Built field by field: this runs for every
+    load change."""
+    name = rest_cluster_name(route.cluster) if rest else route.cluster
+    message = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     levels: dict[int, endpoint_pb2.LocalityLbEndpoints] = {}
     for e in route.endpoints:
+        if rest and not e.rest_port:
+            continue
         locality = levels.get(e.priority)
         if locality is None:
             locality = levels[e.priority] = message.endpoints.add(priority=e.priority)
         lb = locality.lb_endpoints.add()
         lb.endpoint.address.socket_address.address = e.host
-        lb.endpoint.address.socket_address.port_value = e.port
+        lb.endpoint.address.socket_address.port_value = e.rest_port if rest else e.port
         lb.endpoint.hostname = e.address
         lb.health_status = _HEALTH[e.health]
         lb.load_balancing_weight.value = e.weight
     return message
 
 
-def build_model_route(route: ModelRoute) -> route_components_pb2.Route:
-    """InferenceService calls for this model (by header) -> its cluster."""
+def _retry_policy(rest: bool) -> dict[str, Any]:
+    policy: dict[str, Any] = {
+        "retry_on": REST_RETRY_ON if rest else RETRY_ON,
+        "num_retries": NUM_RETRIES,
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": "type.googleapis.com/"
+                    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": HOST_SELECTION_RETRY_MAX_ATTEMPTS,
+    }
+    if rest:
+        policy["retriable_status_codes"] = list(REST_RETRIABLE_STATUS)
+    return policy
+
+
+def build_model_route(route: ModelRoute, *, rest: bool = False) -> route_components_pb2.Route:
+    """InferenceService calls for this model (by header) -> its cluster; with ``rest``,
+    its streamed REST requests (by path and header) -> its REST cluster, the transcoder
+    off."""
+    cluster = rest_cluster_name(route.cluster) if rest else route.cluster
     action: dict[str, Any] = {
-        "cluster": route.cluster,
+        "cluster": cluster,
         # No overall limit (generations are long); the listener's stream idle timeout applies.
         "timeout": "0s",
-        "retry_policy": {
-            "retry_on": RETRY_ON,
-            "num_retries": NUM_RETRIES,
-            "retry_host_predicate": [
-                {
-                    "name": "envoy.retry_host_predicates.previous_hosts",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/"
-                        "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-                    },
-                }
-            ],
-            "host_selection_retry_max_attempts": HOST_SELECTION_RETRY_MAX_ATTEMPTS,
-        },
+        "retry_policy": _retry_policy(rest),
     }
     if route.policy.hash_header:
         action["hash_policy"] = [{"header": {"header_name": route.policy.hash_header}}]
-    data = {
-        "name": route.cluster,
-        "match": {
-            "prefix": INFERENCE_PREFIX,
-            "headers": [{"name": MODEL_HEADER, "string_match": {"exact": route.model}}],
-        },
+    by_model = [{"name": MODEL_HEADER, "string_match": {"exact": route.model}}]
+    data: dict[str, Any] = {
+        "name": cluster,
+        "match": {"prefix": INFERENCE_PREFIX, "headers": by_model},
         "route": action,
     }
+    if rest:
+        data["match"] = {"safe_regex": {"regex": REST_PATH_REGEX}, "headers": by_model}
+        data["typed_per_filter_config"] = {
+            TRANSCODER_FILTER_NAME: {"@type": TRANSCODER_TYPE, "proto_descriptor_bin": ""}
+        }
     message = route_components_pb2.Route()
     _parse(data, message)
     return message
@@ -342,17 +418,32 @@ class Resources:
         routes: dict[str, route_components_pb2.Route] = {}
         for r in snapshot.routes:
             old = before.get(r.cluster)
-            if previous is not None and old is not None and old.policy == r.policy:
-                clusters[r.cluster] = previous.clusters[r.cluster]
-                routes[r.cluster] = previous.routes[r.cluster]
-            else:
-                clusters[r.cluster] = build_cluster(r, settings)
-                routes[r.cluster] = build_model_route(r)
-            if previous is not None and old is not None and old.endpoints == r.endpoints:
-                assignments[r.cluster] = previous.assignments[r.cluster]
-            else:
-                assignments[r.cluster] = build_assignment(r)
-        throttled = budget_routes(snapshot.throttled_keys, settings.base_routes, INFERENCE_PREFIX)
+            names = [(r.cluster, False)]
+            if serves_rest(r):
+                names.append((rest_cluster_name(r.cluster), True))
+            for name, rest in names:
+                kept = previous is not None and old is not None and name in previous.clusters
+                if kept and old is not None and old.policy == r.policy:
+                    assert previous is not None
+                    clusters[name] = previous.clusters[name]
+                    routes[name] = previous.routes[name]
+                else:
+                    clusters[name] = build_cluster(r, settings, rest=rest)
+                    routes[name] = build_model_route(r, rest=rest)
+                if kept and old is not None and old.endpoints == r.endpoints:
+                    assert previous is not None
+                    assignments[name] = previous.assignments[name]
+                else:
+                    assignments[name] = build_assignment(r, rest=rest)
+        keys = snapshot.throttled_keys
+        throttled = budget_routes(keys, settings.base_routes, INFERENCE_PREFIX)
+        if any(name.endswith(REST_CLUSTER_SUFFIX) for name in routes):
+            # A throttled key's streamed REST requests would match a model's REST route
+            # before the transcoder made them InferenceService calls: the REST route of
+            # the base routes takes them first (transcoded, they meet the route above).
+            throttled += budget_routes(
+                keys, settings.base_routes, REST_PREFIX, name_prefix=REST_BUDGET_ROUTE_PREFIX
+            )
         return cls(snapshot, clusters, assignments, routes, throttled)
 
 

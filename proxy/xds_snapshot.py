@@ -141,6 +141,8 @@ class Endpoint:
     # Envoy's priority level: 0 first; Envoy moves traffic to 1 as level 0 loses
     # healthy hosts (the `both` workers standing by for a model's decode pool).
     priority: int = 0
+    # The agent's REST endpoint on ``host`` (streamed REST requests), 0: none.
+    rest_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,7 @@ def build_snapshot(
                 continue
             weight = endpoint_weight(held.kv_cache_usage, held.waiting)
             by_model.setdefault(model, []).append(
-                Endpoint(agent.address, host, port, weight, health)
+                Endpoint(agent.address, host, port, weight, health, rest_port=agent.rest_port)
             )
     routes = []
     for model in sorted(endpoints[WorkerRole.BOTH].keys() | endpoints[WorkerRole.DECODE].keys()):
@@ -286,7 +288,7 @@ def _adapter_endpoints(agents: Iterable[WorkerView]) -> dict[Adapter, list[Endpo
             if adapter.adapter not in base.adapters:
                 weight = max(1, weight // NON_HOLDER_WEIGHT_DIVISOR)
             endpoints.setdefault(adapter, []).append(
-                Endpoint(agent.address, host, port, weight, health)
+                Endpoint(agent.address, host, port, weight, health, rest_port=agent.rest_port)
             )
     return endpoints
 

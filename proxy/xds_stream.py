@@ -196,7 +196,7 @@ class XdsStream:
             for name in resources.routes
             if name in self._acked(CLUSTER_TYPE) and name in self._acked(ENDPOINT_TYPE)
         ]
-        order = {r.cluster: i for i, r in enumerate(resources.snapshot.routes)}
+        order = {name: i for i, name in enumerate(resources.routes)}
         ready.sort(key=order.__getitem__)
         config = build_route_configuration(
             (resources.routes[name] for name in ready),

@@ -11,7 +11,9 @@ __all__ = [
     "CLIENT_HEADER",
     "MODEL_HEADER",
     "PREFIX_HASH_HEADER",
+    "REST_STREAM_PATHS",
     "ROUTE_CONFIG_NAME",
+    "TRANSCODER_FILTER_NAME",
     "VIRTUAL_HOST_NAME",
 ]
 
@@ -28,3 +30,9 @@ CLIENT_HEADER = "x-helios-client"
 # its virtual host.
 ROUTE_CONFIG_NAME = "helios"
 VIRTUAL_HOST_NAME = "helios"
+# The paths of streamed REST requests once the Lua filter rewrote them (a body with
+# `stream: true`): a warm model's go to its workers' REST ports (openai_compat/rest.py),
+# chat's first.
+REST_STREAM_PATHS = ("/v1/chat/completions:stream", "/v1/completions:stream")
+# The edge's gRPC-JSON transcoder (routes to the workers' REST ports switch it off).
+TRANSCODER_FILTER_NAME = "envoy.filters.http.grpc_json_transcoder"

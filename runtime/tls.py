@@ -10,12 +10,19 @@ is mutual TLS without each caller knowing.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-__all__ = ["TlsError", "TlsSettings", "channel_credentials", "server_credentials"]
+__all__ = [
+    "TlsError",
+    "TlsSettings",
+    "channel_credentials",
+    "server_credentials",
+    "server_ssl_context",
+]
 
 
 class TlsError(ValueError):
@@ -70,3 +77,14 @@ def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(
         root_certificates=ca, private_key=key, certificate_chain=cert
     )
+
+
+def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
+    """:func:`server_credentials` for a plain asyncio server (the worker's REST port):
+    TLS 1.2 or later, clients must present a certificate from ``tls.ca``."""
+    tls.read()  # the same checks (readable, PEM) and errors as the gRPC side
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(str(tls.cert), str(tls.key))
+    return context

@@ -13,10 +13,14 @@ from pathlib import Path
 import grpc
 from helios.v1 import inference_pb2, inference_pb2_grpc, worker_pb2, worker_pb2_grpc
 
+from openai_compat.rest import OpenAIRestHandler
 from openai_compat.servicer import InferenceServicer
-from runtime.config import add_server_arguments, helios_home
+from runtime.config import ServerSettings, add_server_arguments, helios_home
+from runtime.http_stream import HttpStreamServer, start_http_server
+from runtime.limits import INFERENCE_BODY_BYTES
 from runtime.server import Cleanup, Register, run
 from runtime.settings import add_arguments, parse_settings
+from runtime.tls import server_ssl_context
 from worker.adapters import AdapterStore
 from worker.admission import Admission
 from worker.compile_mode import persistent_vllm_cache
@@ -172,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     set_worker_id(settings.worker_id)  # on every generation's span
 
     async def build() -> tuple[Register, Cleanup]:
-        return await build_service(settings)
+        return await build_service(settings, server)
 
     run(server, build)
 
@@ -197,9 +201,33 @@ async def engine_factory(settings: WorkerSettings, budget: Callable[[str], int])
     return after_preimport(vllm_engine_factory(config, sizer), imports)
 
 
-async def build_service(settings: WorkerSettings) -> tuple[Register, Cleanup]:
-    """The model manager (with the ``--model`` models loaded), WorkerService and
-    InferenceService from the settings, inside the running loop."""
+async def start_rest_port(
+    inference: InferenceServicer, port: int, server: ServerSettings | None
+) -> HttpStreamServer | None:
+    """The worker's OpenAI REST endpoint (openai_compat/rest.py) on ``port`` (0: any
+    free one) of the gRPC server's host, mutual TLS when that has it; None for a
+    negative ``port`` (``--rest-port -1``)."""
+    if port < 0:
+        return None
+    host = server.host if server is not None else "127.0.0.1"
+    tls = server.tls if server is not None else None
+    rest = await start_http_server(
+        OpenAIRestHandler(inference),
+        host=host.removeprefix("[").removesuffix("]"),
+        port=port,
+        max_body=INFERENCE_BODY_BYTES,
+        ssl_context=server_ssl_context(tls) if tls is not None else None,
+    )
+    logger.info("serving openai rest", extra={"rest_port": rest.port, "tls": tls is not None})
+    return rest
+
+
+async def build_service(
+    settings: WorkerSettings, server: ServerSettings | None = None
+) -> tuple[Register, Cleanup]:
+    """The model manager (with the ``--model`` models loaded), WorkerService,
+    InferenceService and the REST endpoint from the settings (``server``: the gRPC
+    server's, whose host and TLS the REST endpoint shares), inside the running loop."""
     manager: ModelManager | None = None
 
     def budget(model: str) -> int:
@@ -222,6 +250,10 @@ async def build_service(settings: WorkerSettings) -> tuple[Register, Cleanup]:
     usage = UsageLedger()
     key_usage = KeyUsageLedger()
     peers, kv_fetcher, split = decode_side(manager)
+    inference = InferenceServicer(
+        EngineBackend(manager, usage, role=settings.role, split=split, key_usage=key_usage)
+    )
+    rest = await start_rest_port(inference, settings.rest_port, server)
     servicer = WorkerServicer(
         manager,
         worker_id=settings.worker_id,
@@ -233,13 +265,13 @@ async def build_service(settings: WorkerSettings) -> tuple[Register, Cleanup]:
         local_roots=settings.local_roots,
         prefill_peers=peers,
         key_usage=key_usage,
-    )
-    inference = InferenceServicer(
-        EngineBackend(manager, usage, role=settings.role, split=split, key_usage=key_usage)
+        rest_port=rest.port if rest is not None else 0,
     )
     engine_metrics = EngineMetricsRefresher(manager).start()
 
     async def cleanup() -> None:
+        if rest is not None:  # streams still running get the same grace as RPCs
+            await rest.close(grace_s=server.drain_seconds if server is not None else 5.0)
         await engine_metrics.stop()
         await manager.shutdown()
 

@@ -80,6 +80,15 @@ class WorkerSettings(Settings):
         ge=1,
         help="requests of all clients that may wait per model for a turn at the engine",
     )
+    rest_port: int = setting(
+        0,
+        ge=-1,
+        metavar="PORT",
+        help="the port of the worker's OpenAI REST endpoint (HTTP/1.1, on --host), where"
+        " Envoy sends a warm model's streamed chat and completions (with --tls: mutual TLS,"
+        " as on the gRPC port); 0: any free port (heartbeats say which), -1: none (Envoy"
+        " then streams them over gRPC)",
+    )
     advertise_address: str = setting(
         "",
         metavar="HOST:PORT",

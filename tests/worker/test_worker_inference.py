@@ -1,6 +1,6 @@
 """The worker's own InferenceService (requests Envoy routes straight to a worker) over
-real gRPC, with a fake engine: OpenAI answers, usage, errors, cancellation, heartbeat
-counters and metrics."""
+real gRPC, and its REST port (streamed REST requests) over real HTTP/1.1, with a fake
+engine: OpenAI answers, usage, errors, cancellation, heartbeat counters and metrics."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
 from google.api.httpbody_pb2 import HttpBody
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
 from helios.v1 import inference_pb2 as pb
 from helios.v1 import inference_pb2_grpc, worker_pb2_grpc
 from helios.v1 import worker_pb2 as worker_pb
@@ -22,8 +24,12 @@ from support.fakes import FakeEngine, serve_worker_inference
 
 from openai_compat.events import print_json
 from openai_compat.protocol import EDGE_HEADER
+from openai_compat.servicer import InferenceServicer
 from worker.engine.base import EngineClient
+from worker.inference import EngineBackend
+from worker.metrics import UsageLedger
 from worker.models import ModelManager
+from worker.server import start_rest_port
 
 MODEL = "fake-model"
 
@@ -457,3 +463,172 @@ async def test_bad_events_request_is_a_status_before_any_event(worker: Worker) -
     with pytest.raises(grpc.aio.AioRpcError) as info:
         _ = [b async for b in call]
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# --------------------------------------------------------------------------- REST port
+# The worker's OpenAI REST endpoint (openai_compat/rest.py over runtime/http_stream.py):
+# where Envoy sends a warm model's streamed REST requests, with the path and headers the
+# edge gave them. The same servicer as the gRPC port answers.
+
+
+@pytest_asyncio.fixture
+async def rest(manager: ModelManager, worker: Worker) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of a REST port over the ``worker``'s models."""
+    inference = InferenceServicer(EngineBackend(manager, UsageLedger()))
+    server = await start_rest_port(inference, 0, None)
+    assert server is not None
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=10) as http:
+        yield http
+    await server.close(grace_s=0)
+
+
+def sse_body(params: Message) -> bytes:
+    """The JSON body a REST client sends for ``params`` (what the transcoder would read)."""
+    return json_format.MessageToJson(params, preserving_proto_field_name=True).encode()
+
+
+def rest_events(text: str) -> list[str]:
+    assert text.endswith("\n\n")
+    events = text.split("\n\n")[:-1]
+    assert all(e.startswith("data: ") for e in events)
+    return [e[len("data: ") :] for e in events]
+
+
+@pytest.mark.parametrize("kind", ["chat", "completions"])
+async def test_rest_port_streams_the_same_events_as_the_grpc_port(
+    worker: Worker, rest: httpx.AsyncClient, kind: str
+) -> None:
+    if kind == "chat":
+        params: Message = chat(max_tokens=6, n=2, stop="delta", include_usage=True)
+        grpc_call = worker.inference.StreamChatCompletionEvents(
+            pb.StreamChatCompletionEventsRequest(params=params)
+        )
+    else:
+        params = completion(max_tokens=6)
+        grpc_call = worker.inference.StreamCompletionEvents(
+            pb.StreamCompletionEventsRequest(params=params)
+        )
+    over_grpc = events_of([b async for b in grpc_call])
+    pieces = []
+    async with rest.stream(
+        "POST",
+        f"/v1/{'chat/' if kind == 'chat' else ''}completions:stream?api-version=1",
+        content=sse_body(params),
+        headers={EDGE_HEADER: "rest"},
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        assert response.headers["transfer-encoding"] == "chunked"
+        async for piece in response.aiter_raw():
+            pieces.append(piece)
+    over_rest = rest_events(b"".join(pieces).decode())
+    assert over_rest[-1] == "[DONE]"
+    assert [without_identity(e) for e in over_rest[:-1]] == [
+        without_identity(e) for e in over_grpc[:-1]
+    ]
+    assert len(pieces) > 2  # streamed, not one body at the end
+
+
+async def test_rest_port_keeps_the_connection_for_the_next_request(
+    rest: httpx.AsyncClient,
+) -> None:
+    body = sse_body(completion(max_tokens=2))
+    first = await rest.post("/v1/completions:stream", content=body)
+    second = await rest.post("/v1/completions:stream", content=body)
+    assert first.status_code == second.status_code == 200
+    assert rest_events(second.text)[-1] == "[DONE]"
+    # httpx reused its one pooled connection: the server kept it open.
+    pool = rest._transport._pool  # type: ignore[attr-defined]
+    assert len(pool.connections) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "says"),
+    [
+        (b'{"model": "fake-model", "prompt": "x", "temperature": 9}', 400, 3, "temperature"),
+        (b'{"model": "fake-model", "prompt": "x", "max_tokens": "x"}', 400, 3, "max_tokens"),
+        (b'{"model": "fake-model", "prompt": ', 400, 3, "not a valid request"),
+        (b'{"model": "fake-model", "prompt": "\xff"}', 400, 3, "UTF-8"),
+        (b'{"model": "elsewhere", "prompt": "x"}', 503, 14, "elsewhere"),
+    ],
+    ids=["bad-value", "bad-type", "bad-json", "bad-utf8", "model-not-here"],
+)
+async def test_rest_port_errors_are_statuses_as_the_transcoder_prints_them(
+    rest: httpx.AsyncClient, body: bytes, status: int, code: int, says: str
+) -> None:
+    # {"code", "message"} is the transcoder's body for a gRPC status: the edge's Lua
+    # filter gives both the same OpenAI shape. 503 is what Envoy retries elsewhere.
+    response = await rest.post("/v1/completions:stream", content=body)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()
+    assert error["code"] == code
+    assert says in error["message"]
+
+
+async def test_rest_port_ignores_fields_the_contract_does_not_name(
+    rest: httpx.AsyncClient,
+) -> None:
+    # As the transcoder does for the same body on the gRPC routes (clients send extras).
+    body = b'{"model": "fake-model", "prompt": "x", "max_tokens": 2, "vendor_extra": {"a": 1}}'
+    response = await rest.post("/v1/completions:stream", content=body)
+    assert response.status_code == 200
+    assert rest_events(response.text)[-1] == "[DONE]"
+
+
+async def test_rest_port_answers_only_its_streamed_paths(rest: httpx.AsyncClient) -> None:
+    assert (await rest.post("/v1/completions", content=b"{}")).status_code == 404
+    assert (await rest.get("/v1/models")).status_code == 404
+    response = await rest.get("/v1/completions:stream")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+
+
+async def test_rest_client_gone_aborts_the_engine_request(
+    worker: Worker, rest: httpx.AsyncClient
+) -> None:
+    engine = worker.engines[MODEL]
+    engine.step_delay = 0.05
+    before = metric(
+        "helios_grpc_server_handled_total",
+        service="helios.v1.InferenceService",
+        method="StreamCompletionEvents",
+        code="CANCELLED",
+    )
+    async with rest.stream(
+        "POST", "/v1/completions:stream", content=sse_body(completion(max_tokens=100))
+    ) as response:
+        async for _ in response.aiter_raw():
+            break
+        assert engine.running
+    # Leaving the block closed the response mid-body: httpx drops the connection.
+    for _ in range(100):
+        if not engine.running:
+            break
+        await asyncio.sleep(0.01)
+    assert not engine.running
+    assert engine.aborted_total == 1
+    assert engine.generated < 100
+    # Counted as the gRPC method it stands for.
+    assert (
+        metric(
+            "helios_grpc_server_handled_total",
+            service="helios.v1.InferenceService",
+            method="StreamCompletionEvents",
+            code="CANCELLED",
+        )
+        == before + 1
+    )
+
+
+async def test_a_late_failure_on_the_rest_port_is_an_error_event(
+    worker: Worker, rest: httpx.AsyncClient
+) -> None:
+    worker.engines[MODEL].fail_after = 2
+    response = await rest.post(
+        "/v1/chat/completions:stream", content=sse_body(chat(max_tokens=5))
+    )
+    assert response.status_code == 200
+    events = rest_events(response.text)
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "UNAVAILABLE" and "fake engine died" in error["message"]
+    assert events[-1] == "[DONE]"
