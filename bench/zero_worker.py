@@ -1,8 +1,9 @@
 """BENCH ONLY: a worker process whose engine is the zero-cost token generator.
 
-Same flags, WorkerService and InferenceService as ``python -m worker.server``; models given with
-``--model NAME=PATH`` are served by :class:`bench.zero_engine.ZeroCostEngine` (PATH must
-be a directory; nothing in it is read but its weight files' sizes). ``--pace-ms``: one
+Same flags, WorkerService, InferenceService and REST port as ``python -m worker.server``;
+models given with ``--model NAME=PATH`` are served by
+:class:`bench.zero_engine.ZeroCostEngine` (PATH must be a directory; nothing in it is read
+but its weight files' sizes). ``--pace-ms``: one
 token per stream every that many milliseconds (default 0: as fast as they are read).
 """
 
@@ -20,7 +21,7 @@ from worker.engine.base import EngineClient
 from worker.inference import EngineBackend
 from worker.metrics import UsageLedger
 from worker.models import ModelManager
-from worker.server import build_parser, register_services
+from worker.server import build_parser, register_services, start_rest_port
 from worker.servicer import WorkerServicer
 from worker.settings import WorkerSettings
 
@@ -44,9 +45,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             async for step in manager.load(name, path):
                 logger.info(step.message, extra={"model": name})
         usage = UsageLedger()
-        servicer = WorkerServicer(manager, worker_id=settings.worker_id, usage=usage)
         inference = InferenceServicer(EngineBackend(manager, usage, role=settings.role))
-        return register_services(servicer, inference), manager.shutdown
+        rest = await start_rest_port(inference, settings.rest_port, server)
+        servicer = WorkerServicer(
+            manager,
+            worker_id=settings.worker_id,
+            usage=usage,
+            rest_port=rest.port if rest is not None else 0,
+        )
+
+        async def cleanup() -> None:
+            if rest is not None:
+                await rest.close(grace_s=0)
+            await manager.shutdown()
+
+        return register_services(servicer, inference), cleanup
 
     run(server, build)
 

@@ -21,8 +21,9 @@
 --     {"error": {"message", "type", "param", "code"}} (code: the gRPC status name or null),
 --     with internal addresses (ip:port) and server paths in the message replaced;
 --   * HEAD: no body, whatever the status;
---   * text/event-stream: never touched (the upstream's Stream*Events RPCs print the events,
---     `data: [DONE]` included; see README.md).
+--   * text/event-stream: never touched (the upstream prints the events, `data: [DONE]`
+--     included: a worker's REST port for a warm model, Stream*Events RPCs otherwise; see
+--     README.md).
 --
 -- edge/lua.py inlines this file into the bootstrap; each quoted @NAME@ is Python's NAME.
 local EDGE_HEADER = "@EDGE_HEADER@"

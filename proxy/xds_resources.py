@@ -248,8 +248,14 @@ def build_cluster(
         # Health and weight changes apply at once, not merged over a second.
         "update_merge_window": "0s",
     }
-    if policy.hash_balance_factor:
-        common["consistent_hashing_lb_config"] = {"hash_balance_factor": policy.hash_balance_factor}
+    if policy.kind is not LbKind.LEAST_REQUEST:
+        # Hosts hash by their agent's address (each endpoint's hostname), not the port
+        # they are dialled on: a session or prompt prefix lands on the same worker over
+        # gRPC and over REST (its KV cache is there).
+        hashing: dict[str, Any] = {"use_hostname_for_hashing": True}
+        if policy.hash_balance_factor:
+            hashing["hash_balance_factor"] = policy.hash_balance_factor
+        common["consistent_hashing_lb_config"] = hashing
     cluster: dict[str, Any] = {
         "name": rest_cluster_name(route.cluster) if rest else route.cluster,
         "type": "EDS",

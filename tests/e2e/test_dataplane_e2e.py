@@ -4,9 +4,10 @@
 proxy is Envoy's xDS control plane with its default heartbeats). The tests share that
 mesh and run in order: the model goes from one warm replica to two (a new READY
 endpoint is routed), warm requests go Envoy -> worker (the proxy sees none of them),
-scale to zero and a burst of cold requests (one load), then a worker killed with requests
-queued before their first token (Envoy retries them elsewhere), and a worker killed
-mid-stream (the client sees a clean end, and the worker leaves Envoy's endpoints). The
+streamed REST requests go Envoy -> the worker's REST port, scale to zero and a burst of
+cold requests (one load), then a worker killed with requests queued before their first
+token (Envoy retries them elsewhere), a worker killed mid-stream (the client sees a clean
+end, and the worker leaves Envoy's endpoints), and the first again over REST. The
 proxy routes by session affinity here (HELIOS_PROXY_ROUTING_POLICY), so a test can send
 every request of a session to the worker it chose.
 """
@@ -42,7 +43,7 @@ from helios.v1 import (
 from support.mesh_harness import Mesh, helios_up
 
 from models.tinymodel import DEFAULT_MODEL_NAME, build_tiny_model
-from proxy.xds_resources import MODEL_HEADER
+from proxy.xds_resources import MODEL_HEADER, rest_cluster_name
 from proxy.xds_snapshot import DEFAULT_SESSION_HEADER, cluster_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -97,15 +98,16 @@ async def get(url: str) -> str:
     return await asyncio.to_thread(_get, url)
 
 
-async def endpoints(plane: Plane) -> dict[str, dict[str, Any]]:
-    """Envoy's endpoints of the model's cluster: worker address -> its health and
-    request counters (empty when Envoy has no such cluster)."""
+async def endpoints(plane: Plane, cluster: str = "") -> dict[str, dict[str, Any]]:
+    """Envoy's endpoints of the model's cluster (or ``cluster``): worker address -> its
+    health and request counters (empty when Envoy has no such cluster)."""
     data = json.loads(await get(f"{plane.envoy_admin}/clusters?format=json"))
-    for cluster in data.get("cluster_statuses", []):
-        if cluster["name"] != plane.cluster:
+    for status in data.get("cluster_statuses", []):
+        if status["name"] != (cluster or plane.cluster):
             continue
+        cluster = status["name"]
         hosts = {}
-        for host in cluster.get("host_statuses", []):
+        for host in status.get("host_statuses", []):
             socket = host["address"]["socket_address"]
             stats = {s["name"]: int(s.get("value", 0)) for s in host.get("stats", [])}
             health = host.get("health_status", {})
@@ -118,8 +120,8 @@ async def endpoints(plane: Plane) -> dict[str, dict[str, Any]]:
     return {}
 
 
-async def cluster_stat(plane: Plane, name: str) -> int:
-    pattern = urllib.parse.quote(f"^cluster\\.{plane.cluster}\\.{name}$")
+async def cluster_stat(plane: Plane, name: str, cluster: str = "") -> int:
+    pattern = urllib.parse.quote(f"^cluster\\.{cluster or plane.cluster}\\.{name}$")
     text = await get(f"{plane.envoy_admin}/stats?filter={pattern}")
     values = [int(line.rsplit(":", 1)[1]) for line in text.splitlines() if ":" in line]
     return sum(values)
@@ -141,6 +143,47 @@ async def proxy_requests(plane: Plane) -> float:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def rest_address(address: str) -> str:
+    """The REST port's address of the worker at ``address`` (its heartbeat says)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        beat = await worker_pb2_grpc.WorkerServiceStub(channel).Heartbeat(
+            worker_pb2.HeartbeatRequest(), timeout=5
+        )
+    assert beat.rest_port > 0
+    return f"{address.rpartition(':')[0]}:{beat.rest_port}"
+
+
+async def stream_rest(
+    plane: Plane, http: httpx.AsyncClient, *, session: str = "", key: str = "", max_tokens: int = 8
+) -> tuple[str, str | None]:
+    """A streamed chat over REST through Envoy: (text, finish_reason); [DONE] seen."""
+    headers = {DEFAULT_SESSION_HEADER: session} if session else {}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    body = {
+        "model": plane.model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    text, finish, done = "", None, False
+    async with http.stream(
+        "POST", f"{plane.mesh.rest_url}/chat/completions", json=body, headers=headers
+    ) as response:
+        assert response.status_code == 200, await response.aread()
+        async for line in response.aiter_lines():
+            if line == "data: [DONE]":
+                done = True
+            elif line.startswith("data: "):
+                for choice in json.loads(line[len("data: ") :])["choices"]:
+                    text += choice["delta"].get("content", "")
+                    finish = choice.get("finish_reason") or finish
+    assert done
+    return text, finish
 
 
 async def worker_ready(address: str, model: str) -> bool:
@@ -286,6 +329,23 @@ async def test_warm_requests_go_envoy_to_worker_and_not_through_the_proxy(
     assert busy_cpu <= 1.5 * idle_cpu + 0.05
 
 
+async def test_warm_rest_streams_go_to_the_workers_rest_ports(plane: Plane) -> None:
+    # Streamed REST requests of a warm model: Envoy -> the worker's REST port (HTTP/1.1,
+    # the transcoder off), not its gRPC port, not the proxy.
+    rest_cluster = rest_cluster_name(plane.cluster)
+    relayed = await proxy_requests(plane)
+    over_grpc = await cluster_stat(plane, "upstream_rq_total")
+    over_rest = await cluster_stat(plane, "upstream_rq_total", rest_cluster)
+    async with httpx.AsyncClient(timeout=30) as http:
+        answers = [await stream_rest(plane, http, max_tokens=3) for _ in range(5)]
+    assert all(finish == "length" for _, finish in answers)
+    assert await cluster_stat(plane, "upstream_rq_total", rest_cluster) - over_rest == 5
+    assert await cluster_stat(plane, "upstream_rq_total") == over_grpc
+    assert await proxy_requests(plane) == relayed
+    rest_hosts = set(await endpoints(plane, rest_cluster))
+    assert rest_hosts == {await rest_address(a) for a in await endpoints(plane)}
+
+
 async def test_scale_to_zero_then_a_burst_of_cold_requests_makes_one_load(
     plane: Plane,
 ) -> None:
@@ -338,8 +398,9 @@ async def test_a_worker_killed_before_its_first_token_costs_no_request(plane: Pl
     assert len(full) >= FAILOVER_TRIES - 1, [a for a in answers if a not in full]
 
 
-async def _active(plane: Plane, address: str, count: int) -> bool:
-    return int((await endpoints(plane)).get(address, {}).get("rq_active", 0)) >= count
+async def _active(plane: Plane, address: str, count: int, cluster: str = "") -> bool:
+    hosts = await endpoints(plane, cluster)
+    return int(hosts.get(address, {}).get("rq_active", 0)) >= count
 
 
 async def test_a_worker_killed_mid_stream_ends_the_rest_stream_cleanly_and_leaves_eds(
@@ -391,3 +452,39 @@ async def test_a_worker_killed_mid_stream_ends_the_rest_stream_cleanly_and_leave
 
 async def _gone(plane: Plane, address: str) -> bool:
     return not await _has(plane, address)
+
+
+async def test_a_worker_killed_before_its_first_token_costs_no_rest_stream(plane: Plane) -> None:
+    # The same over the workers' REST ports: each stream its own HTTP/1.1 connection,
+    # reset by the kill before any response byte, retried by Envoy on the other worker.
+    await wait_for(lambda: _routed(plane, 2), 120, 0.1)
+    rest_cluster = rest_cluster_name(plane.cluster)
+    await wait_for(lambda: _rest_routed(plane, 2), 5)
+    victim = 1
+    address = plane.worker_address(victim)
+    victim_rest = await rest_address(address)
+    # Sessions hash by the worker's address over gRPC and REST alike.
+    session = await session_on(plane, address)
+    retried = await cluster_stat(plane, "upstream_rq_retry", rest_cluster)
+    os.kill(plane.worker_pid(victim), signal.SIGSTOP)
+    limits = httpx.Limits(max_connections=FAILOVER_TRIES)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        try:
+            calls = [
+                asyncio.create_task(stream_rest(plane, http, session=session, key=f"c-{i % 4}"))
+                for i in range(FAILOVER_TRIES)
+            ]
+            await wait_for(lambda: _active(plane, victim_rest, FAILOVER_TRIES, rest_cluster), 10)
+        finally:
+            os.kill(plane.worker_pid(victim), signal.SIGKILL)
+        answers = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 60)
+    full = [a for a in answers if not isinstance(a, BaseException) and a[1] == "length"]
+    retries = await cluster_stat(plane, "upstream_rq_retry", rest_cluster) - retried
+    print(f"killed before the first token (REST): {len(full)}/{FAILOVER_TRIES} full answers")
+    assert retries >= FAILOVER_TRIES
+    assert len(full) >= FAILOVER_TRIES - 1, [a for a in answers if a not in full]
+
+
+async def _rest_routed(plane: Plane, count: int) -> bool:
+    hosts = await endpoints(plane, rest_cluster_name(plane.cluster))
+    return sum(h["healthy"] for h in hosts.values()) == count

@@ -1,14 +1,18 @@
 """The local mesh under mutual TLS: `helios up --tls` as a process.
 
 A chat completion through Envoy works (Envoy reaches the proxy, the proxy the workers,
-over mTLS); every service's own gRPC port refuses a plain-text client and a client whose
+over mTLS), a streamed one too (Envoy -> the worker's REST port, over mTLS); every
+service's own gRPC port, and a worker's REST port, refuses a plain-text client and a client whose
 certificate comes from another CA, and answers one presenting the mesh's client
 certificate (the certificates `helios up --tls` wrote to <state-dir>/certs).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +23,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helios.v1 import worker_pb2, worker_pb2_grpc
 from support.mesh_harness import helios_up
 
 from cli.certs import write_certs
@@ -106,3 +111,65 @@ def test_every_service_requires_a_mesh_client_certificate(tls_mesh: TlsMesh) -> 
             assert foreign.value.code() == grpc.StatusCode.UNAVAILABLE, name
         with grpc.secure_channel(target, mesh_client) as channel:
             assert _health(channel) == health_pb2.HealthCheckResponse.SERVING, name
+
+
+def _rest_port(tls_mesh: TlsMesh, worker: str) -> int:
+    certs = tls_mesh.certs
+    mesh_client = _credentials(certs / "ca.pem", certs / "client.pem", certs / "client.key")
+    target = f"127.0.0.1:{tls_mesh.service_ports()[worker]}"
+    with grpc.secure_channel(target, mesh_client) as channel:
+        beat = worker_pb2_grpc.WorkerServiceStub(channel).Heartbeat(
+            worker_pb2.HeartbeatRequest(), timeout=10
+        )
+    assert beat.rest_port > 0
+    return int(beat.rest_port)
+
+
+def _get_over_tls(port: int, context: ssl.SSLContext) -> int:
+    """The status of ``GET /`` on ``port`` over TLS; an error when the server refuses
+    the client (with TLS 1.3 the refusal comes as an alert after the handshake)."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with raw, context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nhost: worker\r\n\r\n")
+        answer = tls.recv(64)
+    if not answer:
+        raise ConnectionError("closed without an answer")
+    return int(answer.split()[1])
+
+
+def test_a_streamed_chat_goes_over_the_workers_rest_port_under_mtls(tls_mesh: TlsMesh) -> None:
+    body = json.dumps(
+        {
+            "model": tls_mesh.info["models"][0],
+            "messages": [{"role": "user", "content": "Hello"}],
+            "max_tokens": 4,
+            "stream": True,
+        }
+    ).encode()
+    request = urllib.request.Request(
+        f"{tls_mesh.info['rest_url']}/chat/completions",
+        data=body,
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        events = response.read().decode()
+    assert events.rstrip().endswith("data: [DONE]")
+    admin = f"http://127.0.0.1:{tls_mesh.info['envoy_admin_port']}"
+    with urllib.request.urlopen(f"{admin}/stats?filter=-rest\\.upstream_rq_total$") as stats:
+        served = [line for line in stats.read().decode().splitlines() if line.strip()]
+    assert served and all(int(line.rsplit(":", 1)[1]) >= 1 for line in served), served
+    # The REST port itself: the mesh's client certificate only.
+    port = _rest_port(tls_mesh, next(n for n in tls_mesh.service_ports() if n.startswith("worker")))
+    certs = tls_mesh.certs
+    with pytest.raises((ConnectionError, http.client.HTTPException)):
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        plain.request("GET", "/")
+        plain.getresponse()
+    other = write_certs(tls_mesh.root / "other-ca-rest", ["client"])["client"]
+    foreign = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    foreign.load_cert_chain(str(other.cert), str(other.key))
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _get_over_tls(port, foreign)
+    mesh = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    mesh.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
+    assert _get_over_tls(port, mesh) == 404  # answered: nothing is served at /

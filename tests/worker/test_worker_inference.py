@@ -624,9 +624,7 @@ async def test_a_late_failure_on_the_rest_port_is_an_error_event(
     worker: Worker, rest: httpx.AsyncClient
 ) -> None:
     worker.engines[MODEL].fail_after = 2
-    response = await rest.post(
-        "/v1/chat/completions:stream", content=sse_body(chat(max_tokens=5))
-    )
+    response = await rest.post("/v1/chat/completions:stream", content=sse_body(chat(max_tokens=5)))
     assert response.status_code == 200
     events = rest_events(response.text)
     error = json.loads(events[-2])["error"]
