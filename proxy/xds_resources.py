@@ -76,6 +76,8 @@ REST_CLUSTER_SUFFIX = "-rest"
 # edge's Lua filter rewrote them (Envoy matches a regex against the path without query).
 REST_PATH_REGEX = "|".join(re.escape(path) for path in REST_STREAM_PATHS)
 REST_BUDGET_ROUTE_PREFIX = "helios-key-budget-rest-"
+# The endpoint metadata namespace whose "hash_key" consistent hashing uses for a host.
+HASH_KEY_METADATA = "envoy.lb"
 # A REST route's per-route transcoder config: one that names no service, which the
 # transcoder reads as "off for this route" (its descriptor is required, and empty). Not
 # the generic FilterConfig{disabled}: Envoy applies that from the route a request matched
@@ -248,14 +250,8 @@ def build_cluster(
         # Health and weight changes apply at once, not merged over a second.
         "update_merge_window": "0s",
     }
-    if policy.kind is not LbKind.LEAST_REQUEST:
-        # Hosts hash by their agent's address (each endpoint's hostname), not the port
-        # they are dialled on: a session or prompt prefix lands on the same worker over
-        # gRPC and over REST (its KV cache is there).
-        hashing: dict[str, Any] = {"use_hostname_for_hashing": True}
-        if policy.hash_balance_factor:
-            hashing["hash_balance_factor"] = policy.hash_balance_factor
-        common["consistent_hashing_lb_config"] = hashing
+    if policy.hash_balance_factor:
+        common["consistent_hashing_lb_config"] = {"hash_balance_factor": policy.hash_balance_factor}
     cluster: dict[str, Any] = {
         "name": rest_cluster_name(route.cluster) if rest else route.cluster,
         "type": "EDS",
@@ -323,6 +319,13 @@ def build_assignment(
         lb.endpoint.address.socket_address.address = e.host
         lb.endpoint.address.socket_address.port_value = e.rest_port if rest else e.port
         lb.endpoint.hostname = e.address
+        if route.policy.hash_header:
+            # Hosts hash by their agent's address, not the port they are dialled on: a
+            # session or prompt prefix lands on the same worker over gRPC and over REST
+            # (its KV cache is there). EDS clusters cannot hash by hostname; this key is
+            # what ring hash and Maglev use instead of the address when an endpoint has it.
+            hash_key = lb.metadata.filter_metadata[HASH_KEY_METADATA]
+            hash_key.fields["hash_key"].string_value = e.address
         lb.health_status = _HEALTH[e.health]
         lb.load_balancing_weight.value = e.weight
     return message

@@ -53,6 +53,10 @@ REQUEST_TIMEOUT_S = 30.0
 # that Envoy, not this server, closes idle connections: a request Envoy sends on a
 # connection this side is closing would be reset (and retried, but at a cost).
 IDLE_TIMEOUT_S = 120.0
+# Connections the kernel completes before the server accepts them: Envoy opens one per
+# stream in flight, a burst of them at once (asyncio's default, 100, drops the SYNs of a
+# larger burst, and each dropped one waits a second to be sent again).
+LISTEN_BACKLOG = 2048
 
 
 @dataclass(frozen=True)
@@ -390,7 +394,12 @@ async def start_http_server(
     """Listen on ``host:port`` (0: any free port; ``server.port`` says which)."""
     server = HttpStreamServer(handler, max_body)
     listening = await asyncio.get_running_loop().create_server(
-        lambda: _Connection(server), host=host, port=port, ssl=ssl_context, reuse_address=True
+        lambda: _Connection(server),
+        host=host,
+        port=port,
+        ssl=ssl_context,
+        reuse_address=True,
+        backlog=LISTEN_BACKLOG,
     )
     server._server = listening
     server.port = listening.sockets[0].getsockname()[1]

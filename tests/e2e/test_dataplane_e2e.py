@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 import httpx
 import openai
+import psutil
 import pytest
 import pytest_asyncio
 from google.protobuf import struct_pb2
@@ -73,7 +74,14 @@ class Plane:
         return f"127.0.0.1:{self.service(f'worker-{index}')['grpc_port']}"
 
     def worker_pid(self, index: int) -> int:
-        return int(self.service(f"worker-{index}")["pid"])
+        """The pid of the process serving worker ``index``'s port now (a worker the
+        supervisor restarted has another pid than `helios up` first reported)."""
+        port = int(self.service(f"worker-{index}")["grpc_port"])
+        for connection in psutil.net_connections(kind="tcp"):
+            if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port:
+                assert connection.pid is not None
+                return int(connection.pid)
+        raise AssertionError(f"nothing listens on worker-{index}'s port {port}")
 
     @property
     def inference(self) -> inference_pb2_grpc.InferenceServiceStub:
@@ -465,24 +473,72 @@ async def test_a_worker_killed_before_its_first_token_costs_no_rest_stream(plane
     victim_rest = await rest_address(address)
     # Sessions hash by the worker's address over gRPC and REST alike.
     session = await session_on(plane, address)
+    limits = httpx.Limits(max_connections=FAILOVER_TRIES, max_keepalive_connections=FAILOVER_TRIES)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        # Warm: as many connections from Envoy to the victim's REST port as there will
+        # be streams (Envoy keeps them), so that the streams reach it at once.
+        await asyncio.gather(
+            *(
+                stream_rest(plane, http, session=session, key=f"c-{i % 4}")
+                for i in range(FAILOVER_TRIES)
+            )
+        )
+    # Raw client connections, opened first and written in one go: a stopped worker
+    # leaves EDS at its first missed heartbeat, sooner than an HTTP client library sends
+    # a hundred requests.
+    rest = urllib.parse.urlsplit(plane.mesh.rest_url)
+    clients = [
+        await asyncio.open_connection(rest.hostname, rest.port) for _ in range(FAILOVER_TRIES)
+    ]
     retried = await cluster_stat(plane, "upstream_rq_retry", rest_cluster)
     os.kill(plane.worker_pid(victim), signal.SIGSTOP)
-    limits = httpx.Limits(max_connections=FAILOVER_TRIES)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-        try:
-            calls = [
-                asyncio.create_task(stream_rest(plane, http, session=session, key=f"c-{i % 4}"))
-                for i in range(FAILOVER_TRIES)
-            ]
-            await wait_for(lambda: _active(plane, victim_rest, FAILOVER_TRIES, rest_cluster), 10)
-        finally:
-            os.kill(plane.worker_pid(victim), signal.SIGKILL)
-        answers = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 60)
+    try:
+        for index, (_, writer) in enumerate(clients):
+            writer.write(raw_stream_request(plane, session, key=f"c-{index % 4}"))
+        await wait_for(lambda: _active(plane, victim_rest, FAILOVER_TRIES, rest_cluster), 5)
+    finally:
+        os.kill(plane.worker_pid(victim), signal.SIGKILL)
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(raw_stream_answer(*client) for client in clients), return_exceptions=True),
+        60,
+    )
     full = [a for a in answers if not isinstance(a, BaseException) and a[1] == "length"]
     retries = await cluster_stat(plane, "upstream_rq_retry", rest_cluster) - retried
     print(f"killed before the first token (REST): {len(full)}/{FAILOVER_TRIES} full answers")
     assert retries >= FAILOVER_TRIES
     assert len(full) >= FAILOVER_TRIES - 1, [a for a in answers if a not in full]
+
+
+def raw_stream_request(plane: Plane, session: str, key: str) -> bytes:
+    """A streamed chat as HTTP/1.1 bytes (the connection closes after the answer)."""
+    body = json.dumps(
+        {
+            "model": plane.model,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 8,
+            "ignore_eos": True,
+            "stream": True,
+        }
+    ).encode()
+    path = urllib.parse.urlsplit(plane.mesh.rest_url).path + "/chat/completions"
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: helios\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n{DEFAULT_SESSION_HEADER}: {session}\r\n"
+        f"authorization: Bearer {key}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def raw_stream_answer(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[str, str | None]:
+    """What :func:`stream_rest` returns, read from a raw connection to its end."""
+    answer = (await reader.read()).decode(errors="replace")
+    writer.close()
+    assert answer.startswith("HTTP/1.1 200"), answer[:300]
+    assert "data: [DONE]" in answer, answer[-300:]
+    finish = "length" if '"finish_reason":"length"' in answer else None
+    return answer, finish
 
 
 async def _rest_routed(plane: Plane, count: int) -> bool:

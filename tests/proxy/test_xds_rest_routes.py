@@ -111,10 +111,20 @@ def test_sessions_hash_to_the_same_worker_over_grpc_and_rest() -> None:
     policy = LbPolicy(LbKind.MAGLEV, "x-session-id")
     snapshot = build_snapshot(pool.agents(), {MODEL: policy})
     built = Resources.build(snapshot, XdsSettings())
+    keys = {}
     for name in (CLUSTER, REST):
-        lb = built.clusters[name].common_lb_config  # type: ignore[attr-defined]
-        assert lb.consistent_hashing_lb_config.use_hostname_for_hashing
         assert built.routes[name].route.hash_policy[0].header.header_name == "x-session-id"
+        (locality,) = built.assignments[name].endpoints  # type: ignore[attr-defined]
+        keys[name] = [
+            (
+                e.endpoint.address.socket_address.port_value,
+                e.metadata.filter_metadata["envoy.lb"].fields["hash_key"].string_value,
+            )
+            for e in locality.lb_endpoints
+        ]
+    # Dialled on different ports, hashed by the same key: the agent's address.
+    assert keys[CLUSTER] == [(50051, "10.0.0.1:50051"), (50051, "10.0.0.2:50051")]
+    assert keys[REST] == [(8000, "10.0.0.1:50051"), (8000, "10.0.0.2:50051")]
 
 
 def test_a_throttled_key_meets_its_budget_route_before_the_rest_route() -> None:
