@@ -3,7 +3,7 @@ process that writes it.
 
 The worker's CPU per output token is what separates Helios from bare vLLM's API server on
 a small CPU box (bench/vllm_compare_bench.py's CPU table: the serving processes compete
-with the engine core for the same cores). This splits it: three servers, each its own
+with the engine core for the same cores). This splits it: four servers, each its own
 process, stream the same server-sent event, paced as an engine's decode steps release
 tokens (one per stream every ``--pace-ms``), to ``--streams`` concurrent clients in this
 process; the server's CPU seconds (all its threads, psutil) are divided by the events
@@ -15,6 +15,8 @@ received.
 - ``worker``: the worker's own ``InferenceService.StreamCompletionEvents``
   (bench/zero_worker.py, its zero-cost engine paced): the floor plus Helios' layers
   (interceptor, admission, usage, OpenAI chunks, event printing).
+- ``worker REST port``: the worker's REST port (``POST /v1/completions:stream``, where
+  Envoy sends a warm model's REST streams): HTTP/1.1 chunks plus Helios' layers.
 - ``http/1.1``: a raw asyncio server on uvloop writing the same event as HTTP/1.1 chunked
   transfer encoding, one write per event: what a process serving SSE itself pays per
   token (vLLM's API server is uvicorn, which writes this way, plus FastAPI on top).
@@ -50,7 +52,7 @@ import psutil
 import uvloop
 from google.api.httpbody_pb2 import HttpBody
 from google.protobuf.struct_pb2 import Value
-from helios.v1 import inference_pb2, inference_pb2_grpc
+from helios.v1 import inference_pb2, inference_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "bench-model"
@@ -177,6 +179,31 @@ async def http_streams(port: int, streams: int, tokens: int) -> int:
         return sum(await asyncio.gather(*(one() for _ in range(streams))))
 
 
+_REST_PORTS: dict[int, int] = {}
+
+
+async def worker_rest_streams(grpc_port: int, streams: int, tokens: int) -> int:
+    """The same streams from the worker's REST port (found by its heartbeat)."""
+    if grpc_port not in _REST_PORTS:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            beat = await worker_pb2_grpc.WorkerServiceStub(channel).Heartbeat(
+                worker_pb2.HeartbeatRequest()
+            )
+        _REST_PORTS[grpc_port] = beat.rest_port
+    url = f"http://127.0.0.1:{_REST_PORTS[grpc_port]}/v1/completions:stream"
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": tokens, "stream": True}
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> int:
+            received = 0
+            async with session.post(url, json=body) as response:
+                async for line in response.content:
+                    received += line.startswith(b"data: {")
+            return received
+
+        return sum(await asyncio.gather(*(one() for _ in range(streams))))
+
+
 class _NoCallContext:
     """What the servicer reads of a gRPC call: no deadline, no metadata."""
 
@@ -271,12 +298,30 @@ class Server:
         self.us_per_event.append(cpu / max(events, 1) * 1e6)
 
 
+def zero_worker(ready: Path, model: Path, pace: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "bench.zero_worker",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--ready-file",
+        str(ready),
+        "--model",
+        f"{MODEL}={model}",
+        *pace,
+    ]
+
+
 def servers(tmp: Path, pace_ms: float) -> list[Server]:
     me = [sys.executable, str(Path(__file__).resolve())]
     pace = ["--pace-ms", f"{pace_ms:g}"]
     model = tmp / "model"
     model.mkdir()
     worker_ready = tmp / "worker.json"
+    rest_ready = tmp / "worker-rest.json"
     return [
         Server(
             "grpc floor",
@@ -287,23 +332,17 @@ def servers(tmp: Path, pace_ms: float) -> list[Server]:
         ),
         Server(
             "worker (gRPC + Helios)",
-            [
-                sys.executable,
-                "-m",
-                "bench.zero_worker",
-                "--port",
-                "0",
-                "--metrics-port",
-                "0",
-                "--ready-file",
-                str(worker_ready),
-                "--model",
-                f"{MODEL}={model}",
-                *pace,
-            ],
+            zero_worker(worker_ready, model, pace),
             worker_ready,
             "grpc_port",
             grpc_streams,
+        ),
+        Server(
+            "worker REST port (HTTP/1.1 + Helios)",
+            zero_worker(rest_ready, model, pace),
+            rest_ready,
+            "grpc_port",
+            worker_rest_streams,
         ),
         Server(
             "http/1.1 chunked",

