@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -120,14 +121,41 @@ def parse_params(params: type[Message], body: bytes) -> Message:
     the transcoder reads it."""
     message = params()
     try:
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidArgumentError("request: the body is not valid UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidArgumentError(f"request: the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgumentError("request: the body is not a JSON object")
+    try:
         # Fields the contract does not name are ignored, as the transcoder ignores them
         # (clients send vendor fields); the servicer refuses named ones it does not serve.
-        json_format.Parse(body.decode("utf-8"), message, ignore_unknown_fields=True)
-    except UnicodeDecodeError:
-        raise InvalidArgumentError("the request body is not valid UTF-8") from None
-    except (json_format.ParseError, ValueError, RecursionError) as exc:
-        raise InvalidArgumentError(f"the request body is not a valid request: {exc}") from None
+        json_format.ParseDict(data, message, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+        raise InvalidArgumentError(_field_error(str(exc))) from None
     return message
+
+
+_FAILED_FIELD = re.compile(r"Failed to parse (\w+) field: ")
+# Where json_format says the error is: " at <Message>.<field>.<field>".
+_AT_PATH = re.compile(r"\s+at ([\w.\[\]]+?)\.*$")
+
+
+def _field_error(text: str) -> str:
+    """json_format's error as Helios words a validation error: the field first (its path,
+    or ``request`` for the body as a whole), then what is wrong, without Python's words
+    for types."""
+    at = _AT_PATH.search(text)
+    if at is not None:
+        where = ".".join(at.group(1).split(".")[1:])  # less the message's type name
+        text = text[: at.start()]
+    else:
+        where = ".".join(_FAILED_FIELD.findall(text))
+    detail = _FAILED_FIELD.sub("", text).strip().rstrip(".")
+    if "<class '" in detail or not detail:
+        detail = "a value of the wrong type"
+    return f"{where or 'request'}: {detail}"
 
 
 class OpenAIRestHandler:

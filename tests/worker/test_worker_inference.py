@@ -547,7 +547,7 @@ async def test_rest_port_keeps_the_connection_for_the_next_request(
     [
         (b'{"model": "fake-model", "prompt": "x", "temperature": 9}', 400, 3, "temperature"),
         (b'{"model": "fake-model", "prompt": "x", "max_tokens": "x"}', 400, 3, "max_tokens"),
-        (b'{"model": "fake-model", "prompt": ', 400, 3, "not a valid request"),
+        (b'{"model": "fake-model", "prompt": ', 400, 3, "request: the body is not valid JSON"),
         (b'{"model": "fake-model", "prompt": "\xff"}', 400, 3, "UTF-8"),
         (b'{"model": "elsewhere", "prompt": "x"}', 503, 14, "elsewhere"),
     ],
