@@ -39,7 +39,7 @@ from runtime.errors import ErrorCode, HeliosError, InvalidArgumentError, NotFoun
 from runtime.grpc_errors import grpc_status, retry_after_metadata
 from runtime.http_stream import HttpRequest, ResponseWriter
 from runtime.interceptors import INTERNAL_MESSAGE
-from runtime.limits import INFERENCE_BODY_BYTES, MAX_ERROR_MESSAGE_CHARS
+from runtime.limits import MAX_ERROR_MESSAGE_CHARS
 from runtime.metrics import MethodMetrics, RpcObservation
 from runtime.tracing import RpcSpan
 
@@ -161,9 +161,8 @@ def _field_error(text: str) -> str:
 class OpenAIRestHandler:
     """The handler of the worker's REST port (:mod:`runtime.http_stream`)."""
 
-    def __init__(self, servicer: InferenceServicer, max_body: int = INFERENCE_BODY_BYTES) -> None:
+    def __init__(self, servicer: InferenceServicer) -> None:
         self.servicer = servicer
-        self.max_body = max_body
         self._routes = {
             path: _StreamRoute(
                 params, events, f"/{SERVICE}/{name}", name, MethodMetrics(SERVICE, name)
@@ -177,8 +176,8 @@ class OpenAIRestHandler:
             send_error(response, NotFoundError("no such path on this server"))
             return
         if request.method != "POST":
-            error = InvalidArgumentError(f"{request.method} is not allowed here; POST")
-            response.send(405, [("allow", "POST")], json.dumps({"message": error.message}).encode())
+            body = json.dumps({"message": f"{request.method[:16]} is not allowed here; POST"})
+            response.send(405, [("allow", "POST")], body.encode())
             return
         observation = RpcObservation(route.metrics)
         span = RpcSpan(route.method, SERVICE, route.name, request.headers)

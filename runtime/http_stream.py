@@ -185,8 +185,6 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        if self._task is None and self._timer is not None and not self._pending:
-            self._arm(REQUEST_TIMEOUT_S)  # a request began: it has this long to arrive
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -219,6 +217,9 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------ httptools callbacks
 
     def on_message_begin(self) -> None:
+        if self._task is None:
+            # A request began: it has this long to arrive whole, however it trickles in.
+            self._arm(REQUEST_TIMEOUT_S)
         self._url = b""
         self._headers = []
         self._header_bytes = 0

@@ -4,6 +4,7 @@ sockets (a raw client, so that what goes over the wire is what is checked)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -178,6 +179,26 @@ async def test_an_idle_connection_is_closed(
     reader, writer = await connect(server)
     writer.write(b"POST /x HTTP/1.1\r\ncontent-length: 5\r\n\r\nab")  # never finished
     assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_a_request_trickling_in_is_cut_at_its_deadline(
+    served: tuple[Recorder, HttpStreamServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, server = served
+    monkeypatch.setattr(http_stream, "REQUEST_TIMEOUT_S", 0.3)
+    reader, writer = await connect(server)
+    writer.write(b"POST /x HTTP/1.1\r\ncontent-length: 1000\r\n\r\n")
+    closed_after = None
+    for step in range(40):  # a byte every 50 ms: each would have reset a per-read timer
+        if reader.at_eof():
+            closed_after = step * 0.05
+            break
+        with contextlib.suppress(ConnectionError):
+            writer.write(b"x")
+            await writer.drain()
+        await asyncio.sleep(0.05)
+    assert closed_after is not None and closed_after < 1.5
     writer.close()
 
 
