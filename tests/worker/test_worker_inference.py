@@ -108,6 +108,18 @@ def completion(prompt: str = "once upon", max_tokens: int = 3) -> pb.CompletionP
     )
 
 
+async def stopped_by_abort(engine: FakeEngine) -> None:
+    """``engine``'s one request of 100 tokens was aborted before its end (the client went
+    away), within a second."""
+    for _ in range(100):
+        if not engine.running:
+            break
+        await asyncio.sleep(0.01)
+    assert not engine.running
+    assert engine.aborted_total == 1
+    assert engine.generated < 100
+
+
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -267,13 +279,7 @@ async def test_client_cancel_aborts_the_engine_request(worker: Worker, events: b
     await call.read()
     assert engine.running
     call.cancel()
-    for _ in range(100):
-        if not engine.running:
-            break
-        await asyncio.sleep(0.01)
-    assert not engine.running
-    assert engine.aborted_total == 1
-    assert engine.generated < 100
+    await stopped_by_abort(engine)
     assert metric("helios_worker_requests_total", model=MODEL, finish_reason="abort") == (
         aborted + 1
     )
@@ -601,13 +607,7 @@ async def test_rest_client_gone_aborts_the_engine_request(
             break
         assert engine.running
     # Leaving the block closed the response mid-body: httpx drops the connection.
-    for _ in range(100):
-        if not engine.running:
-            break
-        await asyncio.sleep(0.01)
-    assert not engine.running
-    assert engine.aborted_total == 1
-    assert engine.generated < 100
+    await stopped_by_abort(engine)
     # Counted as the gRPC method it stands for.
     assert (
         metric(
