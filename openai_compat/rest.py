@@ -39,7 +39,7 @@ from runtime.errors import ErrorCode, HeliosError, InvalidArgumentError, NotFoun
 from runtime.grpc_errors import grpc_status, retry_after_metadata
 from runtime.http_stream import HttpRequest, ResponseWriter
 from runtime.interceptors import INTERNAL_MESSAGE
-from runtime.limits import MAX_ERROR_MESSAGE_CHARS
+from runtime.limits import bounded_message
 from runtime.metrics import MethodMetrics, RpcObservation
 from runtime.tracing import RpcSpan
 
@@ -100,17 +100,11 @@ _PATHS: dict[str, tuple[type[Message], Callable[..., AsyncGenerator[bytes, None]
 }
 
 
-def _bounded(message: str) -> str:
-    if len(message) <= MAX_ERROR_MESSAGE_CHARS:
-        return message
-    return message[: MAX_ERROR_MESSAGE_CHARS - 15] + "... (truncated)"
-
-
 def send_error(response: ResponseWriter, error: HeliosError) -> None:
     """``error`` as the transcoder prints a gRPC status: its HTTP status, a JSON body with
     the gRPC code and message, and Retry-After when the error knows the wait."""
     body = json.dumps(
-        {"code": grpc_status(error.code).value[0], "message": _bounded(error.message)}
+        {"code": grpc_status(error.code).value[0], "message": bounded_message(error.message)}
     ).encode()
     headers = [("content-type", "application/json"), *retry_after_metadata(error)]
     response.send(HTTP_STATUS[error.code], headers, body)

@@ -37,7 +37,7 @@ import grpc.aio
 from runtime import grpc_errors
 from runtime._handlers import Behavior, call_unary, iterate_result, rewrap, split_method
 from runtime.errors import HeliosError, InvalidArgumentError
-from runtime.limits import MAX_ERROR_MESSAGE_CHARS, request_limit
+from runtime.limits import bounded_message, request_limit
 from runtime.metrics import MethodMetrics, RpcObservation, final_code
 from runtime.tracing import RpcSpan
 
@@ -139,16 +139,10 @@ async def _checked_requests(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
-def _bounded(message: str) -> str:
-    if len(message) <= MAX_ERROR_MESSAGE_CHARS:
-        return message
-    return message[: MAX_ERROR_MESSAGE_CHARS - 15] + "... (truncated)"
-
-
 async def _map_error(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
     """Abort the RPC for ``exc``. Always raises (whatever context.abort raises)."""
     if isinstance(exc, HeliosError):
-        message = _bounded(exc.message)
+        message = bounded_message(exc.message)
         extra = {"grpc_method": method, "grpc_code": exc.code.name}
         if exc.reason is not None:
             extra["reason"] = exc.reason

@@ -40,6 +40,7 @@ __all__ = [
     "METADATA_SOFT_LIMIT_BYTES",
     "UPLOAD_REQUEST_BYTES",
     "XDS_REQUEST_BYTES",
+    "bounded_message",
     "quote",
     "request_limit",
     "server_receive_limit",
@@ -63,6 +64,14 @@ MAX_STOP_BYTES = 1024
 # metadata limit and turns into RESOURCE_EXHAUSTED far from its cause).
 MAX_QUOTED_CHARS = 80
 MAX_ERROR_MESSAGE_CHARS = 1024
+
+
+def bounded_message(message: str) -> str:
+    """``message`` cut to :data:`MAX_ERROR_MESSAGE_CHARS`, saying so when it was."""
+    if len(message) <= MAX_ERROR_MESSAGE_CHARS:
+        return message
+    return message[: MAX_ERROR_MESSAGE_CHARS - 15] + "... (truncated)"
+
 
 # --- gRPC messages --------------------------------------------------------------------
 # Control RPCs (Stat, Heartbeat, admin, catalogue reads, health, reflection): ids and
