@@ -427,21 +427,21 @@ class Resources:
         routes: dict[str, route_components_pb2.Route] = {}
         for r in snapshot.routes:
             old = before.get(r.cluster)
+            same_policy = old is not None and old.policy == r.policy
+            same_endpoints = old is not None and old.endpoints == r.endpoints
             names = [(r.cluster, False)]
             if serves_rest(r):
                 names.append((rest_cluster_name(r.cluster), True))
             for name, rest in names:
-                kept = previous is not None and old is not None and name in previous.clusters
-                if kept and old is not None and old.policy == r.policy:
-                    assert previous is not None
-                    clusters[name] = previous.clusters[name]
-                    routes[name] = previous.routes[name]
+                kept = previous if previous is not None and name in previous.clusters else None
+                if kept is not None and same_policy:
+                    clusters[name] = kept.clusters[name]
+                    routes[name] = kept.routes[name]
                 else:
                     clusters[name] = build_cluster(r, settings, rest=rest)
                     routes[name] = build_model_route(r, rest=rest)
-                if kept and old is not None and old.endpoints == r.endpoints:
-                    assert previous is not None
-                    assignments[name] = previous.assignments[name]
+                if kept is not None and same_endpoints:
+                    assignments[name] = kept.assignments[name]
                 else:
                     assignments[name] = build_assignment(r, rest=rest)
         keys = snapshot.throttled_keys
