@@ -24,7 +24,14 @@ from helios.v1 import admin_pb2, estimator_pb2, inference_pb2, registry_pb2, sto
 from cli.envoy import EnvoyProcess
 from cli.keys import admin_key_path
 from cli.mesh_models import import_models, wait_for_models, warm_models
-from cli.processes import Restart, ServiceProcess, ServiceStartError, Supervised, supervise
+from cli.processes import (
+    Restart,
+    ServiceProcess,
+    ServiceStartError,
+    Supervised,
+    popen_exit,
+    supervise,
+)
 from cli.up_options import MeshOptions, edge_access, tokens_per_minute_only
 from edge import (
     Upstream,
@@ -383,6 +390,10 @@ class _SupervisedEnvoy:
     def exit_code(self) -> int | None:
         assert self._mesh.envoy is not None
         return self._mesh.envoy.process.poll()
+
+    async def wait_exit(self) -> int:
+        assert self._mesh.envoy is not None
+        return await popen_exit(self._mesh.envoy.process)
 
     async def restart(self, limit_s: float) -> None:
         old = self._mesh.envoy

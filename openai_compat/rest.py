@@ -32,7 +32,7 @@ from google.protobuf.message import Message
 from helios.v1 import inference_pb2 as pb
 
 from openai_compat.backend import CallInfo
-from openai_compat.events import EVENT_STREAM_CONTENT_TYPE
+from openai_compat.events import DONE_EVENT, EVENT_STREAM_CONTENT_TYPE
 from openai_compat.servicer import InferenceServicer
 from runtime.edge_names import REST_STREAM_PATHS
 from runtime.errors import ErrorCode, HeliosError, InvalidArgumentError, NotFoundError
@@ -206,11 +206,16 @@ class OpenAIRestHandler:
                 except StopAsyncIteration:  # pragma: no cover - [DONE] always comes
                     first = b""
                 response.start(200, _EVENT_HEADERS)
-                response.write(first)
+                response.write(first)  # with the status line and headers: one write
+                last = b""
                 async for data in events:
+                    if data == DONE_EVENT:  # the last event: written with the body's end
+                        last = data
+                        continue
                     response.write(data)
                     if response.must_drain:
                         await response.drain()
+                response.end(last)
         except HeliosError as error:
             if response.started:  # the servicer prints later failures as events
                 raise

@@ -18,6 +18,8 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from proxy.observers import Observers
+
 logger = logging.getLogger(__name__)
 
 UP = "up"
@@ -79,16 +81,24 @@ class DependencyMonitor:
         # Down until it has answered: nothing is claimed up that was never seen up.
         self._states = dict.fromkeys(self._watches, DOWN)
         self._tasks: list[asyncio.Task[None]] = []
+        self._observers = Observers()
 
     def states(self) -> dict[str, str]:
         return dict(self._states)
 
+    def subscribe(self, observer: Callable[[], None]) -> Callable[[], None]:
+        """Call ``observer()`` (cheap, synchronous) whenever a dependency's state
+        changes; returns the function that unsubscribes it."""
+        return self._observers.subscribe(observer)
+
     def report(self, name: str, up: bool) -> None:
         state = UP if up else DOWN
-        if state != self._states[name]:
-            log = logger.info if up else logger.warning
-            log("dependency %s", state, extra={"dependency": name, "state": state})
+        if state == self._states[name]:
+            return
+        log = logger.info if up else logger.warning
+        log("dependency %s", state, extra={"dependency": name, "state": state})
         self._states[name] = state
+        self._observers.notify()
 
     def start(self) -> None:
         if self._tasks:

@@ -46,6 +46,7 @@ from openai_compat.backend import Step
 from openai_compat.embeddings import EmbeddingJob, EmbeddingResult
 from openai_compat.params import Job
 from proxy.adapters import Adapter
+from proxy.observers import Observers
 from proxy.served import ServedTotals
 from runtime.errors import NotFoundError, UnavailableError
 from worker_api.disagg import PrefillPeer, PrefillResult
@@ -187,7 +188,7 @@ class WorkerPool:
 
     def __init__(self, addresses: Iterable[str] = ()) -> None:
         self._workers: dict[str, WorkerView] = {}
-        self._observers: list[Callable[[], None]] = []
+        self._observers = Observers()
         for address in addresses:
             self.add(address)
 
@@ -197,17 +198,10 @@ class WorkerPool:
         failure); returns the function that unsubscribes it. Observers run synchronously
         inside the change and must be cheap and not block (e.g. schedule work on the
         loop); they may be called when nothing they care about changed."""
-        self._observers.append(observer)
-
-        def unsubscribe() -> None:
-            if observer in self._observers:
-                self._observers.remove(observer)
-
-        return unsubscribe
+        return self._observers.subscribe(observer)
 
     def _changed(self) -> None:
-        for observer in list(self._observers):
-            observer()
+        self._observers.notify()
 
     @property
     def addresses(self) -> list[str]:
@@ -487,6 +481,12 @@ class WorkerConnection(Protocol):
         :meth:`WorkerPool.prefill_pools`) and ``adapters`` (its adapter table, see
         proxy.adapters) go with the call, None sends none. Callers pass ``adapters``
         only when there is a table (a mesh without adapters sends none)."""
+        ...
+
+    async def disconnected(self) -> None:
+        """Return once the connection to the worker, after it was up, goes down (its
+        process ended, its host reset the connection, it is draining); wait while it has
+        never been up or stays up. Cancellable."""
         ...
 
     def load_model(

@@ -1,12 +1,16 @@
 """Keeping the fleet state current: discovery, a connection per agent, heartbeats.
 
-Each agent is asked for a heartbeat every ``interval_s`` (default 0.25 s) by a loop of
-its own, with a short deadline (``timeout_s``, default 0.5 s), so that one slow agent
-never delays what the others report. The first failed heartbeat takes the agent out of
+Each agent is asked for a heartbeat every ``interval_s`` (default 1 s) by a loop of its
+own, with a short deadline (``timeout_s``, default 0.5 s), so that one slow agent never
+delays what the others report, and at once when its connection drops (grpc's core
+watches the channel: no polling). The first failed heartbeat takes the agent out of
 routing (:meth:`proxy.fleet.WorkerPool.record_failure`; Envoy's endpoints follow within
-a push), the next good one brings it back. A worker killed outright refuses the next
-heartbeat: it leaves Envoy's endpoints within one interval plus a push; a hung one
-within an interval plus the deadline.
+a push), the next good one brings it back. A worker killed outright closes its
+connection, refuses the heartbeat that follows at once, and leaves Envoy's endpoints
+within milliseconds, whatever the interval; a hung one (its connection still open)
+within an interval plus the deadline. The interval is what a steady fleet costs: each
+heartbeat is an RPC on both ends and a snapshot rebuild (about 4 ms of CPU per worker
+on a small box), so a second between them keeps that well under 1% of a core.
 
 Discovery (static or Kubernetes, :mod:`proxy.discovery`) is asked on the same interval:
 agents it lists join (a connection and a heartbeat loop each), agents it no longer lists
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from proxy import metrics
@@ -36,8 +41,11 @@ from runtime.errors import HeliosError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HEARTBEAT_INTERVAL_S = 0.25
+DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
 DEFAULT_HEARTBEAT_TIMEOUT_S = 0.5
+# The shortest time between two heartbeats of one agent (a connection that keeps
+# dropping asks for one each time).
+MIN_BEAT_GAP_S = 0.05
 
 
 class Heartbeats:
@@ -204,9 +212,35 @@ class Heartbeats:
     # -- the loops ----------------------------------------------------------------
 
     async def _agent_loop(self, address: str) -> None:
-        while address in self.connections:
-            await self.beat(address)
-            await asyncio.sleep(self.interval_s)
+        connection = self.connections.get(address)
+        if connection is None:
+            return
+        lost: asyncio.Future[None] | None = asyncio.ensure_future(connection.disconnected())
+        try:
+            while address in self.connections:
+                beat_at = time.monotonic()
+                await self.beat(address)
+                if lost is None:
+                    await asyncio.sleep(self.interval_s)
+                    continue
+                await asyncio.wait({lost}, timeout=self.interval_s)
+                if not lost.done():
+                    continue
+                error = None if lost.cancelled() else lost.exception()
+                if lost.cancelled() or error is not None:
+                    logger.warning(
+                        "cannot watch a worker's connection; heartbeats alone tell",
+                        extra={"worker": address, "error": repr(error)},
+                    )
+                    lost = None
+                    continue
+                # The connection dropped: ask at once (a dead worker refuses, a draining
+                # one says so), never more often than MIN_BEAT_GAP_S for a flapping one.
+                await asyncio.sleep(max(0.0, beat_at + MIN_BEAT_GAP_S - time.monotonic()))
+                lost = asyncio.ensure_future(connection.disconnected())
+        finally:
+            if lost is not None:
+                lost.cancel()
 
     async def _discovery_loop(self) -> None:
         while True:

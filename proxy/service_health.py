@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
@@ -23,8 +24,12 @@ logger = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-# How often the statuses are compared with the monitor's and the pool's states.
-REFRESH_INTERVAL_S = 0.25
+
+
+class ObservedFleet(Fleet, Protocol):
+    """The pool, with word of its changes (proxy.fleet.WorkerPool.subscribe)."""
+
+    def subscribe(self, observer: Callable[[], None]) -> Callable[[], None]: ...
 
 
 def service_statuses(
@@ -53,7 +58,7 @@ class ServiceHealthMirror:
         self,
         dependency_services: Mapping[str, str],
         worker_service: str,
-        pool: Fleet,
+        pool: ObservedFleet,
         monitor: DependencyMonitor | None,
     ) -> None:
         self._dependency_services = dict(dependency_services)
@@ -69,16 +74,26 @@ class ServiceHealthMirror:
         self._mirror.start()
 
     async def _run(self) -> None:
+        # Compared again whenever the pool or a dependency changes (no polling).
+        changed = asyncio.Event()
+        unsubscribe = [self._pool.subscribe(changed.set)]
+        if self._monitor is not None:
+            unsubscribe.append(self._monitor.subscribe(changed.set))
         reported: dict[str, int] = {}
-        while True:
-            statuses = service_statuses(
-                self._dependency_services, self._worker_service, self._pool, self._monitor
-            )
-            for name, status in statuses.items():
-                if reported.get(name) != status and self._health is not None:
-                    await self._health.set(name, status)
-                    reported[name] = status
-            await asyncio.sleep(REFRESH_INTERVAL_S)
+        try:
+            while True:
+                changed.clear()
+                statuses = service_statuses(
+                    self._dependency_services, self._worker_service, self._pool, self._monitor
+                )
+                for name, status in statuses.items():
+                    if reported.get(name) != status and self._health is not None:
+                        await self._health.set(name, status)
+                        reported[name] = status
+                await changed.wait()
+        finally:
+            for stop in unsubscribe:
+                stop()
 
     async def stop(self) -> None:
         await self._mirror.stop()

@@ -103,8 +103,9 @@ class ProxySettings(Settings):
     heartbeat_interval: float = setting(
         DEFAULT_HEARTBEAT_INTERVAL_S,
         gt=0,
-        help="seconds between heartbeats to each worker; a worker whose heartbeat fails"
-        " leaves Envoy's endpoints at once (and comes back with its next good one)",
+        help="seconds between heartbeats to each worker (and one at once when its"
+        " connection drops); a worker whose heartbeat fails leaves Envoy's endpoints at"
+        " once (and comes back with its next good one)",
     )
     heartbeat_timeout: float = setting(
         DEFAULT_HEARTBEAT_TIMEOUT_S,

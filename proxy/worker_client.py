@@ -246,6 +246,15 @@ class GrpcWorkerConnection:
             raise _relay_error(self.address, error, None) from error
         return response.aborted_requests
 
+    async def disconnected(self) -> None:
+        # The channel's connectivity, watched by grpc's core (no polling): a worker's
+        # process that ends closes its sockets, and the channel leaves READY at once.
+        state = self._channel.get_state(try_to_connect=False)
+        while state is not grpc.ChannelConnectivity.READY:
+            await self._channel.wait_for_state_change(state)
+            state = self._channel.get_state(try_to_connect=False)
+        await self._channel.wait_for_state_change(state)
+
     async def close(self) -> None:
         await self._channel.close(grace=None)
 

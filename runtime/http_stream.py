@@ -81,24 +81,29 @@ class HttpRequest:
 class ResponseWriter:
     """Writes one response: :meth:`start` (status and headers), then :meth:`write` for
     each chunk of a chunked body (await :meth:`drain` when :attr:`must_drain`), then
-    :meth:`end`; or :meth:`send` for a whole body at once."""
+    :meth:`end`; or :meth:`send` for a whole body at once.
 
-    __slots__ = ("_chunked", "_connection", "_ended", "started")
+    The status line and headers go out with the first chunk (or the end), and
+    :meth:`end` may carry the last chunk: one write, one wake-up of the peer, where a
+    streamed answer would otherwise spend two at each end."""
+
+    __slots__ = ("_chunked", "_connection", "_ended", "_head_bytes", "started")
 
     def __init__(self, connection: _Connection) -> None:
         self._connection = connection
         self._chunked = False
         self._ended = False
+        self._head_bytes = b""
         self.started = False
 
     def start(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
-        """Status line and headers of a chunked body."""
-        self._head(status, headers, chunked=True)
+        """Status line and headers of a chunked body (sent with what follows)."""
+        self._head_bytes = self._head(status, headers, chunked=True)
 
     def write(self, data: bytes) -> None:
         """One chunk of the body (nothing for empty ``data``: an empty chunk ends it)."""
         if data and not self._ended:
-            self._connection.write(b"%x\r\n%b\r\n" % (len(data), data))
+            self._connection.write(self._take_head() + b"%x\r\n%b\r\n" % (len(data), data))
 
     @property
     def must_drain(self) -> bool:
@@ -108,20 +113,24 @@ class ResponseWriter:
     async def drain(self) -> None:
         await self._connection.drained()
 
-    def end(self) -> None:
-        """The end of a chunked body."""
+    def end(self, last: bytes = b"") -> None:
+        """The end of a chunked body, after ``last`` (its last chunk, if any)."""
         if self.started and self._chunked and not self._ended:
-            self._connection.write(b"0\r\n\r\n")
+            chunk = b"%x\r\n%b\r\n" % (len(last), last) if last else b""
+            self._connection.write(self._take_head() + chunk + b"0\r\n\r\n")
         self._ended = True
 
     def send(self, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> None:
         """A whole response (content-length)."""
-        self._head(status, [*headers, ("content-length", str(len(body)))], chunked=False)
-        if body:
-            self._connection.write(body)
+        head = self._head(status, [*headers, ("content-length", str(len(body)))], chunked=False)
+        self._connection.write(head + body)
         self._ended = True
 
-    def _head(self, status: int, headers: Sequence[tuple[str, str]], *, chunked: bool) -> None:
+    def _take_head(self) -> bytes:
+        head, self._head_bytes = self._head_bytes, b""
+        return head
+
+    def _head(self, status: int, headers: Sequence[tuple[str, str]], *, chunked: bool) -> bytes:
         if self.started:
             raise RuntimeError("the response has started already")
         self.started = True
@@ -132,7 +141,7 @@ class ResponseWriter:
             lines.append("transfer-encoding: chunked")
         if not self._connection.keep_alive:
             lines.append("connection: close")
-        self._connection.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 Handler = Callable[[HttpRequest, ResponseWriter], Awaitable[None]]

@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cli.processes import Backoff, Restart, ServiceProcess, supervise
+from cli.processes import Backoff, Restart, ServiceProcess, popen_exit, supervise
 
 
 def test_backoff_doubles_to_the_cap_and_resets_after_a_healthy_minute() -> None:
@@ -52,3 +56,25 @@ async def test_killed_service_restarts_on_its_port(tmp_path: Path) -> None:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         assert await service.stop(10) == 0  # SIGTERM: it drains and exits cleanly
+
+
+@pytest.fixture
+def ending_child() -> Iterator[subprocess.Popen[bytes]]:
+    """A child that exits with status 3 after 0.3 s."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(0.3); raise SystemExit(3)"]
+    )
+    yield child
+    child.kill()
+    child.wait()
+
+
+async def test_popen_exit_awaits_the_end_of_a_popen_child_and_reaps_it(
+    ending_child: subprocess.Popen[bytes],
+) -> None:
+    waiter = asyncio.ensure_future(popen_exit(ending_child))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()  # it runs: nothing to report yet
+    assert await asyncio.wait_for(waiter, 30) == 3
+    assert ending_child.returncode == 3  # reaped, no zombie left
+    assert await popen_exit(ending_child) == 3  # asked again once it has ended: at once

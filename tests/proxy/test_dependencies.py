@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from proxy.dependencies import DependencyMonitor, mesh_health
+from proxy.fleet import WorkerPool
 from proxy.health_client import GrpcHealthWatch
+from proxy.service_health import ServiceHealthMirror
 from runtime.config import ServerSettings
 from runtime.server import RunningServer, start_server
 
@@ -28,6 +34,9 @@ async def _until(monitor: DependencyMonitor, name: str, state: str, limit_s: flo
         assert time.monotonic() - started < limit_s, monitor.states()
         await asyncio.sleep(0.05)
     return time.monotonic() - started
+
+
+WORKERS = "helios.v1.WorkerService"
 
 
 @dataclass
@@ -93,4 +102,57 @@ async def test_mesh_health_names_and_states_only() -> None:
         await monitor.stop()
         await watch.close()
         await dead.close()
+        await server.stop(0)
+
+
+async def test_per_service_health_follows_the_pool_and_the_dependencies_as_they_change() -> None:
+    """The front door's Health per service name, watched over gRPC: each change of the
+    pool (a heartbeat, a failed one) or of a dependency's state is heard at once (the
+    mirror is told of changes; it does not poll)."""
+    health = health_aio.HealthServicer()
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    pool = WorkerPool(["10.0.0.1:1"])
+    reports: list[Callable[[bool], None]] = []
+
+    async def registry_watch(report: Callable[[bool], None]) -> None:
+        reports.append(report)  # the test says when the registry is up
+        await asyncio.Event().wait()
+
+    monitor = DependencyMonitor({"registry": registry_watch})
+    monitor.start()
+    mirror = ServiceHealthMirror({"registry": "helios.v1.RegistryService"}, WORKERS, pool, monitor)
+    mirror.attach(health)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    workers = health_pb2_grpc.HealthStub(channel).Watch(
+        health_pb2.HealthCheckRequest(service=WORKERS)
+    )
+    registry = health_pb2_grpc.HealthStub(channel).Watch(
+        health_pb2.HealthCheckRequest(service="helios.v1.RegistryService")
+    )
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+
+    async def next_status(call: Any) -> int:
+        return int((await asyncio.wait_for(call.read(), 5)).status)
+
+    try:
+        assert await next_status(workers) == not_serving  # no heartbeat answered yet
+        assert await next_status(registry) == not_serving
+        pool.record_heartbeat("10.0.0.1:1", worker_id="w", healthy=True)
+        assert await next_status(workers) == serving
+        pool.record_failure("10.0.0.1:1")
+        assert await next_status(workers) == not_serving
+        reports[0](True)
+        assert await next_status(registry) == serving
+    finally:
+        workers.cancel()
+        registry.cancel()
+        await mirror.stop()
+        await monitor.stop()
+        await channel.close(None)
         await server.stop(0)

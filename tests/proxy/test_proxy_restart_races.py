@@ -93,6 +93,9 @@ class FakeWorker:
     ) -> AsyncGenerator[Step, None]:
         raise NotImplementedError
 
+    async def disconnected(self) -> None:
+        await asyncio.Event().wait()  # its connection never drops
+
     async def close(self) -> None:
         pass
 

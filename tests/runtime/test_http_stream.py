@@ -26,10 +26,13 @@ class Recorder:
         self.gate: asyncio.Event | None = None
         self.fail: Exception | None = None
         self.fail_after_start = False
+        self.last = b""  # handed to end() after the chunks
+        self.arrived = asyncio.Event()
         self.cancelled = asyncio.Event()
 
     async def __call__(self, request: HttpRequest, response: ResponseWriter) -> None:
         self.requests.append(request)
+        self.arrived.set()
         if self.fail is not None and not self.fail_after_start:
             raise self.fail
         response.start(200, [("content-type", "text/event-stream")])
@@ -42,6 +45,8 @@ class Recorder:
                     await response.drain()
                 if self.fail is not None:
                     raise self.fail
+            if self.last:
+                response.end(self.last)
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
@@ -98,6 +103,25 @@ async def test_a_streamed_answer_arrives_chunked_and_the_connection_stays_for_th
     assert (first.method, first.path, first.query) == ("POST", "/v1/x", "api-version=2")
     assert first.body == b'{"a": 1}' and first.header("x-helios-edge") == "rest"
     assert second.path == "/v1/y"
+    writer.close()
+
+
+async def test_the_head_leaves_with_the_first_chunk_and_the_last_chunk_with_the_end(
+    served: tuple[Recorder, HttpStreamServer],
+) -> None:
+    recorder, server = served
+    recorder.gate = asyncio.Event()
+    recorder.chunks = [b"first"]
+    recorder.last = b"last"
+    reader, writer = await connect(server)
+    writer.write(post("/x", b""))
+    await asyncio.wait_for(recorder.arrived.wait(), 10)
+    # Started, waiting for its first chunk: nothing on the wire yet (one write, not two).
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(reader.read(1), 0.2)
+    recorder.gate.set()
+    status, _, body = await read_response(reader)
+    assert status == 200 and body == b"firstlast"
     writer.close()
 
 

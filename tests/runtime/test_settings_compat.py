@@ -11,7 +11,8 @@ runtime/settings.py) by running this file as a script against that tree::
 Deliberate differences in what is captured here are listed in ``CHANGED`` below (none).
 Flags added since were added to the file by running the script again, with nothing else
 changing in it: the worker's ``--vllm-processes`` and ``--load-format`` (issue 14) and
-``--serving-cpus`` and ``--rest-port`` (issue 13).
+``--serving-cpus`` and ``--rest-port`` (issue 13); the proxy's ``--heartbeat-interval``
+help (a heartbeat also when a worker's connection drops, issue 13).
 Deliberate differences in what happens after parsing (stricter, and not visible here):
 
 - a variable outside its flag's choices (argparse checks only the command line) is a

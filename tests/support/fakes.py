@@ -76,10 +76,9 @@ async def serve_worker_inference(
     return await start_server(settings, register_services(worker, inference))
 
 
-@asynccontextmanager
-async def fake_worker(root: Path, *models: str) -> AsyncIterator[str]:
+async def start_fake_worker(root: Path, *models: str) -> RunningServer:
     """A worker's servers (serve_worker_inference) with a FakeEngine loaded for each of
-    ``models`` (weights files made under ``root``); yields its address."""
+    ``models`` (weights files made under ``root``); the caller stops it."""
 
     async def factory(name: str, path: Path) -> EngineClient:
         return FakeEngine(name)
@@ -91,7 +90,13 @@ async def fake_worker(root: Path, *models: str) -> AsyncIterator[str]:
         (path / "model.safetensors").write_bytes(b"\0" * 100)
         async for _ in manager.load(model, path):
             continue
-    running = await serve_worker_inference(manager)
+    return await serve_worker_inference(manager)
+
+
+@asynccontextmanager
+async def fake_worker(root: Path, *models: str) -> AsyncIterator[str]:
+    """:func:`start_fake_worker` for the block; yields its address."""
+    running = await start_fake_worker(root, *models)
     try:
         yield running.address
     finally:
