@@ -133,8 +133,10 @@ class WorkerView:
     # The adapter table its last heartbeat handed it (proxy.adapters): the adapters it
     # can tell the base of by their id alone.
     adapter_table: tuple[Adapter, ...] = ()
-    # The port of its OpenAI REST endpoint (its streamed REST requests go there), 0: none.
+    # The port of its OpenAI REST endpoint (its streamed REST requests go there), 0: none,
+    # and the Unix socket the endpoint also listens on ("": none).
     rest_port: int = 0
+    rest_socket: str = ""
 
     def holds(self, model: str) -> bool:
         """Whether ``model`` is on this agent in any state but failed or asleep. A failed
@@ -248,11 +250,12 @@ class WorkerPool:
         now: float | None = None,
         adapters: Sequence[Adapter] = (),
         rest_port: int = 0,
+        rest_socket: str = "",
     ) -> None:
         """A heartbeat answered. ``models`` (full detail) wins over the name lists.
         ``stored`` is what the agent's storaged holds (model -> fastest tier);
         ``adapters`` the adapter table the heartbeat handed it; ``rest_port`` the port
-        of its REST endpoint (0: none)."""
+        of its REST endpoint (0: none), ``rest_socket`` its Unix socket ("": none)."""
         worker = self._workers[address]
         now = time.time() if now is None else now
         if models is None:
@@ -281,6 +284,7 @@ class WorkerPool:
         worker.stored = {m.lower(): level for m, level in (stored or {}).items()}
         worker.adapter_table = tuple(adapters)
         worker.rest_port = rest_port
+        worker.rest_socket = rest_socket
         worker.last_heartbeat = now
         self._changed()
 
@@ -443,8 +447,10 @@ class WorkerStatus:
     served: dict[str, ServedTotals] = field(default_factory=dict)
     # Tokens it served itself per API key (by fingerprint), cumulative.
     key_tokens: dict[str, int] = field(default_factory=dict)
-    # The port of its OpenAI REST endpoint (same host), 0: none.
+    # The port of its OpenAI REST endpoint (same host), 0: none; the endpoint's Unix
+    # socket on the worker's host, "": none.
     rest_port: int = 0
+    rest_socket: str = ""
 
 
 class WorkerConnection(Protocol):

@@ -168,6 +168,7 @@ class Heartbeats:
             stored=status.stored,
             adapters=table or (),
             rest_port=status.rest_port,
+            rest_socket=status.rest_socket,
         )
 
     def _adapter_table(self, address: str) -> tuple[Adapter, ...] | None:

@@ -217,6 +217,12 @@ class ProxySettings(Settings):
         help="requests Envoy sends one model's workers at once (its cluster's circuit"
         " breaker); more are answered 503 at the edge",
     )
+    xds_local_sockets: bool = setting(
+        False,
+        help="the edge Envoy runs on the workers' host (a local mesh; `helios up` sets"
+        " it): send its streamed REST requests to the Unix sockets the workers report"
+        " instead of their TCP REST ports",
+    )
     xds_upstream_tls_cert: str = setting("", help=_tls_part("client certificate"))
     xds_upstream_tls_key: str = setting("", help=_tls_part("private key"))
     xds_upstream_tls_ca: str = setting("", help=_tls_part("CA"))
@@ -297,4 +303,5 @@ def xds_settings(settings: ProxySettings) -> XdsSettings:
         upstream_tls=tls,
         base_routes=routes,
         base_host=host,
+        local_sockets=settings.xds_local_sockets,
     )

@@ -33,6 +33,7 @@ from proxy.worker_errors import relay_error
 from runtime.channels import create_channel
 from runtime.errors import HeliosError, UnavailableError
 from runtime.grpc_errors import error_code, error_from_rpc
+from runtime.limits import MAX_SOCKET_PATH_BYTES
 from worker_api.disagg import PrefillPeer, PrefillResult
 from worker_api.wire import job_to_pb, prefill_pools_to_pb, prefill_result_from_pb, step_from_pb
 
@@ -74,6 +75,14 @@ def _relay_error(
     operators can find it: the only errors the proxy retries and counts against the
     worker. The request's own errors keep their status (see proxy.worker_errors)."""
     return relay_error(address, error_code(error.code()), error.details(), deadline_at=deadline_at)
+
+
+def _socket_path(path: str) -> str:
+    """A reported Unix socket path as Envoy may be handed it: absolute, no NUL, at most
+    what sun_path holds; anything else is no socket ("")."""
+    if path.startswith("/") and "\0" not in path and len(path.encode()) <= MAX_SOCKET_PATH_BYTES:
+        return path
+    return ""
 
 
 def _deadline_at(deadline_s: float | None) -> float | None:
@@ -212,6 +221,7 @@ class GrpcWorkerConnection:
             },
             key_tokens={k.key_fingerprint: k.tokens_total for k in response.key_tokens},
             rest_port=response.rest_port if 0 < response.rest_port < 65536 else 0,
+            rest_socket=_socket_path(response.rest_socket),
         )
 
     async def load_model(

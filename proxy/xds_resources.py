@@ -148,6 +148,10 @@ class XdsSettings:
     # What the edge sets on its whole virtual host (the OpenAI API's API-key role, the
     # per-key rate limits): every model route inherits it. Its routes are base_routes.
     base_host: route_components_pb2.VirtualHost | None = None
+    # The edge Envoy runs on the workers' host (`helios up`): its REST endpoints are the
+    # Unix sockets the workers report (no TCP between Envoy and a worker), where they
+    # report one.
+    local_sockets: bool = False
 
     def __post_init__(self) -> None:
         if self.max_requests_per_model < 1:
@@ -301,11 +305,12 @@ def build_cluster(
 
 
 def build_assignment(
-    route: ModelRoute, *, rest: bool = False
+    route: ModelRoute, *, rest: bool = False, local_sockets: bool = False
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """The model's endpoints (``route.endpoints``' hosts must be IP addresses); with
-    ``rest``, those with a REST port, on it. Built field by field: this runs for every
-    load change."""
+    ``rest``, those with a REST port, on it (on its Unix socket instead with
+    ``local_sockets``, where the worker reports one). Built field by field: this runs
+    for every load change."""
     name = rest_cluster_name(route.cluster) if rest else route.cluster
     message = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     levels: dict[int, endpoint_pb2.LocalityLbEndpoints] = {}
@@ -316,8 +321,11 @@ def build_assignment(
         if locality is None:
             locality = levels[e.priority] = message.endpoints.add(priority=e.priority)
         lb = locality.lb_endpoints.add()
-        lb.endpoint.address.socket_address.address = e.host
-        lb.endpoint.address.socket_address.port_value = e.rest_port if rest else e.port
+        if rest and local_sockets and e.rest_socket:
+            lb.endpoint.address.pipe.path = e.rest_socket
+        else:
+            lb.endpoint.address.socket_address.address = e.host
+            lb.endpoint.address.socket_address.port_value = e.rest_port if rest else e.port
         lb.endpoint.hostname = e.address
         if route.policy.hash_header:
             # Hosts hash by their agent's address, not the port they are dialled on: a
@@ -443,7 +451,9 @@ class Resources:
                 if kept is not None and same_endpoints:
                     assignments[name] = kept.assignments[name]
                 else:
-                    assignments[name] = build_assignment(r, rest=rest)
+                    assignments[name] = build_assignment(
+                        r, rest=rest, local_sockets=settings.local_sockets
+                    )
         keys = snapshot.throttled_keys
         throttled = budget_routes(keys, settings.base_routes, INFERENCE_PREFIX)
         if any(name.endswith(REST_CLUSTER_SUFFIX) for name in routes):

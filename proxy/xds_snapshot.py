@@ -143,6 +143,7 @@ class Endpoint:
     priority: int = 0
     # The agent's REST endpoint on ``host`` (streamed REST requests), 0: none.
     rest_port: int = 0
+    rest_socket: str = ""  # the worker's REST endpoint's Unix socket ("": none)
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,15 @@ def build_snapshot(
                 continue
             weight = endpoint_weight(held.kv_cache_usage, held.waiting)
             by_model.setdefault(model, []).append(
-                Endpoint(agent.address, host, port, weight, health, rest_port=agent.rest_port)
+                Endpoint(
+                    agent.address,
+                    host,
+                    port,
+                    weight,
+                    health,
+                    rest_port=agent.rest_port,
+                    rest_socket=agent.rest_socket,
+                )
             )
     routes = []
     for model in sorted(endpoints[WorkerRole.BOTH].keys() | endpoints[WorkerRole.DECODE].keys()):
@@ -288,7 +297,15 @@ def _adapter_endpoints(agents: Iterable[WorkerView]) -> dict[Adapter, list[Endpo
             if adapter.adapter not in base.adapters:
                 weight = max(1, weight // NON_HOLDER_WEIGHT_DIVISOR)
             endpoints.setdefault(adapter, []).append(
-                Endpoint(agent.address, host, port, weight, health, rest_port=agent.rest_port)
+                Endpoint(
+                    agent.address,
+                    host,
+                    port,
+                    weight,
+                    health,
+                    rest_port=agent.rest_port,
+                    rest_socket=agent.rest_socket,
+                )
             )
     return endpoints
 

@@ -64,6 +64,8 @@ MAX_STOP_BYTES = 1024
 # metadata limit and turns into RESOURCE_EXHAUSTED far from its cause).
 MAX_QUOTED_CHARS = 80
 MAX_ERROR_MESSAGE_CHARS = 1024
+# A Unix socket's path (sun_path holds 108 bytes, the terminating NUL included).
+MAX_SOCKET_PATH_BYTES = 107
 
 
 def bounded_message(message: str) -> str:

@@ -202,23 +202,37 @@ async def engine_factory(settings: WorkerSettings, budget: Callable[[str], int])
 
 
 async def start_rest_port(
-    inference: InferenceServicer, port: int, server: ServerSettings | None
+    inference: InferenceServicer,
+    port: int,
+    server: ServerSettings | None,
+    socket_path: str = "",
 ) -> HttpStreamServer | None:
     """The worker's OpenAI REST endpoint (openai_compat/rest.py) on ``port`` (0: any
-    free one) of the gRPC server's host, mutual TLS when that has it; None for a
-    negative ``port`` (``--rest-port -1``)."""
+    free one) of the gRPC server's host, and on the Unix socket ``socket_path`` when
+    given, mutual TLS when the gRPC server has it; None for a negative ``port``
+    (``--rest-port -1``)."""
     if port < 0:
         return None
     host = server.host if server is not None else "127.0.0.1"
     tls = server.tls if server is not None else None
+    ssl_context = server_ssl_context(tls) if tls is not None else None
     rest = await start_http_server(
         OpenAIRestHandler(inference),
         host=host.removeprefix("[").removesuffix("]"),
         port=port,
         max_body=INFERENCE_BODY_BYTES,
-        ssl_context=server_ssl_context(tls) if tls is not None else None,
+        ssl_context=ssl_context,
     )
-    logger.info("serving openai rest", extra={"rest_port": rest.port, "tls": tls is not None})
+    if socket_path:
+        try:
+            await rest.listen_unix(socket_path, ssl_context)
+        except BaseException:
+            await rest.close(grace_s=0)
+            raise
+    logger.info(
+        "serving openai rest",
+        extra={"rest_port": rest.port, "rest_socket": socket_path, "tls": tls is not None},
+    )
     return rest
 
 
@@ -253,7 +267,7 @@ async def build_service(
     inference = InferenceServicer(
         EngineBackend(manager, usage, role=settings.role, split=split, key_usage=key_usage)
     )
-    rest = await start_rest_port(inference, settings.rest_port, server)
+    rest = await start_rest_port(inference, settings.rest_port, server, settings.rest_socket)
     servicer = WorkerServicer(
         manager,
         worker_id=settings.worker_id,
@@ -266,6 +280,7 @@ async def build_service(
         prefill_peers=peers,
         key_usage=key_usage,
         rest_port=rest.port if rest is not None else 0,
+        rest_socket=rest.socket_path if rest is not None else "",
     )
     engine_metrics = EngineMetricsRefresher(manager).start()
 

@@ -162,12 +162,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         prefill_peers: PrefillPeers | None = None,
         key_usage: KeyUsageLedger | None = None,
         rest_port: int = 0,
+        rest_socket: str = "",
     ) -> None:
         """``local_roots``: where LoadModel's local_path may point (none by default);
         ``prefill_peers``: a decode worker's prefill pools, which heartbeats update;
         ``key_usage``: the tokens the InferenceService served per API key (heartbeats
         report them); ``rest_port``: the port of the worker's REST endpoint (heartbeats
-        report it; 0: none)."""
+        report it; 0: none), ``rest_socket`` the Unix socket it also listens on ("":
+        none)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         self._role = role
@@ -179,6 +181,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._worker_id = worker_id
         self._advertise_address = advertise_address
         self._rest_port = rest_port
+        self._rest_socket = rest_socket
         self._kv_fetcher = kv_fetcher or KVFetcher()
         self._storage = storage
         self._stored = StoredModels(storage.cached_models) if storage is not None else None
@@ -372,4 +375,5 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 for fingerprint, tokens in sorted(self._key_usage.totals().items())
             ],
             rest_port=self._rest_port,
+            rest_socket=self._rest_socket,
         )

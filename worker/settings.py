@@ -89,6 +89,12 @@ class WorkerSettings(Settings):
         " as on the gRPC port); 0: any free port (heartbeats say which), -1: none (Envoy"
         " then streams them over gRPC)",
     )
+    rest_socket: str = setting(
+        "",
+        metavar="PATH",
+        help="also serve the REST endpoint on this Unix socket (owner-only), for an edge"
+        " Envoy on this host (`helios up` sets it): no TCP between them; needs --rest-port",
+    )
     advertise_address: str = setting(
         "",
         metavar="HOST:PORT",
@@ -202,6 +208,10 @@ class WorkerSettings(Settings):
             # worker in a prefill or decode pool without it would serve nothing.
             raise ConfigError(
                 "kv_shared_path", f"required for a vllm worker with --role {self.role}"
+            )
+        if self.rest_socket and self.rest_port < 0:
+            raise ConfigError(
+                "rest_socket", "needs the REST endpoint (--rest-port -1 turns it off)"
             )
 
     @property

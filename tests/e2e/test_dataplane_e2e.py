@@ -107,8 +107,9 @@ async def get(url: str) -> str:
 
 
 async def endpoints(plane: Plane, cluster: str = "") -> dict[str, dict[str, Any]]:
-    """Envoy's endpoints of the model's cluster (or ``cluster``): worker address -> its
-    health and request counters (empty when Envoy has no such cluster)."""
+    """Envoy's endpoints of the model's cluster (or ``cluster``): worker address (a Unix
+    socket's path for a REST endpoint on one) -> its health and request counters (empty
+    when Envoy has no such cluster)."""
     data = json.loads(await get(f"{plane.envoy_admin}/clusters?format=json"))
     for status in data.get("cluster_statuses", []):
         if status["name"] != (cluster or plane.cluster):
@@ -116,10 +117,14 @@ async def endpoints(plane: Plane, cluster: str = "") -> dict[str, dict[str, Any]
         cluster = status["name"]
         hosts = {}
         for host in status.get("host_statuses", []):
-            socket = host["address"]["socket_address"]
+            address = host["address"]
+            socket = address.get("socket_address")
+            key = (
+                f"{socket['address']}:{socket['port_value']}" if socket else address["pipe"]["path"]
+            )
             stats = {s["name"]: int(s.get("value", 0)) for s in host.get("stats", [])}
             health = host.get("health_status", {})
-            hosts[f"{socket['address']}:{socket['port_value']}"] = {
+            hosts[key] = {
                 "healthy": health.get("eds_health_status", "HEALTHY") == "HEALTHY"
                 and not any(k.startswith("failed") for k in health),
                 **stats,
@@ -154,13 +159,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def rest_address(address: str) -> str:
-    """The REST port's address of the worker at ``address`` (its heartbeat says)."""
+    """Where Envoy reaches the REST endpoint of the worker at ``address``, as its
+    heartbeat says: the Unix socket `helios up` gives it (Envoy runs on the same host),
+    else its REST port."""
     async with grpc.aio.insecure_channel(address) as channel:
         beat = await worker_pb2_grpc.WorkerServiceStub(channel).Heartbeat(
             worker_pb2.HeartbeatRequest(), timeout=5
         )
     assert beat.rest_port > 0
-    return f"{address.rpartition(':')[0]}:{beat.rest_port}"
+    return beat.rest_socket or f"{address.rpartition(':')[0]}:{beat.rest_port}"
 
 
 async def stream_rest(
@@ -352,6 +359,8 @@ async def test_warm_rest_streams_go_to_the_workers_rest_ports(plane: Plane) -> N
     assert await proxy_requests(plane) == relayed
     rest_hosts = set(await endpoints(plane, rest_cluster))
     assert rest_hosts == {await rest_address(a) for a in await endpoints(plane)}
+    # The local mesh's Envoy runs beside the workers: it reaches them over Unix sockets.
+    assert all(host.endswith(".rest.sock") for host in rest_hosts), rest_hosts
 
 
 async def test_scale_to_zero_then_a_burst_of_cold_requests_makes_one_load(

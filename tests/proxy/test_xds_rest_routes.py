@@ -76,6 +76,28 @@ def test_a_model_served_over_rest_gets_an_http1_cluster_of_the_rest_ports() -> N
     assert endpoint.endpoint.hostname == "10.0.0.1:50051"
 
 
+def test_an_edge_beside_the_workers_reaches_their_rest_endpoints_over_unix_sockets() -> None:
+    pool = fleet(("10.0.0.1:50051", 8000), ("10.0.0.2:50051", 8000))
+    pool.view("10.0.0.1:50051").rest_socket = "/run/helios/worker-0.rest.sock"
+
+    def rest_addresses(built: Resources) -> list[str]:
+        (locality,) = built.assignments[REST].endpoints  # type: ignore[attr-defined]
+        return [
+            e.endpoint.address.pipe.path
+            or f"{e.endpoint.address.socket_address.address}:"
+            f"{e.endpoint.address.socket_address.port_value}"
+            for e in locality.lb_endpoints
+        ]
+
+    # Told the edge runs on the workers' host: the socket where a worker reports one.
+    assert rest_addresses(resources(pool, local_sockets=True)) == [
+        "/run/helios/worker-0.rest.sock",
+        "10.0.0.2:8000",
+    ]
+    # Otherwise (an edge elsewhere cannot reach a worker's socket): TCP alone.
+    assert rest_addresses(resources(pool)) == ["10.0.0.1:8000", "10.0.0.2:8000"]
+
+
 def test_the_rest_route_matches_the_streamed_paths_and_the_model_with_the_transcoder_off() -> None:
     built = resources(fleet(("10.0.0.1:50051", 8000)))
     route = built.routes[REST]

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -252,3 +255,36 @@ async def _until(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"not within {within_s} s")
+
+
+async def test_the_server_answers_on_a_unix_socket_too_owner_only(tmp_path: Path) -> None:
+    recorder = Recorder()
+    server = await start_http_server(recorder, host="127.0.0.1", port=0, max_body=1024)
+    path = tmp_path / "worker.rest.sock"
+    stale = socket.socket(socket.AF_UNIX)  # a socket file left by a process that died
+    stale.bind(str(path))
+    stale.close()
+    try:
+        await server.listen_unix(str(path))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(post("/x", b""))
+        assert (await read_response(reader))[2] == b"onetwo"
+        writer.close()
+    finally:
+        await server.close(grace_s=0)
+    assert not path.exists()  # removed with the server
+
+
+async def test_a_unix_socket_path_holding_a_file_or_too_long_is_refused(tmp_path: Path) -> None:
+    server = await start_http_server(Recorder(), host="127.0.0.1", port=0, max_body=1024)
+    taken = tmp_path / "not-a-socket"
+    taken.write_text("data")
+    try:
+        with pytest.raises(FileExistsError):
+            await server.listen_unix(str(taken))
+        assert taken.read_text() == "data"  # never removed
+        with pytest.raises(ValueError, match="at most"):
+            await server.listen_unix(str(tmp_path / ("s" * 120)))
+    finally:
+        await server.close(grace_s=0)

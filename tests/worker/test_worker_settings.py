@@ -34,6 +34,8 @@ def parse(argv: list[str]) -> WorkerSettings:
         (["--model", "no-path"], "model"),
         (["--model-root", "/nonexistent/helios-root"], "model_root"),
         (["--engine", "vllm", "--role", "decode"], "kv_shared_path"),
+        # A socket for an endpoint turned off: refused, not silently not served.
+        (["--rest-port", "-1", "--rest-socket", "/tmp/w.sock"], "rest_socket"),
     ],
 )
 def test_a_bad_flag_is_reported_under_its_own_field(argv: list[str], field: str) -> None:

@@ -414,7 +414,7 @@ class StoredModel(_message.Message):
     def __init__(self, model: _Optional[str] = ..., tier: _Optional[_Union[_storage_pb2.CacheTier, str]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("worker_id", "state", "models", "memory_total_bytes", "memory_free_bytes", "queue_depth", "memory_source", "role", "stored_models", "key_tokens", "rest_port")
+    __slots__ = ("worker_id", "state", "models", "memory_total_bytes", "memory_free_bytes", "queue_depth", "memory_source", "role", "stored_models", "key_tokens", "rest_port", "rest_socket")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -426,6 +426,7 @@ class HeartbeatResponse(_message.Message):
     STORED_MODELS_FIELD_NUMBER: _ClassVar[int]
     KEY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REST_PORT_FIELD_NUMBER: _ClassVar[int]
+    REST_SOCKET_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     state: WorkerState
     models: _containers.RepeatedCompositeFieldContainer[LoadedModel]
@@ -437,7 +438,8 @@ class HeartbeatResponse(_message.Message):
     stored_models: _containers.RepeatedCompositeFieldContainer[StoredModel]
     key_tokens: _containers.RepeatedCompositeFieldContainer[KeyTokens]
     rest_port: int
-    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., memory_source: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ..., stored_models: _Optional[_Iterable[_Union[StoredModel, _Mapping]]] = ..., key_tokens: _Optional[_Iterable[_Union[KeyTokens, _Mapping]]] = ..., rest_port: _Optional[int] = ...) -> None: ...
+    rest_socket: str
+    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., memory_source: _Optional[str] = ..., role: _Optional[_Union[WorkerRole, str]] = ..., stored_models: _Optional[_Iterable[_Union[StoredModel, _Mapping]]] = ..., key_tokens: _Optional[_Iterable[_Union[KeyTokens, _Mapping]]] = ..., rest_port: _Optional[int] = ..., rest_socket: _Optional[str] = ...) -> None: ...
 
 class KeyTokens(_message.Message):
     __slots__ = ("key_fingerprint", "tokens_total")
