@@ -241,17 +241,7 @@ def build_snapshot(
             if health is None:
                 continue
             weight = endpoint_weight(held.kv_cache_usage, held.waiting)
-            by_model.setdefault(model, []).append(
-                Endpoint(
-                    agent.address,
-                    host,
-                    port,
-                    weight,
-                    health,
-                    rest_port=agent.rest_port,
-                    rest_socket=agent.rest_socket,
-                )
-            )
+            by_model.setdefault(model, []).append(_endpoint(agent, host, port, weight, health))
     routes = []
     for model in sorted(endpoints[WorkerRole.BOTH].keys() | endpoints[WorkerRole.DECODE].keys()):
         listed = _prioritised(
@@ -277,6 +267,21 @@ def build_snapshot(
     return XdsSnapshot(tuple(routes))
 
 
+def _endpoint(
+    agent: WorkerView, host: str, port: int, weight: int, health: EndpointHealth
+) -> Endpoint:
+    """``agent`` as an endpoint (at ``host:port``, its REST endpoint's port and socket)."""
+    return Endpoint(
+        agent.address,
+        host,
+        port,
+        weight,
+        health,
+        rest_port=agent.rest_port,
+        rest_socket=agent.rest_socket,
+    )
+
+
 def _adapter_endpoints(agents: Iterable[WorkerView]) -> dict[Adapter, list[Endpoint]]:
     """Each LoRA adapter's endpoints (proxy.adapters): the ``both`` agents with its base
     READY whose adapter table names it, those that hold it already weighing more."""
@@ -296,17 +301,7 @@ def _adapter_endpoints(agents: Iterable[WorkerView]) -> dict[Adapter, list[Endpo
             weight = endpoint_weight(base.kv_cache_usage, base.waiting)
             if adapter.adapter not in base.adapters:
                 weight = max(1, weight // NON_HOLDER_WEIGHT_DIVISOR)
-            endpoints.setdefault(adapter, []).append(
-                Endpoint(
-                    agent.address,
-                    host,
-                    port,
-                    weight,
-                    health,
-                    rest_port=agent.rest_port,
-                    rest_socket=agent.rest_socket,
-                )
-            )
+            endpoints.setdefault(adapter, []).append(_endpoint(agent, host, port, weight, health))
     return endpoints
 
 
