@@ -4,6 +4,7 @@ naming its flag before anything starts, and the mesh hands the options on to the
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -100,5 +101,29 @@ def test_the_proxy_hears_of_what_serves_and_counts_the_tokens(tmp_path: Path) ->
         # Envoy counted the requests: the proxy gets the tokens per minute only.
         *("--api-key", "k1::1000", "--api-key", "k2", "--api-key", "adm"),
         *("--edge-routes", str(tmp_path / "edge-routes.json")),
+        # Envoy runs here, beside the workers: their REST endpoints' Unix sockets.
+        "--xds-local-sockets",
     ]
     assert (tmp_path / "edge-routes.json").is_file()
+
+
+def test_workers_serve_rest_on_a_socket_of_the_state_dir_unless_tls_or_too_long(
+    tmp_path: Path,
+) -> None:
+    options = MeshOptions(
+        host="127.0.0.1",
+        port=0,
+        workers=1,
+        models=(),
+        state_dir=tmp_path,
+        ready_file=None,
+        api_keys=(),
+        admin_key="adm",
+    )
+    socket = tmp_path / "run" / "worker-0.rest.sock"
+    assert Mesh(options)._rest_socket_args(0) == ["--rest-socket", str(socket)]
+    assert socket.parent.is_dir()  # made for it (the worker binds the socket)
+    # Under --tls the sockets would need the certificates too: TCP, as before.
+    assert Mesh(dataclasses.replace(options, tls_dir=tmp_path))._rest_socket_args(0) == []
+    deep = tmp_path / ("d" * 100)
+    assert Mesh(dataclasses.replace(options, state_dir=deep))._rest_socket_args(0) == []
