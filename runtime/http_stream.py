@@ -374,7 +374,6 @@ class HttpStreamServer:
         self._servers: list[asyncio.Server] = []
         self.port = 0
         self.socket_path = ""  # the Unix socket it also listens on ("": none)
-        self._socket_inode = 0
 
     def forget(self, connection: _Connection) -> None:
         self.connections.discard(connection)
@@ -389,9 +388,7 @@ class HttpStreamServer:
             listening.close()
         if self.socket_path:
             with contextlib.suppress(FileNotFoundError):
-                # Only its own: a successor may have bound the path since.
-                if os.lstat(self.socket_path).st_ino == self._socket_inode:
-                    os.unlink(self.socket_path)
+                os.unlink(self.socket_path)
         for connection in list(self.connections):
             connection.close_when_idle()
         if self.connections:
@@ -420,7 +417,6 @@ class HttpStreamServer:
             sock.bind(path)
             # Owner-only before it listens: no other user's process ever connects.
             os.chmod(path, 0o600)
-            self._socket_inode = os.lstat(path).st_ino
             listening = await asyncio.get_running_loop().create_unix_server(
                 lambda: _Connection(self), sock=sock, ssl=ssl_context, backlog=LISTEN_BACKLOG
             )
