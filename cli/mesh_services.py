@@ -407,11 +407,6 @@ class _SupervisedEnvoy:
     def __init__(self, mesh: Mesh) -> None:
         self._mesh = mesh
 
-    @property
-    def exit_code(self) -> int | None:
-        assert self._mesh.envoy is not None
-        return self._mesh.envoy.process.poll()
-
     async def wait_exit(self) -> int:
         assert self._mesh.envoy is not None
         return await popen_exit(self._mesh.envoy.process)

@@ -100,13 +100,9 @@ class ServiceProcess:
             f"{self.name} was not ready after {limit_s:.0f}s:\n{self.log_tail()}"
         )
 
-    @property
-    def exit_code(self) -> int | None:
-        """The exit status once the process has ended (-N: killed by signal N)."""
-        return None if self.process is None else self.process.returncode
-
     async def wait_exit(self) -> int:
-        """Its exit status once it has ended (asyncio's child watcher: no polling)."""
+        """Its exit status once it has ended (-N: killed by signal N; asyncio's child
+        watcher: no polling)."""
         assert self.process is not None
         return await self.process.wait()
 
@@ -154,11 +150,6 @@ class Supervised(Protocol):
 
     @property
     def name(self) -> str: ...
-
-    @property
-    def exit_code(self) -> int | None:
-        """None while it runs; its exit status once it has ended."""
-        ...
 
     async def wait_exit(self) -> int:
         """Its exit status once it has ended (at once when it has already)."""
