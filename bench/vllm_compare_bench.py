@@ -438,6 +438,9 @@ def helios_mesh(
         "vllm",
         "--model",
         f"{MODEL_NAME}={model_dir}",
+        # The same one model as bare vLLM: `helios up` would otherwise also serve its
+        # embedding model, a second vLLM engine whose processes compete for the cores.
+        "--no-embedding-model",
         "--port",
         "0",
         "--state-dir",

@@ -27,7 +27,7 @@ from worker.inference import AUTHORIZATION_HEADER, client_stream
 from worker.key_usage import KeyUsageLedger
 from worker.kv_client import KVFetcher
 from worker.kvtransfer import encode_frames
-from worker.memory import memory_report
+from worker.memory import memory_report, memory_report_blocks
 from worker.metrics import UsageLedger
 from worker.models import ModelLifecycle, ModelManager
 from worker.prefill_peers import PrefillPeers
@@ -353,9 +353,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             state = pb.WORKER_STATE_READY
         else:
             state = pb.WORKER_STATE_IDLE
-        memory = await asyncio.to_thread(
-            memory_report, self._models.capacity_bytes, self._models.used_bytes
-        )
+        capacity, used = self._models.capacity_bytes, self._models.used_bytes
+        if memory_report_blocks():
+            memory = await asyncio.to_thread(memory_report, capacity, used)
+        else:
+            memory = memory_report(capacity, used)
         stored = await self._stored.current() if self._stored is not None else {}
         return pb.HeartbeatResponse(
             worker_id=self._worker_id,
