@@ -13,7 +13,8 @@ Flags added since were added to the file by running the script again, with nothi
 changing in it: the worker's ``--vllm-processes`` and ``--load-format`` (issue 14) and
 ``--serving-cpus`` and ``--rest-port`` (issue 13); the proxy's ``--heartbeat-interval``
 help (a heartbeat also when a worker's connection drops, issue 13), the worker's
-``--rest-socket`` and the proxy's ``--xds-local-sockets`` (issue 13).
+``--rest-socket`` and the proxy's ``--xds-local-sockets`` (issue 13), the worker's
+``--serving-cpus`` help (the engine core on its runners' cores, issue 13).
 Deliberate differences in what happens after parsing (stricter, and not visible here):
 
 - a variable outside its flag's choices (argparse checks only the command line) is a

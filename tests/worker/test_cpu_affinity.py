@@ -14,7 +14,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from worker.engine.cpu_affinity import RUNNER_TITLE, runner_cpus, serving_cpus
+from worker.engine.cpu_affinity import (
+    RUNNER_TITLE,
+    engine_core_cpus,
+    place_threads,
+    runner_cpus,
+    serving_cpus,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,15 +33,18 @@ def test_serving_cpus_are_the_cores_the_runners_leave() -> None:
     assert serving_cpus(frozenset({5}), every) == every - {5}  # a core not ours: ignored
 
 
+RUNNER_CODE = (
+    "import ctypes, os, sys, time;"
+    f"ctypes.CDLL(None).prctl(15, {RUNNER_TITLE.encode()!r}, 0, 0, 0);"  # PR_SET_NAME
+    "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+    "sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(60)"
+)
+
+
 @pytest.fixture
 def titled_runner() -> Iterator[psutil.Process]:
     """A child process named as vLLM names its model runners, bound to one core."""
-    code = (
-        "import ctypes, os, sys, time;"
-        f"ctypes.CDLL(None).prctl(15, {RUNNER_TITLE.encode()!r}, 0, 0, 0);"  # PR_SET_NAME
-        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
-        "sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(60)"
-    )
+    code = RUNNER_CODE
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline() == "ready\n"
@@ -93,3 +102,47 @@ print(json.dumps([sorted(cores), sorted(seen["before"]), sorted(seen["after"]),
     every = sorted(os.sched_getaffinity(0))
     assert (cores, before, after, main) == (every[1:],) * 4, out.stdout
     assert restored == every
+
+
+@pytest.fixture
+def engine_core() -> Iterator[psutil.Process]:
+    """A child process that starts a runner-named process bound to one core and waits on
+    it, as vLLM's engine core does (with a thread of its own, as its I/O threads)."""
+    code = (
+        "import subprocess, sys, threading, time;"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start();"
+        f"runner = subprocess.Popen([sys.executable, '-c', {RUNNER_CODE!r}],"
+        " stdout=subprocess.PIPE, text=True);"
+        "assert runner.stdout.readline() == 'ready\\n';"
+        "sys.stdout.write('ready\\n'); sys.stdout.flush(); runner.wait()"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        yield psutil.Process(child.pid)
+    finally:
+        for process in psutil.Process(child.pid).children():
+            process.kill()
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_the_engine_core_goes_to_its_runners_cores(engine_core: psutil.Process) -> None:
+    first = min(os.sched_getaffinity(0))
+    descendants = psutil.Process().children(recursive=True)
+    drivers = engine_core_cpus(descendants, os.getpid())
+    assert drivers == {engine_core.pid: {first}}
+    place_threads(engine_core.pid, drivers[engine_core.pid])
+    threads = [t.id for t in engine_core.threads()]
+    assert len(threads) >= 2
+    assert all(os.sched_getaffinity(t) == {first} for t in threads)
+
+
+def test_a_runner_started_by_the_worker_itself_binds_no_engine_core(
+    titled_runner: psutil.Process,
+) -> None:
+    # Its parent is the worker, whose threads belong on the serving cores.
+    assert engine_core_cpus([titled_runner], os.getpid()) == {}
+    # A parent outside the worker's descendants is not the worker's to move either.
+    assert engine_core_cpus([titled_runner], os.getpid() + 1) == {}
