@@ -62,7 +62,7 @@ def runner_cpus(processes: Iterable[psutil.Process]) -> frozenset[int]:
 def engine_core_cpus(
     processes: Iterable[psutil.Process], worker_pid: int
 ) -> dict[int, frozenset[int]]:
-    """The engine cores among ``processes`` (the parents of its runners, other than the
+    """The engine cores among ``processes`` (the runners' parents, other than the
     worker ``worker_pid`` itself), each with the cores of the runners it drives."""
     listed = list(processes)
     known = {process.pid for process in listed}
