@@ -22,7 +22,7 @@ import signal
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,28 +247,28 @@ async def stream_text(
     return text, finish
 
 
-async def session_on(plane: Plane, address: str) -> str:
-    """A session id Envoy's consistent hashing sends to ``address``."""
+async def session_on(
+    plane: Plane,
+    address: str,
+    *,
+    cluster: str = "",
+    send: Callable[[str], Awaitable[object]] | None = None,
+) -> str:
+    """A session id Envoy's consistent hashing sends to the host ``address`` of
+    ``cluster`` (default: the model's gRPC cluster), probed with ``send(session)``
+    (default: a one-token gRPC stream)."""
+
+    async def grpc_stream(session: str) -> object:
+        return await stream_text(plane, session=session, max_tokens=1)
+
+    probe = send or grpc_stream
     for index in range(64):
         session = f"s-{index}"
-        before = (await endpoints(plane))[address]["rq_total"]
-        await stream_text(plane, session=session, max_tokens=1)
-        if (await endpoints(plane))[address]["rq_total"] > before:
+        before = (await endpoints(plane, cluster))[address]["rq_total"]
+        await probe(session)
+        if (await endpoints(plane, cluster))[address]["rq_total"] > before:
             return session
     raise AssertionError(f"no session hashed to {address}")
-
-
-async def rest_session_on(
-    plane: Plane, http: httpx.AsyncClient, rest_host: str, rest_cluster: str
-) -> str:
-    """A session id Envoy's consistent hashing sends to ``rest_host`` over REST."""
-    for index in range(64):
-        session = f"r-{index}"
-        before = (await endpoints(plane, rest_cluster))[rest_host]["rq_total"]
-        await stream_rest(plane, http, session=session, max_tokens=1)
-        if (await endpoints(plane, rest_cluster))[rest_host]["rq_total"] > before:
-            return session
-    raise AssertionError(f"no session hashed to {rest_host}")
 
 
 async def wait_for(predicate: Any, within_s: float, step_s: float = 0.01) -> float:
@@ -289,10 +289,10 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     env = {
         "HELIOS_PROXY_ROUTING_POLICY": "session-affinity",
         # The failover tests freeze a worker (SIGSTOP) until all their requests are on it,
-        # then kill it. With the default deadline (0.5 s) the frozen worker left EDS at its
-        # first missed heartbeat, at times before Envoy had sent it the hundredth request on
-        # a loaded 2-core CI host (the test then failed waiting). A killed worker leaves at
-        # once whatever the deadline (its connection drops: what EDS removal here measures).
+        # then kill it: a long deadline keeps the frozen worker's first missed heartbeat
+        # (0.5 s by default) from racing Envoy's sending of the hundred requests on a
+        # loaded 2-core host. A killed worker leaves EDS at once whatever the deadline (its
+        # connection drops: what EDS removal here measures).
         "HELIOS_PROXY_HEARTBEAT_TIMEOUT": "10",
     }
     with helios_up(root, DEFAULT_MODEL_NAME, model_dir, "--workers", "2", env=env) as mesh:
@@ -519,7 +519,12 @@ async def test_a_worker_killed_before_its_first_token_costs_no_rest_stream(plane
         # and ring hashing weighs hosts: once its weight is back, find a session that
         # lands on it over REST now (the one found over gRPC may have moved meanwhile).
         await asyncio.sleep(2.5 * DEFAULT_HEARTBEAT_INTERVAL_S)
-        session = await rest_session_on(plane, http, victim_rest, rest_cluster)
+        session = await session_on(
+            plane,
+            victim_rest,
+            cluster=rest_cluster,
+            send=lambda session: stream_rest(plane, http, session=session, max_tokens=1),
+        )
     # Raw client connections, opened first and written in one go: the streams reach the
     # stopped worker well within its heartbeat deadline (an HTTP client library sends a
     # hundred requests slowly).
