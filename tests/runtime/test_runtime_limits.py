@@ -232,6 +232,22 @@ async def test_storaged_server_receives_control_messages_only(tmp_path: Path) ->
     assert reached == [len("org/model")]
 
 
+def test_only_control_servers_keep_the_default_window() -> None:
+    """grpc core takes in bytes of an oversized message before refusing it, as many as the
+    stream's window allows; the BDP probe grows that window. A control-only server keeps
+    HTTP/2's 64 KiB (tests/fuzz/test_reported_holes: storaged's RSS under 8 x 63 MB ids);
+    a server that takes prompts keeps the probe."""
+    from runtime.server import _receive_options
+
+    storaged = dict(_receive_options(["helios.v1.StorageService"]))
+    assert storaged == {
+        "grpc.max_receive_message_length": limits.CONTROL_REQUEST_BYTES,
+        "grpc.http2.bdp_probe": 0,
+    }
+    worker = dict(_receive_options(["helios.v1.WorkerService", "helios.v1.InferenceService"]))
+    assert worker == {"grpc.max_receive_message_length": limits.INFERENCE_REQUEST_BYTES}
+
+
 def test_limits_table() -> None:
     from registry.upload import MAX_UPLOAD_CHUNK
 
