@@ -188,8 +188,8 @@ class WorkerSettings(Settings):
         group=ENGINE,
         choices=("auto", "all"),
         help="where the worker's own threads run: auto (off the cores vLLM's CPU build binds"
-        " its model runners to, when cores are left; each engine core then runs on its"
-        " runners' cores) or all",
+        " its model runners to, when cores are left; each engine core's main thread then"
+        " runs on its runners' cores) or all",
     )
     max_loras: int = setting(
         0,

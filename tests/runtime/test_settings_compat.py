@@ -14,7 +14,7 @@ changing in it: the worker's ``--vllm-processes`` and ``--load-format`` (issue 1
 ``--serving-cpus`` and ``--rest-port`` (issue 13); the proxy's ``--heartbeat-interval``
 help (a heartbeat also when a worker's connection drops, issue 13), the worker's
 ``--rest-socket`` and the proxy's ``--xds-local-sockets`` (issue 13), the worker's
-``--serving-cpus`` help (the engine core on its runners' cores, issue 13).
+``--serving-cpus`` help (the engine core's main thread on its runners' cores, issue 13).
 Deliberate differences in what happens after parsing (stricter, and not visible here):
 
 - a variable outside its flag's choices (argparse checks only the command line) is a

@@ -17,6 +17,7 @@ import pytest
 from worker.engine.cpu_affinity import (
     RUNNER_TITLE,
     engine_core_cpus,
+    place_main_thread,
     place_threads,
     runner_cpus,
     serving_cpus,
@@ -128,15 +129,34 @@ def engine_core() -> Iterator[psutil.Process]:
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
-def test_the_engine_core_goes_to_its_runners_cores(engine_core: psutil.Process) -> None:
-    first = min(os.sched_getaffinity(0))
+def test_the_engine_cores_main_thread_goes_to_its_runners_cores(
+    engine_core: psutil.Process,
+) -> None:
+    every = os.sched_getaffinity(0)
+    first = min(every)
     descendants = psutil.Process().children(recursive=True)
     drivers = engine_core_cpus(descendants, os.getpid())
     assert drivers == {engine_core.pid: {first}}
-    place_threads(engine_core.pid, drivers[engine_core.pid])
+    place_main_thread(engine_core.pid, drivers[engine_core.pid])
+    others = [t.id for t in engine_core.threads() if t.id != engine_core.pid]
+    assert os.sched_getaffinity(engine_core.pid) == {first}
+    # Its I/O threads stay free to run beside the runner's steps.
+    assert others and all(os.sched_getaffinity(t) == every for t in others)
+
+
+def test_every_thread_of_a_process_moves(engine_core: psutil.Process) -> None:
+    first = min(os.sched_getaffinity(0))
+    place_threads(engine_core.pid, frozenset({first}))
     threads = [t.id for t in engine_core.threads()]
     assert len(threads) >= 2
     assert all(os.sched_getaffinity(t) == {first} for t in threads)
+
+
+def test_placing_an_ended_process_is_a_no_op() -> None:
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    place_main_thread(ended.pid, frozenset({min(os.sched_getaffinity(0))}))
+    place_threads(ended.pid, frozenset({min(os.sched_getaffinity(0))}))
 
 
 def test_a_runner_started_by_the_worker_itself_binds_no_engine_core(

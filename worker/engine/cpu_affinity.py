@@ -10,21 +10,26 @@ the worker to the cores no runner is bound to (back to all of them when no runne
 when there are such cores. Threads the worker starts later inherit the set.
 
 The engine core (the process that schedules each step and drives its runners: a runner's
-parent) is bound to its runners' cores. vLLM leaves it unbound, and it busy-waits
-(``sched_yield``) on its runners between steps: unbound, the kernel let it spin on the
-serving cores, beside the worker, Envoy and the client, which it delayed; and each step's
-hand-over crossed cores. On its runners' cores the two take turns on one core, as they
-do in fact (a step waits for the schedule, the schedule for the step).
+parent) has its main thread bound to its runners' cores. vLLM leaves it unbound, and that
+thread busy-waits (``sched_yield``) on its runners between steps: unbound, the kernel let
+it spin on the serving cores, beside the worker, Envoy and the client, which it delayed.
+On its runners' cores the two take turns on one core, as they do in fact (a step waits
+for the schedule, the schedule for the step). Its other threads (ZMQ input and output:
+decoding requests, serialising each step's outputs) stay free, so that their work
+overlaps the next step on the serving cores rather than queueing behind it.
 
 Measured (bench set-up of bench/vllm_compare_bench.py, tiny model, 2 cores, runner bound to
 core 0): two Helios meshes interleaved (4 ABBA rounds), the worker kept off core 0 vs not:
 557 vs 558 / 1132 vs 1053 / 2586 vs 2136 tokens/s at 1 / 4 / 16 streams, TTFT p50 at 16
 streams 58.9 vs 68.6 ms. Binding Envoy and the other services of a local mesh the same way
 as well (`helios up`, tried and taken out) showed no gain out of the host's noise. The
-engine core on its runner's core vs unbound (a slower host; `--only helios`, runs ABAB):
-215 / 206 vs 197 / 206 tokens/s at 1 stream, 709 / 652 vs 605 / 558 at 4, 1528 / 1425 vs
-1153 / 1035 at 16, TTFT p50 within a millisecond or two; the engine core's own CPU per
-token fell 3x (its spinning had filled the serving core's idle time).
+engine core, all threads on its runner's core vs unbound (a slower host; `--only helios`,
+runs ABAB): 215 / 206 vs 197 / 206 tokens/s at 1 stream, 709 / 652 vs 605 / 558 at 4,
+1528 / 1425 vs 1153 / 1035 at 16; its own CPU per token fell 3x (its spinning had filled
+the serving core's idle time). Its main thread alone vs all its threads (vs unbound, vs bare
+vLLM), the stacks interleaved round by round in one run, two runs, tokens/s: 178 / 164 vs
+159 / 156 (vs 179 / -, vs 166 / 209) at 1 stream, 541 / 559 vs 459 / 549 (vs 473 / -, vs
+420 / 460) at 4, 1159 / 1105 vs 1147 / 1228 (vs 980 / -, vs 880 / 857) at 16.
 """
 
 from __future__ import annotations
@@ -98,17 +103,26 @@ def place_threads(pid: int, cores: frozenset[int]) -> None:
             continue  # a thread that just ended, or a policy that forbids it
 
 
+def place_main_thread(pid: int, cores: frozenset[int]) -> None:
+    """Bind the main thread of process ``pid`` to ``cores``; its other threads keep theirs
+    (threads it starts later inherit the main thread's set)."""
+    try:
+        os.sched_setaffinity(pid, cores)  # a process id names its main thread here
+    except (ProcessLookupError, PermissionError):
+        return  # the process ended, or a policy forbids it
+
+
 def keep_off_engine_cpus() -> frozenset[int]:
     """Move every thread of this process to :func:`serving_cpus` of the model runners
-    running now (this process's descendants), and each engine core to its runners'
-    cores; returns the worker's set."""
+    running now (this process's descendants), and each engine core's main thread to its
+    runners' cores; returns the worker's set."""
     descendants = psutil.Process().children(recursive=True)
     engine = runner_cpus(descendants)
     cores = serving_cpus(engine)
     place_threads(os.getpid(), cores)
     drivers = engine_core_cpus(descendants, os.getpid())
     for pid, runner_cores in drivers.items():
-        place_threads(pid, runner_cores)
+        place_main_thread(pid, runner_cores)
     logger.info(
         "worker threads placed",
         extra={
