@@ -17,7 +17,7 @@ import pytest
 from worker.engine.cpu_affinity import (
     RUNNER_TITLE,
     engine_core_cpus,
-    place_main_thread,
+    place_thread,
     place_threads,
     runner_cpus,
     serving_cpus,
@@ -137,7 +137,7 @@ def test_the_engine_cores_main_thread_goes_to_its_runners_cores(
     descendants = psutil.Process().children(recursive=True)
     drivers = engine_core_cpus(descendants, os.getpid())
     assert drivers == {engine_core.pid: {first}}
-    place_main_thread(engine_core.pid, drivers[engine_core.pid])
+    place_thread(engine_core.pid, drivers[engine_core.pid])
     others = [t.id for t in engine_core.threads() if t.id != engine_core.pid]
     assert os.sched_getaffinity(engine_core.pid) == {first}
     # Its I/O threads stay free to run beside the runner's steps.
@@ -155,7 +155,7 @@ def test_every_thread_of_a_process_moves(engine_core: psutil.Process) -> None:
 def test_placing_an_ended_process_is_a_no_op() -> None:
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
-    place_main_thread(ended.pid, frozenset({min(os.sched_getaffinity(0))}))
+    place_thread(ended.pid, frozenset({min(os.sched_getaffinity(0))}))
     place_threads(ended.pid, frozenset({min(os.sched_getaffinity(0))}))
 
 

@@ -89,6 +89,15 @@ def serving_cpus(engine: frozenset[int], allowed: frozenset[int] = _ALL_CPUS) ->
     return rest if engine and rest else allowed
 
 
+def place_thread(thread_id: int, cores: frozenset[int]) -> None:
+    """Bind the one thread ``thread_id`` to ``cores`` (a process id names its main thread;
+    its other threads keep their sets, threads it starts later inherit its set)."""
+    try:
+        os.sched_setaffinity(thread_id, cores)
+    except (ProcessLookupError, PermissionError):
+        return  # a thread that just ended, or a policy that forbids it
+
+
 def place_threads(pid: int, cores: frozenset[int]) -> None:
     """Bind every thread of process ``pid`` to ``cores`` (an affinity set on the process
     alone binds its main thread only; threads started later inherit their starter's)."""
@@ -97,19 +106,7 @@ def place_threads(pid: int, cores: frozenset[int]) -> None:
     except FileNotFoundError:
         return  # the process ended
     for thread in threads:
-        try:
-            os.sched_setaffinity(int(thread), cores)
-        except (ProcessLookupError, PermissionError):
-            continue  # a thread that just ended, or a policy that forbids it
-
-
-def place_main_thread(pid: int, cores: frozenset[int]) -> None:
-    """Bind the main thread of process ``pid`` to ``cores``; its other threads keep theirs
-    (threads it starts later inherit the main thread's set)."""
-    try:
-        os.sched_setaffinity(pid, cores)  # a process id names its main thread here
-    except (ProcessLookupError, PermissionError):
-        return  # the process ended, or a policy forbids it
+        place_thread(int(thread), cores)
 
 
 def keep_off_engine_cpus() -> frozenset[int]:
@@ -122,7 +119,7 @@ def keep_off_engine_cpus() -> frozenset[int]:
     place_threads(os.getpid(), cores)
     drivers = engine_core_cpus(descendants, os.getpid())
     for pid, runner_cores in drivers.items():
-        place_main_thread(pid, runner_cores)
+        place_thread(pid, runner_cores)  # its main thread, the one that spins
     logger.info(
         "worker threads placed",
         extra={
